@@ -1,0 +1,156 @@
+"""The Ops contract: everything layers, losses and optimizers may ask of a device.
+
+Layers hold arrays of the backend's kind (NumPy arrays on the CPU, device arrays on CUDA) and never
+touch kernels; they call these methods, which fix argument order (outputs first), cast scalars to the
+array dtype (no float64 constants sneaking into float32 kernels), and hand over to ``_run``. A
+backend only implements memory (``empty``, ``asarray``, ``to_numpy``) and ``_call``.
+"""
+
+import importlib
+
+import numpy as np
+
+ELEMENTWISE_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
+
+
+class Ops:
+    name = "base"
+
+    def __init__(self):
+        self._nothing = {}
+        self._kernels = {}
+
+    # ------------------------------------------------------------------------------- memory
+    def empty(self, shape, dtype):
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    def asarray(self, array, dtype=None):
+        """Bring a host array onto this device (no copy where it already is one of ours)."""
+        raise NotImplementedError
+
+    def to_numpy(self, array):
+        raise NotImplementedError
+
+    def nothing(self, dtype):
+        """The zero-length array that stands for an absent optional argument (no bias, no dx)."""
+        key = np.dtype(dtype).str
+        if key not in self._nothing:
+            self._nothing[key] = self.empty((0,), dtype)
+        return self._nothing[key]
+
+    @staticmethod
+    def scalar(value, dtype):
+        return np.dtype(dtype).type(value)
+
+    @staticmethod
+    def flat(array):
+        return array.reshape(-1)
+
+    # ----------------------------------------------------------------------------- dispatch
+    def _run(self, family, op, work_items, *args):
+        """Run kernel ``<op>_<self.name>`` of ``numdl.kernels.<family>`` over ``work_items`` items."""
+        key = (family, op)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            module = importlib.import_module(f"numdl.kernels.{family}")
+            kernel = self._kernels[key] = getattr(module, f"{op}_{self.name}")
+        self._call(kernel, work_items, args)
+
+    def _call(self, kernel, work_items, args):
+        """Call or launch one kernel; ``work_items`` sizes a GPU grid, the CPU ignores it."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------- linear
+    def linear_forward(self, out, x, weight, bias):
+        bias = self.nothing(x.dtype) if bias is None else bias
+        self._run("linear", "linear_forward", out.size, out, x, weight, bias)
+
+    def linear_backward(self, dx, dweight, dbias, dout, x, weight):
+        """dx or dbias None: that gradient is not computed."""
+        dx = self.nothing(x.dtype) if dx is None else dx
+        dbias = self.nothing(x.dtype) if dbias is None else dbias
+        work = dweight.size + dbias.size + dx.size
+        self._run("linear", "linear_backward", work, dx, dweight, dbias, dout, x, weight)
+
+    # --------------------------------------------------------------------------- activation
+    def activation_forward(self, kind, out, x, slope=None):
+        """Element-wise activation ``kind`` (one of ELEMENTWISE_ACTIVATIONS); overwrites out."""
+        extra = () if slope is None else (self.scalar(slope, x.dtype),)
+        self._run("activation", f"{kind}_forward", x.size, self.flat(out), self.flat(x), *extra)
+
+    def activation_backward(self, kind, dx, dout, saved, slope=None):
+        """``saved`` is the input for relu/leaky_relu/gelu, the output for sigmoid/tanh."""
+        extra = () if slope is None else (self.scalar(slope, saved.dtype),)
+        args = (self.flat(dx), self.flat(dout), self.flat(saved), *extra)
+        self._run("activation", f"{kind}_backward", saved.size, *args)
+
+    def softmax_forward(self, out, x):
+        """Softmax along the last axis of 2-D ``x``."""
+        self._run("activation", "softmax_forward", x.shape[0], out, x)
+
+    def softmax_backward(self, dx, dout, out):
+        self._run("activation", "softmax_backward", out.shape[0], dx, dout, out)
+
+    # ------------------------------------------------------------------------------ dropout
+    def dropout_forward(self, out, mask, x, p, seed, offset):
+        dtype = x.dtype
+        args = (self.flat(out), self.flat(mask), self.flat(x), np.float32(p),
+                self.scalar(1.0 / (1.0 - p), dtype), np.uint64(seed), np.uint64(offset))
+        self._run("dropout", "dropout_forward", x.size, *args)
+
+    def dropout_backward(self, dx, dout, mask):
+        self._run("dropout", "dropout_backward", dout.size, self.flat(dx), self.flat(dout), self.flat(mask))
+
+    # -------------------------------------------------------------------------------- losses
+    def cross_entropy_forward(self, sample_loss, sample_weight, probs, logits, labels, class_weights,
+                              smoothing):
+        s = self.scalar(smoothing, logits.dtype)
+        self._run("loss", "cross_entropy_forward", logits.shape[0],
+                  sample_loss, sample_weight, probs, logits, labels, class_weights, s)
+
+    def cross_entropy_backward(self, dlogits, probs, labels, class_weights, smoothing, scale):
+        dtype = probs.dtype
+        self._run("loss", "cross_entropy_backward", probs.shape[0], dlogits, probs, labels,
+                  class_weights, self.scalar(smoothing, dtype), self.scalar(scale, dtype))
+
+    def elementwise_loss_forward(self, kind, pred, target):
+        """Sum of the element losses of ``kind`` ('mse' or 'bce_with_logits'), as a Python float."""
+        total = self.zeros((1,), pred.dtype)
+        self._run("loss", f"{kind}_forward", pred.size, total, self.flat(pred), self.flat(target))
+        return float(self.to_numpy(total)[0])
+
+    def elementwise_loss_backward(self, kind, dpred, pred, target, scale):
+        self._run("loss", f"{kind}_backward", pred.size, self.flat(dpred), self.flat(pred),
+                  self.flat(target), self.scalar(scale, pred.dtype))
+
+    # ----------------------------------------------------------------------------- optimizers
+    def sgd_step(self, param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov,
+                 first_step):
+        d = param.dtype
+        self._run("optim", "sgd_step", param.size, self.flat(param), self.flat(momentum_buf),
+                  self.flat(grad), self.scalar(lr, d), self.scalar(momentum, d), self.scalar(dampening, d),
+                  self.scalar(weight_decay, d), bool(nesterov), bool(first_step))
+
+    def adam_step(self, param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay,
+                  decoupled, bias_correction1, bias_correction2):
+        d = param.dtype
+        self._run("optim", "adam_step", param.size, self.flat(param), self.flat(exp_avg),
+                  self.flat(exp_avg_sq), self.flat(grad), self.scalar(lr, d), self.scalar(beta1, d),
+                  self.scalar(beta2, d), self.scalar(eps, d), self.scalar(weight_decay, d),
+                  bool(decoupled), self.scalar(bias_correction1, d), self.scalar(bias_correction2, d))
+
+    def rmsprop_step(self, param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
+                     momentum, centered):
+        d = param.dtype
+        self._run("optim", "rmsprop_step", param.size, self.flat(param), self.flat(square_avg),
+                  self.flat(grad_avg), self.flat(momentum_buf), self.flat(grad), self.scalar(lr, d),
+                  self.scalar(alpha, d), self.scalar(eps, d), self.scalar(weight_decay, d),
+                  self.scalar(momentum, d), bool(centered))
+
+    # ------------------------------------------------------------------------------- helpers
+    def sum(self, array):
+        """Sum of all elements as a Python float (reductions outside the hot path)."""
+        return float(self.to_numpy(array).sum(dtype=np.float64))

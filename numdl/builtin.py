@@ -1,0 +1,21 @@
+"""numdl's own items, registered through the same hooks a third-party plugin implements."""
+
+from numdl.hookspecs import hookimpl
+from numdl.layers import BUILTIN_LAYERS
+from numdl.losses import BUILTIN_LOSSES
+from numdl.optim import BUILTIN_OPTIMIZERS
+
+
+@hookimpl
+def numdl_register_layers():
+    return BUILTIN_LAYERS
+
+
+@hookimpl
+def numdl_register_losses():
+    return BUILTIN_LOSSES
+
+
+@hookimpl
+def numdl_register_optimizers():
+    return BUILTIN_OPTIMIZERS

@@ -1,0 +1,240 @@
+"""Configs: TOML merged over the embedded default, ``--set key=value`` overrides, and validation.
+
+Validation happens before anything is built, and every error names the offending key in one line
+(``optimizer.lr: expected a number, got 'abc'``). Registered items are checked against their
+constructors' annotated parameters, so a plugin's layer gets the same checks as a built-in one.
+Nothing in a config is ever imported or executed: items are looked up by registered name only.
+"""
+
+import copy
+import inspect
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+
+from numdl.errors import ConfigError, RegistryError
+
+SECTIONS = {
+    "data": {"name": str, "path": str, "normalize": str, "validation_split": float},
+    "model": {"dtype": str, "device": str, "layers": list},
+    "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int},
+}
+ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer"}  # section -> registry kind
+TOP_LEVEL = {"seed": int}
+DATASETS = ("fashion_mnist",)
+POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
+
+
+def default_config():
+    text = resources.files("numdl").joinpath("default.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load_toml(path):
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+
+
+def merge(base, override):
+    """``override`` over ``base``: tables merge key by key; ``model.layers`` and a loss or optimizer
+    table that names a new ``type`` replace what they override as a whole."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            if key in ITEM_SECTIONS and "type" in value and value["type"] != result[key].get("type"):
+                result[key] = copy.deepcopy(value)
+            else:
+                result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def parse_value(raw):
+    """A --set value as TOML (numbers, booleans, quoted strings, arrays); else the bare string."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_override(config, assignment):
+    """Apply one ``dotted.key=value``; list items are addressed by index (``model.layers.0.type``)."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            node = node[_index(part, node, where)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{where}: is a value, cannot set {key}")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(last, node, key)] = parse_value(raw)
+    else:
+        node[last] = parse_value(raw)
+
+
+def _index(part, items, where):
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"{where}: no such item (the list has {len(items)} entries)")
+    return int(part)
+
+
+def resolve(path=None, overrides=()):
+    """The validated config: default, merged with the file, then the overrides in order."""
+    config = default_config()
+    if path is not None:
+        config = merge(config, load_toml(path))
+    for assignment in overrides:
+        apply_override(config, assignment)
+    validate(config)
+    return config
+
+
+# ------------------------------------------------------------------------------ validation
+def _type_name(annotation):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_type(path, value, annotation):
+    """Raise ConfigError unless ``value`` fits ``annotation`` (int, float, bool, str, list[...], X | None)."""
+    if annotation is None or annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return check_type(path, value, option)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        for i, item in enumerate(value):
+            check_type(f"{path}.{i}", item, args[0] if args else None)
+        return
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        raise ConfigError(f"{path}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def item_parameters(cls):
+    """{name: (annotation, default)} of a registered class's constructor."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: fall back to no type checks
+        hints = {}
+    params = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        params[name] = (hints.get(name), p.default)
+    return params
+
+
+def check_item(path, table, kind):
+    """Validate one ``{type = ..., **params}`` table against the registered class; returns it."""
+    from numdl.plugins import registry
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a table with a 'type' key, got {table!r}")
+    if "type" not in table:
+        raise ConfigError(f"{path}.type: missing (which {kind}?)")
+    check_type(f"{path}.type", table["type"], str)
+    try:
+        cls = registry().get(kind, table["type"])
+    except RegistryError as error:
+        raise RegistryError(f"{path}.type: {error}") from None
+    accepted = item_parameters(cls)
+    for key, value in table.items():
+        if key == "type":
+            continue
+        if key not in accepted:
+            names = ", ".join(accepted) or "no parameters"
+            raise ConfigError(f"{path}.{key}: unknown parameter of {kind} {table['type']!r} (accepts: {names})")
+        check_type(f"{path}.{key}", value, accepted[key][0])
+    missing = [k for k, (_, default) in accepted.items() if default is inspect.Parameter.empty and k not in table]
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]}: required by {kind} {table['type']!r}")
+    return cls
+
+
+def validate(config):
+    for key, value in config.items():
+        if key in TOP_LEVEL:
+            check_type(key, value, TOP_LEVEL[key])
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table")
+            for sub, subvalue in value.items():
+                if sub not in SECTIONS[key]:
+                    raise ConfigError(f"{key}.{sub}: unknown key (known: {', '.join(SECTIONS[key])})")
+                check_type(f"{key}.{sub}", subvalue, SECTIONS[key][sub])
+                if f"{key}.{sub}" in POSITIVE and subvalue < 1:
+                    raise ConfigError(f"{key}.{sub}: must be >= 1, got {subvalue}")
+        elif key in ITEM_SECTIONS:
+            check_item(key, value, ITEM_SECTIONS[key])
+        else:
+            known = ", ".join([*TOP_LEVEL, *SECTIONS, *ITEM_SECTIONS])
+            raise ConfigError(f"{key}: unknown key (known: {known})")
+    layers = config["model"].get("layers", [])
+    if not layers:
+        raise ConfigError("model.layers: at least one layer is needed")
+    for i, layer in enumerate(layers):
+        check_item(f"model.layers.{i}", layer, "layer")
+    if config["data"].get("name") not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {config['data'].get('name')!r}; available: {', '.join(DATASETS)}")
+    if config["model"].get("dtype") not in ("float32", "float64"):
+        raise ConfigError(f"model.dtype: must be float32 or float64, got {config['model'].get('dtype')!r}")
+    if config["model"].get("device") not in ("cpu", "cuda"):
+        raise ConfigError(f"model.device: must be cpu or cuda, got {config['model'].get('device')!r}")
+    if not 0.0 <= config["data"].get("validation_split", 0.0) < 1.0:
+        raise ConfigError("data.validation_split: must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------ building
+def build_item(path, table, kind):
+    """Instantiate a validated item table; a constructor's own refusal becomes a ConfigError."""
+    cls = check_item(path, table, kind)
+    try:
+        return cls(**{k: v for k, v in table.items() if k != "type"})
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def build_model(config, input_shape):
+    """A built, compiled Sequential from a validated config."""
+    from numdl.model import Sequential
+
+    layers = [build_item(f"model.layers.{i}", t, "layer") for i, t in enumerate(config["model"]["layers"])]
+    model = Sequential(layers, dtype=config["model"]["dtype"], device=config["model"]["device"],
+                       seed=config.get("seed", 0))
+    model.build(input_shape)
+    model.compile(build_item("loss", config["loss"], "loss"), build_item("optimizer", config["optimizer"], "optimizer"))
+    return model

@@ -1,0 +1,31 @@
+"""numdl's exceptions. Each carries one line that names the problem; the CLI prints it and exits."""
+
+
+class NumdlError(Exception):
+    """Base of every error numdl raises on purpose (bad input, bad config, missing data)."""
+
+    exit_code = 1
+
+
+class ConfigError(NumdlError):
+    """A config value is missing, unknown or of the wrong type; the message names the key."""
+
+    exit_code = 2
+
+
+class RegistryError(NumdlError):
+    """A registered name is unknown (the message lists the available ones) or registered twice."""
+
+    exit_code = 2
+
+
+class ShapeError(NumdlError, ValueError):
+    """An array's shape does not fit the layer or loss it is given to; both shapes are named."""
+
+
+class DataError(NumdlError, ValueError):
+    """Input data are unusable: labels out of range, NaN/Inf, empty, wrong dtype, missing files."""
+
+
+class DeviceError(NumdlError):
+    """The requested device (a CUDA GPU) is not available."""

@@ -1,0 +1,46 @@
+"""The plugin manual: every hook numdl calls, with its contract.
+
+A plugin is a module (or object) with functions marked ``@numdl.hookimpl`` and named after these
+specs. Installed packages are found through the ``numdl`` entry-point group::
+
+    [project.entry-points.numdl]
+    my_plugin = "my_package.plugin"
+
+numdl registers its own layers, losses and optimizers through these very hooks (``numdl.builtin``).
+Every name must be unique across all plugins: a duplicate is an error at start-up naming both
+sources. Configs and checkpoints refer to items only by these names, never by import path.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("numdl")
+hookimpl = pluggy.HookimplMarker("numdl")
+
+
+class NumdlHookSpecs:
+    @hookspec
+    def numdl_register_layers(self):
+        """Return an iterable of ``numdl.layers.Layer`` subclasses.
+
+        Each class sets a unique ``name`` (what ``[[model.layers]] type = "..."`` names). Its
+        ``__init__`` takes the hyper-parameters as annotated keyword arguments with defaults (the
+        config is checked against the annotations); ``setup`` creates parameters with
+        ``add_param``; ``forward``/``backward`` compute through ``self.ops`` or the plugin's own
+        kernels. Check it with ``numdl.testing.check_layer_gradients``.
+        """
+
+    @hookspec
+    def numdl_register_losses(self):
+        """Return an iterable of ``numdl.losses.Loss`` subclasses, each with a unique ``name``.
+
+        ``forward(pred, target)`` returns a float and keeps what ``backward()`` (the gradient with
+        respect to ``pred``) needs. Check it with ``numdl.testing.check_loss_gradients``.
+        """
+
+    @hookspec
+    def numdl_register_optimizers(self):
+        """Return an iterable of ``numdl.optim.Optimizer`` subclasses, each with a unique ``name``.
+
+        ``update(param, state)`` changes ``param.value`` in place from ``param.grad``; the
+        per-parameter buffers named in ``state_names`` are created zeroed for it.
+        """

@@ -1,0 +1,58 @@
+"""Pieces every kernel file uses: the jit decorators, a typed-constant helper, the CUDA launcher.
+
+Kernels (in the sibling modules) are plain functions over arrays: they write into caller-allocated
+outputs and return nothing. Only ``numdl.backend`` calls them.
+"""
+
+from numba import cuda, njit
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from numdl.kernels import tuning
+
+
+def cpu_kernel(func):
+    """Compile ``func`` as a CPU kernel with the shared options (cache, safe fastmath)."""
+    return njit(**tuning.CPU_JIT_OPTIONS)(func)
+
+
+def scalar_math(func):
+    """Compile a scalar helper usable from both CPU kernels and CUDA kernels.
+
+    numba-cuda compiles a called ``@njit`` function as a device function, so one definition of the
+    math serves both targets (that is how the twins stay numerically identical).
+    """
+    return njit(**tuning.CPU_JIT_OPTIONS)(func)
+
+
+def cuda_kernel(func):
+    """A lazily compiled CUDA kernel: no signature, so nothing compiles (or needs a GPU) at import."""
+    return cuda.jit(**tuning.CUDA_JIT_OPTIONS)(func)
+
+
+def same_type(x, value):
+    """``value`` as a constant of ``x``'s type.
+
+    A bare literal such as ``0.5`` is float64 in numba, and ``float32 * float64`` is float64: in a
+    float32 CUDA kernel that emits slow f64 instructions. ``same_type(x, 0.5)`` folds to a float32
+    constant in float32 kernels and stays exact in float64 ones.
+    """
+    return type(x)(value)
+
+
+@overload(same_type)
+def _same_type_overload(x, value):
+    np_type = as_dtype(x).type
+
+    def impl(x, value):
+        return np_type(value)
+
+    return impl
+
+
+def launch(kernel, work_items, *args):
+    """Launch a grid-stride CUDA ``kernel`` sized for ``work_items`` independent items."""
+    threads = tuning.CUDA_THREADS_PER_BLOCK
+    blocks = max(1, min(tuning.CUDA_MAX_BLOCKS, (int(work_items) + threads - 1) // threads))
+    kernel[blocks, threads](*args)
+

@@ -1,0 +1,23 @@
+"""Tunables of every kernel, in one place so that nobody hunts for magic numbers.
+
+Change a value here and every kernel family picks it up at its next compile.
+"""
+
+# LLVM fast-math flags for CPU kernels. Deliberately without ``nnan`` and ``ninf``: the NaN guard,
+# -inf masks and overflow checks must keep working. ``reassoc`` is what lets reductions vectorise.
+CPU_FASTMATH = {"contract", "arcp", "nsz", "reassoc", "afn"}
+
+# Options shared by every ``@njit`` kernel: cached on disk so a second process loads instead of
+# recompiling; numpy's error model makes division ~10x faster (no ZeroDivisionError branch).
+CPU_JIT_OPTIONS = dict(cache=True, fastmath=CPU_FASTMATH, error_model="numpy", nogil=True)
+
+# numba-cuda's fastmath is all-or-nothing (it includes nnan/ninf and flush-to-zero), so it stays off.
+CUDA_JIT_OPTIONS = dict(fastmath=False)
+
+# Grid-stride launches: this many threads per block, and at most this many blocks; every kernel
+# loops over its work items, so any grid size is correct and these only trade occupancy for launches.
+CUDA_THREADS_PER_BLOCK = 256
+CUDA_MAX_BLOCKS = 4096
+
+# Compute capability that the PTX checks target when no GPU is present (H100/H200: Hopper, sm_90).
+PTX_CHECK_COMPUTE_CAPABILITY = (9, 0)

@@ -1,0 +1,95 @@
+"""The Layer contract every built-in and plugin layer follows.
+
+A layer is configured by its constructor (hyper-parameters only: those are what a config names),
+then ``build`` gives it a backend, a dtype, its input shape and a seeded generator: there it creates
+its parameters. ``forward`` keeps what ``backward`` needs; ``backward`` writes parameter gradients
+(overwriting them) and returns the gradient of its input. Shapes exclude the batch axis.
+"""
+
+import numpy as np
+
+from numdl.errors import ShapeError
+
+
+class Parameter:
+    """A trainable array and its gradient, both on the layer's device."""
+
+    __slots__ = ("name", "value", "grad")
+
+    def __init__(self, name, value, grad):
+        self.name, self.value, self.grad = name, value, grad
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={tuple(self.value.shape)})"
+
+
+class Layer:
+    #: The name a config uses (``type = "..."``); unique across every registered plugin.
+    name = None
+
+    def __init__(self):
+        self.ops = None
+        self.dtype = None
+        self.input_shape = None
+        self.output_shape = None
+        self.params = {}
+        # False for the first layer of a model: no one needs the gradient of the data.
+        self.needs_input_grad = True
+        self._buffers = {}
+
+    # ---------------------------------------------------------------------------- building
+    def build(self, input_shape, ops, dtype, rng):
+        """Create parameters for inputs of ``input_shape``; returns the output shape."""
+        self.ops, self.dtype, self.input_shape = ops, np.dtype(dtype), tuple(input_shape)
+        self.output_shape = tuple(self.setup(self.input_shape, rng))
+        return self.output_shape
+
+    def setup(self, input_shape, rng):
+        """Subclass hook: validate ``input_shape``, add parameters, return the output shape."""
+        return input_shape
+
+    def add_param(self, name, host_values):
+        """Register a parameter from host values (cast to the layer's dtype, moved to its device)."""
+        value = self.ops.asarray(np.asarray(host_values), dtype=self.dtype)
+        self.params[name] = Parameter(name, value, self.ops.zeros(value.shape, self.dtype))
+        return self.params[name]
+
+    def parameters(self):
+        return list(self.params.values())
+
+    def buffer(self, key, shape):
+        """A work array reused across steps while its shape stays (no allocation per step)."""
+        array = self._buffers.get(key)
+        if array is None or tuple(array.shape) != tuple(shape):
+            array = self._buffers[key] = self.ops.empty(tuple(shape), self.dtype)
+        return array
+
+    # ---------------------------------------------------------------------------- running
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def check_input(self, x):
+        """Raise ShapeError naming this layer and both shapes when ``x`` does not fit."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(
+                f"layer {self.name!r} expects input of shape (batch, {', '.join(map(str, self.input_shape))})"
+                f" but got {tuple(x.shape)}")
+
+    # ------------------------------------------------------------------- random state hooks
+    def get_rng_state(self):
+        """State of any random stream the layer draws from (dropout): a dict of ints, or {}."""
+        return {}
+
+    def set_rng_state(self, state):
+        pass
+
+    def hyperparameters(self):
+        """Constructor arguments, as a config would name them (for saved configs and reprs)."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"

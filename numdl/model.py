@@ -1,0 +1,272 @@
+"""Sequential: a stack of layers with Keras-style ``fit``/``evaluate``/``predict``.
+
+Its pieces are public, so a custom loop (a GAN, an autoencoder) is a few lines::
+
+    logits = model.forward(x, training=True)
+    loss = model.loss.forward(logits, y)
+    model.backward(model.loss.backward())
+    model.optimizer.step(model.parameters())
+
+Data are validated once at the boundary (shape, dtype, NaN/Inf, labels), never inside the loop.
+"""
+
+import time
+
+import numpy as np
+
+from numdl.backend import get_ops
+from numdl.errors import ConfigError, DataError, ShapeError
+from numdl.layers.base import Parameter
+
+DTYPES = ("float32", "float64")
+
+
+class Sequential:
+    def __init__(self, layers, input_shape=None, dtype="float32", device="cpu", seed=0):
+        if str(np.dtype(dtype)) not in DTYPES:
+            raise ConfigError(f"model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.layers = list(layers)
+        if not self.layers:
+            raise ConfigError("a model needs at least one layer")
+        self.dtype = np.dtype(dtype)
+        self.device = device
+        self.ops = get_ops(device)
+        self.seed = seed
+        self.input_shape = self.output_shape = None
+        self.loss = self.optimizer = None
+        self.stop_training = False
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # ------------------------------------------------------------------------------ set-up
+    def build(self, input_shape):
+        """Create every layer's parameters for samples of ``input_shape`` (no batch axis)."""
+        rng = np.random.default_rng(self.seed)
+        shape = tuple(int(d) for d in input_shape)
+        self.input_shape = shape
+        for index, layer in enumerate(self.layers):
+            layer.needs_input_grad = index > 0
+            try:
+                shape = layer.build(shape, self.ops, self.dtype, rng)
+            except ShapeError as error:
+                raise ShapeError(f"model.layers.{index} ({layer.name}): {error}") from None
+        self.output_shape = shape
+        return self
+
+    def compile(self, loss, optimizer):
+        """Attach a loss and an optimizer: instances, or registered names with default settings."""
+        from numdl.plugins import registry
+
+        self.loss = registry().get("loss", loss)() if isinstance(loss, str) else loss
+        self.optimizer = registry().get("optimizer", optimizer)() if isinstance(optimizer, str) else optimizer
+        return self
+
+    @property
+    def built(self):
+        return self.input_shape is not None
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self):
+        """{"<index>.<layer name>.<param>": Parameter}, stable across runs (for checkpoints)."""
+        return {f"{i}.{layer.name}.{p.name}": p for i, layer in enumerate(self.layers) for p in layer.parameters()}
+
+    def parameter_count(self):
+        return int(sum(np.prod(p.value.shape) for p in self.parameters()))
+
+    # ---------------------------------------------------------------------------- running
+    def forward(self, x, training=False):
+        """Forward pass of one batch already on the model's device and dtype."""
+        self._check_batch(x)
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout):
+        """Backward pass from the gradient of the output; fills every parameter's ``grad``."""
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def train_step(self, x, y):
+        """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
+        logits = self.forward(x, training=True)
+        loss = self.loss.forward(logits, y)
+        self.backward(self.loss.backward())
+        self.optimizer.step(self.parameters())
+        return loss, _count_correct(self.ops, logits, y)
+
+    def warmup(self, batch_size=2):
+        """Compile every kernel a training step needs, without changing weights or optimizer state.
+
+        Returns the seconds it took (mostly JIT compilation; loading from numba's cache is fast).
+        """
+        self._require_compiled()
+        start = time.perf_counter()
+        rng_states = [layer.get_rng_state() for layer in self.layers]
+        x = self.ops.zeros((batch_size,) + self.input_shape, self.dtype)
+        logits = self.forward(x, training=True)
+        target = np.zeros(batch_size, np.int64) if _is_class_output(self.loss) else \
+            np.zeros((batch_size,) + self.output_shape, self.dtype)
+        self.loss.forward(logits, target)
+        self.backward(self.loss.backward())
+        scratch = [Parameter(p.name, self.ops.zeros(p.value.shape, self.dtype), p.grad) for p in self.parameters()]
+        type(self.optimizer)(**self.optimizer.hyperparameters()).step(scratch)
+        self.forward(x, training=False)
+        for layer, state in zip(self.layers, rng_states):
+            layer.set_rng_state(state)
+        return time.perf_counter() - start
+
+    # --------------------------------------------------------------------- Keras-style API
+    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
+            eval_data=None, callbacks=()):
+        """Train for ``epochs``; returns the history (one dict of metrics per epoch).
+
+        ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
+        ``<name>_accuracy``; ``validation_data`` is the Keras spelling of ``{"val": (x, y)}``.
+        ``callbacks`` are objects with any of ``on_epoch_begin(epoch, model)``,
+        ``on_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``.
+        """
+        self._require_compiled()
+        x, y = self.prepare(x, y, "training data")
+        evals = dict(eval_data or {})
+        if validation_data is not None:
+            evals["val"] = validation_data
+        evals = {name: self.prepare(ex, ey, f"{name} data") for name, (ex, ey) in evals.items()}
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        history = []
+        self.stop_training = False
+        n = x.shape[0]
+        for epoch in range(1, epochs + 1):
+            _call(callbacks, "on_epoch_begin", epoch, self)
+            start = time.perf_counter()
+            if shuffle:
+                order = rng.permutation(n)
+                xs, ys = x[order], y[order]
+            else:
+                xs, ys = x, y
+            total_loss, correct, counted = 0.0, 0, 0
+            for batch, begin in enumerate(range(0, n, batch_size)):
+                xb = self.ops.asarray(xs[begin:begin + batch_size])
+                yb = ys[begin:begin + batch_size]
+                loss, right = self.train_step(xb, yb)
+                size = xb.shape[0]
+                total_loss += loss * size
+                if right is not None:
+                    correct += right
+                    counted += size
+                _call(callbacks, "on_batch_end", batch, {"loss": loss, "size": size})
+            seconds = time.perf_counter() - start
+            logs = {"epoch": epoch, "train_loss": total_loss / n,
+                    "train_accuracy": correct / counted if counted else None,
+                    "epoch_seconds": seconds, "samples_per_second": n / seconds}
+            for name, (ex, ey) in evals.items():
+                result = self.evaluate(ex, ey, batch_size=max(batch_size, 1000))
+                logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
+            history.append(logs)
+            _call(callbacks, "on_epoch_end", epoch, logs)
+            if self.stop_training:
+                break
+        return history
+
+    def evaluate(self, x, y, batch_size=1000):
+        """{"loss", "accuracy" (None unless class labels), "predictions"} over all of x."""
+        self._require_compiled()
+        x, y = self.prepare(x, y, "evaluation data")
+        total, correct, predictions = 0.0, 0, []
+        for begin in range(0, x.shape[0], batch_size):
+            xb = self.ops.asarray(x[begin:begin + batch_size])
+            yb = y[begin:begin + batch_size]
+            out = self.forward(xb, training=False)
+            total += self.loss.forward(out, yb) * xb.shape[0]
+            if _is_class_output(self.loss):
+                predicted = self.ops.to_numpy(out).argmax(axis=1)
+                predictions.append(predicted)
+                correct += int((predicted == yb).sum())
+        n = x.shape[0]
+        return {"loss": total / n, "accuracy": correct / n if predictions else None,
+                "predictions": np.concatenate(predictions) if predictions else None}
+
+    def predict(self, x, batch_size=1000):
+        """Model outputs for every sample of x, as a NumPy array."""
+        if not self.built:
+            raise ConfigError("the model is not built: call build(input_shape) or fit first")
+        x = self.prepare(x, None, "input data")[0]
+        outs = [self.ops.to_numpy(self.forward(self.ops.asarray(x[b:b + batch_size]))).copy()
+                for b in range(0, x.shape[0], batch_size)]
+        return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape, self.dtype)
+
+    # -------------------------------------------------------------------------- validation
+    def prepare(self, x, y, what):
+        """Check data once at the boundary and convert x to the model's dtype (a host array)."""
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise DataError(f"{what} is empty")
+        if not self.built:
+            self.build(x.shape[1:])
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"{what} has samples of shape {tuple(x.shape[1:])} but the model expects "
+                             f"{self.input_shape}")
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape[0] != x.shape[0]:
+                raise ShapeError(f"{what} has {x.shape[0]} samples but {y.shape[0]} targets")
+            if _is_class_output(self.loss):
+                from numdl.losses import validate_labels
+
+                y = validate_labels(y, y.shape[0], self.output_shape[-1])
+            else:
+                y = np.ascontiguousarray(y, dtype=self.dtype)
+                if not np.isfinite(y).all():
+                    raise DataError(f"{what} targets contain NaN or Inf")
+        return x, y
+
+    def _check_batch(self, x):
+        if not self.built:
+            raise ConfigError("the model is not built: call build(input_shape) or fit first")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"model.layers.0 ({self.layers[0].name}) expects input of shape "
+                             f"(batch, {', '.join(map(str, self.input_shape))}) but got {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise DataError(f"input dtype {x.dtype} does not match the model's {self.dtype}; convert it "
+                            f"first (x.astype('{self.dtype}')) rather than compile a second version")
+        if x.shape[0] == 0:
+            raise DataError("empty batch")
+
+    def _require_compiled(self):
+        if self.loss is None or self.optimizer is None:
+            raise ConfigError("call compile(loss, optimizer) before training or evaluating")
+
+    def summary(self):
+        lines = [f"Sequential(input={self.input_shape}, dtype={self.dtype}, device={self.device})"]
+        for i, layer in enumerate(self.layers):
+            count = sum(int(np.prod(p.value.shape)) for p in layer.parameters())
+            lines.append(f"  {i:>2} {layer!r:<50} -> {layer.output_shape}  params={count}")
+        lines.append(f"  total parameters: {self.parameter_count()}")
+        return "\n".join(lines)
+
+
+def _is_class_output(loss):
+    return getattr(loss, "target_kind", "values") == "labels"
+
+
+def _count_correct(ops, logits, y):
+    if y is None or np.asarray(y).ndim != 1 or len(logits.shape) != 2:
+        return None
+    return int((ops.to_numpy(logits).argmax(axis=1) == y).sum())
+
+
+def _call(callbacks, method, *args):
+    for callback in callbacks:
+        handler = getattr(callback, method, None)
+        if handler is not None:
+            handler(*args)

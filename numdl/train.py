@@ -1,0 +1,124 @@
+"""A training run from a resolved config: data, model, the loop, and the files of the run folder.
+
+``run_folder/config.toml``  the resolved config (rerunnable as is)
+``run_folder/metrics.jsonl`` one JSON object per epoch
+``run_folder/summary.json``  final metrics, the per-class report and the confusion matrix
+"""
+
+import json
+import time
+from pathlib import Path
+
+import tomli_w
+
+from numdl import metrics
+from numdl.config import build_model
+from numdl.data import CLASS_NAMES, Normalizer, load_fashion_mnist, train_validation_split
+
+
+def new_run_folder(root="runs"):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(root) / stamp
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = Path(root) / f"{stamp}-{suffix}"
+    return folder
+
+
+def load_data(config):
+    """Train/validation/test arrays, normalised with statistics of the training part only."""
+    data = config["data"]
+    x_train, y_train, x_test, y_test = load_fashion_mnist(data.get("path") or None)
+    x_val = y_val = None
+    if data.get("validation_split", 0.0) > 0:
+        x_train, y_train, x_val, y_val = train_validation_split(
+            x_train, y_train, data["validation_split"], config.get("seed", 0))
+    normalizer = Normalizer(data.get("normalize", "standardize"), config["model"]["dtype"]).fit(x_train)
+    prepared = {"train": (normalizer.transform(x_train), y_train), "test": (normalizer.transform(x_test), y_test)}
+    if x_val is not None:
+        prepared["validation"] = (normalizer.transform(x_val), y_val)
+    return prepared, normalizer
+
+
+class RunRecorder:
+    """fit callback: appends each epoch's metrics to metrics.jsonl and reports to ``on_line``."""
+
+    def __init__(self, folder, epochs, on_line=print, progress=None):
+        self.path = Path(folder) / "metrics.jsonl"
+        self.epochs, self.on_line, self.progress = epochs, on_line, progress
+
+    def on_epoch_begin(self, epoch, model):
+        if self.progress:
+            self.progress.begin(epoch)
+
+    def on_batch_end(self, batch, logs):
+        if self.progress:
+            self.progress.advance(logs["size"])
+
+    def on_epoch_end(self, epoch, logs):
+        if self.progress:
+            self.progress.end()
+        with self.path.open("a") as f:
+            f.write(json.dumps(logs) + "\n")
+        self.on_line(format_epoch(logs, self.epochs))
+
+
+def format_epoch(logs, epochs):
+    parts = [f"epoch {logs['epoch']}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
+    if logs.get("train_accuracy") is not None:
+        parts.append(f"train_acc {logs['train_accuracy']:.4f}")
+    for name in ("validation", "test"):
+        if f"{name}_loss" in logs:
+            parts.append(f"{name}_loss {logs[f'{name}_loss']:.4f}")
+            if logs.get(f"{name}_accuracy") is not None:
+                parts.append(f"{name}_acc {logs[f'{name}_accuracy']:.4f}")
+    parts.append(f"{logs['samples_per_second']:,.0f} samples/s")
+    parts.append(f"{logs['epoch_seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def run(config, out_dir, on_line=print, progress=None):
+    """Train as ``config`` says, writing the run folder; returns the summary dict."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(tomli_w.dumps(config))
+    (folder / "metrics.jsonl").write_text("")
+
+    data, normalizer = load_data(config)
+    x_train, y_train = data["train"]
+    model = build_model(config, x_train.shape[1:])
+    train = config["train"]
+    compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
+    on_line(f"model: {len(model.layers)} layers, {model.parameter_count():,} parameters; "
+            f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
+
+    evals = {name: data[name] for name in ("validation", "test") if name in data}
+    if progress:
+        progress.start(train["epochs"], len(x_train))
+    try:
+        history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
+                            shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
+                            callbacks=[RunRecorder(folder, train["epochs"], on_line, progress)])
+    finally:
+        if progress:
+            progress.stop()
+
+    x_test, y_test = data["test"]
+    final = model.evaluate(x_test, y_test, batch_size=train["eval_batch_size"])
+    summary = {
+        "epochs": len(history),
+        "final": {k: v for k, v in history[-1].items()},
+        "test_loss": final["loss"],
+        "test_accuracy": final["accuracy"],
+        "compile_seconds": compile_seconds,
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "parameters": model.parameter_count(),
+        "normalization": normalizer.state(),
+    }
+    if final["predictions"] is not None:
+        report = metrics.classification_report(y_test, final["predictions"], model.output_shape[-1],
+                                               CLASS_NAMES if model.output_shape[-1] == len(CLASS_NAMES) else None)
+        summary["report"] = report
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
