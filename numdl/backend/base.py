@@ -34,11 +34,12 @@ class Ops:
     def to_numpy(self, array):
         raise NotImplementedError
 
-    def nothing(self, dtype):
-        """The zero-length array that stands for an absent optional argument (no bias, no dx)."""
-        key = np.dtype(dtype).str
+    def nothing(self, dtype, ndim=1):
+        """The empty array that stands for an absent optional argument (no bias, no dx). It has the
+        rank of the array it replaces, so the kernel keeps one compiled version for both cases."""
+        key = (np.dtype(dtype).str, ndim)
         if key not in self._nothing:
-            self._nothing[key] = self.empty((0,), dtype)
+            self._nothing[key] = self.empty((0,) * ndim, dtype)
         return self._nothing[key]
 
     @staticmethod
@@ -70,7 +71,7 @@ class Ops:
 
     def linear_backward(self, dx, dweight, dbias, dout, x, weight):
         """dx or dbias None: that gradient is not computed."""
-        dx = self.nothing(x.dtype) if dx is None else dx
+        dx = self.nothing(x.dtype, ndim=2) if dx is None else dx
         dbias = self.nothing(x.dtype) if dbias is None else dbias
         work = dweight.size + dbias.size + dx.size
         self._run("linear", "linear_backward", work, dx, dweight, dbias, dout, x, weight)

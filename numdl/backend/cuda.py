@@ -27,14 +27,19 @@ class CUDAOps(Ops):
         return cuda.to_device(np.zeros(shape, dtype=dtype))
 
     def asarray(self, array, dtype=None):
-        if cuda.is_cuda_array(array) and (dtype is None or np.dtype(dtype) == array.dtype):
+        if _on_device(array) and (dtype is None or np.dtype(dtype) == array.dtype):
             return array
         return cuda.to_device(np.ascontiguousarray(array, dtype=dtype))
 
     def to_numpy(self, array):
-        if cuda.is_cuda_array(array):
+        if _on_device(array):
             return array.copy_to_host()
         return np.asarray(array)
 
     def _call(self, kernel, work_items, args):
         launch(kernel, work_items, *args)
+
+
+def _on_device(array):
+    # Device arrays (real or simulated) expose copy_to_host; NumPy arrays do not.
+    return hasattr(array, "copy_to_host")

@@ -4,6 +4,8 @@ Kernels (in the sibling modules) are plain functions over arrays: they write int
 outputs and return nothing. Only ``numdl.backend`` calls them.
 """
 
+import inspect
+
 from numba import cuda, njit
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
@@ -17,12 +19,20 @@ def cpu_kernel(func):
 
 
 def scalar_math(func):
-    """Compile a scalar helper usable from both CPU kernels and CUDA kernels.
+    """Make ``func`` a helper that CPU kernels, CUDA kernels and the CUDA simulator can all call.
 
-    numba-cuda compiles a called ``@njit`` function as a device function, so one definition of the
-    math serves both targets (that is how the twins stay numerically identical).
+    ``func`` stays a plain Python function (which is what the simulator, running kernels as Python,
+    needs: it cannot pass its fake device arrays to a compiled function), and a numba overload makes
+    compiled callers of either target compile ``func`` itself. So one definition of the math serves
+    both targets, and the twins stay numerically identical.
     """
-    return njit(**tuning.CPU_JIT_OPTIONS)(func)
+
+    def typer(*args):
+        return func
+
+    typer.__signature__ = inspect.signature(func)
+    overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH})(typer)
+    return func
 
 
 def cuda_kernel(func):

@@ -1,0 +1,58 @@
+"""CUDA twins under Numba's simulator: each against its CPU kernel on the same inputs, and a whole
+training step of a small model on device='cuda' against the same step on the CPU.
+
+Run by tests/test_cuda_simulator.py in a separate process with NUMBA_ENABLE_CUDASIM=1.
+"""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+from kernel_cases import DTYPES, TOLERANCE, all_cases
+from numdl.testing import check_kernel_twin
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="needs the CUDA simulator"),
+    # The simulator runs the dropout hash on NumPy uint64 scalars, which warn on the intended wrap-around.
+    pytest.mark.filterwarnings("ignore:overflow encountered in scalar multiply:RuntimeWarning"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case_id, family, op, make", all_cases(), ids=[c[0] for c in all_cases()])
+def test_cuda_twin_matches_cpu_kernel(case_id, family, op, make, dtype, monkeypatch):
+    from numdl.kernels import tuning
+
+    # A small grid makes every thread loop more than once: the grid-stride path is exercised.
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 4)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 2)
+    module = importlib.import_module(f"numdl.kernels.{family}")
+    args, work, _ = make(dtype, np.random.default_rng(11))
+    check_kernel_twin(getattr(module, f"{op}_cpu"), getattr(module, f"{op}_cuda"), args, work, **TOLERANCE[dtype])
+
+
+def _model(device):
+    import numdl
+
+    layers = [numdl.Flatten(), numdl.Linear(6), numdl.Tanh(), numdl.Dropout(0.2, seed=3), numdl.Linear(3)]
+    model = numdl.Sequential(layers, input_shape=(2, 2), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.CrossEntropy(label_smoothing=0.1), numdl.Adam(lr=0.01))
+
+
+def test_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 2)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 2, 2)), rng.integers(0, 3, 5)
+    cpu, gpu = _model("cpu"), _model("cuda")
+    for _ in range(2):
+        loss_cpu, _ = cpu.train_step(x, y)
+        loss_gpu, _ = gpu.train_step(gpu.ops.asarray(x), y)
+        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10)
+    for p_cpu, p_gpu in zip(cpu.parameters(), gpu.parameters()):
+        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10)

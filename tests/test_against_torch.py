@@ -1,0 +1,106 @@
+"""Semantics follow PyTorch: losses, optimizer trajectories and layers compared with torch itself
+(the float64 NumPy references in kernel_cases.py check the kernels; these check the formulas)."""
+
+import numpy as np
+import pytest
+
+import numdl
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.15}, {"weight": [0.5, 2.0, 1.0, 3.0]},
+                                    {"weight": [0.5, 2.0, 1.0, 3.0], "label_smoothing": 0.3},
+                                    {"reduction": "sum", "label_smoothing": 0.1}])
+def test_cross_entropy_matches_torch(kwargs):
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((8, 4)) * 3, rng.integers(0, 4, 8)
+    ours = numdl.CrossEntropy(**kwargs)
+    value = ours.forward(logits, labels)
+    grad = ours.backward()
+    t_kwargs = dict(kwargs)
+    if "weight" in t_kwargs:
+        t_kwargs["weight"] = torch.tensor(t_kwargs["weight"], dtype=torch.float64)
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_loss = torch.nn.CrossEntropyLoss(**t_kwargs)(t_logits, torch.tensor(labels))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.MSE, torch.nn.MSELoss),
+                                                 (numdl.BCEWithLogits, torch.nn.BCEWithLogitsLoss)])
+def test_elementwise_losses_match_torch(ours_cls, torch_cls):
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal((5, 3)) * 4, rng.uniform(0, 1, (5, 3))
+    ours = ours_cls()
+    value = ours.forward(pred, target)
+    t_pred = torch.tensor(pred, requires_grad=True)
+    t_loss = torch_cls()(t_pred, torch.tensor(target))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(ours.backward(), t_pred.grad.numpy(), rtol=1e-10)
+
+
+OPTIMIZERS = [
+    (numdl.SGD, torch.optim.SGD, {"lr": 0.1}),
+    (numdl.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    (numdl.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}),
+    (numdl.SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),
+    (numdl.Adam, torch.optim.Adam, {"lr": 0.01}),
+    (numdl.Adam, torch.optim.Adam, {"lr": 0.01, "betas": [0.8, 0.99], "weight_decay": 0.1}),
+    (numdl.AdamW, torch.optim.AdamW, {"lr": 0.01}),
+    (numdl.AdamW, torch.optim.AdamW, {"lr": 0.02, "weight_decay": 0.5, "eps": 1e-6}),
+    (numdl.RMSprop, torch.optim.RMSprop, {"lr": 0.01}),
+    (numdl.RMSprop, torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}),
+]
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, kwargs", OPTIMIZERS,
+                         ids=[f"{o.name}-{i}" for i, (o, _, _) in enumerate(OPTIMIZERS)])
+def test_optimizer_trajectory_matches_torch(ours_cls, torch_cls, kwargs):
+    rng = np.random.default_rng(2)
+    start = rng.standard_normal(13)
+    grads = [rng.standard_normal(13) for _ in range(5)]
+    param = numdl.Parameter("p", start.copy(), np.zeros(13))
+    ours = ours_cls(**kwargs)
+    t_param = torch.nn.Parameter(torch.tensor(start.copy()))
+    t_kwargs = {k: tuple(v) if k == "betas" else v for k, v in kwargs.items()}
+    theirs = torch_cls([t_param], foreach=False, **t_kwargs)
+    for g in grads:
+        param.grad[:] = g
+        ours.step([param])
+        t_param.grad = torch.tensor(g)
+        theirs.step()
+    np.testing.assert_allclose(param.value, t_param.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ours, theirs", [(numdl.GELU(), torch.nn.GELU()), (numdl.Sigmoid(), torch.nn.Sigmoid()),
+                                          (numdl.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
+                                          (numdl.Softmax(), torch.nn.Softmax(dim=-1))])
+def test_activation_layers_match_torch(ours, theirs):
+    from numdl.backend import get_ops
+
+    x = np.random.default_rng(3).standard_normal((4, 6)) * 3
+    dout = np.random.default_rng(4).standard_normal((4, 6))
+    ours.build((6,), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    out = ours.forward(x, training=True).copy()
+    dx = ours.backward(dout)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_out = theirs(t_x)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_linear_matches_torch_layout():
+    from numdl.backend import get_ops
+
+    layer = numdl.Linear(3)
+    layer.build((5,), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    t_layer = torch.nn.Linear(5, 3).double()
+    with torch.no_grad():
+        t_layer.weight.copy_(torch.tensor(layer.params["weight"].value))
+        t_layer.bias.copy_(torch.tensor(layer.params["bias"].value))
+    x = np.random.default_rng(1).standard_normal((4, 5))
+    np.testing.assert_allclose(layer.forward(x), t_layer(torch.tensor(x)).detach().numpy(), rtol=1e-12)

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+
+import numdl
+from helpers import separable_images
+from numdl.errors import ConfigError, DataError, ShapeError
+
+
+def _data(n=400, seed=0):
+    x, y = separable_images(n, seed, size=10, classes=5)
+    return (x / 255.0).astype(np.float32), y
+
+
+def _mlp(**kwargs):
+    layers = [numdl.Flatten(), numdl.Linear(32), numdl.ReLU(), numdl.Dropout(0.1), numdl.Linear(5)]
+    return numdl.Sequential(layers, **kwargs).compile("cross_entropy", numdl.Adam(lr=3e-3))
+
+
+def test_fit_learns_and_history_has_metrics():
+    x, y = _data()
+    xt, yt = _data(200, seed=1)
+    model = _mlp(seed=0)
+    history = model.fit(x, y, epochs=4, batch_size=32, eval_data={"test": (xt, yt)})
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.9
+    for key in ("train_accuracy", "epoch_seconds", "samples_per_second", "test_loss"):
+        assert key in history[-1]
+    result = model.evaluate(xt, yt)
+    assert result["accuracy"] == pytest.approx(history[-1]["test_accuracy"])
+    assert model.predict(xt).shape == (200, 5)
+
+
+def test_same_seed_same_weights_and_different_seed_differs():
+    x, y = _data()
+    runs = []
+    for seed in (0, 0, 1):
+        model = _mlp(seed=seed)
+        model.fit(x, y, epochs=1, batch_size=50)
+        runs.append(np.concatenate([p.value.ravel() for p in model.parameters()]))
+    assert np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+def test_float64_model_and_regression_loss():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 3))
+    y = x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3
+    model = numdl.Sequential([numdl.Linear(1)], dtype="float64").compile(numdl.MSE(), numdl.SGD(lr=0.1, momentum=0.9))
+    history = model.fit(x, y, epochs=30, batch_size=32)
+    assert history[-1]["train_loss"] < 1e-6
+    assert history[-1]["train_accuracy"] is None
+    np.testing.assert_allclose(model.layers[0].params["weight"].value, [[1.0, -2.0, 0.5]], atol=1e-3)
+
+
+def test_custom_training_loop_with_public_pieces():
+    """An autoencoder trained with forward / loss / backward / step, as a GAN loop would be written."""
+    x, _ = _data(256)
+    x = x.reshape(256, -1)
+    model = numdl.Sequential([numdl.Linear(16), numdl.Tanh(), numdl.Linear(100)], input_shape=(100,), seed=0)
+    loss, optimizer = numdl.MSE(), numdl.Adam(lr=1e-2)
+    first = None
+    for step in range(150):
+        batch = x[(step * 32) % 224:(step * 32) % 224 + 32]
+        value = loss.forward(model.forward(batch, training=True), batch)
+        model.backward(loss.backward())
+        optimizer.step(model.parameters())
+        first = value if first is None else first
+    assert value < 0.5 * first
+
+
+def test_boundary_validation_messages():
+    x, y = _data(64)
+    model = _mlp(seed=0)
+    model.fit(x, y, epochs=1, batch_size=32)
+    with pytest.raises(ShapeError, match=r"samples of shape \(9, 10\) but the model expects \(10, 10\)"):
+        model.evaluate(x[:, :9], y)
+    bad = y.copy().astype(np.int64)
+    bad[3] = 5
+    with pytest.raises(DataError, match=r"label 5 is outside \[0, 5\)"):
+        model.fit(x, bad, epochs=1)
+    bad[3] = -1
+    with pytest.raises(DataError, match=r"label -1 is outside"):
+        model.evaluate(x, bad)
+    nan = x.copy()
+    nan[7, 2, 2] = np.nan
+    with pytest.raises(DataError, match="NaN or Inf .*sample 7"):
+        model.fit(nan, y, epochs=1)
+    with pytest.raises(DataError, match="empty"):
+        model.predict(x[:0])
+    with pytest.raises(DataError, match="float64 does not match the model's float32"):
+        model.forward(x.astype(np.float64))
+    with pytest.raises(ShapeError, match="has 64 samples but 63 targets"):
+        model.fit(x, y[:63], epochs=1)
+
+
+def test_layer_shape_errors_name_the_layer():
+    with pytest.raises(ShapeError, match=r"model.layers.0 \(linear\).*add a 'flatten' layer"):
+        numdl.Sequential([numdl.Linear(3)], input_shape=(4, 4))
+
+
+def test_compile_required_and_unknown_names():
+    model = numdl.Sequential([numdl.Linear(2)], input_shape=(3,))
+    with pytest.raises(ConfigError, match="compile"):
+        model.fit(np.zeros((2, 3)), np.zeros(2, int))
+    with pytest.raises(numdl.RegistryError, match="unknown loss 'hinge'; available: bce_with_logits"):
+        model.compile("hinge", "adam")
+
+
+def test_warmup_changes_nothing():
+    x, y = _data(64)
+    model = _mlp(seed=0)
+    model.build(x.shape[1:])
+    before = [p.value.copy() for p in model.parameters()]
+    dropout_state = model.layers[3].get_rng_state()
+    model.warmup(8)
+    assert all(np.array_equal(b, p.value) for b, p in zip(before, model.parameters()))
+    assert model.layers[3].get_rng_state() == dropout_state
+    assert model.optimizer.state is None
