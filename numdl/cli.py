@@ -85,3 +85,5 @@ def train(config, overrides, out_dir, quiet):
 
 def main():
     cli()
+if __name__ == "__main__":
+    main()

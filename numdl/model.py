@@ -22,7 +22,9 @@ DTYPES = ("float32", "float64")
 
 
 class Sequential:
-    def __init__(self, layers, input_shape=None, dtype="float32", device="cpu", seed=0):
+    def __init__(self, layers, input_shape=None, dtype="float32", device="cpu", seed=0, input_grad=False):
+        """``input_grad=True`` makes ``backward`` return the gradient of the input too (a GAN's
+        discriminator passes it on to the generator); otherwise the first layer skips that work."""
         if str(np.dtype(dtype)) not in DTYPES:
             raise ConfigError(f"model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.layers = list(layers)
@@ -32,6 +34,7 @@ class Sequential:
         self.device = device
         self.ops = get_ops(device)
         self.seed = seed
+        self.input_grad = input_grad
         self.input_shape = self.output_shape = None
         self.loss = self.optimizer = None
         self.stop_training = False
@@ -45,7 +48,7 @@ class Sequential:
         shape = tuple(int(d) for d in input_shape)
         self.input_shape = shape
         for index, layer in enumerate(self.layers):
-            layer.needs_input_grad = index > 0
+            layer.needs_input_grad = index > 0 or self.input_grad
             try:
                 shape = layer.build(shape, self.ops, self.dtype, rng)
             except ShapeError as error:
@@ -84,7 +87,9 @@ class Sequential:
         return x
 
     def backward(self, dout):
-        """Backward pass from the gradient of the output; fills every parameter's ``grad``."""
+        """Backward pass from the gradient of the output; fills every parameter's ``grad``.
+
+        Returns the gradient of the input when the model was made with ``input_grad=True``."""
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
         return dout

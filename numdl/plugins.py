@@ -41,16 +41,22 @@ class Registry:
         return sorted(self.items[kind])
 
 
+def create_plugin_manager():
+    """A new manager holding numdl's built-ins and every installed ``numdl`` entry point."""
+    pm = pluggy.PluginManager("numdl")
+    pm.add_hookspecs(hookspecs.NumdlHookSpecs)
+    from numdl import builtin
+
+    pm.register(builtin, name="numdl")
+    pm.load_setuptools_entrypoints("numdl")
+    return pm
+
+
 def plugin_manager():
+    """The process-wide manager, created on first use."""
     global _manager
     if _manager is None:
-        pm = pluggy.PluginManager("numdl")
-        pm.add_hookspecs(hookspecs.NumdlHookSpecs)
-        from numdl import builtin
-
-        pm.register(builtin, name="numdl")
-        pm.load_setuptools_entrypoints("numdl")
-        _manager = pm
+        _manager = create_plugin_manager()
     return _manager
 
 

@@ -6,12 +6,16 @@ from numdl.layers.base import Layer
 
 
 class Linear(Layer):
-    """Fully connected layer; ``in_features`` is inferred from the input at build time."""
+    """Fully connected layer; ``in_features`` is inferred from the input at build time.
+
+    The default initialisation is PyTorch's (``pytorch_default``: U(+-1/sqrt(in_features)) for the
+    weight and the bias), so a model ported from PyTorch trains the same way.
+    """
 
     name = "linear"
 
-    def __init__(self, out_features: int, bias: bool = True, weight_init: str = "kaiming_uniform",
-                 bias_init: str = "zeros"):
+    def __init__(self, out_features: int, bias: bool = True, weight_init: str = "pytorch_default",
+                 bias_init: str = "pytorch_default"):
         super().__init__()
         if out_features < 1:
             raise ConfigError(f"linear: out_features must be >= 1, got {out_features}")

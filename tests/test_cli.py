@@ -1,0 +1,63 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import write_fashion_like
+from numdl.cli import cli
+
+
+def test_help_texts_are_complete():
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0 and "train" in top.output
+    train = runner.invoke(cli, ["train", "--help"])
+    assert train.exit_code == 0
+    for word in ("CONFIG", "--set", "--out", "784-128-64-10"):
+        assert word in train.output
+    assert runner.invoke(cli, ["--version"]).output.startswith("numdl, version")
+
+
+def test_tiny_training_run_writes_the_three_files(tmp_path):
+    data = write_fashion_like(tmp_path / "data", n_train=300, n_test=100)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--set", f"data.path='{data}'", "--set", "train.epochs=3",
+                                      "--set", "train.batch_size=32", "--set", "data.validation_split=0.1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "epoch 3/3" in result.output and "samples/s" in result.output and "test_acc" in result.output
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "validation_accuracy",
+                "epoch_seconds", "samples_per_second"):
+        assert key in lines[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.9
+    assert len(summary["report"]["confusion_matrix"]) == 10
+    assert set(summary["report"]["per_class"]["Trouser"]) == {"precision", "recall", "f1", "support"}
+    assert "train.epochs" not in (out / "config.toml").read_text()
+    assert "epochs = 3" in (out / "config.toml").read_text()
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "numdl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, NUMDL_DATA="/nonexistent"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "optimizer.lr=abc"], "optimizer.lr: expected a number"),
+    (["--set", "model.layers.0.type=nope"], "unknown layer 'nope'; available:"),
+])
+def test_config_errors_are_one_line_and_exit_2(args, needle, tmp_path):
+    result = _run_cli("train", *args, "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_line_and_non_zero(tmp_path):
+    result = _run_cli("train", "--set", f"data.path='{tmp_path}'", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Fashion-MNIST files not found") and result.stderr.count("\n") == 1

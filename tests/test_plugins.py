@@ -1,0 +1,166 @@
+"""Plugins: an item registered through the plugin manager is usable by name in a config and trains;
+entry points are discovered; duplicate names and unknown names are clear errors."""
+
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+import numdl
+from helpers import write_fashion_like
+from numdl import config, plugins, train
+from numdl.errors import RegistryError
+from numdl.layers import Layer
+
+
+def _scaled_tanh_plugin():
+    """A plugin module with its own @njit kernel pair, as a third-party package would ship it."""
+    from numba import njit
+
+    @njit(cache=False)
+    def scaled_tanh_forward_cpu(out, x, scale):
+        for i in range(x.size):
+            out[i] = scale * np.tanh(x[i])
+
+    @njit(cache=False)
+    def scaled_tanh_backward_cpu(dx, dout, out, scale):
+        for i in range(out.size):
+            t = out[i] / scale
+            dx[i] = dout[i] * scale * (1.0 - t * t)
+
+    class ScaledTanh(Layer):
+        name = "scaled_tanh"
+
+        def __init__(self, scale: float = 1.7159):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, training=False):
+            self._out = self.buffer("out", x.shape)
+            scaled_tanh_forward_cpu(self._out.reshape(-1), x.reshape(-1), self.scale)
+            return self._out
+
+        def backward(self, dout):
+            dx = self.buffer("dx", dout.shape)
+            scaled_tanh_backward_cpu(dx.reshape(-1), dout.reshape(-1), self._out.reshape(-1), self.scale)
+            return dx
+
+    module = types.ModuleType("scaled_tanh_plugin")
+
+    @numdl.hookimpl
+    def numdl_register_layers():
+        return [ScaledTanh]
+
+    module.numdl_register_layers = numdl_register_layers
+    module.ScaledTanh = ScaledTanh
+    return module
+
+
+@pytest.fixture
+def scaled_tanh():
+    module = _scaled_tanh_plugin()
+    plugins.register(module, name="scaled-tanh-plugin")
+    yield module
+    plugins.unregister(module)
+
+
+def test_plugin_layer_is_named_in_a_config_and_trains(scaled_tanh, tmp_path):
+    from numdl.testing import check_layer_gradients
+
+    check_layer_gradients(scaled_tanh.ScaledTanh(), (5,))
+    data = write_fashion_like(tmp_path / "data", n_train=300, n_test=100)
+    resolved = config.resolve(None, [f"data.path='{data}'", "train.epochs=2", "train.batch_size=32",
+                                     "model.layers.2.type='scaled_tanh'", "model.layers.2.scale=1.5"])
+    summary = train.run(resolved, tmp_path / "run", on_line=lambda line: None)
+    assert summary["test_accuracy"] > 0.9
+    assert "scaled_tanh" in (tmp_path / "run" / "config.toml").read_text()
+    assert plugins.registry().items["layer"]["scaled_tanh"].source == "scaled-tanh-plugin"
+
+
+def test_plugin_parameters_are_type_checked(scaled_tanh):
+    with pytest.raises(numdl.ConfigError, match="model.layers.2.scale: expected a number, got 'big'"):
+        config.resolve(None, ["model.layers.2.type='scaled_tanh'", "model.layers.2.scale=big"])
+
+
+def test_unregistered_plugin_name_is_unknown_again():
+    module = _scaled_tanh_plugin()
+    plugins.register(module)
+    plugins.unregister(module)
+    with pytest.raises(RegistryError, match="unknown layer 'scaled_tanh'"):
+        plugins.registry().get("layer", "scaled_tanh")
+
+
+def test_duplicate_name_is_an_error_naming_both_sources():
+    class FakeRelu(Layer):
+        name = "relu"
+
+    module = types.ModuleType("clash")
+    module.numdl_register_layers = numdl.hookimpl(lambda: [FakeRelu])
+    with pytest.raises(RegistryError, match=r"duplicate layer name 'relu': registered by numdl and by clash-plugin"):
+        plugins.register(module, name="clash-plugin")
+    assert plugins.registry().get("layer", "relu") is numdl.ReLU  # the failed registration was rolled back
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
+    (tmp_path / "ep_numdl_plugin.py").write_text(textwrap.dedent('''
+        import numdl
+        from numdl.losses import MSE
+
+        class HalfMSE(MSE):
+            name = "half_mse"
+
+            def forward(self, pred, target):
+                return 0.5 * super().forward(pred, target)
+
+        @numdl.hookimpl
+        def numdl_register_losses():
+            return [HalfMSE]
+    '''))
+    dist = tmp_path / "ep_numdl_plugin-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-numdl-plugin\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[numdl]\nhalf = ep_numdl_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry = plugins.build_registry(plugins.create_plugin_manager())
+        entry = registry.items["loss"]["half_mse"]
+        assert entry.source == "half (ep-numdl-plugin 1.2.3)"
+        assert registry.get("loss", "cross_entropy") is numdl.CrossEntropy
+    finally:
+        sys.modules.pop("ep_numdl_plugin", None)
+
+
+def test_builtins_come_through_the_hooks():
+    registry = plugins.registry()
+    assert registry.names("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
+    assert registry.names("loss") == ["bce_with_logits", "cross_entropy", "mse"]
+    assert all(entry.source == "numdl" for entry in registry.items["layer"].values())
+
+
+def test_plugin_optimizer_is_named_in_a_config_and_steps():
+    from numdl.optim import Optimizer
+
+    class SignSGD(Optimizer):
+        name = "sign_sgd"
+
+        def __init__(self, lr: float = 0.01):
+            super().__init__(lr)
+
+        def update(self, param, state):
+            param.value -= self.lr * np.sign(param.grad)
+
+    module = types.ModuleType("sign_sgd_plugin")
+    module.numdl_register_optimizers = numdl.hookimpl(lambda: [SignSGD])
+    plugins.register(module)
+    try:
+        resolved = config.resolve(None, ["optimizer.type='sign_sgd'", "optimizer.lr=0.5"])
+        assert resolved["optimizer"] == {"type": "sign_sgd", "lr": 0.5}
+        model = config.build_model(resolved, (28, 28))
+        before = model.parameters()[0].value.copy()
+        model.train_step(np.ones((2, 28, 28), np.float32), np.array([1, 2]))
+        changed = np.abs(model.parameters()[0].value - before)
+        assert np.allclose(changed[changed > 0], 0.5)
+    finally:
+        plugins.unregister(module)
