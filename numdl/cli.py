@@ -36,6 +36,10 @@ class RichEpochProgress:
     def stop(self):
         self._progress.stop()
 
+    def print(self, line):
+        """Print above the live bar (a plain print would tear it)."""
+        self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
 
 def _fail(error):
     click.echo(f"error: {error}", err=True)
@@ -74,8 +78,9 @@ def train(config, overrides, out_dir, quiet):
     try:
         resolved = config_module.resolve(config, overrides)
         folder = out_dir or train_module.new_run_folder()
-        progress = None if quiet or not sys.stderr.isatty() else RichEpochProgress()
-        summary = train_module.run(resolved, folder, on_line=click.echo, progress=progress)
+        progress = None if quiet or not sys.stdout.isatty() else RichEpochProgress()
+        on_line = progress.print if progress else click.echo
+        summary = train_module.run(resolved, folder, on_line=on_line, progress=progress)
     except NumdlError as error:
         _fail(error)
     accuracy = summary.get("test_accuracy")
