@@ -170,8 +170,15 @@ def check_item(path, table, kind):
     except RegistryError as error:
         raise RegistryError(f"{path}.type: {error}") from None
     accepted = item_parameters(cls)
+    nested = getattr(cls, "nested_layers", None)
     for key, value in table.items():
         if key == "type":
+            continue
+        if key == nested:
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{path}.{key}: expected a non-empty list of layer tables")
+            for index, child in enumerate(value):
+                check_item(f"{path}.{key}.{index}", child, "layer")
             continue
         if key not in accepted:
             names = ", ".join(accepted) or "no parameters"
@@ -220,8 +227,12 @@ def validate(config):
 def build_item(path, table, kind):
     """Instantiate a validated item table; a constructor's own refusal becomes a ConfigError."""
     cls = check_item(path, table, kind)
+    kwargs = {k: v for k, v in table.items() if k != "type"}
+    nested = getattr(cls, "nested_layers", None)
+    if nested in kwargs:
+        kwargs[nested] = [build_item(f"{path}.{nested}.{i}", child, "layer") for i, child in enumerate(kwargs[nested])]
     try:
-        return cls(**{k: v for k, v in table.items() if k != "type"})
+        return cls(**kwargs)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     except (TypeError, ValueError) as error:

@@ -73,7 +73,8 @@ class Sequential:
 
     def named_parameters(self):
         """{"<index>.<layer name>.<param>": Parameter}, stable across runs (for checkpoints)."""
-        return {f"{i}.{layer.name}.{p.name}": p for i, layer in enumerate(self.layers) for p in layer.parameters()}
+        return {f"{i}.{layer.name}.{name}": p for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters().items()}
 
     def parameter_count(self):
         return int(sum(np.prod(p.value.shape) for p in self.parameters()))

@@ -212,6 +212,236 @@ def _dropout_backward(dtype, rng):
     return [np.zeros_like(dout), dout, mask], dout.size, {0: f64(dout) * f64(mask)}
 
 
+
+# ----------------------------------------------------------------------------------- convolution
+# The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
+CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
+
+
+def conv2d_reference(x, w, b, stride, pad, dil, groups, relu=False):
+    """Direct float64 cross-correlation, PyTorch's definition, as plain loops."""
+    n_batch, c_in, h, wid = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    h_out = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (wid + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    padded = np.zeros((n_batch, c_in, h + 2 * pad[0], wid + 2 * pad[1]))
+    padded[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + wid] = x
+    out = np.zeros((n_batch, c_out, h_out, w_out))
+    c_out_g = c_out // groups
+    for co in range(c_out):
+        g = co // c_out_g
+        for i in range(kh):
+            for j in range(kw):
+                rows = padded[:, g * c_in_g:(g + 1) * c_in_g, i * dil[0]:i * dil[0] + stride[0] * h_out:stride[0],
+                              j * dil[1]:j * dil[1] + stride[1] * w_out:stride[1]]
+                out[:, co] += np.einsum("nchw,c->nhw", rows, w[co, :, i, j])
+        out[:, co] += b[co] if b.size else 0
+    return np.maximum(out, 0) if relu else out
+
+
+def _conv_inputs(dtype, rng):
+    p = CONV
+    x = rng.standard_normal((p["n"], p["c_in"], p["h"], p["w"])).astype(dtype)
+    w = rng.standard_normal((p["c_out"], p["c_in"] // p["groups"]) + p["k"]).astype(dtype)
+    b = rng.standard_normal(p["c_out"]).astype(dtype)
+    out = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"])
+    return x, w, b, out.shape
+
+
+def _conv_scalars():
+    p = CONV
+    return [*p["stride"], *p["pad"], *p["dil"], p["groups"]]
+
+
+def _conv_forward(relu):
+    def make(dtype, rng):
+        x, w, b, shape = _conv_inputs(dtype, rng)
+        hw = shape[2] * shape[3]
+        cols = np.zeros((x.shape[1] * w.shape[2] * w.shape[3], shape[0] * hw), dtype)
+        gemm = np.zeros((shape[1], shape[0] * hw), dtype)
+        p = CONV
+        expected = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
+        return [np.zeros(shape, dtype), cols, gemm, x, w, b, *_conv_scalars(), relu], int(np.prod(shape)), {0: expected}
+    return make
+
+
+def _numeric_conv_grads(x, w, b, dout, relu):
+    """Gradients of sum(conv(x) * dout) by linearity: exact for the linear map, masked for ReLU."""
+    p = CONV
+    out = conv2d_reference(x, w, b, p["stride"], p["pad"], p["dil"], p["groups"])
+    g = dout * (out > 0) if relu else dout
+    dw = np.zeros_like(w)
+    for idx in np.ndindex(*w.shape):
+        basis = np.zeros_like(w)
+        basis[idx] = 1.0
+        dw[idx] = (conv2d_reference(x, basis, np.zeros(0), p["stride"], p["pad"], p["dil"], p["groups"]) * g).sum()
+    dx = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        basis = np.zeros_like(x)
+        basis[idx] = 1.0
+        dx[idx] = (conv2d_reference(basis, w, np.zeros(0), p["stride"], p["pad"], p["dil"], p["groups"]) * g).sum()
+    return dx, dw, g.sum(axis=(0, 2, 3)), out
+
+
+def _conv_backward(relu):
+    def make(dtype, rng):
+        x, w, b, shape = _conv_inputs(dtype, rng)
+        dout = rng.standard_normal(shape).astype(dtype)
+        dx, dw, db, out = _numeric_conv_grads(f64(x), f64(w), f64(b), f64(dout), relu)
+        out = np.maximum(out, 0) if relu else out
+        hw = shape[2] * shape[3]
+        taps = x.shape[1] * w.shape[2] * w.shape[3]
+        cols = np.zeros((taps, shape[0] * hw), dtype)
+        from numdl.kernels.conv import _im2col
+        p = CONV
+        _im2col(cols, x, *p["stride"], *p["pad"], *p["dil"], *p["k"], shape[2], shape[3])
+        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), np.zeros_like(cols),
+                np.zeros((shape[1], shape[0] * hw), dtype), dout, out.astype(dtype), x, cols, w, *_conv_scalars(), relu]
+        return args, dx.size + dw.size + db.size, {0: dx, 1: dw, 2: db}
+    return make
+
+
+# --------------------------------------------------------------------------------------- pooling
+POOL = dict(k=(3, 2), stride=(2, 2), pad=(1, 1))
+
+
+def _pool_windows(x, k, stride, pad, fill):
+    n, c, h, w = x.shape
+    padded = np.full((n, c, h + 2 * pad[0], w + 2 * pad[1]), fill)
+    padded[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w] = x
+    h_out = (h + 2 * pad[0] - k[0]) // stride[0] + 1
+    w_out = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    windows = np.zeros((n, c, h_out, w_out, k[0] * k[1]))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            windows[..., i * k[1] + j] = padded[:, :, i:i + stride[0] * h_out:stride[0], j:j + stride[1] * w_out:stride[1]]
+    return windows
+
+
+def _pool_x(dtype, rng):
+    return rng.permutation(2 * 3 * 7 * 5).reshape(2, 3, 7, 5).astype(dtype) / 10  # distinct values: one argmax
+
+
+def _pool_args():
+    return [*POOL["k"], *POOL["stride"], *POOL["pad"]]
+
+
+def _maxpool_forward(dtype, rng):
+    x = _pool_x(dtype, rng)
+    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf).max(-1)
+    return [np.zeros(ref.shape, dtype), np.zeros(ref.shape, np.int64), x, *_pool_args()], ref.size, {0: ref}
+
+
+def _maxpool_backward(dtype, rng):
+    x = _pool_x(dtype, rng)
+    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf).max(-1)
+    from numdl.kernels.pool import maxpool2d_forward_cpu
+    argmax = np.zeros(ref.shape, np.int64)
+    maxpool2d_forward_cpu(np.zeros(ref.shape, dtype), argmax, x, *_pool_args())
+    dout = rng.standard_normal(ref.shape).astype(dtype)
+    dx = np.zeros(x.shape)
+    for n, c, oh, ow in np.ndindex(*ref.shape):  # the gradient goes to the element equal to the max
+        hit = np.argwhere(f64(x[n, c]) == ref[n, c, oh, ow])[0]
+        dx[n, c, hit[0], hit[1]] += dout[n, c, oh, ow]
+    return [np.zeros_like(x), dout, argmax, *_pool_args()], x.size, {0: dx}
+
+
+def _avgpool_forward(dtype, rng):
+    x = _pool_x(dtype, rng)
+    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], 0.0).mean(-1)
+    return [np.zeros(ref.shape, dtype), x, *_pool_args()], ref.size, {0: ref}
+
+
+def _avgpool_backward(dtype, rng):
+    x = _pool_x(dtype, rng)
+    shape = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], 0.0).shape[:4]
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):  # linearity: dx = d/dx sum(avgpool(x) * dout)
+        basis = np.zeros(x.shape)
+        basis[idx] = 1.0
+        dx[idx] = (_pool_windows(basis, POOL["k"], POOL["stride"], POOL["pad"], 0.0).mean(-1) * f64(dout)).sum()
+    return [np.zeros_like(x), dout, *_pool_args()], x.size, {0: dx}
+
+
+# --------------------------------------------------------------------------------- normalisation
+def _bn_inputs(dtype, rng):
+    x = (rng.standard_normal((4, 3, 5)) * 2 + 1).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, 3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    return x, gamma, beta
+
+
+def _bn_train_forward(dtype, rng):
+    x, gamma, beta = _bn_inputs(dtype, rng)
+    xd = f64(x)
+    mean, var = xd.mean(axis=(0, 2)), xd.var(axis=(0, 2))
+    xhat = (xd - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+    running_mean, running_var = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    m = 0.1
+    expected = {0: f64(gamma)[None, :, None] * xhat + f64(beta)[None, :, None], 1: xhat, 2: mean,
+                3: 1 / np.sqrt(var + 1e-5), 4: (1 - m) * f64(running_mean) + m * mean,
+                5: (1 - m) * f64(running_var) + m * xd.var(axis=(0, 2), ddof=1)}
+    args = [np.zeros_like(x), np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), running_mean, running_var,
+            x, gamma, beta, dtype(m), dtype(1e-5)]
+    return args, 3, expected
+
+
+def _bn_eval_forward(dtype, rng):
+    x, gamma, beta = _bn_inputs(dtype, rng)
+    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    ref = f64(gamma)[None, :, None] * (f64(x) - f64(rm)[None, :, None]) / np.sqrt(f64(rv)[None, :, None] + 1e-5) \
+        + f64(beta)[None, :, None]
+    return [np.zeros_like(x), x, rm, rv, gamma, beta, dtype(1e-5)], 3, {0: ref}
+
+
+def _bn_backward(dtype, rng):
+    x, gamma, beta = _bn_inputs(dtype, rng)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    xd = f64(x)
+    mean, var = xd.mean(axis=(0, 2), keepdims=True), xd.var(axis=(0, 2), keepdims=True)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    xhat = (xd - mean) * invstd
+    m = x.shape[0] * x.shape[2]
+    g = f64(dout)
+    dx = f64(gamma)[None, :, None] * invstd / m * (m * g - g.sum(axis=(0, 2), keepdims=True)
+                                                   - xhat * (g * xhat).sum(axis=(0, 2), keepdims=True))
+    args = [np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), dout, xhat.astype(dtype),
+            invstd.ravel().astype(dtype), gamma]
+    return args, 3, {0: dx, 1: (g * xhat).sum(axis=(0, 2)), 2: g.sum(axis=(0, 2))}
+
+
+def _ln_inputs(dtype, rng):
+    x = (rng.standard_normal((5, 6)) * 2 + 1).astype(dtype)
+    return x, rng.uniform(0.5, 1.5, 6).astype(dtype), rng.standard_normal(6).astype(dtype)
+
+
+def _ln_forward(dtype, rng):
+    x, gamma, beta = _ln_inputs(dtype, rng)
+    xd = f64(x)
+    invstd = 1 / np.sqrt(xd.var(axis=1) + 1e-5)
+    xhat = (xd - xd.mean(axis=1, keepdims=True)) * invstd[:, None]
+    args = [np.zeros_like(x), np.zeros_like(x), np.zeros(5, dtype), x, gamma, beta, dtype(1e-5)]
+    return args, 5, {0: xhat * f64(gamma) + f64(beta), 1: xhat, 2: invstd}
+
+
+def _ln_backward(dtype, rng):
+    x, gamma, beta = _ln_inputs(dtype, rng)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    xd = f64(x)
+    invstd = 1 / np.sqrt(xd.var(axis=1, keepdims=True) + 1e-5)
+    xhat = (xd - xd.mean(axis=1, keepdims=True)) * invstd
+    g = f64(dout) * f64(gamma)
+    dx = invstd * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    args = [np.zeros_like(x), np.zeros(6, dtype), np.zeros(6, dtype), dout, xhat.astype(dtype),
+            invstd.ravel().astype(dtype), gamma]
+    return args, 5 + 6, {0: dx, 1: (f64(dout) * xhat).sum(0), 2: f64(dout).sum(0)}
+
+
+def _add_forward(dtype, rng):
+    a, b = rng.standard_normal(29).astype(dtype), rng.standard_normal(29).astype(dtype)
+    return [np.zeros_like(a), a, b], a.size, {0: f64(a) + f64(b)}
+
+
 CASES = {
     ("linear", "linear_forward"): _linear_forward,
     ("linear", "linear_backward"): _linear_backward,
@@ -224,6 +454,18 @@ CASES = {
     ("optim", "rmsprop_step"): _rmsprop_step,
     ("dropout", "dropout_forward"): _dropout_forward,
     ("dropout", "dropout_backward"): _dropout_backward,
+    ("conv", "conv2d_forward"): _conv_forward(False),
+    ("conv", "conv2d_backward"): _conv_backward(False),
+    ("pool", "maxpool2d_forward"): _maxpool_forward,
+    ("pool", "maxpool2d_backward"): _maxpool_backward,
+    ("pool", "avgpool2d_forward"): _avgpool_forward,
+    ("pool", "avgpool2d_backward"): _avgpool_backward,
+    ("norm", "batchnorm_train_forward"): _bn_train_forward,
+    ("norm", "batchnorm_eval_forward"): _bn_eval_forward,
+    ("norm", "batchnorm_backward"): _bn_backward,
+    ("norm", "layernorm_forward"): _ln_forward,
+    ("norm", "layernorm_backward"): _ln_backward,
+    ("elementwise", "add_forward"): _add_forward,
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
@@ -243,6 +485,8 @@ def _linear_backward_first_layer(dtype, rng):
 VARIANTS = {
     "linear_forward_without_bias": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, bias=False)),
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),
+    "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
+    "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
 }
 
 DTYPES = (np.float32, np.float64)

@@ -8,17 +8,42 @@ import pytest
 from numdl.plugins import registry
 from numdl.testing import check_layer_gradients, check_loss_gradients
 
-# name -> (constructor kwargs, input shape without the batch axis)
+def _residual(projection):
+    def make():
+        import numdl
+
+        block = [numdl.Conv2d(4, 3, padding=1, activation="relu"), numdl.BatchNorm2d(), numdl.Conv2d(4, 3, padding=1)]
+        if projection == "conv_bn":  # a downsampling block: more channels, half the resolution
+            block[0] = numdl.Conv2d(4, 3, stride=2, padding=1)
+        return numdl.Residual(block, projection=projection, activation="relu")
+    return make
+
+
+# sample id -> (registered name, constructor kwargs or a factory, input shape without the batch axis)
 LAYER_SAMPLES = {
-    "linear": ({"out_features": 4}, (5,)),
-    "relu": ({}, (3, 4)),
-    "leaky_relu": ({"negative_slope": 0.2}, (3, 4)),
-    "sigmoid": ({}, (7,)),
-    "tanh": ({}, (7,)),
-    "gelu": ({}, (7,)),
-    "softmax": ({}, (2, 5)),
-    "dropout": ({"p": 0.4}, (9,)),
-    "flatten": ({}, (2, 3, 2)),
+    "linear": ("linear", {"out_features": 4}, (5,)),
+    "relu": ("relu", {}, (3, 4)),
+    "leaky_relu": ("leaky_relu", {"negative_slope": 0.2}, (3, 4)),
+    "sigmoid": ("sigmoid", {}, (7,)),
+    "tanh": ("tanh", {}, (7,)),
+    "gelu": ("gelu", {}, (7,)),
+    "softmax": ("softmax", {}, (2, 5)),
+    "dropout": ("dropout", {"p": 0.4}, (9,)),
+    "flatten": ("flatten", {}, (2, 3, 2)),
+    "reshape": ("reshape", {"shape": [3, -1]}, (2, 3, 2)),
+    "conv2d": ("conv2d", {"out_channels": 4, "kernel_size": [3, 2], "stride": 2, "padding": 1, "dilation": 2,
+                          "groups": 2}, (4, 7, 5)),
+    "conv2d-relu": ("conv2d", {"out_channels": 3, "kernel_size": 3, "padding": 1, "activation": "relu"}, (2, 5, 5)),
+    "conv1d": ("conv1d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1}, (2, 9)),
+    "maxpool2d": ("maxpool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (2, 7, 5)),
+    "avgpool2d": ("avgpool2d", {"kernel_size": [2, 3], "stride": 1, "padding": 1}, (2, 5, 5)),
+    "global_avgpool2d": ("global_avgpool2d", {}, (3, 4, 5)),
+    "batchnorm1d": ("batchnorm1d", {}, (4,)),
+    "batchnorm1d-sequence": ("batchnorm1d", {}, (3, 5)),
+    "batchnorm2d": ("batchnorm2d", {}, (3, 4, 5)),
+    "layernorm": ("layernorm", {}, (3, 6)),
+    "residual-identity": ("residual", _residual("auto"), (4, 5, 5)),
+    "residual-projection": ("residual", _residual("conv_bn"), (2, 6, 6)),
 }
 
 
@@ -37,7 +62,7 @@ LOSS_SAMPLES = {
 
 
 def test_every_registered_layer_and_loss_has_a_gradient_sample():
-    assert set(registry().names("layer")) <= set(LAYER_SAMPLES) | _plugin_names("layer")
+    assert set(registry().names("layer")) <= {name for name, _, _ in LAYER_SAMPLES.values()} | _plugin_names("layer")
     assert set(registry().names("loss")) <= set(LOSS_SAMPLES) | _plugin_names("loss")
 
 
@@ -45,12 +70,13 @@ def _plugin_names(kind):
     return {name for name, entry in registry().items[kind].items() if not entry.source.startswith("numdl")}
 
 
-@pytest.mark.parametrize("name", sorted(LAYER_SAMPLES))
-def test_layer_gradients(name):
-    kwargs, shape = LAYER_SAMPLES[name]
-    layer = registry().get("layer", name)(**kwargs)
+@pytest.mark.parametrize("sample", sorted(LAYER_SAMPLES))
+def test_layer_gradients(sample):
+    name, kwargs, shape = LAYER_SAMPLES[sample]
+    layer = kwargs() if callable(kwargs) else registry().get("layer", name)(**kwargs)
+    assert layer.name == name
     errors = check_layer_gradients(layer, shape, batch_size=3, seed=1)
-    assert set(errors) == {"input", *layer.params}
+    assert set(errors) == {"input", *layer.named_parameters()}
 
 
 @pytest.mark.parametrize("name, index", [(n, i) for n, samples in sorted(LOSS_SAMPLES.items())

@@ -15,6 +15,8 @@ ELEMENTWISE_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
 
 class Ops:
     name = "base"
+    #: Whether conv2d uses the im2col work buffers (the CPU does; the CUDA twin convolves directly).
+    uses_im2col = False
 
     def __init__(self):
         self._nothing = {}
@@ -150,6 +152,64 @@ class Ops:
                   self.flat(grad_avg), self.flat(momentum_buf), self.flat(grad), self.scalar(lr, d),
                   self.scalar(alpha, d), self.scalar(eps, d), self.scalar(weight_decay, d),
                   self.scalar(momentum, d), bool(centered))
+
+    # ----------------------------------------------------------------------------- convolution
+    def conv2d_forward(self, out, cols, gemm, x, weight, bias, stride, padding, dilation, groups, relu):
+        """stride, padding, dilation: (h, w) pairs. cols/gemm: im2col work buffers (may be empty)."""
+        bias = self.nothing(x.dtype) if bias is None else bias
+        self._run("conv", "conv2d_forward", out.size, out, cols, gemm, x, weight, bias, *stride, *padding,
+                  *dilation, int(groups), bool(relu))
+
+    def conv2d_backward(self, dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight, stride, padding,
+                        dilation, groups, relu):
+        dx = self.nothing(x.dtype, ndim=4) if dx is None else dx
+        dbias = self.nothing(x.dtype) if dbias is None else dbias
+        work = dweight.size + dbias.size + dx.size
+        self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight,
+                  *stride, *padding, *dilation, int(groups), bool(relu))
+
+    # --------------------------------------------------------------------------------- pooling
+    def maxpool2d_forward(self, out, argmax, x, kernel, stride, padding):
+        self._run("pool", "maxpool2d_forward", out.size, out, argmax, x, *kernel, *stride, *padding)
+
+    def maxpool2d_backward(self, dx, dout, argmax, kernel, stride, padding):
+        self._run("pool", "maxpool2d_backward", dx.size, dx, dout, argmax, *kernel, *stride, *padding)
+
+    def avgpool2d_forward(self, out, x, kernel, stride, padding):
+        self._run("pool", "avgpool2d_forward", out.size, out, x, *kernel, *stride, *padding)
+
+    def avgpool2d_backward(self, dx, dout, kernel, stride, padding):
+        self._run("pool", "avgpool2d_backward", dx.size, dx, dout, *kernel, *stride, *padding)
+
+    # --------------------------------------------------------------------------- normalisation
+    def batchnorm_train_forward(self, out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                momentum, eps):
+        """x, out, xhat: (N, C, S) views; the rest per channel. Updates the running statistics."""
+        d = x.dtype
+        self._run("norm", "batchnorm_train_forward", x.shape[1], out, xhat, mean, invstd, running_mean,
+                  running_var, x, gamma, beta, self.scalar(momentum, d), self.scalar(eps, d))
+
+    def batchnorm_eval_forward(self, out, x, running_mean, running_var, gamma, beta, eps):
+        self._run("norm", "batchnorm_eval_forward", x.shape[1], out, x, running_mean, running_var, gamma, beta,
+                  self.scalar(eps, x.dtype))
+
+    def batchnorm_backward(self, dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+        dx = self.nothing(dout.dtype, ndim=3) if dx is None else dx
+        self._run("norm", "batchnorm_backward", dout.shape[1], dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+
+    def layernorm_forward(self, out, xhat, invstd, x, gamma, beta, eps):
+        """x, out, xhat: (R, D) views."""
+        self._run("norm", "layernorm_forward", x.shape[0], out, xhat, invstd, x, gamma, beta,
+                  self.scalar(eps, x.dtype))
+
+    def layernorm_backward(self, dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+        dx = self.nothing(dout.dtype, ndim=2) if dx is None else dx
+        work = (dout.shape[0] if dx.size else 0) + dout.shape[1]
+        self._run("norm", "layernorm_backward", work, dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+
+    # ------------------------------------------------------------------------------ arithmetic
+    def add(self, out, a, b):
+        self._run("elementwise", "add_forward", out.size, self.flat(out), self.flat(a), self.flat(b))
 
     # ------------------------------------------------------------------------------- helpers
     def sum(self, array):

@@ -7,6 +7,7 @@ from numdl.backend.base import Ops
 
 class CPUOps(Ops):
     name = "cpu"
+    uses_im2col = True
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)

@@ -2,10 +2,16 @@
 
 from numdl.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from numdl.layers.base import Layer, Parameter
+from numdl.layers.composite import Residual
+from numdl.layers.conv import Conv1d, Conv2d
 from numdl.layers.linear import Linear
-from numdl.layers.shape import Dropout, Flatten
+from numdl.layers.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from numdl.layers.pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from numdl.layers.shape import Dropout, Flatten, Reshape
 
-BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten)
+BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
+                  MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-           "GELU", "Softmax", "Dropout", "Flatten"]
+           "GELU", "Softmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
+           "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual"]

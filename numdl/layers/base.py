@@ -33,6 +33,7 @@ class Layer:
         self.input_shape = None
         self.output_shape = None
         self.params = {}
+        self.state = {}  # non-trained arrays kept across steps (BatchNorm's running statistics)
         # False for the first layer of a model: no one needs the gradient of the data.
         self.needs_input_grad = True
         self._buffers = {}
@@ -54,8 +55,20 @@ class Layer:
         self.params[name] = Parameter(name, value, self.ops.zeros(value.shape, self.dtype))
         return self.params[name]
 
+    def add_state(self, name, host_values):
+        """Register a non-trained array (saved with the model, never touched by an optimizer)."""
+        self.state[name] = self.ops.asarray(np.asarray(host_values), dtype=self.dtype)
+        return self.state[name]
+
     def parameters(self):
-        return list(self.params.values())
+        return list(self.named_parameters().values())
+
+    def named_parameters(self):
+        """{name: Parameter}; composites prefix their children's names."""
+        return dict(self.params)
+
+    def named_state(self):
+        return dict(self.state)
 
     def buffer(self, key, shape):
         """A work array reused across steps while its shape stays (no allocation per step)."""

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from numdl.errors import ConfigError
+from numdl.errors import ConfigError, ShapeError
 from numdl.layers.base import Layer
 
 
@@ -18,6 +18,34 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape((dout.shape[0],) + self.input_shape)
+
+
+class Reshape(Layer):
+    """(batch, ...) -> (batch, *shape), as a view; one entry may be -1 (inferred), as in Keras/PyTorch."""
+
+    name = "reshape"
+
+    def __init__(self, shape: list[int]):
+        super().__init__()
+        if not shape or sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
+            raise ConfigError(f"reshape: shape must be positive sizes with at most one -1, got {shape!r}")
+        self.shape = tuple(shape)
+
+    def hyperparameters(self):
+        return {"shape": list(self.shape)}
+
+    def setup(self, input_shape, rng):
+        total, known = math.prod(input_shape), math.prod(d for d in self.shape if d != -1)
+        shape = tuple(total // known if d == -1 else d for d in self.shape)
+        if math.prod(shape) != total:
+            raise ShapeError(f"layer 'reshape' cannot reshape {input_shape} ({total} values) to {self.shape}")
+        return shape
+
+    def forward(self, x, training=False):
+        return x.reshape((x.shape[0],) + self.output_shape)
 
     def backward(self, dout):
         return dout.reshape((dout.shape[0],) + self.input_shape)

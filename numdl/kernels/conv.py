@@ -1,0 +1,231 @@
+"""2-D convolution (cross-correlation, as PyTorch): stride, zero padding, dilation, groups, with the
+bias and an optional ReLU fused into the pass that writes the output.
+
+Shapes: x (N, C_in, H, W); weight (C_out, C_in / groups, kH, kW) (PyTorch's layout); bias (C_out,)
+or empty; out (N, C_out, H_out, W_out) with H_out = (H + 2 pad_h - dil_h (kH - 1) - 1) // stride_h + 1.
+
+CPU: im2col into ``cols`` (C_in kH kW, N H_out W_out), then one BLAS GEMM per group for the whole
+batch into ``gemm`` (C_out, N H_out W_out); the pass that transposes ``gemm`` to NCHW adds the bias
+and applies the ReLU. Backward reuses ``cols`` (dweight is one GEMM per group) and scatters the
+GEMM-computed ``dcols`` back with col2im. CUDA: direct convolution, one thread per output element,
+and one per weight / bias / input element in backward (no atomics); the CPU work buffers are unused
+there and may be empty.
+"""
+
+import numpy as np
+from numba import cuda
+
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def conv_output_index(in_pos, kernel_pos, stride, pad, dilation, out_size):
+    # The output position whose window puts kernel tap ``kernel_pos`` on input ``in_pos``, or -1.
+    shifted = in_pos + pad - kernel_pos * dilation
+    if shifted < 0 or shifted % stride != 0:
+        return -1
+    out_pos = shifted // stride
+    return out_pos if out_pos < out_size else -1
+
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+
+
+@cpu_kernel
+def _im2col(cols, x, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out):
+    # cols[(c kh + i) kw + j, n hw + oh w_out + ow] = x[n, c, oh sh - ph + i dh, ow sw - pw + j dw] or 0.
+    n_batch, c_in, h, w = x.shape
+    hw = h_out * w_out
+    for c in range(c_in):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_batch):
+                    base = n * hw
+                    for oh in range(h_out):
+                        ih = oh * stride_h - pad_h + i * dil_h
+                        col = base + oh * w_out
+                        if ih < 0 or ih >= h:
+                            for ow in range(w_out):
+                                cols[row, col + ow] = 0
+                            continue
+                        for ow in range(w_out):
+                            iw = ow * stride_w - pad_w + j * dil_w
+                            cols[row, col + ow] = x[n, c, ih, iw] if 0 <= iw < w else 0
+
+
+@cpu_kernel
+def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                       groups, relu):
+    # Overwrites out, cols (kept for backward) and gemm (scratch).
+    n_batch, c_out, h_out, w_out = out.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    hw = h_out * w_out
+    k = weight.shape[1] * kh * kw
+    c_out_g = c_out // groups
+    _im2col(cols, x, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
+    w2 = weight.reshape(c_out, k)
+    for g in range(groups):
+        np.dot(w2[g * c_out_g:(g + 1) * c_out_g], cols[g * k:(g + 1) * k], gemm[g * c_out_g:(g + 1) * c_out_g])
+    out3 = out.reshape(n_batch, c_out, hw)
+    for n in range(n_batch):
+        for c in range(c_out):
+            b = bias[c] if bias.size > 0 else same_type(out[0, 0, 0, 0], 0.0)
+            for p in range(hw):
+                v = gemm[c, n * hw + p] + b
+                if relu and v < 0:
+                    v = same_type(v, 0.0)
+                out3[n, c, p] = v
+
+
+@cpu_kernel
+def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight, stride_h, stride_w, pad_h,
+                        pad_w, dil_h, dil_w, groups, relu):
+    # Overwrites dx (skipped when empty), dweight, dbias (skipped when empty), dcols and dgemm (scratch).
+    # x is read by the CUDA twin only; here cols (saved by forward) stands for it.
+    n_batch, c_out, h_out, w_out = dout.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    hw = h_out * w_out
+    k = weight.shape[1] * kh * kw
+    c_out_g = c_out // groups
+    dout3 = dout.reshape(n_batch, c_out, hw)
+    out3 = out.reshape(n_batch, c_out, hw)
+    for c in range(c_out):
+        total = same_type(dout[0, 0, 0, 0], 0.0)
+        for n in range(n_batch):
+            for p in range(hw):
+                g = dout3[n, c, p]
+                if relu and out3[n, c, p] <= 0:
+                    g = same_type(g, 0.0)
+                dgemm[c, n * hw + p] = g
+                total += g
+        if dbias.size > 0:
+            dbias[c] = total
+    dw2 = dweight.reshape(c_out, k)
+    w2 = weight.reshape(c_out, k)
+    for g in range(groups):
+        rows, taps = slice(g * c_out_g, (g + 1) * c_out_g), slice(g * k, (g + 1) * k)
+        np.dot(dgemm[rows], cols[taps].T, dw2[rows])
+        if dx.size > 0:
+            np.dot(w2[rows].T, dgemm[rows], dcols[taps])
+    if dx.size > 0:
+        _col2im(dx, dcols, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
+
+
+@cpu_kernel
+def _col2im(dx, dcols, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out):
+    # dx = the sum of every column entry back onto the input element it was copied from.
+    n_batch, c_in, h, w = dx.shape
+    hw = h_out * w_out
+    dx[:] = 0
+    for c in range(c_in):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_batch):
+                    for oh in range(h_out):
+                        ih = oh * stride_h - pad_h + i * dil_h
+                        if ih < 0 or ih >= h:
+                            continue
+                        col = n * hw + oh * w_out
+                        for ow in range(w_out):
+                            iw = ow * stride_w - pad_w + j * dil_w
+                            if 0 <= iw < w:
+                                dx[n, c, ih, iw] += dcols[row, col + ow]
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+
+
+@cuda_kernel
+def conv2d_forward_cuda(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        groups, relu):
+    n_batch, c_out, h_out, w_out = out.shape
+    c_in_g, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    c_out_g = c_out // groups
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        co = (item // (w_out * h_out)) % c_out
+        n = item // (w_out * h_out * c_out)
+        first_channel = (co // c_out_g) * c_in_g
+        acc = bias[co] if bias.size > 0 else same_type(x[0, 0, 0, 0], 0.0)
+        for ci in range(c_in_g):
+            for i in range(kh):
+                ih = oh * stride_h - pad_h + i * dil_h
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * stride_w - pad_w + j * dil_w
+                    if 0 <= iw < w:
+                        acc += x[n, first_channel + ci, ih, iw] * weight[co, ci, i, j]
+        if relu and acc < 0:
+            acc = same_type(acc, 0.0)
+        out[n, co, oh, ow] = acc
+
+
+@scalar_math
+def _masked_grad(dout, out, relu, n, c, oh, ow):
+    g = dout[n, c, oh, ow]
+    if relu and out[n, c, oh, ow] <= 0:
+        return same_type(g, 0.0)
+    return g
+
+
+@cuda_kernel
+def conv2d_backward_cuda(dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight, stride_h, stride_w, pad_h,
+                         pad_w, dil_h, dil_w, groups, relu):
+    # Work items: every dweight element, every dbias element, then every dx element. cols is unused.
+    n_batch, c_out, h_out, w_out = dout.shape
+    c_in_g, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    c_out_g = c_out // groups
+    n_dweight, n_dbias = dweight.size, dbias.size
+    x_h, x_w = x.shape[2], x.shape[3]
+    for item in range(cuda.grid(1), n_dweight + n_dbias + dx.size, cuda.gridsize(1)):
+        if item < n_dweight:
+            j = item % kw
+            i = (item // kw) % kh
+            ci = (item // (kw * kh)) % c_in_g
+            co = item // (kw * kh * c_in_g)
+            channel = (co // c_out_g) * c_in_g + ci
+            acc = same_type(weight[0, 0, 0, 0], 0.0)
+            for n in range(n_batch):
+                for oh in range(h_out):
+                    ih = oh * stride_h - pad_h + i * dil_h
+                    if ih < 0 or ih >= x_h:
+                        continue
+                    for ow in range(w_out):
+                        iw = ow * stride_w - pad_w + j * dil_w
+                        if 0 <= iw < x_w:
+                            acc += _masked_grad(dout, out, relu, n, co, oh, ow) * x[n, channel, ih, iw]
+            dweight[co, ci, i, j] = acc
+        elif item < n_dweight + n_dbias:
+            co = item - n_dweight
+            acc = same_type(weight[0, 0, 0, 0], 0.0)
+            for n in range(n_batch):
+                for oh in range(h_out):
+                    for ow in range(w_out):
+                        acc += _masked_grad(dout, out, relu, n, co, oh, ow)
+            dbias[co] = acc
+        else:
+            rest = item - n_dweight - n_dbias
+            iw = rest % x_w
+            ih = (rest // x_w) % x_h
+            c = (rest // (x_w * x_h)) % dx.shape[1]
+            n = rest // (x_w * x_h * dx.shape[1])
+            group, ci = c // c_in_g, c % c_in_g
+            acc = same_type(weight[0, 0, 0, 0], 0.0)
+            for i in range(kh):
+                oh = conv_output_index(ih, i, stride_h, pad_h, dil_h, h_out)
+                if oh < 0:
+                    continue
+                for j in range(kw):
+                    ow = conv_output_index(iw, j, stride_w, pad_w, dil_w, w_out)
+                    if ow < 0:
+                        continue
+                    for co in range(group * c_out_g, (group + 1) * c_out_g):
+                        acc += _masked_grad(dout, out, relu, n, co, oh, ow) * weight[co, ci, i, j]
+            dx[n, c, ih, iw] = acc

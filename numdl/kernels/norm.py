@@ -1,0 +1,199 @@
+"""Normalisation: BatchNorm (1-D and 2-D alike) and LayerNorm, with PyTorch's conventions.
+
+BatchNorm works on x viewed as (N, C, S) (S = H W for BatchNorm2d, 1 or L for BatchNorm1d): batch
+statistics over N and S per channel, normalised with the biased variance; the running variance is
+updated with the unbiased one, ``running = (1 - momentum) running + momentum batch``. LayerNorm works
+on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are saved for backward.
+"""
+
+import math
+
+from numba import cuda
+
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c):
+    n_batch, s = x.shape[0], x.shape[2]
+    count = n_batch * s
+    total = same_type(eps, 0.0)
+    for n in range(n_batch):
+        for i in range(s):
+            total += x[n, c, i]
+    mu = total / same_type(eps, count)
+    squares = same_type(eps, 0.0)
+    for n in range(n_batch):
+        for i in range(s):
+            d = x[n, c, i] - mu
+            squares += d * d
+    var = squares / same_type(eps, count)
+    inv = same_type(eps, 1.0) / math.sqrt(var + eps)
+    mean[c] = mu
+    invstd[c] = inv
+    unbiased = squares / same_type(eps, max(count - 1, 1))
+    running_mean[c] = (same_type(eps, 1.0) - momentum) * running_mean[c] + momentum * mu
+    running_var[c] = (same_type(eps, 1.0) - momentum) * running_var[c] + momentum * unbiased
+    for n in range(n_batch):
+        for i in range(s):
+            h = (x[n, c, i] - mu) * inv
+            xhat[n, c, i] = h
+            out[n, c, i] = gamma[c] * h + beta[c]
+
+
+@scalar_math
+def batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c):
+    inv = same_type(eps, 1.0) / math.sqrt(running_var[c] + eps)
+    scale = gamma[c] * inv
+    shift = beta[c] - running_mean[c] * scale
+    for n in range(x.shape[0]):
+        for i in range(x.shape[2]):
+            out[n, c, i] = x[n, c, i] * scale + shift
+
+
+@scalar_math
+def batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c):
+    # dx = gamma invstd / M (M dout - sum(dout) - xhat sum(dout xhat)), M = N S.
+    n_batch, s = dout.shape[0], dout.shape[2]
+    count = same_type(invstd[0], n_batch * s)
+    sum_dy = same_type(invstd[0], 0.0)
+    sum_dy_xhat = same_type(invstd[0], 0.0)
+    for n in range(n_batch):
+        for i in range(s):
+            sum_dy += dout[n, c, i]
+            sum_dy_xhat += dout[n, c, i] * xhat[n, c, i]
+    dgamma[c] = sum_dy_xhat
+    dbeta[c] = sum_dy
+    if dx.size > 0:
+        k = gamma[c] * invstd[c] / count
+        for n in range(n_batch):
+            for i in range(s):
+                dx[n, c, i] = k * (count * dout[n, c, i] - sum_dy - xhat[n, c, i] * sum_dy_xhat)
+
+
+@scalar_math
+def layernorm_row(out, xhat, invstd, x, gamma, beta, eps, r):
+    d = x.shape[1]
+    total = same_type(eps, 0.0)
+    for j in range(d):
+        total += x[r, j]
+    mu = total / same_type(eps, d)
+    squares = same_type(eps, 0.0)
+    for j in range(d):
+        diff = x[r, j] - mu
+        squares += diff * diff
+    inv = same_type(eps, 1.0) / math.sqrt(squares / same_type(eps, d) + eps)
+    invstd[r] = inv
+    for j in range(d):
+        h = (x[r, j] - mu) * inv
+        xhat[r, j] = h
+        out[r, j] = gamma[j] * h + beta[j]
+
+
+@scalar_math
+def layernorm_backward_row(dx, dout, xhat, invstd, gamma, r):
+    # dx = invstd (g - mean(g) - xhat mean(g xhat)), g = dout gamma.
+    d = dout.shape[1]
+    mean_g = same_type(invstd[0], 0.0)
+    mean_gx = same_type(invstd[0], 0.0)
+    for j in range(d):
+        g = dout[r, j] * gamma[j]
+        mean_g += g
+        mean_gx += g * xhat[r, j]
+    mean_g /= same_type(mean_g, d)
+    mean_gx /= same_type(mean_gx, d)
+    for j in range(d):
+        dx[r, j] = invstd[r] * (dout[r, j] * gamma[j] - mean_g - xhat[r, j] * mean_gx)
+
+
+@scalar_math
+def layernorm_param_grads(dgamma, dbeta, dout, xhat, j):
+    acc_gamma = same_type(xhat[0, 0], 0.0)
+    acc_beta = same_type(xhat[0, 0], 0.0)
+    for r in range(dout.shape[0]):
+        acc_gamma += dout[r, j] * xhat[r, j]
+        acc_beta += dout[r, j]
+    dgamma[j] = acc_gamma
+    dbeta[j] = acc_beta
+
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+
+
+@cpu_kernel
+def batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+    # out, xhat, x (N, C, S); mean, invstd, running_* , gamma, beta (C,). Updates running stats in place.
+    for c in range(x.shape[1]):
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+
+
+@cpu_kernel
+def batchnorm_eval_forward_cpu(out, x, running_mean, running_var, gamma, beta, eps):
+    for c in range(x.shape[1]):
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+
+
+@cpu_kernel
+def batchnorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    # Overwrites dx (skipped when empty), dgamma, dbeta.
+    for c in range(dout.shape[1]):
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+
+
+@cpu_kernel
+def layernorm_forward_cpu(out, xhat, invstd, x, gamma, beta, eps):
+    # out, xhat, x (R, D); invstd (R,); gamma, beta (D,).
+    for r in range(x.shape[0]):
+        layernorm_row(out, xhat, invstd, x, gamma, beta, eps, r)
+
+
+@cpu_kernel
+def layernorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    for r in range(dout.shape[0]):
+        if dx.size > 0:
+            layernorm_backward_row(dx, dout, xhat, invstd, gamma, r)
+    for j in range(dout.shape[1]):
+        layernorm_param_grads(dgamma, dbeta, dout, xhat, j)
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+# One thread per channel (BatchNorm) or per row (LayerNorm): simple and exact; a block-reduction
+# version is the next step for large batches.
+
+
+@cuda_kernel
+def batchnorm_train_forward_cuda(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+
+
+@cuda_kernel
+def batchnorm_eval_forward_cuda(out, x, running_mean, running_var, gamma, beta, eps):
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+
+
+@cuda_kernel
+def batchnorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    for c in range(cuda.grid(1), dout.shape[1], cuda.gridsize(1)):
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+
+
+@cuda_kernel
+def layernorm_forward_cuda(out, xhat, invstd, x, gamma, beta, eps):
+    for r in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        layernorm_row(out, xhat, invstd, x, gamma, beta, eps, r)
+
+
+@cuda_kernel
+def layernorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    # Work items: every row of dx (when wanted), then every feature's dgamma and dbeta.
+    rows, d = dout.shape
+    n_rows = rows if dx.size > 0 else 0
+    for item in range(cuda.grid(1), n_rows + d, cuda.gridsize(1)):
+        if item < n_rows:
+            layernorm_backward_row(dx, dout, xhat, invstd, gamma, item)
+        else:
+            layernorm_param_grads(dgamma, dbeta, dout, xhat, item - n_rows)

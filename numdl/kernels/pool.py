@@ -1,0 +1,176 @@
+"""2-D max and average pooling (PyTorch semantics: floor output size, implicit -inf padding for max,
+zero padding counted in the average as with ``count_include_pad=True``).
+
+Shapes: x (N, C, H, W); out (N, C, H_out, W_out), H_out = (H + 2 pad_h - kH) // stride_h + 1;
+argmax (N, C, H_out, W_out) int64, the flat index h W + w of each maximum inside its (n, c) plane.
+Backward overwrites dx. The CPU scatters each output gradient; the CUDA twin gathers per input
+element (no atomics), looking through the windows that cover it.
+"""
+
+import math
+
+from numba import cuda
+
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.conv import conv_output_index
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
+    h, w = x.shape[2], x.shape[3]
+    best = same_type(x[0, 0, 0, 0], -math.inf)
+    best_index = -1
+    for i in range(kh):
+        ih = oh * stride_h - pad_h + i
+        if ih < 0 or ih >= h:
+            continue
+        for j in range(kw):
+            iw = ow * stride_w - pad_w + j
+            if 0 <= iw < w:
+                v = x[n, c, ih, iw]
+                if v > best or best_index < 0 or v != v:  # NaN propagates, as in PyTorch
+                    best = v
+                    best_index = ih * w + iw
+    out[n, c, oh, ow] = best
+    argmax[n, c, oh, ow] = best_index
+
+
+@scalar_math
+def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
+    h, w = x.shape[2], x.shape[3]
+    acc = same_type(x[0, 0, 0, 0], 0.0)
+    for i in range(kh):
+        ih = oh * stride_h - pad_h + i
+        if ih < 0 or ih >= h:
+            continue
+        for j in range(kw):
+            iw = ow * stride_w - pad_w + j
+            if 0 <= iw < w:
+                acc += x[n, c, ih, iw]
+    out[n, c, oh, ow] = acc / same_type(acc, kh * kw)
+
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+
+
+@cpu_kernel
+def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = out.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+
+
+@cpu_kernel
+def maxpool2d_backward_cpu(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = dout.shape
+    w = dx.shape[3]
+    dx[:] = 0
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    index = argmax[n, c, oh, ow]
+                    dx[n, c, index // w, index % w] += dout[n, c, oh, ow]
+
+
+@cpu_kernel
+def avgpool2d_forward_cpu(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = out.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+
+
+@cpu_kernel
+def avgpool2d_backward_cpu(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = dout.shape
+    h, w = dx.shape[2], dx.shape[3]
+    dx[:] = 0
+    inv = same_type(dout[0, 0, 0, 0], 1.0) / same_type(dout[0, 0, 0, 0], kh * kw)
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    g = dout[n, c, oh, ow] * inv
+                    for i in range(kh):
+                        ih = oh * stride_h - pad_h + i
+                        if ih < 0 or ih >= h:
+                            continue
+                        for j in range(kw):
+                            iw = ow * stride_w - pad_w + j
+                            if 0 <= iw < w:
+                                dx[n, c, ih, iw] += g
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+
+
+@cuda_kernel
+def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = out.shape
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+
+
+@cuda_kernel
+def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = item % w
+        ih = (item // w) % h
+        c = (item // (w * h)) % channels
+        n = item // (w * h * channels)
+        acc = same_type(dout[0, 0, 0, 0], 0.0)
+        for i in range(kh):
+            oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
+            if oh < 0:
+                continue
+            for j in range(kw):
+                ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
+                if ow >= 0 and argmax[n, c, oh, ow] == ih * w + iw:
+                    acc += dout[n, c, oh, ow]
+        dx[n, c, ih, iw] = acc
+
+
+@cuda_kernel
+def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    n_batch, channels, h_out, w_out = out.shape
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+
+
+@cuda_kernel
+def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = item % w
+        ih = (item // w) % h
+        c = (item // (w * h)) % channels
+        n = item // (w * h * channels)
+        acc = same_type(dout[0, 0, 0, 0], 0.0)
+        for i in range(kh):
+            oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
+            if oh < 0:
+                continue
+            for j in range(kw):
+                ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
+                if ow >= 0:
+                    acc += dout[n, c, oh, ow]
+        dx[n, c, ih, iw] = acc / same_type(acc, kh * kw)

@@ -1,0 +1,125 @@
+"""Composite layers: Residual, a block whose output is added to its (optionally projected) input."""
+
+from numdl.errors import ConfigError, ShapeError
+from numdl.layers.base import Layer
+
+PROJECTIONS = ("auto", "none", "conv", "conv_bn", "linear")
+
+
+class Residual(Layer):
+    """``out = activation(block(x) + skip(x))``.
+
+    ``layers`` is the block: Layer instances, or config tables (``{type = ..., ...}``) that the config
+    loader builds. ``projection`` picks ``skip``: ``"none"`` is the identity (shapes must match);
+    ``"conv"``/``"conv_bn"`` a strided 1x1 convolution (plus BatchNorm2d) for image blocks that change
+    channels or resolution; ``"linear"`` a Linear for flat blocks; ``"auto"`` the identity when the
+    block keeps the shape, else ``conv_bn`` for images and ``linear`` for flat inputs (as ResNet).
+    """
+
+    name = "residual"
+    #: The constructor parameter holding nested layer tables (validated and built by numdl.config).
+    nested_layers = "layers"
+
+    def __init__(self, layers: list, projection: str = "auto", activation: str = "none"):
+        super().__init__()
+        if not layers:
+            raise ConfigError("residual: layers must name at least one layer")
+        if projection not in PROJECTIONS:
+            raise ConfigError(f"residual: projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
+        if activation not in ("none", "relu"):
+            raise ConfigError(f"residual: activation must be none or relu, got {activation!r}")
+        if not all(isinstance(layer, Layer) for layer in layers):
+            raise ConfigError("residual: layers must be Layer instances (configs are built by numdl.config)")
+        self.block, self.projection, self.activation = list(layers), projection, activation
+        self.skip = []
+
+    def hyperparameters(self):
+        return {"layers": [layer.name for layer in self.block], "projection": self.projection,
+                "activation": self.activation}
+
+    def setup(self, input_shape, rng):
+        shape = input_shape
+        for index, layer in enumerate(self.block):
+            layer.needs_input_grad = True
+            try:
+                shape = layer.build(shape, self.ops, self.dtype, rng)
+            except ShapeError as error:
+                raise ShapeError(f"residual block layer {index} ({layer.name}): {error}") from None
+        kind = self.projection
+        if kind == "auto":
+            kind = "none" if shape == input_shape else ("conv_bn" if len(input_shape) == 3 else "linear")
+        self.skip = self._make_skip(kind, input_shape, shape)
+        skip_shape = input_shape
+        for layer in self.skip:
+            layer.needs_input_grad = True
+            skip_shape = layer.build(skip_shape, self.ops, self.dtype, rng)
+        if skip_shape != shape:
+            raise ShapeError(f"residual: the block maps {input_shape} to {shape} but the '{kind}' skip gives "
+                             f"{skip_shape}; choose another projection")
+        return shape
+
+    @staticmethod
+    def _make_skip(kind, input_shape, output_shape):
+        from numdl.layers.conv import Conv2d
+        from numdl.layers.linear import Linear
+        from numdl.layers.norm import BatchNorm2d
+
+        if kind == "none":
+            return []
+        if kind == "linear":
+            return [Linear(output_shape[0], bias=False)]
+        if len(input_shape) != 3 or len(output_shape) != 3 or input_shape[1] % output_shape[1]:
+            raise ShapeError(f"residual: a convolution projection needs image shapes whose sizes divide, got "
+                             f"{input_shape} -> {output_shape}")
+        stride = [input_shape[1] // output_shape[1], input_shape[2] // output_shape[2]]
+        conv = Conv2d(output_shape[0], 1, stride=stride, bias=False)
+        return [conv, BatchNorm2d()] if kind == "conv_bn" else [conv]
+
+    def forward(self, x, training=False):
+        y = x
+        for layer in self.block:
+            y = layer.forward(y, training)
+        s = x
+        for layer in self.skip:
+            s = layer.forward(s, training)
+        out = self.buffer("sum", y.shape)
+        self.ops.add(out, y, s)
+        if self.activation == "relu":
+            activated = self.buffer("out", y.shape)
+            self.ops.activation_forward("relu", activated, out)
+            self._sum, out = out, activated
+        return out
+
+    def backward(self, dout):
+        if self.activation == "relu":
+            d = self.buffer("dsum", dout.shape)
+            self.ops.activation_backward("relu", d, dout, self._sum)
+            dout = d
+        d_block = dout
+        for layer in reversed(self.block):
+            d_block = layer.backward(d_block)
+        d_skip = dout
+        for layer in reversed(self.skip):
+            d_skip = layer.backward(d_skip)
+        dx = self.buffer("dx", d_block.shape)
+        self.ops.add(dx, d_block, d_skip)
+        return dx
+
+    def _children(self):
+        return [("block", i, layer) for i, layer in enumerate(self.block)] + \
+               [("skip", i, layer) for i, layer in enumerate(self.skip)]
+
+    def named_parameters(self):
+        return {f"{part}.{i}.{name}": p for part, i, layer in self._children()
+                for name, p in layer.named_parameters().items()}
+
+    def named_state(self):
+        return {f"{part}.{i}.{name}": a for part, i, layer in self._children() for name, a in layer.named_state().items()}
+
+    def get_rng_state(self):
+        return {f"{part}.{i}": layer.get_rng_state() for part, i, layer in self._children() if layer.get_rng_state()}
+
+    def set_rng_state(self, state):
+        for part, i, layer in self._children():
+            if f"{part}.{i}" in state:
+                layer.set_rng_state(state[f"{part}.{i}"])

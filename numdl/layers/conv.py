@@ -1,0 +1,148 @@
+"""Convolutions: Conv2d and Conv1d (a Conv2d over a height-1 image), PyTorch's shapes and layout."""
+
+import math
+
+from numdl.errors import ConfigError, ShapeError
+from numdl.init import get_initializer
+from numdl.layers.base import Layer
+
+ACTIVATIONS = ("none", "relu")
+
+
+def pair(value, what):
+    """An int or a two-item list as an (h, w) tuple."""
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) != 2:
+        raise ConfigError(f"{what} must be an integer or a list of two integers, got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Conv2d(Layer):
+    """2-D convolution over (channels, height, width) inputs; weight (out, in / groups, kH, kW).
+
+    ``activation = "relu"`` fuses a ReLU into the pass that writes the output (one pass fewer than a
+    separate ReLU layer, and no extra buffer). Default initialisation is PyTorch's.
+    """
+
+    name = "conv2d"
+
+    def __init__(self, out_channels: int, kernel_size: int | list[int], stride: int | list[int] = 1,
+                 padding: int | list[int] = 0, dilation: int | list[int] = 1, groups: int = 1, bias: bool = True,
+                 activation: str = "none", weight_init: str = "pytorch_default", bias_init: str = "pytorch_default"):
+        super().__init__()
+        if out_channels < 1 or groups < 1 or out_channels % groups:
+            raise ConfigError(f"{self.name}: out_channels ({out_channels}) must be a positive multiple of groups ({groups})")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"{self.name}: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.out_channels, self.groups, self.use_bias, self.activation = out_channels, groups, bias, activation
+        self.kernel_size, self.stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+            raise ConfigError(f"{self.name}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
+        self.weight_init, self.bias_init = get_initializer(weight_init), get_initializer(bias_init)
+
+    def hyperparameters(self):
+        return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.use_bias, "activation": self.activation}
+
+    def _image_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
+                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        return input_shape
+
+    def weight_shape(self, in_channels):
+        return (self.out_channels, in_channels // self.groups) + self.kernel_size
+
+    def setup(self, input_shape, rng):
+        channels, h, w = self._image_shape(input_shape)
+        if channels % self.groups:
+            raise ShapeError(f"layer '{self.name}': {channels} input channels are not divisible by groups={self.groups}")
+        out_hw = tuple(conv_output_size(size, k, s, p, d) for size, k, s, p, d in
+                       zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
+        if min(out_hw) < 1:
+            raise ShapeError(f"layer '{self.name}': input {h}x{w} is too small for kernel {self.kernel_size} "
+                             f"with padding {self.padding} and dilation {self.dilation}")
+        fan_in = channels // self.groups * math.prod(self.kernel_size)
+        fan_out = self.out_channels // self.groups * math.prod(self.kernel_size)
+        shape = self.weight_shape(channels)
+        self.add_param("weight", self.weight_init(shape, fan_in, fan_out, rng))
+        if self.use_bias:
+            self.add_param("bias", self.bias_init((self.out_channels,), fan_in, fan_out, rng))
+        self._image_in = (channels, h, w)
+        self._image_out = (self.out_channels,) + out_hw
+        return self._image_out
+
+    def _workspace(self, key, rows, n):
+        columns = n * self._image_out[1] * self._image_out[2]
+        return self.buffer(key, (rows, columns) if self.ops.uses_im2col else (0, 0))
+
+    def _weight4(self, array):
+        return array.reshape(self.weight_shape(self._image_in[0]))
+
+    def forward(self, x, training=False):
+        n = x.shape[0]
+        x4 = x.reshape((n,) + self._image_in)
+        out = self.buffer("out", (n,) + self._image_out)
+        taps = self._image_in[0] * math.prod(self.kernel_size)
+        self._cols = self._workspace("cols", taps, n)
+        gemm = self._workspace("gemm", self.out_channels, n)
+        bias = self.params["bias"].value if self.use_bias else None
+        self.ops.conv2d_forward(out, self._cols, gemm, x4, self._weight4(self.params["weight"].value), bias,
+                                self.stride, self.padding, self.dilation, self.groups, self.activation == "relu")
+        self._x, self._out = x4, out
+        return out.reshape((n,) + self.output_shape)
+
+    def backward(self, dout):
+        n = dout.shape[0]
+        dx = self.buffer("dx", (n,) + self._image_in) if self.needs_input_grad else None
+        taps = self._image_in[0] * math.prod(self.kernel_size)
+        dcols = self._workspace("dcols", taps if self.needs_input_grad else 0, n)
+        dgemm = self._workspace("dgemm", self.out_channels, n)
+        weight = self.params["weight"]
+        dbias = self.params["bias"].grad if self.use_bias else None
+        self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dcols, dgemm,
+                                 dout.reshape((n,) + self._image_out), self._out, self._x, self._cols,
+                                 self._weight4(weight.value), self.stride, self.padding, self.dilation, self.groups,
+                                 self.activation == "relu")
+        return None if dx is None else dx.reshape((n,) + self.input_shape)
+
+
+class Conv1d(Conv2d):
+    """1-D convolution over (channels, length) inputs; weight (out, in / groups, k) as in PyTorch.
+    Runs the Conv2d kernels on a height-1 view, so it shares their speed and their tests."""
+
+    name = "conv1d"
+
+    def __init__(self, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+                 groups: int = 1, bias: bool = True, activation: str = "none", weight_init: str = "pytorch_default",
+                 bias_init: str = "pytorch_default"):
+        super().__init__(out_channels, [1, kernel_size], [1, stride], [0, padding], [1, dilation], groups, bias,
+                         activation, weight_init, bias_init)
+
+    def hyperparameters(self):
+        return {"out_channels": self.out_channels, "kernel_size": self.kernel_size[1], "stride": self.stride[1],
+                "padding": self.padding[1], "dilation": self.dilation[1], "groups": self.groups,
+                "bias": self.use_bias, "activation": self.activation}
+
+    def _image_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ShapeError(f"layer 'conv1d' expects inputs (batch, channels, length) but got input shape "
+                             f"(batch, {', '.join(map(str, input_shape))})")
+        return (input_shape[0], 1, input_shape[1])
+
+    def weight_shape(self, in_channels):
+        return (self.out_channels, in_channels // self.groups, 1, self.kernel_size[1])
+
+    def setup(self, input_shape, rng):
+        out = super().setup(input_shape, rng)
+        weight = self.params["weight"]
+        three_d = (self.out_channels, input_shape[0] // self.groups, self.kernel_size[1])
+        weight.value, weight.grad = weight.value.reshape(three_d), weight.grad.reshape(three_d)
+        return (out[0], out[2])

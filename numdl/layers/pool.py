@@ -1,0 +1,94 @@
+"""Pooling: MaxPool2d, AvgPool2d (PyTorch semantics) and GlobalAvgPool2d (-> (batch, channels))."""
+
+import numpy as np
+
+from numdl.errors import ConfigError, ShapeError
+from numdl.layers.base import Layer
+from numdl.layers.conv import conv_output_size, pair
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
+                 padding: int | list[int] = 0):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride") if stride is not None else self.kernel_size
+        self.padding = pair(padding, "padding")
+        if min(self.kernel_size + self.stride) < 1 or min(self.padding) < 0:
+            raise ConfigError(f"{self.name}: kernel_size and stride must be >= 1, padding >= 0")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ConfigError(f"{self.name}: padding must be at most half the kernel size (as in PyTorch)")
+
+    def hyperparameters(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
+                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        channels, h, w = input_shape
+        out_hw = tuple(conv_output_size(size, k, s, p, 1)
+                       for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding))
+        if min(out_hw) < 1:
+            raise ShapeError(f"layer '{self.name}': input {h}x{w} is smaller than the window {self.kernel_size}")
+        return (channels,) + out_hw
+
+
+class MaxPool2d(_Pool2d):
+    name = "maxpool2d"
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", (x.shape[0],) + self.output_shape)
+        self._argmax = self._index_buffer(out.shape)
+        self.ops.maxpool2d_forward(out, self._argmax, x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def _index_buffer(self, shape):
+        array = self._buffers.get("argmax")
+        if array is None or tuple(array.shape) != tuple(shape):
+            array = self._buffers["argmax"] = self.ops.empty(tuple(shape), np.int64)
+        return array
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        self.ops.maxpool2d_backward(dx, dout, self._argmax, self.kernel_size, self.stride, self.padding)
+        return dx
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling; zero padding counts in the average (PyTorch's count_include_pad=True)."""
+
+    name = "avgpool2d"
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", (x.shape[0],) + self.output_shape)
+        self.ops.avgpool2d_forward(out, x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        self.ops.avgpool2d_backward(dx, dout, self.kernel_size, self.stride, self.padding)
+        return dx
+
+
+class GlobalAvgPool2d(Layer):
+    """Mean over height and width: (batch, C, H, W) -> (batch, C)."""
+
+    name = "global_avgpool2d"
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
+                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        self._window = tuple(input_shape[1:])
+        return (input_shape[0],)
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", (x.shape[0], self.output_shape[0], 1, 1))
+        self.ops.avgpool2d_forward(out, x, self._window, self._window, (0, 0))
+        return out.reshape(x.shape[0], self.output_shape[0])
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        self.ops.avgpool2d_backward(dx, dout.reshape(dout.shape[0], -1, 1, 1), self._window, self._window, (0, 0))
+        return dx
