@@ -17,7 +17,8 @@ from pathlib import Path
 from numdl.errors import ConfigError, RegistryError
 
 SECTIONS = {
-    "data": {"name": str, "path": str, "normalize": str, "validation_split": float},
+    "data": {"name": str, "path": str, "normalize": str, "validation_split": float, "crop_padding": int,
+             "horizontal_flip": bool},
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int},
 }

@@ -126,13 +126,15 @@ class Sequential:
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
-            eval_data=None, callbacks=()):
+            eval_data=None, callbacks=(), augment=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
         ``<name>_accuracy``; ``validation_data`` is the Keras spelling of ``{"val": (x, y)}``.
         ``callbacks`` are objects with any of ``on_epoch_begin(epoch, model)``,
-        ``on_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``.
+        ``on_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``. ``augment(batch, rng)``
+        returns a transformed copy of each training batch (see ``numdl.data.Augmenter``); it draws
+        from the run's seeded generator.
         """
         self._require_compiled()
         x, y = self.prepare(x, y, "training data")
@@ -156,7 +158,10 @@ class Sequential:
                 xs, ys = x, y
             total_loss, correct, counted = 0.0, 0, 0
             for batch, begin in enumerate(range(0, n, batch_size)):
-                xb = self.ops.asarray(xs[begin:begin + batch_size])
+                xb = xs[begin:begin + batch_size]
+                if augment is not None:
+                    xb = augment(xb, rng)
+                xb = self.ops.asarray(xb)
                 yb = ys[begin:begin + batch_size]
                 loss, right = self.train_step(xb, yb)
                 size = xb.shape[0]

@@ -9,11 +9,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 from numdl import metrics
 from numdl.config import build_model
-from numdl.data import CLASS_NAMES, Normalizer, load_fashion_mnist, train_validation_split
+from numdl.data import CLASS_NAMES, Augmenter, Normalizer, load_fashion_mnist, train_validation_split
 
 
 def new_run_folder(root="runs"):
@@ -39,6 +40,13 @@ def load_data(config):
     if x_val is not None:
         prepared["validation"] = (normalizer.transform(x_val), y_val)
     return prepared, normalizer
+
+
+def make_augmenter(config, normalizer):
+    data = config["data"]
+    fill = float(normalizer.transform(np.zeros(1))[0])  # a black pixel, normalised
+    augmenter = Augmenter(data.get("crop_padding", 0), data.get("horizontal_flip", False), fill)
+    return augmenter if augmenter.active else None
 
 
 class RunRecorder:
@@ -99,7 +107,8 @@ def run(config, out_dir, on_line=print, progress=None):
     try:
         history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
-                            callbacks=[RunRecorder(folder, train["epochs"], on_line, progress)])
+                            callbacks=[RunRecorder(folder, train["epochs"], on_line, progress)],
+                            augment=make_augmenter(config, normalizer))
     finally:
         if progress:
             progress.stop()

@@ -1,9 +1,10 @@
 """Data: IDX files, Fashion-MNIST, normalisation, splitting and batching."""
 
+from numdl.data.augment import Augmenter
 from numdl.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from numdl.data.idx import read_idx, write_idx
 from numdl.data.loader import batches, train_validation_split
 from numdl.data.transforms import Normalizer
 
-__all__ = ["load_fashion_mnist", "CLASS_NAMES", "read_idx", "write_idx", "batches",
+__all__ = ["Augmenter", "load_fashion_mnist", "CLASS_NAMES", "read_idx", "write_idx", "batches",
            "train_validation_split", "Normalizer"]

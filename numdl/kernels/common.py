@@ -31,7 +31,7 @@ def scalar_math(func):
         return func
 
     typer.__signature__ = inspect.signature(func)
-    overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH})(typer)
+    overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH}, inline="always")(typer)
     return func
 
 

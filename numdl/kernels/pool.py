@@ -30,7 +30,7 @@ def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, o
             iw = ow * stride_w - pad_w + j
             if 0 <= iw < w:
                 v = x[n, c, ih, iw]
-                if v > best or best_index < 0 or v != v:  # NaN propagates, as in PyTorch
+                if v > best or best_index < 0:
                     best = v
                     best_index = ih * w + iw
     out[n, c, oh, ow] = best

@@ -57,3 +57,31 @@ def test_training_steps_on_cuda_match_cpu(monkeypatch):
     for p_cpu, p_gpu in zip(cpu.parameters(), gpu.parameters()):
         np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10)
+
+
+def _cnn(device):
+    import numdl
+
+    layers = [numdl.Reshape([1, 6, 6]), numdl.Conv2d(2, 3, padding=1, activation="relu"), numdl.BatchNorm2d(),
+              numdl.Residual([numdl.Conv2d(3, 3, stride=2, padding=1), numdl.BatchNorm2d()], activation="relu"),
+              numdl.MaxPool2d(2, padding=1), numdl.AvgPool2d(2, stride=1), numdl.GlobalAvgPool2d(),
+              numdl.LayerNorm(), numdl.Linear(3)]
+    model = numdl.Sequential(layers, input_shape=(6, 6), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.CrossEntropy(), numdl.SGD(lr=0.1, momentum=0.9))
+
+
+def test_cnn_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 16)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 4)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((3, 6, 6)), rng.integers(0, 3, 3)
+    cpu, gpu = _cnn("cpu"), _cnn("cuda")
+    for _ in range(2):
+        loss_cpu, _ = cpu.train_step(x, y)
+        loss_gpu, _ = gpu.train_step(gpu.ops.asarray(x), y)
+        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10)
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
+        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-9)
