@@ -442,6 +442,101 @@ def _add_forward(dtype, rng):
     return [np.zeros_like(a), a, b], a.size, {0: f64(a) + f64(b)}
 
 
+# ------------------------------------------------------------------------------------- recurrent
+def _sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    """PyTorch's LSTM / GRU equations in float64, per sample, honouring lengths and direction."""
+    n_batch, steps, _ = x.shape
+    hidden = w_hh.shape[1]
+    out = np.zeros((n_batch, steps, hidden))
+    for n in range(n_batch):
+        h, c = np.zeros(hidden), np.zeros(hidden)
+        order = range(lengths[n] - 1, -1, -1) if reverse else range(lengths[n])
+        for t in order:
+            gx, gh = w_ih @ x[n, t] + b_ih, w_hh @ h + b_hh
+            if kind == "lstm":
+                i, f, g, o = np.split(gx + gh, 4)
+                c = _sig(f) * c + _sig(i) * np.tanh(g)
+                h = _sig(o) * np.tanh(c)
+            else:
+                r = _sig(gx[:hidden] + gh[:hidden])
+                z = _sig(gx[hidden:2 * hidden] + gh[hidden:2 * hidden])
+                cand = np.tanh(gx[2 * hidden:] + r * gh[2 * hidden:])
+                h = (1 - z) * cand + z * h
+            out[n, t] = h
+    return out
+
+
+RNN = dict(n=3, t=4, i=3, h=3)
+
+
+def _recurrent_inputs(kind, dtype, rng):
+    g = 4 if kind == "lstm" else 3
+    p = RNN
+    x = rng.standard_normal((p["n"], p["t"], p["i"])).astype(dtype)
+    lengths = np.array([4, 2, 3], np.int64)
+    w_ih = (rng.standard_normal((g * p["h"], p["i"])) * 0.5).astype(dtype)
+    w_hh = (rng.standard_normal((g * p["h"], p["h"])) * 0.5).astype(dtype)
+    b_ih, b_hh = (rng.standard_normal(g * p["h"]) * 0.3).astype(dtype), (rng.standard_normal(g * p["h"]) * 0.3).astype(dtype)
+    return x, lengths, w_ih, w_hh, b_ih, b_hh, g
+
+
+def _recurrent_buffers(dtype, g):
+    p = RNN
+    n, t, h = p["n"], p["t"], p["h"]
+    return [np.zeros((n, t, h), dtype), np.zeros((n, t, g * h), dtype), np.zeros((n, t, h), dtype),
+            np.zeros((n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n, h), dtype)]
+
+
+def _recurrent_forward(kind, reverse):
+    def make(dtype, rng):
+        x, lengths, w_ih, w_hh, b_ih, b_hh, g = _recurrent_inputs(kind, dtype, rng)
+        ref = recurrent_reference(kind, f64(x), lengths, f64(w_ih), f64(w_hh), f64(b_ih), f64(b_hh), reverse)
+        args = _recurrent_buffers(dtype, g) + [x, lengths, w_ih, w_hh, b_ih, b_hh, reverse]
+        return args, RNN["n"], {0: ref}
+    return make
+
+
+def _numeric(f, array, eps=1e-6):
+    grad = np.zeros_like(array)
+    for idx in np.ndindex(*array.shape):
+        keep = array[idx]
+        array[idx] = keep + eps
+        plus = f()
+        array[idx] = keep - eps
+        minus = f()
+        array[idx] = keep
+        grad[idx] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def _recurrent_backward(kind, reverse):
+    def make(dtype, rng):
+        x, lengths, w_ih, w_hh, b_ih, b_hh, g = _recurrent_inputs(kind, dtype, rng)
+        p = RNN
+        n, t, h = p["n"], p["t"], p["h"]
+        dout = rng.standard_normal((n, t, h)).astype(dtype)
+        inputs = [f64(a) for a in (x, w_ih, w_hh, b_ih, b_hh)]
+
+        def objective():
+            return float((recurrent_reference(kind, inputs[0], lengths, *inputs[1:], reverse) * f64(dout)).sum())
+
+        grads = [_numeric(objective, a) for a in inputs]
+        forward = _recurrent_buffers(dtype, g)
+        module = __import__("numdl.kernels.recurrent", fromlist=["x"])
+        getattr(module, f"{kind}_forward_cpu")(*forward, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse)
+        out, gates, cells = forward[:3]
+        scratch = [np.zeros((2, n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n, h), dtype),
+                   np.zeros((n, h), dtype), np.zeros((n, h), dtype), np.zeros((g * h, h), dtype)]
+        args = [np.zeros_like(x), np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih), np.zeros_like(b_hh),
+                *scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, reverse]
+        return args, n, {0: grads[0], 1: grads[1], 2: grads[2], 3: grads[3], 4: grads[4]}
+    return make
+
+
 CASES = {
     ("linear", "linear_forward"): _linear_forward,
     ("linear", "linear_backward"): _linear_backward,
@@ -466,6 +561,10 @@ CASES = {
     ("norm", "layernorm_forward"): _ln_forward,
     ("norm", "layernorm_backward"): _ln_backward,
     ("elementwise", "add_forward"): _add_forward,
+    ("recurrent", "lstm_forward"): _recurrent_forward("lstm", False),
+    ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
+    ("recurrent", "gru_forward"): _recurrent_forward("gru", False),
+    ("recurrent", "gru_backward"): _recurrent_backward("gru", False),
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
@@ -487,10 +586,23 @@ VARIANTS = {
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
+    "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),
+    "lstm_backward_reverse": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True)),
+    "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
+    "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
 }
 
 DTYPES = (np.float32, np.float64)
 TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
+# References computed by central differences are good to about 1e-8, not 1e-11.
+NUMERIC_REFERENCE_TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=1e-8)}
+NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", "lstm_backward_reverse",
+                           "gru_backward_reverse"}
+
+
+def tolerance(case_id, dtype):
+    table = NUMERIC_REFERENCE_TOLERANCE if case_id in NUMERIC_REFERENCE_CASES else TOLERANCE
+    return table[dtype]
 
 
 def all_cases():

@@ -5,4 +5,5 @@ Each module has the same sections: scalar math shared by both targets, CPU kerne
 CUDA kernels are launched by ``numdl.kernels.common.launch`` (grid-stride, so one launcher fits all).
 """
 
-KERNEL_MODULES = ("linear", "activation", "loss", "optim", "dropout", "conv", "pool", "norm", "elementwise")
+KERNEL_MODULES = ("linear", "activation", "loss", "optim", "dropout", "conv", "pool", "norm", "elementwise",
+                  "recurrent")

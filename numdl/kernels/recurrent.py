@@ -1,0 +1,394 @@
+"""Recurrent layers, one direction of one layer per call: LSTM and GRU with PyTorch's equations and
+gate order (LSTM: i, f, g, o; GRU: r, z, n), zero initial state, per-sample lengths for padded
+batches (steps past a sample's length output zeros and leave its state alone; the reverse direction
+starts at each sample's last valid step, as PyTorch's packed sequences do).
+
+Shapes: x (N, T, I); lengths (N,) int64; w_ih (G H, I); w_hh (G H, H); b_ih, b_hh (G H,) with G = 4
+(LSTM) or 3 (GRU); out (N, T, H). Saved for backward: ``gates`` (N, T, G H) activated gate values
+and ``cells`` (N, T, H): LSTM cell states, or for the GRU the hidden projection W_hn h + b_hn.
+
+CPU: the input projections of all steps are one GEMM into ``proj``; each step adds h W_hh^T with
+one more GEMM and runs the point-wise update; backward mirrors it and ends with GEMMs for dW_ih and
+dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
+``syncthreads``; weight gradients accumulate with atomics into arrays the launcher zeroed.
+Backward: ``dproj`` (2, N T, G H) holds the pre-activation gradients of the input projections [0]
+and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's n gate).
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from numdl.kernels.activation import sigmoid
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def step_position(step, length, reverse):
+    # The position that time step ``step`` processes in a sample of ``length``, or -1 past its end.
+    if step >= length:
+        return -1
+    return length - 1 - step if reverse else step
+
+
+@scalar_math
+def previous_position(t, reverse):
+    return t + 1 if reverse else t - 1
+
+
+@scalar_math
+def lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden):
+    i = sigmoid(pre_i)
+    f = sigmoid(pre_f)
+    g = math.tanh(pre_g)
+    o = sigmoid(pre_o)
+    c = f * c_prev + i * g
+    gates[n, t, j] = i
+    gates[n, t, hidden + j] = f
+    gates[n, t, 2 * hidden + j] = g
+    gates[n, t, 3 * hidden + j] = o
+    cells[n, t, j] = c
+    out[n, t, j] = o * math.tanh(c)
+
+
+@scalar_math
+def lstm_cell_backward(dproj, row, gates, cells, dh, dc_next, c_prev, n, t, j, hidden):
+    # Writes the pre-activation gradients of gate rows j, H+j, 2H+j, 3H+j to dproj[0/1, row];
+    # returns dc for the previous step.
+    one = same_type(dh, 1.0)
+    i = gates[n, t, j]
+    f = gates[n, t, hidden + j]
+    g = gates[n, t, 2 * hidden + j]
+    o = gates[n, t, 3 * hidden + j]
+    tc = math.tanh(cells[n, t, j])
+    dc = dc_next + dh * o * (one - tc * tc)
+    di = dc * g * i * (one - i)
+    df = dc * c_prev * f * (one - f)
+    dg = dc * i * (one - g * g)
+    do = dh * tc * o * (one - o)
+    for side in range(2):
+        dproj[side, row, j] = di
+        dproj[side, row, hidden + j] = df
+        dproj[side, row, 2 * hidden + j] = dg
+        dproj[side, row, 3 * hidden + j] = do
+    return dc * f
+
+
+@scalar_math
+def gru_cell(gates, hproj, out, pre_r, pre_z, x_n, h_n, h_prev, n, t, j, hidden):
+    # pre_r, pre_z: full pre-activations; x_n = W_in x + b_in and h_n = W_hn h + b_hn kept apart.
+    one = same_type(h_prev, 1.0)
+    r = sigmoid(pre_r)
+    z = sigmoid(pre_z)
+    cand = math.tanh(x_n + r * h_n)
+    gates[n, t, j] = r
+    gates[n, t, hidden + j] = z
+    gates[n, t, 2 * hidden + j] = cand
+    hproj[n, t, j] = h_n
+    out[n, t, j] = (one - z) * cand + z * h_prev
+
+
+@scalar_math
+def gru_cell_backward(dproj, row, gates, hproj, dh, h_prev, n, t, j, hidden):
+    # Writes input- and hidden-projection pre-activation gradients; returns the direct dh_prev (z dh).
+    one = same_type(dh, 1.0)
+    r = gates[n, t, j]
+    z = gates[n, t, hidden + j]
+    cand = gates[n, t, 2 * hidden + j]
+    dcand = dh * (one - z) * (one - cand * cand)
+    dz = dh * (h_prev - cand) * z * (one - z)
+    dr = dcand * hproj[n, t, j] * r * (one - r)
+    dproj[0, row, j] = dr
+    dproj[0, row, hidden + j] = dz
+    dproj[0, row, 2 * hidden + j] = dcand
+    dproj[1, row, j] = dr
+    dproj[1, row, hidden + j] = dz
+    dproj[1, row, 2 * hidden + j] = dcand * r
+    return dh * z
+
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+# Scratch: proj (N T, G H), hh (N, G H), h_prev (N, H); in backward dstep (N, G H),
+# h_step, dh_next, dc_next (N, H) and dw_tmp (G H, H).
+
+
+@cpu_kernel
+def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    # Overwrites out, gates, cells.
+    n_batch, steps, hidden = out.shape
+    np.dot(x.reshape(n_batch * steps, x.shape[2]), w_ih.T, proj)
+    out[:] = 0
+    h_prev[:] = 0
+    for step in range(steps):
+        np.dot(h_prev, w_hh.T, hh)
+        for n in range(n_batch):
+            t = step_position(step, lengths[n], reverse)
+            if t < 0:
+                continue
+            prev = previous_position(t, reverse)
+            row = n * steps + t
+            for j in range(hidden):
+                pre_i = proj[row, j] + hh[n, j] + b_ih[j] + b_hh[j]
+                pre_f = proj[row, hidden + j] + hh[n, hidden + j] + b_ih[hidden + j] + b_hh[hidden + j]
+                pre_g = proj[row, 2 * hidden + j] + hh[n, 2 * hidden + j] + b_ih[2 * hidden + j] + b_hh[2 * hidden + j]
+                pre_o = proj[row, 3 * hidden + j] + hh[n, 3 * hidden + j] + b_ih[3 * hidden + j] + b_hh[3 * hidden + j]
+                c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
+                lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
+            for j in range(hidden):
+                h_prev[n, j] = out[n, t, j]
+
+
+@cpu_kernel
+def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    # Overwrites out, gates, cells (= W_hn h + b_hn per step).
+    n_batch, steps, hidden = out.shape
+    np.dot(x.reshape(n_batch * steps, x.shape[2]), w_ih.T, proj)
+    out[:] = 0
+    h_prev[:] = 0
+    for step in range(steps):
+        np.dot(h_prev, w_hh.T, hh)
+        for n in range(n_batch):
+            t = step_position(step, lengths[n], reverse)
+            if t < 0:
+                continue
+            row = n * steps + t
+            for j in range(hidden):
+                pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
+                pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
+                x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
+                h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
+                gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
+            for j in range(hidden):
+                h_prev[n, j] = out[n, t, j]
+
+
+@cpu_kernel
+def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout,
+                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm):
+    n_batch, steps, hidden = out.shape
+    dproj[:] = 0
+    dh_next[:] = 0
+    dc_next[:] = 0
+    dw_hh[:] = 0
+    for step in range(steps - 1, -1, -1):
+        dstep[:] = 0
+        h_step[:] = 0
+        for n in range(n_batch):
+            t = step_position(step, lengths[n], reverse)
+            if t < 0:
+                continue
+            prev = previous_position(t, reverse)
+            row = n * steps + t
+            for j in range(hidden):
+                first = step == 0
+                h_prev = same_type(dh_next[0, 0], 0.0) if first else out[n, prev, j]
+                h_step[n, j] = h_prev
+                dh = dout[n, t, j] + dh_next[n, j]
+                if is_lstm:
+                    c_prev = same_type(dh, 0.0) if first else cells[n, prev, j]
+                    dc_next[n, j] = lstm_cell_backward(dproj, row, gates, cells, dh, dc_next[n, j], c_prev, n, t, j,
+                                                       hidden)
+                else:
+                    dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_prev, n, t, j, hidden)
+            for k in range(dstep.shape[1]):
+                dstep[n, k] = dproj[1, row, k]
+        np.dot(dstep, w_hh, dh_next)
+        if not is_lstm:
+            dh_next += dc_next  # the GRU's direct z path; dc_next carries it
+            dc_next[:] = 0
+        np.dot(dstep.T, h_step, dw_tmp)
+        dw_hh += dw_tmp
+    x2 = x.reshape(n_batch * steps, x.shape[2])
+    np.dot(dproj[0].T, x2, dw_ih)
+    for k in range(db_ih.size):
+        db_ih[k] = 0
+        db_hh[k] = 0
+    for r in range(n_batch * steps):
+        for k in range(db_ih.size):
+            db_ih[k] += dproj[0, r, k]
+            db_hh[k] += dproj[1, r, k]
+    if dx.size > 0:
+        np.dot(dproj[0], w_ih, dx.reshape(n_batch * steps, x.shape[2]))
+
+
+@cpu_kernel
+def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout, out,
+                      gates, cells, x, lengths, w_ih, w_hh, reverse):
+    # Overwrites dx (skipped when empty), dw_ih, dw_hh, db_ih, db_hh.
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout,
+                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, True)
+
+
+@cpu_kernel
+def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout, out,
+                     gates, cells, x, lengths, w_ih, w_hh, reverse):
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout,
+                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, False)
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+# Launched with one block per sample (grid-stride over samples) and threads over hidden units.
+# Every thread of a block walks the same steps, so the syncthreads calls are uniform.
+
+
+def _device(func):
+    """A CUDA device function (the per-sample loops shared by the LSTM and GRU kernels)."""
+    return cuda.jit(device=True)(func)
+
+
+@scalar_math
+def _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, r):
+    # Row r of W_ih x_t + b_ih + b_hh (+ W_hh h_prev after the first step).
+    acc = b_ih[r] + b_hh[r]
+    for k in range(w_ih.shape[1]):
+        acc += x[n, t, k] * w_ih[r, k]
+    if step > 0:
+        for k in range(w_hh.shape[1]):
+            acc += out[n, prev, k] * w_hh[r, k]
+    return acc
+
+
+@scalar_math
+def _hidden_preactivation(out, w_hh, b_hh, n, prev, step, r):
+    # Row r of W_hh h_prev + b_hh (the GRU keeps the n gate's hidden part apart).
+    acc = b_hh[r]
+    if step > 0:
+        for k in range(w_hh.shape[1]):
+            acc += out[n, prev, k] * w_hh[r, k]
+    return acc
+
+
+@scalar_math
+def _input_preactivation(x, w_ih, b_ih, n, t, r):
+    acc = b_ih[r]
+    for k in range(w_ih.shape[1]):
+        acc += x[n, t, k] * w_ih[r, k]
+    return acc
+
+
+@_device
+def _zero_sample_outputs(out, n):
+    for t in range(out.shape[1]):
+        for j in range(cuda.threadIdx.x, out.shape[2], cuda.blockDim.x):
+            out[n, t, j] = same_type(out[0, 0, 0], 0.0)
+    cuda.syncthreads()
+
+
+@cuda_kernel
+def lstm_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    n_batch, steps, hidden = out.shape
+    for n in range(cuda.blockIdx.x, n_batch, cuda.gridDim.x):
+        _zero_sample_outputs(out, n)
+        for step in range(steps):
+            t = step_position(step, lengths[n], reverse)
+            if t >= 0:
+                prev = previous_position(t, reverse)
+                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                    pre_i = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
+                    pre_f = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+                    pre_g = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 2 * hidden + j)
+                    pre_o = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 3 * hidden + j)
+                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
+                    lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
+            cuda.syncthreads()
+
+
+@cuda_kernel
+def gru_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    n_batch, steps, hidden = out.shape
+    for n in range(cuda.blockIdx.x, n_batch, cuda.gridDim.x):
+        _zero_sample_outputs(out, n)
+        for step in range(steps):
+            t = step_position(step, lengths[n], reverse)
+            if t >= 0:
+                prev = previous_position(t, reverse)
+                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                    pre_r = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
+                    pre_z = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+                    x_n = _input_preactivation(x, w_ih, b_ih, n, t, 2 * hidden + j)
+                    h_n = _hidden_preactivation(out, w_hh, b_hh, n, prev, step, 2 * hidden + j)
+                    h_prev_j = out[n, prev, j] if step > 0 else same_type(pre_r, 0.0)
+                    gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev_j, n, t, j, hidden)
+            cuda.syncthreads()
+
+
+@_device
+def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x, lengths,
+                               w_ih, w_hh, reverse, is_lstm, n):
+    steps, hidden = out.shape[1], out.shape[2]
+    rows = w_hh.shape[0]
+    length = lengths[n]
+    zero = same_type(out[0, 0, 0], 0.0)
+    for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+        dc_next[n, j] = zero
+    cuda.syncthreads()
+    for step in range(steps - 1, -1, -1):
+        t = step_position(step, length, reverse)
+        if t >= 0:
+            prev = previous_position(t, reverse)
+            later = step_position(step + 1, length, reverse)
+            row = n * steps + t
+            for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                dh = dout[n, t, j]
+                if later >= 0:
+                    for m in range(rows):
+                        dh += dproj[1, n * steps + later, m] * w_hh[m, j]
+                h_prev = out[n, prev, j] if step > 0 else zero
+                if is_lstm:
+                    c_prev = cells[n, prev, j] if step > 0 else zero
+                    dc_next[n, j] = lstm_cell_backward(dproj, row, gates, cells, dh, dc_next[n, j], c_prev, n, t, j,
+                                                       hidden)
+                else:
+                    dh += dc_next[n, j]  # the direct z path from the later step
+                    dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_prev, n, t, j, hidden)
+        cuda.syncthreads()
+    # Weight and bias gradients of this sample, summed over its steps, then one atomic add each.
+    for m in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
+        acc_ih = zero
+        acc_hh = zero
+        for t in range(length):
+            acc_ih += dproj[0, n * steps + t, m]
+            acc_hh += dproj[1, n * steps + t, m]
+        cuda.atomic.add(db_ih, m, acc_ih)
+        cuda.atomic.add(db_hh, m, acc_hh)
+        for k in range(x.shape[2]):
+            acc = zero
+            for t in range(length):
+                acc += dproj[0, n * steps + t, m] * x[n, t, k]
+            cuda.atomic.add(dw_ih, (m, k), acc)
+        for k in range(hidden):
+            acc = zero
+            for t in range(length):
+                first = t == (length - 1 if reverse else 0)
+                if not first:
+                    acc += dproj[1, n * steps + t, m] * out[n, previous_position(t, reverse), k]
+            cuda.atomic.add(dw_hh, (m, k), acc)
+    if dx.size > 0:
+        for t in range(steps):
+            for k in range(cuda.threadIdx.x, x.shape[2], cuda.blockDim.x):
+                acc = zero
+                if t < length:
+                    for m in range(rows):
+                        acc += dproj[0, n * steps + t, m] * w_ih[m, k]
+                dx[n, t, k] = acc
+    cuda.syncthreads()
+
+
+@cuda_kernel
+def lstm_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout, out,
+                       gates, cells, x, lengths, w_ih, w_hh, reverse):
+    # Accumulates into dw_ih, dw_hh, db_ih, db_hh: the launcher zeroes them first.
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x,
+                                   lengths, w_ih, w_hh, reverse, True, n)
+
+
+@cuda_kernel
+def gru_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dw_tmp, dout, out,
+                      gates, cells, x, lengths, w_ih, w_hh, reverse):
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x,
+                                   lengths, w_ih, w_hh, reverse, False, n)
