@@ -65,6 +65,11 @@ class Sequential:
         return self
 
     @property
+    def _input_dtype(self):
+        """The model's dtype, or the first layer's own input dtype (integer ids for an embedding)."""
+        return np.dtype(getattr(self.layers[0], "input_dtype", None) or self.dtype)
+
+    @property
     def built(self):
         return self.input_shape is not None
 
@@ -80,9 +85,13 @@ class Sequential:
         return int(sum(np.prod(p.value.shape) for p in self.parameters()))
 
     # ---------------------------------------------------------------------------- running
-    def forward(self, x, training=False):
-        """Forward pass of one batch already on the model's device and dtype."""
+    def forward(self, x, training=False, lengths=None):
+        """Forward pass of one batch already on the model's device and dtype. ``lengths`` (one per
+        sample) marks the valid steps of padded sequences for the layers that use them."""
         self._check_batch(x)
+        for layer in self.layers:
+            if getattr(layer, "uses_lengths", False):
+                layer.lengths = lengths
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -111,7 +120,7 @@ class Sequential:
         self._require_compiled()
         start = time.perf_counter()
         rng_states = [layer.get_rng_state() for layer in self.layers]
-        x = self.ops.zeros((batch_size,) + self.input_shape, self.dtype)
+        x = self.ops.zeros((batch_size,) + self.input_shape, self._input_dtype)
         logits = self.forward(x, training=True)
         target = np.zeros(batch_size, np.int64) if _is_class_output(self.loss) else \
             np.zeros((batch_size,) + self.output_shape, self.dtype)
@@ -223,8 +232,13 @@ class Sequential:
                              f"{self.input_shape}")
         if x.dtype.kind not in "fiub":
             raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if not np.isfinite(x).all():
+        if self._input_dtype.kind in "iu":  # token ids for an embedding: kept as integers
+            if x.dtype.kind not in "iu":
+                raise DataError(f"{what} must be integer token ids for layer '{self.layers[0].name}', got {x.dtype}")
+            x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        else:
+            x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
             raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
         if y is not None:
@@ -247,9 +261,9 @@ class Sequential:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"model.layers.0 ({self.layers[0].name}) expects input of shape "
                              f"(batch, {', '.join(map(str, self.input_shape))}) but got {tuple(x.shape)}")
-        if x.dtype != self.dtype:
-            raise DataError(f"input dtype {x.dtype} does not match the model's {self.dtype}; convert it "
-                            f"first (x.astype('{self.dtype}')) rather than compile a second version")
+        if x.dtype != self._input_dtype:
+            raise DataError(f"input dtype {x.dtype} does not match the model's {self._input_dtype}; convert it "
+                            f"first (x.astype('{self._input_dtype}')) rather than compile a second version")
         if x.shape[0] == 0:
             raise DataError("empty batch")
 

@@ -537,6 +537,53 @@ def _recurrent_backward(kind, reverse):
     return make
 
 
+# -------------------------------------------------------------------------------------- sequence
+SEQ_LENGTHS = np.array([4, 1, 3], np.int64)
+
+
+def _last_step_forward(dtype, rng):
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    ref = np.array([[x[n, SEQ_LENGTHS[n] - 1 if f < 3 else 0, f] for f in range(5)] for n in range(3)], np.float64)
+    return [np.zeros((3, 5), dtype), x, SEQ_LENGTHS, 3], 15, {0: ref}
+
+
+def _last_step_backward(dtype, rng):
+    dout = rng.standard_normal((3, 5)).astype(dtype)
+    ref = np.zeros((3, 4, 5))
+    for n in range(3):
+        for f in range(5):
+            ref[n, SEQ_LENGTHS[n] - 1 if f < 3 else 0, f] = dout[n, f]
+    return [np.full((3, 4, 5), 7, dtype), dout, SEQ_LENGTHS, 3], 60, {0: ref}
+
+
+def _mean_steps_forward(dtype, rng):
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    ref = np.array([f64(x[n, :SEQ_LENGTHS[n]]).mean(0) for n in range(3)])
+    return [np.zeros((3, 5), dtype), x, SEQ_LENGTHS], 15, {0: ref}
+
+
+def _mean_steps_backward(dtype, rng):
+    dout = rng.standard_normal((3, 5)).astype(dtype)
+    ref = np.zeros((3, 4, 5))
+    for n in range(3):
+        ref[n, :SEQ_LENGTHS[n]] = f64(dout[n]) / SEQ_LENGTHS[n]
+    return [np.full((3, 4, 5), 7, dtype), dout, SEQ_LENGTHS], 60, {0: ref}
+
+
+def _embedding_forward(dtype, rng):
+    weight = rng.standard_normal((6, 4)).astype(dtype)
+    indices = np.array([[0, 5, 5], [2, 2, 2]], np.int64)
+    return [np.zeros((2, 3, 4), dtype), indices, weight], 24, {0: f64(weight)[indices]}
+
+
+def _embedding_backward(dtype, rng):
+    dout = rng.standard_normal((2, 3, 4)).astype(dtype)
+    indices = np.array([[0, 5, 5], [2, 2, 2]], np.int64)  # repeated indices must add up
+    ref = np.zeros((6, 4))
+    np.add.at(ref, indices, f64(dout))
+    return [np.zeros((6, 4), dtype), dout, indices], 24, {0: ref}
+
+
 CASES = {
     ("linear", "linear_forward"): _linear_forward,
     ("linear", "linear_backward"): _linear_backward,
@@ -565,6 +612,12 @@ CASES = {
     ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
     ("recurrent", "gru_forward"): _recurrent_forward("gru", False),
     ("recurrent", "gru_backward"): _recurrent_backward("gru", False),
+    ("sequence", "last_step_forward"): _last_step_forward,
+    ("sequence", "last_step_backward"): _last_step_backward,
+    ("sequence", "mean_steps_forward"): _mean_steps_forward,
+    ("sequence", "mean_steps_backward"): _mean_steps_backward,
+    ("sequence", "embedding_forward"): _embedding_forward,
+    ("sequence", "embedding_backward"): _embedding_backward,
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)

@@ -44,7 +44,16 @@ LAYER_SAMPLES = {
     "layernorm": ("layernorm", {}, (3, 6)),
     "residual-identity": ("residual", _residual("auto"), (4, 5, 5)),
     "residual-projection": ("residual", _residual("conv_bn"), (2, 6, 6)),
+    "lstm": ("lstm", {"hidden_size": 3}, (4, 2)),
+    "lstm-stacked-bidirectional-padded": ("lstm", {"hidden_size": 3, "num_layers": 2, "bidirectional": True,
+                                                   "return_sequences": True}, (4, 2)),
+    "gru": ("gru", {"hidden_size": 3, "bidirectional": True}, (4, 2)),
+    "gru-stacked-bidirectional-padded": ("gru", {"hidden_size": 3, "num_layers": 2, "bidirectional": True}, (4, 2)),
+    "embedding": ("embedding", {"num_embeddings": 3, "embedding_dim": 2}, (5,)),
+    "sequence_pool-last": ("sequence_pool", {"mode": "last"}, (4, 3)),
+    "sequence_pool-mean-padded": ("sequence_pool", {"mode": "mean"}, (4, 3)),
 }
+PADDED_LENGTHS = [4, 2, 3]
 
 
 def _labels(rng, n, classes):
@@ -75,8 +84,10 @@ def test_layer_gradients(sample):
     name, kwargs, shape = LAYER_SAMPLES[sample]
     layer = kwargs() if callable(kwargs) else registry().get("layer", name)(**kwargs)
     assert layer.name == name
-    errors = check_layer_gradients(layer, shape, batch_size=3, seed=1)
-    assert set(errors) == {"input", *layer.named_parameters()}
+    lengths = PADDED_LENGTHS if sample.endswith("padded") else None
+    errors = check_layer_gradients(layer, shape, batch_size=3, seed=1, lengths=lengths)
+    expected = set(layer.named_parameters()) | (set() if name == "embedding" else {"input"})
+    assert set(errors) == expected
 
 
 @pytest.mark.parametrize("name, index", [(n, i) for n, samples in sorted(LOSS_SAMPLES.items())

@@ -53,17 +53,22 @@ class Ops:
         return array.reshape(-1)
 
     # ----------------------------------------------------------------------------- dispatch
-    def _run(self, family, op, work_items, *args):
-        """Run kernel ``<op>_<self.name>`` of ``numdl.kernels.<family>`` over ``work_items`` items."""
+    def _run(self, family, op, work_items, *args, per_sample=False):
+        """Run kernel ``<op>_<self.name>`` of ``numdl.kernels.<family>`` over ``work_items`` items
+        (``per_sample``: work_items samples, one GPU block each, as the recurrent kernels expect)."""
         key = (family, op)
         kernel = self._kernels.get(key)
         if kernel is None:
             module = importlib.import_module(f"numdl.kernels.{family}")
             kernel = self._kernels[key] = getattr(module, f"{op}_{self.name}")
-        self._call(kernel, work_items, args)
+        self._call(kernel, work_items, args, per_sample)
 
-    def _call(self, kernel, work_items, args):
+    def _call(self, kernel, work_items, args, per_sample):
         """Call or launch one kernel; ``work_items`` sizes a GPU grid, the CPU ignores it."""
+        raise NotImplementedError
+
+    def zero_(self, array):
+        """Set every element of ``array`` to zero, in place."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------- linear
@@ -206,6 +211,42 @@ class Ops:
         dx = self.nothing(dout.dtype, ndim=2) if dx is None else dx
         work = (dout.shape[0] if dx.size else 0) + dout.shape[1]
         self._run("norm", "layernorm_backward", work, dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+
+    # ------------------------------------------------------------------------------- recurrent
+    def recurrent_forward(self, kind, out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh,
+                          reverse):
+        """kind 'lstm' or 'gru'; one direction of one layer over the whole sequence."""
+        self._run("recurrent", f"{kind}_forward", x.shape[0], out, gates, cells, proj, hh, h_prev, x, lengths,
+                  w_ih, w_hh, b_ih, b_hh, bool(reverse), per_sample=True)
+
+    def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
+                           w_ih, w_hh, reverse):
+        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next, dw_tmp). dx None: not computed."""
+        dx = self.nothing(x.dtype, ndim=3) if dx is None else dx
+        for grad in (dw_ih, dw_hh, db_ih, db_hh):
+            self.zero_(grad)  # the CUDA twin accumulates across samples
+        self._run("recurrent", f"{kind}_backward", x.shape[0], dx, dw_ih, dw_hh, db_ih, db_hh, *scratch, dout, out,
+                  gates, cells, x, lengths, w_ih, w_hh, bool(reverse), per_sample=True)
+
+    # -------------------------------------------------------------------------------- sequence
+    def last_step_forward(self, out, x, lengths, split):
+        self._run("sequence", "last_step_forward", out.size, out, x, lengths, int(split))
+
+    def last_step_backward(self, dx, dout, lengths, split):
+        self._run("sequence", "last_step_backward", dx.size, dx, dout, lengths, int(split))
+
+    def mean_steps_forward(self, out, x, lengths):
+        self._run("sequence", "mean_steps_forward", out.size, out, x, lengths)
+
+    def mean_steps_backward(self, dx, dout, lengths):
+        self._run("sequence", "mean_steps_backward", dx.size, dx, dout, lengths)
+
+    def embedding_forward(self, out, indices, weight):
+        self._run("sequence", "embedding_forward", out.size, out, indices, weight)
+
+    def embedding_backward(self, dweight, dout, indices):
+        self.zero_(dweight)  # the CUDA twin accumulates repeated indices with atomics
+        self._run("sequence", "embedding_backward", dout.size, dweight, dout, indices)
 
     # ------------------------------------------------------------------------------ arithmetic
     def add(self, out, a, b):

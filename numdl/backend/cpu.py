@@ -21,5 +21,8 @@ class CPUOps(Ops):
     def to_numpy(self, array):
         return np.asarray(array)
 
-    def _call(self, kernel, work_items, args):
+    def _call(self, kernel, work_items, args, per_sample):
         kernel(*args)
+
+    def zero_(self, array):
+        array[...] = 0

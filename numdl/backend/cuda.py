@@ -9,7 +9,7 @@ from numba import cuda
 
 from numdl.backend.base import Ops
 from numdl.errors import DeviceError
-from numdl.kernels.common import launch
+from numdl.kernels.common import launch, launch_per_sample
 
 
 class CUDAOps(Ops):
@@ -36,8 +36,14 @@ class CUDAOps(Ops):
             return array.copy_to_host()
         return np.asarray(array)
 
-    def _call(self, kernel, work_items, args):
-        launch(kernel, work_items, *args)
+    def _call(self, kernel, work_items, args, per_sample):
+        if per_sample:
+            launch_per_sample(kernel, work_items, *args)
+        else:
+            launch(kernel, work_items, *args)
+
+    def zero_(self, array):
+        array.copy_to_device(np.zeros(array.shape, dtype=array.dtype))
 
 
 def _on_device(array):

@@ -69,3 +69,10 @@ def launch(kernel, work_items, *args):
     blocks = max(1, min(tuning.CUDA_MAX_BLOCKS, (int(work_items) + threads - 1) // threads))
     kernel[blocks, threads](*args)
 
+
+
+def launch_per_sample(kernel, samples, *args):
+    """Launch ``kernel`` with one block per sample (grid-stride beyond the cap) and the recurrent
+    thread count: kernels that step through time synchronise the threads of one sample's block."""
+    blocks = max(1, min(tuning.CUDA_MAX_BLOCKS, int(samples)))
+    kernel[blocks, tuning.CUDA_RECURRENT_THREADS](*args)

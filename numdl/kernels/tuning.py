@@ -19,5 +19,8 @@ CUDA_JIT_OPTIONS = dict(fastmath=False)
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 4096
 
+# Threads per block of the recurrent kernels (one block per sample, threads over hidden units).
+CUDA_RECURRENT_THREADS = 128
+
 # Compute capability that the PTX checks target when no GPU is present (H100/H200: Hopper, sm_90).
 PTX_CHECK_COMPUTE_CAPABILITY = (9, 0)

@@ -7,11 +7,14 @@ from numdl.layers.conv import Conv1d, Conv2d
 from numdl.layers.linear import Linear
 from numdl.layers.norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from numdl.layers.pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from numdl.layers.recurrent import GRU, LSTM, Embedding, SequencePool
 from numdl.layers.shape import Dropout, Flatten, Reshape
 
 BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
-                  MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual)
+                  MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual, LSTM, GRU,
+                  Embedding, SequencePool)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
-           "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual"]
+           "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual", "LSTM", "GRU", "Embedding",
+           "SequencePool"]

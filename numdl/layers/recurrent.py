@@ -1,0 +1,253 @@
+"""Sequence layers: LSTM and GRU (stacked, bidirectional), Embedding, and SequencePool.
+
+Sequences are (batch, time, features). Padded batches carry per-sample lengths, handed to every
+layer that sets ``uses_lengths`` by ``Sequential.forward(x, lengths=...)`` (steps past a length are
+ignored, as with PyTorch's packed sequences); without lengths every sample uses all steps.
+"""
+
+import math
+
+import numpy as np
+
+from numdl.errors import ConfigError, DataError, ShapeError
+from numdl.layers.base import Layer
+
+
+class SequenceLayer(Layer):
+    uses_lengths = True
+
+    def __init__(self):
+        super().__init__()
+        self.lengths = None
+
+    def _lengths(self, n, steps):
+        """Per-sample lengths on the device (all ``steps`` when none were given)."""
+        if self.lengths is None:
+            key = ("full", n, steps)
+            if self._buffers.get("lengths_key") != key:
+                self._buffers["lengths_key"] = key
+                self._buffers["lengths"] = self.ops.asarray(np.full(n, steps, np.int64))
+            return self._buffers["lengths"]
+        lengths = np.asarray(self.lengths)
+        if lengths.shape != (n,) or lengths.min() < 1 or lengths.max() > steps:
+            raise DataError(f"layer '{self.name}': lengths must be {n} values in [1, {steps}], got {lengths.tolist()}")
+        return self.ops.asarray(lengths.astype(np.int64))
+
+
+class _Recurrent(SequenceLayer):
+    kind = None
+    gates = None
+
+    def __init__(self, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 return_sequences: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if hidden_size < 1 or num_layers < 1 or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"{self.name}: hidden_size and num_layers must be >= 1 and dropout in [0, 1)")
+        self.hidden_size, self.num_layers, self.bidirectional = hidden_size, num_layers, bidirectional
+        self.return_sequences, self.dropout = return_sequences, dropout
+        self.directions = 2 if bidirectional else 1
+        self._dropouts = []
+
+    def hyperparameters(self):
+        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "bidirectional": self.bidirectional,
+                "return_sequences": self.return_sequences, "dropout": self.dropout}
+
+    def _suffix(self, layer, direction):
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 2:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, time, features) but got input shape "
+                             f"(batch, {', '.join(map(str, input_shape))})")
+        from numdl.layers.shape import Dropout
+
+        h, g = self.hidden_size, self.gates
+        bound = 1.0 / math.sqrt(h)  # PyTorch's default: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
+        features = input_shape[1]
+        for layer in range(self.num_layers):
+            for direction in range(self.directions):
+                s = self._suffix(layer, direction)
+                self.add_param(f"weight_ih{s}", rng.uniform(-bound, bound, (g * h, features)))
+                self.add_param(f"weight_hh{s}", rng.uniform(-bound, bound, (g * h, h)))
+                self.add_param(f"bias_ih{s}", rng.uniform(-bound, bound, g * h))
+                self.add_param(f"bias_hh{s}", rng.uniform(-bound, bound, g * h))
+            features = h * self.directions
+        self._dropouts = []
+        for _ in range(self.num_layers - 1):
+            drop = Dropout(self.dropout)
+            drop.build((input_shape[0], features), self.ops, self.dtype, rng)
+            self._dropouts.append(drop)
+        steps = input_shape[0]
+        return (steps, features) if self.return_sequences else (features,)
+
+    def forward(self, x, training=False):
+        n, steps = x.shape[0], x.shape[1]
+        h, g, d = self.hidden_size, self.gates, self.directions
+        lengths = self._lengths(n, steps)
+        self._saved = []
+        inputs = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                inputs = self._dropouts[layer - 1].forward(inputs, training)
+            out = self.buffer(f"out{layer}", (n, steps, d * h))
+            saved = []
+            for direction in range(d):
+                s = self._suffix(layer, direction)
+                gates = self.buffer(f"gates{s}", (n, steps, g * h))
+                cells = self.buffer(f"cells{s}", (n, steps, h))
+                view = out[:, :, direction * h:(direction + 1) * h] if d > 1 else out
+                self.ops.recurrent_forward(self.kind, view, gates, cells, self.buffer("proj", (n * steps, g * h)),
+                                           self.buffer("hh", (n, g * h)), self.buffer("h_prev", (n, h)), inputs,
+                                           lengths, self.params[f"weight_ih{s}"].value,
+                                           self.params[f"weight_hh{s}"].value, self.params[f"bias_ih{s}"].value,
+                                           self.params[f"bias_hh{s}"].value, direction == 1)
+                saved.append((view, gates, cells))
+            self._saved.append((inputs, saved))
+            inputs = out
+        self._lengths_used = lengths
+        if self.return_sequences:
+            return inputs
+        last = self.buffer("last", (n, d * h))
+        self.ops.last_step_forward(last, inputs, lengths, h)  # the reverse half takes step 0, as h_n
+        return last
+
+    def backward(self, dout):
+        n = dout.shape[0]
+        h, g, d = self.hidden_size, self.gates, self.directions
+        lengths = self._lengths_used
+        steps = self._saved[0][0].shape[1]
+        if not self.return_sequences:
+            full = self.buffer("dlast", (n, steps, d * h))
+            self.ops.last_step_backward(full, dout, lengths, h)
+            dout = full
+        scratch = (self.buffer("dproj", (2, n * steps, g * h)), self.buffer("dstep", (n, g * h)),
+                   self.buffer("h_step", (n, h)), self.buffer("dh_next", (n, h)), self.buffer("dc_next", (n, h)),
+                   self.buffer("dw_tmp", (g * h, h)))
+        for layer in range(self.num_layers - 1, -1, -1):
+            inputs, saved = self._saved[layer]
+            want_dx = layer > 0 or self.needs_input_grad
+            dx_total = None
+            for direction, (view, gates, cells) in enumerate(saved):
+                s = self._suffix(layer, direction)
+                dview = dout[:, :, direction * h:(direction + 1) * h] if d > 1 else dout
+                dx = self.buffer(f"dx{layer}_{direction}", inputs.shape) if want_dx else None
+                p = {k: self.params[f"{k}{s}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                self.ops.recurrent_backward(self.kind, dx, p["weight_ih"].grad, p["weight_hh"].grad,
+                                            p["bias_ih"].grad, p["bias_hh"].grad, scratch, dview, view, gates, cells,
+                                            inputs, lengths, p["weight_ih"].value, p["weight_hh"].value,
+                                            direction == 1)
+                if dx is not None:
+                    if dx_total is None:
+                        dx_total = dx
+                    else:
+                        summed = self.buffer(f"dxsum{layer}", inputs.shape)
+                        self.ops.add(summed, dx_total, dx)
+                        dx_total = summed
+            if layer > 0 and self.dropout > 0 and dx_total is not None:
+                dx_total = self._dropouts[layer - 1].backward(dx_total)
+            dout = dx_total
+        return dout
+
+    def get_rng_state(self):
+        return {str(i): drop.get_rng_state() for i, drop in enumerate(self._dropouts)}
+
+    def set_rng_state(self, state):
+        for i, drop in enumerate(self._dropouts):
+            if str(i) in state:
+                drop.set_rng_state(state[str(i)])
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory (PyTorch's ``nn.LSTM`` equations, gate order i, f, g, o, its parameter
+    names ``weight_ih_l0`` ... and its initialisation). Returns the final hidden state (batch,
+    directions * hidden) or, with ``return_sequences``, every step (batch, time, directions * hidden)."""
+
+    name = "lstm"
+    kind = "lstm"
+    gates = 4
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit (PyTorch's ``nn.GRU`` equations, gate order r, z, n)."""
+
+    name = "gru"
+    kind = "gru"
+    gates = 3
+
+
+class SequencePool(SequenceLayer):
+    """(batch, time, features) -> (batch, features): the last valid step, or the mean of valid steps."""
+
+    name = "sequence_pool"
+
+    def __init__(self, mode: str = "last"):
+        super().__init__()
+        if mode not in ("last", "mean"):
+            raise ConfigError(f"sequence_pool: mode must be last or mean, got {mode!r}")
+        self.mode = mode
+
+    def hyperparameters(self):
+        return {"mode": self.mode}
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 2:
+            raise ShapeError(f"layer 'sequence_pool' expects (batch, time, features) inputs, got "
+                             f"(batch, {', '.join(map(str, input_shape))})")
+        return (input_shape[1],)
+
+    def forward(self, x, training=False):
+        self._used = self._lengths(x.shape[0], x.shape[1])
+        out = self.buffer("out", (x.shape[0], x.shape[2]))
+        if self.mode == "last":
+            self.ops.last_step_forward(out, x, self._used, x.shape[2])
+        else:
+            self.ops.mean_steps_forward(out, x, self._used)
+        return out
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        if self.mode == "last":
+            self.ops.last_step_backward(dx, dout, self._used, dout.shape[1])
+        else:
+            self.ops.mean_steps_backward(dx, dout, self._used)
+        return dx
+
+
+class Embedding(Layer):
+    """Integer token ids (batch, time) -> vectors (batch, time, dim); weight (num_embeddings, dim)
+    initialised N(0, 1) as in PyTorch. Ids outside [0, num_embeddings) are refused before any kernel."""
+
+    name = "embedding"
+    input_dtype = "int64"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ConfigError("embedding: num_embeddings and embedding_dim must be >= 1")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+
+    def hyperparameters(self):
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 1:
+            raise ShapeError(f"layer 'embedding' expects token ids (batch, time), got (batch, "
+                             f"{', '.join(map(str, input_shape))})")
+        self.add_param("weight", rng.standard_normal((self.num_embeddings, self.embedding_dim)))
+        return (input_shape[0], self.embedding_dim)
+
+    def forward(self, x, training=False):
+        host = self.ops.to_numpy(x)
+        if host.dtype.kind not in "iu":
+            raise DataError(f"layer 'embedding' needs integer token ids, got dtype {host.dtype}")
+        if host.size and (host.min() < 0 or host.max() >= self.num_embeddings):
+            bad = host[(host < 0) | (host >= self.num_embeddings)][0]
+            raise DataError(f"token id {bad} is outside [0, {self.num_embeddings}) of layer 'embedding'")
+        self._indices = self.ops.asarray(host.astype(np.int64, copy=False))
+        out = self.buffer("out", (x.shape[0], x.shape[1], self.embedding_dim))
+        self.ops.embedding_forward(out, self._indices, self.params["weight"].value)
+        return out
+
+    def backward(self, dout):
+        self.ops.embedding_backward(self.params["weight"].grad, dout, self._indices)
+        return None  # token ids have no gradient

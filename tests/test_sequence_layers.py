@@ -1,0 +1,91 @@
+"""LSTM / GRU against a NumPy float64 reference of PyTorch's equations and against torch itself, for
+2 stacked bidirectional layers on a padded batch; Embedding; sequence pooling."""
+
+import numpy as np
+import pytest
+
+import numdl
+from kernel_cases import recurrent_reference
+from numdl.backend import get_ops
+from numdl.errors import DataError
+
+LENGTHS = np.array([5, 2, 4])
+
+
+def _layer(cls, **kwargs):
+    layer = cls(3, num_layers=2, bidirectional=True, **kwargs)
+    layer.build((5, 2), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    layer.lengths = LENGTHS
+    return layer
+
+
+def _numpy_stack(layer, x):
+    inputs = x
+    for l in range(2):
+        halves = []
+        for d, suffix in enumerate(("", "_reverse")):
+            p = {k: layer.params[f"{k}_l{l}{suffix}"].value for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            halves.append(recurrent_reference(layer.kind, inputs, LENGTHS, p["weight_ih"], p["weight_hh"],
+                                              p["bias_ih"], p["bias_hh"], reverse=d == 1))
+        inputs = np.concatenate(halves, axis=2)
+    return inputs
+
+
+@pytest.mark.parametrize("cls", [numdl.LSTM, numdl.GRU])
+def test_stacked_bidirectional_padded_matches_numpy_reference(cls):
+    x = np.random.default_rng(1).standard_normal((3, 5, 2))
+    expected = _numpy_stack(_layer(cls, return_sequences=True), x)
+    out = _layer(cls, return_sequences=True).forward(x, training=True)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+    assert np.all(out[1, 2:] == 0)  # steps past a sample's length are zero
+    last = _layer(cls).forward(x)
+    forward_last = expected[np.arange(3), LENGTHS - 1, :3]
+    np.testing.assert_allclose(last, np.concatenate([forward_last, expected[:, 0, 3:]], axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_stacked_bidirectional_padded_matches_torch_values_and_gradients(name):
+    torch = pytest.importorskip("torch")
+    ours = _layer(getattr(numdl, name), return_sequences=True)
+    theirs = getattr(torch.nn, name)(2, 3, num_layers=2, bidirectional=True, batch_first=True).double()
+    with torch.no_grad():
+        for pname, param in theirs.named_parameters():
+            param.copy_(torch.tensor(ours.params[pname].value))
+    x = np.random.default_rng(2).standard_normal((3, 5, 2))
+    upstream = np.random.default_rng(3).standard_normal((3, 5, 6))
+    t_x = torch.tensor(x, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(t_x, torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False)
+    t_out, _ = theirs(packed)
+    t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(t_out, batch_first=True, total_length=5)
+    (t_out * torch.tensor(upstream)).sum().backward()
+    out = ours.forward(x, training=True)
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dx = ours.backward(upstream)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for pname, param in theirs.named_parameters():
+        np.testing.assert_allclose(ours.params[pname].grad, param.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=pname)
+
+
+def test_embedding_sums_repeated_indices_and_refuses_bad_ids():
+    layer = numdl.Embedding(4, 2)
+    layer.build((3,), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    ids = np.array([[1, 1, 3], [1, 0, 0]])
+    np.testing.assert_array_equal(layer.forward(ids), layer.params["weight"].value[ids])
+    layer.backward(np.ones((2, 3, 2)))
+    np.testing.assert_array_equal(layer.params["weight"].grad[:, 0], [2, 3, 0, 1])
+    with pytest.raises(DataError, match=r"token id 4 is outside \[0, 4\)"):
+        layer.forward(np.array([[0, 4, 1]]))
+    with pytest.raises(DataError, match=r"token id -1"):
+        layer.forward(np.array([[0, -1, 1]]))
+
+
+def test_token_model_trains_with_lengths():
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 5, (64, 6))
+    y = (ids == 3).any(axis=1).astype(np.int64)  # does token 3 occur?
+    model = numdl.Sequential([numdl.Embedding(5, 8), numdl.GRU(16), numdl.Linear(2)], input_shape=(6,), seed=0)
+    model.compile(numdl.CrossEntropy(), numdl.Adam(lr=1e-2))
+    history = model.fit(ids, y, epochs=30, batch_size=16)
+    assert history[-1]["train_accuracy"] > 0.95
+    logits = model.forward(ids[:3], lengths=np.array([6, 2, 1]))
+    assert logits.shape == (3, 2)
