@@ -6,6 +6,7 @@
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def make_augmenter(config, normalizer):
     fill = float(normalizer.transform(np.zeros(1))[0])  # a black pixel, normalised
     augmenter = Augmenter(data.get("crop_padding", 0), data.get("horizontal_flip", False), fill)
     return augmenter if augmenter.active else None
+
+
+class CosineSchedule:
+    """fit callback: the learning rate follows a half cosine from its configured value to zero over
+    the whole run, updated every step (what torch's CosineAnnealingLR does with T_max = all steps)."""
+
+    def __init__(self, optimizer, total_steps):
+        self.optimizer, self.base_lr, self.total, self.step = optimizer, optimizer.lr, max(1, total_steps), 0
+
+    def on_batch_end(self, batch, logs):
+        self.step += 1
+        self.optimizer.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(self.step, self.total) / self.total))
 
 
 class RunRecorder:
@@ -102,12 +115,16 @@ def run(config, out_dir, on_line=print, progress=None):
             f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
 
     evals = {name: data[name] for name in ("validation", "test") if name in data}
+    callbacks = [RunRecorder(folder, train["epochs"], on_line, progress)]
+    if train.get("lr_schedule", "constant") == "cosine":
+        steps_per_epoch = -(-len(x_train) // train["batch_size"])
+        callbacks.insert(0, CosineSchedule(model.optimizer, steps_per_epoch * train["epochs"]))
     if progress:
         progress.start(train["epochs"], len(x_train))
     try:
         history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
-                            callbacks=[RunRecorder(folder, train["epochs"], on_line, progress)],
+                            callbacks=callbacks,
                             augment=make_augmenter(config, normalizer))
     finally:
         if progress:
