@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 
 from numdl.errors import ConfigError, DataError, DeviceError, NumdlError, RegistryError, ShapeError
 from numdl.hookspecs import hookimpl
-from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, Embedding, SequencePool, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Flatten,
+from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, Embedding, MultiHeadAttention, PositionalEncoding,
+                          SequencePool, SwapAxes, TransformerEncoderLayer, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Flatten,
                           GlobalAvgPool2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Parameter, ReLU, Reshape,
                           Residual, Sigmoid, Softmax, Tanh)
 from numdl.losses import MSE, BCEWithLogits, CrossEntropy, Loss
@@ -18,7 +19,8 @@ __all__ = [
     "__version__", "hookimpl", "Sequential",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
-    "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool",
+    "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
+    "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes",
     "Loss", "CrossEntropy", "MSE", "BCEWithLogits",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
     "NumdlError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",

@@ -584,6 +584,76 @@ def _embedding_backward(dtype, rng):
     return [np.zeros((6, 4), dtype), dout, indices], 24, {0: ref}
 
 
+# ------------------------------------------------------------------------------------- attention
+ATTENTION = dict(n=2, t=4, e=4, heads=2, lengths=np.array([4, 2], np.int64))
+
+
+def attention_reference(qkv, lengths, heads, causal):
+    """softmax(q k^T / sqrt(d) + mask) v per head, masks as PyTorch's key_padding_mask / is_causal."""
+    n_batch, steps, three_e = qkv.shape
+    embed = three_e // 3
+    dim = embed // heads
+    ctx = np.zeros((n_batch, steps, embed))
+    probs = np.zeros((n_batch, heads, steps, steps))
+    for n in range(n_batch):
+        for h in range(heads):
+            q = qkv[n, :, h * dim:(h + 1) * dim]
+            k = qkv[n, :, embed + h * dim:embed + (h + 1) * dim]
+            v = qkv[n, :, 2 * embed + h * dim:2 * embed + (h + 1) * dim]
+            scores = q @ k.T / np.sqrt(dim)
+            mask = np.arange(steps)[None, :] >= lengths[n]
+            if causal:
+                mask = mask | (np.arange(steps)[None, :] > np.arange(steps)[:, None])
+            scores = np.where(mask, -np.inf, scores)
+            p = np.exp(scores - scores.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            probs[n, h] = p
+            ctx[n, :, h * dim:(h + 1) * dim] = p @ v
+    return ctx, probs
+
+
+def _attention_forward(causal):
+    def make(dtype, rng):
+        a = ATTENTION
+        qkv = rng.standard_normal((a["n"], a["t"], 3 * a["e"])).astype(dtype)
+        ctx, probs = attention_reference(f64(qkv), a["lengths"], a["heads"], causal)
+        scale = 1 / np.sqrt(a["e"] // a["heads"])
+        args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), qkv, a["lengths"], a["heads"], causal,
+                dtype(scale)]
+        return args, a["n"] * a["heads"] * a["t"], {0: ctx, 1: probs}
+    return make
+
+
+def _attention_backward(causal):
+    def make(dtype, rng):
+        a = ATTENTION
+        qkv = rng.standard_normal((a["n"], a["t"], 3 * a["e"])).astype(dtype)
+        dctx = rng.standard_normal((a["n"], a["t"], a["e"])).astype(dtype)
+        ctx, probs = attention_reference(f64(qkv), a["lengths"], a["heads"], causal)
+        q64 = f64(qkv)
+        grad = _numeric(lambda: float((attention_reference(q64, a["lengths"], a["heads"], causal)[0] * f64(dctx)).sum()),
+                        q64)
+        scale = 1 / np.sqrt(a["e"] // a["heads"])
+        args = [np.zeros_like(qkv), dctx, probs.astype(dtype), qkv, a["lengths"], a["heads"], causal, dtype(scale)]
+        return args, a["n"] * a["heads"] * a["t"], {0: grad}
+    return make
+
+
+def _broadcast_add_forward(dtype, rng):
+    x, table = rng.standard_normal((3, 8)).astype(dtype), rng.standard_normal(8).astype(dtype)
+    return [np.zeros_like(x), x, table], x.size, {0: f64(x) + f64(table)}
+
+
+def _broadcast_add_backward(dtype, rng):
+    dout = rng.standard_normal((3, 8)).astype(dtype)
+    return [np.zeros(8, dtype), dout], 8, {0: f64(dout).sum(0)}
+
+
+def _swap_last_axes(dtype, rng):
+    x = rng.standard_normal((2, 3, 5)).astype(dtype)
+    return [np.zeros((2, 5, 3), dtype), x], x.size, {0: f64(x).transpose(0, 2, 1)}
+
+
 CASES = {
     ("linear", "linear_forward"): _linear_forward,
     ("linear", "linear_backward"): _linear_backward,
@@ -618,6 +688,11 @@ CASES = {
     ("sequence", "mean_steps_backward"): _mean_steps_backward,
     ("sequence", "embedding_forward"): _embedding_forward,
     ("sequence", "embedding_backward"): _embedding_backward,
+    ("attention", "attention_forward"): _attention_forward(False),
+    ("attention", "attention_backward"): _attention_backward(False),
+    ("elementwise", "broadcast_add_forward"): _broadcast_add_forward,
+    ("elementwise", "broadcast_add_backward"): _broadcast_add_backward,
+    ("elementwise", "swap_last_axes_forward"): _swap_last_axes,
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
@@ -643,6 +718,8 @@ VARIANTS = {
     "lstm_backward_reverse": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True)),
     "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
     "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
+    "attention_forward_causal": (("attention", "attention_forward"), _attention_forward(True)),
+    "attention_backward_causal": (("attention", "attention_backward"), _attention_backward(True)),
 }
 
 DTYPES = (np.float32, np.float64)
@@ -650,7 +727,7 @@ TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-9,
 # References computed by central differences are good to about 1e-8, not 1e-11.
 NUMERIC_REFERENCE_TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=1e-8)}
 NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", "lstm_backward_reverse",
-                           "gru_backward_reverse"}
+                           "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal"}
 
 
 def tolerance(case_id, dtype):

@@ -52,8 +52,19 @@ LAYER_SAMPLES = {
     "embedding": ("embedding", {"num_embeddings": 3, "embedding_dim": 2}, (5,)),
     "sequence_pool-last": ("sequence_pool", {"mode": "last"}, (4, 3)),
     "sequence_pool-mean-padded": ("sequence_pool", {"mode": "mean"}, (4, 3)),
+    "linear-sequence": ("linear", {"out_features": 2}, (4, 3)),
+    "multihead_attention-padded": ("multihead_attention", {"num_heads": 2}, (4, 4)),
+    "multihead_attention-causal": ("multihead_attention", {"num_heads": 2, "causal": True}, (4, 4)),
+    "transformer_encoder_layer-post-norm-padded": ("transformer_encoder_layer", {"num_heads": 2, "dim_feedforward": 6,
+                                                                                  "dropout": 0.2}, (4, 4)),
+    "transformer_encoder_layer-pre-norm": ("transformer_encoder_layer", {"num_heads": 1, "dim_feedforward": 5,
+                                                                          "activation": "gelu", "norm_first": True},
+                                           (3, 4)),
+    "positional_encoding-learned": ("positional_encoding", {"kind": "learned"}, (4, 6)),
+    "positional_encoding-sinusoidal": ("positional_encoding", {"kind": "sinusoidal"}, (4, 6)),
+    "swap_axes": ("swap_axes", {}, (3, 5)),
 }
-PADDED_LENGTHS = [4, 2, 3]
+PADDED_LENGTHS = [4, 2, 3]  # the batch of 3 the check draws
 
 
 def _labels(rng, n, classes):

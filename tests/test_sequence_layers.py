@@ -89,3 +89,49 @@ def test_token_model_trains_with_lengths():
     assert history[-1]["train_accuracy"] > 0.95
     logits = model.forward(ids[:3], lengths=np.array([6, 2, 1]))
     assert logits.shape == (3, 2)
+
+
+def test_multihead_attention_matches_torch_with_key_padding_mask():
+    torch = pytest.importorskip("torch")
+    ours = numdl.MultiHeadAttention(2)
+    ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    ours.params["in_proj_bias"].value[:] = np.random.default_rng(5).standard_normal(12) * 0.1
+    theirs = torch.nn.MultiheadAttention(4, 2, batch_first=True).double()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.tensor(ours.params["in_proj_weight"].value))
+        theirs.in_proj_bias.copy_(torch.tensor(ours.params["in_proj_bias"].value))
+        theirs.out_proj.weight.copy_(torch.tensor(ours.params["out_proj_weight"].value))
+        theirs.out_proj.bias.copy_(torch.tensor(ours.params["out_proj_bias"].value))
+    lengths = np.array([5, 3])
+    x = np.random.default_rng(6).standard_normal((2, 5, 4))
+    t_x = torch.tensor(x, requires_grad=True)
+    mask = torch.tensor(np.arange(5)[None, :] >= lengths[:, None])
+    t_out, _ = theirs(t_x, t_x, t_x, key_padding_mask=mask)
+    upstream = np.random.default_rng(7).standard_normal((2, 5, 4))
+    (t_out * torch.tensor(upstream)).sum().backward()
+    ours.lengths = lengths
+    np.testing.assert_allclose(ours.forward(x, training=True), t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.backward(upstream), t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.params["in_proj_weight"].grad, theirs.in_proj_weight.grad.numpy(), rtol=1e-9,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer_matches_torch(norm_first):
+    torch = pytest.importorskip("torch")
+    ours = numdl.TransformerEncoderLayer(2, dim_feedforward=8, dropout=0.0, norm_first=norm_first)
+    ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    theirs = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True,
+                                              norm_first=norm_first).double()
+    params = {k: v.value for k, v in ours.named_parameters().items()}
+    names = ({"attn": "0.block.1.", "ff1": "1.block.1.", "ff2": "1.block.4."} if norm_first else
+             {"attn": "0.block.0.", "ff1": "2.block.0.", "ff2": "2.block.3."})
+    with torch.no_grad():
+        theirs.self_attn.in_proj_weight.copy_(torch.tensor(params[names["attn"] + "in_proj_weight"]))
+        theirs.self_attn.out_proj.weight.copy_(torch.tensor(params[names["attn"] + "out_proj_weight"]))
+        for torch_linear, key in ((theirs.linear1, "ff1"), (theirs.linear2, "ff2")):
+            torch_linear.weight.copy_(torch.tensor(params[names[key] + "weight"]))
+            torch_linear.bias.copy_(torch.tensor(params[names[key] + "bias"]))
+    x = np.random.default_rng(8).standard_normal((2, 5, 4))
+    expected = theirs.eval()(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(ours.forward(x, training=False), expected, rtol=1e-9, atol=1e-11)

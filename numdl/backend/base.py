@@ -248,9 +248,34 @@ class Ops:
         self.zero_(dweight)  # the CUDA twin accumulates repeated indices with atomics
         self._run("sequence", "embedding_backward", dout.size, dweight, dout, indices)
 
+    # ------------------------------------------------------------------------------- attention
+    def attention_forward(self, ctx, probs, qkv, lengths, heads, causal, scale):
+        d = qkv.dtype
+        self._run("attention", "attention_forward", qkv.shape[0] * heads * qkv.shape[1], ctx, probs, qkv, lengths,
+                  int(heads), bool(causal), self.scalar(scale, d))
+
+    def attention_backward(self, dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
+        d = qkv.dtype
+        self._run("attention", "attention_backward", qkv.shape[0] * heads * qkv.shape[1], dqkv, dctx, probs, qkv,
+                  lengths, int(heads), bool(causal), self.scalar(scale, d))
+
     # ------------------------------------------------------------------------------ arithmetic
     def add(self, out, a, b):
         self._run("elementwise", "add_forward", out.size, self.flat(out), self.flat(a), self.flat(b))
+
+    def broadcast_add_forward(self, out, x, table):
+        """out = x + table, with x and out viewed as (N, table.size)."""
+        rows = (x.shape[0], table.size)
+        self._run("elementwise", "broadcast_add_forward", out.size, out.reshape(rows), x.reshape(rows),
+                  self.flat(table))
+
+    def broadcast_add_backward(self, dtable, dout):
+        self._run("elementwise", "broadcast_add_backward", dtable.size, self.flat(dtable),
+                  dout.reshape(dout.shape[0], dtable.size))
+
+    def swap_last_axes(self, out, x):
+        """out (N, B, A) = x (N, A, B) with its last two axes swapped."""
+        self._run("elementwise", "swap_last_axes_forward", x.size, out, x)
 
     # ------------------------------------------------------------------------------- helpers
     def sum(self, array):

@@ -20,3 +20,60 @@ def add_forward_cpu(out, a, b):
 def add_forward_cuda(out, a, b):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         out[i] = a[i] + b[i]
+
+
+# ------------------------------------------------------------------------- broadcasting and layout
+# x viewed as (N, R), table (R,): out[n, r] = x[n, r] + table[r]; the backward sums over N.
+# swap_last_axes: x (N, A, B) -> out (N, B, A); its own inverse, so backward reuses it.
+
+
+@cpu_kernel
+def broadcast_add_forward_cpu(out, x, table):
+    for n in range(x.shape[0]):
+        for r in range(x.shape[1]):
+            out[n, r] = x[n, r] + table[r]
+
+
+@cpu_kernel
+def broadcast_add_backward_cpu(dtable, dout):
+    # Overwrites dtable with the column sums of dout.
+    for r in range(dtable.size):
+        dtable[r] = 0
+    for n in range(dout.shape[0]):
+        for r in range(dout.shape[1]):
+            dtable[r] += dout[n, r]
+
+
+@cpu_kernel
+def swap_last_axes_forward_cpu(out, x):
+    for n in range(x.shape[0]):
+        for a in range(x.shape[1]):
+            for b in range(x.shape[2]):
+                out[n, b, a] = x[n, a, b]
+
+
+@cuda_kernel
+def broadcast_add_forward_cuda(out, x, table):
+    width = x.shape[1]
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        n, r = item // width, item % width
+        out[n, r] = x[n, r] + table[r]
+
+
+@cuda_kernel
+def broadcast_add_backward_cuda(dtable, dout):
+    for r in range(cuda.grid(1), dtable.size, cuda.gridsize(1)):
+        acc = dout[0, r] - dout[0, r]
+        for n in range(dout.shape[0]):
+            acc += dout[n, r]
+        dtable[r] = acc
+
+
+@cuda_kernel
+def swap_last_axes_forward_cuda(out, x):
+    a_size, b_size = x.shape[1], x.shape[2]
+    for item in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        b = item % b_size
+        a = (item // b_size) % a_size
+        n = item // (b_size * a_size)
+        out[n, b, a] = x[n, a, b]

@@ -2,7 +2,8 @@
 
 from numdl.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from numdl.layers.base import Layer, Parameter
-from numdl.layers.composite import Residual
+from numdl.layers.attention import MultiHeadAttention, PositionalEncoding, SwapAxes, TransformerEncoderLayer
+from numdl.layers.composite import Chain, Residual
 from numdl.layers.conv import Conv1d, Conv2d
 from numdl.layers.linear import Linear
 from numdl.layers.norm import BatchNorm1d, BatchNorm2d, LayerNorm
@@ -12,9 +13,9 @@ from numdl.layers.shape import Dropout, Flatten, Reshape
 
 BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
                   MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual, LSTM, GRU,
-                  Embedding, SequencePool)
+                  Embedding, SequencePool, MultiHeadAttention, TransformerEncoderLayer, PositionalEncoding, SwapAxes)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual", "LSTM", "GRU", "Embedding",
-           "SequencePool"]
+           "SequencePool", "MultiHeadAttention", "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "Chain"]

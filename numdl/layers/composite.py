@@ -1,12 +1,82 @@
-"""Composite layers: Residual, a block whose output is added to its (optionally projected) input."""
+"""Composite layers: Chain (children in sequence) and Residual (a block whose output is added to its
+optionally projected input). Composites forward sequence lengths, parameters, state and random
+streams of their children under prefixed names."""
 
 from numdl.errors import ConfigError, ShapeError
 from numdl.layers.base import Layer
 
+
+class Composite(Layer):
+    uses_lengths = True
+
+    def _children(self):
+        """[(prefix, layer)] in a stable order."""
+        raise NotImplementedError
+
+    @property
+    def lengths(self):
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, value):
+        self._lengths = value
+        for _, layer in self._children():
+            if getattr(layer, "uses_lengths", False):
+                layer.lengths = value
+
+    def named_parameters(self):
+        return {f"{prefix}.{name}": p for prefix, layer in self._children()
+                for name, p in layer.named_parameters().items()}
+
+    def named_state(self):
+        return {f"{prefix}.{name}": a for prefix, layer in self._children() for name, a in layer.named_state().items()}
+
+    def get_rng_state(self):
+        return {prefix: layer.get_rng_state() for prefix, layer in self._children() if layer.get_rng_state()}
+
+    def set_rng_state(self, state):
+        for prefix, layer in self._children():
+            if prefix in state:
+                layer.set_rng_state(state[prefix])
+
+    def _build_children(self, layers, shape, rng, what):
+        for index, layer in enumerate(layers):
+            layer.needs_input_grad = True
+            try:
+                shape = layer.build(shape, self.ops, self.dtype, rng)
+            except ShapeError as error:
+                raise ShapeError(f"{what} layer {index} ({layer.name}): {error}") from None
+        return shape
+
+
+class Chain(Composite):
+    """Children applied one after the other (the building block of composite layers)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = list(layers)
+        self._lengths = None
+
+    def _children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def setup(self, input_shape, rng):
+        return self._build_children(self.layers, input_shape, rng, self.name)
+
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
 PROJECTIONS = ("auto", "none", "conv", "conv_bn", "linear")
 
 
-class Residual(Layer):
+class Residual(Composite):
     """``out = activation(block(x) + skip(x))``.
 
     ``layers`` is the block: Layer instances, or config tables (``{type = ..., ...}``) that the config
@@ -32,19 +102,14 @@ class Residual(Layer):
             raise ConfigError("residual: layers must be Layer instances (configs are built by numdl.config)")
         self.block, self.projection, self.activation = list(layers), projection, activation
         self.skip = []
+        self._lengths = None
 
     def hyperparameters(self):
         return {"layers": [layer.name for layer in self.block], "projection": self.projection,
                 "activation": self.activation}
 
     def setup(self, input_shape, rng):
-        shape = input_shape
-        for index, layer in enumerate(self.block):
-            layer.needs_input_grad = True
-            try:
-                shape = layer.build(shape, self.ops, self.dtype, rng)
-            except ShapeError as error:
-                raise ShapeError(f"residual block layer {index} ({layer.name}): {error}") from None
+        shape = self._build_children(self.block, input_shape, rng, "residual block")
         kind = self.projection
         if kind == "auto":
             kind = "none" if shape == input_shape else ("conv_bn" if len(input_shape) == 3 else "linear")
@@ -106,20 +171,5 @@ class Residual(Layer):
         return dx
 
     def _children(self):
-        return [("block", i, layer) for i, layer in enumerate(self.block)] + \
-               [("skip", i, layer) for i, layer in enumerate(self.skip)]
-
-    def named_parameters(self):
-        return {f"{part}.{i}.{name}": p for part, i, layer in self._children()
-                for name, p in layer.named_parameters().items()}
-
-    def named_state(self):
-        return {f"{part}.{i}.{name}": a for part, i, layer in self._children() for name, a in layer.named_state().items()}
-
-    def get_rng_state(self):
-        return {f"{part}.{i}": layer.get_rng_state() for part, i, layer in self._children() if layer.get_rng_state()}
-
-    def set_rng_state(self, state):
-        for part, i, layer in self._children():
-            if f"{part}.{i}" in state:
-                layer.set_rng_state(state[f"{part}.{i}"])
+        return [(f"block.{i}", layer) for i, layer in enumerate(self.block)] + \
+               [(f"skip.{i}", layer) for i, layer in enumerate(self.skip)]

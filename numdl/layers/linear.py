@@ -6,7 +6,8 @@ from numdl.layers.base import Layer
 
 
 class Linear(Layer):
-    """Fully connected layer; ``in_features`` is inferred from the input at build time.
+    """Fully connected layer over the last axis (any leading axes, as PyTorch's nn.Linear);
+    ``in_features`` is inferred from the input at build time.
 
     The default initialisation is PyTorch's (``pytorch_default``: U(+-1/sqrt(in_features)) for the
     weight and the bias), so a model ported from PyTorch trains the same way.
@@ -28,27 +29,28 @@ class Linear(Layer):
                 "weight_init": self.weight_init.__name__, "bias_init": self.bias_init.__name__}
 
     def setup(self, input_shape, rng):
-        if len(input_shape) != 1:
-            raise ShapeError(f"layer 'linear' expects flat inputs (batch, features) but got input shape "
-                             f"(batch, {', '.join(map(str, input_shape))}); add a 'flatten' layer first")
-        in_features = input_shape[0]
+        if len(input_shape) not in (1, 2):
+            raise ShapeError(f"layer 'linear' expects (batch, features) or (batch, time, features) inputs but got "
+                             f"input shape (batch, {', '.join(map(str, input_shape))}); add a 'flatten' layer first")
+        in_features = input_shape[-1]
         shape = (self.out_features, in_features)
         self.add_param("weight", self.weight_init(shape, in_features, self.out_features, rng))
         if self.use_bias:
             self.add_param("bias", self.bias_init((self.out_features,), in_features, self.out_features, rng))
-        return (self.out_features,)
+        return input_shape[:-1] + (self.out_features,)
 
     def forward(self, x, training=False):
-        out = self.buffer("out", (x.shape[0], self.out_features))
+        rows = x.reshape(-1, x.shape[-1])  # leading axes folded into one: a view, no copy
+        out = self.buffer("out", (rows.shape[0], self.out_features))
         bias = self.params["bias"].value if self.use_bias else None
-        self.ops.linear_forward(out, x, self.params["weight"].value, bias)
-        self._x = x
-        return out
+        self.ops.linear_forward(out, rows, self.params["weight"].value, bias)
+        self._x = rows
+        return out.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout):
         dx = self.buffer("dx", self._x.shape) if self.needs_input_grad else None
         dbias = self.params["bias"].grad if self.use_bias else None
         weight = self.params["weight"]
-        self.ops.linear_backward(dx, weight.grad, dbias, dout, self._x, weight.value)
-        return dx
+        self.ops.linear_backward(dx, weight.grad, dbias, dout.reshape(-1, self.out_features), self._x, weight.value)
+        return None if dx is None else dx.reshape(dout.shape[:-1] + (self._x.shape[1],))
 

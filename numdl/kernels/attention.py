@@ -1,0 +1,158 @@
+"""Scaled dot-product attention over packed projections, with a key padding mask (per-sample
+lengths) and an optional causal mask: PyTorch's ``scaled_dot_product_attention`` per head.
+
+Shapes: qkv (N, T, 3E) holds the query, key and value projections side by side (as PyTorch's
+in_proj produces them), E = heads * head_dim; lengths (N,) int64 valid keys per sample; probs
+(N, heads, T, T) the attention weights, saved for backward; ctx (N, T, E) the heads' outputs side by
+side. Masked keys get weight 0; a query row is computed for every position (padded queries attend to
+the valid keys, as PyTorch does with key_padding_mask), so only the loss decides what they matter.
+CPU and CUDA both work one (sample, head, query) row at a time, with loops: at the sequence lengths
+of this library's models (tens of steps) a row fits in cache and BLAS calls would cost more.
+"""
+
+import math
+
+from numba import cuda
+
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
+    steps = qkv.shape[1]
+    embed = qkv.shape[2] // 3
+    dim = embed // heads
+    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
+    limit = lengths[n]
+    if causal:
+        limit = min(limit, t + 1)
+    peak = same_type(scale, -math.inf)
+    for s in range(limit):
+        acc = same_type(scale, 0.0)
+        for i in range(dim):
+            acc += qkv[n, t, q0 + i] * qkv[n, s, k0 + i]
+        acc *= scale
+        probs[n, h, t, s] = acc
+        peak = max(peak, acc)
+    total = same_type(scale, 0.0)
+    for s in range(limit):
+        e = math.exp(probs[n, h, t, s] - peak)
+        probs[n, h, t, s] = e
+        total += e
+    for s in range(limit, steps):
+        probs[n, h, t, s] = same_type(scale, 0.0)  # masked keys
+    inv = same_type(scale, 1.0) / total
+    for s in range(limit):
+        probs[n, h, t, s] *= inv
+    for i in range(dim):
+        acc = same_type(scale, 0.0)
+        for s in range(limit):
+            acc += probs[n, h, t, s] * qkv[n, s, v0 + i]
+        ctx[n, t, h * dim + i] = acc
+
+
+@scalar_math
+def attention_backward_query(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
+    # Gradient of the query at (n, t, head h): dq = scale * sum_s dS[t, s] k_s, with
+    # dS = P (dP - sum(dP P)), dP[t, s] = dctx_t . v_s.
+    embed = qkv.shape[2] // 3
+    dim = embed // heads
+    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
+    limit = min(lengths[n], t + 1) if causal else lengths[n]
+    dot = same_type(scale, 0.0)
+    for s in range(limit):
+        dp = same_type(scale, 0.0)
+        for i in range(dim):
+            dp += dctx[n, t, h * dim + i] * qkv[n, s, v0 + i]
+        dot += dp * probs[n, h, t, s]
+    for i in range(dim):
+        dqkv[n, t, q0 + i] = same_type(scale, 0.0)
+    for s in range(limit):
+        dp = same_type(scale, 0.0)
+        for i in range(dim):
+            dp += dctx[n, t, h * dim + i] * qkv[n, s, v0 + i]
+        ds = probs[n, h, t, s] * (dp - dot) * scale
+        for i in range(dim):
+            dqkv[n, t, q0 + i] += ds * qkv[n, s, k0 + i]
+
+
+@scalar_math
+def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, s):
+    # Gradients of key and value at (n, s, head h): sums over the queries t that attended to s.
+    steps = qkv.shape[1]
+    embed = qkv.shape[2] // 3
+    dim = embed // heads
+    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
+    for i in range(dim):
+        dqkv[n, s, k0 + i] = same_type(scale, 0.0)
+        dqkv[n, s, v0 + i] = same_type(scale, 0.0)
+    if s >= lengths[n]:
+        return
+    for t in range(steps):
+        limit = min(lengths[n], t + 1) if causal else lengths[n]
+        if s >= limit:
+            continue
+        p = probs[n, h, t, s]
+        dot = same_type(scale, 0.0)
+        dp_s = same_type(scale, 0.0)
+        for u in range(limit):
+            dp = same_type(scale, 0.0)
+            for i in range(dim):
+                dp += dctx[n, t, h * dim + i] * qkv[n, u, v0 + i]
+            dot += dp * probs[n, h, t, u]
+            if u == s:
+                dp_s = dp
+        ds = p * (dp_s - dot) * scale
+        for i in range(dim):
+            dqkv[n, s, k0 + i] += ds * qkv[n, t, q0 + i]
+            dqkv[n, s, v0 + i] += p * dctx[n, t, h * dim + i]
+
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+
+
+@cpu_kernel
+def attention_forward_cpu(ctx, probs, qkv, lengths, heads, causal, scale):
+    # Overwrites ctx (N, T, E) and probs (N, heads, T, T).
+    for n in range(qkv.shape[0]):
+        for h in range(heads):
+            for t in range(qkv.shape[1]):
+                attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+
+
+@cpu_kernel
+def attention_backward_cpu(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
+    # Overwrites dqkv (N, T, 3E).
+    for n in range(qkv.shape[0]):
+        for h in range(heads):
+            for t in range(qkv.shape[1]):
+                attention_backward_query(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+                attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+
+
+@cuda_kernel
+def attention_forward_cuda(ctx, probs, qkv, lengths, heads, causal, scale):
+    steps = qkv.shape[1]
+    for item in range(cuda.grid(1), qkv.shape[0] * heads * steps, cuda.gridsize(1)):
+        t = item % steps
+        h = (item // steps) % heads
+        n = item // (steps * heads)
+        attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+
+
+@cuda_kernel
+def attention_backward_cuda(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
+    # One thread per (sample, head, position): the query gradient there, and the key and value
+    # gradients of that position (each written by exactly one thread).
+    steps = qkv.shape[1]
+    for item in range(cuda.grid(1), qkv.shape[0] * heads * steps, cuda.gridsize(1)):
+        t = item % steps
+        h = (item // steps) % heads
+        n = item // (steps * heads)
+        attention_backward_query(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+        attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)

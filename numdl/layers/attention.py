@@ -1,0 +1,188 @@
+"""Attention layers: MultiHeadAttention (self-attention, PyTorch's packed in_proj / out_proj
+parameters), TransformerEncoderLayer (post- or pre-norm), positional encodings, SwapAxes."""
+
+import math
+
+import numpy as np
+
+from numdl.errors import ConfigError, ShapeError
+from numdl.layers.base import Layer
+from numdl.layers.composite import Chain, Residual
+from numdl.layers.recurrent import SequenceLayer
+
+
+def _sequence_shape(layer, input_shape):
+    if len(input_shape) != 2:
+        raise ShapeError(f"layer '{layer.name}' expects (batch, time, features) inputs but got input shape "
+                         f"(batch, {', '.join(map(str, input_shape))})")
+    return input_shape
+
+
+class MultiHeadAttention(SequenceLayer):
+    """Self-attention over (batch, time, embed): ``out_proj(attention(in_proj(x)))`` with
+    ``num_heads`` heads of embed / num_heads features, a key padding mask from the sequence lengths
+    and an optional causal mask. Parameters ``in_proj_weight`` (3E, E), ``in_proj_bias``,
+    ``out_proj_weight`` (E, E), ``out_proj_bias``, initialised as PyTorch does."""
+
+    name = "multihead_attention"
+
+    def __init__(self, num_heads: int, causal: bool = False):
+        super().__init__()
+        if num_heads < 1:
+            raise ConfigError("multihead_attention: num_heads must be >= 1")
+        self.num_heads, self.causal = num_heads, causal
+
+    def hyperparameters(self):
+        return {"num_heads": self.num_heads, "causal": self.causal}
+
+    def setup(self, input_shape, rng):
+        steps, embed = _sequence_shape(self, input_shape)
+        if embed % self.num_heads:
+            raise ShapeError(f"layer 'multihead_attention': embed size {embed} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        bound = math.sqrt(6.0 / (embed + 3 * embed))  # xavier_uniform over the packed (3E, E) matrix
+        self.add_param("in_proj_weight", rng.uniform(-bound, bound, (3 * embed, embed)))
+        self.add_param("in_proj_bias", np.zeros(3 * embed))
+        out_bound = 1.0 / math.sqrt(embed)
+        self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
+        self.add_param("out_proj_bias", np.zeros(embed))
+        self.scale = 1.0 / math.sqrt(embed // self.num_heads)
+        return input_shape
+
+    def forward(self, x, training=False):
+        n, steps, embed = x.shape
+        self._lengths_used = self._lengths(n, steps)
+        self._x = x.reshape(n * steps, embed)
+        self._qkv = self.buffer("qkv", (n * steps, 3 * embed))
+        self.ops.linear_forward(self._qkv, self._x, self.params["in_proj_weight"].value,
+                                self.params["in_proj_bias"].value)
+        qkv3 = self._qkv.reshape(n, steps, 3 * embed)
+        self._ctx = self.buffer("ctx", (n, steps, embed))
+        self._probs = self.buffer("probs", (n, self.num_heads, steps, steps))
+        self.ops.attention_forward(self._ctx, self._probs, qkv3, self._lengths_used, self.num_heads, self.causal,
+                                   self.scale)
+        out = self.buffer("out", (n * steps, embed))
+        self.ops.linear_forward(out, self._ctx.reshape(n * steps, embed), self.params["out_proj_weight"].value,
+                                self.params["out_proj_bias"].value)
+        return out.reshape(n, steps, embed)
+
+    def backward(self, dout):
+        n, steps, embed = dout.shape
+        dctx = self.buffer("dctx", (n * steps, embed))
+        p = self.params
+        self.ops.linear_backward(dctx, p["out_proj_weight"].grad, p["out_proj_bias"].grad,
+                                 dout.reshape(n * steps, embed), self._ctx.reshape(n * steps, embed),
+                                 p["out_proj_weight"].value)
+        dqkv = self.buffer("dqkv", (n, steps, 3 * embed))
+        self.ops.attention_backward(dqkv, dctx.reshape(n, steps, embed), self._probs,
+                                    self._qkv.reshape(n, steps, 3 * embed), self._lengths_used, self.num_heads,
+                                    self.causal, self.scale)
+        dx = self.buffer("dx", (n * steps, embed)) if self.needs_input_grad else None
+        self.ops.linear_backward(dx, p["in_proj_weight"].grad, p["in_proj_bias"].grad,
+                                 dqkv.reshape(n * steps, 3 * embed), self._x, p["in_proj_weight"].value)
+        return None if dx is None else dx.reshape(n, steps, embed)
+
+
+class TransformerEncoderLayer(Chain):
+    """PyTorch's ``nn.TransformerEncoderLayer`` (batch_first): self-attention and a feed-forward
+    block (Linear, activation, Linear), each with dropout and a residual connection, and LayerNorm
+    after each (``norm_first = false``, the default) or before each (``norm_first = true``)."""
+
+    name = "transformer_encoder_layer"
+
+    def __init__(self, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
+                 norm_first: bool = False, causal: bool = False):
+        from numdl.layers.activation import GELU, ReLU
+        from numdl.layers.linear import Linear
+        from numdl.layers.norm import LayerNorm
+        from numdl.layers.shape import Dropout
+
+        if activation not in ("relu", "gelu"):
+            raise ConfigError(f"transformer_encoder_layer: activation must be relu or gelu, got {activation!r}")
+        self.settings = {"num_heads": num_heads, "dim_feedforward": dim_feedforward, "dropout": dropout,
+                         "activation": activation, "norm_first": norm_first, "causal": causal}
+        self._dim_feedforward, self._activation = dim_feedforward, activation
+        act = ReLU if activation == "relu" else GELU
+        attention = [MultiHeadAttention(num_heads, causal), Dropout(dropout)]
+        # The feed-forward's output width is the embed size, known only at build: see setup.
+        self._feedforward_out = Linear(1)
+        feedforward = [Linear(dim_feedforward), act(), Dropout(dropout), self._feedforward_out, Dropout(dropout)]
+        if norm_first:
+            children = [Residual([LayerNorm()] + attention), Residual([LayerNorm()] + feedforward)]
+        else:
+            children = [Residual(attention), LayerNorm(), Residual(feedforward), LayerNorm()]
+        super().__init__(children)
+
+    def hyperparameters(self):
+        return dict(self.settings)
+
+    def setup(self, input_shape, rng):
+        _sequence_shape(self, input_shape)
+        self._feedforward_out.out_features = input_shape[-1]
+        return super().setup(input_shape, rng)
+
+
+class PositionalEncoding(Layer):
+    """Adds a position signal to (batch, time, features): ``sinusoidal`` (the fixed table of
+    "Attention is all you need") or ``learned`` (a trained (time, features) table, initialised
+    N(0, 0.02^2))."""
+
+    name = "positional_encoding"
+
+    def __init__(self, kind: str = "sinusoidal"):
+        super().__init__()
+        if kind not in ("sinusoidal", "learned"):
+            raise ConfigError(f"positional_encoding: kind must be sinusoidal or learned, got {kind!r}")
+        self.kind = kind
+
+    def hyperparameters(self):
+        return {"kind": self.kind}
+
+    def setup(self, input_shape, rng):
+        steps, features = _sequence_shape(self, input_shape)
+        if self.kind == "learned":
+            self.add_param("weight", rng.normal(0.0, 0.02, (steps, features)))
+        else:
+            position = np.arange(steps)[:, None]
+            rate = np.exp(np.arange(0, features, 2) * (-math.log(10000.0) / features))
+            table = np.zeros((steps, features))
+            table[:, 0::2] = np.sin(position * rate)
+            table[:, 1::2] = np.cos(position * rate)[:, : features // 2]
+            self.add_state("table", table)
+        return input_shape
+
+    def _table(self):
+        return self.params["weight"].value if self.kind == "learned" else self.state["table"]
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", x.shape)
+        self.ops.broadcast_add_forward(out, x, self._table())
+        return out
+
+    def backward(self, dout):
+        if self.kind == "learned":
+            self.ops.broadcast_add_backward(self.params["weight"].grad, dout)
+        return dout
+
+
+class SwapAxes(Layer):
+    """(batch, A, B) -> (batch, B, A): turns a convolution's (channels, positions) into a
+    sequence of positions for attention (ViT-style patch embedding)."""
+
+    name = "swap_axes"
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 2:
+            raise ShapeError(f"layer 'swap_axes' expects (batch, A, B) inputs, got (batch, "
+                             f"{', '.join(map(str, input_shape))})")
+        return (input_shape[1], input_shape[0])
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", (x.shape[0],) + self.output_shape)
+        self.ops.swap_last_axes(out, x)
+        return out
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        self.ops.swap_last_axes(dx, dout)
+        return dx
