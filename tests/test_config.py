@@ -16,7 +16,8 @@ def test_file_merges_over_default_and_overrides_apply_in_order(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[train]\nepochs = 3\n[optimizer]\ntype = "sgd"\nmomentum = 0.9\n')
     resolved = config.resolve(path, ["optimizer.lr=0.05", "model.layers.1.out_features=256", "train.epochs=4"])
-    assert resolved["train"] == {"epochs": 4, "batch_size": 64, "shuffle": True, "eval_batch_size": 1000}
+    assert resolved["train"] == {"epochs": 4, "batch_size": 64, "shuffle": True, "eval_batch_size": 1000,
+                                 "lr_schedule": "constant"}
     assert resolved["optimizer"] == {"type": "sgd", "momentum": 0.9, "lr": 0.05}  # a new type replaces the table
     assert resolved["model"]["layers"][1]["out_features"] == 256
 
@@ -45,7 +46,7 @@ def test_config_errors_name_the_key(override, message):
 
 
 def test_unknown_layer_lists_the_available_ones():
-    with pytest.raises(RegistryError, match=r"model.layers.0.type: unknown layer 'nope'; available: dropout, flatten"):
+    with pytest.raises(RegistryError, match=r"model.layers.0.type: unknown layer 'nope'; available: avgpool2d, batchnorm1d"):
         config.resolve(None, ["model.layers.0.type=nope"])
 
 

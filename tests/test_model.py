@@ -96,7 +96,9 @@ def test_boundary_validation_messages():
 
 def test_layer_shape_errors_name_the_layer():
     with pytest.raises(ShapeError, match=r"model.layers.0 \(linear\).*add a 'flatten' layer"):
-        numdl.Sequential([numdl.Linear(3)], input_shape=(4, 4))
+        numdl.Sequential([numdl.Linear(3)], input_shape=(2, 4, 4))
+    with pytest.raises(ShapeError, match=r"model.layers.1 \(conv2d\).*\(batch, channels, height, width\)"):
+        numdl.Sequential([numdl.Flatten(), numdl.Conv2d(3, 3)], input_shape=(4, 4))
 
 
 def test_compile_required_and_unknown_names():

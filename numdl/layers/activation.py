@@ -69,14 +69,14 @@ class Softmax(Layer):
     name = "softmax"
 
     def forward(self, x, training=False):
-        rows = x.reshape(-1, x.shape[-1])
+        rows = self.rows(x, self.input_shape[-1])
         out = self.buffer("out", rows.shape)
         self.ops.softmax_forward(out, rows)
         self._out = out
         return out.reshape(x.shape)
 
     def backward(self, dout):
-        rows = dout.reshape(-1, dout.shape[-1])
+        rows = self.rows(dout, self.input_shape[-1])
         dx = self.buffer("dx", rows.shape)
         self.ops.softmax_backward(dx, rows, self._out)
         return dx.reshape(dout.shape)

@@ -77,6 +77,11 @@ class Layer:
             array = self._buffers[key] = self.ops.empty(tuple(shape), self.dtype)
         return array
 
+    @staticmethod
+    def rows(array, width):
+        """``array`` viewed as (size / width, width). (Device arrays refuse reshape(-1) and shape[-1].)"""
+        return array.reshape(array.size // width, width)
+
     # ---------------------------------------------------------------------------- running
     def forward(self, x, training=False):
         raise NotImplementedError

@@ -40,7 +40,7 @@ class Linear(Layer):
         return input_shape[:-1] + (self.out_features,)
 
     def forward(self, x, training=False):
-        rows = x.reshape(-1, x.shape[-1])  # leading axes folded into one: a view, no copy
+        rows = self.rows(x, self.input_shape[-1])  # leading axes folded into one: a view, no copy
         out = self.buffer("out", (rows.shape[0], self.out_features))
         bias = self.params["bias"].value if self.use_bias else None
         self.ops.linear_forward(out, rows, self.params["weight"].value, bias)
@@ -51,6 +51,6 @@ class Linear(Layer):
         dx = self.buffer("dx", self._x.shape) if self.needs_input_grad else None
         dbias = self.params["bias"].grad if self.use_bias else None
         weight = self.params["weight"]
-        self.ops.linear_backward(dx, weight.grad, dbias, dout.reshape(-1, self.out_features), self._x, weight.value)
+        self.ops.linear_backward(dx, weight.grad, dbias, self.rows(dout, self.out_features), self._x, weight.value)
         return None if dx is None else dx.reshape(dout.shape[:-1] + (self._x.shape[1],))
 

@@ -100,7 +100,7 @@ class LayerNorm(Layer):
         return input_shape
 
     def forward(self, x, training=False):
-        rows = x.reshape(-1, self.input_shape[-1])
+        rows = self.rows(x, self.input_shape[-1])
         out = self.buffer("out", rows.shape)
         self._xhat = self.buffer("xhat", rows.shape)
         self._invstd = self.buffer("invstd", (rows.shape[0],))
@@ -109,7 +109,7 @@ class LayerNorm(Layer):
         return out.reshape(x.shape)
 
     def backward(self, dout):
-        rows = dout.reshape(-1, self.input_shape[-1])
+        rows = self.rows(dout, self.input_shape[-1])
         dx = self.buffer("dx", rows.shape) if self.needs_input_grad else None
         self.ops.layernorm_backward(dx, self.params["weight"].grad, self.params["bias"].grad, rows, self._xhat,
                                     self._invstd, self.params["weight"].value)

@@ -17,7 +17,7 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def forward(self, x, training=False):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], self.output_shape[0])
 
     def backward(self, dout):
         return dout.reshape((dout.shape[0],) + self.input_shape)

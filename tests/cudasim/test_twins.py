@@ -85,3 +85,34 @@ def test_cnn_training_steps_on_cuda_match_cpu(monkeypatch):
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
         np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-9, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-9)
+
+
+def _sequence_model(device):
+    import numdl
+
+    layers = [numdl.Embedding(5, 4), numdl.LSTM(4, bidirectional=True, return_sequences=True),
+              numdl.PositionalEncoding("learned"),
+              numdl.TransformerEncoderLayer(2, dim_feedforward=6, dropout=0.0, norm_first=True),
+              numdl.GRU(3, return_sequences=True), numdl.SequencePool("mean"), numdl.Linear(2)]
+    model = numdl.Sequential(layers, input_shape=(4,), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.CrossEntropy(), numdl.RMSprop(lr=0.01, momentum=0.5))
+
+
+def test_sequence_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 16)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 4)
+    monkeypatch.setattr(tuning, "CUDA_RECURRENT_THREADS", 4)
+    rng = np.random.default_rng(2)
+    ids, y = rng.integers(0, 5, (3, 4)), rng.integers(0, 2, 3)
+    lengths = np.array([4, 2, 3])
+    cpu, gpu = _sequence_model("cpu"), _sequence_model("cuda")
+    for _ in range(2):
+        for model, x in ((cpu, ids), (gpu, gpu.ops.asarray(ids))):
+            logits = model.forward(x, training=True, lengths=lengths)
+            model.loss.forward(logits, y)
+            model.backward(model.loss.backward())
+            model.optimizer.step(model.parameters())
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
+        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-9, atol=1e-12, err_msg=name)
