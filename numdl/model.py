@@ -122,7 +122,7 @@ class Sequential:
         rng_states = [layer.get_rng_state() for layer in self.layers]
         x = self.ops.zeros((batch_size,) + self.input_shape, self._input_dtype)
         logits = self.forward(x, training=True)
-        target = np.zeros(batch_size, np.int64) if _is_class_output(self.loss) else \
+        target = np.zeros((batch_size,) + self.output_shape[:-1], np.int64) if _is_class_output(self.loss) else \
             np.zeros((batch_size,) + self.output_shape, self.dtype)
         self.loss.forward(logits, target)
         self.backward(self.loss.backward())
@@ -177,7 +177,7 @@ class Sequential:
                 total_loss += loss * size
                 if right is not None:
                     correct += right
-                    counted += size
+                    counted += yb.size
                 _call(callbacks, "on_batch_end", batch, {"loss": loss, "size": size})
             seconds = time.perf_counter() - start
             logs = {"epoch": epoch, "train_loss": total_loss / n,
@@ -203,11 +203,11 @@ class Sequential:
             out = self.forward(xb, training=False)
             total += self.loss.forward(out, yb) * xb.shape[0]
             if _is_class_output(self.loss):
-                predicted = self.ops.to_numpy(out).argmax(axis=1)
+                predicted = self.ops.to_numpy(out).argmax(axis=-1)
                 predictions.append(predicted)
                 correct += int((predicted == yb).sum())
         n = x.shape[0]
-        return {"loss": total / n, "accuracy": correct / n if predictions else None,
+        return {"loss": total / n, "accuracy": correct / y.size if predictions else None,
                 "predictions": np.concatenate(predictions) if predictions else None}
 
     def predict(self, x, batch_size=1000):
@@ -248,7 +248,7 @@ class Sequential:
             if _is_class_output(self.loss):
                 from numdl.losses import validate_labels
 
-                y = validate_labels(y, y.shape[0], self.output_shape[-1])
+                y = validate_labels(y, y.shape[0], self.output_shape[len(self.output_shape) - 1])
             else:
                 y = np.ascontiguousarray(y, dtype=self.dtype)
                 if not np.isfinite(y).all():
@@ -285,9 +285,11 @@ def _is_class_output(loss):
 
 
 def _count_correct(ops, logits, y):
-    if y is None or np.asarray(y).ndim != 1 or len(logits.shape) != 2:
+    """Correct class predictions (per sample, or per step for (N, T) labels), or None."""
+    y = None if y is None else np.asarray(y)
+    if y is None or y.dtype.kind not in "iu" or len(logits.shape) != y.ndim + 1:
         return None
-    return int((ops.to_numpy(logits).argmax(axis=1) == y).sum())
+    return int((ops.to_numpy(logits).argmax(axis=-1) == y).sum())
 
 
 def _call(callbacks, method, *args):

@@ -34,3 +34,18 @@ def test_autoencoder_example_reduces_reconstruction_error(tmp_path):
     data = write_fashion_like(tmp_path, n_train=256, n_test=64)
     before, after = _load("autoencoder").main(["--steps", "60", "--batch-size", "32", "--data", str(data)])
     assert after < 0.7 * before
+
+
+def test_char_lm_learns_below_unigram_entropy_and_samples(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. the dog sat on the log. " * 40)
+    entropy, loss = _load("char_lm").main(["--text", str(text), "--steps", "150", "--window", "24", "--hidden", "48",
+                                           "--sample", "40"])
+    assert loss < 0.6 * entropy
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("the cat sat on the m") and len(printed) >= 50
+
+
+def test_forecast_beats_the_naive_forecast(tmp_path):
+    rmse, naive = _load("forecast").main(["--epochs", "8"])
+    assert rmse < naive

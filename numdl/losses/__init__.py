@@ -62,9 +62,18 @@ class CrossEntropy(Loss):
         return {"weight": self.weight, "label_smoothing": self.label_smoothing, "reduction": self.reduction}
 
     def forward(self, logits, labels):
+        """logits (N, C) with labels (N,), or per-step logits (N, T, C) with labels (N, T)."""
         self.ops = ops_for(logits)
+        self._shape = tuple(logits.shape)
+        if len(logits.shape) == 3:
+            labels = np.asarray(labels)
+            if labels.shape != self._shape[:2]:
+                raise ShapeError(f"labels have shape {labels.shape} but the logits need {self._shape[:2]}")
+            logits = logits.reshape(self._shape[0] * self._shape[1], self._shape[2])
+            labels = labels.reshape(-1)
         if len(logits.shape) != 2:
-            raise ShapeError(f"cross_entropy expects logits of shape (batch, classes) but got {tuple(logits.shape)}")
+            raise ShapeError(f"cross_entropy expects logits (batch, classes) or (batch, time, classes) but got "
+                             f"{self._shape}")
         n, classes = logits.shape
         labels = validate_labels(labels, n, classes)
         dtype = logits.dtype
@@ -99,7 +108,7 @@ class CrossEntropy(Loss):
         dlogits = self.buffer("dlogits", self._probs.shape, self._probs.dtype)
         self.ops.cross_entropy_backward(dlogits, self._probs, self._labels, self._class_weights,
                                         self.label_smoothing, self._scale)
-        return dlogits
+        return dlogits.reshape(self._shape)
 
 
 class _ElementwiseLoss(Loss):
@@ -146,8 +155,8 @@ class BCEWithLogits(_ElementwiseLoss):
 def validate_labels(labels, n, classes):
     """Class labels as a contiguous int64 host array, checked against the batch and class count."""
     labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise ShapeError(f"labels have shape {labels.shape} but the batch needs ({n},)")
+    if labels.ndim not in (1, 2) or labels.shape[0] != n:
+        raise ShapeError(f"labels have shape {labels.shape} but the batch needs ({n},) or ({n}, steps)")
     if labels.dtype.kind not in "iu":
         if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
