@@ -104,9 +104,9 @@ class Sequential:
             dout = layer.backward(dout)
         return dout
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, lengths=None):
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
-        logits = self.forward(x, training=True)
+        logits = self.forward(x, training=True, lengths=lengths)
         loss = self.loss.forward(logits, y)
         self.backward(self.loss.backward())
         self.optimizer.step(self.parameters())
@@ -135,7 +135,7 @@ class Sequential:
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
-            eval_data=None, callbacks=(), augment=None):
+            eval_data=None, callbacks=(), augment=None, lengths=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -143,14 +143,17 @@ class Sequential:
         ``callbacks`` are objects with any of ``on_epoch_begin(epoch, model)``,
         ``on_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``. ``augment(batch, rng)``
         returns a transformed copy of each training batch (see ``numdl.data.Augmenter``); it draws
-        from the run's seeded generator.
+        from the run's seeded generator. ``lengths`` gives each training sample's valid steps
+        (padded sequences); evaluation sets may then be (x, y, lengths) triples.
         """
         self._require_compiled()
         x, y = self.prepare(x, y, "training data")
+        lengths = None if lengths is None else np.asarray(lengths)
         evals = dict(eval_data or {})
         if validation_data is not None:
             evals["val"] = validation_data
-        evals = {name: self.prepare(ex, ey, f"{name} data") for name, (ex, ey) in evals.items()}
+        evals = {name: (*self.prepare(data[0], data[1], f"{name} data"), data[2] if len(data) > 2 else None)
+                 for name, data in evals.items()}
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         rng = np.random.default_rng(self.seed if seed is None else seed)
@@ -163,8 +166,9 @@ class Sequential:
             if shuffle:
                 order = rng.permutation(n)
                 xs, ys = x[order], y[order]
+                ls = None if lengths is None else lengths[order]
             else:
-                xs, ys = x, y
+                xs, ys, ls = x, y, lengths
             total_loss, correct, counted = 0.0, 0, 0
             for batch, begin in enumerate(range(0, n, batch_size)):
                 xb = xs[begin:begin + batch_size]
@@ -172,7 +176,8 @@ class Sequential:
                     xb = augment(xb, rng)
                 xb = self.ops.asarray(xb)
                 yb = ys[begin:begin + batch_size]
-                loss, right = self.train_step(xb, yb)
+                lb = None if ls is None else ls[begin:begin + batch_size]
+                loss, right = self.train_step(xb, yb, lb)
                 size = xb.shape[0]
                 total_loss += loss * size
                 if right is not None:
@@ -183,8 +188,8 @@ class Sequential:
             logs = {"epoch": epoch, "train_loss": total_loss / n,
                     "train_accuracy": correct / counted if counted else None,
                     "epoch_seconds": seconds, "samples_per_second": n / seconds}
-            for name, (ex, ey) in evals.items():
-                result = self.evaluate(ex, ey, batch_size=max(batch_size, 1000))
+            for name, (ex, ey, el) in evals.items():
+                result = self.evaluate(ex, ey, batch_size=max(batch_size, 1000), lengths=el)
                 logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
             history.append(logs)
             _call(callbacks, "on_epoch_end", epoch, logs)
@@ -192,7 +197,7 @@ class Sequential:
                 break
         return history
 
-    def evaluate(self, x, y, batch_size=1000):
+    def evaluate(self, x, y, batch_size=1000, lengths=None):
         """{"loss", "accuracy" (None unless class labels), "predictions"} over all of x."""
         self._require_compiled()
         x, y = self.prepare(x, y, "evaluation data")
@@ -200,7 +205,8 @@ class Sequential:
         for begin in range(0, x.shape[0], batch_size):
             xb = self.ops.asarray(x[begin:begin + batch_size])
             yb = y[begin:begin + batch_size]
-            out = self.forward(xb, training=False)
+            lb = None if lengths is None else np.asarray(lengths)[begin:begin + batch_size]
+            out = self.forward(xb, training=False, lengths=lb)
             total += self.loss.forward(out, yb) * xb.shape[0]
             if _is_class_output(self.loss):
                 predicted = self.ops.to_numpy(out).argmax(axis=-1)
@@ -210,12 +216,14 @@ class Sequential:
         return {"loss": total / n, "accuracy": correct / y.size if predictions else None,
                 "predictions": np.concatenate(predictions) if predictions else None}
 
-    def predict(self, x, batch_size=1000):
+    def predict(self, x, batch_size=1000, lengths=None):
         """Model outputs for every sample of x, as a NumPy array."""
         if not self.built:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
         x = self.prepare(x, None, "input data")[0]
-        outs = [self.ops.to_numpy(self.forward(self.ops.asarray(x[b:b + batch_size]))).copy()
+        lengths = None if lengths is None else np.asarray(lengths)
+        outs = [self.ops.to_numpy(self.forward(self.ops.asarray(x[b:b + batch_size]),
+                                               lengths=None if lengths is None else lengths[b:b + batch_size])).copy()
                 for b in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape, self.dtype)
 

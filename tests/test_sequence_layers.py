@@ -135,3 +135,19 @@ def test_transformer_encoder_layer_matches_torch(norm_first):
     x = np.random.default_rng(8).standard_normal((2, 5, 4))
     expected = theirs.eval()(torch.tensor(x)).detach().numpy()
     np.testing.assert_allclose(ours.forward(x, training=False), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_fit_with_padded_lengths_ignores_the_padding():
+    rng = np.random.default_rng(9)
+    lengths = rng.integers(2, 7, 96)
+    x = rng.standard_normal((96, 6, 2))
+    for i, length in enumerate(lengths):
+        x[i, length:] = 100.0  # garbage padding: only usable if a model read past the lengths
+    y = (np.array([x[i, :lengths[i], 0].sum() for i in range(96)]) > 0).astype(np.int64)
+    model = numdl.Sequential([numdl.GRU(16), numdl.Linear(2)], input_shape=(6, 2), seed=0)
+    model.compile(numdl.CrossEntropy(), numdl.Adam(lr=1e-2))
+    history = model.fit(x, y, epochs=25, batch_size=16, lengths=lengths, eval_data={"train": (x, y, lengths)})
+    assert history[-1]["train_accuracy"] > 0.9
+    shifted = x.copy()
+    shifted[shifted == 100.0] = -100.0
+    np.testing.assert_allclose(model.predict(shifted, lengths=lengths), model.predict(x, lengths=lengths))
