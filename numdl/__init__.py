@@ -5,7 +5,8 @@ The public API. Importing numdl compiles nothing and touches no GPU: kernels loa
 
 __version__ = "0.1.0"
 
-from numdl.errors import ConfigError, DataError, DeviceError, NumdlError, RegistryError, ShapeError
+from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, NumdlError, RegistryError,
+                          ShapeError)
 from numdl.hookspecs import hookimpl
 from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, Embedding, MultiHeadAttention, PositionalEncoding,
                           SequencePool, SwapAxes, TransformerEncoderLayer, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Flatten,
@@ -15,7 +16,23 @@ from numdl.losses import MSE, BCEWithLogits, CrossEntropy, Loss
 from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
-__all__ = [
+def load_model(path):
+    """A model rebuilt from a checkpoint written by ``numdl train`` (its config is inside), weights,
+    state and optimizer restored. Items are looked up by registered name; nothing is imported."""
+    from numdl import config as config_module
+    from numdl.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(path)
+    if "config" not in meta:
+        raise CheckpointError(f"{path} holds no config; build the model and call model.load_weights")
+    resolved = meta["config"]
+    config_module.validate(resolved)
+    model = config_module.build_model(resolved, tuple(meta["input_shape"]))
+    model.load_weights(path)
+    return model
+
+
+__all__ = ["load_model", 
     "__version__", "hookimpl", "Sequential",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
@@ -23,5 +40,5 @@ __all__ = [
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes",
     "Loss", "CrossEntropy", "MSE", "BCEWithLogits",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
-    "NumdlError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
+    "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
 ]

@@ -29,3 +29,8 @@ class DataError(NumdlError, ValueError):
 
 class DeviceError(NumdlError):
     """The requested device (a CUDA GPU) is not available."""
+
+
+class CheckpointError(NumdlError):
+    """A checkpoint cannot be read (truncated, tampered, not safetensors) or does not fit the model;
+    the message names the file and every offending tensor."""

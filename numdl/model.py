@@ -227,6 +227,29 @@ class Sequential:
                 for b in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape, self.dtype)
 
+    # ------------------------------------------------------------------------------ persistence
+    def save(self, path, meta=None):
+        """Write weights, layer state and optimizer state to a safetensors checkpoint, atomically."""
+        from numdl.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, self, self.optimizer, meta)
+
+    def load_weights(self, path):
+        """Restore a checkpoint written by ``save`` into this (built) model and its optimizer;
+        returns the checkpoint's metadata. A mismatch lists every missing, unexpected and
+        mis-shaped tensor at once."""
+        from numdl.checkpoint import apply_checkpoint, read_checkpoint
+
+        if not self.built:
+            raise ConfigError("build the model before loading weights into it")
+        tensors, meta = read_checkpoint(path)
+        apply_checkpoint(self, tensors, self.optimizer, path)
+        if self.optimizer is not None and "optimizer" in meta:
+            self.optimizer.steps = int(meta["optimizer"]["steps"])
+        for layer, state in zip(self.layers, meta.get("rng_states", [])):
+            layer.set_rng_state(state)
+        return meta
+
     # -------------------------------------------------------------------------- validation
     def prepare(self, x, y, what):
         """Check data once at the boundary and convert x to the model's dtype (a host array)."""
