@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 import numdl
-from numdl.errors import NumdlError
+from numdl.errors import ConfigError, DataError, NumdlError
 
 
 class RichEpochProgress:
@@ -65,7 +65,10 @@ def cli():
               help="Run folder for config.toml, metrics.jsonl and summary.json "
                    "(default: a new folder under runs/).")
 @click.option("--quiet", is_flag=True, help="No progress bar (epoch lines are still printed).")
-def train(config, overrides, out_dir, quiet):
+@click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path), metavar="RUN_DIR_OR_FILE",
+              help="Continue an interrupted run from its latest checkpoint (or from the given checkpoint file), "
+                   "exactly where it stopped; the run's own config is used.")
+def train(config, overrides, out_dir, quiet, resume):
     """Train a model from CONFIG (a TOML file merged over the embedded default), or the default.
 
     Without CONFIG this trains the reference MLP (784-128-64-10, ReLU, cross-entropy, Adam lr 1e-3,
@@ -76,16 +79,96 @@ def train(config, overrides, out_dir, quiet):
     from numdl import train as train_module
 
     try:
-        resolved = config_module.resolve(config, overrides)
-        folder = out_dir or train_module.new_run_folder()
+        if resume is not None:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues a run with its own config: drop CONFIG and --set")
+            checkpoint = train_module.find_checkpoint(resume)
+            resolved, resume_from = None, checkpoint
+            folder = out_dir or checkpoint.parent.parent
+        else:
+            resolved, resume_from = config_module.resolve(config, overrides), None
+            folder = out_dir or train_module.new_run_folder()
         progress = None if quiet or not sys.stdout.isatty() else RichEpochProgress()
         on_line = progress.print if progress else click.echo
-        summary = train_module.run(resolved, folder, on_line=on_line, progress=progress)
+        summary = train_module.run(resolved, folder, on_line=on_line, progress=progress, resume_from=resume_from)
     except NumdlError as error:
         _fail(error)
     accuracy = summary.get("test_accuracy")
     tail = f"test accuracy {accuracy:.4f}; " if accuracy is not None else ""
     click.echo(f"done: {tail}run folder {folder}")
+
+
+@cli.command(name="eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the dataset's files (default: the checkpoint config's data.path or numdl's search).")
+def evaluate(checkpoint, data_path):
+    """Evaluate CHECKPOINT on its dataset's test split: loss, accuracy, macro F1."""
+    from numdl import metrics
+    from numdl import train as train_module
+    from numdl.checkpoint import read_checkpoint
+
+    try:
+        _, meta = read_checkpoint(checkpoint)
+        config = meta.get("config")
+        if config is None:
+            raise ConfigError(f"{checkpoint} holds no config (it was not written by numdl train)")
+        if data_path is not None:
+            config["data"]["path"] = str(data_path)
+        data, _ = train_module.load_data(config)
+        model = numdl.load_model(checkpoint)
+        x_test, y_test = data["test"]
+        result = model.evaluate(x_test, y_test, batch_size=config["train"]["eval_batch_size"])
+    except NumdlError as error:
+        _fail(error)
+    line = f"test_loss {result['loss']:.4f}"
+    if result["predictions"] is not None:
+        line += f"  test_acc {result['accuracy']:.4f}  macro_f1 {metrics.macro_f1(y_test, result['predictions']):.4f}"
+    click.echo(line)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="INPUT")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="CSV file (default: stdout).")
+def predict(checkpoint, inputs, output):
+    """Predict INPUT (an IDX file or a .npy array of samples) with CHECKPOINT; one CSV row per sample:
+    its index, the predicted class and the class probabilities (or the raw outputs)."""
+    import numpy as np
+
+    from numdl.checkpoint import read_checkpoint
+    from numdl.data import Normalizer, read_idx
+
+    try:
+        _, meta = read_checkpoint(checkpoint)
+        model = numdl.load_model(checkpoint)
+        if inputs.suffix == ".npy":
+            try:
+                x = np.load(inputs, allow_pickle=False)
+            except ValueError as error:
+                raise DataError(f"{inputs}: not a plain .npy array ({error})") from None
+        else:
+            x = read_idx(inputs)
+        if "normalization" not in meta or "config" not in meta:
+            raise DataError(f"{checkpoint} does not record its input normalisation (not written by numdl train)")
+        x = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"]).transform(x)
+        outputs = model.predict(x)
+    except NumdlError as error:
+        _fail(error)
+    classes = getattr(model.loss, "target_kind", "") == "labels"
+    if classes:
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        outputs = shifted / shifted.sum(axis=1, keepdims=True)
+    header = ["index"] + (["class"] if classes else []) + [f"p{i}" if classes else f"y{i}" for i in range(outputs.shape[1])]
+    rows = [",".join(header)]
+    for i, row in enumerate(outputs):
+        cells = [str(i)] + ([str(int(row.argmax()))] if classes else []) + [f"{v:.6g}" for v in row]
+        rows.append(",".join(cells))
+    text = "\n".join(rows) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
 
 
 def main():

@@ -20,7 +20,8 @@ SECTIONS = {
     "data": {"name": str, "path": str, "normalize": str, "validation_split": float, "crop_padding": int,
              "horizontal_flip": bool},
     "model": {"dtype": str, "device": str, "layers": list},
-    "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "lr_schedule": str},
+    "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "lr_schedule": str,
+              "checkpoint_every": int, "keep_checkpoints": int},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}

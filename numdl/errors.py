@@ -34,3 +34,8 @@ class DeviceError(NumdlError):
 class CheckpointError(NumdlError):
     """A checkpoint cannot be read (truncated, tampered, not safetensors) or does not fit the model;
     the message names the file and every offending tensor."""
+
+
+class TrainingDiverged(NumdlError):
+    """Training produced NaN or Inf; the message names the first layer that did. Weights are left
+    as they were before the step, and no checkpoint is written from them."""

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from numdl.backend import get_ops
-from numdl.errors import ConfigError, DataError, ShapeError
+from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
 from numdl.layers.base import Parameter
 
 DTYPES = ("float32", "float64")
@@ -38,6 +38,7 @@ class Sequential:
         self.input_shape = self.output_shape = None
         self.loss = self.optimizer = None
         self.stop_training = False
+        self.fit_position = None
         if input_shape is not None:
             self.build(input_shape)
 
@@ -108,9 +109,32 @@ class Sequential:
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
         logits = self.forward(x, training=True, lengths=lengths)
         loss = self.loss.forward(logits, y)
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss}: {self._first_non_finite(x, lengths)}")
         self.backward(self.loss.backward())
+        if self.device == "cpu":  # on a GPU this check would cost a copy per parameter per step
+            for name, p in self.named_parameters().items():
+                if not np.isfinite(p.grad).all():
+                    raise TrainingDiverged(f"the gradient of {name} is not finite")
         self.optimizer.step(self.parameters())
         return loss, _count_correct(self.ops, logits, y)
+
+    def _first_non_finite(self, x, lengths):
+        """Which layer's output first went non-finite on this batch (the weights are untouched)."""
+        for layer in self.layers:
+            if getattr(layer, "uses_lengths", False):
+                layer.lengths = lengths
+        rng_states = [layer.get_rng_state() for layer in self.layers]
+        h = x
+        try:
+            for index, layer in enumerate(self.layers):
+                h = layer.forward(h, training=True)
+                if not np.isfinite(self.ops.to_numpy(h)).all():
+                    return f"the output of model.layers.{index} ({layer.name}) is the first non-finite value"
+            return "every layer output is finite; the loss itself overflowed"
+        finally:
+            for layer, state in zip(self.layers, rng_states):
+                layer.set_rng_state(state)
 
     def warmup(self, batch_size=2):
         """Compile every kernel a training step needs, without changing weights or optimizer state.
@@ -135,7 +159,7 @@ class Sequential:
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
-            eval_data=None, callbacks=(), augment=None, lengths=None):
+            eval_data=None, callbacks=(), augment=None, lengths=None, resume=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -145,6 +169,12 @@ class Sequential:
         returns a transformed copy of each training batch (see ``numdl.data.Augmenter``); it draws
         from the run's seeded generator. ``lengths`` gives each training sample's valid steps
         (padded sequences); evaluation sets may then be (x, y, lengths) triples.
+
+        ``self.fit_position`` always says where training stands (epoch, batches done in it, the
+        generator state at the epoch's start, the epoch's running sums); passing a saved one as
+        ``resume`` continues from exactly there: the epoch's order is redrawn from the saved state
+        and the augmentation draws of the batches already done are replayed, so a resumed run
+        computes bit for bit what an uninterrupted one does.
         """
         self._require_compiled()
         x, y = self.prepare(x, y, "training data")
@@ -160,7 +190,12 @@ class Sequential:
         history = []
         self.stop_training = False
         n = x.shape[0]
-        for epoch in range(1, epochs + 1):
+        first_epoch = 1 if resume is None else int(resume["epoch"])
+        for epoch in range(first_epoch, epochs + 1):
+            resuming = resume is not None and epoch == first_epoch
+            if resuming:
+                rng.bit_generator.state = resume["epoch_rng_state"]
+            epoch_rng_state = rng.bit_generator.state
             _call(callbacks, "on_epoch_begin", epoch, self)
             start = time.perf_counter()
             if shuffle:
@@ -170,19 +205,30 @@ class Sequential:
             else:
                 xs, ys, ls = x, y, lengths
             total_loss, correct, counted = 0.0, 0, 0
+            done = 0
+            if resuming:
+                total_loss, correct, counted = resume["total_loss"], resume["correct"], resume["counted"]
+                done = int(resume["step"])
             for batch, begin in enumerate(range(0, n, batch_size)):
                 xb = xs[begin:begin + batch_size]
                 if augment is not None:
                     xb = augment(xb, rng)
+                if batch < done:
+                    continue  # already trained before the interruption; its draws are replayed above
                 xb = self.ops.asarray(xb)
                 yb = ys[begin:begin + batch_size]
                 lb = None if ls is None else ls[begin:begin + batch_size]
-                loss, right = self.train_step(xb, yb, lb)
+                try:
+                    loss, right = self.train_step(xb, yb, lb)
+                except TrainingDiverged as error:
+                    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {batch + 1}: {error}") from None
                 size = xb.shape[0]
                 total_loss += loss * size
                 if right is not None:
                     correct += right
                     counted += yb.size
+                self.fit_position = {"epoch": epoch, "step": batch + 1, "epoch_rng_state": epoch_rng_state,
+                                     "total_loss": total_loss, "correct": correct, "counted": counted}
                 _call(callbacks, "on_batch_end", batch, {"loss": loss, "size": size})
             seconds = time.perf_counter() - start
             logs = {"epoch": epoch, "train_loss": total_loss / n,
@@ -192,6 +238,8 @@ class Sequential:
                 result = self.evaluate(ex, ey, batch_size=max(batch_size, 1000), lengths=el)
                 logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
             history.append(logs)
+            self.fit_position = {"epoch": epoch + 1, "step": 0, "epoch_rng_state": rng.bit_generator.state,
+                                 "total_loss": 0.0, "correct": 0, "counted": 0}
             _call(callbacks, "on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
@@ -246,6 +294,7 @@ class Sequential:
         apply_checkpoint(self, tensors, self.optimizer, path)
         if self.optimizer is not None and "optimizer" in meta:
             self.optimizer.steps = int(meta["optimizer"]["steps"])
+            self.optimizer.lr = float(meta["optimizer"]["lr"])  # a schedule may have moved it
         for layer, state in zip(self.layers, meta.get("rng_states", [])):
             layer.set_rng_state(state)
         return meta

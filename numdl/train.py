@@ -5,8 +5,10 @@
 ``run_folder/summary.json``  final metrics, the per-class report and the confusion matrix
 """
 
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import tomli_w
 
 from numdl import metrics
 from numdl.config import build_model
+from numdl.errors import NumdlError
 from numdl.data import CLASS_NAMES, Augmenter, Normalizer, load_fashion_mnist, train_validation_split
 
 
@@ -62,6 +65,46 @@ class CosineSchedule:
         self.optimizer.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(self.step, self.total) / self.total))
 
 
+class Checkpointer:
+    """fit callback: ``checkpoints/latest.safetensors`` every ``every_steps`` steps and at each
+    epoch end, ``epoch-NNNN.safetensors`` for the last ``keep`` epochs, and ``best.safetensors`` for
+    the best value of ``monitor`` (higher is better for accuracies, lower for losses). Each file
+    holds the resolved config and the exact training position, so a run resumes bit for bit."""
+
+    def __init__(self, folder, model, config, every_steps=0, keep=3, monitor="test_accuracy", best=None,
+                 extra=None):
+        self.folder = Path(folder) / "checkpoints"
+        self.extra = dict(extra or {})
+        self.model, self.config, self.every, self.keep, self.monitor = model, config, every_steps, keep, monitor
+        self.best = best
+        self.steps = 0
+
+    def _save(self, name, extra=None):
+        meta = {"config": self.config, "fit_position": self.model.fit_position, "monitor": self.monitor,
+                "best": self.best, **self.extra}
+        meta.update(extra or {})
+        return self.model.save(self.folder / name, meta=meta)
+
+    def on_batch_end(self, batch, logs):
+        self.steps += 1
+        if self.every and self.steps % self.every == 0:
+            self._save("latest.safetensors")
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor)
+        higher = "accuracy" in self.monitor
+        improved = value is not None and (self.best is None or (value > self.best if higher else value < self.best))
+        if improved:
+            self.best = value
+        self._save(f"epoch-{epoch:04d}.safetensors", {"epoch_logs": logs})
+        self._save("latest.safetensors", {"epoch_logs": logs})
+        if improved:
+            self._save("best.safetensors", {"epoch_logs": logs})
+        epochs = sorted(self.folder.glob("epoch-*.safetensors"))
+        for old in epochs[:-self.keep] if self.keep > 0 else epochs:
+            old.unlink()
+
+
 class RunRecorder:
     """fit callback: appends each epoch's metrics to metrics.jsonl and reports to ``on_line``."""
 
@@ -99,47 +142,92 @@ def format_epoch(logs, epochs):
     return "  ".join(parts)
 
 
-def run(config, out_dir, on_line=print, progress=None):
-    """Train as ``config`` says, writing the run folder; returns the summary dict."""
+def weights_sha256(model):
+    """SHA-256 over every parameter's bytes in a stable order (how runs are compared bit for bit)."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters().items()):
+        digest.update(name.encode())
+        digest.update(model.ops.to_numpy(p.value).tobytes())
+    return digest.hexdigest()
+
+
+def find_checkpoint(run_dir_or_file):
+    path = Path(run_dir_or_file)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.safetensors"
+    if not path.is_file():
+        raise NumdlError(f"no checkpoint to resume from at {path}")
+    return path
+
+
+def run(config, out_dir, on_line=print, progress=None, resume_from=None):
+    """Train as ``config`` says, writing the run folder; returns the summary dict. With
+    ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    resume_meta = None
+    if resume_from is not None:
+        from numdl.checkpoint import read_checkpoint
+
+        _, resume_meta = read_checkpoint(resume_from)
+        config = resume_meta["config"]
     (folder / "config.toml").write_text(tomli_w.dumps(config))
-    (folder / "metrics.jsonl").write_text("")
+    metrics_path = folder / "metrics.jsonl"
+    if resume_meta is None or not metrics_path.exists():
+        metrics_path.write_text("")
+    else:  # keep the epochs finished before the resumed one; drop any line of a replayed epoch
+        resume_epoch = resume_meta["fit_position"]["epoch"]
+        kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < resume_epoch]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
 
     data, normalizer = load_data(config)
     x_train, y_train = data["train"]
     model = build_model(config, x_train.shape[1:])
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
+    if resume_meta is not None:
+        model.load_weights(resume_from)
+        position = resume_meta["fit_position"]
+        on_line(f"resumed from {resume_from} at epoch {position['epoch']}, step {position['step']}")
     on_line(f"model: {len(model.layers)} layers, {model.parameter_count():,} parameters; "
             f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
 
     evals = {name: data[name] for name in ("validation", "test") if name in data}
-    callbacks = [RunRecorder(folder, train["epochs"], on_line, progress)]
+    monitor = "validation_accuracy" if "validation" in evals else "test_accuracy"
+    checkpointer = Checkpointer(folder, model, config, train.get("checkpoint_every", 0),
+                                train.get("keep_checkpoints", 3), monitor,
+                                None if resume_meta is None else resume_meta.get("best"),
+                                {"normalization": normalizer.state()})
+    callbacks = [RunRecorder(folder, train["epochs"], on_line, progress), checkpointer]
     if train.get("lr_schedule", "constant") == "cosine":
         steps_per_epoch = -(-len(x_train) // train["batch_size"])
         callbacks.insert(0, CosineSchedule(model.optimizer, steps_per_epoch * train["epochs"]))
+        if resume_meta is not None:  # the schedule follows the optimizer's step count
+            callbacks[0].step = model.optimizer.steps
+            callbacks[0].base_lr = config["optimizer"]["lr"]
     if progress:
         progress.start(train["epochs"], len(x_train))
     try:
         history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
-                            callbacks=callbacks,
-                            augment=make_augmenter(config, normalizer))
+                            callbacks=callbacks, augment=make_augmenter(config, normalizer),
+                            resume=None if resume_meta is None else resume_meta["fit_position"])
     finally:
         if progress:
             progress.stop()
 
     x_test, y_test = data["test"]
     final = model.evaluate(x_test, y_test, batch_size=train["eval_batch_size"])
+    finished = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     summary = {
-        "epochs": len(history),
-        "final": {k: v for k, v in history[-1].items()},
+        "epochs": len(finished),
+        "final": finished[-1] if finished else {},
         "test_loss": final["loss"],
         "test_accuracy": final["accuracy"],
         "compile_seconds": compile_seconds,
         "train_seconds": sum(h["epoch_seconds"] for h in history),
         "parameters": model.parameter_count(),
+        "weights_sha256": weights_sha256(model),
         "normalization": normalizer.state(),
     }
     if final["predictions"] is not None:

@@ -35,5 +35,11 @@ class Normalizer:
     def fit_transform(self, x):
         return self.fit(x).transform(x)
 
+    @classmethod
+    def from_state(cls, state, dtype="float32"):
+        normalizer = cls(state["method"], dtype)
+        normalizer.shift, normalizer.divisor = float(state["shift"]), float(state["divisor"])
+        return normalizer
+
     def state(self):
         return {"method": self.method, "shift": self.shift, "divisor": self.divisor}
