@@ -4,6 +4,7 @@ from numdl.hookspecs import hookimpl
 from numdl.layers import BUILTIN_LAYERS
 from numdl.losses import BUILTIN_LOSSES
 from numdl.optim import BUILTIN_OPTIMIZERS
+from numdl.schedules import BUILTIN_SCHEDULES
 
 
 @hookimpl
@@ -19,3 +20,8 @@ def numdl_register_losses():
 @hookimpl
 def numdl_register_optimizers():
     return BUILTIN_OPTIMIZERS
+
+
+@hookimpl
+def numdl_register_schedules():
+    return BUILTIN_SCHEDULES

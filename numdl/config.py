@@ -20,10 +20,10 @@ SECTIONS = {
     "data": {"name": str, "path": str, "normalize": str, "validation_split": float, "crop_padding": int,
              "horizontal_flip": bool},
     "model": {"dtype": str, "device": str, "layers": list},
-    "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "lr_schedule": str,
-              "checkpoint_every": int, "keep_checkpoints": int},
+    "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
+              "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float},
 }
-ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer"}  # section -> registry kind
+ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
 DATASETS = ("fashion_mnist",)
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
@@ -217,8 +217,6 @@ def validate(config):
         check_item(f"model.layers.{i}", layer, "layer")
     if config["data"].get("name") not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {config['data'].get('name')!r}; available: {', '.join(DATASETS)}")
-    if config["train"].get("lr_schedule", "constant") not in ("constant", "cosine"):
-        raise ConfigError(f"train.lr_schedule: must be constant or cosine, got {config['train']['lr_schedule']!r}")
     if config["model"].get("dtype") not in ("float32", "float64"):
         raise ConfigError(f"model.dtype: must be float32 or float64, got {config['model'].get('dtype')!r}")
     if config["model"].get("device") not in ("cpu", "cuda"):

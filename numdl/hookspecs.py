@@ -44,3 +44,13 @@ class NumdlHookSpecs:
         ``update(param, state)`` changes ``param.value`` in place from ``param.grad``; the
         per-parameter buffers named in ``state_names`` are created zeroed for it.
         """
+
+    @hookspec
+    def numdl_register_schedules(self):
+        """Return an iterable of ``numdl.schedules.Schedule`` subclasses, each with a unique ``name``
+        (what ``[schedule] type = "..."`` names).
+
+        ``lr_at(step, steps_per_epoch, total_steps, base_lr)`` gives the learning rate of the step
+        after ``step`` steps; a schedule that reacts to metrics implements ``epoch_end(logs)`` and
+        keeps what it learns in ``state()`` / ``load_state()`` so checkpoints resume it.
+        """

@@ -39,6 +39,7 @@ class Sequential:
         self.loss = self.optimizer = None
         self.stop_training = False
         self.fit_position = None
+        self.clip_grad_norm = 0.0  # > 0: gradients are scaled so their global L2 norm is at most this
         if input_shape is not None:
             self.build(input_shape)
 
@@ -116,8 +117,25 @@ class Sequential:
             for name, p in self.named_parameters().items():
                 if not np.isfinite(p.grad).all():
                     raise TrainingDiverged(f"the gradient of {name} is not finite")
+        if self.clip_grad_norm > 0:
+            self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self.parameters())
         return loss, _count_correct(self.ops, logits, y)
+
+    def clip_gradients(self, max_norm):
+        """Scale all gradients by max_norm / norm when their global L2 norm exceeds max_norm (as
+        torch.nn.utils.clip_grad_norm_); returns the norm before clipping."""
+        grads = [self.ops.to_numpy(p.grad) for p in self.parameters()]
+        norm = float(np.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel())) for g in grads)))
+        if norm > max_norm:
+            factor = max_norm / (norm + 1e-6)
+            for p, g in zip(self.parameters(), grads):
+                scaled = (g * g.dtype.type(factor)).astype(g.dtype)
+                if isinstance(p.grad, np.ndarray):
+                    p.grad[...] = scaled
+                else:
+                    p.grad.copy_to_device(scaled)
+        return norm
 
     def _first_non_finite(self, x, lengths):
         """Which layer's output first went non-finite on this batch (the weights are untouched)."""

@@ -10,9 +10,9 @@ import pluggy
 from numdl import hookspecs
 from numdl.errors import RegistryError
 
-KINDS = ("layer", "loss", "optimizer")
+KINDS = ("layer", "loss", "optimizer", "schedule")
 _HOOKS = {"layer": "numdl_register_layers", "loss": "numdl_register_losses",
-          "optimizer": "numdl_register_optimizers"}
+          "optimizer": "numdl_register_optimizers", "schedule": "numdl_register_schedules"}
 
 _manager = None
 _registry = None

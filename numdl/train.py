@@ -16,7 +16,8 @@ import numpy as np
 import tomli_w
 
 from numdl import metrics
-from numdl.config import build_model
+from numdl.config import build_item, build_model
+from numdl.schedules import ScheduleCallback
 from numdl.errors import NumdlError
 from numdl.data import CLASS_NAMES, Augmenter, Normalizer, load_fashion_mnist, train_validation_split
 
@@ -53,16 +54,23 @@ def make_augmenter(config, normalizer):
     return augmenter if augmenter.active else None
 
 
-class CosineSchedule:
-    """fit callback: the learning rate follows a half cosine from its configured value to zero over
-    the whole run, updated every step (what torch's CosineAnnealingLR does with T_max = all steps)."""
+class EarlyStopping:
+    """fit callback: stops training after ``patience`` epochs without improvement of ``monitor``."""
 
-    def __init__(self, optimizer, total_steps):
-        self.optimizer, self.base_lr, self.total, self.step = optimizer, optimizer.lr, max(1, total_steps), 0
+    def __init__(self, model, monitor, patience, on_line=print):
+        self.model, self.monitor, self.patience, self.on_line = model, monitor, patience, on_line
+        self.best, self.waited = None, 0
 
-    def on_batch_end(self, batch, logs):
-        self.step += 1
-        self.optimizer.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(self.step, self.total) / self.total))
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor)
+        higher = "accuracy" in self.monitor
+        if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            self.model.stop_training = True
+            self.on_line(f"early stopping: {self.monitor} has not improved for {self.patience} epochs")
 
 
 class Checkpointer:
@@ -72,9 +80,9 @@ class Checkpointer:
     holds the resolved config and the exact training position, so a run resumes bit for bit."""
 
     def __init__(self, folder, model, config, every_steps=0, keep=3, monitor="test_accuracy", best=None,
-                 extra=None):
+                 extra=None, schedule=None):
         self.folder = Path(folder) / "checkpoints"
-        self.extra = dict(extra or {})
+        self.extra, self.schedule = dict(extra or {}), schedule
         self.model, self.config, self.every, self.keep, self.monitor = model, config, every_steps, keep, monitor
         self.best = best
         self.steps = 0
@@ -82,6 +90,8 @@ class Checkpointer:
     def _save(self, name, extra=None):
         meta = {"config": self.config, "fit_position": self.model.fit_position, "monitor": self.monitor,
                 "best": self.best, **self.extra}
+        if self.schedule is not None:
+            meta["schedule_state"] = self.schedule.state()
         meta.update(extra or {})
         return self.model.save(self.folder / name, meta=meta)
 
@@ -193,18 +203,24 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
             f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
 
     evals = {name: data[name] for name in ("validation", "test") if name in data}
-    monitor = "validation_accuracy" if "validation" in evals else "test_accuracy"
+    classes = model.loss.target_kind == "labels"
+    default_monitor = ("validation_" if "validation" in evals else "test_") + ("accuracy" if classes else "loss")
+    monitor = train.get("monitor") or default_monitor
+    schedule = build_item("schedule", config.get("schedule", {"type": "constant"}), "schedule")
+    if resume_meta is not None and "schedule_state" in resume_meta:
+        schedule.load_state(resume_meta["schedule_state"])
+    steps_per_epoch = -(-len(x_train) // train["batch_size"])
     checkpointer = Checkpointer(folder, model, config, train.get("checkpoint_every", 0),
                                 train.get("keep_checkpoints", 3), monitor,
                                 None if resume_meta is None else resume_meta.get("best"),
-                                {"normalization": normalizer.state()})
-    callbacks = [RunRecorder(folder, train["epochs"], on_line, progress), checkpointer]
-    if train.get("lr_schedule", "constant") == "cosine":
-        steps_per_epoch = -(-len(x_train) // train["batch_size"])
-        callbacks.insert(0, CosineSchedule(model.optimizer, steps_per_epoch * train["epochs"]))
-        if resume_meta is not None:  # the schedule follows the optimizer's step count
-            callbacks[0].step = model.optimizer.steps
-            callbacks[0].base_lr = config["optimizer"]["lr"]
+                                {"normalization": normalizer.state()}, schedule)
+    # The schedule's lr is set after each step: it goes first, so checkpoints record the lr it set.
+    callbacks = [ScheduleCallback(schedule, model.optimizer, config["optimizer"].get("lr", model.optimizer.lr),
+                                  steps_per_epoch, steps_per_epoch * train["epochs"]),
+                 RunRecorder(folder, train["epochs"], on_line, progress), checkpointer]
+    if train.get("early_stopping_patience", 0) > 0:
+        callbacks.append(EarlyStopping(model, monitor, train["early_stopping_patience"], on_line))
+    model.clip_grad_norm = train.get("clip_grad_norm", 0.0)
     if progress:
         progress.start(train["epochs"], len(x_train))
     try:

@@ -26,7 +26,7 @@ def _settings(data):
             "--set", "train.checkpoint_every=5",
             "--set", "model.layers=[{type='flatten'}, {type='linear', out_features=512}, {type='relu'}, "
                      "{type='dropout', p=0.2}, {type='linear', out_features=10}]",
-            "--set", "data.crop_padding=1", "--set", "train.lr_schedule='cosine'"]
+            "--set", "data.crop_padding=1", "--set", "schedule.type='cosine'"]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
