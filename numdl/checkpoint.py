@@ -50,6 +50,7 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
         info["loss"] = model.loss.name
     if optimizer is not None:
         info["optimizer"] = {"name": optimizer.name, "steps": optimizer.steps, "lr": optimizer.lr}
+    info["registered_by"] = _sources(model, optimizer)
     info.update(meta or {})
     payload = save(model_tensors(model, optimizer), metadata={"numdl": json.dumps(info)})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,20 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     os.replace(tmp, path)
     _fsync_directory(path.parent)
     return path
+
+
+def _sources(model, optimizer):
+    """{kind: {name: "plugin (package version)"}} of every registered item the checkpoint uses."""
+    from numdl.plugins import registry
+
+    items = registry().items
+    used = {"layer": {layer.name for layer in model.layers if layer.name}}
+    if model.loss is not None:
+        used["loss"] = {model.loss.name}
+    if optimizer is not None:
+        used["optimizer"] = {optimizer.name}
+    return {kind: {name: items[kind][name].source for name in sorted(names) if name in items[kind]}
+            for kind, names in used.items()}
 
 
 def _fsync_directory(folder):

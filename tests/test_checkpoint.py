@@ -122,3 +122,11 @@ def test_checkpoint_code_has_no_pickle_load_path():
             if name.endswith(".py"):
                 text = open(os.path.join(folder, name)).read()
                 assert "pickle.load" not in text and "allow_pickle=True" not in text, name
+
+
+def test_checkpoint_metadata_names_the_items_and_their_sources(tmp_path):
+    path = _trained().save(tmp_path / "m.safetensors")
+    meta = checkpoint.read_checkpoint(path)[1]
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION and meta["numdl_version"] == numdl.__version__
+    assert meta["registered_by"]["layer"]["batchnorm1d"] == "numdl"
+    assert meta["registered_by"]["optimizer"] == {"adam": "numdl"}
