@@ -14,8 +14,9 @@ import numpy as np
 from numdl.backend import get_ops
 
 
-def _numeric_gradient(f, array, eps):
-    """Central differences of scalar ``f()`` with respect to every element of ``array`` (in place)."""
+def numeric_gradient(f, array, eps=1e-6):
+    """Central differences of scalar ``f()`` with respect to every element of ``array``, which is
+    perturbed in place and restored."""
     grad = np.zeros_like(array)
     flat, gflat = array.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
@@ -84,9 +85,9 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     name = layer.name or type(layer).__name__
     errors = {}
     if not integer_ids:
-        errors["input"] = _compare(f"layer {name!r}, input", dx, _numeric_gradient(objective, x, eps), rtol, atol)
+        errors["input"] = _compare(f"layer {name!r}, input", dx, numeric_gradient(objective, x, eps), rtol, atol)
     for pname, param in params.items():
-        numeric = _numeric_gradient(objective, param.value, eps)
+        numeric = numeric_gradient(objective, param.value, eps)
         errors[pname] = _compare(f"layer {name!r}, parameter {pname!r}", analytic[pname], numeric, rtol, atol)
     return errors
 
@@ -96,7 +97,7 @@ def check_loss_gradients(loss, pred, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     pred = np.array(pred, dtype=np.float64)
     loss.forward(pred, target)
     analytic = np.array(loss.backward())
-    numeric = _numeric_gradient(lambda: loss.forward(pred, target), pred, eps)
+    numeric = numeric_gradient(lambda: loss.forward(pred, target), pred, eps)
     return _compare(f"loss {loss.name!r}", analytic, numeric, rtol, atol)
 
 

@@ -501,16 +501,9 @@ def _recurrent_forward(kind, reverse):
 
 
 def _numeric(f, array, eps=1e-6):
-    grad = np.zeros_like(array)
-    for idx in np.ndindex(*array.shape):
-        keep = array[idx]
-        array[idx] = keep + eps
-        plus = f()
-        array[idx] = keep - eps
-        minus = f()
-        array[idx] = keep
-        grad[idx] = (plus - minus) / (2 * eps)
-    return grad
+    from numdl.testing import numeric_gradient
+
+    return numeric_gradient(f, array, eps)
 
 
 def _recurrent_backward(kind, reverse):

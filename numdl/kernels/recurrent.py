@@ -277,42 +277,41 @@ def _zero_sample_outputs(out, n):
     cuda.syncthreads()
 
 
-@cuda_kernel
-def lstm_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    n_batch, steps, hidden = out.shape
-    for n in range(cuda.blockIdx.x, n_batch, cuda.gridDim.x):
-        _zero_sample_outputs(out, n)
-        for step in range(steps):
-            t = step_position(step, lengths[n], reverse)
-            if t >= 0:
-                prev = previous_position(t, reverse)
-                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-                    pre_i = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
-                    pre_f = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+@_device
+def _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, is_lstm, n):
+    steps, hidden = out.shape[1], out.shape[2]
+    _zero_sample_outputs(out, n)
+    for step in range(steps):
+        t = step_position(step, lengths[n], reverse)
+        if t >= 0:
+            prev = previous_position(t, reverse)
+            for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                pre_0 = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
+                pre_1 = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+                if is_lstm:
                     pre_g = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 2 * hidden + j)
                     pre_o = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 3 * hidden + j)
-                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
-                    lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
-            cuda.syncthreads()
+                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_0, 0.0)
+                    lstm_cell(gates, cells, out, pre_0, pre_1, pre_g, pre_o, c_prev, n, t, j, hidden)
+                else:
+                    x_n = _input_preactivation(x, w_ih, b_ih, n, t, 2 * hidden + j)
+                    h_n = _hidden_preactivation(out, w_hh, b_hh, n, prev, step, 2 * hidden + j)
+                    h_prev_j = out[n, prev, j] if step > 0 else same_type(pre_0, 0.0)
+                    gru_cell(gates, cells, out, pre_0, pre_1, x_n, h_n, h_prev_j, n, t, j, hidden)
+        cuda.syncthreads()
+
+
+@cuda_kernel
+def lstm_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    # proj, hh, h_prev are the CPU's scratch, unused here.
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, True, n)
 
 
 @cuda_kernel
 def gru_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    n_batch, steps, hidden = out.shape
-    for n in range(cuda.blockIdx.x, n_batch, cuda.gridDim.x):
-        _zero_sample_outputs(out, n)
-        for step in range(steps):
-            t = step_position(step, lengths[n], reverse)
-            if t >= 0:
-                prev = previous_position(t, reverse)
-                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-                    pre_r = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
-                    pre_z = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
-                    x_n = _input_preactivation(x, w_ih, b_ih, n, t, 2 * hidden + j)
-                    h_n = _hidden_preactivation(out, w_hh, b_hh, n, prev, step, 2 * hidden + j)
-                    h_prev_j = out[n, prev, j] if step > 0 else same_type(pre_r, 0.0)
-                    gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev_j, n, t, j, hidden)
-            cuda.syncthreads()
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, False, n)
 
 
 @_device
