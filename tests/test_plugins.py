@@ -164,3 +164,41 @@ def test_plugin_optimizer_is_named_in_a_config_and_steps():
         assert np.allclose(changed[changed > 0], 0.5)
     finally:
         plugins.unregister(module)
+
+
+def test_plugin_schedule_is_named_in_a_config():
+    from numdl.schedules import Schedule
+
+    class Halving(Schedule):
+        name = "halving"
+
+        def __init__(self, every: int = 10):
+            self.every = every
+
+        def lr_at(self, step, steps_per_epoch, total_steps, base_lr):
+            return base_lr * 0.5 ** (step // self.every)
+
+    module = types.ModuleType("halving_plugin")
+    module.numdl_register_schedules = numdl.hookimpl(lambda: [Halving])
+    plugins.register(module)
+    try:
+        resolved = config.resolve(None, ["schedule.type='halving'", "schedule.every=2"])
+        schedule = config.build_item("schedule", resolved["schedule"], "schedule")
+        assert [schedule.lr_at(s, 1, 10, 1.0) for s in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+        with pytest.raises(numdl.ConfigError, match="schedule.every: expected an integer"):
+            config.resolve(None, ["schedule.type='halving'", "schedule.every=fast"])
+    finally:
+        plugins.unregister(module)
+
+
+def test_every_hookspec_is_exercised_by_a_test():
+    """A new hook needs a test here: each hookspec name must appear in this file."""
+    from pathlib import Path
+
+    from numdl.hookspecs import NumdlHookSpecs
+
+    source = Path(__file__).read_text()
+    for name in vars(NumdlHookSpecs):
+        if name.startswith("numdl_"):
+            assert name in source, f"hook {name} has no plugin test in tests/test_plugins.py"
+            assert getattr(NumdlHookSpecs, name).__doc__, f"hook {name} has no docstring"
