@@ -98,6 +98,23 @@ def train(config, overrides, out_dir, quiet, resume):
     click.echo(f"done: {tail}run folder {folder}")
 
 
+@cli.command(name="plugins")
+def list_plugins():
+    """List every registered layer, loss, optimizer and schedule with the plugin that registered it.
+    A name registered twice is reported as an error naming both plugins (exit 2)."""
+    from numdl.plugins import KINDS, registry
+
+    try:
+        items = registry().items
+    except NumdlError as error:
+        _fail(error)
+    for kind in KINDS:
+        click.echo(f"{kind}s:")
+        for name in sorted(items[kind]):
+            entry = items[kind][name]
+            click.echo(f"  {name:<28} {entry.source}")
+
+
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),

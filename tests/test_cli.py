@@ -61,3 +61,11 @@ def test_missing_data_is_one_line_and_non_zero(tmp_path):
     result = _run_cli("train", "--set", f"data.path='{tmp_path}'", "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("error: Fashion-MNIST files not found") and result.stderr.count("\n") == 1
+
+
+def test_plugins_command_lists_items_by_kind_with_their_source():
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "layers:" and "schedules:" in lines
+    assert any(line.split() == ["lstm", "numdl"] for line in lines)
