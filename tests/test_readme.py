@@ -31,6 +31,7 @@ def test_readme_plugin_example_registers_and_passes_the_gradient_check(tmp_path)
 
 
 def test_ci_runs_the_readme_test_command():
-    command = re.search(r"```sh\n(pip install -e '\.\[test\]' && python -m pytest -q)\n```", README).group(1)
+    command = re.search(r"```sh\n(pip install -e '\.\[test\]' -e plugins/numdl-extras && python -m pytest -q)\n```",
+                        README).group(1)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "-e '.[test]'" in ci and "pytest -q" in ci, command
+    assert "-e '.[test]' -e plugins/numdl-extras" in ci and "pytest -q" in ci, command

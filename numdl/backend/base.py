@@ -63,6 +63,16 @@ class Ops:
             kernel = self._kernels[key] = getattr(module, f"{op}_{self.name}")
         self._call(kernel, work_items, args, per_sample)
 
+    def run_kernels(self, cpu_kernel, cuda_kernel, work_items, *args):
+        """Run a plugin's own kernel pair: ``cpu_kernel(*args)`` on the CPU, ``cuda_kernel`` launched
+        grid-stride over ``work_items`` on a GPU. Scalars should already have the arrays' dtype."""
+        kernel = cpu_kernel if self.name == "cpu" else cuda_kernel
+        if kernel is None:
+            from numdl.errors import DeviceError
+
+            raise DeviceError(f"{cpu_kernel.__name__} has no CUDA twin: this plugin item is CPU-only")
+        self._call(kernel, work_items, args, False)
+
     def _call(self, kernel, work_items, args, per_sample):
         """Call or launch one kernel; ``work_items`` sizes a GPU grid, the CPU ignores it."""
         raise NotImplementedError
