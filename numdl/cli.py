@@ -115,6 +115,32 @@ def list_plugins():
             click.echo(f"  {name:<28} {entry.source}")
 
 
+@cli.command()
+@click.argument("targets", nargs=-1, metavar="[PACKAGE_OR_NAME ...]")
+def check(targets):
+    """Check plugin items: float64 gradients, CUDA twin under the simulator, PTX compile (no float64
+    in float32 kernels), checkpoint round trip, micro-benchmark. Without arguments every item a
+    plugin registers is checked; PACKAGE_OR_NAME selects by package (numdl-extras) or item name.
+    Exits 1 if any check fails; an item without CUDA kernels is reported CPU-only, not failed."""
+    from numdl.check import CHECKS, run_checks
+
+    try:
+        rows = run_checks(set(targets))
+    except NumdlError as error:
+        _fail(error)
+    if not rows:
+        _fail(ConfigError(f"nothing to check for {' '.join(targets) or 'the installed plugins'}"))
+    failed = False
+    for kind, name, source, results in rows:
+        click.echo(f"{kind} {name}  [{source}]")
+        for label, _ in CHECKS:
+            passed, text = results[label]
+            failed |= not passed
+            click.echo(f"    {label:<11} {'PASS' if passed else 'FAIL'}  {text if passed else text[6:]}")
+    click.echo("numdl check: " + ("FAILED" if failed else "all checks passed"))
+    sys.exit(1 if failed else 0)
+
+
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),

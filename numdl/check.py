@@ -1,0 +1,217 @@
+"""``numdl check``: the conformance run a plugin author gets for free.
+
+For every selected item: the float64 gradient check (layers, losses) or a descent check
+(optimizers), the CPU-vs-CUDA comparison under Numba's simulator (in a subprocess: the simulator is
+chosen at import), the PTX compile of every CUDA kernel the item ran, with float32 kernels scanned
+for double precision, a checkpoint round trip, and a micro-benchmark. Items declare how to be
+checked with optional class attributes: ``check_input_shape`` (layers, default (2, 5)) and
+``check_kwargs`` (constructor arguments, default none).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from numdl.backend import get_ops
+from numdl.plugins import KINDS, registry
+
+CHECKED_KINDS = ("layer", "loss", "optimizer")
+
+
+def select(targets):
+    """[(kind, name, Entry)] for the given package or item names (default: every plugin's items)."""
+    items = registry().items
+    chosen = []
+    for kind in CHECKED_KINDS:
+        for name, entry in sorted(items[kind].items()):
+            if targets:
+                if name in targets or any(t == entry.source.split(" ")[0] or f"({t} " in entry.source
+                                          for t in targets):
+                    chosen.append((kind, name, entry))
+            elif entry.source != "numdl":
+                chosen.append((kind, name, entry))
+    return chosen
+
+
+def _make(entry):
+    return entry.cls(**getattr(entry.cls, "check_kwargs", {}))
+
+
+def _layer_model(entry, device="cpu", dtype="float64"):
+    import numdl
+
+    shape = tuple(getattr(entry.cls, "check_input_shape", (2, 5)))
+    model = numdl.Sequential([_make(entry)], input_shape=shape, dtype=dtype, device=device, seed=0)
+    return model, shape
+
+
+class KernelRecorder:
+    """Records the (cuda kernel, arguments) of every ops.run_kernels call while active."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __enter__(self):
+        ops = get_ops("cpu")
+        self._original = ops.run_kernels
+
+        def recording(cpu_kernel, cuda_kernel, work_items, *args):
+            self.calls.append((cpu_kernel, cuda_kernel, [np.array(a) if isinstance(a, np.ndarray) else a
+                                                         for a in args]))
+            return self._original(cpu_kernel, cuda_kernel, work_items, *args)
+
+        ops.run_kernels = recording
+        return self
+
+    def __exit__(self, *exc):
+        del get_ops("cpu").run_kernels
+        return False
+
+
+def exercise(kind, entry, dtype="float64", device="cpu"):
+    """Run the item once forward and backward (or one step); returns the arrays it produced."""
+    rng = np.random.default_rng(0)
+    if kind == "layer":
+        model, shape = _layer_model(entry, device, dtype)
+        x = rng.standard_normal((3,) + shape).astype(dtype)
+        out = model.forward(model.ops.asarray(x), training=True)
+        upstream = np.ones(tuple(out.shape), dtype)
+        model.layers[0].needs_input_grad = True
+        dx = model.layers[0].backward(model.ops.asarray(upstream))
+        result = {"out": model.ops.to_numpy(out)}
+        if dx is not None:
+            result["dx"] = model.ops.to_numpy(dx)
+        result.update({f"grad {n}": model.ops.to_numpy(p.grad) for n, p in model.named_parameters().items()})
+        return result
+    if kind == "loss":
+        loss = _make(entry)
+        pred = get_ops(device).asarray(rng.standard_normal((6, 4)).astype(dtype))
+        target = rng.integers(0, 4, 6) if entry.cls.target_kind == "labels" else rng.uniform(0, 1, (6, 4))
+        value = loss.forward(pred, target)
+        return {"value": np.array([value]), "grad": get_ops(device).to_numpy(loss.backward())}
+    from numdl.layers.base import Parameter
+
+    ops = get_ops(device)
+    param = Parameter("p", ops.asarray(rng.standard_normal(11).astype(dtype)), ops.asarray(np.zeros(11, dtype)))
+    optimizer = _make(entry)
+    for _ in range(3):
+        ops.zero_(param.grad)
+        param.grad = ops.asarray(2 * ops.to_numpy(param.value))  # gradient of sum(p^2)
+        optimizer.step([param])
+    return {"param": ops.to_numpy(param.value)}
+
+
+def gradient_check(kind, entry):
+    from numdl.testing import check_layer_gradients, check_loss_gradients
+
+    if kind == "layer":
+        check_layer_gradients(_make(entry), tuple(getattr(entry.cls, "check_input_shape", (2, 5))))
+        return "ok"
+    if kind == "loss":
+        rng = np.random.default_rng(1)
+        target = rng.integers(0, 4, 6) if entry.cls.target_kind == "labels" else rng.uniform(0, 1, (6, 4))
+        check_loss_gradients(_make(entry), rng.standard_normal((6, 4)), target)
+        return "ok"
+    before = float(np.sum(np.random.default_rng(0).standard_normal(11) ** 2))
+    after = float(np.sum(exercise(kind, entry)["param"] ** 2))
+    if not after < before:
+        raise AssertionError(f"optimizer {entry.name!r}: three steps on sum(p^2) did not decrease it "
+                             f"({before:.4g} -> {after:.4g})")
+    return "ok"
+
+
+def ptx_check(kind, entry):
+    from numdl.testing import compile_ptx, float64_instructions
+
+    compiled = set()
+    for dtype in ("float32", "float64"):
+        with KernelRecorder() as recorder:
+            exercise(kind, entry, dtype)
+        for cpu_kernel, cuda_kernel, args in recorder.calls:
+            if cuda_kernel is None:
+                return "CPU-only"
+            key = (cuda_kernel.__name__ if hasattr(cuda_kernel, "__name__") else id(cuda_kernel), dtype)
+            if key in compiled:
+                continue
+            ptx = compile_ptx(cuda_kernel, args)
+            compiled.add(key)
+            if dtype == "float32" and float64_instructions(ptx):
+                raise AssertionError(f"{cuda_kernel.__name__}: float64 instructions in the float32 kernel")
+    return f"ok ({len(compiled)} kernel compiles)" if compiled else "no own kernels"
+
+
+def twin_check(kind, entry):
+    """CPU against CUDA (simulator) in a subprocess; 'CPU-only' when the item has no CUDA twin."""
+    script = (f"import json, sys, numpy as np\nfrom numdl import check\nfrom numdl.plugins import registry\n"
+              f"entry = registry().items[{kind!r}][{entry.name!r}]\n"
+              f"try:\n    gpu = check.exercise({kind!r}, entry, device='cuda')\n"
+              f"except Exception as error:\n    print(json.dumps({{'error': type(error).__name__ + ': ' + str(error)}}))\n"
+              f"    sys.exit(0)\n"
+              f"cpu = check.exercise({kind!r}, entry)\n"
+              f"bad = [k for k in cpu if not np.allclose(cpu[k], gpu[k], rtol=1e-9, atol=1e-12)]\n"
+              f"print(json.dumps({{'mismatch': bad}}))\n")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=1800)
+    if result.returncode != 0:
+        raise AssertionError(f"simulator run failed: {result.stderr.strip().splitlines()[-1:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if "error" in report:
+        if "CPU-only" in report["error"]:
+            return "CPU-only"
+        raise AssertionError(report["error"])
+    if report["mismatch"]:
+        raise AssertionError(f"CUDA differs from CPU in: {', '.join(report['mismatch'])}")
+    return "ok"
+
+
+def checkpoint_check(kind, entry):
+    if kind != "layer":
+        return "n/a"
+    model, shape = _layer_model(entry)
+    model.compile("mse", "sgd")
+    x = np.random.default_rng(2).standard_normal((3,) + shape)
+    with tempfile.TemporaryDirectory() as folder:
+        path = model.save(Path(folder) / "item.safetensors")
+        clone, _ = _layer_model(entry)
+        for p in clone.parameters():
+            p.value[...] = 0
+        clone.compile("mse", "sgd").load_weights(path)
+    if not np.array_equal(model.predict(x), clone.predict(x)):
+        raise AssertionError("outputs differ after a checkpoint round trip")
+    return "ok"
+
+
+def benchmark(kind, entry):
+    start = time.perf_counter()
+    runs = 0
+    while time.perf_counter() - start < 0.2 or runs < 3:
+        exercise(kind, entry, "float32")
+        runs += 1
+    return f"{(time.perf_counter() - start) / runs * 1e6:,.0f} us"
+
+
+CHECKS = (("gradients", gradient_check), ("cuda twin", twin_check), ("ptx", ptx_check),
+          ("checkpoint", checkpoint_check), ("benchmark", benchmark))
+
+
+def run_checks(targets):
+    """[(kind, name, source, {check: (passed, text)})] for every selected item."""
+    rows = []
+    for kind, name, entry in select(targets):
+        results = {}
+        for label, check in CHECKS:
+            try:
+                results[label] = (True, check(kind, entry))
+            except Exception as error:  # a failing check is a row in the table, not a crash
+                results[label] = (False, f"FAIL: {error}")
+        rows.append((kind, name, entry.source, results))
+    return rows
+
+
+__all__ = ["run_checks", "select", "exercise", "KINDS"]

@@ -1,0 +1,84 @@
+"""numdl check: passes numdl-extras, fails a plugin with a wrong backward naming the item and the
+parameter, and reports a plugin without CUDA kernels as CPU-only."""
+
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from numdl import plugins
+from numdl.cli import cli
+
+BROKEN = '''
+import numpy as np
+from numba import njit
+import numdl
+from numdl.layers import Layer
+
+@njit(cache=True)
+def scale_forward_cpu(out, x, weight):
+    for i in range(x.size):
+        out[i] = x[i] * weight[0]
+
+class BrokenScale(Layer):
+    name = "broken_scale"
+
+    def setup(self, input_shape, rng):
+        self.add_param("weight", np.array([1.5]))
+        return input_shape
+
+    def forward(self, x, training=False):
+        self._x, out = x, self.buffer("out", x.shape)
+        self.ops.run_kernels(scale_forward_cpu, None, x.size, out.reshape(-1), x.reshape(-1),
+                             self.params["weight"].value)
+        return out
+
+    def backward(self, dout):
+        self.params["weight"].grad[0] = float((dout * self._x).sum()) * 2.0  # wrong: twice the gradient
+        return dout * self.params["weight"].value[0]
+
+@numdl.hookimpl
+def numdl_register_layers():
+    return [BrokenScale]
+'''
+
+
+@pytest.fixture
+def broken_plugin(tmp_path, monkeypatch):
+    (tmp_path / "broken_numdl_plugin.py").write_text(BROKEN)
+    dist = tmp_path / "broken_numdl_plugin-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-numdl-plugin\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text("[numdl]\nbroken = broken_numdl_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(plugins, "_manager", None)
+    monkeypatch.setattr(plugins, "_registry", None)
+    yield
+    sys.modules.pop("broken_numdl_plugin", None)
+
+
+def test_check_fails_a_wrong_backward_naming_item_and_parameter(broken_plugin):
+    result = CliRunner().invoke(cli, ["check", "broken-numdl-plugin"])
+    assert result.exit_code == 1, result.output
+    assert "layer broken_scale  [broken (broken-numdl-plugin 0.0.1)]" in result.output
+    gradients = next(line for line in result.output.splitlines() if "gradients" in line)
+    assert "FAIL" in gradients and "parameter 'weight'" in gradients
+    assert "CPU-only" in next(line for line in result.output.splitlines() if "cuda twin" in line)
+    assert "CPU-only" in next(line for line in result.output.splitlines() if "ptx" in line)
+    assert result.output.strip().endswith("numdl check: FAILED")
+
+
+def test_check_passes_numdl_extras():
+    pytest.importorskip("numdl_extras")
+    result = CliRunner().invoke(cli, ["check", "numdl-extras"])
+    assert result.exit_code == 0, result.output
+    for item in ("layer swish", "loss focal", "optimizer lion"):
+        assert item in result.output
+    assert "FAIL" not in result.output and "numdl check: all checks passed" in result.output
+
+
+def test_check_with_nothing_selected_is_an_error():
+    result = CliRunner().invoke(cli, ["check", "no-such-package"])
+    assert result.exit_code == 2 and "nothing to check for no-such-package" in result.output
