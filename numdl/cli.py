@@ -215,6 +215,32 @@ def predict(checkpoint, inputs, output):
 
 
 def main():
+    from numdl.plugins import plugin_manager
+
+    before = set(cli.commands)
+    try:
+        plugin_manager().hook.numdl_register_commands(cli=_GuardedGroup(cli, before))
+    except NumdlError as error:
+        _fail(error)
     cli()
+
+
+class _GuardedGroup:
+    """What numdl_register_commands receives: the click group, refusing a name already taken."""
+
+    def __init__(self, group, builtin):
+        self._group, self._builtin = group, builtin
+
+    def add_command(self, command, name=None):
+        name = name or command.name
+        if name in self._group.commands:
+            from numdl.errors import RegistryError
+
+            raise RegistryError(f"a plugin tried to add the command {name!r}, which numdl"
+                                f"{' itself' if name in self._builtin else ' or another plugin'} already has")
+        self._group.add_command(command, name)
+
+    def __getattr__(self, attribute):
+        return getattr(self._group, attribute)
 if __name__ == "__main__":
     main()

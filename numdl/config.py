@@ -21,11 +21,11 @@ SECTIONS = {
              "horizontal_flip": bool},
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
-              "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float},
+              "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
+              "metrics": list, "callbacks": list},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
-DATASETS = ("fashion_mnist",)
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
 
 
@@ -215,8 +215,19 @@ def validate(config):
         raise ConfigError("model.layers: at least one layer is needed")
     for i, layer in enumerate(layers):
         check_item(f"model.layers.{i}", layer, "layer")
-    if config["data"].get("name") not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {config['data'].get('name')!r}; available: {', '.join(DATASETS)}")
+    from numdl.plugins import registry
+
+    try:
+        registry().get("dataset", config["data"].get("name"))
+    except RegistryError as error:
+        raise RegistryError(f"data.name: {error}") from None
+    for i, metric in enumerate(config["train"].get("metrics", [])):
+        try:
+            registry().get("metric", metric)
+        except RegistryError as error:
+            raise RegistryError(f"train.metrics.{i}: {error}") from None
+    for i, table in enumerate(config["train"].get("callbacks", [])):
+        check_item(f"train.callbacks.{i}", table, "callback")
     if config["model"].get("dtype") not in ("float32", "float64"):
         raise ConfigError(f"model.dtype: must be float32 or float64, got {config['model'].get('dtype')!r}")
     if config["model"].get("device") not in ("cpu", "cuda"):

@@ -13,10 +13,8 @@ class ConfigError(NumdlError):
     exit_code = 2
 
 
-class RegistryError(NumdlError):
+class RegistryError(ConfigError):
     """A registered name is unknown (the message lists the available ones) or registered twice."""
-
-    exit_code = 2
 
 
 class ShapeError(NumdlError, ValueError):

@@ -54,3 +54,33 @@ class NumdlHookSpecs:
         after ``step`` steps; a schedule that reacts to metrics implements ``epoch_end(logs)`` and
         keeps what it learns in ``state()`` / ``load_state()`` so checkpoints resume it.
         """
+
+    @hookspec
+    def numdl_register_datasets(self):
+        """Return an iterable of ``numdl.extensions.Dataset`` subclasses, each with a unique ``name``
+        (what ``data.name`` names). ``load(path)`` returns (x_train, y_train, x_test, y_test)."""
+
+    @hookspec
+    def numdl_register_metrics(self):
+        """Return an iterable of ``numdl.extensions.Metric`` subclasses, each with a unique ``name``
+        (listed in ``train.metrics``); ``metric(y_true, y_pred, num_classes)`` returns a float that
+        every epoch reports per evaluation set as ``<set>_<name>``."""
+
+    @hookspec
+    def numdl_register_callbacks(self):
+        """Return an iterable of ``numdl.extensions.Callback`` subclasses, each with a unique
+        ``name`` (configured as ``train.callbacks = [{type = "...", ...}]``)."""
+
+    @hookspec
+    def numdl_register_commands(self, cli):
+        """Add commands to the ``numdl`` command line: ``cli`` is its click group; call
+        ``cli.add_command(...)``. A command name already taken is a start-up error."""
+
+    @hookspec
+    def numdl_on_epoch_end(self, epoch, logs, run_folder):
+        """Called by ``numdl train`` after every epoch with the epoch's metrics (the dict written to
+        metrics.jsonl) and the run folder: for loggers and dashboards. Return value ignored."""
+
+    @hookspec
+    def numdl_on_train_end(self, summary, run_folder):
+        """Called by ``numdl train`` when a run finishes, with the summary written to summary.json."""

@@ -10,9 +10,11 @@ import pluggy
 from numdl import hookspecs
 from numdl.errors import RegistryError
 
-KINDS = ("layer", "loss", "optimizer", "schedule")
+KINDS = ("layer", "loss", "optimizer", "schedule", "dataset", "metric", "callback")
 _HOOKS = {"layer": "numdl_register_layers", "loss": "numdl_register_losses",
-          "optimizer": "numdl_register_optimizers", "schedule": "numdl_register_schedules"}
+          "optimizer": "numdl_register_optimizers", "schedule": "numdl_register_schedules",
+          "dataset": "numdl_register_datasets", "metric": "numdl_register_metrics",
+          "callback": "numdl_register_callbacks"}
 
 _manager = None
 _registry = None

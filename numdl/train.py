@@ -19,7 +19,7 @@ from numdl import metrics
 from numdl.config import build_item, build_model
 from numdl.schedules import ScheduleCallback
 from numdl.errors import NumdlError
-from numdl.data import CLASS_NAMES, Augmenter, Normalizer, load_fashion_mnist, train_validation_split
+from numdl.data import Augmenter, Normalizer, train_validation_split
 
 
 def new_run_folder(root="runs"):
@@ -34,8 +34,10 @@ def new_run_folder(root="runs"):
 
 def load_data(config):
     """Train/validation/test arrays, normalised with statistics of the training part only."""
+    from numdl.plugins import registry
+
     data = config["data"]
-    x_train, y_train, x_test, y_test = load_fashion_mnist(data.get("path") or None)
+    x_train, y_train, x_test, y_test = registry().get("dataset", data["name"])().load(data.get("path") or None)
     x_val = y_val = None
     if data.get("validation_split", 0.0) > 0:
         x_train, y_train, x_val, y_val = train_validation_split(
@@ -113,6 +115,38 @@ class Checkpointer:
         epochs = sorted(self.folder.glob("epoch-*.safetensors"))
         for old in epochs[:-self.keep] if self.keep > 0 else epochs:
             old.unlink()
+
+
+class EpochMetrics:
+    """fit callback: adds each registered metric named in ``train.metrics`` for every evaluation set
+    (``test_macro_f1``, ...) to the epoch's logs, before they are recorded."""
+
+    def __init__(self, model, evals, names, batch_size):
+        from numdl.plugins import registry
+
+        self.model, self.evals, self.batch_size = model, evals, batch_size
+        self.metrics = [(name, registry().get("metric", name)()) for name in names]
+
+    def on_epoch_end(self, epoch, logs):
+        classes = self.model.output_shape[-1]
+        for set_name, (x, y) in self.evals.items():
+            predictions = self.model.evaluate(x, y, batch_size=self.batch_size)["predictions"]
+            if predictions is None:
+                continue
+            for name, metric in self.metrics:
+                logs[f"{set_name}_{name}"] = float(metric(y, predictions, classes))
+
+
+class PluginEvents:
+    """fit callback: calls the ``numdl_on_epoch_end`` hook of every plugin after each epoch."""
+
+    def __init__(self, folder):
+        from numdl.plugins import plugin_manager
+
+        self.hook, self.folder = plugin_manager().hook, str(folder)
+
+    def on_epoch_end(self, epoch, logs):
+        self.hook.numdl_on_epoch_end(epoch=epoch, logs=dict(logs), run_folder=self.folder)
 
 
 class RunRecorder:
@@ -216,8 +250,14 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
                                 {"normalization": normalizer.state()}, schedule)
     # The schedule's lr is set after each step: it goes first, so checkpoints record the lr it set.
     callbacks = [ScheduleCallback(schedule, model.optimizer, config["optimizer"].get("lr", model.optimizer.lr),
-                                  steps_per_epoch, steps_per_epoch * train["epochs"]),
-                 RunRecorder(folder, train["epochs"], on_line, progress), checkpointer]
+                                  steps_per_epoch, steps_per_epoch * train["epochs"])]
+    if train.get("metrics"):
+        callbacks.append(EpochMetrics(model, evals, train["metrics"], train["eval_batch_size"]))
+    callbacks += [RunRecorder(folder, train["epochs"], on_line, progress), checkpointer, PluginEvents(folder)]
+    for index, table in enumerate(train.get("callbacks", [])):
+        callback = build_item(f"train.callbacks.{index}", table, "callback")
+        callback.bind(model, folder)
+        callbacks.append(callback)
     if train.get("early_stopping_patience", 0) > 0:
         callbacks.append(EarlyStopping(model, monitor, train["early_stopping_patience"], on_line))
     model.clip_grad_norm = train.get("clip_grad_norm", 0.0)
@@ -247,8 +287,14 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
         "normalization": normalizer.state(),
     }
     if final["predictions"] is not None:
+        from numdl.plugins import registry
+
+        names = registry().get("dataset", config["data"]["name"])().class_names
         report = metrics.classification_report(y_test, final["predictions"], model.output_shape[-1],
-                                               CLASS_NAMES if model.output_shape[-1] == len(CLASS_NAMES) else None)
+                                               names if names and len(names) == model.output_shape[-1] else None)
         summary["report"] = report
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    from numdl.plugins import plugin_manager
+
+    plugin_manager().hook.numdl_on_train_end(summary=summary, run_folder=str(folder))
     return summary

@@ -206,3 +206,121 @@ def test_every_hookspec_is_exercised_by_a_test():
         if name.startswith("numdl_"):
             assert name in source, f"hook {name} has no plugin test in tests/test_plugins.py"
             assert getattr(NumdlHookSpecs, name).__doc__, f"hook {name} has no docstring"
+
+
+def test_plugin_dataset_metric_callback_and_training_events(tmp_path):
+    from helpers import separable_images
+    from numdl.extensions import Callback, Dataset, Metric
+
+    class Stripes(Dataset):
+        name = "stripes"
+
+        def load(self, path):
+            x_train, y_train = separable_images(300, 0)
+            x_test, y_test = separable_images(100, 1)
+            return x_train, y_train, x_test, y_test
+
+    class ErrorRate(Metric):
+        name = "error_rate"
+
+        def __call__(self, y_true, y_pred, num_classes):
+            return float((y_true != y_pred).mean())
+
+    class CountEpochs(Callback):
+        name = "count_epochs"
+        seen = []
+
+        def __init__(self, label: str = "run"):
+            self.label = label
+
+        def on_epoch_end(self, epoch, logs):
+            CountEpochs.seen.append((self.label, epoch))
+
+    events = []
+    module = types.ModuleType("everything_plugin")
+    module.numdl_register_datasets = numdl.hookimpl(lambda: [Stripes])
+    module.numdl_register_metrics = numdl.hookimpl(lambda: [ErrorRate])
+    module.numdl_register_callbacks = numdl.hookimpl(lambda: [CountEpochs])
+    module.numdl_on_epoch_end = numdl.hookimpl(
+        lambda epoch, logs, run_folder: events.append(("epoch", epoch, logs["test_error_rate"])))
+    module.numdl_on_train_end = numdl.hookimpl(lambda summary, run_folder: events.append(("end", run_folder)))
+    plugins.register(module)
+    try:
+        resolved = config.resolve(None, ["data.name='stripes'", "train.epochs=2", "train.metrics=['error_rate', 'macro_f1']",
+                                         "train.callbacks=[{type='count_epochs', label='x'}, {type='csv_logger'}]"])
+        summary = train.run(resolved, tmp_path / "run", on_line=lambda line: None)
+        assert CountEpochs.seen == [("x", 1), ("x", 2)]
+        assert [e[:2] for e in events] == [("epoch", 1), ("epoch", 2), ("end", str(tmp_path / "run"))]
+        assert events[1][2] == pytest.approx(1 - summary["test_accuracy"])
+        assert "test_macro_f1" in summary["final"] and (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3
+        with pytest.raises(numdl.RegistryError, match="train.metrics.0: unknown metric 'nope'"):
+            config.resolve(None, ["train.metrics=['nope']"])
+    finally:
+        plugins.unregister(module)
+    with pytest.raises(numdl.RegistryError, match="data.name: unknown dataset 'stripes'; available: fashion_mnist"):
+        config.resolve(None, ["data.name='stripes'"])
+
+
+def test_plugin_commands_are_added_and_may_not_shadow_numdl_ones():
+    import click
+    from click.testing import CliRunner
+
+    from numdl import cli as cli_module
+
+    @click.command(name="hello")
+    def hello():
+        """Say hello."""
+        click.echo("hello from a plugin")
+
+    module = types.ModuleType("command_plugin")
+    module.numdl_register_commands = numdl.hookimpl(lambda cli: cli.add_command(hello))
+    plugins.register(module)
+    try:
+        guarded = cli_module._GuardedGroup(cli_module.cli, set(cli_module.cli.commands))
+        plugins.plugin_manager().hook.numdl_register_commands(cli=guarded)
+        assert CliRunner().invoke(cli_module.cli, ["hello"]).output == "hello from a plugin\n"
+        with pytest.raises(numdl.RegistryError, match="command 'train', which numdl itself already has"):
+            guarded.add_command(click.Command("train"))
+    finally:
+        plugins.unregister(module)
+        cli_module.cli.commands.pop("hello", None)
+
+
+def test_every_hookspec_has_a_documentation_entry():
+    from pathlib import Path
+
+    from numdl.hookspecs import NumdlHookSpecs
+
+    guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    for name in vars(NumdlHookSpecs):
+        if name.startswith("numdl_"):
+            assert f"`{name}(" in guide, f"hook {name} is missing from docs/plugins.md"
+
+
+def test_the_guide_plugin_example_works(tmp_path):
+    """The complete minimal plugin of docs/plugins.md, assembled from its code blocks, passes."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from numdl.testing import check_layer_gradients
+
+    guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    package = tmp_path / "my_numdl_plugin"
+    package.mkdir()
+    (package / "kernels.py").write_text(blocks[0])
+    (package / "__init__.py").write_text(blocks[1])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("my_numdl_plugin")
+        plugins.register(module)
+        try:
+            layer = plugins.registry().get("layer", "square")()
+            check_layer_gradients(layer, (2, 5))
+        finally:
+            plugins.unregister(module)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("my_numdl_plugin", "my_numdl_plugin.kernels"):
+            sys.modules.pop(name, None)

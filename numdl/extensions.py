@@ -1,0 +1,101 @@
+"""Registered items beyond layers, losses, optimizers and schedules: datasets, metrics, callbacks.
+
+Each is a class with a unique ``name``, registered through its hook (see numdl/hookspecs.py) and
+named in a config: ``data.name``, ``train.metrics = [...]``, ``train.callbacks = [{type = ...}]``.
+"""
+
+import json
+from pathlib import Path
+
+from numdl import metrics
+
+
+class Dataset:
+    """A named data source. ``load(path)`` returns (x_train, y_train, x_test, y_test) as NumPy
+    arrays; ``path`` is the config's ``data.path`` (None when empty). ``class_names`` is optional."""
+
+    name = None
+    class_names = None
+
+    def load(self, path):
+        raise NotImplementedError
+
+
+class FashionMNIST(Dataset):
+    name = "fashion_mnist"
+
+    @property
+    def class_names(self):
+        from numdl.data import CLASS_NAMES
+
+        return CLASS_NAMES
+
+    def load(self, path):
+        from numdl.data import load_fashion_mnist
+
+        return load_fashion_mnist(path)
+
+
+class Metric:
+    """A named classification metric: ``__call__(y_true, y_pred, num_classes) -> float``, reported
+    after every epoch for each evaluation set as ``<set>_<name>``."""
+
+    name = None
+
+    def __call__(self, y_true, y_pred, num_classes):
+        raise NotImplementedError
+
+
+class MacroF1(Metric):
+    name = "macro_f1"
+
+    def __call__(self, y_true, y_pred, num_classes):
+        return metrics.macro_f1(y_true, y_pred, num_classes)
+
+
+class MacroPrecision(Metric):
+    name = "macro_precision"
+
+    def __call__(self, y_true, y_pred, num_classes):
+        return float(metrics.precision_recall_f1(y_true, y_pred, num_classes)[0].mean())
+
+
+class MacroRecall(Metric):
+    name = "macro_recall"
+
+    def __call__(self, y_true, y_pred, num_classes):
+        return float(metrics.precision_recall_f1(y_true, y_pred, num_classes)[1].mean())
+
+
+class Callback:
+    """A named training callback, configured in ``train.callbacks``. Implement any of
+    ``on_epoch_begin(epoch, model)``, ``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)``;
+    ``bind(model, run_folder)`` is called once before training."""
+
+    name = None
+
+    def bind(self, model, run_folder):
+        self.model, self.run_folder = model, Path(run_folder)
+
+
+class CSVLogger(Callback):
+    """Writes ``metrics.csv`` in the run folder: one row per epoch (the keys of the first epoch)."""
+
+    name = "csv_logger"
+
+    def __init__(self, filename: str = "metrics.csv"):
+        self.filename = filename
+        self._columns = None
+
+    def on_epoch_end(self, epoch, logs):
+        path = self.run_folder / self.filename
+        if self._columns is None:
+            self._columns = list(logs)
+            path.write_text(",".join(self._columns) + "\n")
+        with path.open("a") as f:
+            f.write(",".join(json.dumps(logs.get(c)) for c in self._columns) + "\n")
+
+
+BUILTIN_DATASETS = (FashionMNIST,)
+BUILTIN_METRICS = (MacroF1, MacroPrecision, MacroRecall)
+BUILTIN_CALLBACKS = (CSVLogger,)
