@@ -141,6 +141,34 @@ def check(targets):
     sys.exit(1 if failed else 0)
 
 
+@cli.command()
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["mlp", "cnn", "lstm"]),
+              help="Benchmark suite to run (repeatable; default: all).")
+@click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")
+@click.option("--threads", type=int, help="Threads for PyTorch (numdl's BLAS follows OPENBLAS_NUM_THREADS).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Save results as JSON.")
+@click.option("--compare", "baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A saved --json baseline: exit 1 if a case's numdl throughput fell by more than --tolerance.")
+@click.option("--tolerance", type=float, default=0.2, show_default=True, help="Allowed relative slowdown.")
+def bench(suites, quick, threads, json_path, baseline, tolerance):
+    """Train and infer reference models with numdl and PyTorch side by side (same data, weights,
+    batch size, threads) and print samples/s and their ratio."""
+    import json as json_module
+
+    from numdl import bench as bench_module
+
+    report = bench_module.run(suites or bench_module.SUITES, quick=quick, threads=threads)
+    click.echo(bench_module.format_table(report))
+    if json_path:
+        bench_module.save(report, json_path)
+    if baseline:
+        slower = bench_module.compare(report, json_module.loads(baseline.read_text()), tolerance)
+        for case, now, before in slower:
+            click.echo(f"regression: {case}: {now:,.0f} samples/s, baseline {before:,.0f}", err=True)
+        if slower:
+            sys.exit(1)
+
+
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),
