@@ -82,3 +82,11 @@ def test_check_passes_numdl_extras():
 def test_check_with_nothing_selected_is_an_error():
     result = CliRunner().invoke(cli, ["check", "no-such-package"])
     assert result.exit_code == 2 and "nothing to check for no-such-package" in result.output
+
+
+def test_plugins_lists_the_three_extras_items_with_their_package():
+    pytest.importorskip("numdl_extras")
+    result = CliRunner().invoke(cli, ["plugins"])
+    listed = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
+    for name in ("swish", "focal", "lion"):
+        assert "numdl-extras 0.1.0" in listed[name]
