@@ -7,8 +7,6 @@
 
 import hashlib
 import json
-import math
-import os
 import time
 from pathlib import Path
 

@@ -2,7 +2,6 @@
 parameter, and reports a plugin without CUDA kernels as CPU-only."""
 
 import sys
-import textwrap
 
 import pytest
 from click.testing import CliRunner

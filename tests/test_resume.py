@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from helpers import write_fashion_like
