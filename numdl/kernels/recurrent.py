@@ -116,8 +116,9 @@ def gru_cell_backward(dproj, row, gates, hproj, dh, h_prev, n, t, j, hidden):
 
 
 @cpu_kernel
-def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    # Overwrites out, gates, cells.
+def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
+                             is_lstm):
+    # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step).
     n_batch, steps, hidden = out.shape
     np.dot(x.reshape(n_batch * steps, x.shape[2]), w_ih.T, proj)
     out[:] = 0
@@ -131,38 +132,33 @@ def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
             prev = previous_position(t, reverse)
             row = n * steps + t
             for j in range(hidden):
-                pre_i = proj[row, j] + hh[n, j] + b_ih[j] + b_hh[j]
-                pre_f = proj[row, hidden + j] + hh[n, hidden + j] + b_ih[hidden + j] + b_hh[hidden + j]
-                pre_g = proj[row, 2 * hidden + j] + hh[n, 2 * hidden + j] + b_ih[2 * hidden + j] + b_hh[2 * hidden + j]
-                pre_o = proj[row, 3 * hidden + j] + hh[n, 3 * hidden + j] + b_ih[3 * hidden + j] + b_hh[3 * hidden + j]
-                c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
-                lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
+                if is_lstm:
+                    pre_i = proj[row, j] + hh[n, j] + b_ih[j] + b_hh[j]
+                    pre_f = proj[row, hidden + j] + hh[n, hidden + j] + b_ih[hidden + j] + b_hh[hidden + j]
+                    pre_g = (proj[row, 2 * hidden + j] + hh[n, 2 * hidden + j] + b_ih[2 * hidden + j]
+                             + b_hh[2 * hidden + j])
+                    pre_o = (proj[row, 3 * hidden + j] + hh[n, 3 * hidden + j] + b_ih[3 * hidden + j]
+                             + b_hh[3 * hidden + j])
+                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
+                    lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
+                else:
+                    pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
+                    pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
+                    x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
+                    h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
+                    gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
             for j in range(hidden):
                 h_prev[n, j] = out[n, t, j]
 
 
 @cpu_kernel
+def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, True)
+
+
+@cpu_kernel
 def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    # Overwrites out, gates, cells (= W_hn h + b_hn per step).
-    n_batch, steps, hidden = out.shape
-    np.dot(x.reshape(n_batch * steps, x.shape[2]), w_ih.T, proj)
-    out[:] = 0
-    h_prev[:] = 0
-    for step in range(steps):
-        np.dot(h_prev, w_hh.T, hh)
-        for n in range(n_batch):
-            t = step_position(step, lengths[n], reverse)
-            if t < 0:
-                continue
-            row = n * steps + t
-            for j in range(hidden):
-                pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
-                pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
-                x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
-                h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
-                gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
-            for j in range(hidden):
-                h_prev[n, j] = out[n, t, j]
+    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, False)
 
 
 @cpu_kernel
