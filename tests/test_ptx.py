@@ -33,3 +33,22 @@ def test_f64_detector_sees_double_precision():
 
     ptx = compile_ptx(doubles, [np.zeros(4, np.float32), np.zeros(4, np.float32)])
     assert float64_instructions(ptx)
+
+
+def test_cuda_compiles_after_the_cpu_kernels_compiled_in_the_same_process(tmp_path):
+    """A CPU kernel compiled (not loaded from cache) before its CUDA twin must not break the twin:
+    IR-inlined helpers once leaked CPU IR into later CUDA compiles."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from numdl.kernels import activation\n"
+              "from numdl.testing import compile_ptx\n"
+              "x = np.random.randn(10); o = np.empty(10)\n"
+              "activation.gelu_forward_cpu(o, x)\n"
+              "compile_ptx(activation.gelu_forward_cuda, [o, x])\n"
+              "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)))  # an empty cache: a real compile
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -31,10 +31,10 @@ def scalar_math(func):
         return func
 
     typer.__signature__ = inspect.signature(func)
-    # Inlined into CPU kernels (a call per element with array arguments was 2x slower); numba-cuda
-    # cannot inline at the IR level, and its compiler inlines device functions itself.
-    overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH}, inline="always", target="cpu")(typer)
-    overload(func, target="cuda")(typer)
+    # No IR inlining (inline="always"): its cache of inlined IR is shared between targets, so a
+    # helper inlined into a CPU kernel poisoned later CUDA compiles of the same helper. LLVM inlines
+    # these small functions on its own.
+    overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH})(typer)
     return func
 
 
