@@ -8,13 +8,14 @@ __version__ = "0.1.0"
 from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, NumdlError, RegistryError,
                           ShapeError)
 from numdl.hookspecs import hookimpl
-from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, Embedding, MultiHeadAttention, PositionalEncoding,
-                          SequencePool, SwapAxes, TransformerEncoderLayer, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Flatten,
-                          GlobalAvgPool2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Parameter, ReLU, Reshape,
-                          Residual, Sigmoid, Softmax, Tanh)
+from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Embedding,
+                          Flatten, GlobalAvgPool2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, MultiHeadAttention,
+                          Parameter, PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax,
+                          SwapAxes, Tanh, TransformerEncoderLayer)
 from numdl.losses import MSE, BCEWithLogits, CrossEntropy, Loss
 from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+
 
 def load_model(path):
     """A model rebuilt from a checkpoint written by ``numdl train`` (its config is inside), weights,
@@ -32,8 +33,8 @@ def load_model(path):
     return model
 
 
-__all__ = ["load_model", 
-    "__version__", "hookimpl", "Sequential",
+__all__ = [
+    "__version__", "load_model", "hookimpl", "Sequential",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
