@@ -123,25 +123,34 @@ def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pa
         max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
 
 
+@scalar_math
+def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, ih, iw, w):
+    # Sum of dout over the windows covering input (ih, iw); with use_argmax only the windows whose
+    # maximum it was. Gather instead of scatter: one writer per input element, no atomics.
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    acc = same_type(dout[0, 0, 0, 0], 0.0)
+    for i in range(kh):
+        oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
+        if oh < 0:
+            continue
+        for j in range(kw):
+            ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
+            # same_type: avg pooling passes dout as a stand-in argmax; its float compare must stay float32
+            if ow >= 0 and (not use_argmax or argmax[n, c, oh, ow] == same_type(argmax[0, 0, 0, 0], ih * w + iw)):
+                acc += dout[n, c, oh, ow]
+    return acc
+
+
 @cuda_kernel
 def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    h_out, w_out = dout.shape[2], dout.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         iw = item % w
         ih = (item // w) % h
         c = (item // (w * h)) % channels
         n = item // (w * h * channels)
-        acc = same_type(dout[0, 0, 0, 0], 0.0)
-        for i in range(kh):
-            oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
-            if oh < 0:
-                continue
-            for j in range(kw):
-                ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
-                if ow >= 0 and argmax[n, c, oh, ow] == ih * w + iw:
-                    acc += dout[n, c, oh, ow]
-        dx[n, c, ih, iw] = acc
+        dx[n, c, ih, iw] = gather_window_gradient(dout, argmax, True, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                                                  n, c, ih, iw, w)
 
 
 @cuda_kernel
@@ -158,19 +167,10 @@ def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
 @cuda_kernel
 def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    h_out, w_out = dout.shape[2], dout.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         iw = item % w
         ih = (item // w) % h
         c = (item // (w * h)) % channels
         n = item // (w * h * channels)
-        acc = same_type(dout[0, 0, 0, 0], 0.0)
-        for i in range(kh):
-            oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
-            if oh < 0:
-                continue
-            for j in range(kw):
-                ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
-                if ow >= 0:
-                    acc += dout[n, c, oh, ow]
+        acc = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, ih, iw, w)
         dx[n, c, ih, iw] = acc / same_type(acc, kh * kw)

@@ -42,6 +42,17 @@ def _model(device):
     return model.compile(numdl.CrossEntropy(label_smoothing=0.1), numdl.Adam(lr=0.01))
 
 
+def _assert_steps_match(cpu, gpu, x, y, rtol):
+    """Two training steps on each device give the same losses, parameters and predictions."""
+    for _ in range(2):
+        loss_cpu, _ = cpu.train_step(x, y)
+        loss_gpu, _ = gpu.train_step(gpu.ops.asarray(x), y)
+        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10)
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
+        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=rtol, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=rtol)
+
+
 def test_training_steps_on_cuda_match_cpu(monkeypatch):
     from numdl.kernels import tuning
 
@@ -49,15 +60,7 @@ def test_training_steps_on_cuda_match_cpu(monkeypatch):
     monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 2)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((5, 2, 2)), rng.integers(0, 3, 5)
-    cpu, gpu = _model("cpu"), _model("cuda")
-    for _ in range(2):
-        loss_cpu, _ = cpu.train_step(x, y)
-        loss_gpu, _ = gpu.train_step(gpu.ops.asarray(x), y)
-        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10)
-    for p_cpu, p_gpu in zip(cpu.parameters(), gpu.parameters()):
-        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10)
-
+    _assert_steps_match(_model("cpu"), _model("cuda"), x, y, rtol=1e-10)
 
 def _cnn(device):
     import numdl
@@ -77,15 +80,7 @@ def test_cnn_training_steps_on_cuda_match_cpu(monkeypatch):
     monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 4)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((3, 6, 6)), rng.integers(0, 3, 3)
-    cpu, gpu = _cnn("cpu"), _cnn("cuda")
-    for _ in range(2):
-        loss_cpu, _ = cpu.train_step(x, y)
-        loss_gpu, _ = gpu.train_step(gpu.ops.asarray(x), y)
-        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-10)
-    for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
-        np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-9, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-9)
-
+    _assert_steps_match(_cnn("cpu"), _cnn("cuda"), x, y, rtol=1e-9)
 
 def _sequence_model(device):
     import numdl
