@@ -196,13 +196,18 @@ def apply_checkpoint(model, tensors, optimizer=None, path="checkpoint"):
         params = model.parameters()
         names = sorted({k.split("/")[2] for k in tensors if k.startswith("optim/")})
         if names:
-            optimizer.state = [{} for _ in params]
             for index, param in enumerate(params):
                 for name in names:
                     key = f"optim/{index}/{name}"
                     if key not in tensors or tuple(tensors[key].shape) != tuple(param.value.shape):
                         raise CheckpointError(f"{path}: optimizer state {key} is missing or mis-shaped")
-                    optimizer.state[index][name] = ops.asarray(tensors[key], dtype=model.dtype)
+            optimizer.ensure_state(params)  # copied into, not replaced: they may be views of flat buffers
+            for index, buffers in enumerate(optimizer.state):
+                for name in names:
+                    if name not in buffers:
+                        raise CheckpointError(f"{path}: optimizer state optim/{index}/{name} is not a buffer "
+                                              f"of {optimizer.name}")
+                    _copy_into(ops, buffers[name], tensors[f"optim/{index}/{name}"])
 
 
 def _copy_into(ops, target, values):

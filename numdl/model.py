@@ -16,7 +16,7 @@ import numpy as np
 
 from numdl.backend import get_ops
 from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
-from numdl.layers.base import Parameter
+from numdl.layers.base import Parameter, ParameterBank
 
 DTYPES = ("float32", "float64")
 
@@ -50,12 +50,20 @@ class Sequential:
         shape = tuple(int(d) for d in input_shape)
         self.input_shape = shape
         for index, layer in enumerate(self.layers):
-            layer.needs_input_grad = index > 0 or self.input_grad
             try:
                 shape = layer.build(shape, self.ops, self.dtype, rng)
             except ShapeError as error:
                 raise ShapeError(f"model.layers.{index} ({layer.name}): {error}") from None
         self.output_shape = shape
+        # Backward stops at the first layer with parameters: nothing before it has a gradient to
+        # receive, so e.g. a Linear after a Flatten skips its whole dx GEMM.
+        params = self.parameters()
+        # One flat buffer for all values and one for all gradients (see ParameterBank).
+        self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
+        trainable = [i for i, layer in enumerate(self.layers) if layer.parameters()]
+        self._backward_from = 0 if self.input_grad else (trainable[0] if trainable else len(self.layers))
+        for index, layer in enumerate(self.layers):
+            layer.needs_input_grad = index > self._backward_from or self.input_grad
         return self
 
     def compile(self, loss, optimizer):
@@ -102,9 +110,9 @@ class Sequential:
         """Backward pass from the gradient of the output; fills every parameter's ``grad``.
 
         Returns the gradient of the input when the model was made with ``input_grad=True``."""
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[self._backward_from:]):
             dout = layer.backward(dout)
-        return dout
+        return dout if self.input_grad else None
 
     def train_step(self, x, y, lengths=None):
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
@@ -113,7 +121,7 @@ class Sequential:
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss}: {self._first_non_finite(x, lengths)}")
         self.backward(self.loss.backward())
-        if self.device == "cpu":  # on a GPU this check would cost a copy per parameter per step
+        if self.device == "cpu" and not self._gradients_finite():  # on a GPU: a copy per step
             for name, p in self.named_parameters().items():
                 if not np.isfinite(p.grad).all():
                     raise TrainingDiverged(f"the gradient of {name} is not finite")
@@ -121,6 +129,11 @@ class Sequential:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self.parameters())
         return loss, _count_correct(self.ops, logits, y)
+
+    def _gradients_finite(self):
+        if self._bank is not None:
+            return bool(np.isfinite(self._bank.grads).all())
+        return all(np.isfinite(p.grad).all() for p in self.parameters())
 
     def clip_gradients(self, max_norm):
         """Scale all gradients by max_norm / norm when their global L2 norm exceeds max_norm (as

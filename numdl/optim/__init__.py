@@ -6,6 +6,7 @@ list of parameters, one set of state buffers per parameter on the parameters' de
 
 from numdl.backend import ops_for
 from numdl.errors import ConfigError
+from numdl.layers.base import Parameter, ParameterBank
 
 
 class Optimizer:
@@ -13,6 +14,10 @@ class Optimizer:
     name = None
     #: Names of the per-parameter state buffers, created zeroed like the parameter.
     state_names = ()
+    #: True when ``update`` treats every element on its own (no per-tensor norms): then the
+    #: parameters of a packed model (a ParameterBank) are updated by one ``update`` call over the
+    #: flat buffers. Plugins opt in; the default, per-parameter calls, is always correct.
+    elementwise = False
 
     def __init__(self, lr: float):
         if not lr > 0:
@@ -20,18 +25,35 @@ class Optimizer:
         self.lr = lr
         self.steps = 0
         self.state = None
+        self._flat = None  # (Parameter over the bank's flat buffers, flat state) when packed
 
     def step(self, params):
         """Update every parameter in place from its gradient."""
-        if self.state is None or len(self.state) != len(params):
-            self.state = [self._new_state(p) for p in params]
+        self.ensure_state(params)
         self.steps += 1
+        if self._flat is not None:
+            self.update(*self._flat)
+            return
         for param, state in zip(params, self.state):
             self.update(param, state)
 
-    def _new_state(self, param):
-        ops = ops_for(param.value)
-        return {name: ops.zeros(param.value.shape, param.value.dtype) for name in self.state_names}
+    def ensure_state(self, params):
+        """Create zeroed state buffers for ``params`` unless they exist; ``self.state`` is always one
+        dict per parameter (what checkpoints save), views of flat buffers when the model is packed."""
+        if self.state is not None and len(self.state) == len(params):
+            return
+        bank = ParameterBank.of(params) if self.elementwise else None
+        if bank is None:
+            self._flat = None
+            self.state = [self._new_state(p.value) for p in params]
+            return
+        flat_state = self._new_state(bank.values)
+        self._flat = (Parameter("all", bank.values, bank.grads), flat_state)
+        self.state = [{name: bank.view(buffer, p) for name, buffer in flat_state.items()} for p in params]
+
+    def _new_state(self, like):
+        ops = ops_for(like)
+        return {name: ops.zeros(like.shape, like.dtype) for name in self.state_names}
 
     def update(self, param, state):
         raise NotImplementedError
@@ -43,6 +65,7 @@ class Optimizer:
 class SGD(Optimizer):
     name = "sgd"
     state_names = ("momentum_buffer",)
+    elementwise = True
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
@@ -66,6 +89,7 @@ class Adam(Optimizer):
 
     name = "adam"
     state_names = ("exp_avg", "exp_avg_sq")
+    elementwise = True
     decoupled = False
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
@@ -99,6 +123,7 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     name = "rmsprop"
     state_names = ("square_avg", "grad_avg", "momentum_buffer")
+    elementwise = True
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False):
