@@ -59,3 +59,23 @@ def test_dropout_mask_rate_and_reproducibility():
     assert np.array_equal(mask1, mask2)
     assert abs((mask1 == 0).mean() - 0.25) < 0.01
     assert abs(out1.mean() - 1.0) < 0.02  # inverted dropout keeps the expectation
+
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_2x2_fast_path_matches_numpy_with_ties_and_odd_sizes(dtype):
+    """maxpool2d_forward_cpu takes an unrolled path for 2x2 windows at stride 2; odd sizes leave a row
+    and a column out, and ties keep the first maximum (as PyTorch). The general path is checked by
+    the reference case in kernel_cases.py (3x2 window, padding 1)."""
+    from numdl.kernels.pool import maxpool2d_forward_cpu
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, (3, 2, 9, 7)).astype(dtype)  # four values only: many ties
+    out, argmax = np.zeros((3, 2, 4, 3), dtype), np.zeros((3, 2, 4, 3), np.int64)
+    maxpool2d_forward_cpu(out, argmax, x, 2, 2, 2, 2, 0, 0)
+    windows = x[:, :, :8, :6].reshape(3, 2, 4, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(3, 2, 4, 3, 4)
+    first = windows.argmax(-1)  # numpy's argmax is the first maximum too
+    rows = 2 * np.arange(4)[:, None] + first // 2
+    cols = 2 * np.arange(3)[None, :] + first % 2
+    np.testing.assert_array_equal(out, windows.max(-1))
+    np.testing.assert_array_equal(argmax, rows * 7 + cols)

@@ -9,6 +9,7 @@ element (no atomics), looking through the windows that cover it.
 
 import math
 
+import numpy as np
 from numba import cuda
 
 from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
@@ -57,12 +58,52 @@ def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
 
 @cpu_kernel
 def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+    # Branch-free: maxima sit at random places in a window, and a compare-and-branch per element
+    # mispredicts half the time (that cost ~30 ms for a 128x32x28x28 batch; this takes ~2-10 ms).
+    if kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0:
+        _maxpool2x2_forward(out, argmax, x)
+        return
     n_batch, channels, h_out, w_out = out.shape
+    h, w = x.shape[2], x.shape[3]
     for n in range(n_batch):
         for c in range(channels):
+            plane = x[n, c]
             for oh in range(h_out):
+                top = oh * stride_h - pad_h
+                i0, i1 = max(top, 0), min(top + kh, h)
                 for ow in range(w_out):
-                    max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+                    left = ow * stride_w - pad_w
+                    j0, j1 = max(left, 0), min(left + kw, w)
+                    best = plane[i0, j0]
+                    best_index = i0 * w + j0
+                    for i in range(i0, i1):
+                        for j in range(j0, j1):
+                            v = plane[i, j]
+                            later_max = np.int64(v > best)  # strict: the first maximum wins, as PyTorch
+                            best = max(best, v)
+                            best_index += later_max * (i * w + j - best_index)
+                    out[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = best_index
+
+
+@cpu_kernel
+def _maxpool2x2_forward(out, argmax, x):
+    # The common 2x2, stride 2, unpadded window written out: two pairwise maxima, then theirs.
+    n_batch, channels, h_out, w_out = out.shape
+    w = x.shape[3]
+    for n in range(n_batch):
+        for c in range(channels):
+            plane = x[n, c]
+            for oh in range(h_out):
+                i = 2 * oh
+                for ow in range(w_out):
+                    j = 2 * ow
+                    a, b, c2, d = plane[i, j], plane[i, j + 1], plane[i + 1, j], plane[i + 1, j + 1]
+                    top_index = i * w + j + np.int64(b > a)
+                    bottom_index = (i + 1) * w + j + np.int64(d > c2)
+                    top, bottom = max(a, b), max(c2, d)
+                    out[n, c, oh, ow] = max(top, bottom)
+                    argmax[n, c, oh, ow] = top_index + np.int64(bottom > top) * (bottom_index - top_index)
 
 
 @cpu_kernel
