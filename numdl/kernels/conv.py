@@ -34,26 +34,49 @@ def conv_output_index(in_pos, kernel_pos, stride, pad, dilation, out_size):
 
 
 @cpu_kernel
+def _valid_outputs(tap, stride, pad, dilation, in_size, out_size):
+    # [first, end) of the output positions whose window puts kernel tap ``tap`` inside the input: the
+    # im2col/col2im inner loops then run branch-free over that range (and zero-fill the rest).
+    first = 0
+    while first < out_size and first * stride - pad + tap * dilation < 0:
+        first += 1
+    end = out_size
+    while end > first and (end - 1) * stride - pad + tap * dilation >= in_size:
+        end -= 1
+    return first, end
+
+
+@cpu_kernel
 def _im2col(cols, x, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out):
     # cols[(c kh + i) kw + j, n hw + oh w_out + ow] = x[n, c, oh sh - ph + i dh, ow sw - pw + j dw] or 0.
+    # Flat views indexed with unsigned integers: numba then skips its negative-index fix-up on every
+    # access, which halves the time of these short-row copies (2.1 -> 0.9 ns an element).
     n_batch, c_in, h, w = x.shape
     hw = h_out * w_out
+    x_flat, cols_flat = x.reshape(-1), cols.reshape(-1)
+    width = cols.shape[1]
     for c in range(c_in):
         for i in range(kh):
+            oh_first, oh_end = _valid_outputs(i, stride_h, pad_h, dil_h, h, h_out)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                ow_first, ow_end = _valid_outputs(j, stride_w, pad_w, dil_w, w, w_out)
+                row_start = ((c * kh + i) * kw + j) * width
                 for n in range(n_batch):
-                    base = n * hw
+                    plane = (n * c_in + c) * h * w
                     for oh in range(h_out):
-                        ih = oh * stride_h - pad_h + i * dil_h
-                        col = base + oh * w_out
-                        if ih < 0 or ih >= h:
+                        col = np.uint64(row_start + n * hw + oh * w_out)
+                        if oh < oh_first or oh >= oh_end:
                             for ow in range(w_out):
-                                cols[row, col + ow] = 0
+                                cols_flat[col + np.uint64(ow)] = 0
                             continue
-                        for ow in range(w_out):
-                            iw = ow * stride_w - pad_w + j * dil_w
-                            cols[row, col + ow] = x[n, c, ih, iw] if 0 <= iw < w else 0
+                        # source + ow * stride_w is the input element of output column ow (>= 0 in range)
+                        source = plane + (oh * stride_h - pad_h + i * dil_h) * w + j * dil_w - pad_w
+                        for ow in range(ow_first):
+                            cols_flat[col + np.uint64(ow)] = 0
+                        for ow in range(ow_first, ow_end):
+                            cols_flat[col + np.uint64(ow)] = x_flat[np.uint64(source + ow * stride_w)]
+                        for ow in range(ow_end, w_out):
+                            cols_flat[col + np.uint64(ow)] = 0
 
 
 @cpu_kernel
@@ -69,15 +92,18 @@ def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad
     w2 = weight.reshape(c_out, k)
     for g in range(groups):
         np.dot(w2[g * c_out_g:(g + 1) * c_out_g], cols[g * k:(g + 1) * k], gemm[g * c_out_g:(g + 1) * c_out_g])
-    out3 = out.reshape(n_batch, c_out, hw)
+    out_flat, gemm_flat = out.reshape(-1), gemm.reshape(-1)
+    zero = same_type(out[0, 0, 0, 0], 0.0)
     for n in range(n_batch):
         for c in range(c_out):
-            b = bias[c] if bias.size > 0 else same_type(out[0, 0, 0, 0], 0.0)
+            b = bias[c] if bias.size > 0 else zero
+            source = np.uint64(c * n_batch * hw + n * hw)
+            target = np.uint64((n * c_out + c) * hw)
             for p in range(hw):
-                v = gemm[c, n * hw + p] + b
-                if relu and v < 0:
-                    v = same_type(v, 0.0)
-                out3[n, c, p] = v
+                v = gemm_flat[source + np.uint64(p)] + b
+                if relu:
+                    v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
+                out_flat[target + np.uint64(p)] = v
 
 
 @cpu_kernel
@@ -90,16 +116,20 @@ def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, we
     hw = h_out * w_out
     k = weight.shape[1] * kh * kw
     c_out_g = c_out // groups
-    dout3 = dout.reshape(n_batch, c_out, hw)
-    out3 = out.reshape(n_batch, c_out, hw)
+    # NCHW dout -> dgemm (C_out, N HW), through the fused ReLU's mask, summing dbias on the way
+    # (flat views, unsigned indices: see _im2col).
+    dout_flat, out_flat, dgemm_flat = dout.reshape(-1), out.reshape(-1), dgemm.reshape(-1)
+    zero = same_type(dout[0, 0, 0, 0], 0.0)
     for c in range(c_out):
-        total = same_type(dout[0, 0, 0, 0], 0.0)
+        total = zero
         for n in range(n_batch):
+            source = np.uint64((n * c_out + c) * hw)
+            target = np.uint64(c * n_batch * hw + n * hw)
             for p in range(hw):
-                g = dout3[n, c, p]
-                if relu and out3[n, c, p] <= 0:
-                    g = same_type(g, 0.0)
-                dgemm[c, n * hw + p] = g
+                g = dout_flat[source + np.uint64(p)]
+                if relu:
+                    g = zero if out_flat[source + np.uint64(p)] <= zero else g
+                dgemm_flat[target + np.uint64(p)] = g
                 total += g
         if dbias.size > 0:
             dbias[c] = total
@@ -116,24 +146,26 @@ def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, we
 
 @cpu_kernel
 def _col2im(dx, dcols, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out):
-    # dx = the sum of every column entry back onto the input element it was copied from.
+    # dx = the sum of every column entry back onto the input element it was copied from (unsigned
+    # flat indices, as in _im2col).
     n_batch, c_in, h, w = dx.shape
     hw = h_out * w_out
     dx[:] = 0
+    dx_flat, dcols_flat = dx.reshape(-1), dcols.reshape(-1)
+    width = dcols.shape[1]
     for c in range(c_in):
         for i in range(kh):
+            oh_first, oh_end = _valid_outputs(i, stride_h, pad_h, dil_h, h, h_out)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                ow_first, ow_end = _valid_outputs(j, stride_w, pad_w, dil_w, w, w_out)
+                row_start = ((c * kh + i) * kw + j) * width
                 for n in range(n_batch):
-                    for oh in range(h_out):
-                        ih = oh * stride_h - pad_h + i * dil_h
-                        if ih < 0 or ih >= h:
-                            continue
-                        col = n * hw + oh * w_out
-                        for ow in range(w_out):
-                            iw = ow * stride_w - pad_w + j * dil_w
-                            if 0 <= iw < w:
-                                dx[n, c, ih, iw] += dcols[row, col + ow]
+                    plane = (n * c_in + c) * h * w
+                    for oh in range(oh_first, oh_end):
+                        col = np.uint64(row_start + n * hw + oh * w_out)
+                        target = plane + (oh * stride_h - pad_h + i * dil_h) * w + j * dil_w - pad_w
+                        for ow in range(ow_first, ow_end):
+                            dx_flat[np.uint64(target + ow * stride_w)] += dcols_flat[col + np.uint64(ow)]
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
