@@ -16,15 +16,19 @@ import numpy as np
 
 from numdl.backend import get_ops
 from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
+from numdl.layers.activation import ReLU
 from numdl.layers.base import Parameter, ParameterBank
 
 DTYPES = ("float32", "float64")
 
 
 class Sequential:
-    def __init__(self, layers, input_shape=None, dtype="float32", device="cpu", seed=0, input_grad=False):
+    def __init__(self, layers, input_shape=None, dtype="float32", device="cpu", seed=0, input_grad=False,
+                 fuse=True):
         """``input_grad=True`` makes ``backward`` return the gradient of the input too (a GAN's
-        discriminator passes it on to the generator); otherwise the first layer skips that work."""
+        discriminator passes it on to the generator); otherwise the first layer skips that work.
+        ``fuse``: a Linear or Conv2d followed by a ReLU applies the ReLU itself (same numbers, one
+        pass fewer each way)."""
         if str(np.dtype(dtype)) not in DTYPES:
             raise ConfigError(f"model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.layers = list(layers)
@@ -35,6 +39,7 @@ class Sequential:
         self.ops = get_ops(device)
         self.seed = seed
         self.input_grad = input_grad
+        self.fuse = fuse
         self.input_shape = self.output_shape = None
         self.loss = self.optimizer = None
         self.stop_training = False
@@ -55,11 +60,15 @@ class Sequential:
             except ShapeError as error:
                 raise ShapeError(f"model.layers.{index} ({layer.name}): {error}") from None
         self.output_shape = shape
-        # Backward stops at the first layer with parameters: nothing before it has a gradient to
-        # receive, so e.g. a Linear after a Flatten skips its whole dx GEMM.
+        if self.fuse:
+            for before, after in zip(self.layers, self.layers[1:]):
+                if isinstance(after, ReLU) and before.can_fuse_relu:
+                    before.fused_relu = after.absorbed = True
         params = self.parameters()
         # One flat buffer for all values and one for all gradients (see ParameterBank).
         self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
+        # Backward stops at the first layer with parameters: nothing before it has a gradient to
+        # receive, so e.g. a Linear after a Flatten skips its whole dx GEMM.
         trainable = [i for i, layer in enumerate(self.layers) if layer.parameters()]
         self._backward_from = 0 if self.input_grad else (trainable[0] if trainable else len(self.layers))
         for index, layer in enumerate(self.layers):

@@ -26,20 +26,28 @@ def f64(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def _linear_forward(dtype, rng, bias=True):
+def _linear_forward(dtype, rng, bias=True, relu=False):
     x, w = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype) if bias else np.empty(0, dtype)
     out = np.zeros((5, 3), dtype)
     expected = f64(x) @ f64(w).T + (f64(b) if bias else 0)
-    return [out, x, w, b], out.size, {0: expected}
+    if relu:
+        expected = np.maximum(expected, 0)
+    return [out, x, w, b, relu], out.size, {0: expected}
 
 
-def _linear_backward(dtype, rng):
+def _linear_backward(dtype, rng, relu=False):
     x, w = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
     dout = rng.standard_normal((5, 3)).astype(dtype)
     dx, dw, db = np.zeros((5, 7), dtype), np.zeros((3, 7), dtype), np.zeros(3, dtype)
-    expected = {0: f64(dout) @ f64(w), 1: f64(dout).T @ f64(x), 2: f64(dout).sum(0)}
-    return [dx, dw, db, dout, x, w], dx.size + dw.size + db.size, expected
+    if relu:  # out as a fused ReLU left it: about half clamped to zero; the gradient stops there
+        out = np.maximum(rng.standard_normal((5, 3)), 0).astype(dtype)
+        dmasked = np.zeros_like(dout)
+        g = np.where(out > 0, f64(dout), 0.0)
+    else:
+        out, dmasked, g = np.empty((0, 0), dtype), np.empty((0, 0), dtype), f64(dout)
+    expected = {0: g @ f64(w), 1: g.T @ f64(x), 2: g.sum(0)}
+    return [dx, dw, db, dmasked, dout, out, x, w, relu], dx.size + dw.size + db.size, expected
 
 
 def _elementwise_forward(kind):
@@ -705,6 +713,8 @@ def _linear_backward_first_layer(dtype, rng):
 VARIANTS = {
     "linear_forward_without_bias": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, bias=False)),
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),
+    "linear_forward_fused_relu": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, relu=True)),
+    "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),

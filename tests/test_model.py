@@ -119,3 +119,27 @@ def test_warmup_changes_nothing():
     assert all(np.array_equal(b, p.value) for b, p in zip(before, model.parameters()))
     assert model.layers[3].get_rng_state() == dropout_state
     assert model.optimizer.state is None
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_fused_relu_gives_the_unfused_numbers(kind):
+    """A Linear or Conv2d followed by a ReLU applies the ReLU itself (the ReLU layer passes through);
+    outputs, parameter gradients and the input gradient equal the unfused model's."""
+    def make(fuse):
+        if kind == "mlp":
+            layers = [numdl.Flatten(), numdl.Linear(16), numdl.ReLU(), numdl.Linear(8), numdl.ReLU(), numdl.Linear(3)]
+        else:
+            layers = [numdl.Conv2d(4, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
+                      numdl.Linear(3)]
+        return numdl.Sequential(layers, input_shape=(1, 6, 6), dtype="float64", seed=2, input_grad=True, fuse=fuse)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 6, 6))
+    dout = rng.standard_normal((5, 3))
+    fused, plain = make(True), make(False)
+    assert [layer.absorbed for layer in fused.layers if isinstance(layer, numdl.ReLU)] == [True] * (2 if kind == "mlp" else 1)
+    assert not any(layer.absorbed for layer in plain.layers if isinstance(layer, numdl.ReLU))
+    np.testing.assert_allclose(fused.forward(x, training=True), plain.forward(x, training=True), rtol=1e-12)
+    np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
+    for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14, err_msg=name)

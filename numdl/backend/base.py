@@ -82,16 +82,21 @@ class Ops:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------- linear
-    def linear_forward(self, out, x, weight, bias):
+    def linear_forward(self, out, x, weight, bias, relu=False):
+        """relu: apply a fused ReLU to the output."""
         bias = self.nothing(x.dtype) if bias is None else bias
-        self._run("linear", "linear_forward", out.size, out, x, weight, bias)
+        self._run("linear", "linear_forward", out.size, out, x, weight, bias, bool(relu))
 
-    def linear_backward(self, dx, dweight, dbias, dout, x, weight):
-        """dx or dbias None: that gradient is not computed."""
+    def linear_backward(self, dx, dweight, dbias, dout, x, weight, out=None, dmasked=None):
+        """dx or dbias None: that gradient is not computed. With a fused ReLU, pass the forward's
+        ``out`` and ``dmasked``, scratch shaped like dout."""
         dx = self.nothing(x.dtype, ndim=2) if dx is None else dx
         dbias = self.nothing(x.dtype) if dbias is None else dbias
+        relu = out is not None
+        out = self.nothing(x.dtype, ndim=2) if out is None else out
+        dmasked = self.nothing(x.dtype, ndim=2) if dmasked is None else dmasked
         work = dweight.size + dbias.size + dx.size
-        self._run("linear", "linear_backward", work, dx, dweight, dbias, dout, x, weight)
+        self._run("linear", "linear_backward", work, dx, dweight, dbias, dmasked, dout, out, x, weight, relu)
 
     # --------------------------------------------------------------------------- activation
     def activation_forward(self, kind, out, x, slope=None):

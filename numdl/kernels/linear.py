@@ -1,40 +1,53 @@
 """Linear (fully connected) layer: ``out = x @ weight.T + bias``, PyTorch's weight layout.
 
 Shapes: x (n, in_features), weight (out_features, in_features), bias (out_features,) or empty for
-no bias, out (n, out_features).
+no bias, out (n, out_features). ``relu``: a following ReLU layer is fused in (the model found the
+pair): forward clamps in the bias pass, backward lets the gradient through where ``out`` > 0 only.
 """
 
 import numpy as np
 from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
 @cpu_kernel
-def linear_forward_cpu(out, x, weight, bias):
+def linear_forward_cpu(out, x, weight, bias, relu):
     # out (n, out_f) = x (n, in_f) @ weight.T + bias; overwrites. weight.T goes to BLAS as a flag.
     np.dot(x, weight.T, out)
-    if bias.size > 0:
+    if bias.size > 0 or relu:
+        zero = same_type(out[0, 0], 0.0)
         for i in range(out.shape[0]):
             for j in range(out.shape[1]):
-                out[i, j] += bias[j]
+                v = out[i, j] + (bias[j] if bias.size > 0 else zero)
+                if relu:
+                    v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
+                out[i, j] = v
 
 
 @cpu_kernel
-def linear_backward_cpu(dx, dweight, dbias, dout, x, weight):
-    # dweight (out_f, in_f) = dout.T @ x; dbias = column sums of dout; dx (n, in_f) = dout @ weight.
+def linear_backward_cpu(dx, dweight, dbias, dmasked, dout, out, x, weight, relu):
+    # dweight (out_f, in_f) = g.T @ x; dbias = column sums of g; dx (n, in_f) = g @ weight, where g is
+    # dout, or with relu dout masked by out > 0 (written into dmasked, scratch shaped like dout).
     # All overwrite. An empty dbias means no bias; an empty dx skips the input gradient (first layer).
-    np.dot(dout.T, x, dweight)
+    g = dout
+    if relu:
+        zero = same_type(dout[0, 0], 0.0)
+        for i in range(dout.shape[0]):
+            for j in range(dout.shape[1]):
+                dmasked[i, j] = zero if out[i, j] <= zero else dout[i, j]
+        g = dmasked
+    np.dot(g.T, x, dweight)
     if dbias.size > 0:
         for j in range(dbias.shape[0]):
             dbias[j] = 0
-        for i in range(dout.shape[0]):
-            for j in range(dout.shape[1]):
-                dbias[j] += dout[i, j]
+        for i in range(g.shape[0]):
+            for j in range(g.shape[1]):
+                dbias[j] += g[i, j]
     if dx.size > 0:
-        np.dot(dout, weight, dx)
+        np.dot(g, weight, dx)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -42,7 +55,7 @@ def linear_backward_cpu(dx, dweight, dbias, dout, x, weight):
 
 
 @cuda_kernel
-def linear_forward_cuda(out, x, weight, bias):
+def linear_forward_cuda(out, x, weight, bias, relu):
     n, out_features = out.shape
     in_features = x.shape[1]
     for item in range(cuda.grid(1), n * out_features, cuda.gridsize(1)):
@@ -53,12 +66,23 @@ def linear_forward_cuda(out, x, weight, bias):
             acc += x[i, k] * weight[j, k]
         if bias.size > 0:
             acc += bias[j]
+        if relu and acc < same_type(acc, 0.0):
+            acc = same_type(acc, 0.0)
         out[i, j] = acc
 
 
+@scalar_math
+def masked_gradient(dout, out, relu, i, j):
+    # dout[i, j], or zero where a fused ReLU clamped the output.
+    if relu and out[i, j] <= same_type(out[0, 0], 0.0):
+        return same_type(out[0, 0], 0.0)
+    return dout[i, j]
+
+
 @cuda_kernel
-def linear_backward_cuda(dx, dweight, dbias, dout, x, weight):
-    # Work items: every dweight element, then every dbias element, then every dx element.
+def linear_backward_cuda(dx, dweight, dbias, dmasked, dout, out, x, weight, relu):
+    # Work items: every dweight element, then every dbias element, then every dx element. The ReLU
+    # mask is applied where dout is read (dmasked, the CPU's scratch, is unused here).
     n, out_features = dout.shape
     in_features = x.shape[1]
     n_dweight = dweight.size
@@ -70,13 +94,13 @@ def linear_backward_cuda(dx, dweight, dbias, dout, x, weight):
             k = item % in_features
             acc = same_type(x[0, 0], 0.0)
             for i in range(n):
-                acc += dout[i, j] * x[i, k]
+                acc += masked_gradient(dout, out, relu, i, j) * x[i, k]
             dweight[j, k] = acc
         elif item < n_dweight + n_dbias:
             j = item - n_dweight
             acc = same_type(x[0, 0], 0.0)
             for i in range(n):
-                acc += dout[i, j]
+                acc += masked_gradient(dout, out, relu, i, j)
             dbias[j] = acc
         else:
             rest = item - n_dweight - n_dbias
@@ -84,5 +108,5 @@ def linear_backward_cuda(dx, dweight, dbias, dout, x, weight):
             k = rest % in_features
             acc = same_type(x[0, 0], 0.0)
             for j in range(out_features):
-                acc += dout[i, j] * weight[j, k]
+                acc += masked_gradient(dout, out, relu, i, j) * weight[j, k]
             dx[i, k] = acc

@@ -31,6 +31,16 @@ class ElementwiseActivation(Layer):
 class ReLU(ElementwiseActivation):
     name = kernel = "relu"
 
+    def __init__(self):
+        super().__init__()
+        self.absorbed = False  # set by Sequential when the previous layer applies this ReLU itself
+
+    def forward(self, x, training=False):
+        return x if self.absorbed else super().forward(x, training)
+
+    def backward(self, dout):
+        return dout if self.absorbed else super().backward(dout)
+
 
 class LeakyReLU(ElementwiseActivation):
     name = kernel = "leaky_relu"

@@ -65,6 +65,9 @@ class ParameterBank:
 class Layer:
     #: The name a config uses (``type = "..."``); unique across every registered plugin.
     name = None
+    #: Whether the layer can apply a following ReLU itself (``fused_relu``); Sequential then makes
+    #: that ReLU a pass-through: one pass over the activations fewer each way, and one buffer less.
+    can_fuse_relu = False
 
     def __init__(self):
         self.ops = None
@@ -75,6 +78,7 @@ class Layer:
         self.state = {}  # non-trained arrays kept across steps (BatchNorm's running statistics)
         # False for the first layer of a model: no one needs the gradient of the data.
         self.needs_input_grad = True
+        self.fused_relu = False  # set by Sequential when the next layer is a ReLU it absorbs
         self._buffers = {}
 
     # ---------------------------------------------------------------------------- building

@@ -83,6 +83,14 @@ class Conv2d(Layer):
         columns = n * self._image_out[1] * self._image_out[2]
         return self.buffer(key, (rows, columns) if self.ops.uses_im2col else (0, 0))
 
+    @property
+    def _relu(self):
+        return self.activation == "relu" or self.fused_relu
+
+    @property
+    def can_fuse_relu(self):
+        return self.activation == "none"
+
     def _weight4(self, array):
         return array.reshape(self.weight_shape(self._image_in[0]))
 
@@ -95,7 +103,7 @@ class Conv2d(Layer):
         gemm = self._workspace("gemm", self.out_channels, n)
         bias = self.params["bias"].value if self.use_bias else None
         self.ops.conv2d_forward(out, self._cols, gemm, x4, self._weight4(self.params["weight"].value), bias,
-                                self.stride, self.padding, self.dilation, self.groups, self.activation == "relu")
+                                self.stride, self.padding, self.dilation, self.groups, self._relu)
         self._x, self._out = x4, out
         return out.reshape((n,) + self.output_shape)
 
@@ -110,7 +118,7 @@ class Conv2d(Layer):
         self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dcols, dgemm,
                                  dout.reshape((n,) + self._image_out), self._out, self._x, self._cols,
                                  self._weight4(weight.value), self.stride, self.padding, self.dilation, self.groups,
-                                 self.activation == "relu")
+                                 self._relu)
         return None if dx is None else dx.reshape((n,) + self.input_shape)
 
 

@@ -14,6 +14,7 @@ class Linear(Layer):
     """
 
     name = "linear"
+    can_fuse_relu = True
 
     def __init__(self, out_features: int, bias: bool = True, weight_init: str = "pytorch_default",
                  bias_init: str = "pytorch_default"):
@@ -22,7 +23,7 @@ class Linear(Layer):
             raise ConfigError(f"linear: out_features must be >= 1, got {out_features}")
         self.out_features, self.use_bias = out_features, bias
         self.weight_init, self.bias_init = get_initializer(weight_init), get_initializer(bias_init)
-        self._x = None
+        self._x = self._out = None
 
     def hyperparameters(self):
         return {"out_features": self.out_features, "bias": self.use_bias,
@@ -43,14 +44,16 @@ class Linear(Layer):
         rows = self.rows(x, self.input_shape[-1])  # leading axes folded into one: a view, no copy
         out = self.buffer("out", (rows.shape[0], self.out_features))
         bias = self.params["bias"].value if self.use_bias else None
-        self.ops.linear_forward(out, rows, self.params["weight"].value, bias)
-        self._x = rows
+        self.ops.linear_forward(out, rows, self.params["weight"].value, bias, self.fused_relu)
+        self._x, self._out = rows, out
         return out.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout):
         dx = self.buffer("dx", self._x.shape) if self.needs_input_grad else None
         dbias = self.params["bias"].grad if self.use_bias else None
         weight = self.params["weight"]
-        self.ops.linear_backward(dx, weight.grad, dbias, self.rows(dout, self.out_features), self._x, weight.value)
+        drows = self.rows(dout, self.out_features)
+        fused = (self._out, self.buffer("dmasked", drows.shape)) if self.fused_relu else (None, None)
+        self.ops.linear_backward(dx, weight.grad, dbias, drows, self._x, weight.value, *fused)
         return None if dx is None else dx.reshape(dout.shape[:-1] + (self._x.shape[1],))
 
