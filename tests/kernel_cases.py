@@ -530,8 +530,8 @@ def _recurrent_backward(kind, reverse):
         module = __import__("numdl.kernels.recurrent", fromlist=["x"])
         getattr(module, f"{kind}_forward_cpu")(*forward, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse)
         out, gates, cells = forward[:3]
-        scratch = [np.zeros((2, n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n, h), dtype),
-                   np.zeros((n, h), dtype), np.zeros((n, h), dtype), np.zeros((g * h, h), dtype)]
+        scratch = [np.zeros((2, n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n * t, h), dtype),
+                   np.zeros((n, h), dtype), np.zeros((n, h), dtype)]
         args = [np.zeros_like(x), np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih), np.zeros_like(b_hh),
                 *scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, reverse]
         return args, n, {0: grads[0], 1: grads[1], 2: grads[2], 3: grads[3], 4: grads[4]}

@@ -236,7 +236,7 @@ class Ops:
 
     def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
                            w_ih, w_hh, reverse):
-        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next, dw_tmp). dx None: not computed."""
+        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx None: not computed."""
         dx = self.nothing(x.dtype, ndim=3) if dx is None else dx
         for grad in (dw_ih, dw_hh, db_ih, db_hh):
             self.zero_(grad)  # the CUDA twin accumulates across samples

@@ -1,5 +1,9 @@
 """Activations: ReLU, LeakyReLU, Sigmoid, Tanh, GELU (exact, erf form) and row-wise Softmax.
 
+tanh and sigmoid of float32 values use a rational approximation (Eigen's float tanh: absolute error
+below 4e-7 on the whole line, plain multiply-adds and one division, so loops vectorise; a libm call
+per element made the LSTM cell update cost more than its matrix products). float64 stays exact.
+
 Element-wise kernels take flat 1-D views (the backend ravels), so one compiled version serves any
 rank. Backward kernels overwrite ``dx``. Sigmoid, Tanh and Softmax differentiate through their saved
 output; the others through their saved input.
@@ -7,9 +11,10 @@ output; the others through their saved input.
 
 import math
 
+import numpy as np
 from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math, scalar_math_float32
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -34,7 +39,39 @@ def leaky_relu_grad(x, slope):
     return same_type(x, 1.0) if x > same_type(x, 0.0) else slope
 
 
-@scalar_math
+# Eigen's generic_fast_tanh_float: odd numerator and even denominator polynomials in x, on x
+# clamped to +-7.9 (where float32 tanh is 1 to within 3e-7).
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_NUMERATOR = tuple(np.float32(c) for c in (
+    4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+    -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
+_TANH_DENOMINATOR = tuple(np.float32(c) for c in (
+    4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
+_A0, _A1, _A2, _A3, _A4, _A5, _A6 = _TANH_NUMERATOR
+_B0, _B1, _B2, _B3 = _TANH_DENOMINATOR
+_HALF = np.float32(0.5)
+
+
+def _tanh_float32(x):
+    # Clamped with compares, not min/max: a NaN passes through to the NaN guard.
+    x = _TANH_CLAMP if x > _TANH_CLAMP else x
+    x = -_TANH_CLAMP if x < -_TANH_CLAMP else x
+    x2 = x * x
+    numerator = x * (((((((_A6 * x2 + _A5) * x2 + _A4) * x2 + _A3) * x2 + _A2) * x2 + _A1) * x2) + _A0)
+    denominator = ((_B3 * x2 + _B2) * x2 + _B1) * x2 + _B0
+    return numerator / denominator
+
+
+def _sigmoid_float32(x):
+    return _HALF + _HALF * tanh(_HALF * x)  # the float32 tanh below
+
+
+@scalar_math_float32(_tanh_float32)
+def tanh(x):
+    return math.tanh(x)
+
+
+@scalar_math_float32(_sigmoid_float32)
 def sigmoid(x):
     # Two branches keep exp's argument non-positive: no overflow for large |x|.
     if x >= same_type(x, 0.0):
@@ -127,7 +164,7 @@ def sigmoid_backward_cpu(dx, dout, out):
 @cpu_kernel
 def tanh_forward_cpu(out, x):
     for i in range(x.size):
-        out[i] = math.tanh(x[i])
+        out[i] = tanh(x[i])
 
 
 @cpu_kernel
@@ -206,7 +243,7 @@ def sigmoid_backward_cuda(dx, dout, out):
 @cuda_kernel
 def tanh_forward_cuda(out, x):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        out[i] = math.tanh(x[i])
+        out[i] = tanh(x[i])
 
 
 @cuda_kernel

@@ -6,7 +6,7 @@ outputs and return nothing. Only ``numdl.backend`` calls them.
 
 import inspect
 
-from numba import cuda, njit
+from numba import cuda, njit, types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
@@ -36,6 +36,24 @@ def scalar_math(func):
     # these small functions on its own.
     overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH})(typer)
     return func
+
+
+def scalar_math_float32(float32_version):
+    """Like ``scalar_math``, but compiled callers whose arguments are all float32 get
+    ``float32_version`` (a faster approximation, accurate to float32) instead of ``func``.
+
+    ``func`` (exact) is what float64 kernels compile and what the CUDA simulator runs.
+    """
+
+    def register(func):
+        def typer(*args):
+            return float32_version if all(arg == types.float32 for arg in args) else func
+
+        typer.__signature__ = inspect.signature(func)
+        overload(func, jit_options={"fastmath": tuning.CPU_FASTMATH})(typer)
+        return func
+
+    return register
 
 
 def cuda_kernel(func):
