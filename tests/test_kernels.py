@@ -23,6 +23,34 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
                                    err_msg=f"{case_id}: argument {index}")
 
 
+# Leading output and scratch arguments (outputs come first by the Ops contract) of the kernels that
+# keep work buffers between steps: layers hand them buffers from np.empty, so whatever those hold
+# (here: NaN) must never reach a result.
+OUTPUT_ARGUMENTS = {
+    ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4,
+    ("conv", "conv2d_forward"): 3, ("conv", "conv2d_backward"): 5,
+    ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
+    ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,
+    ("recurrent", "lstm_backward"): 10, ("recurrent", "gru_backward"): 10,
+}
+
+
+BUFFERED_CASES = [c for c in all_cases() if (c[1], c[2]) in OUTPUT_ARGUMENTS]
+
+
+@pytest.mark.parametrize("case_id, family, op, make", BUFFERED_CASES, ids=[c[0] for c in BUFFERED_CASES])
+def test_cpu_kernel_never_reads_its_output_buffers_before_writing_them(case_id, family, op, make):
+    module = importlib.import_module(f"numdl.kernels.{family}")
+    args, _, expected = make(np.float64, np.random.default_rng(7))
+    for index in range(OUTPUT_ARGUMENTS[(family, op)]):
+        if args[index].dtype.kind == "f":
+            args[index][...] = np.nan
+    getattr(module, f"{op}_cpu")(*args)
+    for index, reference in expected.items():
+        np.testing.assert_allclose(args[index], reference, **tolerance(case_id, np.float64),
+                                   err_msg=f"{case_id}: argument {index}")
+
+
 def _kernels(suffix):
     found = {}
     for family in KERNEL_MODULES:

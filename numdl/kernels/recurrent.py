@@ -128,10 +128,13 @@ def _lstm_cells_forward(gate_row, cell_row, out_row, h_row, pre, proj_row, bias,
         gate_row[k] = tanh(pre[k])
     for k in range(3 * hidden, 4 * hidden):
         gate_row[k] = sigmoid(pre[k])
-    keep = same_type(pre[0], 1.0 if has_prev else 0.0)  # the first step has no previous cell
     # Three loops, not one: each touches few arrays, so LLVM's alias checks stay cheap and it vectorises.
+    # The first step has no previous cell: c_prev_row is then any row (it may hold garbage, even NaN),
+    # selected away, never multiplied by zero.
+    zero = same_type(pre[0], 0.0)
     for j in range(hidden):
-        cell_row[j] = gate_row[hidden + j] * (keep * c_prev_row[j]) + gate_row[j] * gate_row[2 * hidden + j]
+        c_prev = c_prev_row[j] if has_prev else zero
+        cell_row[j] = gate_row[hidden + j] * c_prev + gate_row[j] * gate_row[2 * hidden + j]
     for j in range(hidden):
         out_row[j] = gate_row[3 * hidden + j] * tanh(cell_row[j])
     for j in range(hidden):
@@ -144,7 +147,7 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
     # dpre_row (4H); dc_row carries dc from the next step in and to the previous step out.
     hidden = cell_row.size
     one = same_type(dpre_row[0], 1.0)
-    keep = same_type(dpre_row[0], 1.0 if has_prev else 0.0)
+    zero = same_type(dpre_row[0], 0.0)
     for j in range(hidden):
         i = gate_row[j]
         f = gate_row[hidden + j]
@@ -154,7 +157,7 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
         dh = dout_row[j] + dh_row[j]
         dc = dc_row[j] + dh * o * (one - tc * tc)
         dpre_row[j] = dc * g * i * (one - i)
-        dpre_row[hidden + j] = dc * (keep * c_prev_row[j]) * f * (one - f)
+        dpre_row[hidden + j] = dc * (c_prev_row[j] if has_prev else zero) * f * (one - f)
         dpre_row[2 * hidden + j] = dc * i * (one - g * g)
         dpre_row[3 * hidden + j] = dh * tc * o * (one - o)
         dc_row[j] = dc * f
