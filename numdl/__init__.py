@@ -3,6 +3,11 @@
 The public API. Importing numdl compiles nothing and touches no GPU: kernels load on first use.
 """
 
+import time as _time
+
+#: When numdl was imported (a start-up clock where /proc is not available).
+IMPORTED_AT = _time.time()
+
 __version__ = "0.1.0"
 
 from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, NumdlError, RegistryError,

@@ -48,12 +48,18 @@ def _fail(error):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(numdl.__version__, prog_name="numdl")
-def cli():
+@click.option("--threads", type=click.IntRange(min=1), envvar="NUMDL_THREADS",
+              help="CPU threads for numdl's kernels and BLAS (default: every core). One pool runs at a time.")
+def cli(threads):
     """numdl: deep learning whose every hot path is a Numba kernel (CPU @njit, CUDA twins).
 
     Run `numdl train` to train the embedded default (an MLP on Fashion-MNIST), or
     `numdl COMMAND --help` for any command.
     """
+    if threads:
+        from numdl.backend.cpu import limit_threads
+
+        limit_threads(threads)
 
 
 @cli.command()
@@ -142,10 +148,28 @@ def check(targets):
 
 
 @cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, as for train.")
+def warmup(config, overrides):
+    """Compile (or load from numba's on-disk cache) every kernel that `numdl train CONFIG` needs, so
+    that the training run itself starts at once. Changes nothing else."""
+    from numdl import config as config_module
+    from numdl import train as train_module
+
+    try:
+        resolved = config_module.resolve(config, overrides)
+        seconds = train_module.warm_up(resolved)
+    except NumdlError as error:
+        _fail(error)
+    click.echo(f"warmup: the kernels of this config are ready in {seconds:.1f}s (cached on disk for later runs)")
+
+
+@cli.command()
 @click.option("--suite", "suites", multiple=True, type=click.Choice(["mlp", "cnn", "lstm"]),
               help="Benchmark suite to run (repeatable; default: all).")
 @click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")
-@click.option("--threads", type=int, help="Threads for PyTorch (numdl's BLAS follows OPENBLAS_NUM_THREADS).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for both numdl and PyTorch (default: every core).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Save results as JSON.")
 @click.option("--compare", "baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A saved --json baseline: exit 1 if a case's numdl throughput fell by more than --tolerance.")
@@ -157,6 +181,10 @@ def bench(suites, quick, threads, json_path, baseline, tolerance):
 
     from numdl import bench as bench_module
 
+    if threads:
+        from numdl.backend.cpu import limit_threads
+
+        limit_threads(threads)
     report = bench_module.run(suites or bench_module.SUITES, quick=quick, threads=threads)
     click.echo(bench_module.format_table(report))
     if json_path:

@@ -7,6 +7,7 @@
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -170,6 +171,32 @@ class RunRecorder:
         self.on_line(format_epoch(logs, self.epochs))
 
 
+def seconds_since_process_start():
+    """Wall seconds since this process started (Linux: from /proc; elsewhere since numdl's import)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start)
+    except (OSError, ValueError, IndexError):
+        import numdl
+
+        return time.time() - numdl.IMPORTED_AT  # set first thing in numdl/__init__
+
+
+class FirstStepTimer:
+    """fit callback: records when the first training step of this process finished (start-up cost:
+    imports, data, model, kernels from numba's cache, one step)."""
+
+    def __init__(self, on_line):
+        self.on_line, self.seconds = on_line, None
+
+    def on_batch_end(self, batch, logs):
+        if self.seconds is None:
+            self.seconds = seconds_since_process_start()
+            self.on_line(f"first training step done {self.seconds:.2f}s after start")
+
+
 def format_epoch(logs, epochs):
     parts = [f"epoch {logs['epoch']}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
     if logs.get("train_accuracy") is not None:
@@ -200,6 +227,19 @@ def find_checkpoint(run_dir_or_file):
     if not path.is_file():
         raise NumdlError(f"no checkpoint to resume from at {path}")
     return path
+
+
+def warm_up(config):
+    """Load or compile every kernel a run of ``config`` uses (training and evaluation batch sizes);
+    returns the seconds it took."""
+    data, _ = load_data(config)
+    x_train = data["train"][0]
+    model = build_model(config, x_train.shape[1:])
+    train = config["train"]
+    seconds = model.warmup(min(train["batch_size"], len(x_train)))
+    start = time.perf_counter()
+    model.forward(model.ops.asarray(x_train[:min(train["eval_batch_size"], len(x_train))]))
+    return seconds + time.perf_counter() - start
 
 
 def run(config, out_dir, on_line=print, progress=None, resume_from=None):
@@ -251,7 +291,9 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
                                   steps_per_epoch, steps_per_epoch * train["epochs"])]
     if train.get("metrics"):
         callbacks.append(EpochMetrics(model, evals, train["metrics"], train["eval_batch_size"]))
-    callbacks += [RunRecorder(folder, train["epochs"], on_line, progress), checkpointer, PluginEvents(folder)]
+    first_step = FirstStepTimer(on_line)
+    callbacks += [first_step, RunRecorder(folder, train["epochs"], on_line, progress), checkpointer,
+                  PluginEvents(folder)]
     for index, table in enumerate(train.get("callbacks", [])):
         callback = build_item(f"train.callbacks.{index}", table, "callback")
         callback.bind(model, folder)
@@ -279,6 +321,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
         "test_loss": final["loss"],
         "test_accuracy": final["accuracy"],
         "compile_seconds": compile_seconds,
+        "first_step_seconds": first_step.seconds,
         "train_seconds": sum(h["epoch_seconds"] for h in history),
         "parameters": model.parameter_count(),
         "weights_sha256": weights_sha256(model),

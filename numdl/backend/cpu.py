@@ -1,6 +1,29 @@
 """CPU backend: NumPy arrays, kernels called directly (they are ``@njit`` functions)."""
 
+import os
+
 import numpy as np
+
+# The variables the thread pools numdl's kernels may start read when their library loads: OpenBLAS
+# (numba's matrix products go through SciPy's), OpenMP, and numba's own.
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def limit_threads(count):
+    """Use at most ``count`` CPU threads. Call before the first kernel runs: the BLAS reads its thread
+    count when it loads (``import numdl`` loads none), so this sets the environment it reads, and,
+    where threadpoolctl is installed, also limits pools already loaded."""
+    if count < 1:
+        from numdl.errors import ConfigError
+
+        raise ConfigError(f"threads must be >= 1, got {count}")
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(count)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(count)
 
 from numdl.backend.base import Ops
 

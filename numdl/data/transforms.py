@@ -19,18 +19,22 @@ class Normalizer:
         self.shift, self.divisor = 0.0, 1.0
 
     def fit(self, x):
-        x = np.asarray(x, dtype=np.float64)
+        # No float64 copy of the whole set (for Fashion-MNIST that was 376 MB and 2 s of start-up):
+        # 8-bit data is counted by value, anything else is summed in float64 blocks.
+        x = np.asarray(x)
         if self.method == "standardize":
-            self.shift, self.divisor = float(x.mean()), float(x.std()) or 1.0
+            self.shift, self.divisor = _mean_std(x)
+            self.divisor = self.divisor or 1.0
         elif self.method == "scale":
             self.shift, self.divisor = 0.0, float(np.abs(x).max()) or 1.0
         return self
 
     def transform(self, x):
-        out = np.asarray(x, dtype=self.dtype)
+        out = np.array(x, dtype=self.dtype, order="C")  # the one copy; the arithmetic is in place
         if self.method != "none":
-            out = (out - self.dtype.type(self.shift)) / self.dtype.type(self.divisor)
-        return np.ascontiguousarray(out, dtype=self.dtype)
+            out -= self.dtype.type(self.shift)
+            out /= self.dtype.type(self.divisor)
+        return out
 
     def fit_transform(self, x):
         return self.fit(x).transform(x)
@@ -43,3 +47,20 @@ class Normalizer:
 
     def state(self):
         return {"method": self.method, "shift": self.shift, "divisor": self.divisor}
+
+
+def _mean_std(x, block=1 << 20):
+    """Mean and (population) standard deviation of every element of ``x``, accumulated in float64."""
+    if x.size == 0:
+        return 0.0, 0.0
+    if x.dtype == np.uint8:  # images: 256 counts give exact sums
+        values = np.arange(256, dtype=np.float64)
+        counts = np.bincount(x.reshape(-1), minlength=256).astype(np.float64)
+        mean = float(counts @ values) / x.size
+        return mean, float(np.sqrt(counts @ (values - mean) ** 2 / x.size))
+    flat = x.reshape(-1)
+    total = sum(float(np.sum(flat[i:i + block], dtype=np.float64)) for i in range(0, flat.size, block))
+    mean = total / flat.size
+    squares = sum(float(np.sum((flat[i:i + block].astype(np.float64) - mean) ** 2))
+                  for i in range(0, flat.size, block))
+    return mean, float(np.sqrt(squares / flat.size))
