@@ -36,6 +36,7 @@ def test_tiny_training_run_writes_the_three_files(tmp_path):
         assert key in lines[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.9
+    assert 0 < summary["first_step_seconds"] < 600 and "first training step done" in result.output
     assert len(summary["report"]["confusion_matrix"]) == 10
     assert set(summary["report"]["per_class"]["Trouser"]) == {"precision", "recall", "f1", "support"}
     assert "train.epochs" not in (out / "config.toml").read_text()
@@ -69,3 +70,24 @@ def test_plugins_command_lists_items_by_kind_with_their_source():
     lines = result.output.splitlines()
     assert lines[0] == "layers:" and "schedules:" in lines
     assert any(line.split() == ["lstm", "numdl"] for line in lines)
+
+
+def test_warmup_then_threads_option_runs_single_threaded(tmp_path):
+    """`numdl warmup` loads the config's kernels; `numdl --threads 1` sets the thread pools' limits
+    before any kernel loads (checked in a fresh process: the BLAS reads them when it loads)."""
+    data = write_fashion_like(tmp_path / "data", n_train=64, n_test=32)
+    warm = CliRunner().invoke(cli, ["warmup", "--set", f"data.path='{data}'"])
+    assert warm.exit_code == 0, warm.output
+    assert "kernels of this config are ready in" in warm.output
+    code = ("import os, sys; from numdl.cli import cli\n"
+            "try:\n    cli(['--threads', '1', 'warmup', '--set', sys.argv[1]])\n"
+            "except SystemExit as done:\n    assert done.code in (0, None), done.code\n"
+            "from threadpoolctl import threadpool_info\n"
+            "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['NUMBA_NUM_THREADS'],\n"
+            "      {p['num_threads'] for p in threadpool_info() if p['internal_api'] == 'openblas'})")
+    result = subprocess.run([sys.executable, "-c", code, f"data.path='{data}'"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "1 1 {1}"
+    bad = CliRunner().invoke(cli, ["--threads", "0", "plugins"])
+    assert bad.exit_code == 2 and "0" in bad.output
