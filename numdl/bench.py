@@ -1,19 +1,32 @@
-"""``numdl bench``: training and inference throughput of reference models, numdl against PyTorch in
-the same process, on the same data, initial weights, batch size and thread count.
+"""``numdl bench``: numdl against PyTorch in the same process, on the same data, initial weights,
+batch size and thread count.
 
-Each case reports numdl's and PyTorch's samples per second (medians of ``repeats`` timed runs after
-a warm-up) and their ratio; kernel compile time is reported apart (the warm-up). Results can be
-saved as JSON and compared with a saved baseline, failing on a slowdown beyond a tolerance.
+Suites:
+
+- ``mlp``, ``cnn``, ``lstm``, ``transformer``: training throughput (an epoch's worth of batches)
+  and, for the MLP, inference over 10,000 images, for the reference models;
+- ``kernels``: every kernel family, forward and forward+backward, at a small size (where per-call
+  overhead decides) and a large one (where the arithmetic does);
+- ``startup``: ``numdl train`` in a fresh process with a warm kernel cache, time to its first step,
+  and the peak resident memory of ``numdl train`` against a PyTorch script doing the same job.
+
+Timing: numdl and PyTorch repetitions alternate (numdl, torch, numdl, ...), so both see the same
+machine; each side's figure is the median of its repetitions and the ratio is numdl / PyTorch.
+Kernel compile time (loading from numba's cache when warm) is reported apart, never timed.
 """
 
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-SUITES = ("mlp", "cnn", "lstm")
+SUITES = ("mlp", "cnn", "lstm", "transformer", "kernels", "startup")
+DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "startup")
 
 
 def _data(samples, shape, classes=10, seed=0):
@@ -21,13 +34,40 @@ def _data(samples, shape, classes=10, seed=0):
     return rng.standard_normal((samples,) + shape).astype(np.float32), rng.integers(0, classes, samples)
 
 
-def _median_rate(run, samples, repeats):
-    times = []
+def _alternate(ours, theirs, repeats):
+    """Run ``ours`` and ``theirs`` alternately ``repeats`` times each (after one warm-up call each);
+    returns the median seconds of each."""
+    ours(), theirs() if theirs else None
+    mine, others = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return samples / statistics.median(times)
+        ours()
+        mine.append(time.perf_counter() - start)
+        if theirs:
+            start = time.perf_counter()
+            theirs()
+            others.append(time.perf_counter() - start)
+    return statistics.median(mine), (statistics.median(others) if others else None)
+
+
+def _result(case, work, ours_seconds, theirs_seconds, unit="samples/s", **extra):
+    result = {"case": case, "unit": unit, "numdl": work / ours_seconds, **extra}
+    if theirs_seconds:
+        result["torch"] = work / theirs_seconds
+        result["ratio"] = result["numdl"] / result["torch"]
+    return result
+
+
+def _torch(threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+# ----------------------------------------------------------------------------------- models
 
 
 def _copy_weights_to_torch(torch, model, modules):
@@ -48,8 +88,13 @@ def _numdl_model(kind):
         layers = [numdl.Reshape([1, 28, 28]), numdl.Conv2d(32, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2),
                   numdl.Conv2d(64, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
                   numdl.Linear(128), numdl.ReLU(), numdl.Linear(10)]
-    else:
+    elif kind == "lstm":
         layers = [numdl.LSTM(128), numdl.Linear(10)]
+    else:  # examples/transformer.toml: 7x7 patches, 2 post-norm encoder layers of width 64, mean pool
+        layers = [numdl.Reshape([1, 28, 28]), numdl.Conv2d(64, 7, stride=7), numdl.Reshape([64, 16]),
+                  numdl.SwapAxes(), numdl.PositionalEncoding(kind="learned"),
+                  numdl.TransformerEncoderLayer(4, 128, dropout=0.1), numdl.TransformerEncoderLayer(4, 128, dropout=0.1),
+                  numdl.SequencePool("mean"), numdl.Linear(10)]
     model = numdl.Sequential(layers, input_shape=(28, 28), seed=0)
     return model.compile(numdl.CrossEntropy(), numdl.Adam(lr=1e-3))
 
@@ -57,13 +102,13 @@ def _numdl_model(kind):
 def _torch_model(torch, kind):
     nn = torch.nn
     if kind == "mlp":
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
-                            nn.Linear(64, 10))
-    elif kind == "cnn":
-        net = nn.Sequential(nn.Unflatten(1, (1, 28)), nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                            nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
-    else:
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                             nn.Linear(64, 10))
+    if kind == "cnn":
+        return nn.Sequential(nn.Unflatten(1, (1, 28)), nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    if kind == "lstm":
         class LastStep(nn.Module):
             def __init__(self):
                 super().__init__()
@@ -72,63 +117,339 @@ def _torch_model(torch, kind):
             def forward(self, x):
                 return self.head(self.lstm(x)[0][:, -1])
 
-        net = LastStep()
-    return net
+        return LastStep()
+
+    class PatchTransformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patches = nn.Conv2d(1, 64, 7, stride=7)
+            self.position = nn.Parameter(torch.zeros(16, 64))
+            layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            h = self.patches(x.unsqueeze(1)).flatten(2).transpose(1, 2) + self.position
+            return self.head(self.encoder(h).mean(1))
+
+    return PatchTransformer()
 
 
-def run_case(kind, mode, batch_size, samples, repeats, threads):
-    """One benchmark case; returns a dict of the measurements."""
+def model_case(kind, mode, batch_size, samples, repeats, threads):
+    """Training (an epoch of ``samples``) or inference throughput of one reference model."""
     x, y = _data(samples, (28, 28))
     ours = _numdl_model(kind)
     compile_seconds = ours.warmup(batch_size)
+    batches = [(x[b:b + batch_size], y[b:b + batch_size]) for b in range(0, samples, batch_size)]
 
-    if mode == "train":
-        def run_ours():
-            for b in range(0, samples, batch_size):
-                ours.train_step(x[b:b + batch_size], y[b:b + batch_size])
-    else:
-        def run_ours():
+    def run_ours():
+        if mode == "train":
+            for xb, yb in batches:
+                ours.train_step(xb, yb)
+        else:
             ours.predict(x, batch_size=batch_size)
 
-    result = {"case": f"{kind} {mode} b{batch_size}", "numdl": _median_rate(run_ours, samples, repeats),
-              "compile_seconds": compile_seconds}
-    try:
-        import torch
-    except ImportError:
-        return result
-    torch.set_num_threads(threads)
-    net = _torch_model(torch, kind)
-    _copy_weights_to_torch(torch, ours, [m for m in net.modules() if not list(m.children())])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    torch = _torch(threads)
+    run_theirs = None
+    if torch is not None:
+        net = _torch_model(torch, kind)
+        if kind != "transformer":  # same layouts: same initial weights (the transformer's differ)
+            _copy_weights_to_torch(torch, ours, [m for m in net.modules() if not list(m.children())])
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        theirs = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in batches]
 
-    if mode == "train":
         def run_theirs():
-            for b in range(0, samples, batch_size):
-                opt.zero_grad()
-                loss_fn(net(tx[b:b + batch_size]), ty[b:b + batch_size]).backward()
-                opt.step()
-    else:
-        def run_theirs():
+            if mode == "train":
+                for xb, yb in theirs:
+                    opt.zero_grad()
+                    loss_fn(net(xb), yb).backward()
+                    opt.step()
+            else:
+                with torch.no_grad():
+                    for xb, _ in theirs:
+                        net(xb)
+
+    mine, others = _alternate(run_ours, run_theirs, repeats)
+    return _result(f"{kind} {mode} b{batch_size}", samples, mine, others, compile_seconds=compile_seconds)
+
+
+# ---------------------------------------------------------------------------------- kernels
+
+
+def _kernel_cases(torch):
+    """(family, size, numdl layers, input shape without batch, batch, torch module factory)."""
+    import numdl
+
+    nn = torch.nn
+    return [
+        ("linear", "64x784->128", [numdl.Linear(128)], (784,), 64, lambda: nn.Linear(784, 128)),
+        ("linear", "1024x1024->1024", [numdl.Linear(1024)], (1024,), 1024, lambda: nn.Linear(1024, 1024)),
+        ("relu", "64x128", [numdl.ReLU()], (128,), 64, nn.ReLU),
+        ("relu", "256x16384", [numdl.ReLU()], (16384,), 256, nn.ReLU),
+        ("tanh", "64x128", [numdl.Tanh()], (128,), 64, nn.Tanh),
+        ("tanh", "256x16384", [numdl.Tanh()], (16384,), 256, nn.Tanh),
+        ("gelu", "256x16384", [numdl.GELU()], (16384,), 256, nn.GELU),
+        ("conv2d", "8x1x28x28 3x3->32", [numdl.Conv2d(32, 3, padding=1)], (1, 28, 28), 8,
+         lambda: nn.Conv2d(1, 32, 3, padding=1)),
+        ("conv2d", "128x32x14x14 3x3->64", [numdl.Conv2d(64, 3, padding=1)], (32, 14, 14), 128,
+         lambda: nn.Conv2d(32, 64, 3, padding=1)),
+        ("maxpool2d", "8x32x28x28", [numdl.MaxPool2d(2)], (32, 28, 28), 8, lambda: nn.MaxPool2d(2)),
+        ("maxpool2d", "128x32x28x28", [numdl.MaxPool2d(2)], (32, 28, 28), 128, lambda: nn.MaxPool2d(2)),
+        ("batchnorm2d", "8x32x14x14", [numdl.BatchNorm2d()], (32, 14, 14), 8, lambda: nn.BatchNorm2d(32)),
+        ("batchnorm2d", "128x64x14x14", [numdl.BatchNorm2d()], (64, 14, 14), 128, lambda: nn.BatchNorm2d(64)),
+        ("layernorm", "64x128", [numdl.LayerNorm()], (128,), 64, lambda: nn.LayerNorm(128)),
+        ("layernorm", "4096x512", [numdl.LayerNorm()], (512,), 4096, lambda: nn.LayerNorm(512)),
+        ("lstm", "8x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 8,
+         lambda: _FirstOutput(nn.LSTM(28, 128, batch_first=True))),
+        ("lstm", "128x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 128,
+         lambda: _FirstOutput(nn.LSTM(28, 128, batch_first=True))),
+        ("attention", "8x16x64 4 heads", [numdl.MultiHeadAttention(4)], (16, 64), 8,
+         lambda: _SelfAttention(nn.MultiheadAttention(64, 4, batch_first=True))),
+        ("attention", "64x64x128 8 heads", [numdl.MultiHeadAttention(8)], (64, 128), 64,
+         lambda: _SelfAttention(nn.MultiheadAttention(128, 8, batch_first=True))),
+    ]
+
+
+def _FirstOutput(module):
+    import torch
+
+    class FirstOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x):
+            return self.inner(x)[0]
+
+    return FirstOutput()
+
+
+def _SelfAttention(module):
+    import torch
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x):
+            return self.inner(x, x, x, need_weights=False)[0]
+
+    return SelfAttention()
+
+
+def kernel_cases(repeats, threads, quick):
+    """Each kernel family at two sizes: forward, and forward + backward, numdl against PyTorch."""
+    import numdl
+
+    torch = _torch(threads)
+    if torch is None:
+        return []
+    results = []
+    for family, size, layers, shape, batch, make_torch in _kernel_cases(torch):
+        model = numdl.Sequential(layers, input_shape=shape, seed=0, input_grad=True)
+        x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
+        out = model.forward(x, training=True)
+        dout = np.ones(out.shape, np.float32)
+        module = make_torch()
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tdout = torch.from_numpy(dout)
+        calls = 3 if quick else max(3, min(200, int(2e8 // max(1, x.size * 50))))
+
+        def ours_forward():
+            for _ in range(calls):
+                model.forward(x, training=True)
+
+        def ours_step():
+            for _ in range(calls):
+                model.forward(x, training=True)
+                model.backward(dout)
+
+        def theirs_forward():
             with torch.no_grad():
-                for b in range(0, samples, batch_size):
-                    net(tx[b:b + batch_size])
+                for _ in range(calls):
+                    module(tx)
 
-    run_theirs()  # warm-up
-    result["torch"] = _median_rate(run_theirs, samples, repeats)
-    result["ratio"] = result["numdl"] / result["torch"]
-    return result
+        def theirs_step():
+            for _ in range(calls):
+                module(tx).backward(tdout)
+
+        for mode, ours, theirs in (("forward", ours_forward, theirs_forward),
+                                   ("forward+backward", ours_step, theirs_step)):
+            mine, others = _alternate(ours, theirs, repeats)
+            results.append(_result(f"{family} {size} {mode}", calls, mine, others, unit="calls/s"))
+    # the optimizer step over every parameter at once
+    for count in (10_000, 10_000_000):
+        results.append(_adam_case(torch, count, repeats, quick))
+    # softmax + cross-entropy, fused in numdl's loss
+    for rows, classes in ((64, 10), (4096, 1000)):
+        results.append(_cross_entropy_case(torch, rows, classes, repeats, quick))
+    return results
+
+
+def _adam_case(torch, count, repeats, quick):
+    import numdl
+
+    model = numdl.Sequential([numdl.Linear(count // 100, bias=False)], input_shape=(100,), seed=0)
+    optimizer = numdl.Adam(lr=1e-3)
+    params = model.parameters()
+    params[0].grad[...] = 0.01
+    tensor = torch.nn.Parameter(torch.from_numpy(params[0].value.copy()))
+    tensor.grad = torch.full_like(tensor, 0.01)
+    torch_optimizer = torch.optim.Adam([tensor], lr=1e-3)
+    calls = 3 if quick else (200 if count < 1e6 else 10)
+
+    def ours():
+        for _ in range(calls):
+            optimizer.step(params)
+
+    def theirs():
+        for _ in range(calls):
+            torch_optimizer.step()
+
+    mine, others = _alternate(ours, theirs, repeats)
+    return _result(f"adam step {count:,} params", calls, mine, others, unit="calls/s")
+
+
+def _cross_entropy_case(torch, rows, classes, repeats, quick):
+    import numdl
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, rows)
+    loss = numdl.CrossEntropy()
+    tlogits = torch.from_numpy(logits).requires_grad_(True)
+    tlabels = torch.from_numpy(labels)
+    calls = 3 if quick else (500 if rows < 1000 else 20)
+
+    def ours():
+        for _ in range(calls):
+            loss.forward(logits, labels)
+            loss.backward()
+
+    def theirs():
+        for _ in range(calls):
+            torch.nn.functional.cross_entropy(tlogits, tlabels).backward()
+
+    mine, others = _alternate(ours, theirs, repeats)
+    return _result(f"softmax+cross-entropy {rows}x{classes} forward+backward", calls, mine, others,
+                   unit="calls/s")
+
+
+# ------------------------------------------------------------------------- start-up, memory
+
+# VmHWM, not getrusage: Linux carries ru_maxrss over exec, so a child would report its parent's peak.
+_PEAK_RSS = """
+for line in open('/proc/self/status'):
+    if line.startswith('VmHWM:'):
+        print('PEAK_RSS_KIB', line.split()[1])
+"""
+
+_NUMDL_TRAIN = """
+import sys
+from numdl.cli import cli
+try:
+    cli(sys.argv[1:])
+except SystemExit as done:
+    assert done.code in (0, None), done.code
+""" + _PEAK_RSS
+
+# The PyTorch side of the memory comparison: the embedded default job (Fashion-MNIST read from the
+# same IDX files, standardised with the training-set statistics, MLP 784-128-64-10, Adam 1e-3,
+# batch 64, shuffled, then the test set evaluated), without importing numdl.
+_TORCH_TRAIN = """
+import gzip, sys
+import numpy as np
+import torch
+torch.set_num_threads(int(sys.argv[6]))
+def read(path, offset):
+    with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+epochs = int(sys.argv[5])
+x = read(sys.argv[1], 16).reshape(-1, 784)
+y = torch.from_numpy(read(sys.argv[2], 8).astype(np.int64))
+xt = read(sys.argv[3], 16).reshape(-1, 784)
+yt = torch.from_numpy(read(sys.argv[4], 8).astype(np.int64))
+mean, std = float(x.mean()), float(x.std())
+x = torch.from_numpy((x.astype(np.float32) - mean) / std)
+xt = torch.from_numpy((xt.astype(np.float32) - mean) / std)
+net = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),
+                          torch.nn.Linear(64, 10))
+opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+generator = torch.Generator().manual_seed(0)
+for epoch in range(epochs):
+    order = torch.randperm(len(x), generator=generator)
+    for b in range(0, len(x), 64):
+        index = order[b:b + 64]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[index]), y[index]).backward()
+        opt.step()
+with torch.no_grad():
+    accuracy = (net(xt).argmax(1) == yt).float().mean().item()
+print("accuracy", accuracy)
+""" + _PEAK_RSS
+
+
+def _run_python(code, *args, env=None):
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed: {result.stderr.strip().splitlines()[-1:]}")
+    peak = [line for line in result.stdout.splitlines() if line.startswith("PEAK_RSS_KIB")]
+    return result.stdout, int(peak[-1].split()[1]) / 1024
+
+
+def startup_cases(threads, quick):
+    """numdl train on the embedded default in fresh processes (the first warms the kernel cache):
+    seconds to the first training step; and peak RSS of numdl train against PyTorch's same job."""
+    from numdl.data.fashion_mnist import _find_in, candidate_dirs
+
+    found = next((f for f in map(_find_in, candidate_dirs()) if f), None)
+    epochs = 1
+    env = dict(os.environ)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        firsts, peaks = [], []
+        for run in range(2 if quick else 3):
+            out = os.path.join(tmp, f"run{run}")
+            start = time.perf_counter()
+            _, peak = _run_python(_NUMDL_TRAIN, "--threads", threads, "train", "--quiet", "--out", out,
+                                  "--set", f"train.epochs={epochs}", env=env)
+            wall = time.perf_counter() - start
+            summary = json.loads(open(os.path.join(out, "summary.json")).read())
+            firsts.append(summary["first_step_seconds"])
+            peaks.append(peak)
+        # the first run may have compiled; the others load every kernel from the cache
+        results.append({"case": "numdl train: first step, warm cache", "unit": "s", "numdl": min(firsts[1:]),
+                        "cold_or_first": firsts[0], "wall_seconds_last": wall})
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            found = None
+        if found is None:
+            results.append({"case": f"train default MLP peak RSS ({epochs} epoch)", "unit": "MiB",
+                            "numdl": max(peaks)})
+            return results
+        paths = [str(found[key]) for key in ("train_images", "train_labels", "test_images", "test_labels")]
+        _, torch_peak = _run_python(_TORCH_TRAIN, *paths, epochs, threads, env=env)
+        results.append({"case": f"train default MLP peak RSS ({epochs} epoch)", "unit": "MiB", "numdl": max(peaks),
+                        "torch": torch_peak, "ratio": max(peaks) / torch_peak})
+    return results
+
+
+# ------------------------------------------------------------------------------------ plans
 
 
 def cases(suites, quick):
+    """The model cases: (kind, mode, batch size, samples)."""
     plan = {
         "mlp": [("mlp", "train", 64, 6000 if quick else 30000), ("mlp", "train", 256, 6000 if quick else 30000),
-                ("mlp", "predict", 1000, 10000)],
+                ("mlp", "predict", 1000, 10000), ("mlp", "predict", 64, 10000)],
         "cnn": [("cnn", "train", 128, 512 if quick else 2560)],
         "lstm": [("lstm", "train", 128, 1024 if quick else 5120)],
+        "transformer": [("transformer", "train", 128, 1024 if quick else 5120)],
     }
-    return [case for suite in suites for case in plan[suite]]
+    return [case for suite in suites for case in plan.get(suite, [])]
 
 
 def peak_memory_mib():
@@ -137,27 +458,38 @@ def peak_memory_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(suites=SUITES, quick=False, repeats=None, threads=None):
+def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
     threads = threads or os.cpu_count()
     repeats = repeats or (2 if quick else 5)
-    results = [run_case(*case, repeats=repeats, threads=threads) for case in cases(suites, quick)]
+    results = [model_case(*case, repeats=repeats, threads=threads) for case in cases(suites, quick)]
+    if "kernels" in suites:
+        results += kernel_cases(repeats, threads, quick)
+    if "startup" in suites:
+        results += startup_cases(threads, quick)
     return {"threads": threads, "repeats": repeats, "results": results, "peak_rss_mib": peak_memory_mib()}
 
 
 def compare(report, baseline, tolerance):
-    """[(case, now, before)] of cases whose numdl throughput fell below (1 - tolerance) x baseline."""
+    """[(case, now, before)] of throughput cases whose numdl figure fell below (1 - tolerance) x
+    baseline (time and memory cases, where lower is better, are left out)."""
     before = {r["case"]: r["numdl"] for r in baseline["results"]}
     return [(r["case"], r["numdl"], before[r["case"]]) for r in report["results"]
-            if r["case"] in before and r["numdl"] < (1 - tolerance) * before[r["case"]]]
+            if r["case"] in before and r.get("unit", "samples/s").endswith("/s")
+            and r["numdl"] < (1 - tolerance) * before[r["case"]]]
 
 
 def format_table(report):
-    lines = [f"{'case':<22} {'numdl/s':>12} {'torch/s':>12} {'ratio':>7} {'compile s':>10}"]
+    width = max([len(r["case"]) for r in report["results"]] + [4])
+    lines = [f"{'case':<{width}} {'unit':>9} {'numdl':>12} {'torch':>12} {'ratio':>7} {'compile s':>10}"]
     for r in report["results"]:
-        torch_rate = f"{r['torch']:>12,.0f}" if "torch" in r else f"{'-':>12}"
+        number = (lambda v: f"{v:>12,.2f}") if r.get("unit") in ("s",) else (lambda v: f"{v:>12,.0f}")
+        theirs = number(r["torch"]) if "torch" in r else f"{'-':>12}"
         ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
-        lines.append(f"{r['case']:<22} {r['numdl']:>12,.0f} {torch_rate} {ratio} {r['compile_seconds']:>10.2f}")
-    lines.append(f"threads {report['threads']}, median of {report['repeats']}, peak RSS {report['peak_rss_mib']:.0f} MiB")
+        compiled = f"{r['compile_seconds']:>10.2f}" if "compile_seconds" in r else f"{'':>10}"
+        lines.append(f"{r['case']:<{width}} {r.get('unit', 'samples/s'):>9} {number(r['numdl'])} {theirs} {ratio}"
+                     f" {compiled}")
+    lines.append(f"threads {report['threads']}, median of {report['repeats']} alternating repetitions, "
+                 f"peak RSS of this process {report['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
 

@@ -165,8 +165,10 @@ def warmup(config, overrides):
 
 
 @cli.command()
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["mlp", "cnn", "lstm"]),
-              help="Benchmark suite to run (repeatable; default: all).")
+@click.option("--suite", "suites", multiple=True,
+              type=click.Choice(["mlp", "cnn", "lstm", "transformer", "kernels", "startup"]),
+              help="Benchmark suite to run (repeatable; default: all but kernels). kernels: every kernel family "
+                   "at two sizes; startup: time to the first step and peak memory of numdl train.")
 @click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for both numdl and PyTorch (default: every core).")
@@ -185,7 +187,7 @@ def bench(suites, quick, threads, json_path, baseline, tolerance):
         from numdl.backend.cpu import limit_threads
 
         limit_threads(threads)
-    report = bench_module.run(suites or bench_module.SUITES, quick=quick, threads=threads)
+    report = bench_module.run(suites or bench_module.DEFAULT_SUITES, quick=quick, threads=threads)
     click.echo(bench_module.format_table(report))
     if json_path:
         bench_module.save(report, json_path)
