@@ -113,3 +113,16 @@ def test_batches_cover_everything_once():
     x = np.arange(10)
     seen = np.concatenate([bx for bx, _ in batches(x, x, 3, shuffle=True, rng=np.random.default_rng(0))])
     assert sorted(seen) == list(range(10)) and not np.array_equal(seen, x)
+
+
+def test_decoded_idx_cache_is_used_and_rebuilt_when_damaged(tmp_path):
+    from numdl.data.idx import read_idx, write_idx
+
+    source = write_idx(tmp_path / "images-idx3-ubyte.gz", np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    cache = tmp_path / "decoded"
+    first = read_idx(source, cache_dir=cache)
+    [cached] = list(cache.iterdir())
+    np.testing.assert_array_equal(np.load(cached), first)
+    cached.write_bytes(b"not an npy file")  # damaged: decoded again from the source and rewritten
+    np.testing.assert_array_equal(read_idx(source, cache_dir=cache), first)
+    np.testing.assert_array_equal(np.load(cached), first)

@@ -22,6 +22,8 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "numdl" / "fashion-mnist"
+# Decoded arrays (.npy) of the compressed files, wherever those were found: a start-up cache.
+DECODED_CACHE_DIR = CACHE_DIR / "decoded"
 
 # SHA-256 of the decompressed IDX bytes.
 FILES = {
@@ -91,7 +93,7 @@ def load_fashion_mnist(path=None, allow_download=True):
             raise DataError(f"Fashion-MNIST files not found in {where} (need train-images-idx3-ubyte, "
                             f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, .gz or not)")
         found = _find_in(download())
-    arrays = {key: read_idx(found[key]) for key in FILES}
+    arrays = {key: read_idx(found[key], cache_dir=DECODED_CACHE_DIR) for key in FILES}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:

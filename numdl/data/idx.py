@@ -6,6 +6,7 @@ truncated or padded file is refused with a message instead of read as garbage.
 """
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -36,14 +37,47 @@ def parse_idx(raw, source="<bytes>"):
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path):
-    """Read an IDX file (``.gz`` decompressed on the fly)."""
+def read_idx(path, cache_dir=None):
+    """Read an IDX file (``.gz`` decompressed on the fly).
+
+    ``cache_dir``: keep the decoded array there as ``.npy`` (named by the source's name, size and
+    modification time), so that later reads skip the decompression (0.5 s of every Fashion-MNIST
+    start); a cache that cannot be written is skipped, and one that does not match is re-made.
+    """
     path = Path(path)
+    cached = _cache_path(path, cache_dir) if cache_dir is not None and path.suffix == ".gz" else None
+    if cached is not None and cached.is_file():
+        try:
+            return np.load(cached, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # damaged: decode again and rewrite it
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"{path}: cannot read ({error})") from None
-    return parse_idx(raw, str(path))
+    array = parse_idx(raw, str(path))
+    if cached is not None:
+        _write_cache(cached, array)
+    return array
+
+
+def _cache_path(path, cache_dir):
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return Path(cache_dir) / f"{path.name}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+
+
+def _write_cache(cached, array):
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, cached)  # atomic: a reader sees the old state or the whole file
+    except OSError:
+        pass
 
 
 def write_idx(path, array):

@@ -53,9 +53,11 @@ def _mean_std(x, block=1 << 20):
     """Mean and (population) standard deviation of every element of ``x``, accumulated in float64."""
     if x.size == 0:
         return 0.0, 0.0
-    if x.dtype == np.uint8:  # images: 256 counts give exact sums
-        values = np.arange(256, dtype=np.float64)
-        counts = np.bincount(x.reshape(-1), minlength=256).astype(np.float64)
+    if x.dtype == np.uint8:  # images: 256 counts give exact sums (counted a block at a time:
+        values = np.arange(256, dtype=np.float64)  # bincount widens its input to int64)
+        flat = x.reshape(-1)
+        counts = sum(np.bincount(flat[i:i + block], minlength=256) for i in range(0, flat.size, block))
+        counts = counts.astype(np.float64)
         mean = float(counts @ values) / x.size
         return mean, float(np.sqrt(counts @ (values - mean) ** 2 / x.size))
     flat = x.reshape(-1)
