@@ -11,7 +11,7 @@ from numdl.cli import cli
 def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "cases", lambda suites, quick: [("mlp", "train", 32, 128), ("mlp", "predict", 64, 128)])
     out = tmp_path / "now.json"
-    result = CliRunner().invoke(cli, ["bench", "--quick", "--json", str(out), "--threads", "1"])
+    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--json", str(out), "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "mlp train b32" in result.output and "ratio" in result.output
     report = json.loads(out.read_text())
@@ -20,7 +20,8 @@ def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     for r in faster["results"]:
         r["numdl"] *= 10  # a baseline ten times faster: today's run is a regression
     (tmp_path / "base.json").write_text(json.dumps(faster))
-    result = CliRunner().invoke(cli, ["bench", "--quick", "--compare", str(tmp_path / "base.json"), "--threads", "1"])
+    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--compare", str(tmp_path / "base.json"),
+                                      "--threads", "1"])
     assert result.exit_code == 1 and "regression: mlp train b32" in result.output
 
 
@@ -28,3 +29,21 @@ def test_compare_tolerates_small_noise():
     now = {"results": [{"case": "a", "numdl": 95.0}]}
     assert bench.compare(now, {"results": [{"case": "a", "numdl": 100.0}]}, 0.2) == []
     assert bench.compare(now, {"results": [{"case": "a", "numdl": 200.0}]}, 0.2) == [("a", 95.0, 200.0)]
+
+
+def test_compare_ignores_time_and_memory_cases():
+    """Lower is better for seconds and MiB: those cases never count as throughput regressions."""
+    now = {"results": [{"case": "first step", "unit": "s", "numdl": 5.0}, {"case": "rss", "unit": "MiB", "numdl": 900}]}
+    before = {"results": [{"case": "first step", "unit": "s", "numdl": 1.0}, {"case": "rss", "unit": "MiB", "numdl": 100}]}
+    assert bench.compare(now, before, 0.2) == []
+
+
+def test_child_peak_memory_is_the_child_own():
+    """The start-up suite reads a child's VmHWM (getrusage would report the parent's peak after exec)."""
+    import numpy as np
+
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MiB in this process
+    _, small = bench._run_python("x = 1\n" + bench._PEAK_RSS)
+    _, large = bench._run_python("import numpy as np\nx = np.ones(400 * 2**20 // 8)\n" + bench._PEAK_RSS)
+    assert small < 200 < 400 < large < 600, (small, large)
+    del ballast

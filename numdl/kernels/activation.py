@@ -12,9 +12,8 @@ output; the others through their saved input.
 import math
 
 import numpy as np
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math, scalar_math_float32
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math, scalar_math_float32
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

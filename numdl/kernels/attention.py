@@ -13,9 +13,8 @@ of this library's models (tens of steps) a row fits in cache and BLAS calls woul
 import math
 
 import numpy as np
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

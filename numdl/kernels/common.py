@@ -6,7 +6,9 @@ outputs and return nothing. Only ``numdl.backend`` calls them.
 
 import inspect
 
-from numba import cuda, njit, types
+import importlib
+
+from numba import njit, types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
@@ -56,9 +58,66 @@ def scalar_math_float32(float32_version):
     return register
 
 
+class _LazyCudaModule:
+    """Stands for ``numba.cuda`` in the kernel modules until a CUDA kernel is first used.
+
+    Importing numba.cuda (numba-cuda) takes ~0.4 s, a quarter of a CPU run's start-up; CPU runs never
+    need it. A kernel module says ``from numdl.kernels.common import cuda``; the first use of one of
+    its CUDA kernels (a launch, PTX, ``py_func``) puts the real module in its place (see _realize).
+    """
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("numba.cuda"), name)
+
+
+cuda = _LazyCudaModule()
+
+
+class _LazyCudaFunction:
+    """A ``cuda.jit`` kernel or device function, made on first use; see _LazyCudaModule."""
+
+    def __init__(self, func, options):
+        self.py_function, self._options, self._dispatcher = func, options, None
+        self.__name__, self.__doc__, self.__module__ = func.__name__, func.__doc__, func.__module__
+
+    @property
+    def dispatcher(self):
+        if self._dispatcher is None:
+            _realize(self.py_function.__globals__)
+        return self._dispatcher
+
+    def __getitem__(self, launch_config):
+        return self.dispatcher[launch_config]
+
+    def __getattr__(self, name):  # py_func, targetoptions, ...: the real dispatcher's
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.dispatcher, name)
+
+
+def _realize(namespace):
+    """Put the real numba.cuda, and real dispatchers, in place of the stand-ins in a module's
+    namespace (the globals numba-cuda resolves when it compiles a kernel there)."""
+    real = importlib.import_module("numba.cuda")
+    for name, value in list(namespace.items()):
+        if isinstance(value, _LazyCudaModule):
+            namespace[name] = real
+    for name, value in list(namespace.items()):
+        if isinstance(value, _LazyCudaFunction):
+            if value._dispatcher is None:
+                value._dispatcher = real.jit(**value._options)(value.py_function)
+            namespace[name] = value._dispatcher  # what kernels calling a device function must find
+
+
 def cuda_kernel(func):
-    """A lazily compiled CUDA kernel: no signature, so nothing compiles (or needs a GPU) at import."""
-    return cuda.jit(**tuning.CUDA_JIT_OPTIONS)(func)
+    """A lazily compiled CUDA kernel: nothing compiles (or needs a GPU) at import, and numba.cuda
+    itself loads on first use."""
+    return _LazyCudaFunction(func, tuning.CUDA_JIT_OPTIONS)
+
+
+def cuda_device_function(func):
+    """A CUDA device function that CUDA kernels of the same module call (lazy like cuda_kernel)."""
+    return _LazyCudaFunction(func, {"device": True})
 
 
 def same_type(x, value):

@@ -3,9 +3,9 @@ hash of (seed, offset + i). CPU and CUDA draw the very same mask, and the stream
 integers (easy to checkpoint and resume exactly).
 """
 
-from numba import cuda, float32, uint64
+from numba import float32, uint64
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

@@ -1,8 +1,7 @@
 """Element-wise arithmetic between arrays (residual sums). Flat 1-D views; overwrites ``out``."""
 
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 

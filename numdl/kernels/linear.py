@@ -6,9 +6,8 @@ pair): forward clamps in the bias pass, backward lets the gradient through where
 """
 
 import numpy as np
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 

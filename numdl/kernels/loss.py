@@ -7,10 +7,9 @@ them into the mean or sum. Backward kernels overwrite the gradient, already mult
 
 import math
 
-from numba import cuda
 
 from numdl.kernels.activation import sigmoid
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

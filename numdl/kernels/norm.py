@@ -8,9 +8,8 @@ on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are saved for
 
 import math
 
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

@@ -7,9 +7,8 @@ the host per step.
 
 import math
 
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

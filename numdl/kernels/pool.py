@@ -10,9 +10,8 @@ element (no atomics), looking through the windows that cover it.
 import math
 
 import numpy as np
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 from numdl.kernels.conv import conv_output_index
 
 # --------------------------------------------------------------------------- scalar math (both targets)

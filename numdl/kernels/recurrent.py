@@ -17,10 +17,10 @@ and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's 
 
 
 import numpy as np
-from numba import cuda
 
 from numdl.kernels.activation import sigmoid, tanh
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import (cpu_kernel, cuda, cuda_device_function, cuda_kernel, same_type,
+                                  scalar_math)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -285,7 +285,7 @@ def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_ne
 
 def _device(func):
     """A CUDA device function (the per-sample loops shared by the LSTM and GRU kernels)."""
-    return cuda.jit(device=True)(func)
+    return cuda_device_function(func)
 
 
 @scalar_math

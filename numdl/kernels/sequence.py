@@ -6,9 +6,8 @@ direction's final state, as PyTorch's h_n of a bidirectional RNN). ``mean``: the
 Embedding: out (N, T, D) = weight[indices]; its backward sums the rows of repeated indices.
 """
 
-from numba import cuda
 
-from numdl.kernels.common import cpu_kernel, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 

@@ -1,11 +1,13 @@
-"""The plugin's kernels, each an @njit CPU kernel with a @cuda.jit twin (numdl's conventions:
-outputs first, flat 1-D views, scalars in the arrays' dtype, grid-stride CUDA loops)."""
+"""The plugin's kernels, each an @njit CPU kernel with a CUDA twin (numdl's conventions: outputs
+first, flat 1-D views, scalars in the arrays' dtype, grid-stride CUDA loops). The twins use numdl's
+``cuda_kernel``, a lazy ``cuda.jit``: numba.cuda (~0.4 s to import) loads only when a twin is used."""
 
 import math
 
-from numba import cuda, njit
+from numba import njit
 
-from numdl.kernels.common import same_type  # typed constants: a bare 1 makes float32 math float64
+# same_type: typed constants (a bare 1 makes float32 math float64)
+from numdl.kernels.common import cuda, cuda_kernel, same_type
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
@@ -72,13 +74,13 @@ def focal_loss_backward_cpu(dlogits, probs, labels, alpha, gamma, scale):
 # --------------------------------------------------------------------------------------- CUDA kernels
 
 
-@cuda.jit
+@cuda_kernel
 def swish_forward_cuda(out, x, beta):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         out[i] = x[i] / (same_type(beta[0], 1.0) + math.exp(-beta[0] * x[i]))
 
 
-@cuda.jit
+@cuda_kernel
 def swish_backward_cuda(dx, dbeta, dout, x, beta):
     # dbeta accumulates with atomics: the caller zeroes it first.
     one = same_type(beta[0], 1.0)
@@ -89,7 +91,7 @@ def swish_backward_cuda(dx, dbeta, dout, x, beta):
         cuda.atomic.add(dbeta, 0, dout[i] * x[i] * x[i] * slope)
 
 
-@cuda.jit
+@cuda_kernel
 def lion_step_cuda(param, exp_avg, grad, lr, beta1, beta2, weight_decay):
     one = same_type(lr, 1.0)
     zero = same_type(lr, 0.0)
@@ -100,7 +102,7 @@ def lion_step_cuda(param, exp_avg, grad, lr, beta1, beta2, weight_decay):
         exp_avg[i] = beta2 * exp_avg[i] + (one - beta2) * grad[i]
 
 
-@cuda.jit
+@cuda_kernel
 def focal_loss_forward_cuda(sample_loss, probs, logits, labels, alpha, gamma):
     one = same_type(alpha, 1.0)
     for r in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
@@ -118,7 +120,7 @@ def focal_loss_forward_cuda(sample_loss, probs, logits, labels, alpha, gamma):
         sample_loss[r] = -alpha * math.pow(one - pt, gamma) * log_pt
 
 
-@cuda.jit
+@cuda_kernel
 def focal_loss_backward_cuda(dlogits, probs, labels, alpha, gamma, scale):
     one = same_type(alpha, 1.0)
     for r in range(cuda.grid(1), probs.shape[0], cuda.gridsize(1)):
