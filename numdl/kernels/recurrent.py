@@ -218,7 +218,13 @@ def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh,
 def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
                             out, gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm):
     n_batch, steps, hidden = out.shape
-    dproj[:] = 0
+    # The LSTM's input- and hidden-side gate gradients are equal: dproj[1] serves for both below.
+    input_side = 1 if is_lstm else 0
+    # Rows of valid steps are written in full below; only the padding past each length is zeroed.
+    for n in range(n_batch):
+        for t in range(lengths[n], steps):
+            dproj[0, n * steps + t] = 0
+            dproj[1, n * steps + t] = 0
     dh_next[:] = 0
     dc_next[:] = 0
     h_step[:] = 0
@@ -234,10 +240,8 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
             if not first:
                 h_step[row] = out[n, prev]
             if is_lstm:
-                # dproj[0] and dproj[1] are equal for the LSTM: the cell writes [1], copied below
                 _lstm_cells_backward(dproj[1, row], dc_next[n], gates[n, t], cells[n, t],
                                      cells[n, t if first else prev], not first, dout[n, t], dh_next[n])
-                dproj[0, row] = dproj[1, row]
             else:
                 for j in range(hidden):
                     dh = dout[n, t, j] + dh_next[n, j]
@@ -250,17 +254,17 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
     # dW_hh in one product over every (sample, step) row, not one small product per step.
     np.dot(dproj[1].T, h_step, dw_hh)
     x2 = x.reshape(n_batch * steps, x.shape[2])
-    np.dot(dproj[0].T, x2, dw_ih)
+    np.dot(dproj[input_side].T, x2, dw_ih)
     for k in range(db_ih.size):
         db_ih[k] = 0
         db_hh[k] = 0
     for r in range(n_batch * steps):
-        input_row, hidden_row = dproj[0, r], dproj[1, r]  # 1-D rows: the sums vectorise
+        input_row, hidden_row = dproj[input_side, r], dproj[1, r]  # 1-D rows: the sums vectorise
         for k in range(db_ih.size):
             db_ih[k] += input_row[k]
             db_hh[k] += hidden_row[k]
     if dx.size > 0:
-        np.dot(dproj[0], w_ih, dx.reshape(n_batch * steps, x.shape[2]))
+        np.dot(dproj[input_side], w_ih, dx.reshape(n_batch * steps, x.shape[2]))
 
 
 @cpu_kernel
