@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,19 +35,27 @@ def _data(samples, shape, classes=10, seed=0):
     return rng.standard_normal((samples,) + shape).astype(np.float32), rng.integers(0, classes, samples)
 
 
+# Pause before each timed run: after a run, OpenBLAS's threads (numdl) or OpenMP's (PyTorch) keep
+# spinning for a while, and on two cores they would slow whichever side runs next.
+SETTLE_SECONDS = 0.3
+
+
+def _timed(run):
+    time.sleep(SETTLE_SECONDS)
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def _alternate(ours, theirs, repeats):
     """Run ``ours`` and ``theirs`` alternately ``repeats`` times each (after one warm-up call each);
     returns the median seconds of each."""
     ours(), theirs() if theirs else None
     mine, others = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours()
-        mine.append(time.perf_counter() - start)
+        mine.append(_timed(ours))
         if theirs:
-            start = time.perf_counter()
-            theirs()
-            others.append(time.perf_counter() - start)
+            others.append(_timed(theirs))
     return statistics.median(mine), (statistics.median(others) if others else None)
 
 
@@ -93,7 +102,8 @@ def _numdl_model(kind):
     else:  # examples/transformer.toml: 7x7 patches, 2 post-norm encoder layers of width 64, mean pool
         layers = [numdl.Reshape([1, 28, 28]), numdl.Conv2d(64, 7, stride=7), numdl.Reshape([64, 16]),
                   numdl.SwapAxes(), numdl.PositionalEncoding(kind="learned"),
-                  numdl.TransformerEncoderLayer(4, 128, dropout=0.1), numdl.TransformerEncoderLayer(4, 128, dropout=0.1),
+                  numdl.TransformerEncoderLayer(4, 128, dropout=0.1),
+                  numdl.TransformerEncoderLayer(4, 128, dropout=0.1),
                   numdl.SequencePool("mean"), numdl.Linear(10)]
     model = numdl.Sequential(layers, input_shape=(28, 28), seed=0)
     return model.compile(numdl.CrossEntropy(), numdl.Adam(lr=1e-3))
@@ -201,17 +211,17 @@ def _kernel_cases(torch):
         ("layernorm", "64x128", [numdl.LayerNorm()], (128,), 64, lambda: nn.LayerNorm(128)),
         ("layernorm", "4096x512", [numdl.LayerNorm()], (512,), 4096, lambda: nn.LayerNorm(512)),
         ("lstm", "8x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 8,
-         lambda: _FirstOutput(nn.LSTM(28, 128, batch_first=True))),
+         lambda: _first_output(nn.LSTM(28, 128, batch_first=True))),
         ("lstm", "128x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 128,
-         lambda: _FirstOutput(nn.LSTM(28, 128, batch_first=True))),
+         lambda: _first_output(nn.LSTM(28, 128, batch_first=True))),
         ("attention", "8x16x64 4 heads", [numdl.MultiHeadAttention(4)], (16, 64), 8,
-         lambda: _SelfAttention(nn.MultiheadAttention(64, 4, batch_first=True))),
+         lambda: _self_attention(nn.MultiheadAttention(64, 4, batch_first=True))),
         ("attention", "64x64x128 8 heads", [numdl.MultiHeadAttention(8)], (64, 128), 64,
-         lambda: _SelfAttention(nn.MultiheadAttention(128, 8, batch_first=True))),
+         lambda: _self_attention(nn.MultiheadAttention(128, 8, batch_first=True))),
     ]
 
 
-def _FirstOutput(module):
+def _first_output(module):
     import torch
 
     class FirstOutput(torch.nn.Module):
@@ -225,7 +235,7 @@ def _FirstOutput(module):
     return FirstOutput()
 
 
-def _SelfAttention(module):
+def _self_attention(module):
     import torch
 
     class SelfAttention(torch.nn.Module):
@@ -241,50 +251,57 @@ def _SelfAttention(module):
 
 def kernel_cases(repeats, threads, quick):
     """Each kernel family at two sizes: forward, and forward + backward, numdl against PyTorch."""
-    import numdl
-
     torch = _torch(threads)
     if torch is None:
         return []
     results = []
     for family, size, layers, shape, batch, make_torch in _kernel_cases(torch):
-        model = numdl.Sequential(layers, input_shape=shape, seed=0, input_grad=True)
-        x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
-        out = model.forward(x, training=True)
-        dout = np.ones(out.shape, np.float32)
-        module = make_torch()
-        tx = torch.from_numpy(x).requires_grad_(True)
-        tdout = torch.from_numpy(dout)
-        calls = 3 if quick else max(3, min(200, int(2e8 // max(1, x.size * 50))))
-
-        def ours_forward():
-            for _ in range(calls):
-                model.forward(x, training=True)
-
-        def ours_step():
-            for _ in range(calls):
-                model.forward(x, training=True)
-                model.backward(dout)
-
-        def theirs_forward():
-            with torch.no_grad():
-                for _ in range(calls):
-                    module(tx)
-
-        def theirs_step():
-            for _ in range(calls):
-                module(tx).backward(tdout)
-
-        for mode, ours, theirs in (("forward", ours_forward, theirs_forward),
-                                   ("forward+backward", ours_step, theirs_step)):
-            mine, others = _alternate(ours, theirs, repeats)
-            results.append(_result(f"{family} {size} {mode}", calls, mine, others, unit="calls/s"))
+        results += _layer_case(torch, family, size, layers, shape, batch, make_torch, repeats, quick)
     # the optimizer step over every parameter at once
     for count in (10_000, 10_000_000):
         results.append(_adam_case(torch, count, repeats, quick))
     # softmax + cross-entropy, fused in numdl's loss
     for rows, classes in ((64, 10), (4096, 1000)):
         results.append(_cross_entropy_case(torch, rows, classes, repeats, quick))
+    return results
+
+
+def _layer_case(torch, family, size, layers, shape, batch, make_torch, repeats, quick):
+    """One layer, forward and forward + backward (input gradient included), numdl against PyTorch."""
+    import numdl
+
+    model = numdl.Sequential(layers, input_shape=shape, seed=0, input_grad=True)
+    x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
+    out = model.forward(x, training=True)
+    dout = np.ones(out.shape, np.float32)
+    module = make_torch()
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tdout = torch.from_numpy(dout)
+    calls = 3 if quick else max(3, min(200, int(2e8 // max(1, x.size * 50))))
+
+    def ours_forward():
+        for _ in range(calls):
+            model.forward(x, training=True)
+
+    def ours_step():
+        for _ in range(calls):
+            model.forward(x, training=True)
+            model.backward(dout)
+
+    def theirs_forward():
+        with torch.no_grad():
+            for _ in range(calls):
+                module(tx)
+
+    def theirs_step():
+        for _ in range(calls):
+            module(tx).backward(tdout)
+
+    results = []
+    for mode, ours, theirs in (("forward", ours_forward, theirs_forward),
+                               ("forward+backward", ours_step, theirs_step)):
+        mine, others = _alternate(ours, theirs, repeats)
+        results.append(_result(f"{family} {size} {mode}", calls, mine, others, unit="calls/s"))
     return results
 
 
@@ -392,7 +409,8 @@ print("accuracy", accuracy)
 
 
 def _run_python(code, *args, env=None):
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                            check=False)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed: {result.stderr.strip().splitlines()[-1:]}")
     peak = [line for line in result.stdout.splitlines() if line.startswith("PEAK_RSS_KIB")]
@@ -412,16 +430,14 @@ def startup_cases(threads, quick):
         firsts, peaks = [], []
         for run in range(2 if quick else 3):
             out = os.path.join(tmp, f"run{run}")
-            start = time.perf_counter()
             _, peak = _run_python(_NUMDL_TRAIN, "--threads", threads, "train", "--quiet", "--out", out,
                                   "--set", f"train.epochs={epochs}", env=env)
-            wall = time.perf_counter() - start
-            summary = json.loads(open(os.path.join(out, "summary.json")).read())
+            summary = json.loads(Path(out, "summary.json").read_text())
             firsts.append(summary["first_step_seconds"])
             peaks.append(peak)
         # the first run may have compiled; the others load every kernel from the cache
         results.append({"case": "numdl train: first step, warm cache", "unit": "s", "numdl": min(firsts[1:]),
-                        "cold_or_first": firsts[0], "wall_seconds_last": wall})
+                        "first_run": firsts[0]})
         try:
             import torch  # noqa: F401
         except ImportError:

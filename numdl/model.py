@@ -310,10 +310,12 @@ class Sequential:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
         x = self.prepare(x, None, "input data")[0]
         lengths = None if lengths is None else np.asarray(lengths)
-        outs = [self.ops.to_numpy(self.forward(self.ops.asarray(x[b:b + batch_size]),
-                                               lengths=None if lengths is None else lengths[b:b + batch_size])).copy()
-                for b in range(0, x.shape[0], batch_size)]
-        return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape, self.dtype)
+        result = np.empty((x.shape[0],) + self.output_shape, self.dtype)  # filled batch by batch: no copies
+        for b in range(0, x.shape[0], batch_size):
+            out = self.forward(self.ops.asarray(x[b:b + batch_size]),
+                               lengths=None if lengths is None else lengths[b:b + batch_size])
+            result[b:b + batch_size] = self.ops.to_numpy(out)
+        return result
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, path, meta=None):

@@ -153,8 +153,15 @@ def layernorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
     for r in range(dout.shape[0]):
         if dx.size > 0:
             layernorm_backward_row(dx, dout, xhat, invstd, gamma, r)
-    for j in range(dout.shape[1]):
-        layernorm_param_grads(dgamma, dbeta, dout, xhat, j)
+    # dgamma, dbeta: the sums layernorm_param_grads takes column by column (the CUDA twin's thread
+    # per column), here row by row: the same additions in the same order, reading memory in order.
+    dgamma[:] = 0
+    dbeta[:] = 0
+    for r in range(dout.shape[0]):
+        dout_row, xhat_row = dout[r], xhat[r]
+        for j in range(dout.shape[1]):
+            dgamma[j] += dout_row[j] * xhat_row[j]
+            dbeta[j] += dout_row[j]
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

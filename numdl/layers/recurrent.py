@@ -121,7 +121,8 @@ class _Recurrent(SequenceLayer):
             self.ops.last_step_backward(full, dout, lengths, h)
             dout = full
         scratch = (self.buffer("dproj", (2, n * steps, g * h)), self.buffer("dstep", (n, g * h)),
-                   self.buffer("h_step", (n * steps, h)), self.buffer("dh_next", (n, h)), self.buffer("dc_next", (n, h)))
+                   self.buffer("h_step", (n * steps, h)), self.buffer("dh_next", (n, h)),
+                   self.buffer("dc_next", (n, h)))
         for layer in range(self.num_layers - 1, -1, -1):
             inputs, saved = self._saved[layer]
             want_dx = layer > 0 or self.needs_input_grad
