@@ -136,7 +136,7 @@ class Sequential:
                     raise TrainingDiverged(f"the gradient of {name} is not finite")
         if self.clip_grad_norm > 0:
             self.clip_gradients(self.clip_grad_norm)
-        self.optimizer.step(self.parameters())
+        self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
         return loss, _count_correct(self.ops, logits, y)
 
     def _gradients_finite(self):

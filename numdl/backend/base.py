@@ -39,14 +39,15 @@ class Ops:
     def nothing(self, dtype, ndim=1):
         """The empty array that stands for an absent optional argument (no bias, no dx). It has the
         rank of the array it replaces, so the kernel keeps one compiled version for both cases."""
-        key = (np.dtype(dtype).str, ndim)
-        if key not in self._nothing:
-            self._nothing[key] = self.empty((0,) * ndim, dtype)
-        return self._nothing[key]
+        key = (dtype, ndim)  # dtype objects hash; no np.dtype() call on this per-kernel path
+        array = self._nothing.get(key)
+        if array is None:
+            array = self._nothing[key] = self.empty((0,) * ndim, dtype)
+        return array
 
     @staticmethod
     def scalar(value, dtype):
-        return np.dtype(dtype).type(value)
+        return dtype.type(value) if isinstance(dtype, np.dtype) else np.dtype(dtype).type(value)
 
     @staticmethod
     def flat(array):

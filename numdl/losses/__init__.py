@@ -80,8 +80,7 @@ class CrossEntropy(Loss):
         if self.weight is not None and len(self.weight) != classes:
             raise ShapeError(f"cross_entropy: weight has {len(self.weight)} entries but the logits have "
                              f"{classes} classes")
-        host_weights = np.ones(classes) if self.weight is None else np.asarray(self.weight)
-        self._class_weights = self._weights_on_device(host_weights, dtype)
+        self._class_weights = self._weights_on_device(classes, dtype)
         self._labels = self.ops.asarray(labels)
         sample_loss = self.buffer("sample_loss", (n,), dtype)
         sample_weight = self.buffer("sample_weight", (n,), dtype)
@@ -97,9 +96,11 @@ class CrossEntropy(Loss):
         self._scale = 1.0
         return total
 
-    def _weights_on_device(self, host_weights, dtype):
-        key = (host_weights.tobytes(), np.dtype(dtype).str)
+    def _weights_on_device(self, classes, dtype):
+        # Made once per (weights, classes, dtype), not per step.
+        key = (None if self.weight is None else tuple(self.weight), classes, dtype, self.ops.name)
         if self._buffers.get("class_weights_key") != key:
+            host_weights = np.ones(classes) if self.weight is None else np.asarray(self.weight)
             self._buffers["class_weights_key"] = key
             self._buffers["class_weights"] = self.ops.asarray(host_weights, dtype=dtype)
         return self._buffers["class_weights"]
