@@ -107,3 +107,29 @@ def test_maxpool_2x2_fast_path_matches_numpy_with_ties_and_odd_sizes(dtype):
     cols = 2 * np.arange(3)[None, :] + first % 2
     np.testing.assert_array_equal(out, windows.max(-1))
     np.testing.assert_array_equal(argmax, rows * 7 + cols)
+
+
+def test_float32_rational_tanh_sigmoid_erf_are_accurate_and_keep_nan():
+    """The float32 versions that compiled kernels use (float64 stays exact): absolute error against
+    the float64 functions on the whole line, and NaN in gives NaN out (the NaN guard relies on it)."""
+    import math
+
+    from numdl.kernels.activation import erf, sigmoid, tanh
+    from numdl.kernels.common import cpu_kernel
+
+    @cpu_kernel
+    def apply_all(out, x):
+        for i in range(x.size):
+            out[0, i], out[1, i], out[2, i] = tanh(x[i]), sigmoid(x[i]), erf(x[i])
+
+    x = np.concatenate([np.linspace(-30, 30, 200001), [0.0, 1e-30, -1e-30]]).astype(np.float32)
+    out = np.zeros((3, x.size), np.float32)
+    apply_all(out, x)
+    exact = np.float64(x)
+    references = (np.tanh(exact), 1 / (1 + np.exp(-exact)), np.vectorize(math.erf)(exact))
+    for name, got, reference, bound in zip(("tanh", "sigmoid", "erf"), out, references, (4e-7, 3e-7, 5e-7)):
+        assert np.abs(got - reference).max() < bound, name
+    nan = np.full(1, np.nan, np.float32)
+    out = np.zeros((3, 1), np.float32)
+    apply_all(out, nan)
+    assert np.isnan(out).all()
