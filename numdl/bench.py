@@ -211,42 +211,37 @@ def _kernel_cases(torch):
         ("layernorm", "64x128", [numdl.LayerNorm()], (128,), 64, lambda: nn.LayerNorm(128)),
         ("layernorm", "4096x512", [numdl.LayerNorm()], (512,), 4096, lambda: nn.LayerNorm(512)),
         ("lstm", "8x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 8,
-         lambda: _first_output(nn.LSTM(28, 128, batch_first=True))),
+         lambda: _wrapped(nn.LSTM(28, 128, batch_first=True), _outputs)),
         ("lstm", "128x28x28->128", [numdl.LSTM(128, return_sequences=True)], (28, 28), 128,
-         lambda: _first_output(nn.LSTM(28, 128, batch_first=True))),
+         lambda: _wrapped(nn.LSTM(28, 128, batch_first=True), _outputs)),
         ("attention", "8x16x64 4 heads", [numdl.MultiHeadAttention(4)], (16, 64), 8,
-         lambda: _self_attention(nn.MultiheadAttention(64, 4, batch_first=True))),
+         lambda: _wrapped(nn.MultiheadAttention(64, 4, batch_first=True), _self_attention)),
         ("attention", "64x64x128 8 heads", [numdl.MultiHeadAttention(8)], (64, 128), 64,
-         lambda: _self_attention(nn.MultiheadAttention(128, 8, batch_first=True))),
+         lambda: _wrapped(nn.MultiheadAttention(128, 8, batch_first=True), _self_attention)),
     ]
 
 
-def _first_output(module):
+def _wrapped(module, forward):
+    """A torch module computing ``forward(module, x)``: adapts modules not called as ``f(x) -> y``."""
     import torch
 
-    class FirstOutput(torch.nn.Module):
+    class Wrapped(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.inner = module
 
         def forward(self, x):
-            return self.inner(x)[0]
+            return forward(self.inner, x)
 
-    return FirstOutput()
+    return Wrapped()
 
 
-def _self_attention(module):
-    import torch
+def _outputs(module, x):
+    return module(x)[0]  # nn.LSTM: (output, (h_n, c_n))
 
-    class SelfAttention(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = module
 
-        def forward(self, x):
-            return self.inner(x, x, x, need_weights=False)[0]
-
-    return SelfAttention()
+def _self_attention(module, x):
+    return module(x, x, x, need_weights=False)[0]
 
 
 def kernel_cases(repeats, threads, quick):

@@ -47,3 +47,22 @@ def test_child_peak_memory_is_the_child_own():
     _, large = bench._run_python("import numpy as np\nx = np.ones(400 * 2**20 // 8)\n" + bench._PEAK_RSS)
     assert small < 200 < 400 < large < 600, (small, large)
     del ballast
+
+
+def test_kernel_suite_runs_every_family_against_torch(monkeypatch):
+    """The kernel-family suite on its small sizes only (quick): one row per family and mode, each
+    with both frameworks' figures."""
+    full = bench._kernel_cases
+
+    def small_size_of_each_family(torch):
+        chosen = {}
+        for case in full(torch):  # (family, size, layers, shape, batch, torch factory), small size first
+            chosen.setdefault(case[0], case)
+        return list(chosen.values())
+
+    monkeypatch.setattr(bench, "_kernel_cases", small_size_of_each_family)
+    results = bench.kernel_cases(repeats=1, threads=1, quick=True)
+    families = {r["case"].split()[0] for r in results}
+    assert {"linear", "relu", "tanh", "conv2d", "maxpool2d", "batchnorm2d", "layernorm", "lstm", "attention", "adam",
+            "softmax+cross-entropy"} <= families
+    assert all(r["numdl"] > 0 and r["torch"] > 0 and r["ratio"] > 0 for r in results)
