@@ -115,9 +115,11 @@ def test_batches_cover_everything_once():
     assert sorted(seen) == list(range(10)) and not np.array_equal(seen, x)
 
 
-def test_decoded_idx_cache_is_used_and_rebuilt_when_damaged(tmp_path):
+def test_decoded_idx_cache_is_used_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from numdl.data import idx
     from numdl.data.idx import read_idx, write_idx
 
+    monkeypatch.setattr(idx, "CACHE_MIN_BYTES", 0)  # the real threshold keeps small files out
     source = write_idx(tmp_path / "images-idx3-ubyte.gz", np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
     cache = tmp_path / "decoded"
     first = read_idx(source, cache_dir=cache)
@@ -126,3 +128,21 @@ def test_decoded_idx_cache_is_used_and_rebuilt_when_damaged(tmp_path):
     cached.write_bytes(b"not an npy file")  # damaged: decoded again from the source and rewritten
     np.testing.assert_array_equal(read_idx(source, cache_dir=cache), first)
     np.testing.assert_array_equal(np.load(cached), first)
+
+
+def test_decoded_idx_cache_keeps_one_version_and_skips_small_files(tmp_path, monkeypatch):
+    import os
+
+    from numdl.data import idx
+    from numdl.data.idx import read_idx, write_idx
+
+    cache = tmp_path / "decoded"
+    source = write_idx(tmp_path / "labels-idx1-ubyte.gz", np.arange(10, dtype=np.uint8))
+    read_idx(source, cache_dir=cache)
+    assert not cache.exists()  # below CACHE_MIN_BYTES: decompressing is cheaper than a cache file
+    monkeypatch.setattr(idx, "CACHE_MIN_BYTES", 0)
+    read_idx(source, cache_dir=cache)
+    write_idx(source, np.arange(12, dtype=np.uint8))  # the source changes: a new entry replaces the old
+    os.utime(source, ns=(1, 1))
+    np.testing.assert_array_equal(read_idx(source, cache_dir=cache), np.arange(12))
+    assert len(list(cache.iterdir())) == 1
