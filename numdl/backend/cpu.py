@@ -49,3 +49,13 @@ class CPUOps(Ops):
 
     def zero_(self, array):
         array[...] = 0
+
+
+def load_kernel_runtime():
+    """Import numba and set up its CPU target by running one small cached kernel: what the first
+    kernel call of a run would otherwise do (about half a second), started early so that a caller
+    can overlap it with other work."""
+    from numdl.kernels.elementwise import add_forward_cpu
+
+    one = np.zeros(1, np.float32)
+    add_forward_cpu(one, one, one)
