@@ -115,11 +115,47 @@ def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal,
 
 @cpu_kernel
 def attention_forward_cpu(ctx, probs, qkv, lengths, heads, causal, scale):
-    # Overwrites ctx (N, T, E) and probs (N, heads, T, T).
-    for n in range(qkv.shape[0]):
+    # Overwrites ctx (N, T, E) and probs (N, heads, T, T): attention_row's arithmetic, in its order,
+    # over flat views with unsigned indices (as conv._im2col: numba's negative-index fix-up on every
+    # 3-D access kept these short dot products from vectorising).
+    n_batch, steps, width = qkv.shape
+    embed = width // 3
+    dim = embed // heads
+    qkv_flat, probs_flat, ctx_flat = qkv.reshape(-1), probs.reshape(-1), ctx.reshape(-1)
+    zero = same_type(scale, 0.0)
+    for n in range(n_batch):
         for h in range(heads):
-            for t in range(qkv.shape[1]):
-                attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+            for t in range(steps):
+                limit = min(lengths[n], t + 1) if causal else lengths[n]
+                query = np.uint64((n * steps + t) * width + h * dim)
+                row = np.uint64(((n * heads + h) * steps + t) * steps)
+                peak = same_type(scale, -math.inf)
+                for s in range(limit):
+                    key = np.uint64((n * steps + s) * width + embed + h * dim)
+                    acc = zero
+                    for i in range(dim):
+                        acc += qkv_flat[query + np.uint64(i)] * qkv_flat[key + np.uint64(i)]
+                    acc *= scale
+                    probs_flat[row + np.uint64(s)] = acc
+                    peak = max(peak, acc)
+                total = zero
+                for s in range(limit):
+                    e = math.exp(probs_flat[row + np.uint64(s)] - peak)
+                    probs_flat[row + np.uint64(s)] = e
+                    total += e
+                for s in range(limit, steps):
+                    probs_flat[row + np.uint64(s)] = zero  # masked keys
+                inv = same_type(scale, 1.0) / total
+                for s in range(limit):
+                    probs_flat[row + np.uint64(s)] *= inv
+                out = np.uint64((n * steps + t) * embed + h * dim)
+                for i in range(dim):
+                    ctx_flat[out + np.uint64(i)] = zero
+                for s in range(limit):
+                    p = probs_flat[row + np.uint64(s)]
+                    value = np.uint64((n * steps + s) * width + 2 * embed + h * dim)
+                    for i in range(dim):
+                        ctx_flat[out + np.uint64(i)] += p * qkv_flat[value + np.uint64(i)]
 
 
 @cpu_kernel
@@ -127,36 +163,51 @@ def attention_backward_cpu(dqkv, dctx, probs, qkv, lengths, heads, causal, scale
     # Overwrites dqkv (N, T, 3E). Per (sample, head): dP = dctx V^T, dS = P (dP - rowsum(dP P)) scale,
     # then dQ = dS K, dK = dS^T Q, dV = P^T dctx, in O(T^2 d). (The per-position helpers the CUDA twin
     # runs, one thread each, recompute a dP row for every key: O(T^3 d), 0.03x PyTorch at T = 64.)
-    n_batch, steps = qkv.shape[0], qkv.shape[1]
-    embed = qkv.shape[2] // 3
+    # Flat views and unsigned indices, as in the forward.
+    n_batch, steps, width = qkv.shape
+    embed = width // 3
     dim = embed // heads
     zero = same_type(scale, 0.0)
     dscores = np.empty((steps, steps), qkv.dtype)  # one (T, T) scratch per call
+    dscores_flat = dscores.reshape(-1)
+    qkv_flat, dqkv_flat, dctx_flat, probs_flat = qkv.reshape(-1), dqkv.reshape(-1), dctx.reshape(-1), probs.reshape(-1)
     dqkv[:] = 0
     for n in range(n_batch):
         for h in range(heads):
-            q0, k0, v0, c0 = h * dim, embed + h * dim, 2 * embed + h * dim, h * dim
             for t in range(steps):
                 limit = min(lengths[n], t + 1) if causal else lengths[n]
+                grad = np.uint64((n * steps + t) * embed + h * dim)
+                row = np.uint64(((n * heads + h) * steps + t) * steps)
+                scores = np.uint64(t * steps)
                 dot = zero
                 for s in range(limit):
+                    value = np.uint64((n * steps + s) * width + 2 * embed + h * dim)
                     dp = zero
                     for i in range(dim):
-                        dp += dctx[n, t, c0 + i] * qkv[n, s, v0 + i]
-                    dscores[t, s] = dp
-                    dot += dp * probs[n, h, t, s]
+                        dp += dctx_flat[grad + np.uint64(i)] * qkv_flat[value + np.uint64(i)]
+                    dscores_flat[scores + np.uint64(s)] = dp
+                    dot += dp * probs_flat[row + np.uint64(s)]
                 for s in range(limit):
-                    dscores[t, s] = probs[n, h, t, s] * (dscores[t, s] - dot) * scale
+                    p = probs_flat[row + np.uint64(s)]
+                    dscores_flat[scores + np.uint64(s)] = p * (dscores_flat[scores + np.uint64(s)] - dot) * scale
                 for s in range(limit, steps):
-                    dscores[t, s] = zero  # masked keys: their probabilities are zero too
+                    dscores_flat[scores + np.uint64(s)] = zero  # masked keys: their probabilities are zero too
             for t in range(steps):
+                row = np.uint64(((n * heads + h) * steps + t) * steps)
+                query = np.uint64((n * steps + t) * width + h * dim)
+                grad = np.uint64((n * steps + t) * embed + h * dim)
                 for s in range(steps):
-                    d = dscores[t, s]
-                    p = probs[n, h, t, s]
+                    d = dscores_flat[np.uint64(t * steps + s)]
+                    p = probs_flat[row + np.uint64(s)]
+                    key = np.uint64((n * steps + s) * width + embed + h * dim)
+                    value = key + np.uint64(embed)
+                    # three loops, not one: each writes one slice, so each can vectorise
                     for i in range(dim):
-                        dqkv[n, t, q0 + i] += d * qkv[n, s, k0 + i]
-                        dqkv[n, s, k0 + i] += d * qkv[n, t, q0 + i]
-                        dqkv[n, s, v0 + i] += p * dctx[n, t, c0 + i]
+                        dqkv_flat[query + np.uint64(i)] += d * qkv_flat[key + np.uint64(i)]
+                    for i in range(dim):
+                        dqkv_flat[key + np.uint64(i)] += d * qkv_flat[query + np.uint64(i)]
+                    for i in range(dim):
+                        dqkv_flat[value + np.uint64(i)] += p * dctx_flat[grad + np.uint64(i)]
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
