@@ -42,7 +42,7 @@ def test_kernel_family_forward_backward(benchmark, case):
     one forward and backward of the layer, input gradient included."""
     import numdl
 
-    family, size, layers, shape, batch, _ = case
+    _, _, layers, shape, batch, _ = case
     model = numdl.Sequential(layers, input_shape=shape, seed=0, input_grad=True)
     x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
     dout = np.ones(model.forward(x, training=True).shape, np.float32)
