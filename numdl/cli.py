@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 import numdl
+from numdl import bench as bench_suites  # NumPy and the standard library only
 from numdl.errors import ConfigError, DataError, NumdlError
 
 
@@ -166,7 +167,7 @@ def warmup(config, overrides):
 
 @cli.command()
 @click.option("--suite", "suites", multiple=True,
-              type=click.Choice(["mlp", "cnn", "lstm", "transformer", "kernels", "startup"]),
+              type=click.Choice(bench_suites.SUITES),
               help="Benchmark suite to run (repeatable; default: all but kernels). kernels: every kernel family "
                    "at two sizes; startup: time to the first step and peak memory of numdl train.")
 @click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")

@@ -184,22 +184,12 @@ def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_
                 _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], proj[row], bias,
                                     cells[n, prev if step > 0 else t], step > 0)
                 continue
-            for j in range(hidden):
-                if is_lstm:
-                    pre_i = proj[row, j] + hh[n, j] + b_ih[j] + b_hh[j]
-                    pre_f = proj[row, hidden + j] + hh[n, hidden + j] + b_ih[hidden + j] + b_hh[hidden + j]
-                    pre_g = (proj[row, 2 * hidden + j] + hh[n, 2 * hidden + j] + b_ih[2 * hidden + j]
-                             + b_hh[2 * hidden + j])
-                    pre_o = (proj[row, 3 * hidden + j] + hh[n, 3 * hidden + j] + b_ih[3 * hidden + j]
-                             + b_hh[3 * hidden + j])
-                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_i, 0.0)
-                    lstm_cell(gates, cells, out, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
-                else:
-                    pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
-                    pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
-                    x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
-                    h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
-                    gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
+            for j in range(hidden):  # the GRU, unit by unit
+                pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
+                pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
+                x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
+                h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
+                gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
             for j in range(hidden):
                 h_prev[n, j] = out[n, t, j]
 
