@@ -7,7 +7,7 @@ import math
 from numba import njit
 
 # same_type: typed constants (a bare 1 makes float32 math float64)
-from numdl.kernels.common import cuda, cuda_kernel, same_type
+from numdl.kernels.common import cuda, cuda_kernel, same_type, scalar_math
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
@@ -41,34 +41,47 @@ def lion_step_cpu(param, exp_avg, grad, lr, beta1, beta2, weight_decay):
         exp_avg[i] = beta2 * exp_avg[i] + (1 - beta2) * grad[i]
 
 
+@scalar_math
+def focal_loss_row(sample_loss, probs, logits, labels, alpha, gamma, r):
+    # sample_loss[r] = -alpha (1 - p_y)^gamma log p_y, p = softmax(logits[r]); overwrites probs[r].
+    # One definition for both kernels (numdl's scalar_math), so the twins compute alike.
+    one = same_type(alpha, 1.0)
+    peak = logits[r, 0]
+    for c in range(1, logits.shape[1]):
+        peak = max(peak, logits[r, c])
+    total = one - one
+    for c in range(logits.shape[1]):
+        probs[r, c] = math.exp(logits[r, c] - peak)
+        total += probs[r, c]
+    for c in range(logits.shape[1]):
+        probs[r, c] /= total
+    log_pt = logits[r, labels[r]] - peak - math.log(total)
+    pt = probs[r, labels[r]]
+    sample_loss[r] = -alpha * math.pow(one - pt, gamma) * log_pt
+
+
+@scalar_math
+def focal_loss_row_backward(dlogits, probs, labels, alpha, gamma, scale, r):
+    one = same_type(alpha, 1.0)
+    pt = probs[r, labels[r]]
+    rest = one - pt
+    focus = gamma * math.pow(rest, gamma - one) * pt * math.log(pt) if rest > one - one else rest - rest
+    coefficient = scale * alpha * (focus - math.pow(rest, gamma))
+    for c in range(probs.shape[1]):
+        onehot = one if c == labels[r] else one - one
+        dlogits[r, c] = coefficient * (onehot - probs[r, c])
+
+
 @njit(cache=True)
 def focal_loss_forward_cpu(sample_loss, probs, logits, labels, alpha, gamma):
-    # sample_loss[i] = -alpha (1 - p_y)^gamma log p_y, p = softmax(logits[i]). Overwrites probs.
     for r in range(logits.shape[0]):
-        peak = logits[r, 0]
-        for c in range(1, logits.shape[1]):
-            peak = max(peak, logits[r, c])
-        total = logits[r, 0] - logits[r, 0]
-        for c in range(logits.shape[1]):
-            probs[r, c] = math.exp(logits[r, c] - peak)
-            total += probs[r, c]
-        for c in range(logits.shape[1]):
-            probs[r, c] /= total
-        log_pt = logits[r, labels[r]] - peak - math.log(total)
-        pt = probs[r, labels[r]]
-        sample_loss[r] = -alpha * (1 - pt) ** gamma * log_pt
+        focal_loss_row(sample_loss, probs, logits, labels, alpha, gamma, r)
 
 
 @njit(cache=True)
 def focal_loss_backward_cpu(dlogits, probs, labels, alpha, gamma, scale):
     for r in range(probs.shape[0]):
-        pt = probs[r, labels[r]]
-        rest = 1 - pt
-        focus = gamma * rest ** (gamma - 1) * pt * math.log(pt) if rest > 0 else rest - rest
-        coefficient = scale * alpha * (focus - rest ** gamma)
-        for c in range(probs.shape[1]):
-            onehot = 1 if c == labels[r] else 0
-            dlogits[r, c] = coefficient * (onehot - probs[r, c])
+        focal_loss_row_backward(dlogits, probs, labels, alpha, gamma, scale, r)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -104,30 +117,11 @@ def lion_step_cuda(param, exp_avg, grad, lr, beta1, beta2, weight_decay):
 
 @cuda_kernel
 def focal_loss_forward_cuda(sample_loss, probs, logits, labels, alpha, gamma):
-    one = same_type(alpha, 1.0)
     for r in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
-        peak = logits[r, 0]
-        for c in range(1, logits.shape[1]):
-            peak = max(peak, logits[r, c])
-        total = one - one
-        for c in range(logits.shape[1]):
-            probs[r, c] = math.exp(logits[r, c] - peak)
-            total += probs[r, c]
-        for c in range(logits.shape[1]):
-            probs[r, c] /= total
-        log_pt = logits[r, labels[r]] - peak - math.log(total)
-        pt = probs[r, labels[r]]
-        sample_loss[r] = -alpha * math.pow(one - pt, gamma) * log_pt
+        focal_loss_row(sample_loss, probs, logits, labels, alpha, gamma, r)
 
 
 @cuda_kernel
 def focal_loss_backward_cuda(dlogits, probs, labels, alpha, gamma, scale):
-    one = same_type(alpha, 1.0)
     for r in range(cuda.grid(1), probs.shape[0], cuda.gridsize(1)):
-        pt = probs[r, labels[r]]
-        rest = one - pt
-        focus = gamma * math.pow(rest, gamma - one) * pt * math.log(pt) if rest > one - one else rest - rest
-        coefficient = scale * alpha * (focus - math.pow(rest, gamma))
-        for c in range(probs.shape[1]):
-            onehot = one if c == labels[r] else one - one
-            dlogits[r, c] = coefficient * (onehot - probs[r, c])
+        focal_loss_row_backward(dlogits, probs, labels, alpha, gamma, scale, r)
