@@ -8,7 +8,9 @@ Suites:
 - ``kernels``: every kernel family, forward and forward+backward, at a small size (where per-call
   overhead decides) and a large one (where the arithmetic does);
 - ``startup``: ``numdl train`` in a fresh process with a warm kernel cache, time to its first step,
-  and the peak resident memory of ``numdl train`` against a PyTorch script doing the same job.
+  and the peak resident memory of ``numdl train`` against a PyTorch script doing the same job;
+- ``ceiling``: for the MLP and LSTM cases, the samples/s of a step that did nothing but its matrix
+  products (numdl's BLAS) against PyTorch's full step: the highest ratio this machine allows.
 
 Timing: numdl and PyTorch repetitions alternate (numdl, torch, numdl, ...), so both see the same
 machine; each side's figure is the median of its repetitions and the ratio is numdl / PyTorch.
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-SUITES = ("mlp", "cnn", "lstm", "transformer", "kernels", "startup")
-DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "startup")
+SUITES = ("mlp", "cnn", "lstm", "transformer", "kernels", "startup", "ceiling")
+DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "startup", "ceiling")
 
 
 def _data(samples, shape, classes=10, seed=0):
@@ -159,29 +161,120 @@ def model_case(kind, mode, batch_size, samples, repeats, threads):
         else:
             ours.predict(x, batch_size=batch_size)
 
-    torch = _torch(threads)
-    run_theirs = None
-    if torch is not None:
-        net = _torch_model(torch, kind)
-        if kind != "transformer":  # same layouts: same initial weights (the transformer's differ)
-            _copy_weights_to_torch(torch, ours, [m for m in net.modules() if not list(m.children())])
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        theirs = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in batches]
-
-        def run_theirs():
-            if mode == "train":
-                for xb, yb in theirs:
-                    opt.zero_grad()
-                    loss_fn(net(xb), yb).backward()
-                    opt.step()
-            else:
-                with torch.no_grad():
-                    for xb, _ in theirs:
-                        net(xb)
-
+    run_theirs = _torch_run(_torch(threads), kind, mode, batches, ours)
     mine, others = _alternate(run_ours, run_theirs, repeats)
     return _result(f"{kind} {mode} b{batch_size}", samples, mine, others, compile_seconds=compile_seconds)
+
+
+def _torch_run(torch, kind, mode, batches, ours=None):
+    """PyTorch's epoch over ``batches`` (training steps, or no-grad forward passes), or None without
+    PyTorch. ``ours``: a numdl model whose initial weights PyTorch's copies (not the transformer's)."""
+    if torch is None:
+        return None
+    net = _torch_model(torch, kind)
+    if ours is not None and kind != "transformer":  # same layouts: same initial weights
+        _copy_weights_to_torch(torch, ours, [m for m in net.modules() if not list(m.children())])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    theirs = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in batches]
+
+    def run_theirs():
+        if mode == "train":
+            for xb, yb in theirs:
+                opt.zero_grad()
+                loss_fn(net(xb), yb).backward()
+                opt.step()
+        else:
+            with torch.no_grad():
+                for xb, _ in theirs:
+                    net(xb)
+
+    return run_theirs
+
+
+# ------------------------------------------------------------------------------ GEMM ceilings
+# The matrix products one step of a reference model needs, as (rows, inner, columns, count): what
+# numdl's kernels hand to the BLAS (the LSTM's per-step products once per step; the first layer
+# computes no input gradient). Their time alone bounds a step from below, whatever else is fused away.
+
+
+def _step_products(kind, mode, batch):
+    if kind == "mlp":
+        layers = [(784, 128), (128, 64), (64, 10)]
+        products = [(batch, n_in, n_out, 1) for n_in, n_out in layers]  # x @ W.T
+        if mode == "train":
+            products += [(n_out, batch, n_in, 1) for n_in, n_out in layers]  # dW = g.T @ x
+            products += [(batch, n_out, n_in, 1) for n_in, n_out in layers[1:]]  # dx = g @ W
+        return products
+    if kind == "lstm":  # 28 steps of 28 inputs, hidden 128 (gates 512), then Linear(128, 10)
+        steps, inputs, hidden, gates = 28, 28, 128, 512
+        return [(batch * steps, inputs, gates, 1), (batch, hidden, gates, steps), (batch, hidden, 10, 1),
+                (10, batch, hidden, 1), (batch, 10, hidden, 1),  # the head's dW and dx
+                (batch, gates, hidden, steps),  # dh_prev = dgates @ W_hh, per step
+                (gates, batch * steps, hidden, 1), (gates, batch * steps, inputs, 1)]  # dW_hh, dW_ih
+    raise ValueError(f"no product list for {kind}")
+
+
+def _gemm_seconds(products, repeats, multiply):
+    """Median seconds of one pass over ``products``, each computed ``count`` times by ``multiply``
+    (out, a, b) on preallocated float32 arrays."""
+    rng = np.random.default_rng(0)
+    operands = [(np.empty((m, n), np.float32), rng.standard_normal((m, k), dtype=np.float32),
+                 rng.standard_normal((k, n), dtype=np.float32), count) for m, k, n, count in products]
+
+    def one_pass():
+        for out, a, b, count in operands:
+            for _ in range(count):
+                multiply(out, a, b)
+
+    start = time.perf_counter()
+    for _ in range(3):  # warm-up: compile, fault in the pages
+        one_pass()
+    # Each timed run lasts about as long as a model case's epoch (~0.4 s): after the settle pause,
+    # a run of a few milliseconds would mostly time the BLAS threads waking up.
+    passes = max(5, int(0.4 / max((time.perf_counter() - start) / 3, 1e-6)))
+    times = []
+    for _ in range(repeats):
+        times.append(_timed(lambda: [one_pass() for _ in range(passes)]) / passes)
+    return statistics.median(times)
+
+
+# (model, mode, batch size, samples of PyTorch's timed epoch)
+CEILING_CASES = (("mlp", "train", 64, 6400), ("mlp", "train", 256, 12800), ("mlp", "predict", 1000, 10000),
+                 ("lstm", "train", 128, 1280))
+
+
+def ceiling_cases(repeats, threads, quick):
+    """For the MLP and LSTM cases: the samples/s numdl would reach if a step were its matrix products
+    and nothing else (numdl's BLAS, numba's np.dot as the kernels call it), PyTorch's measured full
+    step, and their ratio: the most numdl can reach against this PyTorch on this machine. PyTorch's
+    own products-only bound (MKL) is in the report as ``torch_gemm_bound``."""
+    from numba import njit
+
+    @njit(cache=False)
+    def numba_product(out, a, b):
+        np.dot(a, b, out)
+
+    torch = _torch(threads)
+    results = []
+    for kind, mode, batch, samples in CEILING_CASES:
+        samples = samples // 2 if quick else samples
+        products = _step_products(kind, mode, batch)
+        ours = _gemm_seconds(products, repeats, numba_product) * samples / batch
+        extra = {}
+        run_theirs = None
+        if torch is not None:
+            def torch_product(out, a, b):
+                torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+
+            torch_products = _gemm_seconds(products, repeats, torch_product)
+            extra["torch_gemm_bound"] = samples / (torch_products * samples / batch)
+            x, y = _data(samples, (28, 28))
+            run_theirs = _torch_run(torch, kind, mode, [(x[b:b + batch], y[b:b + batch])
+                                                        for b in range(0, samples, batch)])
+        theirs = _alternate(lambda: None, run_theirs, repeats)[1] if run_theirs else None
+        results.append(_result(f"{kind} {mode} b{batch} GEMM bound", samples, ours, theirs, **extra))
+    return results
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -477,6 +570,8 @@ def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
         results += kernel_cases(repeats, threads, quick)
     if "startup" in suites:
         results += startup_cases(threads, quick)
+    if "ceiling" in suites:
+        results += ceiling_cases(repeats, threads, quick)
     return {"threads": threads, "repeats": repeats, "results": results, "peak_rss_mib": peak_memory_mib()}
 
 

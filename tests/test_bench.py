@@ -66,3 +66,37 @@ def test_kernel_suite_runs_every_family_against_torch(monkeypatch):
     assert {"linear", "relu", "tanh", "conv2d", "maxpool2d", "batchnorm2d", "layernorm", "lstm", "attention", "adam",
             "softmax+cross-entropy"} <= families
     assert all(r["numdl"] > 0 and r["torch"] > 0 and r["ratio"] > 0 for r in results)
+
+
+def test_ceiling_products_are_the_models_multiply_adds():
+    """The GEMM-bound suite times exactly the products a training step of the model computes: the
+    MLP's from its Linear layers (no input gradient for the first), the LSTM's from its weights."""
+    model = bench._numdl_model("mlp")
+    shapes = [p.value.shape for name, p in model.named_parameters().items() if name.endswith("weight")]
+    batch = 64
+    forward = sum(batch * n_in * n_out for n_out, n_in in shapes)
+    input_grads = sum(batch * n_in * n_out for n_out, n_in in shapes[1:])
+
+    def macs(products):
+        return sum(m * k * n * count for m, k, n, count in products)
+
+    assert macs(bench._step_products("mlp", "predict", batch)) == forward
+    assert macs(bench._step_products("mlp", "train", batch)) == 2 * forward + input_grads
+
+    lstm = bench._numdl_model("lstm")
+    (hidden4, inputs), (_, hidden), (classes, _) = [p.value.shape for name, p in lstm.named_parameters().items()
+                                                   if "weight" in name]  # weight_ih, weight_hh, the head's
+    steps = 28
+    per_step = batch * hidden * hidden4
+    expected = (batch * steps * inputs * hidden4 + steps * per_step + batch * hidden * classes  # forward
+                + 2 * batch * hidden * classes + steps * per_step  # head dW and dx; dh per step
+                + batch * steps * hidden * hidden4 + batch * steps * inputs * hidden4)  # dW_hh, dW_ih
+    assert macs(bench._step_products("lstm", "train", batch)) == expected
+
+
+def test_ceiling_suite_reports_a_bound_against_torch(monkeypatch):
+    monkeypatch.setattr(bench, "CEILING_CASES", (("mlp", "train", 32, 64),))
+    (result,) = bench.ceiling_cases(repeats=1, threads=1, quick=False)
+    assert result["case"] == "mlp train b32 GEMM bound"
+    assert result["numdl"] > 0 and result["torch"] > 0 and result["torch_gemm_bound"] > 0
+    assert result["ratio"] == result["numdl"] / result["torch"]
