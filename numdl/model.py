@@ -141,7 +141,7 @@ class Sequential:
 
     def _gradients_finite(self):
         if self._bank is not None:
-            return bool(np.isfinite(self._bank.grads).all())
+            return self.ops.count_non_finite(self._bank.grads) == 0
         return all(np.isfinite(p.grad).all() for p in self.parameters())
 
     def clip_gradients(self, max_norm):

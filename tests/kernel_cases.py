@@ -450,6 +450,17 @@ def _add_forward(dtype, rng):
     return [np.zeros_like(a), a, b], a.size, {0: f64(a) + f64(b)}
 
 
+def _count_non_finite(dtype, rng):
+    values = rng.standard_normal(1000).astype(dtype)
+    values[[3, 500, 999]] = [np.nan, np.inf, -np.inf]
+    return [np.zeros(1, dtype), values], values.size, {0: np.array([3.0])}  # zeroed: the CUDA twin adds
+
+
+def _count_non_finite_none(dtype, rng):
+    values = rng.standard_normal(77).astype(dtype) * 1e30  # large but finite
+    return [np.zeros(1, dtype), values], values.size, {0: np.array([0.0])}
+
+
 # ------------------------------------------------------------------------------------- recurrent
 def _sig(v):
     return 1 / (1 + np.exp(-v))
@@ -694,6 +705,7 @@ CASES = {
     ("elementwise", "broadcast_add_forward"): _broadcast_add_forward,
     ("elementwise", "broadcast_add_backward"): _broadcast_add_backward,
     ("elementwise", "swap_last_axes_forward"): _swap_last_axes,
+    ("check", "count_non_finite_forward"): _count_non_finite,
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
@@ -711,6 +723,7 @@ def _linear_backward_first_layer(dtype, rng):
 
 
 VARIANTS = {
+    "count_non_finite_when_all_finite": (("check", "count_non_finite_forward"), _count_non_finite_none),
     "linear_forward_without_bias": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, bias=False)),
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),
     "linear_forward_fused_relu": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, relu=True)),

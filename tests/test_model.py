@@ -143,3 +143,40 @@ def test_fused_relu_gives_the_unfused_numbers(kind):
     np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
     for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):
         np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_gradient_stops_the_step_before_any_weight_changes(bad):
+    """The NaN guard's gradient check (one counting kernel over the flat gradient buffer) names the
+    parameter and leaves every weight as it was."""
+    from numdl.errors import TrainingDiverged
+
+    x, y = _data(64)
+    model = _mlp(input_shape=x.shape[1:], seed=0)
+    model.warmup(16)
+    head = model.layers[-1]
+    backward = head.backward
+
+    def poisoned(dout):
+        result = backward(dout)
+        head.params["weight"].grad[0, 1] = bad
+        return result
+
+    head.backward = poisoned
+    before = {name: p.value.copy() for name, p in model.named_parameters().items()}
+    with pytest.raises(TrainingDiverged, match=r"the gradient of .*linear\.weight is not finite"):
+        model.train_step(x[:16], y[:16])
+    for name, p in model.named_parameters().items():
+        np.testing.assert_array_equal(p.value, before[name], err_msg=name)
+
+
+def test_count_non_finite_counts_inf_and_nan_afresh_each_call():
+    from numdl.backend import ops_for
+
+    values = np.ones(10_001, np.float32)
+    ops = ops_for(values)
+    assert ops.count_non_finite(values) == 0
+    values[[0, 5_000, 10_000]] = [np.nan, -np.inf, np.inf]
+    assert ops.count_non_finite(values) == 3
+    assert ops.count_non_finite(values[:1]) == 1 and ops.count_non_finite(values[1:5_000]) == 0
+    assert ops.count_non_finite(np.zeros(0, np.float64)) == 0

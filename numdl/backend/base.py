@@ -21,6 +21,7 @@ class Ops:
     def __init__(self):
         self._nothing = {}
         self._kernels = {}
+        self._non_finite_counts = {}  # dtype -> the (1,) result buffer
 
     # ------------------------------------------------------------------------------- memory
     def empty(self, shape, dtype):
@@ -276,6 +277,15 @@ class Ops:
                   lengths, int(heads), bool(causal), self.scalar(scale, d))
 
     # ------------------------------------------------------------------------------ arithmetic
+    def count_non_finite(self, values):
+        """How many elements of ``values`` are inf or NaN (an int; one small copy back on a GPU)."""
+        count = self._non_finite_counts.get(values.dtype)
+        if count is None:
+            count = self._non_finite_counts[values.dtype] = self.zeros((1,), values.dtype)
+        self.zero_(count)  # the CPU kernel overwrites it; the CUDA twin adds to it
+        self._run("check", "count_non_finite_forward", values.size, count, self.flat(values))
+        return int(self.to_numpy(count)[0])
+
     def add(self, out, a, b):
         self._run("elementwise", "add_forward", out.size, self.flat(out), self.flat(a), self.flat(b))
 
