@@ -173,7 +173,10 @@ def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_
     h_prev[:] = 0
     bias = b_ih + b_hh  # one small array per call, not per step
     for step in range(steps):
-        np.dot(h_prev, w_hh.T, hh)
+        if step == 0:
+            hh[:] = 0  # the initial state is zero: no product needed
+        else:
+            np.dot(h_prev, w_hh.T, hh)
         for n in range(n_batch):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
@@ -237,6 +240,8 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
                     dh = dout[n, t, j] + dh_next[n, j]
                     dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_step[row, j], n, t, j, hidden)
             dstep[n] = dproj[1, row]
+        if step == 0:
+            break  # the gradient of the (zero, constant) initial state is not needed
         np.dot(dstep, w_hh, dh_next)
         if not is_lstm:
             dh_next += dc_next  # the GRU's direct z path; dc_next carries it
