@@ -360,7 +360,7 @@ class Sequential:
             x = np.ascontiguousarray(x, dtype=self._input_dtype)
         else:
             x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        if x.dtype.kind == "f" and get_ops("cpu").count_non_finite(x) > 0:  # one pass, no boolean copy
             bad = np.argwhere(~np.isfinite(x))[0]
             raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
         if y is not None:
