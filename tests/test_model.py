@@ -180,3 +180,14 @@ def test_count_non_finite_counts_inf_and_nan_afresh_each_call():
     assert ops.count_non_finite(values) == 3
     assert ops.count_non_finite(values[:1]) == 1 and ops.count_non_finite(values[1:5_000]) == 0
     assert ops.count_non_finite(np.zeros(0, np.float64)) == 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_is_refused_at_the_boundary_naming_the_sample(bad):
+    x, y = _data(64)
+    model = _mlp(input_shape=x.shape[1:], seed=0)
+    x[37, 2, 3] = bad
+    with pytest.raises(DataError, match="input data contains NaN or Inf \\(first at sample 37\\)"):
+        model.predict(x)
+    with pytest.raises(DataError, match="contains NaN or Inf \\(first at sample 37\\)"):
+        model.fit(x, y, epochs=1, batch_size=16)
