@@ -255,9 +255,15 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
         db_hh[k] = 0
     for r in range(n_batch * steps):
         input_row, hidden_row = dproj[input_side, r], dproj[1, r]  # 1-D rows: the sums vectorise
-        for k in range(db_ih.size):
-            db_ih[k] += input_row[k]
-            db_hh[k] += hidden_row[k]
+        if is_lstm:  # both sides are dproj[1]: one sum, copied below
+            for k in range(db_hh.size):
+                db_hh[k] += hidden_row[k]
+        else:
+            for k in range(db_ih.size):
+                db_ih[k] += input_row[k]
+                db_hh[k] += hidden_row[k]
+    if is_lstm:
+        db_ih[:] = db_hh
     if dx.size > 0:
         np.dot(dproj[input_side], w_ih, dx.reshape(n_batch * steps, x.shape[2]))
 
