@@ -565,6 +565,10 @@ def peak_memory_mib():
 def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
     threads = threads or os.cpu_count()
     repeats = repeats or (2 if quick else 5)
+    # PyTorch loads first: it ships its own libgomp under the soname numba's OpenMP threading layer
+    # asks for, and whichever loads first serves both. With the system's loaded first (numba's pool
+    # started by numdl's recurrent kernels before the import), PyTorch's MLP step ran 4x slower.
+    _torch(threads)
     results = [model_case(*case, repeats=repeats, threads=threads) for case in cases(suites, quick)]
     if "kernels" in suites:
         results += kernel_cases(repeats, threads, quick)

@@ -151,3 +151,46 @@ def test_fit_with_padded_lengths_ignores_the_padding():
     shifted = x.copy()
     shifted[shifted == 100.0] = -100.0
     np.testing.assert_allclose(model.predict(shifted, lengths=lengths), model.predict(x, lengths=lengths))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_recurrent_cpu_kernels_split_over_threads_match_one_thread(kind, reverse):
+    """The CPU recurrent kernels give each numba thread a block of samples (16 or more); a batch of
+    40 padded sequences (two blocks on two threads) gives the same outputs and gradients as one
+    thread running all of it, and the PyTorch equations on the outputs."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    ops = get_ops("cpu")
+    rng = np.random.default_rng(5)
+    n, steps, inputs, hidden = 40, 6, 3, 4
+    g = 4 if kind == "lstm" else 3
+    x = rng.standard_normal((n, steps, inputs))
+    lengths = rng.integers(1, steps + 1, n).astype(np.int64)
+    w_ih, w_hh = rng.standard_normal((g * hidden, inputs)) * 0.5, rng.standard_normal((g * hidden, hidden)) * 0.5
+    b_ih, b_hh = rng.standard_normal(g * hidden) * 0.3, rng.standard_normal(g * hidden) * 0.3
+    dout = rng.standard_normal((n, steps, hidden))
+
+    def run(threads):
+        numba.set_num_threads(threads)
+        try:
+            out, gates, cells = np.full((n, steps, hidden), np.nan), np.empty((n, steps, g * hidden)), \
+                np.empty((n, steps, hidden))
+            ops.recurrent_forward(kind, out, gates, cells, np.empty((n * steps, g * hidden)), np.empty((n, g * hidden)),
+                                  np.empty((n, hidden)), x, lengths, w_ih, w_hh, b_ih, b_hh, reverse)
+            grads = [np.full_like(a, np.nan) for a in (x, w_ih, w_hh, b_ih, b_hh)]
+            scratch = (np.empty((2, n * steps, g * hidden)), np.empty((n, g * hidden)), np.empty((n * steps, hidden)),
+                       np.empty((n, hidden)), np.empty((n, hidden)))
+            ops.recurrent_backward(kind, *grads, scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, reverse)
+            return out, grads
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+    (out_one, grads_one), (out_two, grads_two) = run(1), run(2)
+    np.testing.assert_allclose(out_two, recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out_two, out_one, rtol=1e-12, atol=1e-14)
+    for name, one, two in zip(("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"), grads_one, grads_two):
+        np.testing.assert_allclose(two, one, rtol=1e-10, atol=1e-12, err_msg=name)

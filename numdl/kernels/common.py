@@ -9,7 +9,10 @@ import inspect
 import importlib
 
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
+# numba.get_num_threads() in a compiled function goes through a ctypes pointer, which makes its
+# callers uncacheable; this intrinsic (what numba uses itself) calls the same linked symbol.
+from numba.np.ufunc.parallel import _iget_num_threads
 from numba.np.numpy_support import as_dtype
 
 from numdl.kernels import tuning
@@ -18,6 +21,27 @@ from numdl.kernels import tuning
 def cpu_kernel(func):
     """Compile ``func`` as a CPU kernel with the shared options (cache, safe fastmath)."""
     return njit(**tuning.CPU_JIT_OPTIONS)(func)
+
+
+def cpu_parallel_kernel(func):
+    """Compile ``func`` as a CPU helper whose ``prange`` loops run on numba's threads. The kernel
+    that calls it is marked with ``runs_numba_threads`` so that the backend gives it the cores."""
+    return njit(parallel=True, **tuning.CPU_JIT_OPTIONS)(func)
+
+
+def runs_numba_threads(kernel):
+    """Mark a CPU kernel that runs numba threads inside: the backend calls it with the BLAS held to
+    one thread (one pool at a time; each thread's products then run on that thread)."""
+    kernel.runs_numba_threads = True
+    return kernel
+
+
+@register_jitable
+def sample_block(samples):
+    # Samples per thread for kernels that split a batch over numba's threads: an even share, and at
+    # least tuning.MIN_SAMPLES_PER_THREAD (smaller blocks cost more to start than they save).
+    threads = _iget_num_threads()
+    return max((samples + threads - 1) // threads, tuning.MIN_SAMPLES_PER_THREAD)
 
 
 def scalar_math(func):

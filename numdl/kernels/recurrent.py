@@ -7,9 +7,11 @@ Shapes: x (N, T, I); lengths (N,) int64; w_ih (G H, I); w_hh (G H, H); b_ih, b_h
 (LSTM) or 3 (GRU); out (N, T, H). Saved for backward: ``gates`` (N, T, G H) activated gate values
 and ``cells`` (N, T, H): LSTM cell states, or for the GRU the hidden projection W_hn h + b_hn.
 
-CPU: the input projections of all steps are one GEMM into ``proj``; each step adds h W_hh^T with
-one more GEMM and runs the point-wise update; backward mirrors it and ends with GEMMs for dW_ih and
-dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
+CPU: samples are independent, so each numba thread takes a block of them and runs it from the first
+step to the last with no barrier (the backend holds the BLAS to one thread meanwhile: one pool at a
+time). Per block: the input projections of all steps are one GEMM into ``proj``; each step adds
+h W_hh^T with one more GEMM and runs the point-wise update; backward mirrors it and ends with GEMMs
+for the block's share of dW_ih and dW_hh (summed over blocks after) and its rows of dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
 ``syncthreads``; weight gradients accumulate with atomics into arrays the launcher zeroed.
 Backward: ``dproj`` (2, N T, G H) holds the pre-activation gradients of the input projections [0]
 and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's n gate).
@@ -19,8 +21,10 @@ and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's 
 import numpy as np
 
 from numdl.kernels.activation import sigmoid, tanh
-from numdl.kernels.common import (cpu_kernel, cuda, cuda_device_function, cuda_kernel, same_type,
-                                  scalar_math)
+from numba import prange
+
+from numdl.kernels.common import (cpu_kernel, cpu_parallel_kernel, cuda, cuda_device_function, cuda_kernel,
+                                  runs_numba_threads, same_type, sample_block, scalar_math)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -164,20 +168,22 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
 
 
 @cpu_kernel
-def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
-                             is_lstm):
-    # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step).
+def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, is_lstm,
+                     lo, hi):
+    # Samples lo..hi-1 from first step to last. Only their rows of every buffer are touched, so
+    # blocks of samples run on different threads at once (each product on one BLAS thread).
     n_batch, steps, hidden = out.shape
-    np.dot(x.reshape(n_batch * steps, x.shape[2]), w_ih.T, proj)
-    out[:] = 0
-    h_prev[:] = 0
+    rows = x.reshape(n_batch * steps, x.shape[2])
+    np.dot(rows[lo * steps:hi * steps], w_ih.T, proj[lo * steps:hi * steps])
+    out[lo:hi] = 0
+    h_prev[lo:hi] = 0
     bias = b_ih + b_hh  # one small array per call, not per step
     for step in range(steps):
         if step == 0:
-            hh[:] = 0  # the initial state is zero: no product needed
+            hh[lo:hi] = 0  # the initial state is zero: no product needed
         else:
-            np.dot(h_prev, w_hh.T, hh)
-        for n in range(n_batch):
+            np.dot(h_prev[lo:hi], w_hh.T, hh[lo:hi])
+        for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
                 continue
@@ -197,33 +203,52 @@ def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_
                 h_prev[n, j] = out[n, t, j]
 
 
+@cpu_parallel_kernel
+def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
+                             is_lstm):
+    # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step). Samples
+    # are independent: one block of them per thread, each run start to end without a barrier.
+    n_batch = out.shape[0]
+    block = sample_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
+                         is_lstm, lo, min(n_batch, lo + block))
+
+
+@runs_numba_threads
 @cpu_kernel
 def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
     _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, True)
 
 
+@runs_numba_threads
 @cpu_kernel
 def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
     _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, False)
 
 
 @cpu_kernel
-def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
-                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm):
+def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out, gates,
+                      cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi):
+    # Samples lo..hi-1, last step to first: their rows of the scratch buffers and of dx, and the
+    # weight and bias gradients of their rows alone, overwritten into dw_ih ... db_hh (the caller
+    # adds the blocks up).
     n_batch, steps, hidden = out.shape
     # The LSTM's input- and hidden-side gate gradients are equal: dproj[1] serves for both below.
     input_side = 1 if is_lstm else 0
     # Rows of valid steps are written in full below; only the padding past each length is zeroed.
-    for n in range(n_batch):
+    for n in range(lo, hi):
         for t in range(lengths[n], steps):
             dproj[0, n * steps + t] = 0
             dproj[1, n * steps + t] = 0
-    dh_next[:] = 0
-    dc_next[:] = 0
-    h_step[:] = 0
+    dh_next[lo:hi] = 0
+    dc_next[lo:hi] = 0
+    first_row, end_row = lo * steps, hi * steps
+    h_step[first_row:end_row] = 0
     for step in range(steps - 1, -1, -1):
-        dstep[:] = 0
-        for n in range(n_batch):
+        dstep[lo:hi] = 0
+        for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
                 continue
@@ -242,19 +267,20 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
             dstep[n] = dproj[1, row]
         if step == 0:
             break  # the gradient of the (zero, constant) initial state is not needed
-        np.dot(dstep, w_hh, dh_next)
+        np.dot(dstep[lo:hi], w_hh, dh_next[lo:hi])
         if not is_lstm:
-            dh_next += dc_next  # the GRU's direct z path; dc_next carries it
-            dc_next[:] = 0
-    # dW_hh in one product over every (sample, step) row, not one small product per step.
-    np.dot(dproj[1].T, h_step, dw_hh)
-    x2 = x.reshape(n_batch * steps, x.shape[2])
-    np.dot(dproj[input_side].T, x2, dw_ih)
+            dh_next[lo:hi] += dc_next[lo:hi]  # the GRU's direct z path; dc_next carries it
+            dc_next[lo:hi] = 0
+    # dW_hh in one product over every (sample, step) row of the block, not one small product per step.
+    hidden_side, input_rows = dproj[1, first_row:end_row], dproj[input_side, first_row:end_row]
+    np.dot(hidden_side.T, h_step[first_row:end_row], dw_hh)
+    x_rows = x.reshape(n_batch * steps, x.shape[2])[first_row:end_row]
+    np.dot(input_rows.T, x_rows, dw_ih)
     for k in range(db_ih.size):
         db_ih[k] = 0
         db_hh[k] = 0
-    for r in range(n_batch * steps):
-        input_row, hidden_row = dproj[input_side, r], dproj[1, r]  # 1-D rows: the sums vectorise
+    for r in range(end_row - first_row):
+        input_row, hidden_row = input_rows[r], hidden_side[r]  # 1-D rows: the sums vectorise
         if is_lstm:  # both sides are dproj[1]: one sum, copied below
             for k in range(db_hh.size):
                 db_hh[k] += hidden_row[k]
@@ -265,9 +291,39 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
     if is_lstm:
         db_ih[:] = db_hh
     if dx.size > 0:
-        np.dot(dproj[input_side], w_ih, dx.reshape(n_batch * steps, x.shape[2]))
+        np.dot(input_rows, w_ih, dx.reshape(n_batch * steps, x.shape[2])[first_row:end_row])
 
 
+@cpu_parallel_kernel
+def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
+                              out, gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm):
+    # One block of samples per thread, as forward. The first block writes the weight and bias
+    # gradients in place, the others into partial sums (a few small arrays a call) added after.
+    n_batch = out.shape[0]
+    block = sample_block(n_batch)
+    parts = (n_batch + block - 1) // block
+    others = max(parts - 1, 0)
+    partial_ih = np.empty((others,) + dw_ih.shape, dw_ih.dtype)
+    partial_hh = np.empty((others,) + dw_hh.shape, dw_hh.dtype)
+    partial_bias = np.empty((others, 2, db_ih.size), db_ih.dtype)
+    for part in prange(parts):
+        lo = part * block
+        hi = min(n_batch, lo + block)
+        if part == 0:
+            _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                              gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi)
+        else:
+            _backward_samples(dx, partial_ih[part - 1], partial_hh[part - 1], partial_bias[part - 1, 0],
+                              partial_bias[part - 1, 1], dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                              gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi)
+    for other in range(others):
+        dw_ih += partial_ih[other]
+        dw_hh += partial_hh[other]
+        db_ih += partial_bias[other, 0]
+        db_hh += partial_bias[other, 1]
+
+
+@runs_numba_threads
 @cpu_kernel
 def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
                       gates, cells, x, lengths, w_ih, w_hh, reverse):
@@ -276,6 +332,7 @@ def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_n
                             out, gates, cells, x, lengths, w_ih, w_hh, reverse, True)
 
 
+@runs_numba_threads
 @cpu_kernel
 def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
                      gates, cells, x, lengths, w_ih, w_hh, reverse):

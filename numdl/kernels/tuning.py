@@ -24,3 +24,7 @@ CUDA_RECURRENT_THREADS = 128
 
 # Compute capability that the PTX checks target when no GPU is present (H100/H200: Hopper, sm_90).
 PTX_CHECK_COMPUTE_CAPABILITY = (9, 0)
+
+# Kernels that split a batch over numba's threads (the recurrent CPU kernels) give each thread at
+# least this many samples. Compiled into the cached kernels: clear numba's cache after a change.
+MIN_SAMPLES_PER_THREAD = 16
