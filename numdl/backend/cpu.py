@@ -26,14 +26,13 @@ def limit_threads(count):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(count)
-    if numba_started:
-        import numba
-
-        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
-    elif "numba" in sys.modules:  # imported: its config was read already; its pool will read it again
+    if not numba_started and "numba" in sys.modules:  # numba read its config at import: again, now
         from numba.core import config
 
         config.reload_config()
+    from numdl.backend import get_ops
+
+    get_ops("cpu").set_thread_limit(count)  # re-applies the pool in use (the BLAS at one thread, or numba's)
 
 
 from numdl.backend.base import Ops
@@ -45,7 +44,39 @@ class CPUOps(Ops):
 
     def __init__(self):
         super().__init__()
-        self._blas_libraries = None  # threadpoolctl controllers, found at the first threaded kernel
+        #: Which pool has the cores (see numdl.kernels.matmul): None before the first kernel, then
+        #: "blas" (the BLAS's threads; numba's pool at one thread), or "numba" for good once a kernel
+        #: that runs numba threads (the recurrent ones) has been called.
+        self.thread_pool = None
+        self._thread_limit = None  # numdl --threads / limit_threads; None: every core
+        self._blas_libraries = None
+
+    def set_thread_limit(self, count):
+        self._thread_limit = count
+        if self.thread_pool is not None:
+            self._use_thread_pool(self.thread_pool)
+
+    def _use_thread_pool(self, pool):
+        import numba
+        from numba.np.ufunc.parallel import _launch_threads
+
+        _launch_threads()  # numba's pool, before a cached parallel kernel links against it
+        limit = min(self._thread_limit or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+        if pool == "numba":
+            for library in self._blas():
+                library.set_num_threads(1)
+            numba.set_num_threads(limit)
+        else:
+            numba.set_num_threads(1)
+        self.thread_pool = pool
+
+    def _blas(self):
+        if self._blas_libraries is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's products call, loaded)
+            from threadpoolctl import ThreadpoolController
+
+            self._blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        return self._blas_libraries
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)
@@ -60,31 +91,11 @@ class CPUOps(Ops):
         return np.asarray(array)
 
     def _call(self, kernel, work_items, args, per_sample):
-        if getattr(kernel, "runs_numba_threads", False):
-            self._call_on_numba_threads(kernel, args)
-        else:
-            kernel(*args)
-
-    def _call_on_numba_threads(self, kernel, args):
-        # One pool at a time: the kernel's threads each call the BLAS, which must not start threads
-        # of its own meanwhile (two pools on two cores ran many times slower).
-        libraries = self._blas_libraries
-        if libraries is None:
-            from numba.np.ufunc.parallel import _launch_threads
-            from threadpoolctl import ThreadpoolController
-
-            _launch_threads()  # numba's pool, before a cached parallel kernel links against it
-            import scipy.linalg.cython_blas  # noqa: F401  (numba's products call SciPy's BLAS)
-
-            libraries = self._blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        before = [library.num_threads for library in libraries]
-        for library in libraries:
-            library.set_num_threads(1)
-        try:
-            kernel(*args)
-        finally:
-            for library, threads in zip(libraries, before):
-                library.set_num_threads(threads)
+        if self.thread_pool != "numba":
+            wants_numba = getattr(kernel, "runs_numba_threads", False)
+            if wants_numba or self.thread_pool is None:
+                self._use_thread_pool("numba" if wants_numba else "blas")
+        kernel(*args)
 
     def zero_(self, array):
         array[...] = 0

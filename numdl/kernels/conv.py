@@ -15,6 +15,7 @@ there and may be empty.
 import numpy as np
 
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.matmul import matmul
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -90,7 +91,8 @@ def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad
     _im2col(cols, x, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
     w2 = weight.reshape(c_out, k)
     for g in range(groups):
-        np.dot(w2[g * c_out_g:(g + 1) * c_out_g], cols[g * k:(g + 1) * k], gemm[g * c_out_g:(g + 1) * c_out_g])
+        matmul(gemm[g * c_out_g:(g + 1) * c_out_g], w2[g * c_out_g:(g + 1) * c_out_g], cols[g * k:(g + 1) * k],
+               False, False, 0.0)
     out_flat, gemm_flat = out.reshape(-1), gemm.reshape(-1)
     zero = same_type(out[0, 0, 0, 0], 0.0)
     for n in range(n_batch):
@@ -136,9 +138,9 @@ def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, we
     w2 = weight.reshape(c_out, k)
     for g in range(groups):
         rows, taps = slice(g * c_out_g, (g + 1) * c_out_g), slice(g * k, (g + 1) * k)
-        np.dot(dgemm[rows], cols[taps].T, dw2[rows])
+        matmul(dw2[rows], dgemm[rows], cols[taps], False, True, 0.0)
         if dx.size > 0:
-            np.dot(w2[rows].T, dgemm[rows], dcols[taps])
+            matmul(dcols[taps], w2[rows], dgemm[rows], True, False, 0.0)
     if dx.size > 0:
         _col2im(dx, dcols, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
 

@@ -5,9 +5,9 @@ no bias, out (n, out_features). ``relu``: a following ReLU layer is fused in (th
 pair): forward clamps in the bias pass, backward lets the gradient through where ``out`` > 0 only.
 """
 
-import numpy as np
 
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.matmul import matmul
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
@@ -15,7 +15,7 @@ from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scala
 @cpu_kernel
 def linear_forward_cpu(out, x, weight, bias, relu):
     # out (n, out_f) = x (n, in_f) @ weight.T + bias; overwrites. weight.T goes to BLAS as a flag.
-    np.dot(x, weight.T, out)
+    matmul(out, x, weight, False, True, 0.0)
     if bias.size > 0 or relu:
         zero = same_type(out[0, 0], 0.0)
         for i in range(out.shape[0]):
@@ -38,7 +38,7 @@ def linear_backward_cpu(dx, dweight, dbias, dmasked, dout, out, x, weight, relu)
             for j in range(dout.shape[1]):
                 dmasked[i, j] = zero if out[i, j] <= zero else dout[i, j]
         g = dmasked
-    np.dot(g.T, x, dweight)
+    matmul(dweight, g, x, True, False, 0.0)
     if dbias.size > 0:
         for j in range(dbias.shape[0]):
             dbias[j] = 0
@@ -46,7 +46,7 @@ def linear_backward_cpu(dx, dweight, dbias, dmasked, dout, out, x, weight, relu)
             for j in range(g.shape[1]):
                 dbias[j] += g[i, j]
     if dx.size > 0:
-        np.dot(g, weight, dx)
+        matmul(dx, g, weight, False, False, 0.0)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

@@ -28,3 +28,13 @@ PTX_CHECK_COMPUTE_CAPABILITY = (9, 0)
 # Kernels that split a batch over numba's threads (the recurrent CPU kernels) give each thread at
 # least this many samples. Compiled into the cached kernels: clear numba's cache after a change.
 MIN_SAMPLES_PER_THREAD = 16
+
+# matmul (kernels/matmul.py), once numba owns the threads: a product is split over them from this
+# many multiply-adds (below, a thread start costs more than it saves), by rows of the output when it
+# has at least this many rows (or more rows than columns), else by columns, in blocks of a multiple
+# of MATMUL_BLOCK_ALIGN rows or columns (whole BLAS vector tiles). Measured on 2 cores, single-
+# threaded BLAS per block: 64x784x128 by columns 143 us, by rows 164 us (the BLAS's own two threads:
+# 188 us); 128x64x784 (a weight gradient) by rows 124 us, by columns 140 us (BLAS: 180 us).
+MATMUL_MIN_SPLIT_WORK = 1 << 18
+MATMUL_MIN_ROWS_TO_SPLIT_ROWS = 128
+MATMUL_BLOCK_ALIGN = 16

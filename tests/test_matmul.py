@@ -1,0 +1,83 @@
+"""The CPU kernels' matrix products (numdl.kernels.matmul) and the one-pool-at-a-time rule."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from numdl.kernels.matmul import gemm, matmul
+
+
+@njit(cache=True)
+def _gemm(c, a, b, trans_a, trans_b, alpha, beta):
+    gemm(c, a, b, trans_a, trans_b, alpha, beta)
+
+
+SHAPES = [(7, 3, 5), (1, 9, 4), (300, 200, 100), (64, 128, 784), (128, 784, 64), (5, 0, 3), (4, 4, 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_and_matmul_match_numpy(dtype, m, n, k, trans_a, trans_b):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    before = rng.standard_normal((m, n)).astype(dtype)
+    product = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    tolerance = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    for beta in (0.0, 1.0):
+        c = before.copy()
+        matmul(c, a, b, trans_a, trans_b, beta)
+        np.testing.assert_allclose(c, product + beta * before, **tolerance)
+        c = before.copy()
+        _gemm(c, a, b, trans_a, trans_b, 2.0, beta)
+        np.testing.assert_allclose(c, 2 * product + beta * before, **tolerance)
+
+
+def test_gemm_reads_and_writes_blocks_of_larger_arrays():
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((10, 12))
+    c = np.zeros((10, 12))
+    _gemm(c[2:6, 3:8], big[0:4, 1:6], big[5:10, 2:7], False, False, 1.0, 0.0)
+    np.testing.assert_allclose(c[2:6, 3:8], big[0:4, 1:6] @ big[5:10, 2:7])
+    outside = np.ones_like(c, bool)
+    outside[2:6, 3:8] = False
+    assert (c[outside] == 0).all()
+
+
+def test_gemm_refuses_an_operand_whose_rows_are_not_contiguous():
+    a = np.ones((4, 5)).T  # a transposed view: it must come as a flag
+    with pytest.raises(ValueError, match="last axis is not contiguous"):
+        _gemm(np.zeros((5, 5)), a, np.ones((4, 5)), False, False, 1.0, 0.0)
+
+
+def test_the_first_threaded_kernel_hands_the_cores_to_numba_for_good():
+    """A fresh process starts on the BLAS's threads (numba's pool at one thread); after a recurrent
+    kernel the BLAS runs on one thread and numba's pool has the cores, and a Linear still computes
+    the same numbers."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, numba
+from threadpoolctl import threadpool_info
+import numdl
+model = numdl.Sequential([numdl.Linear(8)], input_shape=(300,), dtype="float64", seed=0)
+x = np.random.default_rng(0).standard_normal((256, 300))
+before = model.predict(x)
+ops = model.ops
+blas = lambda: sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+print(ops.thread_pool, numba.get_num_threads(), blas())
+lstm = numdl.Sequential([numdl.LSTM(4)], input_shape=(3, 2), seed=0)
+lstm.predict(np.zeros((2, 3, 2), np.float32))
+after = model.predict(x)
+print(ops.thread_pool, numba.get_num_threads(), blas(), bool(np.allclose(before, after, rtol=1e-12, atol=1e-12)))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()[-2:]
+    assert first.split()[:2] == ["blas", "1"]
+    assert second == "numba 2 [1] True"
