@@ -246,14 +246,16 @@ CEILING_CASES = (("mlp", "train", 64, 6400), ("mlp", "train", 256, 12800), ("mlp
 
 def ceiling_cases(repeats, threads, quick):
     """For the MLP and LSTM cases: the samples/s numdl would reach if a step were its matrix products
-    and nothing else (numdl's BLAS, numba's np.dot as the kernels call it), PyTorch's measured full
-    step, and their ratio: the most numdl can reach against this PyTorch on this machine. PyTorch's
-    own products-only bound (MKL) is in the report as ``torch_gemm_bound``."""
-    from numba import njit
+    and nothing else (through numdl's own matmul, on whichever thread pool the process uses), PyTorch's
+    measured full step, and their ratio: the most numdl can reach against this PyTorch on this
+    machine. PyTorch's own products-only bound (MKL) is in the report as ``torch_gemm_bound``."""
+    from numdl.backend import get_ops
+    from numdl.kernels.matmul import matmul
 
-    @njit(cache=False)
+    get_ops("cpu").use_threads()  # the pool the kernels would run on (the BLAS's, in a fresh process)
+
     def numba_product(out, a, b):
-        np.dot(a, b, out)
+        matmul(out, a, b, False, False, 0.0)
 
     torch = _torch(threads)
     results = []

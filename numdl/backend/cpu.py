@@ -51,6 +51,12 @@ class CPUOps(Ops):
         self._thread_limit = None  # numdl --threads / limit_threads; None: every core
         self._blas_libraries = None
 
+    def use_threads(self):
+        """Set up the thread pools as the first kernel call would (for code that calls kernels or
+        numdl.kernels.matmul directly)."""
+        if self.thread_pool is None:
+            self._use_thread_pool("blas")
+
     def set_thread_limit(self, count):
         self._thread_limit = count
         if self.thread_pool is not None:
