@@ -30,17 +30,24 @@ def cpu_parallel_kernel(func):
 
 
 def runs_numba_threads(kernel):
-    """Mark a CPU kernel that runs numba threads inside: the backend calls it with the BLAS held to
-    one thread (one pool at a time; each thread's products then run on that thread)."""
+    """Mark a CPU kernel that runs numba threads inside: the backend's first call of one hands the
+    cores to numba's pool for the rest of the process (the BLAS then runs on one thread: one pool at
+    a time, see numdl.kernels.matmul)."""
     kernel.runs_numba_threads = True
     return kernel
+
+
+@register_jitable
+def numba_threads():
+    # The calling thread's numba thread count (what numba.get_num_threads() returns).
+    return _iget_num_threads()
 
 
 @register_jitable
 def sample_block(samples):
     # Samples per thread for kernels that split a batch over numba's threads: an even share, and at
     # least tuning.MIN_SAMPLES_PER_THREAD (smaller blocks cost more to start than they save).
-    threads = _iget_num_threads()
+    threads = numba_threads()
     return max((samples + threads - 1) // threads, tuning.MIN_SAMPLES_PER_THREAD)
 
 

@@ -18,11 +18,9 @@ from numba import njit, prange, types
 from numba.extending import overload, register_jitable
 from numba.np.linalg import ensure_blas
 from numba.np.numpy_support import as_dtype
-# numba.get_num_threads() in a compiled function goes through a ctypes pointer, which makes its
-# caller uncacheable; this intrinsic (what numba uses itself) calls the same linked symbol.
-from numba.np.ufunc.parallel import _iget_num_threads
 
 from numdl.kernels import tuning
+from numdl.kernels.common import numba_threads
 
 
 def gemm(c, a, b, trans_a, trans_b, alpha, beta):
@@ -93,7 +91,7 @@ def matmul(c, a, b, trans_a, trans_b, beta):
     few rows); small products run on the calling thread, where a thread start costs more."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    parts = _iget_num_threads()
+    parts = numba_threads()
     if parts < 2 or m * n * k < tuning.MATMUL_MIN_SPLIT_WORK:
         gemm(c, a, b, trans_a, trans_b, 1.0, beta)
         return
