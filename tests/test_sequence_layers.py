@@ -188,9 +188,42 @@ def test_recurrent_cpu_kernels_split_over_threads_match_one_thread(kind, reverse
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
-    (out_one, grads_one), (out_two, grads_two) = run(1), run(2)
+    # Two threads first: the first threaded kernel moves the process to numba's pool (at every core).
+    (out_two, grads_two), (out_one, grads_one) = run(2), run(1)
     np.testing.assert_allclose(out_two, recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse),
                                rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out_two, out_one, rtol=1e-12, atol=1e-14)
     for name, one, two in zip(("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"), grads_one, grads_two):
         np.testing.assert_allclose(two, one, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_cpu_kernels_split_over_threads_match_one_thread(causal):
+    """The attention CPU kernels give each numba thread a block of samples, as the recurrent ones:
+    40 padded sequences on two threads give one thread's outputs and gradients."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    ops = get_ops("cpu")
+    rng = np.random.default_rng(6)
+    n, steps, heads, embed = 40, 7, 2, 8
+    qkv = rng.standard_normal((n, steps, 3 * embed))
+    lengths = rng.integers(1, steps + 1, n).astype(np.int64)
+    dctx = rng.standard_normal((n, steps, embed))
+
+    def run(threads):
+        numba.set_num_threads(threads)
+        try:
+            ctx, probs = np.full((n, steps, embed), np.nan), np.full((n, heads, steps, steps), np.nan)
+            ops.attention_forward(ctx, probs, qkv, lengths, heads, causal, 0.5)
+            dqkv = np.full_like(qkv, np.nan)
+            ops.attention_backward(dqkv, dctx, probs, qkv, lengths, heads, causal, 0.5)
+            return ctx, probs, dqkv
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+    two = run(2)  # first: the first threaded kernel moves the process to numba's pool (at every core)
+    for name, one, two in zip(("ctx", "probs", "dqkv"), run(1), two):
+        assert np.isfinite(two).all(), name
+        np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-14, err_msg=name)

@@ -13,8 +13,10 @@ of this library's models (tens of steps) a row fits in cache and BLAS calls woul
 import math
 
 import numpy as np
+from numba import prange
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import (cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads,
+                                  same_type, sample_block, scalar_math)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -113,17 +115,34 @@ def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal,
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
+@runs_numba_threads
 @cpu_kernel
 def attention_forward_cpu(ctx, probs, qkv, lengths, heads, causal, scale):
-    # Overwrites ctx (N, T, E) and probs (N, heads, T, T): attention_row's arithmetic, in its order,
-    # over flat views with unsigned indices (as conv._im2col: numba's negative-index fix-up on every
-    # 3-D access kept these short dot products from vectorising).
+    # Overwrites ctx (N, T, E) and probs (N, heads, T, T). Samples are independent: one block of
+    # them per numba thread.
+    _attention_forward_blocks(ctx, probs, qkv, lengths, heads, causal, scale)
+
+
+@cpu_parallel_kernel
+def _attention_forward_blocks(ctx, probs, qkv, lengths, heads, causal, scale):
+    n_batch = qkv.shape[0]
+    block = sample_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, lo, hi):
+    # Samples lo..hi-1: attention_row's arithmetic, in its order, over flat views with unsigned
+    # indices (as conv._im2col: numba's negative-index fix-up on every 3-D access kept these short
+    # dot products from vectorising).
     n_batch, steps, width = qkv.shape
     embed = width // 3
     dim = embed // heads
     qkv_flat, probs_flat, ctx_flat = qkv.reshape(-1), probs.reshape(-1), ctx.reshape(-1)
     zero = same_type(scale, 0.0)
-    for n in range(n_batch):
+    for n in range(lo, hi):
         for h in range(heads):
             for t in range(steps):
                 limit = min(lengths[n], t + 1) if causal else lengths[n]
@@ -158,21 +177,38 @@ def attention_forward_cpu(ctx, probs, qkv, lengths, heads, causal, scale):
                         ctx_flat[out + np.uint64(i)] += p * qkv_flat[value + np.uint64(i)]
 
 
+@runs_numba_threads
 @cpu_kernel
 def attention_backward_cpu(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
     # Overwrites dqkv (N, T, 3E). Per (sample, head): dP = dctx V^T, dS = P (dP - rowsum(dP P)) scale,
     # then dQ = dS K, dK = dS^T Q, dV = P^T dctx, in O(T^2 d). (The per-position helpers the CUDA twin
     # runs, one thread each, recompute a dP row for every key: O(T^3 d), 0.03x PyTorch at T = 64.)
-    # Flat views and unsigned indices, as in the forward.
+    # One block of samples per numba thread, as the forward.
+    _attention_backward_blocks(dqkv, dctx, probs, qkv, lengths, heads, causal, scale)
+
+
+@cpu_parallel_kernel
+def _attention_backward_blocks(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
+    n_batch = qkv.shape[0]
+    block = sample_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _attention_backward_samples(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, lo,
+                                    min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _attention_backward_samples(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, lo, hi):
+    # Samples lo..hi-1; flat views and unsigned indices, as in the forward.
     n_batch, steps, width = qkv.shape
     embed = width // 3
     dim = embed // heads
     zero = same_type(scale, 0.0)
-    dscores = np.empty((steps, steps), qkv.dtype)  # one (T, T) scratch per call
+    dscores = np.empty((steps, steps), qkv.dtype)  # one (T, T) scratch per block
     dscores_flat = dscores.reshape(-1)
     qkv_flat, dqkv_flat, dctx_flat, probs_flat = qkv.reshape(-1), dqkv.reshape(-1), dctx.reshape(-1), probs.reshape(-1)
-    dqkv[:] = 0
-    for n in range(n_batch):
+    dqkv[lo:hi] = 0
+    for n in range(lo, hi):
         for h in range(heads):
             for t in range(steps):
                 limit = min(lengths[n], t + 1) if causal else lengths[n]
