@@ -11,8 +11,8 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def limit_threads(count):
-    """Use at most ``count`` CPU threads: the BLAS's, OpenMP's and numba's (which the recurrent
-    kernels use). Pools not started yet read the environment this sets (``import numdl`` starts
+    """Use at most ``count`` CPU threads: the BLAS's, OpenMP's and numba's (which the recurrent and
+    attention kernels use). Pools not started yet read the environment this sets (``import numdl`` starts
     none); started ones are limited through threadpoolctl and numba."""
     if count < 1:
         from numdl.errors import ConfigError
@@ -46,7 +46,7 @@ class CPUOps(Ops):
         super().__init__()
         #: Which pool has the cores (see numdl.kernels.matmul): None before the first kernel, then
         #: "blas" (the BLAS's threads; numba's pool at one thread), or "numba" for good once a kernel
-        #: that runs numba threads (the recurrent ones) has been called.
+        #: that runs numba threads (the recurrent and attention ones) has been called.
         self.thread_pool = None
         self._thread_limit = None  # numdl --threads / limit_threads; None: every core
         self._blas_libraries = None

@@ -15,8 +15,16 @@ import math
 import numpy as np
 from numba import prange
 
-from numdl.kernels.common import (cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads,
-                                  same_type, sample_block, scalar_math)
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    runs_numba_threads,
+    same_type,
+    sample_block,
+    scalar_math,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -137,7 +145,7 @@ def _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, l
     # Samples lo..hi-1: attention_row's arithmetic, in its order, over flat views with unsigned
     # indices (as conv._im2col: numba's negative-index fix-up on every 3-D access kept these short
     # dot products from vectorising).
-    n_batch, steps, width = qkv.shape
+    _, steps, width = qkv.shape
     embed = width // 3
     dim = embed // heads
     qkv_flat, probs_flat, ctx_flat = qkv.reshape(-1), probs.reshape(-1), ctx.reshape(-1)
@@ -200,7 +208,7 @@ def _attention_backward_blocks(dqkv, dctx, probs, qkv, lengths, heads, causal, s
 @cpu_kernel
 def _attention_backward_samples(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, lo, hi):
     # Samples lo..hi-1; flat views and unsigned indices, as in the forward.
-    n_batch, steps, width = qkv.shape
+    _, steps, width = qkv.shape
     embed = width // 3
     dim = embed // heads
     zero = same_type(scale, 0.0)

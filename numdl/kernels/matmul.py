@@ -3,9 +3,9 @@ splits a product over numba's threads.
 
 One thread pool at a time (design.md): a process starts with the BLAS's threads (numba's pool set
 to one thread, so ``matmul`` is one BLAS call, as ``np.dot``); the first kernel that runs numba
-threads (the recurrent ones) hands the cores to numba for the rest of the process: the BLAS goes to
-one thread and ``matmul`` gives each numba thread a block of rows or columns. Both pools at once
-(a model with an LSTM and a large Linear layer) ran 2x slower than either alone.
+threads (the recurrent and attention ones) hands the cores to numba for the rest of the process:
+the BLAS goes to one thread and ``matmul`` gives each numba thread a block of rows or columns. Both
+pools at once (a model with an LSTM and a large Linear layer) ran 2x slower than either alone.
 
 ``gemm`` takes any block of a row-major array whose last axis is contiguous (a row range, a column
 range, a transposed view passed as a flag) and can accumulate (``beta``), which ``np.dot`` cannot.
