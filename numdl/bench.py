@@ -199,17 +199,21 @@ def _torch_run(torch, kind, mode, batches, ours=None):
 
 
 def _step_products(kind, mode, batch):
-    if kind == "mlp":
-        layers = [(784, 128), (128, 64), (64, 10)]
-        products = [(batch, n_in, n_out, 1) for n_in, n_out in layers]  # x @ W.T
+    """(rows, inner, columns, count) of every product in a step of the reference model ``kind``, from
+    its weights' shapes."""
+    model = _numdl_model(kind)
+    weights = [p.value.shape for name, p in model.named_parameters().items() if "weight" in name]
+    if kind == "mlp":  # Linear weights (out, in)
+        products = [(batch, n_in, n_out, 1) for n_out, n_in in weights]  # x @ W.T
         if mode == "train":
-            products += [(n_out, batch, n_in, 1) for n_in, n_out in layers]  # dW = g.T @ x
-            products += [(batch, n_out, n_in, 1) for n_in, n_out in layers[1:]]  # dx = g @ W
+            products += [(n_out, batch, n_in, 1) for n_out, n_in in weights]  # dW = g.T @ x
+            products += [(batch, n_out, n_in, 1) for n_out, n_in in weights[1:]]  # dx = g @ W
         return products
-    if kind == "lstm":  # 28 steps of 28 inputs, hidden 128 (gates 512), then Linear(128, 10)
-        steps, inputs, hidden, gates = 28, 28, 128, 512
-        return [(batch * steps, inputs, gates, 1), (batch, hidden, gates, steps), (batch, hidden, 10, 1),
-                (10, batch, hidden, 1), (batch, 10, hidden, 1),  # the head's dW and dx
+    if kind == "lstm":  # weight_ih (G, I), weight_hh (G, H), the head's weight (C, H)
+        (gates, inputs), (_, hidden), (classes, _) = weights
+        steps = model.input_shape[0]
+        return [(batch * steps, inputs, gates, 1), (batch, hidden, gates, steps), (batch, hidden, classes, 1),
+                (classes, batch, hidden, 1), (batch, classes, hidden, 1),  # the head's dW and dx
                 (batch, gates, hidden, steps),  # dh_prev = dgates @ W_hh, per step
                 (gates, batch * steps, hidden, 1), (gates, batch * steps, inputs, 1)]  # dW_hh, dW_ih
     raise ValueError(f"no product list for {kind}")
@@ -263,18 +267,17 @@ def ceiling_cases(repeats, threads, quick):
         samples = samples // 2 if quick else samples
         products = _step_products(kind, mode, batch)
         ours = _gemm_seconds(products, repeats, numba_product) * samples / batch
-        extra = {}
-        run_theirs = None
+        extra, theirs = {}, None
         if torch is not None:
             def torch_product(out, a, b):
                 torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
 
-            torch_products = _gemm_seconds(products, repeats, torch_product)
-            extra["torch_gemm_bound"] = samples / (torch_products * samples / batch)
+            extra["torch_gemm_bound"] = batch / _gemm_seconds(products, repeats, torch_product)
             x, y = _data(samples, (28, 28))
             run_theirs = _torch_run(torch, kind, mode, [(x[b:b + batch], y[b:b + batch])
                                                         for b in range(0, samples, batch)])
-        theirs = _alternate(lambda: None, run_theirs, repeats)[1] if run_theirs else None
+            run_theirs()  # warm-up
+            theirs = statistics.median(_timed(run_theirs) for _ in range(repeats))
         results.append(_result(f"{kind} {mode} b{batch} GEMM bound", samples, ours, theirs, **extra))
     return results
 

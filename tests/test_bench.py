@@ -11,7 +11,10 @@ from numdl.cli import cli
 def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "cases", lambda suites, quick: [("mlp", "train", 32, 128), ("mlp", "predict", 64, 128)])
     out = tmp_path / "now.json"
-    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--json", str(out), "--threads", "1"])
+    # No --threads here: in this process it would shrink numba's pool for every later test (its size
+    # is fixed once started), and the thread-split tests would skip. test_cli covers --threads in a
+    # subprocess.
+    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "mlp train b32" in result.output and "ratio" in result.output
     report = json.loads(out.read_text())
@@ -20,8 +23,7 @@ def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     for r in faster["results"]:
         r["numdl"] *= 10  # a baseline ten times faster: today's run is a regression
     (tmp_path / "base.json").write_text(json.dumps(faster))
-    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--compare", str(tmp_path / "base.json"),
-                                      "--threads", "1"])
+    result = CliRunner().invoke(cli, ["bench", "--suite", "mlp", "--quick", "--compare", str(tmp_path / "base.json")])
     assert result.exit_code == 1 and "regression: mlp train b32" in result.output
 
 

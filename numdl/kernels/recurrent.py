@@ -8,10 +8,11 @@ Shapes: x (N, T, I); lengths (N,) int64; w_ih (G H, I); w_hh (G H, H); b_ih, b_h
 and ``cells`` (N, T, H): LSTM cell states, or for the GRU the hidden projection W_hn h + b_hn.
 
 CPU: samples are independent, so each numba thread takes a block of them and runs it from the first
-step to the last with no barrier (the backend holds the BLAS to one thread meanwhile: one pool at a
-time). Per block: the input projections of all steps are one GEMM into ``proj``; each step adds
-h W_hh^T with one more GEMM and runs the point-wise update; backward mirrors it and ends with GEMMs
-for the block's share of dW_ih and dW_hh (summed over blocks after) and its rows of dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
+step to the last with no barrier (these kernels move the process to numba's pool, the BLAS on one
+thread: see numdl.kernels.matmul). Per block: the input projections of all steps are one GEMM into
+``proj``; each step adds h W_hh^T with one more GEMM and runs the point-wise update; backward mirrors
+it and ends with GEMMs for the block's share of dW_ih and dW_hh (summed over blocks after) and its
+rows of dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
 ``syncthreads``; weight gradients accumulate with atomics into arrays the launcher zeroed.
 Backward: ``dproj`` (2, N T, G H) holds the pre-activation gradients of the input projections [0]
 and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's n gate).
@@ -19,12 +20,20 @@ and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's 
 
 
 import numpy as np
-
-from numdl.kernels.activation import sigmoid, tanh
 from numba import prange
 
-from numdl.kernels.common import (cpu_kernel, cpu_parallel_kernel, cuda, cuda_device_function, cuda_kernel,
-                                  runs_numba_threads, same_type, sample_block, scalar_math)
+from numdl.kernels.activation import sigmoid, tanh
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_device_function,
+    cuda_kernel,
+    runs_numba_threads,
+    same_type,
+    sample_block,
+    scalar_math,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
