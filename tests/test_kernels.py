@@ -133,3 +133,66 @@ def test_float32_rational_tanh_sigmoid_erf_are_accurate_and_keep_nan():
     out = np.zeros((3, 1), np.float32)
     apply_all(out, nan)
     assert np.isnan(out).all()
+
+
+def test_float32_tanh_and_sigmoid_tails_match_pytorch():
+    """Issue 12.7: in their tails, float32 tanh saturates exactly (gradient 0 where PyTorch's is) and
+    sigmoid keeps float32's relative precision down to the denormals (5.9e-10 at -21, not a floor
+    at 1.19e-7), compared with PyTorch float32 for |x| in [8, 90]."""
+    torch = pytest.importorskip("torch")
+    from numdl.kernels.activation import (sigmoid_backward_cpu, sigmoid_forward_cpu, tanh_backward_cpu,
+                                          tanh_forward_cpu)
+
+    magnitudes = np.linspace(8, 90, 20001)
+    x = np.concatenate([magnitudes, -magnitudes]).astype(np.float32)
+    ones = np.ones_like(x)
+    for forward, backward, reference in ((tanh_forward_cpu, tanh_backward_cpu, torch.tanh),
+                                         (sigmoid_forward_cpu, sigmoid_backward_cpu, torch.sigmoid)):
+        out, grad = np.empty_like(x), np.empty_like(x)
+        forward(out, x)
+        backward(grad, ones, out)
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        expected = reference(tx)
+        expected.sum().backward()
+        expected, expected_grad = expected.detach().numpy(), tx.grad.numpy()
+        normal = np.abs(expected) > np.finfo(np.float32).tiny  # relative error where float32 is normal
+        relative = np.abs(out[normal] - expected[normal]) / np.abs(expected[normal])
+        assert relative.max() < 4 * np.finfo(np.float32).eps, forward.__name__
+        if (~normal).any():  # denormals (PyTorch flushes some to 0): the exact value, to a few units of 1.4e-45
+            exact = reference(torch.from_numpy(x[~normal].astype(np.float64))).numpy()
+            assert np.abs(out[~normal] - exact).max() < 1e-44
+        assert np.abs(grad - expected_grad).max() < 3e-7
+        assert (grad[np.abs(x) > 9.1] == 0).all() if forward is tanh_forward_cpu else True
+    saturated = np.empty(2, np.float32)
+    tanh_forward_cpu(saturated, np.array([9.5, -90], np.float32))
+    assert saturated.tolist() == [1.0, -1.0]
+    tail = np.empty(1, np.float32)
+    sigmoid_forward_cpu(tail, np.array([-21.0], np.float32))
+    assert abs(tail[0] / 7.5825604e-10 - 1) < 1e-6
+
+
+def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
+    """Issue 12.8: relu(NaN) is NaN and a NaN anywhere in a pooling window is the window's maximum
+    (its index taken), so that a NaN reaches the NaN guard."""
+    torch = pytest.importorskip("torch")
+    from numdl.kernels.activation import leaky_relu_forward_cpu, relu_forward_cpu
+    from numdl.kernels.pool import maxpool2d_forward_cpu
+
+    for dtype in (np.float32, np.float64):
+        x = np.array([np.nan, -1.0, 2.0, 0.0], dtype)
+        out = np.empty_like(x)
+        relu_forward_cpu(out, x)
+        assert np.isnan(out[0]) and out[1:].tolist() == [0.0, 2.0, 0.0]
+        leaky_relu_forward_cpu(out, x, dtype(0.1))
+        assert np.isnan(out[0])
+        rng = np.random.default_rng(0)
+        for kernel, stride, padding in ((2, 2, 0), (3, 2, 1), (3, 1, 0)):
+            x = rng.normal(size=(2, 3, 8, 8)).astype(dtype)
+            x[0, 0, 1, 1] = x[0, 1, 4, 5] = x[1, 2, 7, 7] = np.nan  # inside, and last in its window
+            size = (8 + 2 * padding - kernel) // stride + 1
+            out, argmax = np.empty((2, 3, size, size), dtype), np.empty((2, 3, size, size), np.int64)
+            maxpool2d_forward_cpu(out, argmax, x, kernel, kernel, stride, stride, padding, padding)
+            expected, indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel, stride, padding,
+                                                                return_indices=True)
+            np.testing.assert_array_equal(out, expected.numpy())  # NaNs at the same places
+            np.testing.assert_array_equal(argmax, indices.numpy())

@@ -1,9 +1,10 @@
 """Activations: ReLU, LeakyReLU, Sigmoid, Tanh, GELU (exact, erf form) and row-wise Softmax.
 
-tanh, sigmoid and erf (GELU) of float32 values use rational approximations (Eigen's float versions:
-absolute error below 5e-7 on the whole line, plain multiply-adds and one division, so loops
-vectorise; a libm call per element made the LSTM cell update cost more than its matrix products,
-and GELU 14x slower than PyTorch's). float64 stays exact.
+tanh, sigmoid and erf (GELU) of float32 values use approximations that vectorise (Eigen's rational
+tanh and erf, a Cephes-style exp for sigmoid and tanh's tails: multiply-adds, one division, no libm
+call; a libm call per element made the LSTM cell update cost more than its matrix products, and
+GELU 14x slower than PyTorch's). Each saturates exactly where float32's exact function does and keeps
+float32's relative precision in the tails. float64 stays exact.
 
 Element-wise kernels take flat 1-D views (the backend ravels), so one compiled version serves any
 rank. Backward kernels overwrite ``dx``. Sigmoid, Tanh and Softmax differentiate through their saved
@@ -14,6 +15,9 @@ import math
 
 import numpy as np
 
+from numba import types
+from numba.extending import intrinsic
+
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math, scalar_math_float32
 
 # --------------------------------------------------------------------------- scalar math (both targets)
@@ -21,7 +25,8 @@ from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scala
 
 @scalar_math
 def relu(x):
-    return x if x > same_type(x, 0.0) else same_type(x, 0.0)
+    # "x < 0", not "x > 0": NaN fails every compare, so it passes through to the NaN guard (as in PyTorch).
+    return same_type(x, 0.0) if x < same_type(x, 0.0) else x
 
 
 @scalar_math
@@ -31,7 +36,7 @@ def relu_grad(x):
 
 @scalar_math
 def leaky_relu(x, slope):
-    return x if x > same_type(x, 0.0) else x * slope
+    return x * slope if x < same_type(x, 0.0) else x
 
 
 @scalar_math
@@ -39,9 +44,52 @@ def leaky_relu_grad(x, slope):
     return same_type(x, 1.0) if x > same_type(x, 0.0) else slope
 
 
-# Eigen's generic_fast_tanh_float: odd numerator and even denominator polynomials in x, on x
-# clamped to +-7.9 (where float32 tanh is 1 to within 3e-7).
-_TANH_CLAMP = np.float32(7.90531110763549805)
+# A float32 exp of x <= 0 that vectorises (numba has no SVML: a libm expf per element keeps a loop
+# scalar): Cephes' expf, exp(x) = 2^n exp(r) with |r| <= ln2/2 and a polynomial for exp(r), within
+# 3 ulp of the exact value, down into the denormals. 2^n is built from its bits, as two factors so
+# that n down to -150 stays representable. Sigmoid and tanh only need exp(-|x|) (no overflow).
+_EXP_LOW = np.float32(-104.0)  # exp(-104) rounds to 0 in float32
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 in two parts
+_E0, _E1, _E2, _E3, _E4, _E5 = (np.float32(c) for c in (
+    1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_ZERO, _ONE, _TWO, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
+_EXPONENT_BIAS, _MANTISSA_SCALE = np.int32(127), np.int32(1 << 23)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    # The float32 whose IEEE-754 bits are the int32 ``bits`` (what a C union does), on both targets.
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@scalar_math  # compiled float32 callers only; the intrinsic has no Python version
+def _exp_nonpositive_float32(x):
+    x = _EXP_LOW if x < _EXP_LOW else x  # compares, not min/max: NaN passes through
+    x = _ZERO if x > _ZERO else x
+    # n = round(x / ln2) = -k, k >= 0: truncation rounds a non-negative value down, so no floor
+    # (which the CUDA target lacks for float32, and math.floor would turn the math into float64).
+    k = np.int32(_HALF - x * _LOG2E)
+    kf = np.float32(k)
+    r = x + kf * _LN2_HIGH + kf * _LN2_LOW
+    p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
+    y = p * r * r + r + _ONE
+    k1 = (k + np.int32(1)) >> np.int32(1)
+    scale1 = _float32_from_bits((_EXPONENT_BIAS - k1) * _MANTISSA_SCALE)
+    scale2 = _float32_from_bits((_EXPONENT_BIAS - (k - k1)) * _MANTISSA_SCALE)
+    return y * scale1 * scale2
+
+
+# Eigen's generic_fast_tanh_float on |x| <= 7.9: odd numerator and even denominator polynomials.
+# Beyond, tanh(x) = sign(x) (1 - 2 exp(-2|x|)) to float32 precision, with exp(-2|x|) = exp(-2 * 7.9)
+# exp(-2d) and a quintic for exp(-2d) on d = |x| - 7.9 in [0, 1.2] (relative error 1e-3, far below
+# what 1 - 2e can show): exactly +-1 where float32's tanh is (|x| > 13 ln 2), so the gradient 1 - tanh^2
+# reaches 0 as PyTorch's does. (A full exp here made the helper too big for LLVM to inline: 100x
+# slower loops.)
+_TANH_RATIONAL_LIMIT = np.float32(7.90531110763549805)
 _TANH_NUMERATOR = tuple(np.float32(c) for c in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
     -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
@@ -49,21 +97,34 @@ _TANH_DENOMINATOR = tuple(np.float32(c) for c in (
     4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
 _A0, _A1, _A2, _A3, _A4, _A5, _A6 = _TANH_NUMERATOR
 _B0, _B1, _B2, _B3 = _TANH_DENOMINATOR
-_HALF = np.float32(0.5)
+_TANH_TAIL_SCALE = np.float32(2.0 * 1.3599846809638113e-07)  # 2 exp(-2 * 7.905...)
+# tanh(x) rounds to +-1 in float32 once 2 exp(-2|x|) < 2^-25, i.e. |x| > 13 ln 2 = 9.0109
+_TANH_TAIL_SPAN = np.float32(13 * 0.6931471805599453 - 7.90531110763549805)
+_T5, _T4, _T3, _T2, _T1, _T0 = (np.float32(c) for c in (
+    -0.08487608, 0.46894002, -1.22074256, 1.96850979, -1.99639289, 0.99990035))
 
 
 def _tanh_float32(x):
-    # Clamped with compares, not min/max: a NaN passes through to the NaN guard.
-    x = _TANH_CLAMP if x > _TANH_CLAMP else x
-    x = -_TANH_CLAMP if x < -_TANH_CLAMP else x
-    x2 = x * x
-    numerator = x * (((((((_A6 * x2 + _A5) * x2 + _A4) * x2 + _A3) * x2 + _A2) * x2 + _A1) * x2) + _A0)
+    magnitude = -x if x < _ZERO else x
+    c = _TANH_RATIONAL_LIMIT if x > _TANH_RATIONAL_LIMIT else x  # compares, not min/max: NaN passes
+    c = -_TANH_RATIONAL_LIMIT if c < -_TANH_RATIONAL_LIMIT else c
+    x2 = c * c
+    numerator = c * (((((((_A6 * x2 + _A5) * x2 + _A4) * x2 + _A3) * x2 + _A2) * x2 + _A1) * x2) + _A0)
     denominator = ((_B3 * x2 + _B2) * x2 + _B1) * x2 + _B0
-    return numerator / denominator
+    d = magnitude - _TANH_RATIONAL_LIMIT
+    d = _TANH_TAIL_SPAN if d > _TANH_TAIL_SPAN else d
+    tail = _ONE - _TANH_TAIL_SCALE * (((((_T5 * d + _T4) * d + _T3) * d + _T2) * d + _T1) * d + _T0)
+    tail = _ONE if d >= _TANH_TAIL_SPAN else tail
+    tail = -tail if x < _ZERO else tail
+    return tail if magnitude > _TANH_RATIONAL_LIMIT else numerator / denominator
 
 
 def _sigmoid_float32(x):
-    return _HALF + _HALF * tanh(_HALF * x)  # the float32 tanh below
+    # 1 / (1 + e) or e / (1 + e) with e = exp(-|x|) <= 1: no overflow, and each tail keeps float32's
+    # relative precision (sigmoid(-90) ~ 8e-40, a denormal, not a clamp at 1e-7).
+    e = _exp_nonpositive_float32(-x if x > _ZERO else x)
+    inverse = _ONE / (_ONE + e)
+    return e * inverse if x < _ZERO else inverse
 
 
 # Eigen's generic_fast_erf_float: x P(x^2) / Q(x^2) on x clamped to +-4 (float32 erf is +-1 beyond);

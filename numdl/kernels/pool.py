@@ -30,7 +30,7 @@ def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, o
             iw = ow * stride_w - pad_w + j
             if 0 <= iw < w:
                 v = x[n, c, ih, iw]
-                if v > best or best_index < 0:
+                if v > best or v != v or best_index < 0:  # a NaN wins and stays (as PyTorch)
                     best = v
                     best_index = ih * w + iw
     out[n, c, oh, ow] = best
@@ -78,9 +78,10 @@ def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad
                     for i in range(i0, i1):
                         for j in range(j0, j1):
                             v = plane[i, j]
-                            later_max = np.int64(v > best)  # strict: the first maximum wins, as PyTorch
-                            best = max(best, v)
-                            best_index += later_max * (i * w + j - best_index)
+                            # strict: the first maximum wins; a NaN wins and stays (as PyTorch)
+                            take = (v > best) | (v != v)
+                            best = v if take else best
+                            best_index += np.int64(take) * (i * w + j - best_index)
                     out[n, c, oh, ow] = best
                     argmax[n, c, oh, ow] = best_index
 
@@ -98,11 +99,14 @@ def _maxpool2x2_forward(out, argmax, x):
                 for ow in range(w_out):
                     j = 2 * ow
                     a, b, c2, d = plane[i, j], plane[i, j + 1], plane[i + 1, j], plane[i + 1, j + 1]
-                    top_index = i * w + j + np.int64(b > a)
-                    bottom_index = (i + 1) * w + j + np.int64(d > c2)
-                    top, bottom = max(a, b), max(c2, d)
-                    out[n, c, oh, ow] = max(top, bottom)
-                    argmax[n, c, oh, ow] = top_index + np.int64(bottom > top) * (bottom_index - top_index)
+                    # Selects, not max(): a NaN wins and stays, as in PyTorch (v != v only for NaN).
+                    take_b, take_d = (b > a) | (b != b), (d > c2) | (d != d)
+                    top, bottom = b if take_b else a, d if take_d else c2
+                    top_index = i * w + j + np.int64(take_b)
+                    bottom_index = (i + 1) * w + j + np.int64(take_d)
+                    take_bottom = (bottom > top) | (bottom != bottom)
+                    out[n, c, oh, ow] = bottom if take_bottom else top
+                    argmax[n, c, oh, ow] = top_index + np.int64(take_bottom) * (bottom_index - top_index)
 
 
 @cpu_kernel
