@@ -50,6 +50,7 @@ class MultiHeadAttention(SequenceLayer):
         return input_shape
 
     def forward(self, x, training=False):
+        x = self.contiguous(x, "x_copy")
         n, steps, embed = x.shape
         self._lengths_used = self._lengths(n, steps)
         self._x = x.reshape(n * steps, embed)
@@ -67,6 +68,7 @@ class MultiHeadAttention(SequenceLayer):
         return out.reshape(n, steps, embed)
 
     def backward(self, dout):
+        dout = self.contiguous(dout, "dout_copy")
         n, steps, embed = dout.shape
         dctx = self.buffer("dctx", (n * steps, embed))
         p = self.params

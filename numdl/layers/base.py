@@ -120,6 +120,18 @@ class Layer:
             array = self._buffers[key] = self.ops.empty(tuple(shape), self.dtype)
         return array
 
+    def contiguous(self, array, key):
+        """``array`` itself when it is C-contiguous, else its values copied into the reused buffer
+        ``key``: kernels index raw memory, and a Fortran-ordered or strided input or upstream gradient
+        (a user's slice or transpose) is otherwise refused by them."""
+        if not isinstance(array, np.ndarray) or array.flags.c_contiguous:
+            return array
+        if array.dtype != self.dtype:
+            return np.ascontiguousarray(array)
+        copy = self.buffer(key, array.shape)
+        copy[...] = array
+        return copy
+
     @staticmethod
     def rows(array, width):
         """``array`` viewed as (size / width, width). (Device arrays refuse reshape(-1) and shape[-1].)"""

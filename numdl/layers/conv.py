@@ -95,6 +95,7 @@ class Conv2d(Layer):
         return array.reshape(self.weight_shape(self._image_in[0]))
 
     def forward(self, x, training=False):
+        x = self.contiguous(x, "x_copy")
         n = x.shape[0]
         x4 = x.reshape((n,) + self._image_in)
         out = self.buffer("out", (n,) + self._image_out)
@@ -108,6 +109,7 @@ class Conv2d(Layer):
         return out.reshape((n,) + self.output_shape)
 
     def backward(self, dout):
+        dout = self.contiguous(dout, "dout_copy")
         n = dout.shape[0]
         dx = self.buffer("dx", (n,) + self._image_in) if self.needs_input_grad else None
         taps = self._image_in[0] * math.prod(self.kernel_size)

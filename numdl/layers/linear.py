@@ -41,6 +41,7 @@ class Linear(Layer):
         return input_shape[:-1] + (self.out_features,)
 
     def forward(self, x, training=False):
+        x = self.contiguous(x, "x_copy")
         rows = self.rows(x, self.input_shape[-1])  # leading axes folded into one: a view, no copy
         out = self.buffer("out", (rows.shape[0], self.out_features))
         bias = self.params["bias"].value if self.use_bias else None
@@ -52,6 +53,7 @@ class Linear(Layer):
         dx = self.buffer("dx", self._x.shape) if self.needs_input_grad else None
         dbias = self.params["bias"].grad if self.use_bias else None
         weight = self.params["weight"]
+        dout = self.contiguous(dout, "dout_copy")
         drows = self.rows(dout, self.out_features)
         fused = (self._out, self.buffer("dmasked", drows.shape)) if self.fused_relu else (None, None)
         self.ops.linear_backward(dx, weight.grad, dbias, drows, self._x, weight.value, *fused)

@@ -81,6 +81,7 @@ class _Recurrent(SequenceLayer):
         return (steps, features) if self.return_sequences else (features,)
 
     def forward(self, x, training=False):
+        x = self.contiguous(x, "x_copy")
         n, steps = x.shape[0], x.shape[1]
         h, g, d = self.hidden_size, self.gates, self.directions
         lengths = self._lengths(n, steps)
@@ -112,6 +113,7 @@ class _Recurrent(SequenceLayer):
         return last
 
     def backward(self, dout):
+        dout = self.contiguous(dout, "dout_copy")
         n = dout.shape[0]
         h, g, d = self.hidden_size, self.gates, self.directions
         lengths = self._lengths_used
