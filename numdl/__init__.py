@@ -22,20 +22,19 @@ from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 
-def load_model(path):
-    """A model rebuilt from a checkpoint written by ``numdl train`` (its config is inside), weights,
-    state and optimizer restored. Items are looked up by registered name; nothing is imported."""
+def load_model(path, reset_optimizer=False, with_meta=False):
+    """A model rebuilt from a checkpoint written by ``numdl train`` or ``model.save`` (its config is
+    inside), weights, state and optimizer restored; with ``with_meta``, (model, metadata). Items are
+    looked up by registered name; nothing is imported. ``reset_optimizer``: see ``load_weights``."""
     from numdl import config as config_module
     from numdl.checkpoint import read_checkpoint
 
-    _, meta = read_checkpoint(path)
-    if "config" not in meta:
-        raise CheckpointError(f"{path} holds no config; build the model and call model.load_weights")
-    resolved = meta["config"]
-    config_module.validate(resolved)
-    model = config_module.build_model(resolved, tuple(meta["input_shape"]))
-    model.load_weights(path)
-    return model
+    _, meta = read_checkpoint(path)  # the metadata's schema is checked there
+    if "config" not in meta or "input_shape" not in meta:
+        raise CheckpointError(f"{path} holds no model config; build the model and call model.load_weights")
+    model = config_module.build_model(meta["config"], tuple(meta["input_shape"]))
+    model.load_weights(path, reset_optimizer=reset_optimizer)
+    return (model, meta) if with_meta else model
 
 
 __all__ = [

@@ -9,6 +9,7 @@ fsynced, then ``os.replace``d over the target: a crash mid-save leaves the previ
 """
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from numdl.errors import CheckpointError
 
 FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit for the JSON header
 _TMP_PREFIX = ".numdl-tmp-"
 
 
@@ -52,17 +54,50 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
         info["optimizer"] = {"name": optimizer.name, "steps": optimizer.steps, "lr": optimizer.lr}
     info["registered_by"] = _sources(model, optimizer)
     info.update(meta or {})
-    payload = save(model_tensors(model, optimizer), metadata={"numdl": json.dumps(info)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(path.parent)
+    tensors = model_tensors(model, optimizer)
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteTensor(bad, f"refusing to write {path}: {bad} holds NaN or Inf")
+    payload = save(tensors, metadata={"numdl": json.dumps(info)})
     tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{path.name}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(path.parent)
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:  # a full disk, a read-only folder: no partial file left, one line
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write checkpoint {path}: {error.strerror or error}") from None
     _fsync_directory(path.parent)
     return path
+
+
+class NonFiniteTensor(CheckpointError):
+    """A checkpoint was not written because a tensor holds NaN or Inf (``tensor`` names it)."""
+
+    def __init__(self, tensor, message):
+        super().__init__(message)
+        self.tensor = tensor
+
+
+def first_non_finite(tensors):
+    """The name of the first floating tensor holding NaN or Inf, or None."""
+    from numdl.backend import get_ops
+
+    count_non_finite = get_ops("cpu").count_non_finite  # one vectorised pass, no boolean copy
+    for name, array in tensors.items():
+        if array.dtype.kind != "f" or not array.size:
+            continue
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if (count_non_finite(flat) if array.dtype in (np.float32, np.float64) else (~np.isfinite(flat)).sum()) > 0:
+            return name
+    return None
 
 
 def _sources(model, optimizer):
@@ -107,9 +142,17 @@ def read_checkpoint(path):
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    path = Path(path)
+    from numdl.fileio import regular_file
+
+    path, size = regular_file(path, "checkpoint", CheckpointError)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8 and struct.unpack("<Q", head)[0] > min(size, MAX_HEADER_BYTES):
+                raise CheckpointError(f"{path}: header length {struct.unpack('<Q', head)[0]} runs past the end of "
+                                      f"the file or the {MAX_HEADER_BYTES} bytes a header may have; not a "
+                                      f"safetensors checkpoint (a pickle or a truncated file?)")
+            raw = head + f.read()  # the header's length is sane: the file is what it says it is
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error.strerror or error})") from None
     header = _parse_header(raw, path)
@@ -124,7 +167,100 @@ def read_checkpoint(path):
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format version {meta.get('format_version')!r}"
                               if isinstance(meta, dict) else f"{path}: malformed numdl metadata")
+    check_metadata(meta, path)
     return tensors, meta
+
+
+# ------------------------------------------------------------------------ metadata schema
+MAX_INPUT_ELEMENTS = 1 << 31  # per sample: past this a model cannot be built on any machine numdl targets
+
+
+def _is_int(value, low=0, high=None):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_metadata(meta, path):
+    """Refuse metadata of the wrong type or range before anything is built from it: one
+    CheckpointError naming the field. Fields a checkpoint may lack are checked when present."""
+    def bad(field, expected):
+        value = _shorten(repr(_get(meta, field)))
+        raise CheckpointError(f"{path}: metadata field {field} must be {expected}, got {value}")
+
+    if "config" in meta:
+        config = meta["config"]
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            bad("config", "a table with a model table")
+        from numdl.config import validate
+        from numdl.errors import ConfigError
+
+        try:
+            validate(config)
+        except ConfigError as error:
+            raise CheckpointError(f"{path}: the config inside is invalid: {error}") from None
+    if "input_shape" in meta:
+        shape = meta["input_shape"]
+        if not isinstance(shape, list) or not shape or not all(_is_int(d, 1) for d in shape):
+            bad("input_shape", "a list of positive integers")
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements per sample")
+    if "optimizer" in meta:
+        optimizer = meta["optimizer"]
+        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("name"), str):
+            bad("optimizer", "a table with a name")
+        if not _is_int(optimizer.get("steps")):
+            bad("optimizer.steps", "an integer >= 0")
+        if not _is_number(optimizer.get("lr")) or optimizer["lr"] <= 0:
+            bad("optimizer.lr", "a finite number > 0")
+    if "normalization" in meta:
+        from numdl.data.transforms import NORMALIZATIONS
+
+        state = meta["normalization"]
+        if not isinstance(state, dict) or state.get("method") not in NORMALIZATIONS:
+            bad("normalization", f"a table whose method is one of {', '.join(NORMALIZATIONS)}")
+        if not _is_number(state.get("shift")) or not _is_number(state.get("divisor")) or state["divisor"] == 0:
+            bad("normalization", "finite shift and divisor (divisor not 0)")
+        low_high = state.get("input_range")
+        if low_high is not None and not (isinstance(low_high, list) and len(low_high) == 2
+                                         and all(_is_number(v) for v in low_high) and low_high[0] <= low_high[1]):
+            bad("normalization.input_range", "[low, high]")
+    if "fit_position" in meta and meta["fit_position"] is not None:
+        position = meta["fit_position"]
+        if not isinstance(position, dict):
+            bad("fit_position", "a table")
+        if not _is_int(position.get("epoch"), 1):
+            bad("fit_position.epoch", "an integer >= 1")
+        if not _is_int(position.get("step")):
+            bad("fit_position.step", "an integer >= 0")
+        if not isinstance(position.get("epoch_rng_state"), dict):
+            bad("fit_position.epoch_rng_state", "a table")
+        for key in ("correct", "counted"):
+            if not _is_int(position.get(key, 0)):
+                bad(f"fit_position.{key}", "an integer >= 0")
+        if not _is_number(position.get("total_loss", 0.0)):
+            bad("fit_position.total_loss", "a finite number")
+        reference = position.get("reference_loss")
+        if reference is not None and not _is_number(reference):
+            bad("fit_position.reference_loss", "a finite number or absent")
+    if "rng_states" in meta and not (isinstance(meta["rng_states"], list)
+                                     and all(isinstance(state, dict) for state in meta["rng_states"])):
+        bad("rng_states", "a list of tables")
+    if "schedule_state" in meta and not isinstance(meta["schedule_state"], dict):
+        bad("schedule_state", "a table")
+
+
+def _get(meta, field):
+    value = meta
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _shorten(text, limit=80):
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _parse_header(raw, path):
@@ -173,18 +309,46 @@ def _parse_header(raw, path):
     return header
 
 
-def apply_checkpoint(model, tensors, optimizer=None, path="checkpoint"):
-    """Copy checkpoint tensors into ``model`` (and ``optimizer``), after checking that every tensor
-    the model needs is there with its shape and nothing else is: all problems listed at once."""
-    expected = {k: tuple(v.shape) for k, v in model_tensors(model).items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith("optim/")}
+def apply_checkpoint(model, tensors, optimizer=None, path="checkpoint", reset_optimizer=False, meta=None):
+    """Copy checkpoint tensors into ``model`` (and ``optimizer``) after checking, all problems listed
+    at once, that every tensor the model needs is there with its shape, dtype and finite values, and
+    nothing else is. Nothing is cast: a float16 or float64 tensor for a float32 model is refused.
+
+    A stateful optimizer that has taken steps must find its state (Adam's moments) in the file:
+    restarting it from zero silently gives other weights than the uninterrupted run. With
+    ``reset_optimizer`` its state is not loaded and it starts afresh (step 0)."""
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model_tensors(model).items()}
+    optim_expected = {}
+    if optimizer is not None:
+        for index, param in enumerate(model.parameters()):
+            for name in optimizer.state_names:
+                optim_expected[f"optim/{index}/{name}"] = (tuple(param.value.shape), np.dtype(model.dtype))
+    stateful = bool(optim_expected) and not reset_optimizer
+    has_optim = any(k.startswith("optim/") for k in tensors)
+    steps = int(((meta or {}).get("optimizer") or {}).get("steps", 0) or 0)
+    if stateful and not has_optim and steps > 0:
+        raise CheckpointError(
+            f"{path}: the state of optimizer {optimizer.name!r} (optim/...) is missing after {steps} steps; "
+            f"continuing would restart it from zero and give other weights than the uninterrupted run. "
+            f"Pass --reset-optimizer (load_weights(..., reset_optimizer=True)) to accept that")
+    if stateful and has_optim:
+        expected.update(optim_expected)  # all of it, or the file is refused
+    # Optimizer tensors not loaded (no optimizer, a reset, a fresh model's save) must still be ones
+    # this optimizer has: an unknown name is reported, never ignored.
+    found = {k: v for k, v in tensors.items()
+             if k in expected or not (k.startswith("optim/") and (optimizer is None or k in optim_expected))}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    misshaped = sorted(f"{k} {found[k]} vs model {expected[k]}" for k in set(expected) & set(found)
-                       if expected[k] != found[k])
-    if missing or unexpected or misshaped:
+    common = sorted(set(expected) & set(found))
+    misshaped = [f"{k} {tuple(found[k].shape)} vs model {expected[k][0]}" for k in common
+                 if tuple(found[k].shape) != expected[k][0]]
+    mistyped = [f"{k} {found[k].dtype} vs model {expected[k][1]}" for k in common
+                if found[k].dtype != expected[k][1]]
+    non_finite = [k for k in common if found[k].dtype == expected[k][1] and first_non_finite({k: found[k]}) is not None]
+    if missing or unexpected or misshaped or mistyped or non_finite:
         parts = [f"{label}: {', '.join(items)}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)) if items]
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
+                  ("wrong dtype", mistyped), ("NaN or Inf in", non_finite)) if items]
         raise CheckpointError(f"{path} does not match the model; " + "; ".join(parts))
     ops = model.ops
     for name, param in model.named_parameters().items():
@@ -192,26 +356,16 @@ def apply_checkpoint(model, tensors, optimizer=None, path="checkpoint"):
     for i, layer in enumerate(model.layers):
         for name, array in layer.named_state().items():
             _copy_into(ops, array, tensors[f"state/{i}.{layer.name}.{name}"])
-    if optimizer is not None:
+    if stateful and has_optim:
         params = model.parameters()
-        names = sorted({k.split("/")[2] for k in tensors if k.startswith("optim/")})
-        if names:
-            for index, param in enumerate(params):
-                for name in names:
-                    key = f"optim/{index}/{name}"
-                    if key not in tensors or tuple(tensors[key].shape) != tuple(param.value.shape):
-                        raise CheckpointError(f"{path}: optimizer state {key} is missing or mis-shaped")
-            optimizer.ensure_state(params)  # copied into, not replaced: they may be views of flat buffers
-            for index, buffers in enumerate(optimizer.state):
-                for name in names:
-                    if name not in buffers:
-                        raise CheckpointError(f"{path}: optimizer state optim/{index}/{name} is not a buffer "
-                                              f"of {optimizer.name}")
-                    _copy_into(ops, buffers[name], tensors[f"optim/{index}/{name}"])
+        optimizer.ensure_state(params)  # copied into, not replaced: they may be views of flat buffers
+        for index, buffers in enumerate(optimizer.state):
+            for name in optimizer.state_names:
+                _copy_into(ops, buffers[name], tensors[f"optim/{index}/{name}"])
 
 
 def _copy_into(ops, target, values):
-    values = np.asarray(values, dtype=target.dtype)
+    values = np.asarray(values)  # same dtype: checked by apply_checkpoint
     if isinstance(target, np.ndarray):
         target[...] = values
     else:

@@ -72,10 +72,14 @@ def cli(threads):
               help="Run folder for config.toml, metrics.jsonl and summary.json "
                    "(default: a new folder under runs/).")
 @click.option("--quiet", is_flag=True, help="No progress bar (epoch lines are still printed).")
-@click.option("--resume", "resume", type=click.Path(exists=True, path_type=Path), metavar="RUN_DIR_OR_FILE",
-              help="Continue an interrupted run from its latest checkpoint (or from the given checkpoint file), "
-                   "exactly where it stopped; the run's own config is used.")
-def train(config, overrides, out_dir, quiet, resume):
+@click.option("--resume", "resume", type=click.Path(path_type=Path), metavar="RUN_DIR_OR_FILE",
+              help="Continue an interrupted run exactly where it stopped: a numdl run folder (its latest "
+                   "checkpoint) or a checkpoint file. The run's own config is used; --set may change only "
+                   "train.epochs (to extend a finished run), early stopping and checkpointing.")
+@click.option("--reset-optimizer", is_flag=True,
+              help="With --resume: start the optimizer afresh when the checkpoint lacks its state "
+                   "(otherwise refused: the run would not continue as it was).")
+def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
     """Train a model from CONFIG (a TOML file merged over the embedded default), or the default.
 
     Without CONFIG this trains the reference MLP (784-128-64-10, ReLU, cross-entropy, Adam lr 1e-3,
@@ -87,19 +91,28 @@ def train(config, overrides, out_dir, quiet, resume):
 
     try:
         if resume is not None:
-            if config is not None or overrides:
-                raise ConfigError("--resume continues a run with its own config: drop CONFIG and --set")
-            checkpoint = train_module.find_checkpoint(resume)
+            if config is not None:
+                raise ConfigError("--resume continues a run with its own config: drop CONFIG")
+            checkpoint, run_folder = train_module.find_resume(resume)
+            folder = out_dir or run_folder
+            if folder is None:
+                raise ConfigError(f"--resume {resume}: the checkpoint is not inside a numdl run folder; give "
+                                  f"--out NEW_FOLDER to continue the run there")
             resolved, resume_from = None, checkpoint
-            folder = out_dir or checkpoint.parent.parent
         else:
+            if reset_optimizer:
+                raise ConfigError("--reset-optimizer goes with --resume")
             resolved, resume_from = config_module.resolve(config, overrides), None
             folder = out_dir or train_module.new_run_folder()
         progress = None if quiet or not sys.stdout.isatty() else RichEpochProgress()
         on_line = progress.print if progress else click.echo
-        summary = train_module.run(resolved, folder, on_line=on_line, progress=progress, resume_from=resume_from)
+        summary = train_module.run(resolved, folder, on_line=on_line, progress=progress, resume_from=resume_from,
+                                   overrides=overrides if resume is not None else (),
+                                   reset_optimizer=reset_optimizer)
     except NumdlError as error:
         _fail(error)
+    except OSError as error:  # a full disk or a read-only folder while writing the run's files
+        _fail(NumdlError(f"cannot write {error.filename or 'the run folder'}: {error.strerror or error}"))
     accuracy = summary.get("test_accuracy")
     tail = f"test accuracy {accuracy:.4f}; " if accuracy is not None else ""
     click.echo(f"done: {tail}run folder {folder}")
@@ -201,24 +214,20 @@ def bench(suites, quick, threads, json_path, baseline, tolerance):
 
 
 @cli.command(name="eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the dataset's files (default: the checkpoint config's data.path or numdl's search).")
 def evaluate(checkpoint, data_path):
     """Evaluate CHECKPOINT on its dataset's test split: loss, accuracy, macro F1."""
     from numdl import metrics
     from numdl import train as train_module
-    from numdl.checkpoint import read_checkpoint
 
     try:
-        _, meta = read_checkpoint(checkpoint)
-        config = meta.get("config")
-        if config is None:
-            raise ConfigError(f"{checkpoint} holds no config (it was not written by numdl train)")
+        model, meta = numdl.load_model(checkpoint, reset_optimizer=True, with_meta=True)  # no training here
+        config = meta["config"]
         if data_path is not None:
             config["data"]["path"] = str(data_path)
         data, _ = train_module.load_data(config)
-        model = numdl.load_model(checkpoint)
         x_test, y_test = data["test"]
         result = model.evaluate(x_test, y_test, batch_size=config["train"]["eval_batch_size"])
     except NumdlError as error:
@@ -230,46 +239,56 @@ def evaluate(checkpoint, data_path):
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="INPUT")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("inputs", type=click.Path(path_type=Path), metavar="INPUT")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="CSV file (default: stdout).")
-def predict(checkpoint, inputs, output):
-    """Predict INPUT (an IDX file or a .npy array of samples) with CHECKPOINT; one CSV row per sample:
-    its index, the predicted class and the class probabilities (or the raw outputs)."""
+@click.option("--input-range", "input_range", metavar="LOW,HIGH",
+              help="The range INPUT's values lie in, e.g. 0,1: mapped linearly onto the range of the model's "
+                   "training input. Without it, INPUT clearly outside that range is refused.")
+def predict(checkpoint, inputs, output, input_range):
+    """Predict INPUT with CHECKPOINT; one CSV row per sample: its index, the predicted class and the
+    class probabilities (or the raw outputs).
+
+    INPUT is an .npy array or an IDX file of raw samples, as the training data came (for
+    Fashion-MNIST: uint8 pixels 0-255, shape (N, 28, 28), or (N, 784) for a model that starts with
+    flatten); numdl applies the training run's normalisation itself. The checkpoint records the
+    training input's range; input far from it (e.g. pixels scaled to 0-1) is refused unless
+    --input-range states its range.
+    """
     import numpy as np
 
-    from numdl.checkpoint import read_checkpoint
-    from numdl.data import Normalizer, read_idx
+    from numdl import inference
+    from numdl.data import Normalizer
 
     try:
-        _, meta = read_checkpoint(checkpoint)
-        model = numdl.load_model(checkpoint)
-        if inputs.suffix == ".npy":
-            try:
-                x = np.load(inputs, allow_pickle=False)
-            except ValueError as error:
-                raise DataError(f"{inputs}: not a plain .npy array ({error})") from None
-        else:
-            x = read_idx(inputs)
-        if "normalization" not in meta or "config" not in meta:
+        stated = None if input_range is None else inference.parse_range(input_range)
+        if output is not None and not output.parent.is_dir():
+            raise DataError(f"--output {output}: the folder {output.parent} does not exist")
+        model, meta = numdl.load_model(checkpoint, reset_optimizer=True, with_meta=True)
+        if "normalization" not in meta:
             raise DataError(f"{checkpoint} does not record its input normalisation (not written by numdl train)")
-        x = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"]).transform(x)
-        outputs = model.predict(x)
+        normalizer = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"])
+        x = inference.shape_for(model, inference.load_samples(inputs), inputs)
+        x = inference.match_training_range(x, normalizer.input_range, stated, inputs)
+        outputs = model.predict(normalizer.transform(x))
+        classes = getattr(model.loss, "target_kind", "") == "labels"
+        if classes:
+            shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+            outputs = shifted / shifted.sum(axis=1, keepdims=True)
+        header = ["index"] + (["class"] if classes else []) + [f"p{i}" if classes else f"y{i}"
+                                                              for i in range(outputs.shape[1])]
+        rows = [",".join(header)]
+        for i, row in enumerate(outputs):
+            cells = [str(i)] + ([str(int(row.argmax()))] if classes else []) + [f"{v:.6g}" for v in row]
+            rows.append(",".join(cells))
+        text = "\n".join(rows) + "\n"
+        if output:
+            from numdl.fileio import write_text_atomically
+
+            write_text_atomically(output, text)
     except NumdlError as error:
         _fail(error)
-    classes = getattr(model.loss, "target_kind", "") == "labels"
-    if classes:
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        outputs = shifted / shifted.sum(axis=1, keepdims=True)
-    header = ["index"] + (["class"] if classes else []) + [f"p{i}" if classes else f"y{i}" for i in range(outputs.shape[1])]
-    rows = [",".join(header)]
-    for i, row in enumerate(outputs):
-        cells = [str(i)] + ([str(int(row.argmax()))] if classes else []) + [f"{v:.6g}" for v in row]
-        rows.append(",".join(cells))
-    text = "\n".join(rows) + "\n"
-    if output:
-        output.write_text(text)
-    else:
+    if not output:
         click.echo(text, nl=False)
 
 

@@ -8,6 +8,7 @@ Nothing in a config is ever imported or executed: items are looked up by registe
 
 import copy
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -22,11 +23,13 @@ SECTIONS = {
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
-              "metrics": list, "callbacks": list},
+              "divergence_factor": float, "metrics": list, "callbacks": list},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
+NON_NEGATIVE = {"seed", "train.checkpoint_every", "train.keep_checkpoints", "train.early_stopping_patience",
+                "train.clip_grad_norm", "train.divergence_factor"}
 
 
 def default_config():
@@ -136,6 +139,8 @@ def check_type(path, value, annotation):
         return
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -196,6 +201,8 @@ def validate(config):
     for key, value in config.items():
         if key in TOP_LEVEL:
             check_type(key, value, TOP_LEVEL[key])
+            if key in NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {value}")
         elif key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a table")
@@ -205,6 +212,8 @@ def validate(config):
                 check_type(f"{key}.{sub}", subvalue, SECTIONS[key][sub])
                 if f"{key}.{sub}" in POSITIVE and subvalue < 1:
                     raise ConfigError(f"{key}.{sub}: must be >= 1, got {subvalue}")
+                if f"{key}.{sub}" in NON_NEGATIVE and subvalue < 0:
+                    raise ConfigError(f"{key}.{sub}: must be >= 0, got {subvalue}")
         elif key in ITEM_SECTIONS:
             check_item(key, value, ITEM_SECTIONS[key])
         else:
@@ -234,6 +243,23 @@ def validate(config):
         raise ConfigError(f"model.device: must be cpu or cuda, got {config['model'].get('device')!r}")
     if not 0.0 <= config["data"].get("validation_split", 0.0) < 1.0:
         raise ConfigError("data.validation_split: must be in [0, 1)")
+    _check_monitor(config)
+
+
+def reported_metrics(config):
+    """The epoch metrics a run of ``config`` reports (what train.monitor may name)."""
+    sets = ["test"] + (["validation"] if config["data"].get("validation_split", 0.0) > 0 else [])
+    names = ["train_loss", "train_accuracy"]
+    for name in sets:
+        names += [f"{name}_loss", f"{name}_accuracy"] + [f"{name}_{m}" for m in config["train"].get("metrics", [])]
+    return names
+
+
+def _check_monitor(config):
+    monitor = config["train"].get("monitor", "")
+    if monitor and monitor not in reported_metrics(config):
+        raise ConfigError(f"train.monitor: the run does not report {monitor!r} (it reports "
+                          f"{', '.join(reported_metrics(config))}; add metrics with train.metrics)")
 
 
 # ------------------------------------------------------------------------------ building

@@ -45,6 +45,10 @@ class Sequential:
         self.stop_training = False
         self.fit_position = None
         self.clip_grad_norm = 0.0  # > 0: gradients are scaled so their global L2 norm is at most this
+        # > 0: a training step whose loss exceeds this many times the run's first loss stops training
+        # (a finite but diverged run: Adam at lr 1e6 kept a loss of 5e5 and 0.10 accuracy for ever).
+        self.divergence_factor = 0.0
+        self.reference_loss = None  # the first (positive) training loss of the run; fit sets it
         if input_shape is not None:
             self.build(input_shape)
 
@@ -59,6 +63,9 @@ class Sequential:
                 shape = layer.build(shape, self.ops, self.dtype, rng)
             except ShapeError as error:
                 raise ShapeError(f"model.layers.{index} ({layer.name}): {error}") from None
+            except MemoryError:
+                raise ConfigError(f"model.layers.{index} ({layer.name}): its parameters for input {shape} do not "
+                                  f"fit in memory") from None
         self.output_shape = shape
         if self.fuse:
             for before, after in zip(self.layers, self.layers[1:]):
@@ -129,6 +136,13 @@ class Sequential:
         loss = self.loss.forward(logits, y)
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss}: {self._first_non_finite(x, lengths)}")
+        if self.divergence_factor > 0:
+            if self.reference_loss is None or self.reference_loss <= 0:
+                self.reference_loss = float(loss)
+            elif loss > self.divergence_factor * self.reference_loss:
+                raise TrainingDiverged(f"the loss {loss:.6g} is more than {self.divergence_factor:g} times the "
+                                       f"run's first loss {self.reference_loss:.6g} (train.divergence_factor); "
+                                       f"no step was taken with it")
         self.backward(self.loss.backward())
         if self.device == "cpu" and not self._gradients_finite():  # on a GPU: a copy per step
             for name, p in self.named_parameters().items():
@@ -232,10 +246,18 @@ class Sequential:
         n = x.shape[0]
         gather = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
         first_epoch = 1 if resume is None else int(resume["epoch"])
+        self.reference_loss = None if resume is None else resume.get("reference_loss")
+        steps_per_epoch = -(-n // batch_size)
+        if resume is not None and not 0 <= int(resume["step"]) <= steps_per_epoch:
+            raise DataError(f"the resume position (epoch {resume['epoch']}, step {resume['step']}) lies outside an "
+                            f"epoch of {steps_per_epoch} steps: not this run's checkpoint")
         for epoch in range(first_epoch, epochs + 1):
             resuming = resume is not None and epoch == first_epoch
             if resuming:
-                rng.bit_generator.state = resume["epoch_rng_state"]
+                try:
+                    rng.bit_generator.state = resume["epoch_rng_state"]
+                except (TypeError, ValueError, KeyError):
+                    raise DataError("the resume position's generator state is malformed") from None
             epoch_rng_state = rng.bit_generator.state
             _call(callbacks, "on_epoch_begin", epoch, self)
             start = time.perf_counter()
@@ -268,7 +290,8 @@ class Sequential:
                     correct += right
                     counted += yb.size
                 self.fit_position = {"epoch": epoch, "step": batch + 1, "epoch_rng_state": epoch_rng_state,
-                                     "total_loss": total_loss, "correct": correct, "counted": counted}
+                                     "total_loss": total_loss, "correct": correct, "counted": counted,
+                                     "reference_loss": self.reference_loss}
                 _call(callbacks, "on_batch_end", batch, {"loss": loss, "size": size})
             seconds = time.perf_counter() - start
             logs = {"epoch": epoch, "train_loss": total_loss / n,
@@ -279,7 +302,7 @@ class Sequential:
                 logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
             history.append(logs)
             self.fit_position = {"epoch": epoch + 1, "step": 0, "epoch_rng_state": rng.bit_generator.state,
-                                 "total_loss": 0.0, "correct": 0, "counted": 0}
+                                 "total_loss": 0.0, "correct": 0, "counted": 0, "reference_loss": self.reference_loss}
             _call(callbacks, "on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
@@ -324,19 +347,23 @@ class Sequential:
 
         return save_checkpoint(path, self, self.optimizer, meta)
 
-    def load_weights(self, path):
+    def load_weights(self, path, reset_optimizer=False):
         """Restore a checkpoint written by ``save`` into this (built) model and its optimizer;
-        returns the checkpoint's metadata. A mismatch lists every missing, unexpected and
-        mis-shaped tensor at once."""
+        returns the checkpoint's metadata. A mismatch lists every missing, unexpected, mis-shaped,
+        mis-typed and non-finite tensor at once. A stateful optimizer's state must be in the file
+        unless ``reset_optimizer`` (then it starts afresh at step 0)."""
         from numdl.checkpoint import apply_checkpoint, read_checkpoint
 
         if not self.built:
             raise ConfigError("build the model before loading weights into it")
         tensors, meta = read_checkpoint(path)
-        apply_checkpoint(self, tensors, self.optimizer, path)
+        apply_checkpoint(self, tensors, self.optimizer, path, reset_optimizer=reset_optimizer, meta=meta)
         if self.optimizer is not None and "optimizer" in meta:
-            self.optimizer.steps = int(meta["optimizer"]["steps"])
             self.optimizer.lr = float(meta["optimizer"]["lr"])  # a schedule may have moved it
+            if reset_optimizer:
+                self.optimizer.steps, self.optimizer.state = 0, None
+            else:
+                self.optimizer.steps = int(meta["optimizer"]["steps"])
         for layer, state in zip(self.layers, meta.get("rng_states", [])):
             layer.set_rng_state(state)
         return meta

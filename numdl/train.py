@@ -18,8 +18,37 @@ import tomli_w
 from numdl import metrics
 from numdl.config import build_item, build_model
 from numdl.schedules import ScheduleCallback
-from numdl.errors import NumdlError
+from numdl.errors import ConfigError, NumdlError, TrainingDiverged
 from numdl.data import Augmenter, Normalizer, train_validation_split
+
+
+#: The file that marks a folder as a numdl run folder: ``--resume`` and ``--out`` write only into a
+#: folder that has it (or a new or empty one), never into a user's own folder.
+RUN_MARKER = "numdl-run.json"
+
+
+def is_run_folder(folder):
+    return (Path(folder) / RUN_MARKER).is_file()
+
+
+def prepare_run_folder(folder):
+    """Create ``folder`` (or accept an empty one or an earlier numdl run folder) and mark it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder}: exists and is not a folder")
+    if folder.is_dir() and not is_run_folder(folder) and any(folder.iterdir()):
+        raise ConfigError(f"--out {folder}: the folder exists, is not empty and is not a numdl run folder "
+                          f"(no {RUN_MARKER}); numdl would overwrite files there: choose a new or empty folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / RUN_MARKER
+        if not marker.exists():
+            from numdl import __version__
+
+            marker.write_text(json.dumps({"numdl_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError as error:
+        raise NumdlError(f"cannot write the run folder {folder}: {error.strerror or error}") from None
+    return folder
 
 
 def new_run_folder(root="runs"):
@@ -56,17 +85,47 @@ def make_augmenter(config, normalizer):
     return augmenter if augmenter.active else None
 
 
+EVAL_SETS = ("train", "validation", "test")
+
+
+def monitored_metric(monitor):
+    """``validation_macro_f1`` -> ("validation", "macro_f1")."""
+    head, _, tail = monitor.partition("_")
+    return (head, tail) if head in EVAL_SETS and tail else (None, monitor)
+
+
+def higher_is_better(monitor):
+    """Whether a larger value of the epoch metric ``monitor`` is better: losses and errors are
+    lower-is-better; accuracy and every registered metric higher, unless the metric's class sets
+    ``higher_is_better = False``."""
+    from numdl.errors import RegistryError
+    from numdl.plugins import registry
+
+    name = monitored_metric(monitor)[1]
+    if name == "loss" or name.endswith(("_loss", "error")):
+        return False
+    try:
+        return bool(getattr(registry().get("metric", name), "higher_is_better", True))
+    except RegistryError:
+        return True  # accuracy
+
+
+def improves(value, best, higher):
+    return value is not None and (best is None or (value > best if higher else value < best))
+
+
 class EarlyStopping:
-    """fit callback: stops training after ``patience`` epochs without improvement of ``monitor``."""
+    """fit callback: stops training after ``patience`` epochs without improvement of ``monitor``
+    (its direction from the metric: see higher_is_better)."""
 
     def __init__(self, model, monitor, patience, on_line=print):
         self.model, self.monitor, self.patience, self.on_line = model, monitor, patience, on_line
+        self.higher = higher_is_better(monitor)
         self.best, self.waited = None, 0
 
     def on_epoch_end(self, epoch, logs):
         value = logs.get(self.monitor)
-        higher = "accuracy" in self.monitor
-        if value is not None and (self.best is None or (value > self.best if higher else value < self.best)):
+        if improves(value, self.best, self.higher):
             self.best, self.waited = value, 0
             return
         self.waited += 1
@@ -78,24 +137,33 @@ class EarlyStopping:
 class Checkpointer:
     """fit callback: ``checkpoints/latest.safetensors`` every ``every_steps`` steps and at each
     epoch end, ``epoch-NNNN.safetensors`` for the last ``keep`` epochs, and ``best.safetensors`` for
-    the best value of ``monitor`` (higher is better for accuracies, lower for losses). Each file
-    holds the resolved config and the exact training position, so a run resumes bit for bit."""
+    the best value of ``monitor`` (``higher``: whether larger is better). Each file holds the
+    resolved config and the exact training position, so a run resumes bit for bit. Weights or
+    optimizer state holding NaN or Inf are never written: the run stops, the last good file stays."""
 
     def __init__(self, folder, model, config, every_steps=0, keep=3, monitor="test_accuracy", best=None,
-                 extra=None, schedule=None):
+                 extra=None, schedule=None, higher=True):
         self.folder = Path(folder) / "checkpoints"
         self.extra, self.schedule = dict(extra or {}), schedule
         self.model, self.config, self.every, self.keep, self.monitor = model, config, every_steps, keep, monitor
-        self.best = best
+        self.best, self.higher = best, higher
         self.steps = 0
 
     def _save(self, name, extra=None):
+        from numdl.checkpoint import NonFiniteTensor
+
         meta = {"config": self.config, "fit_position": self.model.fit_position, "monitor": self.monitor,
                 "best": self.best, **self.extra}
         if self.schedule is not None:
             meta["schedule_state"] = self.schedule.state()
         meta.update(extra or {})
-        return self.model.save(self.folder / name, meta=meta)
+        try:
+            return self.model.save(self.folder / name, meta=meta)
+        except NonFiniteTensor as error:
+            position = self.model.fit_position
+            raise TrainingDiverged(f"training diverged at epoch {position['epoch']}, step {position['step']}: "
+                                   f"{error.tensor} is not finite after the optimizer step; {name} was not "
+                                   f"written, the last good checkpoint is kept") from None
 
     def on_batch_end(self, batch, logs):
         self.steps += 1
@@ -104,8 +172,7 @@ class Checkpointer:
 
     def on_epoch_end(self, epoch, logs):
         value = logs.get(self.monitor)
-        higher = "accuracy" in self.monitor
-        improved = value is not None and (self.best is None or (value > self.best if higher else value < self.best))
+        improved = improves(value, self.best, self.higher)
         if improved:
             self.best = value
         self._save(f"epoch-{epoch:04d}.safetensors", {"epoch_logs": logs})
@@ -221,13 +288,22 @@ def weights_sha256(model):
     return digest.hexdigest()
 
 
-def find_checkpoint(run_dir_or_file):
+def find_resume(run_dir_or_file):
+    """(checkpoint, run folder) for ``--resume``: a numdl run folder (its latest checkpoint), or a
+    checkpoint file; the run folder is None when the file does not lie in one's checkpoints/."""
     path = Path(run_dir_or_file)
     if path.is_dir():
-        path = path / "checkpoints" / "latest.safetensors"
+        if not is_run_folder(path):
+            raise ConfigError(f"--resume {path}: not a numdl run folder (no {RUN_MARKER}); give a run folder "
+                              f"or a checkpoint file")
+        checkpoint = path / "checkpoints" / "latest.safetensors"
+        if not checkpoint.is_file():
+            raise NumdlError(f"--resume {path}: the run has no checkpoint to resume from ({checkpoint})")
+        return checkpoint, path
     if not path.is_file():
-        raise NumdlError(f"no checkpoint to resume from at {path}")
-    return path
+        raise NumdlError(f"--resume {path}: no such run folder or checkpoint file")
+    folder = path.parent.parent
+    return path, (folder if path.parent.name == "checkpoints" and is_run_folder(folder) else None)
 
 
 def warm_up(config):
@@ -243,24 +319,59 @@ def warm_up(config):
     return seconds + time.perf_counter() - start
 
 
-def run(config, out_dir, on_line=print, progress=None, resume_from=None):
+#: What ``--set`` may change when a run is resumed: how long and how it goes on, never what it is
+#: (the model, the data, the optimizer), which the checkpoint must match.
+RESUME_OVERRIDABLE = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
+                      "train.keep_checkpoints", "train.divergence_factor")
+
+
+def resumed_config(resume_meta, overrides=()):
+    """The config a resumed run continues with: the checkpoint's, with ``overrides`` of the keys in
+    RESUME_OVERRIDABLE (``--set train.epochs=20`` extends a finished run)."""
+    from numdl.config import apply_override, validate
+
+    config = resume_meta["config"]
+    for assignment in overrides:
+        key = assignment.partition("=")[0].strip()
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(f"--set {key}: a resumed run keeps its config; only {', '.join(RESUME_OVERRIDABLE)} "
+                              f"can change")
+        apply_override(config, assignment)
+    validate(config)
+    return config
+
+
+def _finished_epochs(metrics_path, before_epoch):
+    """The lines of metrics.jsonl for epochs before ``before_epoch``; a torn last line (a kill during
+    the append) or any line that is not a JSON object is dropped."""
+    kept = []
+    for line in metrics_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < before_epoch:
+            kept.append(line)
+    return kept
+
+
+def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrides=(), reset_optimizer=False):
     """Train as ``config`` says, writing the run folder; returns the summary dict. With
-    ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it
+    (``overrides``: the --set assignments allowed on a resumed run)."""
     resume_meta = None
     if resume_from is not None:
         from numdl.checkpoint import read_checkpoint
 
         _, resume_meta = read_checkpoint(resume_from)
-        config = resume_meta["config"]
+        config = resumed_config(resume_meta, overrides)
+    folder = prepare_run_folder(out_dir)
     (folder / "config.toml").write_text(tomli_w.dumps(config))
     metrics_path = folder / "metrics.jsonl"
     if resume_meta is None or not metrics_path.exists():
         metrics_path.write_text("")
     else:  # keep the epochs finished before the resumed one; drop any line of a replayed epoch
-        resume_epoch = resume_meta["fit_position"]["epoch"]
-        kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < resume_epoch]
+        kept = _finished_epochs(metrics_path, resume_meta["fit_position"]["epoch"])
         metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # The data load (file reads and NumPy passes, which release the GIL) overlaps with loading
@@ -277,7 +388,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
     if resume_meta is not None:
-        model.load_weights(resume_from)
+        model.load_weights(resume_from, reset_optimizer=reset_optimizer)
         position = resume_meta["fit_position"]
         on_line(f"resumed from {resume_from} at epoch {position['epoch']}, step {position['step']}")
     on_line(f"model: {len(model.layers)} layers, {model.parameter_count():,} parameters; "
@@ -294,7 +405,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
     checkpointer = Checkpointer(folder, model, config, train.get("checkpoint_every", 0),
                                 train.get("keep_checkpoints", 3), monitor,
                                 None if resume_meta is None else resume_meta.get("best"),
-                                {"normalization": normalizer.state()}, schedule)
+                                {"normalization": normalizer.state()}, schedule, higher_is_better(monitor))
     # The schedule's lr is set after each step: it goes first, so checkpoints record the lr it set.
     callbacks = [ScheduleCallback(schedule, model.optimizer, config["optimizer"].get("lr", model.optimizer.lr),
                                   steps_per_epoch, steps_per_epoch * train["epochs"])]
@@ -310,6 +421,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None):
     if train.get("early_stopping_patience", 0) > 0:
         callbacks.append(EarlyStopping(model, monitor, train["early_stopping_patience"], on_line))
     model.clip_grad_norm = train.get("clip_grad_norm", 0.0)
+    model.divergence_factor = train.get("divergence_factor", 0.0)
     if progress:
         progress.start(train["epochs"], len(x_train))
     try:

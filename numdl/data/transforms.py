@@ -17,11 +17,16 @@ class Normalizer:
             raise ConfigError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {method!r}")
         self.method, self.dtype = method, np.dtype(dtype)
         self.shift, self.divisor = 0.0, 1.0
+        #: [min, max] of the raw training input: predict checks new input against it (0-1 scaled
+        #: images given to a model trained on 0-255 pixels predicted garbage without a word).
+        self.input_range = None
 
     def fit(self, x):
         # No float64 copy of the whole set (for Fashion-MNIST that was 376 MB and 2 s of start-up):
         # 8-bit data is counted by value, anything else is summed in float64 blocks.
         x = np.asarray(x)
+        if x.size:
+            self.input_range = [float(x.min()), float(x.max())]
         if self.method == "standardize":
             self.shift, self.divisor = _mean_std(x)
             self.divisor = self.divisor or 1.0
@@ -43,10 +48,14 @@ class Normalizer:
     def from_state(cls, state, dtype="float32"):
         normalizer = cls(state["method"], dtype)
         normalizer.shift, normalizer.divisor = float(state["shift"]), float(state["divisor"])
+        normalizer.input_range = state.get("input_range")
         return normalizer
 
     def state(self):
-        return {"method": self.method, "shift": self.shift, "divisor": self.divisor}
+        state = {"method": self.method, "shift": self.shift, "divisor": self.divisor}
+        if self.input_range is not None:
+            state["input_range"] = list(self.input_range)
+        return state
 
 
 def _mean_std(x, block=1 << 20):

@@ -1,0 +1,81 @@
+"""Input for ``numdl predict``: read a file of samples safely, shape it for the model, and check
+that its values lie where the model's training input did."""
+
+import math
+
+import numpy as np
+
+from numdl.errors import DataError, ShapeError
+from numdl.fileio import regular_file
+
+
+def load_samples(path):
+    """The samples in an .npy or IDX file as a NumPy array (an .npy is memory-mapped: its header is
+    checked against the file's size before anything is read)."""
+    from numdl.data import read_idx
+
+    path, _ = regular_file(path, "input")
+    if path.suffix == ".npy":
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DataError(f"{path}: not a plain .npy array of numbers ({error})") from None
+    else:
+        x = read_idx(path)
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{path}: holds {x.dtype} values; the model needs numbers (integers or floats)")
+    return x
+
+
+def shape_for(model, x, source):
+    """``x`` as a batch of the model's input shape: a flattened batch is accepted when the model
+    starts with ``flatten``; a single sample without its batch axis is named as such."""
+    shape = tuple(model.input_shape)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DataError(f"{source}: no samples")
+    if tuple(x.shape) == shape:
+        raise ShapeError(f"{source}: one sample of shape {shape} without a batch axis; add one (x[None] in "
+                         f"NumPy) to predict a batch of one")
+    if tuple(x.shape[1:]) != shape:
+        flat = getattr(model.layers[0], "name", None) == "flatten"
+        if flat and math.prod(x.shape[1:]) == math.prod(shape):
+            return x.reshape((x.shape[0],) + shape)
+        raise ShapeError(f"{source}: samples of shape {tuple(x.shape[1:])}, but the model expects {shape}")
+    return x
+
+
+def parse_range(text):
+    """``"0,1"`` -> (0.0, 1.0); click calls this for ``--input-range``."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise DataError(f"--input-range {text!r}: expected LOW,HIGH (two numbers, e.g. 0,1)") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise DataError(f"--input-range {text!r}: expected finite LOW < HIGH")
+    return low, high
+
+
+def match_training_range(x, trained, stated, source):
+    """``x`` checked against (or mapped onto) the range ``trained`` of the training input.
+
+    With ``stated`` (the range the user says ``x`` lies in) ``x`` is mapped linearly from it onto
+    ``trained``. Without, ``x`` is refused when it lies clearly elsewhere: beyond half the training
+    span on either side, or all within its lowest tenth (0-1 scaled images for a model that saw
+    0-255 pixels)."""
+    if trained is None:
+        return x
+    low, high = float(trained[0]), float(trained[1])
+    span = high - low
+    if stated is not None:
+        (a, b) = stated
+        if (a, b) == (low, high):
+            return x
+        return (np.asarray(x, np.float64) - a) * (span / (b - a)) + low
+    if span <= 0:
+        return x
+    x_low, x_high = float(np.min(x)), float(np.max(x))
+    if x_low < low - span / 2 or x_high > high + span / 2 or x_high < low + span / 10:
+        raise DataError(f"{source}: values lie in [{x_low:g}, {x_high:g}] but the model was trained on input in "
+                        f"[{low:g}, {high:g}]; rescale them, or pass --input-range {x_low:g},{x_high:g} to map "
+                        f"that range onto the training one (--input-range {low:g},{high:g} to use them as they are)")
+    return x

@@ -1,0 +1,295 @@
+"""Issue 12: trust at the edges. Each bad input gets one line naming the problem and a non-zero exit
+(2 for config errors), no user file outside a run folder is written, no checkpoint is written from
+non-finite numbers, and nothing loaded from a checkpoint differs from what was saved."""
+
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+import numdl
+from helpers import separable_images, write_fashion_like
+from numdl.checkpoint import read_checkpoint
+from numdl.cli import cli
+from numdl.errors import CheckpointError
+
+
+def _cli(*args):
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _one_line(result, code, needle):
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny finished run of the default MLP on synthetic Fashion-MNIST files (2 epochs)."""
+    root = tmp_path_factory.mktemp("edges")
+    data = write_fashion_like(root / "data", n_train=256, n_test=64)
+    run = root / "run"
+    result = _cli("train", "--quiet", "--set", f"data.path='{data}'", "--set", "train.epochs=2",
+                  "--set", "train.batch_size=32", "--out", run)
+    assert result.exit_code == 0, result.output
+    return run, data
+
+
+def _copy_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    return run
+
+
+def _rewrite(path, tensors=None, meta=None):
+    """Write a checkpoint with the given tensors and numdl metadata (defaults: the file's own)."""
+    loaded, original = load_file(path), read_checkpoint(path)[1]
+    save_file(loaded if tensors is None else tensors(loaded),
+              str(path), metadata={"numdl": json.dumps(original if meta is None else meta(original))})
+
+
+# ------------------------------------------------------------------- 1. --resume writes only into runs
+def test_resume_refuses_a_checkpoint_outside_a_run_folder_and_writes_nothing(finished_run, tmp_path):
+    project = tmp_path / "proj"
+    (project / "models").mkdir(parents=True)
+    shutil.copy(finished_run[0] / "checkpoints" / "latest.safetensors", project / "models" / "model.safetensors")
+    (project / "config.toml").write_text("mine = 1\n")
+    (project / "summary.json").write_text("{}")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    _one_line(_cli("train", "--resume", project / "models" / "model.safetensors"), 2, "not inside a numdl run folder")
+    _one_line(_cli("train", "--resume", project), 2, "not a numdl run folder")
+    _one_line(_cli("train", "--out", project), 2, "is not a numdl run folder")
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_can_be_extended_but_not_changed_on_resume(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    _one_line(_cli("train", "--resume", run, "--set", "model.layers.1.out_features=7"), 2, "only train.epochs")
+    result = _cli("train", "--quiet", "--resume", run, "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "train_lo')  # a kill during the append
+    result = _cli("train", "--quiet", "--resume", run, "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+# ------------------------------------------------------------ 2. never a checkpoint of NaN/Inf numbers
+def test_no_checkpoint_is_written_from_non_finite_weights(tmp_path):
+    from numdl.train import Checkpointer
+
+    model = numdl.Sequential([numdl.Flatten(), numdl.Linear(3)], input_shape=(2, 2)).compile("cross_entropy", "adam")
+    model.train_step(np.ones((4, 2, 2), np.float32), np.array([0, 1, 2, 0]))
+    model.fit_position = {"epoch": 1, "step": 1, "epoch_rng_state": {}, "total_loss": 0.0, "correct": 0,
+                          "counted": 0}
+    saver = Checkpointer(tmp_path, model, {}, every_steps=1)
+    saver.on_batch_end(0, {})
+    latest = tmp_path / "checkpoints" / "latest.safetensors"
+    good = latest.read_bytes()
+    model.parameters()[0].value[0, 1] = np.inf
+    model.fit_position["step"] = 2
+    with pytest.raises(numdl.NumdlError, match="epoch 1, step 2: param/1.linear.weight is not finite"):
+        saver.on_batch_end(1, {})
+    assert latest.read_bytes() == good
+    model.optimizer.state[0]["exp_avg_sq"][0, 0] = np.nan
+    model.parameters()[0].value[0, 1] = 0.0
+    with pytest.raises(CheckpointError, match="optim/0/exp_avg_sq holds NaN or Inf"):
+        model.save(tmp_path / "other.safetensors")
+    assert not (tmp_path / "other.safetensors").exists()
+
+
+# ----------------------------------------------------------------- 3. missing optimizer state refused
+def test_resume_without_optimizer_state_is_refused_unless_reset(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    latest = run / "checkpoints" / "latest.safetensors"
+    _rewrite(latest, tensors=lambda t: {k: v for k, v in t.items() if not k.startswith("optim/")})
+    _one_line(_cli("train", "--resume", run, "--set", "train.epochs=3"), 1, "the state of optimizer 'adam'")
+    result = _cli("train", "--quiet", "--resume", run, "--set", "train.epochs=3", "--reset-optimizer")
+    assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------ 4. loading never casts or accepts bad numbers
+@pytest.mark.parametrize("change, needle", [
+    (lambda t: {**t, "param/1.linear.weight": t["param/1.linear.weight"].astype(np.float16)},
+     "wrong dtype: param/1.linear.weight float16 vs model float32"),
+    (lambda t: {**t, "param/1.linear.bias": np.zeros(t["param/1.linear.bias"].shape, np.uint8)},
+     "wrong dtype: param/1.linear.bias uint8"),
+    (lambda t: {**t, "param/1.linear.bias": np.full(t["param/1.linear.bias"].shape, 1e300)}, "float64 vs model float32"),
+    (lambda t: {**t, "param/3.linear.weight": np.where(t["param/3.linear.weight"] > 0, np.nan,
+                                                        t["param/3.linear.weight"]).astype(np.float32)},
+     "NaN or Inf in: param/3.linear.weight"),
+    (lambda t: {**t, "param/9.extra.weight": np.zeros(3, np.float32)}, "unexpected: param/9.extra.weight"),
+    (lambda t: {**t, "optim/99/exp_avg": np.zeros(3, np.float32)}, "unexpected: optim/99/exp_avg"),
+    (lambda t: {**t, "optim/0/momentum": t["optim/0/exp_avg"]}, "unexpected: optim/0/momentum"),
+])
+def test_loading_refuses_cast_non_finite_and_unknown_tensors(finished_run, tmp_path, change, needle):
+    path = tmp_path / "bad.safetensors"
+    shutil.copy(finished_run[0] / "checkpoints" / "latest.safetensors", path)
+    _rewrite(path, tensors=change)
+    with pytest.raises(CheckpointError, match=needle.replace("(", r"\(")):
+        numdl.load_model(path)
+    _one_line(_cli("eval", path, "--data", finished_run[1]), 1, needle)
+
+
+# ------------------------------------------------------------- 5. input outside the training range
+def test_predict_refuses_input_outside_the_training_range_unless_stated(finished_run, tmp_path):
+    images, _ = separable_images(20, 3)
+    raw, scaled = tmp_path / "raw.npy", tmp_path / "scaled.npy"
+    np.save(raw, images)
+    np.save(scaled, images / 239.0)  # the synthetic training pixels span 0..239
+    expected = _cli("predict", finished_run[0] / "checkpoints" / "best.safetensors", raw)
+    assert expected.exit_code == 0, expected.stderr
+    checkpoint = finished_run[0] / "checkpoints" / "best.safetensors"
+    _one_line(_cli("predict", checkpoint, scaled), 1, "values lie in [0, 1] but the model was trained on input in [0, 239]")
+    stated = _cli("predict", checkpoint, scaled, "--input-range", "0,1")
+    classes = [[line.split(",")[1] for line in result.stdout.splitlines()] for result in (stated, expected)]
+    assert stated.exit_code == 0 and classes[0] == classes[1]
+    assert "0-255" in _cli("predict", "--help").stdout
+    _one_line(_cli("predict", checkpoint, scaled, "--input-range", "1"), 1, "expected LOW,HIGH")
+
+
+# ---------------------------------------------------------------- 6. a finite but diverged loss stops
+def test_a_diverging_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
+    run = tmp_path / "run"
+    result = _cli("train", "--quiet", "--set", f"data.path='{finished_run[1]}'", "--set", "optimizer.lr=1e6",
+                  "--set", "train.epochs=2", "--set", "train.checkpoint_every=1", "--out", run)
+    _one_line(result, 1, "times the run's first loss")
+    assert "training diverged at epoch 1, step" in result.stderr
+    for path in (run / "checkpoints").glob("*.safetensors"):
+        assert all(np.isfinite(v).all() for v in load_file(path).values())
+    off = _cli("train", "--quiet", "--set", f"data.path='{finished_run[1]}'", "--set", "train.epochs=1",
+               "--set", "train.divergence_factor=0", "--set", "optimizer.lr=10.0", "--out", tmp_path / "off")
+    assert "times the run's first loss" not in off.stderr
+
+
+# ------------------------------------------------------------- config values: exit 2, the key named
+@pytest.mark.parametrize("setting, needle", [
+    ("optimizer.lr=inf", "optimizer.lr: expected a finite number"),
+    ("optimizer.lr=nan", "optimizer.lr: expected a finite number"),
+    ("seed=-1", "seed: must be >= 0"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every: must be >= 0"),
+    ("train.divergence_factor=-2.0", "train.divergence_factor: must be >= 0"),
+    ("train.monitor='test_macro_f1'", "train.monitor: the run does not report 'test_macro_f1'"),
+])
+def test_bad_config_values_are_one_line_and_exit_2(setting, needle, tmp_path):
+    _one_line(_cli("train", "--set", setting, "--out", tmp_path / "r"), 2, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_monitor_direction_comes_from_the_metric():
+    from numdl.train import EarlyStopping, higher_is_better
+
+    assert higher_is_better("test_macro_f1") and higher_is_better("validation_accuracy")
+    assert not higher_is_better("test_loss") and not higher_is_better("validation_loss")
+
+    class Model:
+        stop_training = False
+
+    model = Model()
+    stopper = EarlyStopping(model, "test_macro_f1", patience=1, on_line=lambda line: None)
+    for epoch, f1 in enumerate((0.3, 0.4, 0.5, 0.6), 1):
+        stopper.on_epoch_end(epoch, {"test_macro_f1": f1})
+    assert not model.stop_training and stopper.best == 0.6
+
+
+# --------------------------------------------------------------- checkpoint metadata: schema checked
+@pytest.mark.parametrize("field, value, needle", [
+    ("optimizer.steps", "abc", "optimizer.steps must be an integer"),
+    ("config", "a string", "config must be a table"),
+    ("input_shape", "28x28", "input_shape must be a list"),
+    ("input_shape", [100000, 100000], "input_shape must be at most"),
+    ("normalization", "x", "normalization must be a table"),
+    ("fit_position.epoch", -1, "fit_position.epoch must be an integer >= 1"),
+    ("fit_position.step", 1e9, "fit_position.step must be an integer >= 0"),
+])
+def test_malformed_metadata_is_refused_before_anything_is_built(finished_run, tmp_path, field, value, needle):
+    path = tmp_path / "meta.safetensors"
+    shutil.copy(finished_run[0] / "checkpoints" / "latest.safetensors", path)
+
+    def change(meta):
+        target, *rest = field.split(".")
+        if rest:
+            meta[target][rest[0]] = value
+        else:
+            meta[target] = value
+        return meta
+
+    _rewrite(path, meta=change)
+    with pytest.raises(CheckpointError, match=needle):
+        numdl.load_model(path)
+    _one_line(_cli("eval", path), 1, needle)
+
+
+def test_a_resume_position_past_the_epoch_is_refused(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+
+    def far(meta):
+        meta["fit_position"]["step"] = 10 ** 6
+        return meta
+
+    _rewrite(run / "checkpoints" / "latest.safetensors", meta=far)
+    _one_line(_cli("train", "--resume", run, "--set", "train.epochs=3"), 1, "lies outside an epoch of")
+
+
+# ----------------------------------------------------------------------- files that are not files
+def test_fifos_devices_and_huge_headers_are_refused_without_reading(finished_run, tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    _one_line(_cli("eval", fifo), 1, "not a regular file")
+    _one_line(_cli("predict", fifo, fifo), 1, "not a regular file")
+    zero = tmp_path / "zero.safetensors"
+    zero.symlink_to("/dev/zero")
+    _one_line(_cli("eval", zero), 1, "not a regular file")
+    sparse = tmp_path / "sparse.safetensors"
+    with open(sparse, "wb") as f:
+        f.write(struct.pack("<Q", 6 << 30))
+        f.truncate(6 << 30)  # 6 GB of holes: the header claims it all
+    _one_line(_cli("eval", sparse), 1, "runs past the end of the file or the")
+    with pytest.raises(CheckpointError):
+        numdl.load_model(fifo)
+
+
+# ------------------------------------------------------------------------- predict's input and output
+def test_predict_input_is_checked_and_shaped(finished_run, tmp_path):
+    checkpoint = finished_run[0] / "checkpoints" / "best.safetensors"
+    images, _ = separable_images(6, 4)
+    cases = {
+        "strings.npy": (np.array(["a", "b"]), "holds <U1 values"),
+        "complex.npy": (np.ones((2, 28, 28), np.complex64), "holds complex64 values"),
+        "dates.npy": (np.array(["2026-01-01"] * 2, dtype="datetime64[D]"), "holds datetime64[D] values"),
+        "one.npy": (images[0], "without a batch axis"),
+        "wrong.npy": (np.zeros((2, 5, 5), np.uint8), "samples of shape (5, 5), but the model expects (28, 28)"),
+        "empty.npy": (np.zeros((0, 28, 28), np.uint8), "no samples"),
+    }
+    for name, (array, needle) in cases.items():
+        np.save(tmp_path / name, array)
+        _one_line(_cli("predict", checkpoint, tmp_path / name), 1, needle)
+    huge = tmp_path / "huge.npy"
+    np.save(huge, images)
+    raw = huge.read_bytes().replace(b"(6, 28, 28)", b"(1000000000000, 28, 28)".ljust(11)[:11])
+    header = bytearray(huge.read_bytes())
+    text = header[10:10 + struct.unpack("<H", header[8:10])[0]].decode()
+    claimed = text.replace("(6, 28, 28)", f"({10 ** 12}, 28, 28)")
+    huge.write_bytes(bytes(header[:8]) + struct.pack("<H", len(claimed)) + claimed.encode() + bytes(header[10 + len(text):]))
+    _one_line(_cli("predict", checkpoint, huge), 1, "not a plain .npy array")
+    flat = tmp_path / "flat.npy"
+    np.save(flat, images.reshape(6, 784))
+    np.save(tmp_path / "square.npy", images)
+    assert _cli("predict", checkpoint, flat).stdout == _cli("predict", checkpoint, tmp_path / "square.npy").stdout
+    _one_line(_cli("predict", checkpoint, flat, "--output", tmp_path / "missing" / "out.csv"), 1, "does not exist")
+    assert not (tmp_path / "missing").exists()
