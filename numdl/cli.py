@@ -42,8 +42,14 @@ class RichEpochProgress:
         self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+MAX_MESSAGE = 1000  # characters of an error line; values quoted in it are cut where they are made
+
+
 def _fail(error):
-    click.echo(f"error: {error}", err=True)
+    message = " ".join(str(error).split())  # one line, whatever a message quoted
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "... (cut)"
+    click.echo(f"error: {message}", err=True)
     sys.exit(error.exit_code)
 
 

@@ -15,7 +15,7 @@ import typing
 from importlib import resources
 from pathlib import Path
 
-from numdl.errors import ConfigError, RegistryError
+from numdl.errors import ConfigError, ShapeError, UnknownNameError
 
 SECTIONS = {
     "data": {"name": str, "path": str, "normalize": str, "validation_split": float, "crop_padding": int,
@@ -37,14 +37,27 @@ def default_config():
     return tomllib.loads(text)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of settings; anything larger is not one
+
+
+def short(value, limit=60):
+    """``repr(value)`` cut to ``limit`` characters: a 10 MB value must not make a 10 MB error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def load_toml(path):
-    path = Path(path)
+    from numdl.fileio import regular_file
+
+    path, size = regular_file(path, "config file", ConfigError)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
         return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
 
 
 def merge(base, override):
@@ -66,7 +79,7 @@ def parse_value(raw):
     """A --set value as TOML (numbers, booleans, quoted strings, arrays); else the bare string."""
     try:
         return tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw
 
 
@@ -75,7 +88,7 @@ def apply_override(config, assignment):
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
+        raise ConfigError(f"--set {short(assignment)}: expected key=value")
     parts = key.split(".")
     node = config
     for depth, part in enumerate(parts[:-1]):
@@ -133,20 +146,20 @@ def check_type(path, value, annotation):
         raise errors[0]
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {short(value)}")
         for i, item in enumerate(value):
             check_type(f"{path}.{i}", item, args[0] if args else None)
         return
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{path}: expected a finite number, got {short(value)}")
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
         ok = isinstance(value, annotation)
     if not ok:
-        raise ConfigError(f"{path}: expected {_type_name(annotation)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_type_name(annotation)}, got {short(value)}")
 
 
 def item_parameters(cls):
@@ -168,14 +181,14 @@ def check_item(path, table, kind):
     from numdl.plugins import registry
 
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: expected a table with a 'type' key, got {table!r}")
+        raise ConfigError(f"{path}: expected a table with a 'type' key, got {short(table)}")
     if "type" not in table:
         raise ConfigError(f"{path}.type: missing (which {kind}?)")
     check_type(f"{path}.type", table["type"], str)
     try:
         cls = registry().get(kind, table["type"])
-    except RegistryError as error:
-        raise RegistryError(f"{path}.type: {error}") from None
+    except UnknownNameError as error:  # a duplicate name (a plugin's fault) is raised as it is
+        raise UnknownNameError(f"{path}.type: {error}") from None
     accepted = item_parameters(cls)
     nested = getattr(cls, "nested_layers", None)
     for key, value in table.items():
@@ -189,7 +202,7 @@ def check_item(path, table, kind):
             continue
         if key not in accepted:
             names = ", ".join(accepted) or "no parameters"
-            raise ConfigError(f"{path}.{key}: unknown parameter of {kind} {table['type']!r} (accepts: {names})")
+            raise ConfigError(f"{path}.{key}: unknown parameter of {kind} {short(table['type'])} (accepts: {names})")
         check_type(f"{path}.{key}", value, accepted[key][0])
     missing = [k for k, (_, default) in accepted.items() if default is inspect.Parameter.empty and k not in table]
     if missing:
@@ -228,19 +241,19 @@ def validate(config):
 
     try:
         registry().get("dataset", config["data"].get("name"))
-    except RegistryError as error:
-        raise RegistryError(f"data.name: {error}") from None
+    except UnknownNameError as error:
+        raise UnknownNameError(f"data.name: {error}") from None
     for i, metric in enumerate(config["train"].get("metrics", [])):
         try:
             registry().get("metric", metric)
-        except RegistryError as error:
-            raise RegistryError(f"train.metrics.{i}: {error}") from None
+        except UnknownNameError as error:
+            raise UnknownNameError(f"train.metrics.{i}: {error}") from None
     for i, table in enumerate(config["train"].get("callbacks", [])):
         check_item(f"train.callbacks.{i}", table, "callback")
     if config["model"].get("dtype") not in ("float32", "float64"):
-        raise ConfigError(f"model.dtype: must be float32 or float64, got {config['model'].get('dtype')!r}")
+        raise ConfigError(f"model.dtype: must be float32 or float64, got {short(config['model'].get('dtype'))}")
     if config["model"].get("device") not in ("cpu", "cuda"):
-        raise ConfigError(f"model.device: must be cpu or cuda, got {config['model'].get('device')!r}")
+        raise ConfigError(f"model.device: must be cpu or cuda, got {short(config['model'].get('device'))}")
     if not 0.0 <= config["data"].get("validation_split", 0.0) < 1.0:
         raise ConfigError("data.validation_split: must be in [0, 1)")
     _check_monitor(config)
@@ -258,7 +271,7 @@ def reported_metrics(config):
 def _check_monitor(config):
     monitor = config["train"].get("monitor", "")
     if monitor and monitor not in reported_metrics(config):
-        raise ConfigError(f"train.monitor: the run does not report {monitor!r} (it reports "
+        raise ConfigError(f"train.monitor: the run does not report {short(monitor)} (it reports "
                           f"{', '.join(reported_metrics(config))}; add metrics with train.metrics)")
 
 
@@ -285,6 +298,9 @@ def build_model(config, input_shape):
     layers = [build_item(f"model.layers.{i}", t, "layer") for i, t in enumerate(config["model"]["layers"])]
     model = Sequential(layers, dtype=config["model"]["dtype"], device=config["model"]["device"],
                        seed=config.get("seed", 0))
-    model.build(input_shape)
+    try:
+        model.build(input_shape)
+    except ShapeError as error:  # a layer chain that cannot fit the data: the config's fault
+        raise ConfigError(str(error)) from None
     model.compile(build_item("loss", config["loss"], "loss"), build_item("optimizer", config["optimizer"], "optimizer"))
     return model

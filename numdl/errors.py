@@ -17,6 +17,10 @@ class RegistryError(ConfigError):
     """A registered name is unknown (the message lists the available ones) or registered twice."""
 
 
+class UnknownNameError(RegistryError):
+    """A config names an item nobody registered; callers prefix the config key that named it."""
+
+
 class ShapeError(NumdlError, ValueError):
     """An array's shape does not fit the layer or loss it is given to; both shapes are named."""
 

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from numdl.errors import RegistryError
+from numdl.errors import UnknownNameError
 
 RELU_GAIN = math.sqrt(2.0)
 
@@ -59,5 +59,5 @@ def get_initializer(name):
     try:
         return INITIALIZERS[name]
     except KeyError:
-        raise RegistryError(
+        raise UnknownNameError(
             f"unknown initializer {name!r}; available: {', '.join(sorted(INITIALIZERS))}") from None

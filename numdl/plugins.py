@@ -8,7 +8,7 @@ plugin is registered or unregistered through ``register``/``unregister``.
 import pluggy
 
 from numdl import hookspecs
-from numdl.errors import RegistryError
+from numdl.errors import RegistryError, UnknownNameError
 
 KINDS = ("layer", "loss", "optimizer", "schedule", "dataset", "metric", "callback")
 _HOOKS = {"layer": "numdl_register_layers", "loss": "numdl_register_losses",
@@ -36,7 +36,9 @@ class Registry:
     def get(self, kind, name):
         table = self.items[kind]
         if name not in table:
-            raise RegistryError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+            from numdl.config import short
+
+            raise UnknownNameError(f"unknown {kind} {short(name)}; available: {', '.join(sorted(table))}")
         return table[name].cls
 
     def names(self, kind):

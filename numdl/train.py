@@ -78,6 +78,37 @@ def load_data(config):
     return prepared, normalizer
 
 
+def check_data(config, data):
+    """Every split has samples: an empty one would only surface as 'empty batch' inside fit."""
+    from numdl.errors import DataError
+
+    for split, (x, _) in data.items():
+        if len(x) == 0:
+            raise DataError(f"data {config['data']['name']!r}: the {split} split has no samples")
+
+
+def check_model_fits_labels(model, labels):
+    """ConfigError (exit 2) when the model's output cannot be compared with the labels, naming the
+    layer where the shapes part (a model without 'flatten' gives (28, 10) per image, not (10,))."""
+    if getattr(model.loss, "target_kind", None) != "labels":
+        return
+    label_shape = tuple(labels.shape[1:])
+    out = tuple(model.output_shape)
+    if out[:-1] != label_shape:
+        index = next((i for i, layer in enumerate(model.layers)
+                      if len(layer.output_shape) != len(label_shape) + 1
+                      and all(len(later.output_shape) == len(out) for later in model.layers[i:])), len(model.layers) - 1)
+        # within the layers that keep the extra axes, the first dense one is where a flatten belongs
+        index = next((i for i in range(index, len(model.layers)) if hasattr(model.layers[i], "out_features")), index)
+        layer = model.layers[index]
+        raise ConfigError(f"model.layers.{index} ({layer.name}) gives each sample outputs of shape {layer.output_shape}, "
+                          f"and the model ends with {out}, but labels of shape {label_shape} need "
+                          f"{label_shape + (out[-1],)}: add a 'flatten' (or pooling) layer before model.layers.{index}")
+    weight = getattr(model.loss, "weight", None)
+    if weight is not None and len(weight) != out[-1]:
+        raise ConfigError(f"loss.weight: has {len(weight)} entries but the model gives {out[-1]} classes")
+
+
 def make_augmenter(config, normalizer):
     data = config["data"]
     fill = float(normalizer.transform(np.zeros(1))[0])  # a black pixel, normalised
@@ -98,7 +129,7 @@ def higher_is_better(monitor):
     """Whether a larger value of the epoch metric ``monitor`` is better: losses and errors are
     lower-is-better; accuracy and every registered metric higher, unless the metric's class sets
     ``higher_is_better = False``."""
-    from numdl.errors import RegistryError
+    from numdl.errors import UnknownNameError
     from numdl.plugins import registry
 
     name = monitored_metric(monitor)[1]
@@ -106,7 +137,7 @@ def higher_is_better(monitor):
         return False
     try:
         return bool(getattr(registry().get("metric", name), "higher_is_better", True))
-    except RegistryError:
+    except UnknownNameError:
         return True  # accuracy
 
 
@@ -383,8 +414,10 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
 
             load_kernel_runtime()
         data, normalizer = loading.result()
+    check_data(config, data)
     x_train, y_train = data["train"]
     model = build_model(config, x_train.shape[1:])
+    check_model_fits_labels(model, y_train)
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
     if resume_meta is not None:

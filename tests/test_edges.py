@@ -293,3 +293,79 @@ def test_predict_input_is_checked_and_shaped(finished_run, tmp_path):
     assert _cli("predict", checkpoint, flat).stdout == _cli("predict", checkpoint, tmp_path / "square.npy").stdout
     _one_line(_cli("predict", checkpoint, flat, "--output", tmp_path / "missing" / "out.csv"), 1, "does not exist")
     assert not (tmp_path / "missing").exists()
+
+
+# --------------------------------------------------------- shape chains and sizes: exit 2, layer named
+@pytest.mark.parametrize("layers, needle", [
+    ("[{type='conv2d', out_channels=4, kernel_size=3}]", "model.layers.0 (conv2d): layer 'conv2d' expects inputs"),
+    ("[{type='reshape', shape=[1, 28, 28]}, {type='conv2d', out_channels=4, kernel_size=40}]",
+     "model.layers.1 (conv2d): layer 'conv2d': input 28x28 is too small"),
+    ("[{type='reshape', shape=[5, 5]}]", "model.layers.0 (reshape): layer 'reshape' cannot reshape"),
+    ("[{type='linear', out_features=10}]", "model.layers.0 (linear) gives each sample outputs of shape (28, 10)"),
+    ("[{type='flatten'}, {type='linear', out_features=10000000000}]",
+     "model.layers.1 (linear): its parameters for input (784,) do not fit in memory"),
+])
+def test_impossible_models_are_config_errors_naming_the_layer(finished_run, tmp_path, layers, needle):
+    result = _cli("train", "--set", f"data.path='{finished_run[1]}'", "--set", f"model.layers={layers}",
+                  "--out", tmp_path / "r")
+    _one_line(result, 2, needle)
+
+
+def test_config_files_that_are_not_configs_are_one_line(finished_run, tmp_path):
+    nested = tmp_path / "nested.toml"
+    nested.write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
+    _one_line(_cli("train", nested), 2, "nested too deeply")
+    big = tmp_path / "big.toml"
+    big.write_text('[optimizer]\nlr = "' + "a" * 2_000_000 + '"\n')
+    _one_line(_cli("train", big), 2, "a config is at most")
+    long_value = tmp_path / "long.toml"
+    long_value.write_text('[optimizer]\nlr = "' + "a" * 500_000 + '"\n')
+    result = _cli("train", long_value)
+    _one_line(result, 2, "optimizer.lr: expected a number")
+    assert len(result.stderr) < 300
+    _one_line(_cli("train", "--set", f"data.path='{finished_run[1]}'", "--set", "loss.weight=[1.0, 2.0]",
+                   "--out", tmp_path / "w"), 2, "loss.weight: has 2 entries but the model gives 10 classes")
+
+
+def test_empty_training_data_is_named(tmp_path):
+    from numdl.data import write_idx
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for stem, array in (("train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8)),
+                        ("train-labels-idx1-ubyte", np.zeros(0, np.uint8)),
+                        ("t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))):
+        write_idx(folder / f"{stem}.gz", array)
+    _one_line(_cli("train", "--set", f"data.path='{folder}'", "--out", tmp_path / "r"), 1,
+              "data 'fashion_mnist': the train split has no samples")
+
+
+def test_a_duplicate_plugin_name_is_reported_as_such(tmp_path):
+    from numdl import plugins
+    from numdl.layers import ReLU
+
+    class Clash:
+        @numdl.hookimpl
+        def numdl_register_layers(self):
+            return [type("OtherReLU", (ReLU,), {"name": "relu"})]
+
+    clash = Clash()
+    plugins.plugin_manager().register(clash, name="clash")
+    plugins._registry = None
+    try:
+        result = _cli("train", "--out", tmp_path / "r")
+        _one_line(result, 2, "duplicate layer name 'relu': registered by numdl and by clash")
+        assert "loss.type" not in result.stderr
+    finally:
+        plugins.plugin_manager().unregister(clash)
+        plugins._registry = None
+
+
+def test_writes_to_devices_and_missing_folders_are_refused(finished_run, tmp_path):
+    checkpoint = finished_run[0] / "checkpoints" / "best.safetensors"
+    images, _ = separable_images(2, 4)
+    np.save(tmp_path / "x.npy", images)
+    _one_line(_cli("predict", checkpoint, tmp_path / "x.npy", "--output", "/dev/null"), 1,
+              "exists and is not a regular file")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
