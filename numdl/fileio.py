@@ -14,6 +14,8 @@ def regular_file(path, what="file", error=DataError):
     path = Path(path)
     try:
         info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
     except OSError as problem:
         raise error(f"{what} {path}: {problem.strerror or problem}") from None
     if not stat.S_ISREG(info.st_mode):
