@@ -573,7 +573,7 @@ def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
     # PyTorch loads first: it ships its own libgomp under the soname numba's OpenMP threading layer
     # asks for, and whichever loads first serves both. With the system's loaded first (numba's pool
     # started by numdl's recurrent kernels before the import), PyTorch's MLP step ran 4x slower.
-    _torch(threads)
+    torch_found = _torch(threads) is not None
     results = [model_case(*case, repeats=repeats, threads=threads) for case in cases(suites, quick)]
     if "kernels" in suites:
         results += kernel_cases(repeats, threads, quick)
@@ -581,7 +581,8 @@ def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
         results += startup_cases(threads, quick)
     if "ceiling" in suites:
         results += ceiling_cases(repeats, threads, quick)
-    return {"threads": threads, "repeats": repeats, "results": results, "peak_rss_mib": peak_memory_mib()}
+    return {"threads": threads, "repeats": repeats, "results": results, "peak_rss_mib": peak_memory_mib(),
+            "torch": torch_found}
 
 
 def compare(report, baseline, tolerance):
@@ -605,6 +606,9 @@ def format_table(report):
                      f" {compiled}")
     lines.append(f"threads {report['threads']}, median of {report['repeats']} alternating repetitions, "
                  f"peak RSS of this process {report['peak_rss_mib']:.0f} MiB")
+    if not report.get("torch", True):
+        lines.append("PyTorch is not installed, so the torch and ratio columns are empty: "
+                     "pip install 'numdl[bench]' for the comparison")
     return "\n".join(lines)
 
 

@@ -74,14 +74,39 @@ class KernelRecorder:
         return False
 
 
+CUDA_SKIP = "skipped: the CUDA checks need numba-cuda (pip install 'numdl[cuda]')"
+
+
+def cuda_checks_available():
+    """numba-cuda is installed (numba's own deprecated CUDA target fails in other ways)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
+def _randomise_parameters(model, rng):
+    """Every parameter drawn at random (the same on every device): a twin that reads one element
+    where it should read another (alpha[0] for alpha[c]) passes with constant initial values."""
+    if model._bank is None:
+        return
+    values = model.ops.to_numpy(model._bank.values)
+    host = rng.uniform(-1.0, 1.0, values.shape).astype(values.dtype)
+    if isinstance(model._bank.values, np.ndarray):
+        model._bank.values[...] = host
+    else:
+        model._bank.values.copy_to_device(host)
+
+
 def exercise(kind, entry, dtype="float64", device="cpu"):
-    """Run the item once forward and backward (or one step); returns the arrays it produced."""
+    """Run the item once forward and backward (or one step) on random parameters, input and
+    upstream gradient; returns the arrays it produced."""
     rng = np.random.default_rng(0)
     if kind == "layer":
         model, shape = _layer_model(entry, device, dtype)
+        _randomise_parameters(model, rng)
         x = rng.standard_normal((3,) + shape).astype(dtype)
         out = model.forward(model.ops.asarray(x), training=True)
-        upstream = np.ones(tuple(out.shape), dtype)
+        upstream = rng.standard_normal(tuple(out.shape)).astype(dtype)
         model.layers[0].needs_input_grad = True
         dx = model.layers[0].backward(model.ops.asarray(upstream))
         result = {"out": model.ops.to_numpy(out)}
@@ -129,6 +154,8 @@ def gradient_check(kind, entry):
 def ptx_check(kind, entry):
     from numdl.testing import compile_ptx, float64_instructions
 
+    if not cuda_checks_available():
+        return CUDA_SKIP
     compiled = set()
     for dtype in ("float32", "float64"):
         with KernelRecorder() as recorder:
@@ -148,6 +175,8 @@ def ptx_check(kind, entry):
 
 def twin_check(kind, entry):
     """CPU against CUDA (simulator) in a subprocess; 'CPU-only' when the item has no CUDA twin."""
+    if not cuda_checks_available():
+        return CUDA_SKIP
     script = (f"import json, sys, numpy as np\nfrom numdl import check\nfrom numdl.plugins import registry\n"
               f"entry = registry().items[{kind!r}][{entry.name!r}]\n"
               f"try:\n    gpu = check.exercise({kind!r}, entry, device='cuda')\n"

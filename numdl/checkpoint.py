@@ -53,6 +53,12 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     if optimizer is not None:
         info["optimizer"] = {"name": optimizer.name, "steps": optimizer.steps, "lr": optimizer.lr}
     info["registered_by"] = _sources(model, optimizer)
+    if not (meta or {}).get("config"):  # a model made in Python: record how to rebuild it
+        from numdl.config import config_of
+
+        config = config_of(model)
+        if config is not None:
+            info["config"] = config
     info.update(meta or {})
     tensors = model_tensors(model, optimizer)
     bad = first_non_finite(tensors)

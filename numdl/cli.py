@@ -9,37 +9,7 @@ import click
 import numdl
 from numdl import bench as bench_suites  # NumPy and the standard library only
 from numdl.errors import ConfigError, DataError, NumdlError
-
-
-class RichEpochProgress:
-    """A transient rich progress bar per epoch, in samples."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._progress = Progress("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}", BarColumn(),
-                                  MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-        self._task = None
-
-    def start(self, epochs, samples):
-        self.epochs, self.samples = epochs, samples
-        self._progress.start()
-
-    def begin(self, epoch):
-        self._task = self._progress.add_task("train", total=self.samples, epoch=epoch, epochs=self.epochs)
-
-    def advance(self, count):
-        self._progress.advance(self._task, count)
-
-    def end(self):
-        self._progress.remove_task(self._task)
-
-    def stop(self):
-        self._progress.stop()
-
-    def print(self, line):
-        """Print above the live bar (a plain print would tear it)."""
-        self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+from numdl.progress import RichEpochProgress
 
 
 MAX_MESSAGE = 1000  # characters of an error line; values quoted in it are cut where they are made
@@ -63,6 +33,7 @@ def cli(threads):
     Run `numdl train` to train the embedded default (an MLP on Fashion-MNIST), or
     `numdl COMMAND --help` for any command.
     """
+    click.get_current_context().obj = {"threads": threads}
     if threads:
         from numdl.backend.cpu import limit_threads
 
@@ -126,19 +97,25 @@ def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
 
 @cli.command(name="plugins")
 def list_plugins():
-    """List every registered layer, loss, optimizer and schedule with the plugin that registered it.
-    A name registered twice is reported as an error naming both plugins (exit 2)."""
-    from numdl.plugins import KINDS, registry
+    """List every registered item (layers, losses, optimizers, schedules, datasets, metrics and
+    callbacks) with the plugin that registered it and its config keys: each parameter's type and
+    default. A name registered twice is reported as an error naming both plugins (exit 2)."""
+    from numdl.config import item_parameters, parameter_text
+    from numdl.plugins import KINDS, PLURALS, registry
 
     try:
         items = registry().items
     except NumdlError as error:
         _fail(error)
     for kind in KINDS:
-        click.echo(f"{kind}s:")
+        click.echo(f"{PLURALS[kind]}:")
         for name in sorted(items[kind]):
             entry = items[kind][name]
             click.echo(f"  {name:<28} {entry.source}")
+            parameters = item_parameters(entry.cls)
+            if parameters:
+                click.echo("      " + "; ".join(parameter_text(key, annotation, default)
+                                                for key, (annotation, default) in parameters.items()))
 
 
 @cli.command()
@@ -162,7 +139,8 @@ def check(targets):
         for label, _ in CHECKS:
             passed, text = results[label]
             failed |= not passed
-            click.echo(f"    {label:<11} {'PASS' if passed else 'FAIL'}  {text if passed else text[6:]}")
+            verdict = ("SKIP" if text.startswith("skipped") else "PASS") if passed else "FAIL"
+            click.echo(f"    {label:<11} {verdict}  {text if passed else text[6:]}")
     click.echo("numdl check: " + ("FAILED" if failed else "all checks passed"))
     sys.exit(1 if failed else 0)
 
@@ -196,13 +174,16 @@ def warmup(config, overrides):
 @click.option("--compare", "baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A saved --json baseline: exit 1 if a case's numdl throughput fell by more than --tolerance.")
 @click.option("--tolerance", type=float, default=0.2, show_default=True, help="Allowed relative slowdown.")
-def bench(suites, quick, threads, json_path, baseline, tolerance):
+@click.pass_obj
+def bench(group_options, suites, quick, threads, json_path, baseline, tolerance):
     """Train and infer reference models with numdl and PyTorch side by side (same data, weights,
-    batch size, threads) and print samples/s and their ratio."""
+    batch size, threads) and print samples/s and their ratio. `numdl --threads N bench` limits both
+    sides as --threads N does."""
     import json as json_module
 
     from numdl import bench as bench_module
 
+    threads = threads or (group_options or {}).get("threads")
     if threads:
         from numdl.backend.cpu import limit_threads
 
@@ -299,32 +280,42 @@ def predict(checkpoint, inputs, output, input_range):
 
 
 def main():
-    from numdl.plugins import plugin_manager
+    add_plugin_commands(cli)
+    cli()
 
-    before = set(cli.commands)
+
+def add_plugin_commands(group):
+    """Let every plugin add its commands to ``group``, one plugin at a time so that a name already
+    taken is reported with the plugin that tried to take it (one line, exit 2)."""
+    from numdl.plugins import plugin_manager, source_name
+
+    manager = plugin_manager()
+    builtin = set(group.commands)
     try:
-        plugin_manager().hook.numdl_register_commands(cli=_GuardedGroup(cli, before))
+        for impl in manager.hook.numdl_register_commands.get_hookimpls():
+            impl.function(cli=_GuardedGroup(group, builtin, source_name(manager, impl.plugin)))
     except NumdlError as error:
         _fail(error)
-    cli()
 
 
 class _GuardedGroup:
     """What numdl_register_commands receives: the click group, refusing a name already taken."""
 
-    def __init__(self, group, builtin):
-        self._group, self._builtin = group, builtin
+    def __init__(self, group, builtin, source="a plugin"):
+        self._group, self._builtin, self._source = group, builtin, source
 
     def add_command(self, command, name=None):
         name = name or command.name
         if name in self._group.commands:
             from numdl.errors import RegistryError
 
-            raise RegistryError(f"a plugin tried to add the command {name!r}, which numdl"
+            raise RegistryError(f"plugin {self._source} tried to add the command {name!r}, which numdl"
                                 f"{' itself' if name in self._builtin else ' or another plugin'} already has")
         self._group.add_command(command, name)
 
     def __getattr__(self, attribute):
         return getattr(self._group, attribute)
+
+
 if __name__ == "__main__":
     main()

@@ -176,6 +176,33 @@ def item_parameters(cls):
     return params
 
 
+def annotation_text(annotation):
+    """A parameter's type as a config author reads it: int, float, list[float], str or none, ..."""
+    if annotation is None or annotation is inspect.Parameter.empty:
+        return "any"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else annotation_text(a) for a in args)
+    if origin in (list, tuple):
+        return f"list[{annotation_text(args[0])}]" if args else "list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def parameter_text(name, annotation, default):
+    """``out_features: int (required)`` or ``bias: bool = true``, TOML-spelled."""
+    if default is inspect.Parameter.empty:
+        return f"{name}: {annotation_text(annotation)} (required)"
+    if default is None:
+        shown = "none"
+    elif isinstance(default, bool):
+        shown = str(default).lower()
+    elif isinstance(default, tuple):
+        shown = repr(list(default))
+    else:
+        shown = repr(default)
+    return f"{name}: {annotation_text(annotation)} = {shown}"
+
+
 def check_item(path, table, kind):
     """Validate one ``{type = ..., **params}`` table against the registered class; returns it."""
     from numdl.plugins import registry
@@ -289,6 +316,28 @@ def build_item(path, table, kind):
         raise ConfigError(f"{path}: {error}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def config_of(model):
+    """The config that rebuilds ``model`` (made in Python) with ``build_model``: its layers, loss and
+    optimizer by registered name and hyper-parameters, over the default's other sections; None when
+    some item cannot be named so (a plugin layer without ``hyperparameters``)."""
+    def table(item):
+        return {"type": item.name, **{k: v for k, v in item.hyperparameters().items() if v is not None}}
+
+    config = default_config()
+    config["seed"] = model.seed
+    config["model"].update(dtype=str(model.dtype), device=model.device,
+                           layers=[layer.config_table() for layer in model.layers])
+    if model.loss is not None:
+        config["loss"] = table(model.loss)
+    if model.optimizer is not None:
+        config["optimizer"] = table(model.optimizer)
+    try:
+        validate(config)
+    except ConfigError:
+        return None
+    return config
 
 
 def build_model(config, input_shape):

@@ -37,33 +37,49 @@ class FashionMNIST(Dataset):
 
 
 class Metric:
-    """A named classification metric: ``__call__(y_true, y_pred, num_classes) -> float``, reported
-    after every epoch for each evaluation set as ``<set>_<name>``."""
+    """A named metric, listed in ``train.metrics`` and reported after every epoch for each
+    evaluation set as ``<set>_<name>``.
+
+    Implement ``compute(y_true, y_pred, scores, num_classes) -> float``: ``y_true`` the labels (N,),
+    ``y_pred`` the predicted classes (N,), ``scores`` the class probabilities (N, num_classes) (the
+    softmax of the model's outputs: what top-k accuracy, AUC or log-loss need). ``higher_is_better``
+    tells ``train.monitor`` and early stopping which way is better (a loss-like metric sets False).
+    Calling the metric, ``metric(y_true, y_pred, num_classes, scores=None)``, returns ``compute``'s
+    value as a float.
+    """
 
     name = None
+    higher_is_better = True
 
-    def __call__(self, y_true, y_pred, num_classes):
-        raise NotImplementedError
+    def compute(self, y_true, y_pred, scores, num_classes):
+        raise NotImplementedError(f"metric {self.name!r} implements no compute(y_true, y_pred, scores, num_classes)")
+
+    def __call__(self, y_true, y_pred, num_classes, scores=None):
+        return float(self.compute(y_true, y_pred, scores, num_classes))
+
+    @classmethod
+    def implemented(cls):
+        return cls.compute is not Metric.compute
 
 
 class MacroF1(Metric):
     name = "macro_f1"
 
-    def __call__(self, y_true, y_pred, num_classes):
+    def compute(self, y_true, y_pred, scores, num_classes):
         return metrics.macro_f1(y_true, y_pred, num_classes)
 
 
 class MacroPrecision(Metric):
     name = "macro_precision"
 
-    def __call__(self, y_true, y_pred, num_classes):
+    def compute(self, y_true, y_pred, scores, num_classes):
         return float(metrics.precision_recall_f1(y_true, y_pred, num_classes)[0].mean())
 
 
 class MacroRecall(Metric):
     name = "macro_recall"
 
-    def __call__(self, y_true, y_pred, num_classes):
+    def compute(self, y_true, y_pred, scores, num_classes):
         return float(metrics.precision_recall_f1(y_true, y_pred, num_classes)[1].mean())
 
 

@@ -63,8 +63,11 @@ class NumdlHookSpecs:
     @hookspec
     def numdl_register_metrics(self):
         """Return an iterable of ``numdl.extensions.Metric`` subclasses, each with a unique ``name``
-        (listed in ``train.metrics``); ``metric(y_true, y_pred, num_classes)`` returns a float that
-        every epoch reports per evaluation set as ``<set>_<name>``."""
+        (listed in ``train.metrics``). A metric implements ``compute(y_true, y_pred, scores,
+        num_classes)`` returning a float that every epoch reports per evaluation set as
+        ``<set>_<name>``: the labels, the predicted classes and the class probabilities (N,
+        num_classes), so top-k accuracy, AUC and log-loss can be metrics. Set ``higher_is_better =
+        False`` on a loss-like metric (``train.monitor`` and early stopping follow it)."""
 
     @hookspec
     def numdl_register_callbacks(self):

@@ -112,8 +112,12 @@ class Sequential:
 
     # ---------------------------------------------------------------------------- running
     def forward(self, x, training=False, lengths=None):
-        """Forward pass of one batch already on the model's device and dtype. ``lengths`` (one per
-        sample) marks the valid steps of padded sequences for the layers that use them."""
+        """Forward pass of one batch. ``lengths`` (one per sample) marks the valid steps of padded
+        sequences for the layers that use them. A NumPy batch of another dtype is converted (and
+        checked) as ``fit`` and ``predict`` convert theirs; the fast path is a batch already in the
+        model's dtype (and on its device)."""
+        if isinstance(x, np.ndarray) and x.dtype != self._input_dtype:
+            x = self.ops.asarray(self.prepare(x, None, "input data")[0])
         self._check_batch(x)
         for layer in self.layers:
             if getattr(layer, "uses_lengths", False):
@@ -213,7 +217,7 @@ class Sequential:
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
-            eval_data=None, callbacks=(), augment=None, lengths=None, resume=None):
+            eval_data=None, callbacks=(), augment=None, lengths=None, resume=None, verbose="auto"):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -229,8 +233,14 @@ class Sequential:
         ``resume`` continues from exactly there: the epoch's order is redrawn from the saved state
         and the augmentation draws of the batches already done are replayed, so a resumed run
         computes bit for bit what an uninterrupted one does.
+
+        ``verbose`` as Keras's: 1 (or "auto") a progress bar per epoch in a terminal and one line per
+        epoch (loss, accuracy, the evaluation sets, samples/s), 2 the line alone, 0 nothing.
         """
         self._require_compiled()
+        if verbose not in ("auto", 0, 1, 2):
+            raise ConfigError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+        verbose = 1 if verbose == "auto" else verbose
         x, y = self.prepare(x, y, "training data")
         lengths = None if lengths is None else np.asarray(lengths)
         evals = dict(eval_data or {})
@@ -241,10 +251,25 @@ class Sequential:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         rng = np.random.default_rng(self.seed if seed is None else seed)
+        n = x.shape[0]
+        gather = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
+        if verbose:
+            from numdl.progress import FitReporter
+
+            reporter = FitReporter(verbose, epochs, n)
+            callbacks = [*callbacks, reporter]
+        try:
+            return self._fit_epochs(x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks,
+                                    augment, resume)
+        finally:
+            if verbose:
+                reporter.close()
+
+    def _fit_epochs(self, x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks, augment,
+                    resume):
         history = []
         self.stop_training = False
         n = x.shape[0]
-        gather = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
         first_epoch = 1 if resume is None else int(resume["epoch"])
         self.reference_loss = None if resume is None else resume.get("reference_loss")
         steps_per_epoch = -(-n // batch_size)
@@ -308,11 +333,12 @@ class Sequential:
                 break
         return history
 
-    def evaluate(self, x, y, batch_size=1000, lengths=None):
-        """{"loss", "accuracy" (None unless class labels), "predictions"} over all of x."""
+    def evaluate(self, x, y, batch_size=1000, lengths=None, scores=False):
+        """{"loss", "accuracy" (None unless class labels), "predictions"} over all of x; with
+        ``scores``, also "scores": the class probabilities (softmax of the outputs), or None."""
         self._require_compiled()
         x, y = self.prepare(x, y, "evaluation data")
-        total, correct, predictions = 0.0, 0, []
+        total, correct, predictions, probabilities = 0.0, 0, [], []
         for begin in range(0, x.shape[0], batch_size):
             xb = self.ops.asarray(x[begin:begin + batch_size])
             yb = y[begin:begin + batch_size]
@@ -320,12 +346,19 @@ class Sequential:
             out = self.forward(xb, training=False, lengths=lb)
             total += self.loss.forward(out, yb) * xb.shape[0]
             if _is_class_output(self.loss):
-                predicted = self.ops.to_numpy(out).argmax(axis=-1)
+                host = self.ops.to_numpy(out)
+                predicted = host.argmax(axis=-1)
                 predictions.append(predicted)
                 correct += int((predicted == yb).sum())
+                if scores:
+                    shifted = np.exp(host - host.max(axis=-1, keepdims=True))
+                    probabilities.append(shifted / shifted.sum(axis=-1, keepdims=True))
         n = x.shape[0]
-        return {"loss": total / n, "accuracy": correct / y.size if predictions else None,
-                "predictions": np.concatenate(predictions) if predictions else None}
+        result = {"loss": total / n, "accuracy": correct / y.size if predictions else None,
+                  "predictions": np.concatenate(predictions) if predictions else None}
+        if scores:
+            result["scores"] = np.concatenate(probabilities) if probabilities else None
+        return result
 
     def predict(self, x, batch_size=1000, lengths=None):
         """Model outputs for every sample of x, as a NumPy array."""

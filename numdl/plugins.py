@@ -11,6 +11,8 @@ from numdl import hookspecs
 from numdl.errors import RegistryError, UnknownNameError
 
 KINDS = ("layer", "loss", "optimizer", "schedule", "dataset", "metric", "callback")
+PLURALS = {"layer": "layers", "loss": "losses", "optimizer": "optimizers", "schedule": "schedules",
+           "dataset": "datasets", "metric": "metrics", "callback": "callbacks"}
 _HOOKS = {"layer": "numdl_register_layers", "loss": "numdl_register_losses",
           "optimizer": "numdl_register_optimizers", "schedule": "numdl_register_schedules",
           "dataset": "numdl_register_datasets", "metric": "numdl_register_metrics",
@@ -64,7 +66,8 @@ def plugin_manager():
     return _manager
 
 
-def _source_name(pm, plugin):
+def source_name(pm, plugin):
+    """'plugin-name (package version)' of a registered plugin."""
     name = pm.get_name(plugin)
     for dist_plugin, dist in pm.list_plugin_distinfo():
         if dist_plugin is plugin:
@@ -78,7 +81,7 @@ def build_registry(pm):
     for kind in KINDS:
         hook = getattr(pm.hook, _HOOKS[kind])
         for impl in hook.get_hookimpls():
-            source = _source_name(pm, impl.plugin)
+            source = source_name(pm, impl.plugin)
             for cls in impl.function() or ():
                 name = getattr(cls, "name", None)
                 if not isinstance(name, str) or not name:

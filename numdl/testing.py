@@ -37,7 +37,7 @@ def _compare(what, analytic, numeric, rtol, atol):
     error = np.abs(analytic - numeric)
     bound = atol + rtol * np.abs(numeric)
     if np.any(error > bound) or not np.all(np.isfinite(analytic)):
-        worst = np.unravel_index(np.argmax(error - bound), error.shape)
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(error - bound), error.shape))
         raise AssertionError(f"{what}: backward gives {analytic[worst]:.8g} at index {worst}, central "
                              f"differences give {numeric[worst]:.8g} (max abs error {error.max():.3g})")
     return float(error.max()) if error.size else 0.0

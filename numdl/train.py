@@ -8,7 +8,6 @@
 import concurrent.futures
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from numdl import metrics
 from numdl.config import build_item, build_model
 from numdl.schedules import ScheduleCallback
 from numdl.errors import ConfigError, NumdlError, TrainingDiverged
+from numdl.progress import format_epoch
 from numdl.data import Augmenter, Normalizer, train_validation_split
 
 
@@ -223,16 +223,22 @@ class EpochMetrics:
         from numdl.plugins import registry
 
         self.model, self.evals, self.batch_size = model, evals, batch_size
-        self.metrics = [(name, registry().get("metric", name)()) for name in names]
+        self.metrics = []
+        for index, name in enumerate(names):
+            cls = registry().get("metric", name)
+            if not cls.implemented():
+                raise ConfigError(f"train.metrics.{index}: metric {name!r} implements no "
+                                  f"compute(y_true, y_pred, scores, num_classes)")
+            self.metrics.append((name, cls()))
 
     def on_epoch_end(self, epoch, logs):
         classes = self.model.output_shape[-1]
         for set_name, (x, y) in self.evals.items():
-            predictions = self.model.evaluate(x, y, batch_size=self.batch_size)["predictions"]
-            if predictions is None:
+            result = self.model.evaluate(x, y, batch_size=self.batch_size, scores=True)
+            if result["predictions"] is None:
                 continue
             for name, metric in self.metrics:
-                logs[f"{set_name}_{name}"] = float(metric(y, predictions, classes))
+                logs[f"{set_name}_{name}"] = metric(y, result["predictions"], classes, result["scores"])
 
 
 class PluginEvents:
@@ -270,44 +276,26 @@ class RunRecorder:
         self.on_line(format_epoch(logs, self.epochs))
 
 
-def seconds_since_process_start():
-    """Wall seconds since this process started (Linux: from /proc; elsewhere since numdl's import)."""
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start)
-    except (OSError, ValueError, IndexError):
-        import numdl
+def seconds_since_start():
+    """Wall seconds since numdl was imported, the first thing the ``numdl`` command does. (The
+    process's own start time would count whatever ran before an exec: ``bash -c 'sleep 3 && numdl
+    train'`` reported 3.7 s. The interpreter's start-up before the import, ~30 ms, is not counted.)"""
+    import numdl
 
-        return time.time() - numdl.IMPORTED_AT  # set first thing in numdl/__init__
+    return time.time() - numdl.IMPORTED_AT
 
 
 class FirstStepTimer:
-    """fit callback: records when the first training step of this process finished (start-up cost:
-    imports, data, model, kernels from numba's cache, one step)."""
+    """fit callback: records when the first training step finished, counted from numdl's import
+    (start-up cost: imports, data, model, kernels from numba's cache, one step)."""
 
     def __init__(self, on_line):
         self.on_line, self.seconds = on_line, None
 
     def on_batch_end(self, batch, logs):
         if self.seconds is None:
-            self.seconds = seconds_since_process_start()
+            self.seconds = seconds_since_start()
             self.on_line(f"first training step done {self.seconds:.2f}s after start")
-
-
-def format_epoch(logs, epochs):
-    parts = [f"epoch {logs['epoch']}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
-    if logs.get("train_accuracy") is not None:
-        parts.append(f"train_acc {logs['train_accuracy']:.4f}")
-    for name in ("validation", "test"):
-        if f"{name}_loss" in logs:
-            parts.append(f"{name}_loss {logs[f'{name}_loss']:.4f}")
-            if logs.get(f"{name}_accuracy") is not None:
-                parts.append(f"{name}_acc {logs[f'{name}_accuracy']:.4f}")
-    parts.append(f"{logs['samples_per_second']:,.0f} samples/s")
-    parts.append(f"{logs['epoch_seconds']:.1f}s")
-    return "  ".join(parts)
 
 
 def weights_sha256(model):
@@ -461,7 +449,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
                             callbacks=callbacks, augment=make_augmenter(config, normalizer),
-                            resume=None if resume_meta is None else resume_meta["fit_position"])
+                            resume=None if resume_meta is None else resume_meta["fit_position"], verbose=0)
     finally:
         if progress:
             progress.stop()

@@ -43,6 +43,83 @@ def numdl_register_layers():
 '''
 
 
+# A per-feature scale whose CUDA twin reads weight[0] for every feature: with the layer's constant
+# initial weights the twins agree; only random parameters tell them apart.
+WRONG_TWIN = '''
+import numpy as np
+from numba import njit
+import numdl
+from numdl.kernels.common import cuda, cuda_kernel
+from numdl.layers import Layer
+
+@njit(cache=True)
+def feature_scale_forward_cpu(out, x, weight):
+    for i in range(x.size):
+        out[i] = x[i] * weight[i % weight.size]
+
+@cuda_kernel
+def feature_scale_forward_cuda(out, x, weight):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = x[i] * weight[0]
+
+class FeatureScale(Layer):
+    name = "feature_scale"
+
+    def setup(self, input_shape, rng):
+        self.add_param("weight", np.ones(input_shape[-1]))
+        return input_shape
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", x.shape)
+        self.ops.run_kernels(feature_scale_forward_cpu, feature_scale_forward_cuda, x.size, self.ops.flat(out),
+                             self.ops.flat(x), self.params["weight"].value)
+        return out
+
+    def backward(self, dout):
+        return dout
+
+@numdl.hookimpl
+def numdl_register_layers():
+    return [FeatureScale]
+'''
+
+
+def _install(tmp_path, monkeypatch, module, source, package):
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text(f"[numdl]\nplugin = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(plugins, "_manager", None)
+    monkeypatch.setattr(plugins, "_registry", None)
+
+
+def test_the_cuda_twin_is_compared_on_random_parameters(tmp_path, monkeypatch):
+    pytest.importorskip("numba_cuda")
+    from numdl import check
+
+    _install(tmp_path, monkeypatch, "wrong_twin_plugin", WRONG_TWIN, "wrong-twin-plugin")
+    try:
+        entry = plugins.registry().items["layer"]["feature_scale"]
+        with pytest.raises(AssertionError, match="CUDA differs from CPU in: out"):
+            check.twin_check("layer", entry)
+    finally:
+        sys.modules.pop("wrong_twin_plugin", None)
+
+
+def test_cuda_checks_are_skipped_with_a_reason_without_numba_cuda(monkeypatch):
+    pytest.importorskip("numdl_extras")
+    from numdl import check
+
+    monkeypatch.setattr(check, "cuda_checks_available", lambda: False)
+    rows = check.run_checks({"numdl-extras"})
+    for _, _, _, results in rows:
+        for label in ("cuda twin", "ptx"):
+            assert results[label] == (True, check.CUDA_SKIP)
+
+
 @pytest.fixture
 def broken_plugin(tmp_path, monkeypatch):
     (tmp_path / "broken_numdl_plugin.py").write_text(BROKEN)

@@ -88,8 +88,11 @@ def test_boundary_validation_messages():
         model.fit(nan, y, epochs=1)
     with pytest.raises(DataError, match="empty"):
         model.predict(x[:0])
-    with pytest.raises(DataError, match="float64 does not match the model's float32"):
-        model.forward(x.astype(np.float64))
+    # forward converts another dtype as fit and predict do (the README's snippet passes float64)
+    expected = model.forward(x.astype(np.float32)).copy()
+    np.testing.assert_allclose(model.forward(x.astype(np.float64)), expected, rtol=1e-6)
+    with pytest.raises(DataError, match="must be numeric"):
+        model.forward(x.astype(str))
     with pytest.raises(ShapeError, match="has 64 samples but 63 targets"):
         model.fit(x, y[:63], epochs=1)
 

@@ -222,9 +222,17 @@ def test_plugin_dataset_metric_callback_and_training_events(tmp_path):
 
     class ErrorRate(Metric):
         name = "error_rate"
+        higher_is_better = False
 
-        def __call__(self, y_true, y_pred, num_classes):
+        def compute(self, y_true, y_pred, scores, num_classes):
             return float((y_true != y_pred).mean())
+
+    class Top2Accuracy(Metric):  # needs the scores, not only the predicted classes
+        name = "top2_accuracy"
+
+        def compute(self, y_true, y_pred, scores, num_classes):
+            top2 = np.argsort(scores, axis=1)[:, -2:]
+            return float((top2 == y_true[:, None]).any(axis=1).mean())
 
     class CountEpochs(Callback):
         name = "count_epochs"
@@ -239,20 +247,40 @@ def test_plugin_dataset_metric_callback_and_training_events(tmp_path):
     events = []
     module = types.ModuleType("everything_plugin")
     module.numdl_register_datasets = numdl.hookimpl(lambda: [Stripes])
-    module.numdl_register_metrics = numdl.hookimpl(lambda: [ErrorRate])
+    module.numdl_register_metrics = numdl.hookimpl(lambda: [ErrorRate, Top2Accuracy])
     module.numdl_register_callbacks = numdl.hookimpl(lambda: [CountEpochs])
     module.numdl_on_epoch_end = numdl.hookimpl(
         lambda epoch, logs, run_folder: events.append(("epoch", epoch, logs["test_error_rate"])))
     module.numdl_on_train_end = numdl.hookimpl(lambda summary, run_folder: events.append(("end", run_folder)))
     plugins.register(module)
     try:
-        resolved = config.resolve(None, ["data.name='stripes'", "train.epochs=2", "train.metrics=['error_rate', 'macro_f1']",
+        resolved = config.resolve(None, ["data.name='stripes'", "train.epochs=2",
+                                         "train.metrics=['error_rate', 'macro_f1', 'top2_accuracy']",
+                                         "train.monitor='test_error_rate'", "train.early_stopping_patience=5",
                                          "train.callbacks=[{type='count_epochs', label='x'}, {type='csv_logger'}]"])
         summary = train.run(resolved, tmp_path / "run", on_line=lambda line: None)
         assert CountEpochs.seen == [("x", 1), ("x", 2)]
         assert [e[:2] for e in events] == [("epoch", 1), ("epoch", 2), ("end", str(tmp_path / "run"))]
         assert events[1][2] == pytest.approx(1 - summary["test_accuracy"])
         assert "test_macro_f1" in summary["final"] and (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3
+        assert summary["test_accuracy"] <= summary["final"]["test_top2_accuracy"] <= 1.0
+        assert not train.higher_is_better("test_error_rate")  # the metric's own direction
+        model = numdl.Sequential([numdl.Flatten(), numdl.Linear(4)], input_shape=(28, 28)).compile("cross_entropy", "sgd")
+        x, y = separable_images(50, 2)
+        scores = model.evaluate(x, y % 4, scores=True)["scores"]
+        y4 = y % 4
+        expected = np.mean([label in np.argsort(row)[-2:] for row, label in zip(scores, y4)])
+        assert Top2Accuracy()(y4, scores.argmax(1), 4, scores) == pytest.approx(expected)
+
+        class NoCompute(Metric):
+            name = "no_compute"
+
+        plugins.unregister(module)
+        module.numdl_register_metrics = numdl.hookimpl(lambda: [ErrorRate, Top2Accuracy, NoCompute])
+        plugins.register(module)
+        with pytest.raises(numdl.ConfigError, match="metric 'no_compute' implements no compute"):
+            train.run(config.resolve(None, ["data.name='stripes'", "train.epochs=1", "train.metrics=['no_compute']"]),
+                      tmp_path / "run2", on_line=lambda line: None)
         with pytest.raises(numdl.RegistryError, match="train.metrics.0: unknown metric 'nope'"):
             config.resolve(None, ["train.metrics=['nope']"])
     finally:
@@ -261,7 +289,7 @@ def test_plugin_dataset_metric_callback_and_training_events(tmp_path):
         config.resolve(None, ["data.name='stripes'"])
 
 
-def test_plugin_commands_are_added_and_may_not_shadow_numdl_ones():
+def test_plugin_commands_are_added_and_may_not_shadow_numdl_ones(capsys):
     import click
     from click.testing import CliRunner
 
@@ -281,6 +309,19 @@ def test_plugin_commands_are_added_and_may_not_shadow_numdl_ones():
         assert CliRunner().invoke(cli_module.cli, ["hello"]).output == "hello from a plugin\n"
         with pytest.raises(numdl.RegistryError, match="command 'train', which numdl itself already has"):
             guarded.add_command(click.Command("train"))
+        # through numdl's own start-up path the offending plugin is named, in one line, exit 2
+        clash = types.ModuleType("clash_plugin")
+        clash.numdl_register_commands = numdl.hookimpl(lambda cli: cli.add_command(click.Command("train")))
+        plugins.register(clash, name="clash_plugin")
+        try:
+            cli_module.cli.commands.pop("hello", None)
+            with pytest.raises(SystemExit) as stop:
+                cli_module.add_plugin_commands(cli_module.cli)
+            assert stop.value.code == 2
+            assert capsys.readouterr().err == ("error: plugin clash_plugin tried to add the command 'train', which "
+                                               "numdl itself already has\n")
+        finally:
+            plugins.unregister(clash)
     finally:
         plugins.unregister(module)
         cli_module.cli.commands.pop("hello", None)

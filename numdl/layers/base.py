@@ -163,6 +163,12 @@ class Layer:
         """Constructor arguments, as a config would name them (for saved configs and reprs)."""
         return {}
 
+    def config_table(self):
+        """The config table that builds this layer: ``{"type": name, **hyperparameters}`` (unset
+        optional values left out). ``model.save`` records these so that ``numdl.load_model`` can
+        rebuild a model made in Python."""
+        return {"type": self.name, **{k: v for k, v in self.hyperparameters().items() if v is not None}}
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"

@@ -108,6 +108,9 @@ class Residual(Composite):
         return {"layers": [layer.name for layer in self.block], "projection": self.projection,
                 "activation": self.activation}
 
+    def config_table(self):
+        return {**super().config_table(), "layers": [layer.config_table() for layer in self.block]}
+
     def setup(self, input_shape, rng):
         shape = self._build_children(self.block, input_shape, rng, "residual block")
         kind = self.projection
