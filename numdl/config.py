@@ -27,6 +27,39 @@ SECTIONS = {
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
+
+#: What every key means: the source of docs/config.md (``python -m numdl.config`` writes it; a test
+#: keeps it complete and current).
+DESCRIPTIONS = {
+    "seed": "seed of weight initialisation, shuffling, dropout and augmentation (>= 0)",
+    "data.name": "registered dataset (`numdl plugins` lists them)",
+    "data.path": "folder of the dataset's files; empty: $NUMDL_DATA, Debian's package, then the download cache",
+    "data.normalize": "standardize (one mean and std over the training set), scale (divide by its max) or none",
+    "data.validation_split": "fraction of the training set held out and evaluated after every epoch, in [0, 1)",
+    "data.crop_padding": "> 0: random crops of training images padded by this many pixels",
+    "data.horizontal_flip": "random left-right flips of training images",
+    "model.dtype": "float32 or float64",
+    "model.device": "cpu or cuda",
+    "model.layers": "the layers in order, each a table {type = ..., parameters...}; `numdl plugins` lists every "
+                    "layer's parameters",
+    "loss": "{type = ..., parameters...}: cross_entropy, mse, bce_with_logits or a plugin's",
+    "optimizer": "{type = ..., lr = ..., ...}: sgd, adam, adamw, rmsprop or a plugin's",
+    "schedule": "learning-rate schedule {type = ..., ...}: constant, step, multistep, exponential, cosine, "
+                "one_cycle, reduce_on_plateau",
+    "train.epochs": "epochs to train (>= 1); with --resume, may be raised to extend a finished run",
+    "train.batch_size": "samples per training step (>= 1)",
+    "train.shuffle": "draw a new order of the training set every epoch",
+    "train.eval_batch_size": "samples per evaluation batch (>= 1)",
+    "train.checkpoint_every": "> 0: also write checkpoints/latest.safetensors every this many steps",
+    "train.keep_checkpoints": "epoch-NNNN.safetensors files kept (latest and best are always kept)",
+    "train.monitor": "metric for best.safetensors and early stopping (e.g. validation_loss, test_macro_f1); empty: "
+                     "validation or test accuracy. Its direction comes from the metric",
+    "train.early_stopping_patience": "> 0: stop after this many epochs without improvement of the monitor",
+    "train.clip_grad_norm": "> 0: scale gradients down so their global L2 norm is at most this",
+    "train.divergence_factor": "> 0: stop when a step's loss exceeds this many times the run's first loss; 0: off",
+    "train.metrics": "registered metrics reported per evaluation set every epoch, e.g. ['macro_f1']",
+    "train.callbacks": "registered callbacks, each a table {type = ..., parameters...}",
+}
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
 NON_NEGATIVE = {"seed", "train.checkpoint_every", "train.keep_checkpoints", "train.early_stopping_patience",
                 "train.clip_grad_norm", "train.divergence_factor"}
@@ -353,3 +386,44 @@ def build_model(config, input_shape):
         raise ConfigError(str(error)) from None
     model.compile(build_item("loss", config["loss"], "loss"), build_item("optimizer", config["optimizer"], "optimizer"))
     return model
+
+
+# ------------------------------------------------------------------------- the key reference
+def key_reference():
+    """docs/config.md: every config key with its type, default (the embedded default's) and meaning."""
+    default = default_config()
+    rows = ["# Config keys", "",
+            "Every key a `numdl train` config can set, with the embedded default (`numdl/default.toml`) and its "
+            "meaning. A config file names only what it changes; `--set key=value` overrides one key. Generated "
+            "from `numdl/config.py` by `python -m numdl.config > docs/config.md`.", "",
+            "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def default_of(key):
+        node = default
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return "[]" if key in ("train.metrics", "train.callbacks") else "(none)"
+            node = node[part]
+        if key == "model.layers":
+            return f"{len(node)} layers (the reference MLP)"
+        if isinstance(node, dict):
+            return ", ".join(f"{k} = {_toml_value(v)}" for k, v in node.items())
+        return _toml_value(node)
+
+    keys = [(key, annotation) for key, annotation in TOP_LEVEL.items()]
+    keys += [(f"{section}.{key}", annotation) for section, table in SECTIONS.items() for key, annotation in table.items()]
+    keys += [(section, dict) for section in ITEM_SECTIONS]
+    for key, annotation in keys:
+        kind = "table" if annotation is dict else _type_name(annotation).removeprefix("an ").removeprefix("a ")
+        rows.append(f"| `{key}` | {kind} | `{default_of(key)}` | {DESCRIPTIONS[key]} |")
+    return "\n".join(rows) + "\n"
+
+
+def _toml_value(value):
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).strip()[4:]
+
+
+if __name__ == "__main__":
+    print(key_reference(), end="")

@@ -23,12 +23,13 @@ def format_epoch(logs, epochs):
 class RichEpochProgress:
     """A transient rich progress bar per epoch, in samples."""
 
-    def __init__(self):
+    def __init__(self, console=None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         # A styled column, not "[bold]..." markup in a format string: that was printed literally.
         title = TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}", style="bold", markup=False)
-        self._progress = Progress(title, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self._progress = Progress(title, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+                                  console=console)
         self._task = None
 
     def start(self, epochs, samples):

@@ -369,3 +369,111 @@ def test_writes_to_devices_and_missing_folders_are_refused(finished_run, tmp_pat
     _one_line(_cli("predict", checkpoint, tmp_path / "x.npy", "--output", "/dev/null"), 1,
               "exists and is not a regular file")
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+# ------------------------------------------------------------------- the Python API as documented
+def test_a_model_made_in_python_saves_its_architecture_for_load_model(tmp_path):
+    layers = [numdl.Reshape([1, 8, 8]), numdl.Conv2d(4, 3, padding=1), numdl.BatchNorm2d(), numdl.ReLU(),
+              numdl.MaxPool2d(2), numdl.Residual([numdl.Conv2d(4, 3, padding=1), numdl.ReLU()]),
+              numdl.Flatten(), numdl.Dropout(0.1), numdl.Linear(16), numdl.GELU(), numdl.LayerNorm(), numdl.Linear(3)]
+    model = numdl.Sequential(layers, input_shape=(64,), seed=3)
+    model.compile(numdl.CrossEntropy(label_smoothing=0.1), numdl.AdamW(lr=3e-3, weight_decay=0.05))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 64)), rng.integers(0, 3, 32)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "m.safetensors")
+    clone = numdl.load_model(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    assert clone.loss.label_smoothing == 0.1 and clone.optimizer.weight_decay == 0.05
+    assert clone.optimizer.steps == model.optimizer.steps
+    assert model.train_step(x[:8].astype(np.float32), y[:8]) == clone.train_step(x[:8].astype(np.float32), y[:8])
+
+
+def test_fit_reports_each_epoch_as_keras_does(capsys):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 5)), rng.integers(0, 2, 40)
+    model = numdl.Sequential([numdl.Linear(2)], input_shape=(5,)).compile("cross_entropy", "adam")
+    model.fit(x, y, epochs=2, batch_size=8, validation_data=(x, y))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "val_acc" in lines[0] and "samples/s" in lines[0]
+    model.fit(x, y, epochs=1, verbose=0)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(numdl.ConfigError, match="verbose must be"):
+        model.fit(x, y, verbose=3)
+
+
+def test_gradient_check_messages_print_plain_indices():
+    from numdl.testing import check_layer_gradients
+
+    class Wrong(numdl.Layer):
+        name = "wrong"
+
+        def forward(self, x, training=False):
+            return x * 2
+
+        def backward(self, dout):
+            return dout * 3
+
+    with pytest.raises(AssertionError) as failure:
+        check_layer_gradients(Wrong(), (2,))
+    assert "at index (0, 0)" in str(failure.value) and "np.int64" not in str(failure.value)
+
+
+def test_the_progress_bar_title_is_text_not_markup():
+    import io
+
+    from rich.console import Console
+
+    from numdl.progress import RichEpochProgress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    bar = RichEpochProgress(console)
+    bar.start(3, 10)
+    bar.begin(1)
+    bar.advance(5)
+    bar._progress.refresh()
+    shown = console.file.getvalue()
+    bar.stop()
+    assert "epoch 1/3" in shown and "[bold]" not in shown
+
+
+def test_first_step_time_counts_from_numdls_start_not_the_parent_shell(finished_run, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    command = (f"sleep 2 && exec {sys.executable} -m numdl.cli train --quiet --set \"data.path='{finished_run[1]}'\" "
+               f"--set train.epochs=1 --out {run}")
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=600)
+    first = json.loads((run / "summary.json").read_text())["first_step_seconds"]
+    assert 0 < first < 2.0
+
+
+def test_plugins_lists_every_kind_and_each_items_config_keys():
+    result = _cli("plugins")
+    assert result.exit_code == 0
+    heads = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert heads == ["layers:", "losses:", "optimizers:", "schedules:", "datasets:", "metrics:", "callbacks:"]
+    assert "out_features: int (required); bias: bool = true" in result.stdout
+    assert "lr: float = 0.001" in result.stdout
+    help_text = _cli("plugins", "--help").stdout
+    for kind in ("datasets", "metrics", "callbacks"):
+        assert kind in help_text
+
+
+def test_threads_before_bench_limit_both_sides(monkeypatch):
+    from numdl import bench
+
+    seen = {}
+
+    def fake_run(suites, quick, threads):
+        seen["threads"] = threads
+        return {"threads": threads, "repeats": 1, "results": [], "peak_rss_mib": 1.0, "torch": False}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr("numdl.backend.cpu.limit_threads", lambda count: seen.setdefault("limited", count))  # (the real one would pin this process's pools)
+    result = CliRunner().invoke(cli, ["--threads", "1", "bench", "--suite", "mlp"])
+    assert result.exit_code == 0, result.output
+    assert seen["threads"] == 1 and seen["limited"] == 1
+    assert "pip install 'numdl[bench]'" in result.output

@@ -45,13 +45,16 @@ class Optimizer:
         bank = ParameterBank.of(params) if self.elementwise else None
         if bank is None:
             self._flat = None
-            self.state = [self._new_state(p.value) for p in params]
+            self.state = [self.new_state(p.value) for p in params]
             return
-        flat_state = self._new_state(bank.values)
+        flat_state = self.new_state(bank.values)
         self._flat = (Parameter("all", bank.values, bank.grads), flat_state)
         self.state = [{name: bank.view(buffer, p) for name, buffer in flat_state.items()} for p in params]
 
-    def _new_state(self, like):
+    def new_state(self, like):
+        """{name: buffer} for one parameter (or the model's flat bank), shaped like ``like``: zeros
+        by default. An optimizer whose state must start elsewhere (Adagrad's initial accumulator)
+        overrides this, filling the buffers on ``ops_for(like)``'s device."""
         ops = ops_for(like)
         return {name: ops.zeros(like.shape, like.dtype) for name in self.state_names}
 
