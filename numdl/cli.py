@@ -1,6 +1,7 @@
 """The ``numdl`` command: a thin shell over library calls. Errors numdl raises on purpose become one
 line on stderr and a non-zero exit (2 for config errors), never a traceback."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -281,7 +282,14 @@ def predict(checkpoint, inputs, output, input_range):
 
 def main():
     add_plugin_commands(cli)
-    cli()
+    try:
+        cli()
+    except Exception as error:  # a bug, or an input nobody foresaw: still one line, unless asked
+        if os.environ.get("NUMDL_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(error).__name__}: {' '.join(str(error).split())[:MAX_MESSAGE]} "
+                   f"(NUMDL_DEBUG=1 shows the traceback; please report it)", err=True)
+        sys.exit(1)
 
 
 def add_plugin_commands(group):

@@ -477,3 +477,42 @@ def test_threads_before_bench_limit_both_sides(monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["threads"] == 1 and seen["limited"] == 1
     assert "pip install 'numdl[bench]'" in result.output
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(finished_run, tmp_path, monkeypatch):
+    import errno
+
+    from numdl import checkpoint
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)  # the first checkpoint write hits a full disk
+    run = tmp_path / "run"
+    result = _cli("train", "--quiet", "--set", f"data.path='{finished_run[1]}'", "--set", "train.epochs=1",
+                  "--out", run)
+    _one_line(result, 1, "epoch-0001.safetensors: No space left on device")
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".numdl-tmp")]
+    monkeypatch.undo()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr("pathlib.Path.write_text", read_only)
+    _one_line(_cli("train", "--set", f"data.path='{finished_run[1]}'", "--out", tmp_path / "ro"), 1,
+              "Read-only file system")
+
+
+def test_an_unforeseen_error_is_still_one_line_unless_debugging():
+    import subprocess
+    import sys
+
+    code = ("import sys, click\nimport numdl.cli as c\n"
+            "c.cli.add_command(click.Command('boom', callback=lambda: 1 / 0))\n"
+            "sys.argv = ['numdl', 'boom']\nc.main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: unexpected ZeroDivisionError: division by zero (NUMDL_DEBUG=1")
+    debug = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, NUMDL_DEBUG="1"))
+    assert "Traceback" in debug.stderr
