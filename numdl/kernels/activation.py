@@ -84,11 +84,11 @@ def _exp_nonpositive_float32(x):
 
 
 # Eigen's generic_fast_tanh_float on |x| <= 7.9: odd numerator and even denominator polynomials.
-# Beyond, tanh(x) = sign(x) (1 - 2 exp(-2|x|)) to float32 precision, with exp(-2|x|) = exp(-2 * 7.9)
-# exp(-2d) and a quintic for exp(-2d) on d = |x| - 7.9 in [0, 1.2] (relative error 1e-3, far below
-# what 1 - 2e can show): exactly +-1 where float32's tanh is (|x| > 13 ln 2), so the gradient 1 - tanh^2
-# reaches 0 as PyTorch's does. (A full exp here made the helper too big for LLVM to inline: 100x
-# slower loops.)
+# Beyond, float32's tanh is one of five values, 1 - m 2^-24 for m = 4, 3, 2, 1, 0 (tanh(x) ~
+# 1 - 2 exp(-2x)); each applies from where 2 exp(-2x) rounds to m 2^-24, so the tail is exactly
+# rounded and reaches +-1 where float32's tanh does (|x| > 13 ln 2 = 9.01): the gradient 1 - tanh^2
+# is then 0, as PyTorch's. A staircase of compares, not a second polynomial or an exp: the helper
+# stays small enough for LLVM to inline and vectorise (an exp here made its loops 100x slower).
 _TANH_RATIONAL_LIMIT = np.float32(7.90531110763549805)
 _TANH_NUMERATOR = tuple(np.float32(c) for c in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
@@ -97,26 +97,23 @@ _TANH_DENOMINATOR = tuple(np.float32(c) for c in (
     4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
 _A0, _A1, _A2, _A3, _A4, _A5, _A6 = _TANH_NUMERATOR
 _B0, _B1, _B2, _B3 = _TANH_DENOMINATOR
-_TANH_TAIL_SCALE = np.float32(2.0 * 1.3599846809638113e-07)  # 2 exp(-2 * 7.905...)
-# tanh(x) rounds to +-1 in float32 once 2 exp(-2|x|) < 2^-25, i.e. |x| > 13 ln 2 = 9.0109
-_TANH_TAIL_SPAN = np.float32(13 * 0.6931471805599453 - 7.90531110763549805)
-_T5, _T4, _T3, _T2, _T1, _T0 = (np.float32(c) for c in (
-    -0.08487608, 0.46894002, -1.22074256, 1.96850979, -1.99639289, 0.99990035))
+# (threshold, value): above -ln((m + 0.5) 2^-25) / 2, tanh rounds to 1 - m 2^-24
+(_S3, _V3), (_S2, _V2), (_S1, _V1), (_S0, _V0) = (
+    (np.float32(-0.5 * math.log((m + 0.5) * 2.0 ** -25)), np.float32(1.0 - m * 2.0 ** -24)) for m in (3, 2, 1, 0))
 
 
 def _tanh_float32(x):
-    magnitude = -x if x < _ZERO else x
-    c = _TANH_RATIONAL_LIMIT if x > _TANH_RATIONAL_LIMIT else x  # compares, not min/max: NaN passes
-    c = -_TANH_RATIONAL_LIMIT if c < -_TANH_RATIONAL_LIMIT else c
+    magnitude = -x if x < _ZERO else x  # compares and selects, not abs/min/max: NaN passes through
+    c = _TANH_RATIONAL_LIMIT if magnitude > _TANH_RATIONAL_LIMIT else magnitude
     x2 = c * c
     numerator = c * (((((((_A6 * x2 + _A5) * x2 + _A4) * x2 + _A3) * x2 + _A2) * x2 + _A1) * x2) + _A0)
     denominator = ((_B3 * x2 + _B2) * x2 + _B1) * x2 + _B0
-    d = magnitude - _TANH_RATIONAL_LIMIT
-    d = _TANH_TAIL_SPAN if d > _TANH_TAIL_SPAN else d
-    tail = _ONE - _TANH_TAIL_SCALE * (((((_T5 * d + _T4) * d + _T3) * d + _T2) * d + _T1) * d + _T0)
-    tail = _ONE if d >= _TANH_TAIL_SPAN else tail
-    tail = -tail if x < _ZERO else tail
-    return tail if magnitude > _TANH_RATIONAL_LIMIT else numerator / denominator
+    t = numerator / denominator
+    t = _V3 if magnitude > _S3 else t
+    t = _V2 if magnitude > _S2 else t
+    t = _V1 if magnitude > _S1 else t
+    t = _V0 if magnitude > _S0 else t
+    return -t if x < _ZERO else t
 
 
 def _sigmoid_float32(x):
