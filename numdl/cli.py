@@ -215,14 +215,14 @@ def evaluate(checkpoint, data_path):
         config = meta["config"]
         if data_path is not None:
             config["data"]["path"] = str(data_path)
-        data, _ = train_module.load_data(config)
+        data, _, _ = train_module.load_data(config)
         x_test, y_test = data["test"]
         result = model.evaluate(x_test, y_test, batch_size=config["train"]["eval_batch_size"])
     except NumdlError as error:
         _fail(error)
     line = f"test_loss {result['loss']:.4f}"
     if result["predictions"] is not None:
-        line += f"  test_acc {result['accuracy']:.4f}  macro_f1 {metrics.macro_f1(y_test, result['predictions']):.4f}"
+        line += f"  test_acc {result['accuracy']:.4f}  macro_f1 {metrics.macro_f1(y_test.reshape(-1), result['predictions'].reshape(-1)):.4f}"
     click.echo(line)
 
 
@@ -234,17 +234,17 @@ def evaluate(checkpoint, data_path):
               help="The range INPUT's values lie in, e.g. 0,1: mapped linearly onto the range of the model's "
                    "training input. Without it, INPUT clearly outside that range is refused.")
 def predict(checkpoint, inputs, output, input_range):
-    """Predict INPUT with CHECKPOINT; one CSV row per sample: its index, the predicted class and the
-    class probabilities (or the raw outputs).
+    """Predict INPUT with CHECKPOINT; one CSV row per sample: its index (or the run's id column), the
+    predicted class and the class probabilities (or the raw outputs, or a table's target values).
 
-    INPUT is an .npy array or an IDX file of raw samples, as the training data came (for
+    For a model trained on a table, INPUT is a CSV or Parquet file of raw rows with the training
+    columns (missing values and unseen categories allowed; extra columns are ignored with a note).
+    Otherwise INPUT is an .npy array or an IDX file of raw samples, as the training data came (for
     Fashion-MNIST: uint8 pixels 0-255, shape (N, 28, 28), or (N, 784) for a model that starts with
     flatten); numdl applies the training run's normalisation itself. The checkpoint records the
     training input's range; input far from it (e.g. pixels scaled to 0-1) is refused unless
     --input-range states its range.
     """
-    import numpy as np
-
     from numdl import inference
     from numdl.data import Normalizer
 
@@ -253,23 +253,20 @@ def predict(checkpoint, inputs, output, input_range):
         if output is not None and not output.parent.is_dir():
             raise DataError(f"--output {output}: the folder {output.parent} does not exist")
         model, meta = numdl.load_model(checkpoint, reset_optimizer=True, with_meta=True)
-        if "normalization" not in meta:
-            raise DataError(f"{checkpoint} does not record its input normalisation (not written by numdl train)")
-        normalizer = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"])
-        x = inference.shape_for(model, inference.load_samples(inputs), inputs)
-        x = inference.match_training_range(x, normalizer.input_range, stated, inputs)
-        outputs = model.predict(normalizer.transform(x))
-        classes = getattr(model.loss, "target_kind", "") == "labels"
-        if classes:
-            shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-            outputs = shifted / shifted.sum(axis=1, keepdims=True)
-        header = ["index"] + (["class"] if classes else []) + [f"p{i}" if classes else f"y{i}"
-                                                              for i in range(outputs.shape[1])]
-        rows = [",".join(header)]
-        for i, row in enumerate(outputs):
-            cells = [str(i)] + ([str(int(row.argmax()))] if classes else []) + [f"{v:.6g}" for v in row]
-            rows.append(",".join(cells))
-        text = "\n".join(rows) + "\n"
+        if "preprocessing" in meta:  # a table: raw rows, the run's own per-column steps
+            header, rows, ignored = inference.table_predictions(model, meta, inputs,
+                                                                meta["config"]["train"].get("threshold"))
+            if ignored:
+                click.echo(f"note: ignoring column{'s' if len(ignored) > 1 else ''} {', '.join(ignored)} "
+                           f"(not used by the model)", err=True)
+        else:
+            if "normalization" not in meta:
+                raise DataError(f"{checkpoint} does not record its input normalisation (not written by numdl train)")
+            normalizer = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"])
+            x = inference.shape_for(model, inference.load_samples(inputs), inputs)
+            x = inference.match_training_range(x, normalizer.input_range, stated, inputs)
+            header, rows = inference.image_predictions(model, model.predict(normalizer.transform(x)))
+        text = inference.csv_text(header, rows)
         if output:
             from numdl.fileio import write_text_atomically
 

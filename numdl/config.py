@@ -19,11 +19,16 @@ from numdl.errors import ConfigError, ShapeError, UnknownNameError
 
 SECTIONS = {
     "data": {"name": str, "path": str, "normalize": str, "validation_split": float, "crop_padding": int,
-             "horizontal_flip": bool},
+             "horizontal_flip": bool,
+             # tables (data.name = "table")
+             "target": str | list[str], "features": list[str], "categorical": list[str], "id_column": str,
+             "task": str, "train_path": str, "validation_path": str, "test_path": str, "test_split": float,
+             "scale": str, "impute": str, "fill_value": float, "missing_indicator": bool, "scale_target": bool,
+             "sampler": str},
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
-              "divergence_factor": float, "metrics": list, "callbacks": list},
+              "divergence_factor": float, "threshold": float, "metrics": list, "callbacks": list},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
@@ -38,6 +43,25 @@ DESCRIPTIONS = {
     "data.validation_split": "fraction of the training set held out and evaluated after every epoch, in [0, 1)",
     "data.crop_padding": "> 0: random crops of training images padded by this many pixels",
     "data.horizontal_flip": "random left-right flips of training images",
+    "data.target": "tables: the target column, or a list of columns (multi-label or multi-output regression)",
+    "data.features": "tables: the feature columns (default: every column but the target and id column)",
+    "data.categorical": "tables: the categorical feature columns (default: the columns holding text), one-hot "
+                        "encoded with an extra slot for categories unseen in training and missing values",
+    "data.id_column": "tables: a column that identifies rows: never a feature, copied into predict's output",
+    "data.task": "tables: auto (from the loss: cross_entropy classification, bce_with_logits multilabel, else "
+                 "regression), classification, multilabel or regression",
+    "data.train_path": "tables: the training file, when validation and test rows come in files of their own",
+    "data.validation_path": "tables: a validation file (else data.validation_split of the training rows)",
+    "data.test_path": "tables: a test file (else data.test_split of the rows)",
+    "data.test_split": "tables: fraction of the rows held out as the test set (stratified for classes), in [0, 1)",
+    "data.scale": "tables: per-column scaling fitted on training rows: standardize, minmax or none",
+    "data.impute": "tables: missing numbers become the column's mean, median, most_frequent or fill_value "
+                   "(constant)",
+    "data.fill_value": "tables: the value data.impute = \"constant\" fills in",
+    "data.missing_indicator": "tables: add a 0/1 column for each numeric column with missing training values",
+    "data.scale_target": "tables, regression: train on the standardised target; predictions are mapped back",
+    "data.sampler": "shuffle (each sample once an epoch) or balanced (draw classes equally often, with "
+                    "replacement: oversamples rare classes)",
     "model.dtype": "float32 or float64",
     "model.device": "cpu or cuda",
     "model.layers": "the layers in order, each a table {type = ..., parameters...}; `numdl plugins` lists every "
@@ -57,6 +81,7 @@ DESCRIPTIONS = {
     "train.early_stopping_patience": "> 0: stop after this many epochs without improvement of the monitor",
     "train.clip_grad_norm": "> 0: scale gradients down so their global L2 norm is at most this",
     "train.divergence_factor": "> 0: stop when a step's loss exceeds this many times the run's first loss; 0: off",
+    "train.threshold": "multi-label: the probability from which a label counts as predicted",
     "train.metrics": "registered metrics reported per evaluation set every epoch, e.g. ['macro_f1']",
     "train.callbacks": "registered callbacks, each a table {type = ..., parameters...}",
 }
@@ -314,8 +339,19 @@ def validate(config):
         raise ConfigError(f"model.dtype: must be float32 or float64, got {short(config['model'].get('dtype'))}")
     if config["model"].get("device") not in ("cpu", "cuda"):
         raise ConfigError(f"model.device: must be cpu or cuda, got {short(config['model'].get('device'))}")
-    if not 0.0 <= config["data"].get("validation_split", 0.0) < 1.0:
+    data = config["data"]
+    if not 0.0 <= data.get("validation_split", 0.0) < 1.0:
         raise ConfigError("data.validation_split: must be in [0, 1)")
+    if not 0.0 <= data.get("test_split", 0.0) < 1.0 or data.get("validation_split", 0.0) + data.get("test_split", 0.0) >= 1:
+        raise ConfigError("data.test_split: must be in [0, 1), with validation_split + test_split < 1")
+    for key, allowed in (("task", ("auto", "classification", "multilabel", "regression")),
+                         ("scale", ("standardize", "minmax", "none")),
+                         ("impute", ("mean", "median", "most_frequent", "constant")),
+                         ("sampler", ("shuffle", "balanced"))):
+        if key in data and data[key] not in allowed:
+            raise ConfigError(f"data.{key}: must be one of {', '.join(allowed)}, got {short(data[key])}")
+    if not 0.0 < config["train"].get("threshold", 0.5) < 1.0:
+        raise ConfigError("train.threshold: must be in (0, 1)")
     _check_monitor(config)
 
 

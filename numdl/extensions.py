@@ -36,6 +36,26 @@ class FashionMNIST(Dataset):
         return load_fashion_mnist(path)
 
 
+class TableDataset(Dataset):
+    """CSV or Parquet tables (``data.name = "table"``): ``data.path`` (or separate train/validation/
+    test files), ``data.target``, optional ``data.features`` and ``data.categorical``; split,
+    imputed, scaled and encoded per column by numdl.data.table, the fitted steps saved with the
+    model. A dataset that prepares its splits itself implements ``load_prepared(config)`` returning
+    ({"train": (x, y), "test": ..., "validation": ...}, JSON state for checkpoints)."""
+
+    name = "table"
+
+    def load(self, path):
+        from numdl.errors import ConfigError
+
+        raise ConfigError("the table dataset is read through its config (data.path, data.target)")
+
+    def load_prepared(self, config):
+        from numdl.data.table import load_table_splits
+
+        return load_table_splits(config)
+
+
 class Metric:
     """A named metric, listed in ``train.metrics`` and reported after every epoch for each
     evaluation set as ``<set>_<name>``.
@@ -112,6 +132,6 @@ class CSVLogger(Callback):
             f.write(",".join(json.dumps(logs.get(c)) for c in self._columns) + "\n")
 
 
-BUILTIN_DATASETS = (FashionMNIST,)
+BUILTIN_DATASETS = (FashionMNIST, TableDataset)
 BUILTIN_METRICS = (MacroF1, MacroPrecision, MacroRecall)
 BUILTIN_CALLBACKS = (CSVLogger,)

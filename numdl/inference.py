@@ -79,3 +79,68 @@ def match_training_range(x, trained, stated, source):
                         f"[{low:g}, {high:g}]; rescale them, or pass --input-range {x_low:g},{x_high:g} to map "
                         f"that range onto the training one (--input-range {low:g},{high:g} to use them as they are)")
     return x
+
+
+def softmax(outputs):
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def image_predictions(model, outputs):
+    """(header, rows) of predict's CSV for array input: index, class and class probabilities, or the
+    raw outputs of a model that does not classify."""
+    classes = getattr(model.loss, "target_kind", "") == "labels"
+    if classes:
+        outputs = softmax(outputs)
+        header = ["index", "class"] + [f"p{i}" for i in range(outputs.shape[1])]
+        rows = [[i, int(row.argmax()), *(f"{v:.6g}" for v in row)] for i, row in enumerate(outputs)]
+    else:
+        header = ["index"] + [f"y{i}" for i in range(outputs.shape[1])]
+        rows = [[i, *(f"{v:.6g}" for v in row)] for i, row in enumerate(outputs)]
+    return header, rows
+
+
+def table_predictions(model, meta, path, threshold=None):
+    """(header, rows, ignored columns) of predict's CSV for a table file: the training run's
+    preprocessing applied to the raw rows, then per task the class (its own name) and a
+    probability per class, each label's 0/1 and probability, or each target in its own units; the
+    run's id column first when it had one."""
+    from numdl.data.table import TablePreprocessor, TargetEncoder, read_table
+
+    state = meta["preprocessing"]
+    preprocessor = TablePreprocessor.from_state(state.get("table", {}))
+    target = TargetEncoder.from_state(state.get("target", {}))
+    table = read_table(path, "input")
+    id_column = state.get("id_column")
+    ignored = [name for name in preprocessor.check_columns(table, path) if name not in target.targets + [id_column]]
+    x = preprocessor.transform(table, str(model.dtype), path)
+    outputs = model.predict(x)
+    ids = table.column(id_column).to_pylist() if id_column and id_column in table.column_names else \
+        list(range(table.num_rows))
+    first = id_column if id_column and id_column in table.column_names else "index"
+    if target.task == "classification":
+        probabilities = softmax(outputs)
+        header = [first, target.targets[0]] + [f"p_{c}" for c in target.classes]
+        rows = [[ident, target.classes[int(p.argmax())], *(f"{v:.6g}" for v in p)]
+                for ident, p in zip(ids, probabilities)]
+    elif target.task == "multilabel":
+        probabilities = 1.0 / (1.0 + np.exp(-outputs))
+        cut = 0.5 if threshold is None else threshold
+        header = [first] + target.targets + [f"p_{name}" for name in target.targets]
+        rows = [[ident, *(int(v >= cut) for v in p), *(f"{v:.6g}" for v in p)] for ident, p in zip(ids, probabilities)]
+    else:
+        values = target.decode(outputs)
+        header = [first] + target.targets
+        rows = [[ident, *(f"{v:.6g}" for v in row)] for ident, row in zip(ids, values)]
+    return header, rows, ignored
+
+
+def csv_text(header, rows):
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -217,7 +217,8 @@ class Sequential:
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
-            eval_data=None, callbacks=(), augment=None, lengths=None, resume=None, verbose="auto"):
+            eval_data=None, callbacks=(), augment=None, lengths=None, resume=None, verbose="auto",
+            sampling_weights=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -233,6 +234,10 @@ class Sequential:
         ``resume`` continues from exactly there: the epoch's order is redrawn from the saved state
         and the augmentation draws of the batches already done are replayed, so a resumed run
         computes bit for bit what an uninterrupted one does.
+
+        ``sampling_weights`` (one per sample, summing to 1): each epoch draws n samples with
+        replacement with these probabilities instead of a permutation (a balanced sampler:
+        probabilities 1 / the sample's class count, normalised).
 
         ``verbose`` as Keras's: 1 (or "auto") a progress bar per epoch in a terminal and one line per
         epoch (loss, accuracy, the evaluation sets, samples/s), 2 the line alone, 0 nothing.
@@ -250,6 +255,11 @@ class Sequential:
                  for name, data in evals.items()}
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if sampling_weights is not None:
+            sampling_weights = np.asarray(sampling_weights, np.float64)
+            if sampling_weights.shape != (x.shape[0],) or not np.isclose(sampling_weights.sum(), 1.0) \
+                    or (sampling_weights < 0).any():
+                raise DataError(f"sampling_weights must be {x.shape[0]} non-negative numbers summing to 1")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         n = x.shape[0]
         gather = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
@@ -260,13 +270,13 @@ class Sequential:
             callbacks = [*callbacks, reporter]
         try:
             return self._fit_epochs(x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks,
-                                    augment, resume)
+                                    augment, resume, sampling_weights)
         finally:
             if verbose:
                 reporter.close()
 
     def _fit_epochs(self, x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks, augment,
-                    resume):
+                    resume, sampling_weights):
         history = []
         self.stop_training = False
         n = x.shape[0]
@@ -288,7 +298,10 @@ class Sequential:
             start = time.perf_counter()
             # Batches are gathered one at a time (into one reused buffer), not as a shuffled copy of
             # the whole set: that copy cost the memory of the training set again and ~0.3 s per epoch.
-            order = rng.permutation(n) if shuffle else None
+            if sampling_weights is not None:
+                order = rng.choice(n, size=n, replace=True, p=sampling_weights)
+            else:
+                order = rng.permutation(n) if shuffle else None
             total_loss, correct, counted = 0.0, 0, 0
             done = 0
             if resuming:

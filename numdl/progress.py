@@ -6,6 +6,12 @@
 import sys
 
 
+# What tables add to an epoch's line (see numdl.train.TaskReport): (key in the logs, label).
+TASK_FIGURES = (("macro_f1", "f1"), ("recall", "recall"), ("subset_accuracy", "subset_acc"),
+                ("hamming_loss", "hamming"), ("micro_f1", "micro_f1"), ("mae", "mae"), ("rmse", "rmse"),
+                ("r2", "r2"))
+
+
 def format_epoch(logs, epochs):
     parts = [f"epoch {logs['epoch']}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
     if logs.get("train_accuracy") is not None:
@@ -15,6 +21,12 @@ def format_epoch(logs, epochs):
             parts.append(f"{name}_loss {logs[f'{name}_loss']:.4f}")
             if logs.get(f"{name}_accuracy") is not None:
                 parts.append(f"{name}_acc {logs[f'{name}_accuracy']:.4f}")
+            for key, label in TASK_FIGURES:
+                value = logs.get(f"{name}_{key}")
+                if isinstance(value, list):
+                    parts.append(f"{name}_{label} " + "/".join(f"{v:.2f}" for v in value))
+                elif value is not None:
+                    parts.append(f"{name}_{label} {value:.4f}")
     parts.append(f"{logs['samples_per_second']:,.0f} samples/s")
     parts.append(f"{logs['epoch_seconds']:.1f}s")
     return "  ".join(parts)

@@ -62,20 +62,27 @@ def new_run_folder(root="runs"):
 
 
 def load_data(config):
-    """Train/validation/test arrays, normalised with statistics of the training part only."""
+    """(splits, normalizer, metadata): train/validation/test arrays normalised with statistics of
+    the training part only, the normalizer, and what checkpoints must carry to apply the same steps
+    to new input. A dataset with its own per-column preprocessing (tables) prepares its splits
+    itself (``load_prepared``); its state goes into the metadata and the normalizer is identity."""
     from numdl.plugins import registry
 
-    data = config["data"]
-    x_train, y_train, x_test, y_test = registry().get("dataset", data["name"])().load(data.get("path") or None)
+    data, dtype = config["data"], config["model"]["dtype"]
+    dataset = registry().get("dataset", data["name"])()
+    if hasattr(dataset, "load_prepared"):
+        prepared, state = dataset.load_prepared(config)
+        return prepared, Normalizer("none", dtype), {"preprocessing": state}
+    x_train, y_train, x_test, y_test = dataset.load(data.get("path") or None)
     x_val = y_val = None
     if data.get("validation_split", 0.0) > 0:
         x_train, y_train, x_val, y_val = train_validation_split(
             x_train, y_train, data["validation_split"], config.get("seed", 0))
-    normalizer = Normalizer(data.get("normalize", "standardize"), config["model"]["dtype"]).fit(x_train)
+    normalizer = Normalizer(data.get("normalize", "standardize"), dtype).fit(x_train)
     prepared = {"train": (normalizer.transform(x_train), y_train), "test": (normalizer.transform(x_test), y_test)}
     if x_val is not None:
         prepared["validation"] = (normalizer.transform(x_val), y_val)
-    return prepared, normalizer
+    return prepared, normalizer, {}
 
 
 def check_data(config, data):
@@ -237,8 +244,54 @@ class EpochMetrics:
             result = self.model.evaluate(x, y, batch_size=self.batch_size, scores=True)
             if result["predictions"] is None:
                 continue
+            # per-step labels (N, T) are N x T classifications: flattened for the multi-class metrics
+            labels, predicted = np.asarray(y).reshape(-1), result["predictions"].reshape(-1)
+            scores = result["scores"].reshape(-1, classes)
             for name, metric in self.metrics:
-                logs[f"{set_name}_{name}"] = metric(y, result["predictions"], classes, result["scores"])
+                logs[f"{set_name}_{name}"] = metric(labels, predicted, classes, scores)
+
+
+class TaskReport:
+    """fit callback for tables: each epoch's line and metrics.jsonl get what shows the task's quality
+    per evaluation set: macro F1 and each class's recall (classification: what class weights or a
+    balanced sampler change), subset accuracy, Hamming loss and micro/macro F1 (multi-label, at
+    ``threshold``), or MAE, RMSE and R^2 in the target's own units (regression)."""
+
+    def __init__(self, model, evals, target, threshold, batch_size):
+        self.model, self.evals, self.target = model, evals, target
+        self.threshold, self.batch_size = threshold, batch_size
+
+    def report(self, x, y):
+        task = self.target["task"]
+        if task == "classification":
+            predicted = self.model.evaluate(x, y, batch_size=self.batch_size)["predictions"]
+            _, recall, f1, _ = metrics.precision_recall_f1(y, predicted, self.model.output_shape[-1])
+            return {"macro_f1": float(f1.mean()), "recall": [round(float(r), 4) for r in recall]}
+        outputs = self.model.predict(x, batch_size=self.batch_size)
+        if task == "multilabel":
+            predicted = (1.0 / (1.0 + np.exp(-outputs.astype(np.float64))) >= self.threshold).astype(np.int64)
+            full = metrics.multilabel_report(np.asarray(y).astype(np.int64), predicted)
+            return {k: full[k] for k in ("subset_accuracy", "hamming_loss", "micro_f1", "macro_f1")}
+        scale, shift = self.target["divisor"], self.target["shift"]
+        return metrics.regression_report(np.asarray(y) * scale + shift, outputs * scale + shift)
+
+    def on_epoch_end(self, epoch, logs):
+        for set_name, (x, y) in self.evals.items():
+            logs.update({f"{set_name}_{k}": v for k, v in self.report(x, y).items()})
+
+
+def balanced_class_weights(labels, classes):
+    """scikit-learn's 'balanced' weights: n / (classes * count of the class); 0 for an absent class."""
+    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=classes).astype(np.float64)
+    return [float(w) for w in np.divide(counts.sum(), classes * counts, out=np.zeros(classes), where=counts > 0)]
+
+
+def balanced_sampling_weights(labels, classes):
+    """Per-sample draw probabilities that give every present class the same expected share."""
+    labels = np.asarray(labels).reshape(-1)
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    weights = 1.0 / counts[labels]
+    return weights / weights.sum()
 
 
 class PluginEvents:
@@ -328,7 +381,7 @@ def find_resume(run_dir_or_file):
 def warm_up(config):
     """Load or compile every kernel a run of ``config`` uses (training and evaluation batch sizes);
     returns the seconds it took."""
-    data, _ = load_data(config)
+    data, _, _ = load_data(config)
     x_train = data["train"][0]
     model = build_model(config, x_train.shape[1:])
     train = config["train"]
@@ -401,11 +454,20 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
             from numdl.backend.cpu import load_kernel_runtime
 
             load_kernel_runtime()
-        data, normalizer = loading.result()
+        data, normalizer, data_meta = loading.result()
     check_data(config, data)
     x_train, y_train = data["train"]
     model = build_model(config, x_train.shape[1:])
+    classes = model.loss.target_kind == "labels"
+    if getattr(model.loss, "class_weight", None) == "balanced":
+        model.loss.weight = balanced_class_weights(y_train, model.output_shape[-1])
     check_model_fits_labels(model, y_train)
+    sampling = None
+    if config["data"].get("sampler", "shuffle") == "balanced":
+        if not classes:
+            raise ConfigError("data.sampler: 'balanced' draws classes equally often; it needs class labels")
+        sampling = balanced_sampling_weights(y_train, model.output_shape[-1])
+    target_state = data_meta.get("preprocessing", {}).get("target")
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
     if resume_meta is not None:
@@ -416,7 +478,6 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
             f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
 
     evals = {name: data[name] for name in ("validation", "test") if name in data}
-    classes = model.loss.target_kind == "labels"
     default_monitor = ("validation_" if "validation" in evals else "test_") + ("accuracy" if classes else "loss")
     monitor = train.get("monitor") or default_monitor
     schedule = build_item("schedule", config.get("schedule", {"type": "constant"}), "schedule")
@@ -426,12 +487,14 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     checkpointer = Checkpointer(folder, model, config, train.get("checkpoint_every", 0),
                                 train.get("keep_checkpoints", 3), monitor,
                                 None if resume_meta is None else resume_meta.get("best"),
-                                {"normalization": normalizer.state()}, schedule, higher_is_better(monitor))
+                                {"normalization": normalizer.state(), **data_meta}, schedule, higher_is_better(monitor))
     # The schedule's lr is set after each step: it goes first, so checkpoints record the lr it set.
     callbacks = [ScheduleCallback(schedule, model.optimizer, config["optimizer"].get("lr", model.optimizer.lr),
                                   steps_per_epoch, steps_per_epoch * train["epochs"])]
     if train.get("metrics"):
         callbacks.append(EpochMetrics(model, evals, train["metrics"], train["eval_batch_size"]))
+    if target_state is not None:
+        callbacks.append(TaskReport(model, evals, target_state, train.get("threshold", 0.5), train["eval_batch_size"]))
     first_step = FirstStepTimer(on_line)
     callbacks += [first_step, RunRecorder(folder, train["epochs"], on_line, progress), checkpointer,
                   PluginEvents(folder)]
@@ -449,7 +512,8 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         history = model.fit(x_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"],
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
                             callbacks=callbacks, augment=make_augmenter(config, normalizer),
-                            resume=None if resume_meta is None else resume_meta["fit_position"], verbose=0)
+                            resume=None if resume_meta is None else resume_meta["fit_position"], verbose=0,
+                            sampling_weights=sampling)
     finally:
         if progress:
             progress.stop()
@@ -469,11 +533,16 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         "weights_sha256": weights_sha256(model),
         "normalization": normalizer.state(),
     }
-    if final["predictions"] is not None:
+    if target_state is not None and target_state["task"] != "classification":
+        summary["report"] = TaskReport(model, {}, target_state, train.get("threshold", 0.5),
+                                       train["eval_batch_size"]).report(x_test, y_test)
+    elif final["predictions"] is not None:
         from numdl.plugins import registry
 
-        names = registry().get("dataset", config["data"]["name"])().class_names
-        report = metrics.classification_report(y_test, final["predictions"], model.output_shape[-1],
+        names = target_state["classes"] if target_state is not None else \
+            registry().get("dataset", config["data"]["name"])().class_names
+        report = metrics.classification_report(np.asarray(y_test).reshape(-1), final["predictions"].reshape(-1),
+                                               model.output_shape[-1],
                                                names if names and len(names) == model.output_shape[-1] else None)
         summary["report"] = report
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -50,16 +50,24 @@ class CrossEntropy(Loss):
     target_kind = "labels"
 
     def __init__(self, weight: list[float] | None = None, label_smoothing: float = 0.0,
-                 reduction: str = "mean"):
+                 reduction: str = "mean", class_weight: str | None = None):
         super().__init__(reduction)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ConfigError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
         if weight is not None and (len(weight) == 0 or min(weight) < 0):
             raise ConfigError("cross_entropy: weight must be a non-empty list of non-negative numbers")
-        self.weight, self.label_smoothing = weight, label_smoothing
+        if class_weight not in (None, "balanced"):
+            raise ConfigError(f"cross_entropy: class_weight must be 'balanced' (explicit weights go in weight), "
+                              f"got {class_weight!r}")
+        if class_weight is not None and weight is not None:
+            raise ConfigError("cross_entropy: give weight or class_weight = 'balanced', not both")
+        # class_weight = "balanced": numdl train sets weight from the training labels' counts
+        # (n / (classes * count), scikit-learn's rule) before the first step.
+        self.weight, self.label_smoothing, self.class_weight = weight, label_smoothing, class_weight
 
     def hyperparameters(self):
-        return {"weight": self.weight, "label_smoothing": self.label_smoothing, "reduction": self.reduction}
+        return {"weight": None if self.class_weight else self.weight, "label_smoothing": self.label_smoothing,
+                "reduction": self.reduction, "class_weight": self.class_weight}
 
     def forward(self, logits, labels):
         """logits (N, C) with labels (N,), or per-step logits (N, T, C) with labels (N, T)."""
