@@ -357,10 +357,16 @@ def validate(config):
 
 def reported_metrics(config):
     """The epoch metrics a run of ``config`` reports (what train.monitor may name)."""
-    sets = ["test"] + (["validation"] if config["data"].get("validation_split", 0.0) > 0 else [])
+    data = config["data"]
+    sets = ["test"] + (["validation"] if data.get("validation_split", 0.0) > 0 or data.get("validation_path") else [])
+    task_metrics = []
+    if data.get("name") == "table":  # numdl.train.TaskReport adds these every epoch
+        from numdl.data.table import TASK_METRICS, task_for
+
+        task_metrics = [m for m in TASK_METRICS[task_for(config)] if m != "recall"]  # (a list per class)
     names = ["train_loss", "train_accuracy"]
     for name in sets:
-        names += [f"{name}_loss", f"{name}_accuracy"] + [f"{name}_{m}" for m in config["train"].get("metrics", [])]
+        names += [f"{name}_{m}" for m in ["loss", "accuracy", *task_metrics, *config["train"].get("metrics", [])]]
     return names
 
 

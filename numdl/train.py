@@ -140,7 +140,7 @@ def higher_is_better(monitor):
     from numdl.plugins import registry
 
     name = monitored_metric(monitor)[1]
-    if name == "loss" or name.endswith(("_loss", "error")):
+    if name in ("loss", "mae", "rmse", "mse") or name.endswith(("_loss", "error")):
         return False
     try:
         return bool(getattr(registry().get("metric", name), "higher_is_better", True))

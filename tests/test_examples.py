@@ -18,7 +18,11 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+IMAGE_CONFIGS = sorted(p for p in EXAMPLES.glob("*.toml") if not p.name.startswith("table_"))
+TABLE_CONFIGS = sorted(EXAMPLES.glob("table_*.toml"))
+
+
+@pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda p: p.name)
 def test_example_configs_are_valid_and_build(path):
     if "lion" in path.read_text():
         pytest.importorskip("numdl_extras", reason="examples/extras.toml needs plugins/numdl-extras installed")
@@ -61,3 +65,40 @@ def test_extras_example_trains_with_the_plugin_items(tmp_path):
     resolved = config.resolve(EXAMPLES / "extras.toml", [f"data.path='{data}'", "train.epochs=3", "optimizer.lr=1e-3"])
     summary = train.run(resolved, tmp_path / "run", on_line=lambda line: None)
     assert summary["test_accuracy"] > 0.9
+
+
+@pytest.fixture(scope="module")
+def example_tables(tmp_path_factory):
+    pytest.importorskip("pyarrow")
+    return _load("make_tables").main(["--out", str(tmp_path_factory.mktemp("tables")), "--rows", "1500"])
+
+
+@pytest.mark.parametrize("path", TABLE_CONFIGS, ids=lambda p: p.name)
+def test_table_examples_train_and_predict_from_the_generated_files(path, example_tables, tmp_path):
+    from click.testing import CliRunner
+
+    from numdl import train
+    from numdl.cli import cli
+
+    data = config.resolve(path)["data"]
+    table = example_tables / Path(data["path"]).name
+    resolved = config.resolve(path, [f"data.path='{table}'", "train.epochs=15"])
+    summary = train.run(resolved, tmp_path / "run", on_line=lambda line: None)
+    report = summary["report"]
+    quality = {"table_binary.toml": report.get("accuracy", 0) > 0.8,
+               "table_imbalanced.toml": report.get("macro_f1", 0) > 0.5,
+               "table_multilabel.toml": report.get("micro_f1", 0) > 0.7,
+               "table_regression.toml": report.get("r2", 0) > 0.8}[path.name]
+    assert quality, report
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "run" / "checkpoints" / "latest.safetensors"),
+                                      str(table)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1501
+
+
+def test_the_imbalance_example_prints_both_reports(example_tables, capsys):
+    reports = _load("imbalanced").main(["--data", str(example_tables / "imbalanced.csv"), "--epochs", "4"])
+    printed = capsys.readouterr().out
+    assert "faulty recall" in printed and "class weights" in printed and "balanced sampler" in printed
+    plain = reports["plain"]["per_class"]["faulty"]["recall"]
+    assert reports["class weights"]["per_class"]["faulty"]["recall"] >= plain + 0.15

@@ -19,6 +19,10 @@ from numdl.errors import ConfigError, DataError
 SCALINGS = ("standardize", "minmax", "none")
 IMPUTATIONS = ("mean", "median", "most_frequent", "constant")
 TASKS = ("classification", "multilabel", "regression")
+#: What numdl.train.TaskReport adds to every epoch's logs, per evaluation set, by task.
+TASK_METRICS = {"classification": ("macro_f1", "recall"),
+                "multilabel": ("subset_accuracy", "hamming_loss", "micro_f1", "macro_f1"),
+                "regression": ("mae", "rmse", "r2")}
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
