@@ -102,3 +102,19 @@ def test_ceiling_suite_reports_a_bound_against_torch(monkeypatch):
     assert result["case"] == "mlp train b32 GEMM bound"
     assert result["numdl"] > 0 and result["torch"] > 0 and result["torch_gemm_bound"] > 0
     assert result["ratio"] == result["numdl"] / result["torch"]
+
+
+def test_tabular_suite_reads_both_formats_and_races_torch(monkeypatch):
+    import pytest
+
+    pytest.importorskip("pyarrow")
+    real = bench.make_table
+    monkeypatch.setattr(bench, "make_table", lambda rows, seed=0: real(2000, seed))
+    monkeypatch.setattr(bench, "cases", lambda suites, quick: [("tabular", "train", 64, 512)])
+    report = bench.run(["tabular"], quick=True, repeats=1)
+    cases = {r["case"]: r for r in report["results"]}
+    assert cases["tabular train b64"]["numdl"] > 0 and "ratio" in cases["tabular train b64"]
+    table = real(1000)
+    assert table.num_columns == 26 and 0.005 < table.column("n0").null_count / 1000 < 0.05
+    for kind in ("CSV", "Parquet"):
+        assert cases[f"read + preprocess 200,000 rows ({kind})"]["unit"] == "s"
