@@ -17,7 +17,7 @@ from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, BatchNorm1d, BatchNorm2d, 
                           Flatten, GlobalAvgPool2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, MultiHeadAttention,
                           Parameter, PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax,
                           SwapAxes, Tanh, TransformerEncoderLayer)
-from numdl.losses import MSE, BCEWithLogits, CrossEntropy, Loss
+from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss
 from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
@@ -43,7 +43,7 @@ __all__ = [
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes",
-    "Loss", "CrossEntropy", "MSE", "BCEWithLogits",
+    "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
 ]

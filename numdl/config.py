@@ -66,7 +66,7 @@ DESCRIPTIONS = {
     "model.device": "cpu or cuda",
     "model.layers": "the layers in order, each a table {type = ..., parameters...}; `numdl plugins` lists every "
                     "layer's parameters",
-    "loss": "{type = ..., parameters...}: cross_entropy, mse, bce_with_logits or a plugin's",
+    "loss": "{type = ..., parameters...}: cross_entropy, mse, mae, huber, bce_with_logits or a plugin's",
     "optimizer": "{type = ..., lr = ..., ...}: sgd, adam, adamw, rmsprop or a plugin's",
     "schedule": "learning-rate schedule {type = ..., ...}: constant, step, multistep, exponential, cosine, "
                 "one_cycle, reduce_on_plateau",

@@ -128,26 +128,35 @@ def _ce_backward(dtype, rng):
     return args, 6, {0: expected}
 
 
+HUBER_DELTA = 0.7  # the standard-normal differences fall on both sides of it
+
+
 def _sum_loss_forward(kind):
     def make(dtype, rng):
         pred = rng.standard_normal(23).astype(dtype)
-        target = (rng.standard_normal(23) if kind == "mse" else rng.uniform(0, 1, 23)).astype(dtype)
+        target = (rng.uniform(0, 1, 23) if kind == "bce_with_logits" else rng.standard_normal(23)).astype(dtype)
         p, t = f64(pred), f64(target)
-        if kind == "mse":
-            total = ((p - t) ** 2).sum()
-        else:
-            total = (np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))).sum()
-        return [np.zeros(1, dtype), pred, target], pred.size, {0: np.array([total])}
+        d = p - t
+        total = {"mse": lambda: (d ** 2).sum(), "mae": lambda: np.abs(d).sum(),
+                 "huber": lambda: np.where(np.abs(d) < HUBER_DELTA, 0.5 * d ** 2,
+                                           HUBER_DELTA * (np.abs(d) - 0.5 * HUBER_DELTA)).sum(),
+                 "bce_with_logits": lambda: (np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))).sum()}[kind]()
+        extra = [dtype(HUBER_DELTA)] if kind == "huber" else []
+        return [np.zeros(1, dtype), pred, target, *extra], pred.size, {0: np.array([total])}
     return make
 
 
 def _sum_loss_backward(kind):
     def make(dtype, rng):
         pred = rng.standard_normal(23).astype(dtype)
-        target = rng.uniform(0, 1, 23).astype(dtype)
+        target = (rng.uniform(0, 1, 23) if kind == "bce_with_logits" else rng.standard_normal(23)).astype(dtype)
         p, t, scale = f64(pred), f64(target), 0.25
-        expected = scale * (2 * (p - t) if kind == "mse" else 1 / (1 + np.exp(-p)) - t)
-        return [np.zeros(23, dtype), pred, target, dtype(scale)], pred.size, {0: expected}
+        d = p - t
+        expected = scale * {"mse": lambda: 2 * d, "mae": lambda: np.sign(d),
+                            "huber": lambda: np.clip(d, -HUBER_DELTA, HUBER_DELTA),
+                            "bce_with_logits": lambda: 1 / (1 + np.exp(-p)) - t}[kind]()
+        extra = [dtype(HUBER_DELTA)] if kind == "huber" else []
+        return [np.zeros(23, dtype), pred, target, dtype(scale), *extra], pred.size, {0: expected}
     return make
 
 
@@ -710,7 +719,7 @@ CASES = {
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
     CASES[("activation", f"{_kind}_backward")] = _elementwise_backward(_kind)
-for _kind in ("mse", "bce_with_logits"):
+for _kind in ("mse", "mae", "huber", "bce_with_logits"):
     CASES[("loss", f"{_kind}_forward")] = _sum_loss_forward(_kind)
     CASES[("loss", f"{_kind}_backward")] = _sum_loss_backward(_kind)
 

@@ -28,15 +28,17 @@ def test_cross_entropy_matches_torch(kwargs):
     np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.MSE, torch.nn.MSELoss),
-                                                 (numdl.BCEWithLogits, torch.nn.BCEWithLogitsLoss)])
-def test_elementwise_losses_match_torch(ours_cls, torch_cls):
+@pytest.mark.parametrize("ours_cls, torch_cls, kwargs", [
+    (numdl.MSE, torch.nn.MSELoss, {}), (numdl.BCEWithLogits, torch.nn.BCEWithLogitsLoss, {}),
+    (numdl.MAE, torch.nn.L1Loss, {}), (numdl.MAE, torch.nn.L1Loss, {"reduction": "sum"}),
+    (numdl.Huber, torch.nn.HuberLoss, {}), (numdl.Huber, torch.nn.HuberLoss, {"delta": 2.5, "reduction": "sum"})])
+def test_elementwise_losses_match_torch(ours_cls, torch_cls, kwargs):
     rng = np.random.default_rng(1)
     pred, target = rng.standard_normal((5, 3)) * 4, rng.uniform(0, 1, (5, 3))
-    ours = ours_cls()
+    ours = ours_cls(**kwargs)
     value = ours.forward(pred, target)
     t_pred = torch.tensor(pred, requires_grad=True)
-    t_loss = torch_cls()(t_pred, torch.tensor(target))
+    t_loss = torch_cls(**kwargs)(t_pred, torch.tensor(target))
     t_loss.backward()
     assert value == pytest.approx(t_loss.item(), rel=1e-12)
     np.testing.assert_allclose(ours.backward(), t_pred.grad.numpy(), rtol=1e-10)

@@ -77,6 +77,8 @@ LOSS_SAMPLES = {
                       ({"weight": [1.0, 2.0, 0.5, 1.5], "label_smoothing": 0.2}, lambda r, s: _labels(r, *s)),
                       ({"reduction": "sum"}, lambda r, s: _labels(r, *s))],
     "mse": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
+    "mae": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
+    "huber": [({"delta": 0.7}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
     "bce_with_logits": [({}, lambda r, s: r.uniform(0, 1, s))],
 }
 

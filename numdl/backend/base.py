@@ -141,15 +141,17 @@ class Ops:
         self._run("loss", "cross_entropy_backward", probs.shape[0], dlogits, probs, labels,
                   class_weights, self.scalar(smoothing, dtype), self.scalar(scale, dtype))
 
-    def elementwise_loss_forward(self, kind, pred, target):
-        """Sum of the element losses of ``kind`` ('mse' or 'bce_with_logits'), as a Python float."""
+    def elementwise_loss_forward(self, kind, pred, target, *params):
+        """Sum of the element losses of ``kind`` ('mse', 'mae', 'huber' (params: delta) or
+        'bce_with_logits'), as a Python float."""
         total = self.zeros((1,), pred.dtype)
-        self._run("loss", f"{kind}_forward", pred.size, total, self.flat(pred), self.flat(target))
+        self._run("loss", f"{kind}_forward", pred.size, total, self.flat(pred), self.flat(target),
+                  *(self.scalar(p, pred.dtype) for p in params))
         return float(self.to_numpy(total)[0])
 
-    def elementwise_loss_backward(self, kind, dpred, pred, target, scale):
+    def elementwise_loss_backward(self, kind, dpred, pred, target, scale, *params):
         self._run("loss", f"{kind}_backward", pred.size, self.flat(dpred), self.flat(pred),
-                  self.flat(target), self.scalar(scale, pred.dtype))
+                  self.flat(target), self.scalar(scale, pred.dtype), *(self.scalar(p, pred.dtype) for p in params))
 
     # ----------------------------------------------------------------------------- optimizers
     def sgd_step(self, param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov,

@@ -1,4 +1,5 @@
-"""Losses: softmax cross-entropy (fused, class weights, label smoothing), MSE, BCE with logits.
+"""Losses: softmax cross-entropy (fused, class weights, label smoothing), MSE, MAE (L1), Huber, BCE
+with logits.
 
 PyTorch's definitions. Forward kernels write per-sample terms or a running sum; the loss classes turn
 them into the mean or sum. Backward kernels overwrite the gradient, already multiplied by ``scale``
@@ -54,6 +55,32 @@ def cross_entropy_backward_row(dlogits, probs, labels, class_weights, weight_tot
 
 
 @scalar_math
+def huber(d, delta):
+    # 0.5 d^2 inside [-delta, delta], delta (|d| - 0.5 delta) outside (PyTorch's HuberLoss).
+    a = abs(d)
+    return same_type(d, 0.5) * d * d if a < delta else delta * (a - same_type(d, 0.5) * delta)
+
+
+@scalar_math
+def huber_grad(d, delta):
+    if d > delta:
+        return delta
+    if d < -delta:
+        return -delta
+    return d
+
+
+@scalar_math
+def sign(d):
+    # PyTorch's L1 gradient: sign(d), 0 at d = 0 (NaN stays NaN through d - d)
+    if d > same_type(d, 0.0):
+        return same_type(d, 1.0)
+    if d < same_type(d, 0.0):
+        return same_type(d, -1.0)
+    return d - d
+
+
+@scalar_math
 def bce_with_logits(x, t):
     # max(x, 0) - x t + log(1 + exp(-|x|)): never overflows.
     return max(x, same_type(x, 0.0)) - x * t + math.log1p(math.exp(-abs(x)))
@@ -92,6 +119,36 @@ def mse_forward_cpu(total, pred, target):
 def mse_backward_cpu(dpred, pred, target, scale):
     for i in range(pred.size):
         dpred[i] = scale * same_type(scale, 2.0) * (pred[i] - target[i])
+
+
+@cpu_kernel
+def mae_forward_cpu(total, pred, target):
+    # total (1,) = sum(|pred - target|) over flat views; overwrites.
+    acc = same_type(total[0], 0.0)
+    for i in range(pred.size):
+        acc += abs(pred[i] - target[i])
+    total[0] = acc
+
+
+@cpu_kernel
+def mae_backward_cpu(dpred, pred, target, scale):
+    for i in range(pred.size):
+        dpred[i] = scale * sign(pred[i] - target[i])
+
+
+@cpu_kernel
+def huber_forward_cpu(total, pred, target, delta):
+    # total (1,) = sum of huber(pred - target) over flat views; overwrites.
+    acc = same_type(total[0], 0.0)
+    for i in range(pred.size):
+        acc += huber(pred[i] - target[i], delta)
+    total[0] = acc
+
+
+@cpu_kernel
+def huber_backward_cpu(dpred, pred, target, scale, delta):
+    for i in range(pred.size):
+        dpred[i] = scale * huber_grad(pred[i] - target[i], delta)
 
 
 @cpu_kernel
@@ -141,6 +198,34 @@ def mse_forward_cuda(total, pred, target):
 def mse_backward_cuda(dpred, pred, target, scale):
     for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
         dpred[i] = scale * same_type(scale, 2.0) * (pred[i] - target[i])
+
+
+@cuda_kernel
+def mae_forward_cuda(total, pred, target):
+    acc = same_type(total[0], 0.0)
+    for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
+        acc += abs(pred[i] - target[i])
+    cuda.atomic.add(total, 0, acc)
+
+
+@cuda_kernel
+def mae_backward_cuda(dpred, pred, target, scale):
+    for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
+        dpred[i] = scale * sign(pred[i] - target[i])
+
+
+@cuda_kernel
+def huber_forward_cuda(total, pred, target, delta):
+    acc = same_type(total[0], 0.0)
+    for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
+        acc += huber(pred[i] - target[i], delta)
+    cuda.atomic.add(total, 0, acc)
+
+
+@cuda_kernel
+def huber_backward_cuda(dpred, pred, target, scale, delta):
+    for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
+        dpred[i] = scale * huber_grad(pred[i] - target[i], delta)
 
 
 @cuda_kernel

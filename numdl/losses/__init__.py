@@ -133,18 +133,48 @@ class _ElementwiseLoss(Loss):
                              f"shape {tuple(target.shape)}")
         self._pred, self._target = pred, target
         self._scale = 1.0 / pred.size if self.reduction == "mean" else 1.0
-        return self.ops.elementwise_loss_forward(self.kernel, pred, target) * self._scale
+        return self.ops.elementwise_loss_forward(self.kernel, pred, target, *self.kernel_params()) * self._scale
 
     def backward(self):
         dpred = self.buffer("dpred", self._pred.shape, self._pred.dtype)
-        self.ops.elementwise_loss_backward(self.kernel, dpred, self._pred, self._target, self._scale)
+        self.ops.elementwise_loss_backward(self.kernel, dpred, self._pred, self._target, self._scale,
+                                           *self.kernel_params())
         return dpred
+
+    def kernel_params(self):
+        """Scalars the element kernels take after their arrays (Huber's delta)."""
+        return ()
 
 
 class MSE(_ElementwiseLoss):
     """Mean squared error (PyTorch's ``nn.MSELoss``)."""
 
     name = kernel = "mse"
+
+
+class MAE(_ElementwiseLoss):
+    """Mean absolute error (PyTorch's ``nn.L1Loss``; gradient sign(pred - target), 0 at a tie)."""
+
+    name = kernel = "mae"
+
+
+class Huber(_ElementwiseLoss):
+    """Huber loss (PyTorch's ``nn.HuberLoss``): 0.5 d^2 for |d| < delta, else delta (|d| - delta / 2);
+    quadratic near the target, linear (robust to outliers) far from it."""
+
+    name = kernel = "huber"
+
+    def __init__(self, delta: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        if not delta > 0:
+            raise ConfigError(f"huber: delta must be > 0, got {delta}")
+        self.delta = delta
+
+    def hyperparameters(self):
+        return {"delta": self.delta, "reduction": self.reduction}
+
+    def kernel_params(self):
+        return (self.delta,)
 
 
 class BCEWithLogits(_ElementwiseLoss):
@@ -177,4 +207,4 @@ def validate_labels(labels, n, classes):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-BUILTIN_LOSSES = (CrossEntropy, MSE, BCEWithLogits)
+BUILTIN_LOSSES = (CrossEntropy, MSE, MAE, Huber, BCEWithLogits)
