@@ -416,8 +416,9 @@ class Sequential:
 
     # -------------------------------------------------------------------------- validation
     def prepare(self, x, y, what):
-        """Check data once at the boundary and convert x to the model's dtype (a host array)."""
-        x = np.asarray(x)
+        """Check data once at the boundary and convert x to the model's dtype (a host array). A
+        pandas or polars DataFrame (or Series of targets) of numbers is taken as its values."""
+        x = _values_of(x, what)
         if x.ndim == 0 or x.shape[0] == 0:
             raise DataError(f"{what} is empty")
         if not self.built:
@@ -437,7 +438,7 @@ class Sequential:
             bad = np.argwhere(~np.isfinite(x))[0]
             raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
         if y is not None:
-            y = np.asarray(y)
+            y = _values_of(y, f"{what} targets")
             if y.shape[0] != x.shape[0]:
                 raise ShapeError(f"{what} has {x.shape[0]} samples but {y.shape[0]} targets")
             if _is_class_output(self.loss):
@@ -473,6 +474,18 @@ class Sequential:
             lines.append(f"  {i:>2} {layer!r:<50} -> {layer.output_shape}  params={count}")
         lines.append(f"  total parameters: {self.parameter_count()}")
         return "\n".join(lines)
+
+
+def _values_of(data, what):
+    """NumPy values of an array, or of a pandas/polars DataFrame or Series of numbers; a frame with
+    text columns is refused with the way to encode them."""
+    if isinstance(data, np.ndarray) or not hasattr(data, "to_numpy"):
+        return np.asarray(data)
+    values = data.to_numpy()
+    if values.dtype.kind not in "fiub":
+        raise DataError(f"{what} is a table with non-numeric columns; encode them first, e.g. with "
+                        f"numdl.data.table.TablePreprocessor (or train from the file with data.name = 'table')")
+    return values
 
 
 def _is_class_output(loss):

@@ -274,3 +274,20 @@ def test_multiclass_metric_functions_refuse_indicator_matrices():
         metrics.confusion_matrix(np.ones((4, 2)), np.ones((4, 2)))
     with pytest.raises(DataError):
         read_table("/nonexistent.csv")
+
+
+def test_dataframes_go_into_fit_and_the_table_preprocessing():
+    pd = pytest.importorskip("pandas")
+    from numdl.data.table import TargetEncoder
+
+    columns = _mixed_table(400, 8)
+    frame = pd.DataFrame(columns)
+    pre = TablePreprocessor(["x1", "x2", "colour"], ["colour"]).fit(frame)
+    target = TargetEncoder("classification", ["label"]).fit(frame)
+    x, y = pre.transform(frame), target.encode(frame)
+    assert x.shape == (400, 6) and set(y) == {0, 1}
+    model = numdl.Sequential([numdl.Linear(2)], input_shape=(6,)).compile("cross_entropy", "adam")
+    model.fit(pd.DataFrame(x), pd.Series(y), epochs=2, verbose=0)
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(x)), model.predict(x))
+    with pytest.raises(DataError, match="non-numeric columns; encode them first"):
+        model.fit(frame[["x1", "colour"]], y, verbose=0)

@@ -65,6 +65,21 @@ def read_table(path, what="table"):
     return table
 
 
+def as_arrow(table):
+    """A pyarrow Table from a pyarrow Table, a pandas or polars DataFrame, or a dict of columns."""
+    pa = _pyarrow()
+    if isinstance(table, pa.Table):
+        return table
+    if hasattr(table, "to_arrow"):  # polars
+        return table.to_arrow()
+    if hasattr(table, "columns") and hasattr(table, "dtypes") and hasattr(table, "iloc"):  # pandas
+        return pa.Table.from_pandas(table, preserve_index=False)
+    if isinstance(table, dict):
+        return pa.table(table)
+    raise DataError(f"expected a table (pyarrow, pandas or polars DataFrame, or a dict of columns), "
+                    f"got {type(table).__name__}")
+
+
 def _is_numeric(column_type):
     import pyarrow.types as t
 
@@ -142,6 +157,8 @@ class TablePreprocessor:
         self.columns = {}  # name -> fitted statistics
 
     def fit(self, table, source="training data"):
+        """Fit on training rows: a pyarrow Table, a pandas or polars DataFrame or a dict of columns."""
+        table = as_arrow(table)
         for name in self.features:
             if name in self.categorical:
                 self.columns[name] = {"kind": "categorical", "categories": distinct_categories(table, name)}
@@ -188,6 +205,7 @@ class TablePreprocessor:
         return [name for name in table.column_names if name not in self.features]
 
     def transform(self, table, dtype="float32", source="data"):
+        table = as_arrow(table)
         self.check_columns(table, source)
         out = np.zeros((table.num_rows, self.width), dtype)
         at = 0
@@ -246,7 +264,8 @@ class TargetEncoder:
         self.task, self.targets, self.scale_target = task, list(targets), scale_target
         self.classes, self.shift, self.divisor = None, 0.0, 1.0
 
-    def fit(self, table, source):
+    def fit(self, table, source="training data"):
+        table = as_arrow(table)
         if self.task == "classification":
             if len(self.targets) != 1:
                 raise ConfigError("data.target: a classification target is one column")
@@ -281,7 +300,8 @@ class TargetEncoder:
                             f"{values[row, col]:g}; multi-label targets are 0 or 1")
         return values
 
-    def encode(self, table, dtype, source):
+    def encode(self, table, dtype="float32", source="data"):
+        table = as_arrow(table)
         if self.task == "classification":
             index = {c: i for i, c in enumerate(self.classes)}
             raw = self._raw_classes(table, source)
