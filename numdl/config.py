@@ -24,7 +24,7 @@ SECTIONS = {
              "target": str | list[str], "features": list[str], "categorical": list[str], "id_column": str,
              "task": str, "train_path": str, "validation_path": str, "test_path": str, "test_split": float,
              "scale": str, "impute": str, "fill_value": float, "missing_indicator": bool, "scale_target": bool,
-             "sampler": str},
+             "sampler": str, "out_of_core": bool},
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
@@ -60,6 +60,8 @@ DESCRIPTIONS = {
     "data.fill_value": "tables: the value data.impute = \"constant\" fills in",
     "data.missing_indicator": "tables: add a 0/1 column for each numeric column with missing training values",
     "data.scale_target": "tables, regression: train on the standardised target; predictions are mapped back",
+    "data.out_of_core": "tables larger than memory: stream the files in record batches into memory-mapped "
+                        "splits (on a temporary disk folder) that training reads a batch at a time",
     "data.sampler": "shuffle (each sample once an epoch) or balanced (draw classes equally often, with "
                     "replacement: oversamples rare classes)",
     "model.dtype": "float32 or float64",

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from numdl.backend import get_ops
+from numdl.data import ondisk
 from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
 from numdl.layers.activation import ReLU
 from numdl.layers.base import Parameter, ParameterBank
@@ -286,6 +287,7 @@ class Sequential:
         if resume is not None and not 0 <= int(resume["step"]) <= steps_per_epoch:
             raise DataError(f"the resume position (epoch {resume['epoch']}, step {resume['step']}) lies outside an "
                             f"epoch of {steps_per_epoch} steps: not this run's checkpoint")
+        pages = ondisk.PageBudget(x)  # a memmapped x: its pages are dropped as batches are read
         for epoch in range(first_epoch, epochs + 1):
             resuming = resume is not None and epoch == first_epoch
             if resuming:
@@ -300,6 +302,8 @@ class Sequential:
             # the whole set: that copy cost the memory of the training set again and ~0.3 s per epoch.
             if sampling_weights is not None:
                 order = rng.choice(n, size=n, replace=True, p=sampling_weights)
+            elif shuffle and pages.array is not None:  # on disk: shuffled within windows of chunks
+                order = ondisk.window_shuffle(rng, n, pages.row_bytes)
             else:
                 order = rng.permutation(n) if shuffle else None
             total_loss, correct, counted = 0.0, 0, 0
@@ -309,6 +313,7 @@ class Sequential:
                 done = int(resume["step"])
             for batch, begin in enumerate(range(0, n, batch_size)):
                 rows = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
+                pages.took(batch_size)
                 if augment is not None or batch >= done:
                     xb = x[rows] if order is None else np.take(x, rows, axis=0, out=gather[:len(rows)])
                 if augment is not None:
@@ -352,7 +357,9 @@ class Sequential:
         self._require_compiled()
         x, y = self.prepare(x, y, "evaluation data")
         total, correct, predictions, probabilities = 0.0, 0, [], []
+        pages = ondisk.PageBudget(x)
         for begin in range(0, x.shape[0], batch_size):
+            pages.took(batch_size)
             xb = self.ops.asarray(x[begin:begin + batch_size])
             yb = y[begin:begin + batch_size]
             lb = None if lengths is None else np.asarray(lengths)[begin:begin + batch_size]
@@ -380,7 +387,9 @@ class Sequential:
         x = self.prepare(x, None, "input data")[0]
         lengths = None if lengths is None else np.asarray(lengths)
         result = np.empty((x.shape[0],) + self.output_shape, self.dtype)  # filled batch by batch: no copies
+        pages = ondisk.PageBudget(x)
         for b in range(0, x.shape[0], batch_size):
+            pages.took(batch_size)
             out = self.forward(self.ops.asarray(x[b:b + batch_size]),
                                lengths=None if lengths is None else lengths[b:b + batch_size])
             result[b:b + batch_size] = self.ops.to_numpy(out)
@@ -428,15 +437,25 @@ class Sequential:
                              f"{self.input_shape}")
         if x.dtype.kind not in "fiub":
             raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
-        if self._input_dtype.kind in "iu":  # token ids for an embedding: kept as integers
-            if x.dtype.kind not in "iu":
-                raise DataError(f"{what} must be integer token ids for layer '{self.layers[0].name}', got {x.dtype}")
-            x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        if ondisk.is_paged(x):  # a memmap stays on disk: batches are read from it (numdl.data.ondisk)
+            if x.dtype != self._input_dtype or not x.flags.c_contiguous:
+                raise DataError(f"{what} is a memory-mapped array of {x.dtype}; the model reads {self._input_dtype} "
+                                f"C-ordered rows from disk: write it so (it is not converted in memory)")
+            if x.dtype.kind == "f":
+                bad, row = ondisk.count_non_finite_blocks(x, get_ops("cpu").count_non_finite)
+                if bad:
+                    raise DataError(f"{what} contains NaN or Inf (first at sample {row})")
         else:
-            x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.dtype.kind == "f" and get_ops("cpu").count_non_finite(x) > 0:  # one pass, no boolean copy
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
+            if self._input_dtype.kind in "iu":  # token ids for an embedding: kept as integers
+                if x.dtype.kind not in "iu":
+                    raise DataError(f"{what} must be integer token ids for layer '{self.layers[0].name}', "
+                                    f"got {x.dtype}")
+                x = np.ascontiguousarray(x, dtype=self._input_dtype)
+            else:
+                x = np.ascontiguousarray(x, dtype=self.dtype)
+            if x.dtype.kind == "f" and get_ops("cpu").count_non_finite(x) > 0:  # one pass, no boolean copy
+                bad = np.argwhere(~np.isfinite(x))[0]
+                raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
         if y is not None:
             y = _values_of(y, f"{what} targets")
             if y.shape[0] != x.shape[0]:
@@ -479,7 +498,9 @@ class Sequential:
 def _values_of(data, what):
     """NumPy values of an array, or of a pandas/polars DataFrame or Series of numbers; a frame with
     text columns is refused with the way to encode them."""
-    if isinstance(data, np.ndarray) or not hasattr(data, "to_numpy"):
+    if isinstance(data, np.ndarray):
+        return data  # a memmap stays one (np.asarray would strip the subclass and page it all in)
+    if not hasattr(data, "to_numpy"):
         return np.asarray(data)
     values = data.to_numpy()
     if values.dtype.kind not in "fiub":

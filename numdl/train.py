@@ -466,6 +466,9 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     if config["data"].get("sampler", "shuffle") == "balanced":
         if not classes:
             raise ConfigError("data.sampler: 'balanced' draws classes equally often; it needs class labels")
+        if config["data"].get("out_of_core"):
+            raise ConfigError("data.sampler: 'balanced' draws rows from all over the data, which pages a table "
+                              "on disk back into memory; use loss.class_weight = 'balanced' with data.out_of_core")
         sampling = balanced_sampling_weights(y_train, model.output_shape[-1])
     target_state = data_meta.get("preprocessing", {}).get("target")
     train = config["train"]

@@ -36,18 +36,24 @@ def _pyarrow():
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_table(path, what="table"):
-    """A pyarrow Table from a CSV or Parquet file (by suffix), with one clear DataError for a file
-    that is missing, not a regular file, of another format, unreadable or empty."""
+def _table_file(path, what):
+    """(path, "csv" or "parquet") of a non-empty regular file named by its suffix, else DataError."""
     from numdl.fileio import regular_file
 
-    pa = _pyarrow()
     path, size = regular_file(path, what)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{what} {path}: not a CSV or Parquet file (expected .csv, .parquet or .pq)")
     if size == 0:
         raise DataError(f"{what} {path}: the file is empty")
+    return path, kind
+
+
+def read_table(path, what="table"):
+    """A pyarrow Table from a CSV or Parquet file (by suffix), with one clear DataError for a file
+    that is missing, not a regular file, of another format, unreadable or empty."""
+    pa = _pyarrow()
+    path, kind = _table_file(path, what)
     try:
         if kind == "csv":
             import pyarrow.csv as pacsv
@@ -415,7 +421,16 @@ def infer_features(table, data, targets):
 def load_table_splits(config):
     """({"train": (x, y), "validation": ..., "test": ...}, preprocessing state) of a table config:
     one file split (stratified for classification, seeded) into train/validation/test, or separate
-    files; the preprocessing is fitted on the training rows only."""
+    files; the preprocessing is fitted on the training rows only. With data.out_of_core the files
+    are streamed into memory-mapped splits instead (load_table_out_of_core)."""
+    if config["data"].get("out_of_core"):
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="numdl-table-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return load_table_out_of_core(config, folder)
     data, seed = config["data"], config.get("seed", 0)
     dtype = config["model"]["dtype"]
     targets, task = _targets(data), task_for(config)
@@ -462,5 +477,192 @@ def load_table_splits(config):
     for name, table in splits.items():
         where = data.get(f"{name}_path") or f"{source} ({name} rows)"
         prepared[name] = (preprocessor.transform(table, dtype, where), encoder.encode(table, dtype, where))
+    state = {"table": preprocessor.state(), "target": encoder.state(), "id_column": data.get("id_column") or None}
+    return prepared, state
+
+
+# ------------------------------------------------------------------------- larger than memory
+#: Rows per record batch when a table is streamed (data.out_of_core).
+STREAM_ROWS = 65536
+
+
+def record_batches(path, what, columns=None):
+    """Record batches of a CSV or Parquet file as pyarrow Tables, read a block at a time (only
+    ``columns`` when given), never the whole file."""
+    pa = _pyarrow()
+    path, kind = _table_file(path, what)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            # no pre-buffering: it reads the whole file's column chunks into memory up front
+            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+                batch_size=STREAM_ROWS, columns=columns, use_threads=False)
+        else:
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=8 << 20),
+                                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True,
+                                                                         include_columns=columns or []))
+        pool = pa.default_memory_pool()
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
+            pool.release_unused()  # give freed buffers back, or the pool keeps its peak
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise DataError(f"{what} {path}: cannot read it as {kind.upper()} ({message})") from None
+
+
+class _StreamedStatistics:
+    """Per-column sums, extremes and categories of the training rows, a batch at a time: what
+    TablePreprocessor.fit computes on a whole table (mean or constant imputation only)."""
+
+    def __init__(self, features, categorical, impute, fill_value):
+        self.features, self.categorical = features, set(categorical)
+        self.impute, self.fill_value = impute, fill_value
+        self.numeric = {n: [0, 0.0, 0.0, np.inf, -np.inf, 0] for n in features if n not in self.categorical}
+        self.categories = {n: set() for n in features if n in self.categorical}
+
+    def add(self, table, source):
+        for name, stats in self.numeric.items():
+            values = numeric_values(table, name, source)
+            present = values[~np.isnan(values)]
+            stats[0] += present.size
+            stats[1] += float(present.sum())
+            stats[2] += float((present * present).sum())
+            if present.size:
+                stats[3], stats[4] = min(stats[3], float(present.min())), max(stats[4], float(present.max()))
+            stats[5] += values.size - present.size
+        for name, seen in self.categories.items():
+            seen.update(distinct_categories(table, name))
+
+    def columns(self, scale, missing_indicator, source):
+        columns = {}
+        for name in self.features:
+            if name in self.categorical:
+                columns[name] = {"kind": "categorical", "categories": sorted(self.categories[name])}
+                continue
+            count, total, squares, low, high, missing = self.numeric[name]
+            if count == 0:
+                raise DataError(f"{source}: column {name!r} has no values")
+            fill = total / count if self.impute == "mean" else float(self.fill_value)
+            n = count + missing
+            mean = (total + fill * missing) / n
+            variance = max((squares + fill * fill * missing) / n - mean * mean, 0.0)
+            if missing:
+                low, high = min(low, fill), max(high, fill)
+            shift, divisor = {"standardize": (mean, np.sqrt(variance) or 1.0),
+                              "minmax": (low, (high - low) or 1.0), "none": (0.0, 1.0)}[scale]
+            columns[name] = {"kind": "numeric", "fill": float(fill), "shift": float(shift), "divisor": float(divisor),
+                             "indicator": bool(missing_indicator and missing > 0)}
+        return columns
+
+
+def load_table_out_of_core(config, folder):
+    """load_table_splits for tables larger than memory: the files are read in record batches
+    (a pass for the split, one for the training statistics, one that writes each split's
+    preprocessed rows into a float .npy file in ``folder``), and the splits come back as memmaps of
+    those files, which training reads a batch at a time (numdl.data.ondisk)."""
+    import os
+    from pathlib import Path
+
+    data, seed, dtype = config["data"], config.get("seed", 0), np.dtype(config["model"]["dtype"])
+    targets, task = _targets(data), task_for(config)
+    if data.get("impute", "mean") not in ("mean", "constant"):
+        raise ConfigError("data.impute: out of core, only mean or constant (a median needs every value at once)")
+    files = ({"train": data["train_path"], **{name: data[f"{name}_path"] for name in ("validation", "test")
+                                              if data.get(f"{name}_path")}}
+             if data.get("train_path") else {"train": data.get("path")})
+    if not files["train"]:
+        raise ConfigError("data.path: a table dataset needs a CSV or Parquet file (data.path or data.train_path)")
+    first = next(record_batches(files["train"], "data.path"))
+    features, categorical = infer_features(first, data, targets)
+    encoder = TargetEncoder(task, targets, data.get("scale_target", False))
+
+    # pass 1: the target of every row (for the split, stratified by class, and the class list), as
+    # compact arrays: class codes into ``seen``, not a Python string per row
+    seen = {}
+
+    def target_rows(path):
+        parts = []
+        for table in record_batches(path, path, targets):
+            if task == "classification":
+                column = table.column(targets[0])
+                if column.null_count:
+                    encoder._raw_classes(table, path)  # names the row of the missing target
+                encoded = column.cast("string").dictionary_encode().combine_chunks()
+                names = [_normalise_class(v) for v in encoded.dictionary.to_pylist()]
+                lookup = np.array([seen.setdefault(v, len(seen)) for v in names], np.int32)
+                parts.append(lookup[encoded.indices.to_numpy(zero_copy_only=False)])
+            else:
+                parts.append(encoder._values(table, path))
+        return np.concatenate(parts)
+
+    rows = {name: target_rows(path) for name, path in files.items()}
+    fractions = {"validation": data.get("validation_split", 0.0), "test": data.get("test_split", 0.0)}
+    wanted = [name for name in ("validation", "test") if name not in files and fractions[name] > 0]
+    if "test" not in files and "test" not in wanted:
+        raise ConfigError("data.test_split: must be > 0, or give data.test_path")
+    n = len(rows["train"])
+    part = np.zeros(n, np.int8)  # which split each row of the training file goes to
+    if wanted:
+        labels = None
+        if task == "classification":  # codes ranked as the in-memory split ranks the class names
+            rank = np.argsort(np.argsort(np.array(list(seen), dtype=object).astype(str)))
+            labels = rank[rows["train"]]
+        for k, indices in enumerate(stratified_split(n, labels, [fractions[w] for w in wanted], seed)[1:], 1):
+            part[indices] = k
+    splits = ["train", *wanted]  # the parts of the training file, in the order of ``part``'s codes
+
+    # pass 2: statistics of the training rows only
+    statistics = _StreamedStatistics(features, categorical, data.get("impute", "mean"), data.get("fill_value", 0.0))
+    at = 0
+    for table in record_batches(files["train"], files["train"]):
+        mask = part[at:at + table.num_rows] == 0
+        statistics.add(table.filter(_pyarrow().array(mask)), files["train"])
+        at += table.num_rows
+    preprocessor = TablePreprocessor(features, categorical, data.get("scale", "standardize"),
+                                     data.get("impute", "mean"), data.get("fill_value", 0.0),
+                                     data.get("missing_indicator", False))
+    preprocessor.columns = statistics.columns(data.get("scale", "standardize"), data.get("missing_indicator", False),
+                                              files["train"])
+    if task == "classification":
+        class_names = {code: name for name, code in seen.items()}
+        encoder.classes = sorted((class_names[c] for c in np.unique(rows["train"][part == 0])), key=_class_order)
+        if len(encoder.classes) < 2:
+            raise DataError(f"{files['train']}: the target {targets[0]!r} has a single class")
+    elif task == "regression" and encoder.scale_target:
+        train_values = rows["train"][part == 0]
+        encoder.shift, encoder.divisor = float(train_values.mean()), float(train_values.std()) or 1.0
+
+    # pass 3: preprocessed rows appended to one .npy file per split
+    width = preprocessor.width
+    sizes = {name: int((part == k).sum()) for k, name in enumerate(splits)}
+    sizes.update({name: len(rows[name]) for name in files if name != "train"})
+    handles, targets_out = {}, {name: [] for name in sizes}
+    for name, size in sizes.items():
+        if size == 0:
+            raise DataError(f"the {name} split of the table has no rows (fewer rows than its fraction needs)")
+        handle = open(Path(folder) / f"{name}.npy", "wb")
+        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (size, width)})
+        handles[name] = handle
+    try:
+        for source_name, path in files.items():
+            at = 0
+            for table in record_batches(path, path):
+                x = preprocessor.transform(table, dtype, path)
+                y = encoder.encode(table, dtype, path)
+                where = part[at:at + table.num_rows] if source_name == "train" else None
+                at += table.num_rows
+                for k, name in (enumerate(splits) if source_name == "train" else [(None, source_name)]):
+                    keep = slice(None) if where is None else where == k
+                    handles[name].write(np.ascontiguousarray(x[keep]).tobytes())
+                    targets_out[name].append(y[keep])
+    finally:
+        for handle in handles.values():
+            handle.close()
+    prepared = {name: (np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r"), np.concatenate(targets_out[name]))
+                for name in sizes}
     state = {"table": preprocessor.state(), "target": encoder.state(), "id_column": data.get("id_column") or None}
     return prepared, state
