@@ -277,6 +277,70 @@ def predict(checkpoint, inputs, output, input_range):
         click.echo(text, nl=False)
 
 
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--param", "params", multiple=True, required=True, metavar="KEY=SPACE",
+              help="A searched value: loguniform(a,b), uniform(a,b), int(a,b) or choice(v1,v2,...), e.g. "
+                   "--param optimizer.lr=loguniform(1e-4,1e-2). Repeatable.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed overrides, as for train.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Finished trials the study should have (a resumed study runs the rest).")
+@click.option("--method", type=click.Choice(["grid", "random", "bayes"]), default="bayes", show_default=True,
+              help="grid: every combination of choice() values; random; bayes: Optuna's TPE.")
+@click.option("--pruner", type=click.Choice(["median", "halving", "none"]), default="median", show_default=True,
+              help="Stop trials early whose validation metric trails the others' at the same epoch.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trial processes on this machine, sharing its cores (cores / workers threads each).")
+@click.option("--storage", metavar="URL",
+              help="Study storage: an SQLAlchemy URL (postgresql://... for workers on several machines); "
+                   "default: an SQLite file in the study folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Study folder (default: a new runs/tune-... folder). Rerun with the same --out to resume.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
+@click.option("--worker", is_flag=True, hidden=True, help="Run trials only (a process started by --workers).")
+def tune(config, params, overrides, trials, method, pruner, workers, storage, out_dir, seed, worker):
+    """Search hyper-parameters of CONFIG (or the default) with Optuna: each trial is a numdl train
+    run in its own folder under the study folder, scored on validation data; prints a ranked table
+    and writes the best trial's config as best.toml."""
+    import subprocess
+
+    from numdl import tune as tune_module
+    from numdl import train as train_module
+
+    try:
+        parsed = [tune_module.parse_param(p) for p in params]
+        folder = out_dir or train_module.new_run_folder(prefix="tune-")
+        if workers > 1:  # K processes on one study; each runs trials until the study has enough
+            threads = tune_module.worker_threads(workers)
+            command = [sys.executable, "-m", "numdl.cli", "--threads", str(threads), "tune", *(
+                [str(config)] if config else []), *[f"--param={p}" for p in params],
+                *[f"--set={o}" for o in overrides], "--trials", str(trials), "--method", method,
+                "--pruner", pruner, "--out", str(folder), *(["--storage", storage] if storage else [])]
+            tune_module.make_study(folder, storage, method, parsed, pruner, seed,
+                                   tune_module.objective_of(tune_module.search_config(config, overrides))[1])
+            children = [subprocess.Popen(command + ["--seed", str(seed + k), "--worker"]) for k in range(workers)]
+            codes = [child.wait() for child in children]
+            if any(codes):
+                raise NumdlError(f"{sum(1 for c in codes if c)} of {workers} tune workers failed")
+            study = tune_module.make_study(folder, storage, method, parsed, pruner, seed,
+                                           tune_module.objective_of(tune_module.search_config(config, overrides))[1])
+        else:
+            study = tune_module.run_search(config, overrides, parsed, folder, trials, method, storage, pruner, seed,
+                                           on_line=click.echo)
+            if worker:
+                return
+        rows = tune_module.ranked(study)
+        best = tune_module.write_best(study, folder)
+    except NumdlError as error:
+        _fail(error)
+    monitor = tune_module.objective_of(tune_module.search_config(config, overrides))[0]
+    click.echo(f"{'rank':>4} {'trial':>5} {monitor:>20} {'state':>9}  values")
+    for rank, number, value, state, assignments, _ in rows:
+        shown = f"{value:.4f}" if value is not None else "-"
+        click.echo(f"{rank:>4} {number:>5} {shown:>20} {state:>9}  {'  '.join(assignments)}")
+    click.echo(f"study folder {folder}" + (f"; best config {best} (numdl train {best})" if best else ""))
+
+
 def main():
     add_plugin_commands(cli)
     try:

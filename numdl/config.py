@@ -13,7 +13,6 @@ import tomllib
 import types
 import typing
 from importlib import resources
-from pathlib import Path
 
 from numdl.errors import ConfigError, ShapeError, UnknownNameError
 

@@ -51,8 +51,8 @@ def prepare_run_folder(folder):
     return folder
 
 
-def new_run_folder(root="runs"):
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def new_run_folder(root="runs", prefix=""):
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
     folder = Path(root) / stamp
     suffix = 1
     while folder.exists():
@@ -427,10 +427,13 @@ def _finished_epochs(metrics_path, before_epoch):
     return kept
 
 
-def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrides=(), reset_optimizer=False):
+def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrides=(), reset_optimizer=False,
+        callbacks=()):
     """Train as ``config`` says, writing the run folder; returns the summary dict. With
     ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it
-    (``overrides``: the --set assignments allowed on a resumed run)."""
+    (``overrides``: the --set assignments allowed on a resumed run). ``callbacks``: more fit
+    callbacks, called after numdl's own (a search's pruning, say)."""
+    extra_callbacks = list(callbacks)
     resume_meta = None
     if resume_from is not None:
         from numdl.checkpoint import read_checkpoint
@@ -507,6 +510,10 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         callbacks.append(callback)
     if train.get("early_stopping_patience", 0) > 0:
         callbacks.append(EarlyStopping(model, monitor, train["early_stopping_patience"], on_line))
+    for callback in extra_callbacks:
+        if hasattr(callback, "bind"):
+            callback.bind(model, folder)
+        callbacks.append(callback)
     model.clip_grad_norm = train.get("clip_grad_norm", 0.0)
     model.divergence_factor = train.get("divergence_factor", 0.0)
     if progress:

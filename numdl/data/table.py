@@ -96,7 +96,7 @@ def _is_numeric(column_type):
 def numeric_values(table, name, source):
     """A column as float64 with NaN for missing values; a text value in a column that is otherwise
     numbers is refused naming its row and the column (a typo, not a category)."""
-    pc = _pyarrow().compute
+    _pyarrow()
     column = table.column(name)
     if _is_numeric(column.type):
         return column.cast("float64").to_numpy(zero_copy_only=False)
