@@ -20,8 +20,22 @@ def _fail(error):
     message = " ".join(str(error).split())  # one line, whatever a message quoted
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "... (cut)"
-    click.echo(f"error: {message}", err=True)
-    sys.exit(error.exit_code)
+    _exit(f"error: {message}", error.exit_code)
+
+
+def _exit(line, code):
+    """Print ``line`` and exit with ``code``; under MPI, abort every rank (none may wait for this one
+    in a collective)."""
+    from numdl import distributed
+
+    world = distributed.world() if distributed.launched_size() > 1 else None
+    if world is not None:
+        line = f"[rank {world.rank}] {line}"
+    click.echo(line, err=True)
+    if world is not None:
+        sys.stderr.flush()
+        world.abort(code)
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +49,10 @@ def cli(threads):
     `numdl COMMAND --help` for any command.
     """
     click.get_current_context().obj = {"threads": threads}
+    from numdl.distributed import launched_size, local_size
+
+    if not threads and launched_size() > 1:  # ranks on one host split its cores: no oversubscription
+        threads = max(1, (os.cpu_count() or 1) // local_size())
     if threads:
         from numdl.backend.cpu import limit_threads
 
@@ -91,6 +109,10 @@ def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
         _fail(error)
     except OSError as error:  # a full disk or a read-only folder while writing the run's files
         _fail(NumdlError(f"cannot write {error.filename or 'the run folder'}: {error.strerror or error}"))
+    from numdl import distributed
+
+    if distributed.launched_size() > 1 and distributed.world().rank != 0:
+        return  # rank 0 reports
     accuracy = summary.get("test_accuracy")
     tail = f"test accuracy {accuracy:.4f}; " if accuracy is not None else ""
     click.echo(f"done: {tail}run folder {folder}")
@@ -348,9 +370,8 @@ def main():
     except Exception as error:  # a bug, or an input nobody foresaw: still one line, unless asked
         if os.environ.get("NUMDL_DEBUG"):
             raise
-        click.echo(f"error: unexpected {type(error).__name__}: {' '.join(str(error).split())[:MAX_MESSAGE]} "
-                   f"(NUMDL_DEBUG=1 shows the traceback; please report it)", err=True)
-        sys.exit(1)
+        _exit(f"error: unexpected {type(error).__name__}: {' '.join(str(error).split())[:MAX_MESSAGE]} "
+              f"(NUMDL_DEBUG=1 shows the traceback; please report it)", 1)
 
 
 def add_plugin_commands(group):

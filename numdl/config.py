@@ -27,7 +27,7 @@ SECTIONS = {
     "model": {"dtype": str, "device": str, "layers": list},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
-              "divergence_factor": float, "threshold": float, "metrics": list, "callbacks": list},
+              "divergence_factor": float, "threshold": float, "lr_scaling": str, "metrics": list, "callbacks": list},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
@@ -83,6 +83,8 @@ DESCRIPTIONS = {
     "train.clip_grad_norm": "> 0: scale gradients down so their global L2 norm is at most this",
     "train.divergence_factor": "> 0: stop when a step's loss exceeds this many times the run's first loss; 0: off",
     "train.threshold": "multi-label: the probability from which a label counts as predicted",
+    "train.lr_scaling": "data-parallel (mpirun -n N): none, linear (lr x N, the effective batch grows N times) or "
+                        "sqrt (lr x sqrt(N)); train.batch_size stays per rank",
     "train.metrics": "registered metrics reported per evaluation set every epoch, e.g. ['macro_f1']",
     "train.callbacks": "registered callbacks, each a table {type = ..., parameters...}",
 }
@@ -351,6 +353,8 @@ def validate(config):
                          ("sampler", ("shuffle", "balanced"))):
         if key in data and data[key] not in allowed:
             raise ConfigError(f"data.{key}: must be one of {', '.join(allowed)}, got {short(data[key])}")
+    if config["train"].get("lr_scaling", "none") not in ("none", "linear", "sqrt"):
+        raise ConfigError(f"train.lr_scaling: must be one of none, linear, sqrt, got {short(config['train']['lr_scaling'])}")
     if not 0.0 < config["train"].get("threshold", 0.5) < 1.0:
         raise ConfigError("train.threshold: must be in (0, 1)")
     _check_monitor(config)

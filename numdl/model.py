@@ -50,6 +50,9 @@ class Sequential:
         # (a finite but diverged run: Adam at lr 1e6 kept a loss of 5e5 and 0.10 accuracy for ever).
         self.divergence_factor = 0.0
         self.reference_loss = None  # the first (positive) training loss of the run; fit sets it
+        # Data-parallel training sets this (numdl.distributed.GradientAverager): called with the flat
+        # gradient buffer and the loss after backward, it averages both over the ranks.
+        self.reduce_gradients = None
         if input_shape is not None:
             self.build(input_shape)
 
@@ -139,16 +142,13 @@ class Sequential:
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
         logits = self.forward(x, training=True, lengths=lengths)
         loss = self.loss.forward(logits, y)
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss}: {self._first_non_finite(x, lengths)}")
-        if self.divergence_factor > 0:
-            if self.reference_loss is None or self.reference_loss <= 0:
-                self.reference_loss = float(loss)
-            elif loss > self.divergence_factor * self.reference_loss:
-                raise TrainingDiverged(f"the loss {loss:.6g} is more than {self.divergence_factor:g} times the "
-                                       f"run's first loss {self.reference_loss:.6g} (train.divergence_factor); "
-                                       f"no step was taken with it")
-        self.backward(self.loss.backward())
+        if self.reduce_gradients is None:
+            self._check_loss(loss, x, lengths)
+            self.backward(self.loss.backward())
+        else:  # data-parallel: every rank judges the same averaged loss and gradients (no rank waits alone)
+            self.backward(self.loss.backward())
+            loss = self.reduce_gradients(self._bank.grads, loss)
+            self._check_loss(loss, x, lengths, "averaged over the ranks")
         if self.device == "cpu" and not self._gradients_finite():  # on a GPU: a copy per step
             for name, p in self.named_parameters().items():
                 if not np.isfinite(p.grad).all():
@@ -157,6 +157,18 @@ class Sequential:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
         return loss, _count_correct(self.ops, logits, y)
+
+    def _check_loss(self, loss, x, lengths, averaged=""):
+        if not np.isfinite(loss):
+            where = averaged or self._first_non_finite(x, lengths)
+            raise TrainingDiverged(f"loss is {loss}: {where}")
+        if self.divergence_factor > 0:
+            if self.reference_loss is None or self.reference_loss <= 0:
+                self.reference_loss = float(loss)
+            elif loss > self.divergence_factor * self.reference_loss:
+                raise TrainingDiverged(f"the loss {loss:.6g} is more than {self.divergence_factor:g} times the "
+                                       f"run's first loss {self.reference_loss:.6g} (train.divergence_factor); "
+                                       f"no step was taken with it")
 
     def _gradients_finite(self):
         if self._bank is not None:
@@ -219,7 +231,7 @@ class Sequential:
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
             eval_data=None, callbacks=(), augment=None, lengths=None, resume=None, verbose="auto",
-            sampling_weights=None):
+            sampling_weights=None, shard=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -239,6 +251,10 @@ class Sequential:
         ``sampling_weights`` (one per sample, summing to 1): each epoch draws n samples with
         replacement with these probabilities instead of a permutation (a balanced sampler:
         probabilities 1 / the sample's class count, normalised).
+
+        ``shard = (rank, size)`` (data-parallel training): this process trains on every size-th
+        sample of each epoch's order from ``rank`` on, the order cut to a multiple of ``size`` so that
+        every rank takes the same number of steps.
 
         ``verbose`` as Keras's: 1 (or "auto") a progress bar per epoch in a terminal and one line per
         epoch (loss, accuracy, the evaluation sets, samples/s), 2 the line alone, 0 nothing.
@@ -271,16 +287,16 @@ class Sequential:
             callbacks = [*callbacks, reporter]
         try:
             return self._fit_epochs(x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks,
-                                    augment, resume, sampling_weights)
+                                    augment, resume, sampling_weights, shard)
         finally:
             if verbose:
                 reporter.close()
 
     def _fit_epochs(self, x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks, augment,
-                    resume, sampling_weights):
+                    resume, sampling_weights, shard):
         history = []
         self.stop_training = False
-        n = x.shape[0]
+        n = x.shape[0] if shard is None else x.shape[0] // shard[1]  # the samples this process trains on
         first_epoch = 1 if resume is None else int(resume["epoch"])
         self.reference_loss = None if resume is None else resume.get("reference_loss")
         steps_per_epoch = -(-n // batch_size)
@@ -305,7 +321,10 @@ class Sequential:
             elif shuffle and pages.array is not None:  # on disk: shuffled within windows of chunks
                 order = ondisk.window_shuffle(rng, n, pages.row_bytes)
             else:
-                order = rng.permutation(n) if shuffle else None
+                order = rng.permutation(x.shape[0]) if shuffle else None
+            if shard is not None:  # every rank drew the same order: each takes its share
+                rank, ranks = shard
+                order = (np.arange(x.shape[0]) if order is None else order)[:n * ranks][rank::ranks]
             total_loss, correct, counted = 0.0, 0, 0
             done = 0
             if resuming:

@@ -433,13 +433,28 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it
     (``overrides``: the --set assignments allowed on a resumed run). ``callbacks``: more fit
     callbacks, called after numdl's own (a search's pruning, say)."""
+    from numdl import distributed
+
     extra_callbacks = list(callbacks)
+    world = distributed.world()  # None unless launched by mpirun/srun with several ranks
     resume_meta = None
     if resume_from is not None:
         from numdl.checkpoint import read_checkpoint
 
         _, resume_meta = read_checkpoint(resume_from)
         config = resumed_config(resume_meta, overrides)
+        ranks = resume_meta.get("world_size", 1)
+        if ranks != (world.size if world else 1):
+            raise ConfigError(f"--resume: the run trained on {ranks} rank(s); resume it with the same number "
+                              f"(mpirun -n {ranks}), or its data order and steps would differ")
+    if world is not None and world.rank != 0:  # rank 0 alone writes the run folder and prints
+        import atexit
+        import shutil
+        import tempfile
+
+        out_dir = tempfile.mkdtemp(prefix=f"numdl-rank{world.rank}-")
+        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+        on_line, progress = (lambda line: None), None
     folder = prepare_run_folder(out_dir)
     (folder / "config.toml").write_text(tomli_w.dumps(config))
     metrics_path = folder / "metrics.jsonl"
@@ -476,6 +491,13 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     target_state = data_meta.get("preprocessing", {}).get("target")
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
+    base_lr = config["optimizer"].get("lr", model.optimizer.lr)
+    if world is not None:
+        rule = train.get("lr_scaling", "none")
+        model.optimizer.lr = base_lr = distributed.scaled_lr(base_lr, world.size, rule)
+        distributed.prepare_model(model, world)
+        on_line(f"data-parallel over {world.size} ranks: batch {train['batch_size']} per rank, effective batch "
+                f"{train['batch_size'] * world.size}; lr {model.optimizer.lr:g} (train.lr_scaling = {rule!r})")
     if resume_meta is not None:
         model.load_weights(resume_from, reset_optimizer=reset_optimizer)
         position = resume_meta["fit_position"]
@@ -489,14 +511,17 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     schedule = build_item("schedule", config.get("schedule", {"type": "constant"}), "schedule")
     if resume_meta is not None and "schedule_state" in resume_meta:
         schedule.load_state(resume_meta["schedule_state"])
-    steps_per_epoch = -(-len(x_train) // train["batch_size"])
+    samples = len(x_train) // (world.size if world else 1)  # each rank's share of an epoch
+    steps_per_epoch = -(-samples // train["batch_size"])
     checkpointer = Checkpointer(folder, model, config, train.get("checkpoint_every", 0),
                                 train.get("keep_checkpoints", 3), monitor,
                                 None if resume_meta is None else resume_meta.get("best"),
-                                {"normalization": normalizer.state(), **data_meta}, schedule, higher_is_better(monitor))
+                                {"normalization": normalizer.state(), **data_meta,
+                                 "world_size": world.size if world else 1}, schedule, higher_is_better(monitor))
     # The schedule's lr is set after each step: it goes first, so checkpoints record the lr it set.
-    callbacks = [ScheduleCallback(schedule, model.optimizer, config["optimizer"].get("lr", model.optimizer.lr),
-                                  steps_per_epoch, steps_per_epoch * train["epochs"])]
+    callbacks = [ScheduleCallback(schedule, model.optimizer, base_lr, steps_per_epoch, steps_per_epoch * train["epochs"])]
+    if world is not None:  # before the epoch is evaluated and recorded: averaged state, combined speed
+        callbacks.append(distributed.EpochAverager(model, world))
     if train.get("metrics"):
         callbacks.append(EpochMetrics(model, evals, train["metrics"], train["eval_batch_size"]))
     if target_state is not None:
@@ -523,7 +548,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
                             callbacks=callbacks, augment=make_augmenter(config, normalizer),
                             resume=None if resume_meta is None else resume_meta["fit_position"], verbose=0,
-                            sampling_weights=sampling)
+                            sampling_weights=sampling, shard=(world.rank, world.size) if world else None)
     finally:
         if progress:
             progress.stop()

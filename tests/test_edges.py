@@ -520,3 +520,17 @@ def test_an_unforeseen_error_is_still_one_line_unless_debugging():
     debug = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, NUMDL_DEBUG="1"))
     assert "Traceback" in debug.stderr
+
+
+def test_import_numdl_and_a_single_process_run_never_touch_mpi(finished_run, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom numdl.cli import cli\n"
+            "try:\n    cli(['train', '--quiet', '--set', sys.argv[1], '--set', 'train.epochs=1', '--out', sys.argv[2]])\n"
+            "except SystemExit:\n    pass\n"
+            "print('mpi4py' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code, f"data.path='{finished_run[1]}'", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if "OMPI" not in k and "PMI" not in k})
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-1000:]
