@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from numdl import bench
@@ -118,3 +120,15 @@ def test_tabular_suite_reads_both_formats_and_races_torch(monkeypatch):
     assert table.num_columns == 26 and 0.005 < table.column("n0").null_count / 1000 < 0.05
     for kind in ("CSV", "Parquet"):
         assert cases[f"read + preprocess 200,000 rows ({kind})"]["unit"] == "s"
+
+
+def test_the_scaling_model_is_the_ring_allreduce_cost():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("scaling", Path(__file__).parent.parent / "benchmarks" / "scaling.py")
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    # 1 MB among 8 nodes at 10 Gbit/s: 2 * 7/8 * 1e6 B / 1.25e9 B/s, plus 14 messages of 5 us
+    assert scaling.ring_allreduce_seconds(1_000_000, 8, 10) == pytest.approx(1.4e-3 + 14 * 5e-6)
+    assert scaling.ring_allreduce_seconds(1_000_000, 1, 10) == 0.0
