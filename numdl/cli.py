@@ -319,8 +319,10 @@ def predict(checkpoint, inputs, output, input_range):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Study folder (default: a new runs/tune-... folder). Rerun with the same --out to resume.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
+@click.option("--study", "study_name", default="numdl", show_default=True,
+              help="The study's name in the storage (several studies can share one database).")
 @click.option("--worker", is_flag=True, hidden=True, help="Run trials only (a process started by --workers).")
-def tune(config, params, overrides, trials, method, pruner, workers, storage, out_dir, seed, worker):
+def tune(config, params, overrides, trials, method, pruner, workers, storage, out_dir, seed, study_name, worker):
     """Search hyper-parameters of CONFIG (or the default) with Optuna: each trial is a numdl train
     run in its own folder under the study folder, scored on validation data; prints a ranked table
     and writes the best trial's config as best.toml."""
@@ -337,18 +339,18 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
             command = [sys.executable, "-m", "numdl.cli", "--threads", str(threads), "tune", *(
                 [str(config)] if config else []), *[f"--param={p}" for p in params],
                 *[f"--set={o}" for o in overrides], "--trials", str(trials), "--method", method,
-                "--pruner", pruner, "--out", str(folder), *(["--storage", storage] if storage else [])]
-            tune_module.make_study(folder, storage, method, parsed, pruner, seed,
-                                   tune_module.objective_of(tune_module.search_config(config, overrides))[1])
+                "--pruner", pruner, "--out", str(folder), "--study", study_name,
+                *(["--storage", storage] if storage else [])]
+            direction = tune_module.objective_of(tune_module.search_config(config, overrides))[1]
+            tune_module.make_study(folder, storage, method, parsed, pruner, seed, direction, study_name)
             children = [subprocess.Popen(command + ["--seed", str(seed + k), "--worker"]) for k in range(workers)]
             codes = [child.wait() for child in children]
             if any(codes):
                 raise NumdlError(f"{sum(1 for c in codes if c)} of {workers} tune workers failed")
-            study = tune_module.make_study(folder, storage, method, parsed, pruner, seed,
-                                           tune_module.objective_of(tune_module.search_config(config, overrides))[1])
+            study = tune_module.make_study(folder, storage, method, parsed, pruner, seed, direction, study_name)
         else:
             study = tune_module.run_search(config, overrides, parsed, folder, trials, method, storage, pruner, seed,
-                                           on_line=click.echo)
+                                           on_line=click.echo, name=study_name)
             if worker:
                 return
         rows = tune_module.ranked(study)

@@ -158,7 +158,7 @@ def finished_trials(study):
 
 
 def run_search(config_path, overrides, params, folder, trials, method="bayes", storage=None, pruner="median",
-               seed=0, on_line=print):
+               seed=0, on_line=print, name="numdl"):
     """Run trials until the study has ``trials`` finished ones (shared with other workers of the
     same storage); returns the study."""
     optuna = _optuna()
@@ -166,7 +166,7 @@ def run_search(config_path, overrides, params, folder, trials, method="bayes", s
 
     base = search_config(config_path, overrides)
     monitor, direction = objective_of(base)
-    study = make_study(folder, storage, method, params, pruner, seed, direction)
+    study = make_study(folder, storage, method, params, pruner, seed, direction, name)
 
     def objective(trial):
         assignments = [_assignment(key, _suggest(trial, key, kind, values)) for key, kind, values in params]

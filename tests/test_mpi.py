@@ -148,3 +148,44 @@ def test_a_nan_on_one_rank_stops_both_with_the_same_message():
     assert len(messages) == 1, result.stdout  # both ranks stop at the same step with the same words
     message = messages.pop()
     assert message.startswith("training diverged at epoch 1, step ") and "averaged over the ranks" in message
+
+
+def test_a_two_rank_run_killed_on_one_rank_resumes_to_the_uninterrupted_weights(tmp_path):
+    """One BLAS thread per rank (set by _mpirun's environment): the same numbers on every run."""
+    import signal
+
+    from numdl.checkpoint import read_checkpoint
+
+    data = write_fashion_like(tmp_path / "data", n_train=1600, n_test=100)
+    settings = ["--quiet", "--set", f"data.path='{data}'", "--set", "train.epochs=3", "--set", "train.batch_size=16",
+                "--set", "train.checkpoint_every=5", "--set", "data.crop_padding=1",
+                "--set", "model.layers=[{type='flatten'}, {type='linear', out_features=256}, {type='relu'}, "
+                         "{type='dropout', p=0.2}, {type='linear', out_features=10}]"]
+    code = "import sys; from numdl.cli import main; sys.argv = ['numdl', *sys.argv[1:]]; main()"
+    reference = _mpirun(code, "train", *settings, "--out", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    command = [MPIRUN, "-n", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    run = tmp_path / "victim"
+    victim = subprocess.Popen(command + [sys.executable, "-c", code, "train", *settings, "--out", str(run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    latest, killed = run / "checkpoints" / "latest.safetensors", False
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None and not killed:
+        try:
+            position = read_checkpoint(latest)[1]["fit_position"] if latest.exists() else None
+        except Exception:
+            position = None
+        if position and position["epoch"] == 2 and position["step"] >= 10:
+            ranks = subprocess.run(["pgrep", "-f", f"out {run}"], capture_output=True, text=True).stdout.split()
+            ranks = [int(p) for p in ranks if int(p) != victim.pid]
+            os.kill(max(ranks), signal.SIGKILL)  # one rank dies; mpirun takes the other down
+            killed = True
+        time.sleep(0.005)
+    victim.communicate(timeout=120)
+    assert killed and victim.returncode != 0, "the run finished before one rank could be killed mid-epoch"
+    assert not (run / "summary.json").exists()
+    resumed = _mpirun(code, "train", "--quiet", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = json.loads((tmp_path / "reference" / "summary.json").read_text())["weights_sha256"]
+    assert json.loads((run / "summary.json").read_text())["weights_sha256"] == expected

@@ -96,3 +96,28 @@ def test_bad_searches_are_one_line_exit_2(data, tmp_path, args, needle):
                   "--out", tmp_path / "s")
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+
+
+def test_workers_share_a_postgresql_study(data, tmp_path):
+    """Against a real PostgreSQL server: .ci/run installs and starts Debian's postgresql and exports
+    NUMDL_TEST_POSTGRES; elsewhere this is skipped, saying why."""
+    import os
+    import uuid
+
+    import optuna
+
+    url = os.environ.get("NUMDL_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL server: set NUMDL_TEST_POSTGRES=postgresql://user:password@host/db (.ci/run does)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
+    name = f"numdl-test-{uuid.uuid4().hex[:8]}"
+    result = _cli("tune", "--set", f"data.path='{data}'", "--set", "train.epochs=1", "--param",
+                  "optimizer.lr=loguniform(1e-4, 1e-2)", "--method", "random", "--pruner", "none", "--trials", 4,
+                  "--workers", 2, "--storage", url, "--study", name, "--out", tmp_path / "study")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name=name, storage=url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert sorted(p.name for p in (tmp_path / "study").glob("trial-*")) == [f"trial-{n:04d}" for n in sorted(numbers)]
+    optuna.delete_study(study_name=name, storage=url)
