@@ -307,8 +307,9 @@ def predict(checkpoint, inputs, output, input_range):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed overrides, as for train.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should have (a resumed study runs the rest).")
-@click.option("--method", type=click.Choice(["grid", "random", "bayes"]), default="bayes", show_default=True,
-              help="grid: every combination of choice() values; random; bayes: Optuna's TPE.")
+@click.option("--method", type=click.Choice(["grid", "random", "bayes", "gp"]), default="bayes", show_default=True,
+              help="grid: every combination of choice() values; random; bayes: Optuna's TPE; gp: Optuna's "
+                   "Gaussian-process sampler (a few continuous parameters; needs PyTorch).")
 @click.option("--pruner", type=click.Choice(["median", "halving", "none"]), default="median", show_default=True,
               help="Stop trials early whose validation metric trails the others' at the same epoch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -331,9 +332,22 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
     from numdl import tune as tune_module
     from numdl import train as train_module
 
+    from numdl import distributed
+
+    world = distributed.world() if distributed.launched_size() > 1 else None  # mpirun: a worker per rank
     try:
         parsed = [tune_module.parse_param(p) for p in params]
         folder = out_dir or train_module.new_run_folder(prefix="tune-")
+        if world is not None:
+            if workers > 1:
+                raise ConfigError("--workers: under mpirun every rank is a worker already; drop --workers")
+            folder = world.agree(str(folder))  # rank 0's study folder for every rank
+            seed, worker = seed + world.rank, worker or world.rank != 0
+            if world.rank == 0:  # create the study before the others open it
+                tune_module.make_study(folder, storage, method, parsed, pruner, seed,
+                                       tune_module.objective_of(tune_module.search_config(config, overrides))[1],
+                                       study_name)
+            world.comm.Barrier()
         if workers > 1:  # K processes on one study; each runs trials until the study has enough
             threads = tune_module.worker_threads(workers)
             command = [sys.executable, "-m", "numdl.cli", "--threads", str(threads), "tune", *(
@@ -351,6 +365,8 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
         else:
             study = tune_module.run_search(config, overrides, parsed, folder, trials, method, storage, pruner, seed,
                                            on_line=click.echo, name=study_name)
+            if world is not None:
+                world.comm.Barrier()  # every rank's trials are in the study before rank 0 ranks them
             if worker:
                 return
         rows = tune_module.ranked(study)

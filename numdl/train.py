@@ -428,15 +428,17 @@ def _finished_epochs(metrics_path, before_epoch):
 
 
 def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrides=(), reset_optimizer=False,
-        callbacks=()):
+        callbacks=(), data_parallel=True):
     """Train as ``config`` says, writing the run folder; returns the summary dict. With
     ``resume_from`` (a checkpoint path), continue that run exactly where the checkpoint left it
     (``overrides``: the --set assignments allowed on a resumed run). ``callbacks``: more fit
-    callbacks, called after numdl's own (a search's pruning, say)."""
+    callbacks, called after numdl's own (a search's pruning, say). Under an MPI launcher the ranks
+    train one model together, unless ``data_parallel`` is False (each rank its own run: a search's
+    workers)."""
     from numdl import distributed
 
     extra_callbacks = list(callbacks)
-    world = distributed.world()  # None unless launched by mpirun/srun with several ranks
+    world = distributed.world() if data_parallel else None  # None unless launched with several ranks
     resume_meta = None
     if resume_from is not None:
         from numdl.checkpoint import read_checkpoint

@@ -11,7 +11,8 @@ and the best trial's config is written as ``best.toml``, ready for ``numdl train
 
 Search spaces, one ``--param KEY=SPACE`` each: ``loguniform(a,b)``, ``uniform(a,b)``, ``int(a,b)``,
 ``choice(v1,v2,...)`` (values as TOML: numbers, true/false, quoted strings). Methods: ``grid``
-(every combination of choice() parameters), ``random``, ``bayes`` (Optuna's TPE).
+(every combination of choice() parameters), ``random``, ``bayes`` (Optuna's TPE), ``gp`` (Optuna's
+Gaussian-process sampler: suits a few continuous parameters; it needs PyTorch).
 """
 
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from numdl.errors import ConfigError
 
 SPACES = ("loguniform", "uniform", "int", "choice")
-METHODS = ("grid", "random", "bayes")
+METHODS = ("grid", "random", "bayes", "gp")
 PRUNERS = ("median", "halving", "none")
 _SPACE = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
 
@@ -135,6 +136,13 @@ def make_study(folder, storage=None, method="bayes", params=(), pruner="median",
         sampler = optuna.samplers.GridSampler({key: values for key, _, values in params}, seed=seed)
     elif method == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif method == "gp":
+        try:
+            import torch  # noqa: F401  (Optuna's GPSampler computes with it)
+        except ImportError:
+            raise ConfigError("--method gp: Optuna's Gaussian-process sampler needs PyTorch (pip install torch)") \
+                from None
+        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
     if isinstance(pruner, str):
@@ -177,7 +185,7 @@ def run_search(config_path, overrides, params, folder, trials, method="bayes", s
         start = time.perf_counter()
         try:
             summary = train.run(config, run_folder, on_line=lambda line: None,
-                                callbacks=[_PruningReport(trial, monitor)])
+                                callbacks=[_PruningReport(trial, monitor)], data_parallel=False)
         except optuna.TrialPruned:
             on_line(f"trial {trial.number}: pruned  {'  '.join(assignments)}")
             raise

@@ -189,3 +189,21 @@ def test_a_two_rank_run_killed_on_one_rank_resumes_to_the_uninterrupted_weights(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected = json.loads((tmp_path / "reference" / "summary.json").read_text())["weights_sha256"]
     assert json.loads((run / "summary.json").read_text())["weights_sha256"] == expected
+
+
+def test_numdl_tune_under_mpirun_runs_one_worker_per_rank(tmp_path):
+    import sqlite3
+
+    pytest.importorskip("optuna")
+    data = write_fashion_like(tmp_path / "data", n_train=300, n_test=100)
+    code = "import sys; from numdl.cli import main; sys.argv = ['numdl', *sys.argv[1:]]; main()"
+    folder = tmp_path / "study"
+    result = _mpirun(code, "tune", "--set", f"data.path='{data}'", "--set", "train.epochs=1", "--param",
+                     "optimizer.lr=loguniform(1e-4, 1e-2)", "--method", "random", "--pruner", "none",
+                     "--trials", 4, "--out", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("rank trial") == 1  # rank 0 prints the table once
+    with sqlite3.connect(folder / "study.db") as db:
+        numbers = [n for (n,) in db.execute("select number from trials where state = 'COMPLETE'")]
+    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5
+    assert len(list(folder.glob("trial-*"))) == len(numbers)  # each trial a run of its own, not data-parallel

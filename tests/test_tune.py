@@ -121,3 +121,12 @@ def test_workers_share_a_postgresql_study(data, tmp_path):
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert sorted(p.name for p in (tmp_path / "study").glob("trial-*")) == [f"trial-{n:04d}" for n in sorted(numbers)]
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_the_gaussian_process_sampler_searches_continuous_parameters(data, tmp_path):
+    pytest.importorskip("torch")
+    result = _cli("tune", "--set", f"data.path='{data}'", "--set", "train.epochs=1", "--param",
+                  "optimizer.lr=loguniform(1e-4, 1e-2)", "--param", "model.layers.3.out_features=int(16, 64)",
+                  "--method", "gp", "--pruner", "none", "--trials", 6, "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("complete") == 6
