@@ -27,3 +27,16 @@ def write_fashion_like(folder, n_train=600, n_test=200, gz=True):
     for stem, array in zip(STEMS, (x_train, y_train, x_test, y_test)):
         write_idx(folder / f"{stem}{suffix}", array)
     return folder
+
+
+def invoke_cli(*args):
+    """Run the numdl command in-process (click's test runner): arguments are str()-ed; an exception
+    other than the command's own exit propagates, so a traceback fails the test."""
+    from click.testing import CliRunner
+
+    from numdl.cli import cli
+
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result

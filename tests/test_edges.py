@@ -13,17 +13,13 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 import numdl
-from helpers import separable_images, write_fashion_like
+from helpers import invoke_cli, separable_images, write_fashion_like
 from numdl.checkpoint import read_checkpoint
 from numdl.cli import cli
 from numdl.errors import CheckpointError
 
 
-def _cli(*args):
-    result = CliRunner().invoke(cli, list(map(str, args)))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+_cli = invoke_cli  # the numdl command, in-process
 
 
 def _one_line(result, code, needle):

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("pyarrow")
 
 import numdl  # noqa: E402
 from numdl import metrics  # noqa: E402
-from numdl.cli import cli  # noqa: E402
+from helpers import invoke_cli  # noqa: E402
 from numdl.data.table import TablePreprocessor, read_table  # noqa: E402
 from numdl.errors import DataError, ShapeError  # noqa: E402
 
@@ -20,11 +19,7 @@ MLP = "[{type='linear', out_features=64}, {type='relu'}, {type='linear', out_fea
       "{type='linear', out_features=%d}]"
 
 
-def _cli(*args):
-    result = CliRunner().invoke(cli, list(map(str, args)))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+_cli = invoke_cli  # the numdl command, in-process
 
 
 def _write_csv(path, columns):

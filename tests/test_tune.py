@@ -5,13 +5,11 @@ worker processes sharing one SQLite study."""
 import sqlite3
 
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("optuna")
 
-from helpers import write_fashion_like  # noqa: E402
+from helpers import invoke_cli, write_fashion_like  # noqa: E402
 from numdl import tune  # noqa: E402
-from numdl.cli import cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +17,7 @@ def data(tmp_path_factory):
     return write_fashion_like(tmp_path_factory.mktemp("tune") / "data", n_train=400, n_test=100)
 
 
-def _cli(*args):
-    result = CliRunner().invoke(cli, list(map(str, args)))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+_cli = invoke_cli  # the numdl command, in-process
 
 
 def test_a_grid_search_ranks_every_combination_writes_best_toml_and_resumes(data, tmp_path):
