@@ -337,6 +337,7 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
     world = distributed.world() if distributed.launched_size() > 1 else None  # mpirun: a worker per rank
     try:
         parsed = [tune_module.parse_param(p) for p in params]
+        monitor, direction = tune_module.objective_of(tune_module.search_config(config, overrides))
         folder = out_dir or train_module.new_run_folder(prefix="tune-")
         if world is not None:
             if workers > 1:
@@ -344,9 +345,7 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
             folder = world.agree(str(folder))  # rank 0's study folder for every rank
             seed, worker = seed + world.rank, worker or world.rank != 0
             if world.rank == 0:  # create the study before the others open it
-                tune_module.make_study(folder, storage, method, parsed, pruner, seed,
-                                       tune_module.objective_of(tune_module.search_config(config, overrides))[1],
-                                       study_name)
+                tune_module.make_study(folder, storage, method, parsed, pruner, seed, direction, study_name)
             world.comm.Barrier()
         if workers > 1:  # K processes on one study; each runs trials until the study has enough
             threads = tune_module.worker_threads(workers)
@@ -355,7 +354,6 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
                 *[f"--set={o}" for o in overrides], "--trials", str(trials), "--method", method,
                 "--pruner", pruner, "--out", str(folder), "--study", study_name,
                 *(["--storage", storage] if storage else [])]
-            direction = tune_module.objective_of(tune_module.search_config(config, overrides))[1]
             tune_module.make_study(folder, storage, method, parsed, pruner, seed, direction, study_name)
             children = [subprocess.Popen(command + ["--seed", str(seed + k), "--worker"]) for k in range(workers)]
             codes = [child.wait() for child in children]
@@ -373,7 +371,6 @@ def tune(config, params, overrides, trials, method, pruner, workers, storage, ou
         best = tune_module.write_best(study, folder)
     except NumdlError as error:
         _fail(error)
-    monitor = tune_module.objective_of(tune_module.search_config(config, overrides))[0]
     click.echo(f"{'rank':>4} {'trial':>5} {monitor:>20} {'state':>9}  values")
     for rank, number, value, state, assignments, _ in rows:
         shown = f"{value:.4f}" if value is not None else "-"

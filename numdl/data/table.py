@@ -275,26 +275,28 @@ class TargetEncoder:
         if self.task == "classification":
             if len(self.targets) != 1:
                 raise ConfigError("data.target: a classification target is one column")
-            values = self._raw_classes(table, source)
+            values = self.classes_of(table, source)
             self.classes = sorted(set(values), key=_class_order)
             if len(self.classes) < 2:
                 raise DataError(f"{source}: the target {self.targets[0]!r} has a single class "
                                 f"({self.classes[0]!r}); there is nothing to learn")
         elif self.task == "regression" and self.scale_target:
-            values = self._values(table, source)
+            values = self.values_of(table, source)
             self.shift, self.divisor = float(values.mean()), float(values.std()) or 1.0
         else:
-            self._values(table, source)
+            self.values_of(table, source)
         return self
 
-    def _raw_classes(self, table, source):
+    def classes_of(self, table, source):
+        """The target's class of every row, as normalised text ('1' and '1.0' are one class)."""
         values = category_values(table, self.targets[0])
         if any(v is None or v == "" for v in values):
             row = next(i for i, v in enumerate(values) if v is None or v == "")
             raise DataError(f"{source}: row {row + 2}: the target {self.targets[0]!r} is missing")
         return [_normalise_class(v) for v in values]
 
-    def _values(self, table, source):
+    def values_of(self, table, source):
+        """The target column(s) as a float (rows, targets) array, checked (present; 0/1 for multi-label)."""
         columns = [numeric_values(table, name, source) for name in self.targets]
         values = np.stack(columns, axis=1)
         if np.isnan(values).any():
@@ -310,12 +312,12 @@ class TargetEncoder:
         table = as_arrow(table)
         if self.task == "classification":
             index = {c: i for i, c in enumerate(self.classes)}
-            raw = self._raw_classes(table, source)
+            raw = self.classes_of(table, source)
             unknown = [v for v in raw if v not in index]
             if unknown:
                 raise DataError(f"{source}: the target has class {unknown[0]!r}, which the training split lacks")
             return np.array([index[v] for v in raw], np.int64)
-        values = self._values(table, source)
+        values = self.values_of(table, source)
         if self.task == "regression":
             values = (values - self.shift) / self.divisor
         return values.astype(dtype)
@@ -446,21 +448,23 @@ def load_table_splits(config):
     encoder = TargetEncoder(task, targets, data.get("scale_target", False))
     source = data.get("train_path") or data["path"]
     # Checked on whole files first, so that an error names the row of the file, not of a split.
+    training_classes = None
     for name, table in {"training": train, **given}.items():
         where = source if name == "training" else data[f"{name}_path"]
         for column in features:
             if column not in categorical and column in table.column_names:
                 numeric_values(table, column, where)
         if task == "classification":
-            encoder._raw_classes(table, where)
+            classes = encoder.classes_of(table, where)
+            training_classes = classes if name == "training" else training_classes
         else:
-            encoder._values(table, where)
+            encoder.values_of(table, where)
     fractions = {"validation": data.get("validation_split", 0.0), "test": data.get("test_split", 0.0)}
     wanted = [name for name in ("validation", "test") if name not in given and fractions[name] > 0]
     if "test" not in given and "test" not in wanted:
         raise ConfigError("data.test_split: must be > 0, or give data.test_path")
     if wanted:
-        strata = np.array(encoder._raw_classes(train, "data.path")) if task == "classification" else None
+        strata = np.array(training_classes) if task == "classification" else None  # stratified by class
         parts = stratified_split(train.num_rows, strata, [fractions[name] for name in wanted], seed)
         splits = {"train": train.take(parts[0]), **{name: train.take(p) for name, p in zip(wanted, parts[1:])}}
     else:
@@ -589,13 +593,13 @@ def load_table_out_of_core(config, folder):
             if task == "classification":
                 column = table.column(targets[0])
                 if column.null_count:
-                    encoder._raw_classes(table, path)  # names the row of the missing target
+                    encoder.classes_of(table, path)  # names the row of the missing target
                 encoded = column.cast("string").dictionary_encode().combine_chunks()
                 names = [_normalise_class(v) for v in encoded.dictionary.to_pylist()]
                 lookup = np.array([seen.setdefault(v, len(seen)) for v in names], np.int32)
                 parts.append(lookup[encoded.indices.to_numpy(zero_copy_only=False)])
             else:
-                parts.append(encoder._values(table, path))
+                parts.append(encoder.values_of(table, path))
         return np.concatenate(parts)
 
     rows = {name: target_rows(path) for name, path in files.items()}
