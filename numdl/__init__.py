@@ -13,11 +13,13 @@ __version__ = "0.1.0"
 from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, NumdlError, RegistryError,
                           ShapeError)
 from numdl.hookspecs import hookimpl
-from numdl.layers import (GELU, GRU, LSTM, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Dropout, Embedding,
-                          Flatten, GlobalAvgPool2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, MultiHeadAttention,
-                          Parameter, PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax,
-                          SwapAxes, Tanh, TransformerEncoderLayer)
-from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss
+from numdl.graph import Input, Model
+from numdl.layers import (GELU, GRU, LSTM, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
+                          ConvTranspose2d, Crop2d, Dropout, Embedding, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
+                          LeakyReLU, Linear, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
+                          PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
+                          TransformerEncoderLayer, Upsample)
+from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss, PixelCrossEntropy
 from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
@@ -38,12 +40,13 @@ def load_model(path, reset_optimizer=False, with_meta=False):
 
 
 __all__ = [
-    "__version__", "load_model", "hookimpl", "Sequential",
+    "__version__", "load_model", "hookimpl", "Sequential", "Model", "Input",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
-    "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes",
-    "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits",
+    "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
+    "Add", "Multiply", "Crop2d",
+    "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits", "PixelCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
 ]

@@ -27,9 +27,8 @@ def model_tensors(model, optimizer=None):
     """{name: host array} of everything a model (and optimizer) needs to continue exactly."""
     ops = model.ops
     tensors = {f"param/{name}": ops.to_numpy(p.value) for name, p in model.named_parameters().items()}
-    for i, layer in enumerate(model.layers):
-        for name, array in layer.named_state().items():
-            tensors[f"state/{i}.{layer.name}.{name}"] = ops.to_numpy(array)
+    for name, array in model.named_state().items():
+        tensors[f"state/{name}"] = ops.to_numpy(array)
     if optimizer is not None and optimizer.state is not None:
         for index, buffers in enumerate(optimizer.state):
             for name, array in buffers.items():
@@ -359,9 +358,8 @@ def apply_checkpoint(model, tensors, optimizer=None, path="checkpoint", reset_op
     ops = model.ops
     for name, param in model.named_parameters().items():
         _copy_into(ops, param.value, tensors[f"param/{name}"])
-    for i, layer in enumerate(model.layers):
-        for name, array in layer.named_state().items():
-            _copy_into(ops, array, tensors[f"state/{i}.{layer.name}.{name}"])
+    for name, array in model.named_state().items():
+        _copy_into(ops, array, tensors[f"state/{name}"])
     if stateful and has_optim:
         params = model.parameters()
         optimizer.ensure_state(params)  # copied into, not replaced: they may be views of flat buffers

@@ -243,9 +243,30 @@ def evaluate(checkpoint, data_path):
     except NumdlError as error:
         _fail(error)
     line = f"test_loss {result['loss']:.4f}"
-    if result["predictions"] is not None:
+    if getattr(model.loss, "class_axis", -1) == 1:  # segmentation: per-pixel quality
+        report = train_module.SegmentationReport(model, {}, config["train"]["eval_batch_size"]).report(
+            x_test, y_test, result["predictions"])
+        line += (f"  pixel_acc {report['pixel_accuracy']:.4f}  mean_iou {report['mean_iou']:.4f}  "
+                 f"mean_dice {report['mean_dice']:.4f}")
+    elif getattr(model.loss, "target_kind", None) == "boxes":
+        report = train_module.DetectionReport(model, {}, config["train"]["eval_batch_size"]).report(x_test, y_test)
+        line += f"  map50 {report['map50']:.4f}  map {report['map']:.4f}"
+    elif result["predictions"] is not None:
         line += f"  test_acc {result['accuracy']:.4f}  macro_f1 {metrics.macro_f1(y_test.reshape(-1), result['predictions'].reshape(-1)):.4f}"
     click.echo(line)
+
+
+def _class_names(config):
+    """The class names a run's dataset gives, or None."""
+    from numdl.plugins import registry
+
+    try:
+        dataset = registry().get("dataset", config["data"]["name"])()
+        if hasattr(dataset, "configure"):
+            dataset.configure(config)
+        return list(dataset.class_names or []) or None
+    except (NumdlError, KeyError):
+        return None
 
 
 @cli.command()
@@ -255,12 +276,19 @@ def evaluate(checkpoint, data_path):
 @click.option("--input-range", "input_range", metavar="LOW,HIGH",
               help="The range INPUT's values lie in, e.g. 0,1: mapped linearly onto the range of the model's "
                    "training input. Without it, INPUT clearly outside that range is refused.")
-def predict(checkpoint, inputs, output, input_range):
+@click.option("--masks", "masks", type=click.Path(file_okay=False, path_type=Path),
+              help="Segmentation models: write each sample's class mask as a PNG into this folder.")
+@click.option("--draw", "draw", type=click.Path(file_okay=False, path_type=Path),
+              help="Detection models: write each sample with its detected boxes drawn as a PNG into this folder.")
+def predict(checkpoint, inputs, output, input_range, masks, draw):
     """Predict INPUT with CHECKPOINT; one CSV row per sample: its index (or the run's id column), the
     predicted class and the class probabilities (or the raw outputs, or a table's target values).
 
     For a model trained on a table, INPUT is a CSV or Parquet file of raw rows with the training
     columns (missing values and unseen categories allowed; extra columns are ignored with a note).
+    A segmentation model gives each sample's pixel count per class (and, with --masks, its mask as a
+    PNG); a detection model one row per box: index, class, name, score, x1, y1, x2, y2 (and, with
+    --draw, each sample with its boxes drawn).
     Otherwise INPUT is an .npy array or an IDX file of raw samples, as the training data came (for
     Fashion-MNIST: uint8 pixels 0-255, shape (N, 28, 28), or (N, 784) for a model that starts with
     flatten); numdl applies the training run's normalisation itself. The checkpoint records the
@@ -287,7 +315,25 @@ def predict(checkpoint, inputs, output, input_range):
             normalizer = Normalizer.from_state(meta["normalization"], meta["config"]["model"]["dtype"])
             x = inference.shape_for(model, inference.load_samples(inputs), inputs)
             x = inference.match_training_range(x, normalizer.input_range, stated, inputs)
-            header, rows = inference.image_predictions(model, model.predict(normalizer.transform(x)))
+            dense = getattr(model.loss, "class_axis", -1) == 1
+            boxes = getattr(model.loss, "target_kind", None) == "boxes"
+            for flag, name, fits in ((masks, "--masks", dense), (draw, "--draw", boxes)):
+                if flag is not None and not fits:
+                    raise DataError(f"{name} is for {'segmentation' if name == '--masks' else 'detection'} models; "
+                                    f"{checkpoint} is neither")
+                if flag is not None:
+                    from numdl.images import pillow
+
+                    pillow()  # before any work: a missing Pillow is one line, not a half-written folder
+                    flag.mkdir(parents=True, exist_ok=True)
+            outputs = model.predict(normalizer.transform(x))
+            names = _class_names(meta["config"])
+            if dense:
+                header, rows = inference.mask_predictions(model, outputs, names, masks)
+            elif boxes:
+                header, rows = inference.box_predictions(model, outputs, names, x, draw)
+            else:
+                header, rows = inference.image_predictions(model, outputs)
         text = inference.csv_text(header, rows)
         if output:
             from numdl.fileio import write_text_atomically

@@ -23,8 +23,10 @@ SECTIONS = {
              "target": str | list[str], "features": list[str], "categorical": list[str], "id_column": str,
              "task": str, "train_path": str, "validation_path": str, "test_path": str, "test_split": float,
              "scale": str, "impute": str, "fill_value": float, "missing_indicator": bool, "scale_target": bool,
-             "sampler": str, "out_of_core": bool},
-    "model": {"dtype": str, "device": str, "layers": list},
+             "sampler": str, "out_of_core": bool,
+             # scenes (data.name = "fashion_scenes")
+             "scenes_train": int, "scenes_test": int},
+    "model": {"dtype": str, "device": str, "layers": list, "nodes": list, "outputs": list, "input": str},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
               "divergence_factor": float, "threshold": float, "lr_scaling": str, "metrics": list, "callbacks": list},
@@ -42,7 +44,10 @@ DESCRIPTIONS = {
     "data.validation_split": "fraction of the training set held out and evaluated after every epoch, in [0, 1)",
     "data.crop_padding": "> 0: random crops of training images padded by this many pixels",
     "data.horizontal_flip": "random left-right flips of training images",
-    "data.target": "tables: the target column, or a list of columns (multi-label or multi-output regression)",
+    "data.target": "tables: the target column, or a list of columns (multi-label or multi-output regression); "
+                   "fashion_scenes: mask (per-pixel classes, segmentation) or boxes (detection)",
+    "data.scenes_train": "fashion_scenes: training scenes made from the training images (default 12000)",
+    "data.scenes_test": "fashion_scenes: test scenes made from the test images (default 2000)",
     "data.features": "tables: the feature columns (default: every column but the target and id column)",
     "data.categorical": "tables: the categorical feature columns (default: the columns holding text), one-hot "
                         "encoded with an extra slot for categories unseen in training and missing values",
@@ -67,6 +72,12 @@ DESCRIPTIONS = {
     "model.device": "cpu or cuda",
     "model.layers": "the layers in order, each a table {type = ..., parameters...}; `numdl plugins` lists every "
                     "layer's parameters",
+    "model.nodes": "a graph model instead of model.layers: layer tables with a `name` and the names of their "
+                   "`inputs` (default: the node before), e.g. {name = \"up1\", type = \"concat\", inputs = [\"enc1\", "
+                   "\"dec1\"]}; {name = ..., type = \"shared\", layer = \"<node>\", inputs = [...]} reuses a node's "
+                   "layer and weights",
+    "model.outputs": "graph models: the node whose output is trained (default: the last node)",
+    "model.input": "graph models: the name nodes use for the data (default: \"input\")",
     "loss": "{type = ..., parameters...}: cross_entropy, mse, mae, huber, bce_with_logits or a plugin's",
     "optimizer": "{type = ..., lr = ..., ...}: sgd, adam, adamw, rmsprop or a plugin's",
     "schedule": "learning-rate schedule {type = ..., ...}: constant, step, multistep, exponential, cosine, "
@@ -125,6 +136,10 @@ def merge(base, override):
     """``override`` over ``base``: tables merge key by key; ``model.layers`` and a loss or optimizer
     table that names a new ``type`` replace what they override as a whole."""
     result = copy.deepcopy(base)
+    if isinstance(override.get("nodes"), list) and "layers" not in override:
+        result.pop("layers", None)  # a graph replaces the default's chain of layers
+    if isinstance(override.get("layers"), list) and "nodes" not in override:
+        result.pop("nodes", None)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(result.get(key), dict):
             if key in ITEM_SECTIONS and "type" in value and value["type"] != result[key].get("type"):
@@ -165,6 +180,8 @@ def apply_override(config, assignment):
         node[_index(last, node, key)] = parse_value(raw)
     else:
         node[last] = parse_value(raw)
+        if node is config.get("model") and last in ("nodes", "layers"):  # a graph replaces a chain, and back
+            node.pop("layers" if last == "nodes" else "nodes", None)
 
 
 def _index(part, items, where):
@@ -321,8 +338,15 @@ def validate(config):
             known = ", ".join([*TOP_LEVEL, *SECTIONS, *ITEM_SECTIONS])
             raise ConfigError(f"{key}: unknown key (known: {known})")
     layers = config["model"].get("layers", [])
-    if not layers:
+    nodes = config["model"].get("nodes")
+    if nodes is not None:
+        if layers:
+            raise ConfigError("model: give model.layers (a chain) or model.nodes (a graph), not both")
+        check_nodes(nodes)
+    elif not layers:
         raise ConfigError("model.layers: at least one layer is needed")
+    elif "outputs" in config["model"] or "input" in config["model"]:
+        raise ConfigError("model.outputs and model.input belong to graph models (model.nodes)")
     for i, layer in enumerate(layers):
         check_item(f"model.layers.{i}", layer, "layer")
     from numdl.plugins import registry
@@ -360,6 +384,29 @@ def validate(config):
     _check_monitor(config)
 
 
+def check_nodes(nodes):
+    """Each ``model.nodes`` table: a name, its inputs, and a layer table (or a shared layer)."""
+    if not nodes:
+        raise ConfigError("model.nodes: at least one node is needed")
+    for i, table in enumerate(nodes):
+        path = f"model.nodes.{i}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: expected a table with name, type and inputs, got {short(table)}")
+        if not isinstance(table.get("name"), str) or not table["name"]:
+            raise ConfigError(f"{path}.name: every node needs a name (a string)")
+        inputs = table.get("inputs", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(name, str) for name in inputs):
+            raise ConfigError(f"{path}.inputs: expected a list of node names, got {short(table.get('inputs'))}")
+        item = {k: v for k, v in table.items() if k not in ("name", "inputs")}
+        if item.get("type") == "shared":
+            if set(item) != {"type", "layer"} or not isinstance(item.get("layer"), str):
+                raise ConfigError(f"{path}: a shared node has name, inputs and layer = \"<an earlier node>\" only")
+            continue
+        check_item(path, item, "layer")
+
+
 def reported_metrics(config):
     """The epoch metrics a run of ``config`` reports (what train.monitor may name)."""
     data = config["data"]
@@ -369,6 +416,13 @@ def reported_metrics(config):
         from numdl.data.table import TASK_METRICS, task_for
 
         task_metrics = [m for m in TASK_METRICS[task_for(config)] if m != "recall"]  # (a list per class)
+    from numdl.plugins import registry
+
+    entry = registry().items["loss"].get(config.get("loss", {}).get("type"))
+    if entry is not None and getattr(entry.cls, "class_axis", -1) == 1:  # segmentation (SegmentationReport)
+        task_metrics = task_metrics + ["pixel_accuracy", "mean_iou", "mean_dice"]
+    if entry is not None and getattr(entry.cls, "target_kind", None) == "boxes":  # detection (DetectionReport)
+        task_metrics = task_metrics + ["map50", "map"]
     names = ["train_loss", "train_accuracy"]
     for name in sets:
         names += [f"{name}_{m}" for m in ["loss", "accuracy", *task_metrics, *config["train"].get("metrics", [])]]
@@ -407,8 +461,16 @@ def config_of(model):
 
     config = default_config()
     config["seed"] = model.seed
-    config["model"].update(dtype=str(model.dtype), device=model.device,
-                           layers=[layer.config_table() for layer in model.layers])
+    config["model"].update(dtype=str(model.dtype), device=model.device)
+    graph = getattr(model, "config_table", None)
+    if graph is not None:  # a graph model
+        graph = graph()
+        if graph is None:
+            return None
+        del config["model"]["layers"]
+        config["model"].update(nodes=graph["nodes"], outputs=graph["outputs"], input=graph["input"])
+    else:
+        config["model"]["layers"] = [layer.config_table() for layer in model.layers]
     if model.loss is not None:
         config["loss"] = table(model.loss)
     if model.optimizer is not None:
@@ -421,9 +483,17 @@ def config_of(model):
 
 
 def build_model(config, input_shape):
-    """A built, compiled Sequential from a validated config."""
+    """A built, compiled Sequential (or graph Model, for model.nodes) from a validated config."""
     from numdl.model import Sequential
 
+    if config["model"].get("nodes"):
+        from numdl.graph import from_config
+
+        model = from_config(config["model"], input_shape, config["model"]["dtype"], config["model"]["device"],
+                            config.get("seed", 0))
+        model.compile(build_item("loss", config["loss"], "loss"),
+                      build_item("optimizer", config["optimizer"], "optimizer"))
+        return model
     layers = [build_item(f"model.layers.{i}", t, "layer") for i, t in enumerate(config["model"]["layers"])]
     model = Sequential(layers, dtype=config["model"]["dtype"], device=config["model"]["device"],
                        seed=config.get("seed", 0))

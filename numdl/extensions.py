@@ -36,6 +36,50 @@ class FashionMNIST(Dataset):
         return load_fashion_mnist(path)
 
 
+class FashionScenes(Dataset):
+    """64x64 scenes of 1-4 Fashion-MNIST garments (numdl.data.scenes): ``data.target = "mask"`` gives
+    per-pixel class masks (N, 64, 64) with 11 classes (0 background, 1 + the garment's class) for
+    segmentation; ``"boxes"`` gives (N, 4, 5) rows [x1, y1, x2, y2, class] (class -1: no garment)
+    for detection. ``data.scenes_train`` / ``data.scenes_test`` set the counts; test scenes are
+    made from the test images only."""
+
+    name = "fashion_scenes"
+    TARGETS = ("mask", "boxes")
+
+    def __init__(self):
+        self.train_count, self.test_count, self.target, self.seed = 12000, 2000, "mask", 0
+
+    @property
+    def class_names(self):
+        from numdl.data import CLASS_NAMES
+
+        return ["background", *CLASS_NAMES] if self.target == "mask" else list(CLASS_NAMES)
+
+    def configure(self, config):
+        from numdl.errors import ConfigError
+
+        data = config["data"]
+        self.train_count = data.get("scenes_train", self.train_count)
+        self.test_count = data.get("scenes_test", self.test_count)
+        self.target = data.get("target", "mask")
+        self.seed = config.get("seed", 0)
+        if self.target not in self.TARGETS:
+            raise ConfigError(f"data.target: fashion_scenes gives 'mask' or 'boxes', got {self.target!r}")
+        if self.train_count < 1 or self.test_count < 1:
+            raise ConfigError("data.scenes_train and data.scenes_test must be >= 1")
+
+    def load(self, path):
+        from numdl.data import load_fashion_mnist
+        from numdl.data.scenes import scene_splits
+
+        train_images, train_labels, test_images, test_labels = load_fashion_mnist(path)
+        (x_train, m_train, b_train), (x_test, m_test, b_test) = scene_splits(
+            train_images, train_labels, test_images, test_labels, self.train_count, self.test_count, self.seed)
+        if self.target == "mask":
+            return x_train, m_train, x_test, m_test
+        return x_train, b_train, x_test, b_test
+
+
 class TableDataset(Dataset):
     """CSV or Parquet tables (``data.name = "table"``): ``data.path`` (or separate train/validation/
     test files), ``data.target``, optional ``data.features`` and ``data.categorical``; split,
@@ -132,6 +176,6 @@ class CSVLogger(Callback):
             f.write(",".join(json.dumps(logs.get(c)) for c in self._columns) + "\n")
 
 
-BUILTIN_DATASETS = (FashionMNIST, TableDataset)
+BUILTIN_DATASETS = (FashionMNIST, TableDataset, FashionScenes)
 BUILTIN_METRICS = (MacroF1, MacroPrecision, MacroRecall)
 BUILTIN_CALLBACKS = (CSVLogger,)

@@ -40,6 +40,8 @@ def shape_for(model, x, source):
         flat = getattr(model.layers[0], "name", None) == "flatten"
         if flat and math.prod(x.shape[1:]) == math.prod(shape):
             return x.reshape((x.shape[0],) + shape)
+        if len(shape) == 3 and shape[0] == 1 and tuple(x.shape[1:]) == shape[1:]:  # one-channel images
+            return x.reshape((x.shape[0],) + shape)
         raise ShapeError(f"{source}: samples of shape {tuple(x.shape[1:])}, but the model expects {shape}")
     return x
 
@@ -97,6 +99,43 @@ def image_predictions(model, outputs):
     else:
         header = ["index"] + [f"y{i}" for i in range(outputs.shape[1])]
         rows = [[i, *(f"{v:.6g}" for v in row)] for i, row in enumerate(outputs)]
+    return header, rows
+
+
+def mask_predictions(model, outputs, names, folder=None):
+    """(header, rows) of predict's CSV for a segmentation model: each sample's pixel count per class;
+    with ``folder``, each sample's class mask as mask-NNNNN.png there."""
+    masks = outputs.argmax(axis=1)
+    classes = outputs.shape[1]
+    labels = names if names and len(names) == classes else [f"class{k}" for k in range(classes)]
+    header = ["index"] + [f"pixels_{name}" for name in labels]
+    rows = [[i, *np.bincount(mask.reshape(-1), minlength=classes)] for i, mask in enumerate(masks)]
+    if folder is not None:
+        from numdl.images import save_mask
+
+        for i, mask in enumerate(masks):
+            save_mask(folder / f"mask-{i:05d}.png", mask)
+    return header, rows
+
+
+def box_predictions(model, outputs, names, samples=None, folder=None):
+    """(header, rows) of predict's CSV for a detection model: one row per detected box (index, class,
+    its name, score, x1, y1, x2, y2 in input pixels); with ``folder``, each sample with its boxes drawn
+    as boxes-NNNNN.png there."""
+    from numdl import detection
+
+    found = detection.decode(outputs, model.loss.stride)
+    header = ["index", "class", "name", "score", "x1", "y1", "x2", "y2"]
+    rows = []
+    for i, (boxes, scores, labels) in enumerate(found):
+        for box, score, label in zip(boxes, scores, labels):
+            name = names[int(label)] if names and int(label) < len(names) else str(int(label))
+            rows.append([i, int(label), name, f"{score:.4f}", *(f"{v:.2f}" for v in box)])
+    if folder is not None:
+        from numdl.images import save_boxes
+
+        for i, (boxes, scores, labels) in enumerate(found):
+            save_boxes(folder / f"boxes-{i:05d}.png", samples[i], boxes, labels, scores, names)
     return header, rows
 
 

@@ -49,9 +49,17 @@ def ones(shape, fan_in, fan_out, rng):
     return np.ones(shape)
 
 
+def rare_class_prior(shape, fan_in, fan_out, rng):
+    """The bias of a sigmoid classifier of rare positives (RetinaNet's and CenterNet's heatmap heads):
+    -log((1 - 0.01) / 0.01), so every output starts at probability 0.01 and the many negatives do not
+    swamp the first steps of a focal loss."""
+    return np.full(shape, -math.log((1 - 0.01) / 0.01))
+
+
 INITIALIZERS = {
     f.__name__: f
-    for f in (kaiming_uniform, kaiming_normal, xavier_uniform, xavier_normal, pytorch_default, zeros, ones)
+    for f in (kaiming_uniform, kaiming_normal, xavier_uniform, xavier_normal, pytorch_default, zeros, ones,
+              rare_class_prior)
 }
 
 

@@ -119,3 +119,28 @@ def regression_report(y_true, y_pred):
     residual = (error ** 2).sum(axis=0)
     r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), np.where(residual > 0, 0.0, 1.0))
     return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error ** 2).mean())), "r2": float(r2.mean())}
+
+
+def segmentation_report(y_true, y_pred, num_classes, ignore_index=None):
+    """Per-pixel quality of class masks (any shape, one label per pixel): pixel accuracy, each
+    class's IoU (intersection over union of predicted and true pixels) and Dice (2|P.T| / (|P| + |T|)),
+    and their means over the classes present in the truth or the prediction (a class absent from
+    both has no IoU: it is left out of the mean, as in torchmetrics' and mmseg's mIoU). Pixels
+    labelled ``ignore_index`` are left out."""
+    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
+    if ignore_index is not None:
+        keep = y_true != ignore_index
+        y_true, y_pred = y_true[keep], y_pred[keep]
+    matrix = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    hits = np.diag(matrix)
+    truth, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    union = truth + predicted - hits
+    present = union > 0
+    iou = np.divide(hits, union, out=np.full(num_classes, np.nan), where=present)
+    dice = np.divide(2 * hits, truth + predicted, out=np.full(num_classes, np.nan), where=present)
+    total = matrix.sum()
+    return {"pixel_accuracy": float(hits.sum() / total) if total else 0.0,
+            "mean_iou": float(np.nanmean(iou)) if present.any() else 0.0,
+            "mean_dice": float(np.nanmean(dice)) if present.any() else 0.0,
+            "iou": [None if np.isnan(v) else round(float(v), 4) for v in iou],
+            "dice": [None if np.isnan(v) else round(float(v), 4) for v in dice]}

@@ -35,6 +35,11 @@ class Sequential:
         self.layers = list(layers)
         if not self.layers:
             raise ConfigError("a model needs at least one layer")
+        if type(self) is Sequential:
+            joining = next((layer for layer in self.layers if getattr(layer, "many_inputs", False)), None)
+            if joining is not None:
+                raise ConfigError(f"layer {joining.name!r} joins several tensors: wire it in a graph model "
+                                  f"(numdl.Model, or [[model.nodes]] in a config)")
         self.dtype = np.dtype(dtype)
         self.device = device
         self.ops = get_ops(device)
@@ -111,6 +116,17 @@ class Sequential:
         return {f"{i}.{layer.name}.{name}": p for i, layer in enumerate(self.layers)
                 for name, p in layer.named_parameters().items()}
 
+    def named_state(self):
+        """{"<index>.<layer name>.<state>": array}: non-trained arrays (batch-norm statistics)."""
+        return {f"{i}.{layer.name}.{name}": a for i, layer in enumerate(self.layers)
+                for name, a in layer.named_state().items()}
+
+    def _input_shapes(self):
+        return [self.input_shape]
+
+    def _input_dtypes(self):
+        return [self._input_dtype]
+
     def parameter_count(self):
         return int(sum(np.prod(p.value.shape) for p in self.parameters()))
 
@@ -156,7 +172,7 @@ class Sequential:
         if self.clip_grad_norm > 0:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
-        return loss, _count_correct(self.ops, logits, y)
+        return loss, _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
 
     def _check_loss(self, loss, x, lengths, averaged=""):
         if not np.isfinite(loss):
@@ -217,8 +233,7 @@ class Sequential:
         rng_states = [layer.get_rng_state() for layer in self.layers]
         x = self.ops.zeros((batch_size,) + self.input_shape, self._input_dtype)
         logits = self.forward(x, training=True)
-        target = np.zeros((batch_size,) + self.output_shape[:-1], np.int64) if _is_class_output(self.loss) else \
-            np.zeros((batch_size,) + self.output_shape, self.dtype)
+        target = _example_target(self.loss, batch_size, self.output_shape, self.dtype)
         self.loss.forward(logits, target)
         self.backward(self.loss.backward())
         scratch = [Parameter(p.name, self.ops.zeros(p.value.shape, self.dtype), p.grad) for p in self.parameters()]
@@ -231,7 +246,7 @@ class Sequential:
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
             eval_data=None, callbacks=(), augment=None, lengths=None, resume=None, verbose="auto",
-            sampling_weights=None, shard=None):
+            sampling_weights=None, shard=None, eval_batch_size=None):
         """Train for ``epochs``; returns the history (one dict of metrics per epoch).
 
         ``eval_data`` maps a name to (x, y), evaluated after each epoch as ``<name>_loss`` and
@@ -256,6 +271,9 @@ class Sequential:
         sample of each epoch's order from ``rank`` on, the order cut to a multiple of ``size`` so that
         every rank takes the same number of steps.
 
+        ``eval_batch_size``: samples per evaluation batch (default: the larger of batch_size and 1000;
+        smaller for large samples, whose activations at 1000 a batch take gigabytes).
+
         ``verbose`` as Keras's: 1 (or "auto") a progress bar per epoch in a terminal and one line per
         epoch (loss, accuracy, the evaluation sets, samples/s), 2 the line alone, 0 nothing.
         """
@@ -274,18 +292,23 @@ class Sequential:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if sampling_weights is not None:
             sampling_weights = np.asarray(sampling_weights, np.float64)
-            if sampling_weights.shape != (x.shape[0],) or not np.isclose(sampling_weights.sum(), 1.0) \
+            if sampling_weights.shape != (_count(x),) or not np.isclose(sampling_weights.sum(), 1.0) \
                     or (sampling_weights < 0).any():
-                raise DataError(f"sampling_weights must be {x.shape[0]} non-negative numbers summing to 1")
+                raise DataError(f"sampling_weights must be {_count(x)} non-negative numbers summing to 1")
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        n = x.shape[0]
-        gather = np.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
+        n = _count(x)
+        if augment is not None and isinstance(x, list):
+            raise ConfigError("augment takes one input array; augment a model with several inputs in the data")
+        if lengths is not None and isinstance(x, list):
+            raise ConfigError("lengths are for one sequence input")
+        gather = [np.empty((min(batch_size, n),) + a.shape[1:], a.dtype) for a in _parts(x)]
         if verbose:
             from numdl.progress import FitReporter
 
             reporter = FitReporter(verbose, epochs, n)
             callbacks = [*callbacks, reporter]
         try:
+            self._eval_batch_size = eval_batch_size or max(batch_size, 1000)
             return self._fit_epochs(x, y, lengths, evals, epochs, batch_size, shuffle, rng, gather, callbacks,
                                     augment, resume, sampling_weights, shard)
         finally:
@@ -296,14 +319,14 @@ class Sequential:
                     resume, sampling_weights, shard):
         history = []
         self.stop_training = False
-        n = x.shape[0] if shard is None else x.shape[0] // shard[1]  # the samples this process trains on
+        n = _count(x) if shard is None else _count(x) // shard[1]  # the samples this process trains on
         first_epoch = 1 if resume is None else int(resume["epoch"])
         self.reference_loss = None if resume is None else resume.get("reference_loss")
         steps_per_epoch = -(-n // batch_size)
         if resume is not None and not 0 <= int(resume["step"]) <= steps_per_epoch:
             raise DataError(f"the resume position (epoch {resume['epoch']}, step {resume['step']}) lies outside an "
                             f"epoch of {steps_per_epoch} steps: not this run's checkpoint")
-        pages = ondisk.PageBudget(x)  # a memmapped x: its pages are dropped as batches are read
+        pages = ondisk.PageBudget(_parts(x)[0])  # a memmapped x: its pages are dropped as batches are read
         for epoch in range(first_epoch, epochs + 1):
             resuming = resume is not None and epoch == first_epoch
             if resuming:
@@ -321,10 +344,10 @@ class Sequential:
             elif shuffle and pages.array is not None:  # on disk: shuffled within windows of chunks
                 order = ondisk.window_shuffle(rng, n, pages.row_bytes)
             else:
-                order = rng.permutation(x.shape[0]) if shuffle else None
+                order = rng.permutation(_count(x)) if shuffle else None
             if shard is not None:  # every rank drew the same order: each takes its share
                 rank, ranks = shard
-                order = (np.arange(x.shape[0]) if order is None else order)[:n * ranks][rank::ranks]
+                order = (np.arange(_count(x)) if order is None else order)[:n * ranks][rank::ranks]
             total_loss, correct, counted = 0.0, 0, 0
             done = 0
             if resuming:
@@ -334,23 +357,23 @@ class Sequential:
                 rows = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
                 pages.took(batch_size)
                 if augment is not None or batch >= done:
-                    xb = x[rows] if order is None else np.take(x, rows, axis=0, out=gather[:len(rows)])
+                    xb = _take(x, rows, order is not None, gather)
                 if augment is not None:
                     xb = augment(xb, rng)
                 if batch < done:
                     continue  # already trained before the interruption; its draws are replayed above
-                xb = self.ops.asarray(xb)
-                yb = y[rows]
+                xb = _on_device(self.ops, xb)
+                yb = _index(y, rows)
                 lb = None if lengths is None else lengths[rows]
                 try:
                     loss, right = self.train_step(xb, yb, lb)
                 except TrainingDiverged as error:
                     raise TrainingDiverged(f"training diverged at epoch {epoch}, step {batch + 1}: {error}") from None
-                size = xb.shape[0]
+                size = _count(xb)
                 total_loss += loss * size
                 if right is not None:
                     correct += right
-                    counted += yb.size
+                    counted += _label_count(yb, self.loss)
                 self.fit_position = {"epoch": epoch, "step": batch + 1, "epoch_rng_state": epoch_rng_state,
                                      "total_loss": total_loss, "correct": correct, "counted": counted,
                                      "reference_loss": self.reference_loss}
@@ -359,9 +382,11 @@ class Sequential:
             logs = {"epoch": epoch, "train_loss": total_loss / n,
                     "train_accuracy": correct / counted if counted else None,
                     "epoch_seconds": seconds, "samples_per_second": n / seconds}
+            self.last_evaluations = {}  # each set's evaluate() result, for callbacks that report more of it
             for name, (ex, ey, el) in evals.items():
-                result = self.evaluate(ex, ey, batch_size=max(batch_size, 1000), lengths=el)
+                result = self.evaluate(ex, ey, batch_size=self._eval_batch_size, lengths=el)
                 logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
+                self.last_evaluations[name] = result
             history.append(logs)
             self.fit_position = {"epoch": epoch + 1, "step": 0, "epoch_rng_state": rng.bit_generator.state,
                                  "total_loss": 0.0, "correct": 0, "counted": 0, "reference_loss": self.reference_loss}
@@ -376,24 +401,28 @@ class Sequential:
         self._require_compiled()
         x, y = self.prepare(x, y, "evaluation data")
         total, correct, predictions, probabilities = 0.0, 0, [], []
-        pages = ondisk.PageBudget(x)
-        for begin in range(0, x.shape[0], batch_size):
+        pages = ondisk.PageBudget(_parts(x)[0])
+        axis = _class_axis(self.loss)
+        n = _count(x)
+        for begin in range(0, n, batch_size):
             pages.took(batch_size)
-            xb = self.ops.asarray(x[begin:begin + batch_size])
-            yb = y[begin:begin + batch_size]
+            rows = slice(begin, begin + batch_size)
+            xb = _on_device(self.ops, _index(x, rows))
+            yb = _index(y, rows)
             lb = None if lengths is None else np.asarray(lengths)[begin:begin + batch_size]
             out = self.forward(xb, training=False, lengths=lb)
-            total += self.loss.forward(out, yb) * xb.shape[0]
+            total += self.loss.forward(out, yb) * _count(xb)
             if _is_class_output(self.loss):
                 host = self.ops.to_numpy(out)
-                predicted = host.argmax(axis=-1)
+                predicted = host.argmax(axis=axis)
                 predictions.append(predicted)
-                correct += int((predicted == yb).sum())
+                valid = _valid_labels(yb, self.loss)
+                correct += int(((predicted == yb) & valid).sum())
                 if scores:
-                    shifted = np.exp(host - host.max(axis=-1, keepdims=True))
-                    probabilities.append(shifted / shifted.sum(axis=-1, keepdims=True))
-        n = x.shape[0]
-        result = {"loss": total / n, "accuracy": correct / y.size if predictions else None,
+                    shifted = np.exp(host - host.max(axis=axis, keepdims=True))
+                    probabilities.append(shifted / shifted.sum(axis=axis, keepdims=True))
+        labelled = _label_count(y, self.loss) if predictions else 0
+        result = {"loss": total / n, "accuracy": correct / labelled if predictions and labelled else None,
                   "predictions": np.concatenate(predictions) if predictions else None}
         if scores:
             result["scores"] = np.concatenate(probabilities) if probabilities else None
@@ -405,14 +434,18 @@ class Sequential:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
         x = self.prepare(x, None, "input data")[0]
         lengths = None if lengths is None else np.asarray(lengths)
-        result = np.empty((x.shape[0],) + self.output_shape, self.dtype)  # filled batch by batch: no copies
-        pages = ondisk.PageBudget(x)
-        for b in range(0, x.shape[0], batch_size):
+        n = _count(x)
+        several = isinstance(self.output_shape, list)
+        shapes = self.output_shape if several else [self.output_shape]
+        results = [np.empty((n,) + tuple(shape), self.dtype) for shape in shapes]  # filled batch by batch
+        pages = ondisk.PageBudget(_parts(x)[0])
+        for b in range(0, n, batch_size):
             pages.took(batch_size)
-            out = self.forward(self.ops.asarray(x[b:b + batch_size]),
+            out = self.forward(_on_device(self.ops, _index(x, slice(b, b + batch_size))),
                                lengths=None if lengths is None else lengths[b:b + batch_size])
-            result[b:b + batch_size] = self.ops.to_numpy(out)
-        return result
+            for result, part in zip(results, out if several else [out]):
+                result[b:b + batch_size] = self.ops.to_numpy(part)
+        return results if several else results[0]
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, path, meta=None):
@@ -443,51 +476,61 @@ class Sequential:
         return meta
 
     # -------------------------------------------------------------------------- validation
-    def prepare(self, x, y, what):
+    def prepare(self, x, y, what, index=None):
         """Check data once at the boundary and convert x to the model's dtype (a host array). A
-        pandas or polars DataFrame (or Series of targets) of numbers is taken as its values."""
+        pandas or polars DataFrame (or Series of targets) of numbers is taken as its values.
+        ``index``: which of a graph model's inputs x is."""
         x = _values_of(x, what)
         if x.ndim == 0 or x.shape[0] == 0:
             raise DataError(f"{what} is empty")
         if not self.built:
             self.build(x.shape[1:])
-        if tuple(x.shape[1:]) != self.input_shape:
+        input_shape = tuple(self._input_shapes()[index or 0])
+        input_dtype = self._input_dtypes()[index or 0]
+        if tuple(x.shape[1:]) != input_shape:
             raise ShapeError(f"{what} has samples of shape {tuple(x.shape[1:])} but the model expects "
-                             f"{self.input_shape}")
+                             f"{input_shape}")
         if x.dtype.kind not in "fiub":
             raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
         if ondisk.is_paged(x):  # a memmap stays on disk: batches are read from it (numdl.data.ondisk)
-            if x.dtype != self._input_dtype or not x.flags.c_contiguous:
-                raise DataError(f"{what} is a memory-mapped array of {x.dtype}; the model reads {self._input_dtype} "
+            if x.dtype != input_dtype or not x.flags.c_contiguous:
+                raise DataError(f"{what} is a memory-mapped array of {x.dtype}; the model reads {input_dtype} "
                                 f"C-ordered rows from disk: write it so (it is not converted in memory)")
             if x.dtype.kind == "f":
                 bad, row = ondisk.count_non_finite_blocks(x, get_ops("cpu").count_non_finite)
                 if bad:
                     raise DataError(f"{what} contains NaN or Inf (first at sample {row})")
         else:
-            if self._input_dtype.kind in "iu":  # token ids for an embedding: kept as integers
+            if input_dtype.kind in "iu":  # token ids for an embedding: kept as integers
                 if x.dtype.kind not in "iu":
                     raise DataError(f"{what} must be integer token ids for layer '{self.layers[0].name}', "
                                     f"got {x.dtype}")
-                x = np.ascontiguousarray(x, dtype=self._input_dtype)
+                x = np.ascontiguousarray(x, dtype=input_dtype)
             else:
                 x = np.ascontiguousarray(x, dtype=self.dtype)
             if x.dtype.kind == "f" and get_ops("cpu").count_non_finite(x) > 0:  # one pass, no boolean copy
                 bad = np.argwhere(~np.isfinite(x))[0]
                 raise DataError(f"{what} contains NaN or Inf (first at sample {bad[0]})")
         if y is not None:
-            y = _values_of(y, f"{what} targets")
-            if y.shape[0] != x.shape[0]:
-                raise ShapeError(f"{what} has {x.shape[0]} samples but {y.shape[0]} targets")
-            if _is_class_output(self.loss):
-                from numdl.losses import validate_labels
-
-                y = validate_labels(y, y.shape[0], self.output_shape[len(self.output_shape) - 1])
-            else:
-                y = np.ascontiguousarray(y, dtype=self.dtype)
-                if not np.isfinite(y).all():
-                    raise DataError(f"{what} targets contain NaN or Inf")
+            y = self._prepare_targets(y, x.shape[0], what, self.loss, self.output_shape)
         return x, y
+
+    def _prepare_targets(self, y, n, what, loss, output_shape):
+        """Targets checked against the samples and the loss: class labels in range, or finite values."""
+        y = _values_of(y, f"{what} targets")
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ShapeError(f"{what} has {n} samples but {y.shape[0] if y.ndim else 'no'} targets")
+        check = getattr(loss, "validate_targets", None)  # a loss with targets of its own kind checks them
+        if check is not None:
+            return check(y, output_shape)
+        if _is_class_output(loss):
+            from numdl.losses import validate_labels
+
+            return validate_labels(y, y.shape[0], output_shape[len(output_shape) - 1])
+        y = np.ascontiguousarray(y, dtype=self.dtype)
+        if not np.isfinite(y).all():
+            raise DataError(f"{what} targets contain NaN or Inf")
+        return y
 
     def _check_batch(self, x):
         if not self.built:
@@ -532,12 +575,73 @@ def _is_class_output(loss):
     return getattr(loss, "target_kind", "values") == "labels"
 
 
-def _count_correct(ops, logits, y):
-    """Correct class predictions (per sample, or per step for (N, T) labels), or None."""
+def _example_target(loss, batch_size, output_shape, dtype):
+    """A batch of targets of the right kind and shape for a warm-up step."""
+    example = getattr(loss, "example_target", None)
+    if example is not None:
+        return example(batch_size, output_shape)
+    if _is_class_output(loss):
+        labels_shape = getattr(loss, "label_shape", None)
+        shape = labels_shape(output_shape) if labels_shape else output_shape[:-1]
+        return np.zeros((batch_size,) + tuple(shape), np.int64)
+    return np.zeros((batch_size,) + tuple(output_shape), dtype)
+
+
+def _class_axis(loss):
+    """The axis of the outputs that holds the classes: the last, or 1 for (N, C, H, W) logits."""
+    return getattr(loss, "class_axis", -1)
+
+
+def _valid_labels(y, loss):
+    """The labels that count (not the loss's ignore_index)."""
+    ignore = getattr(loss, "ignore_index", None)
+    return np.ones(np.shape(y), bool) if ignore is None else np.asarray(y) != ignore
+
+
+def _label_count(y, loss):
+    if isinstance(y, list):
+        return 0
+    return int(_valid_labels(y, loss).sum()) if getattr(loss, "ignore_index", None) is not None else int(np.size(y))
+
+
+def _count_correct(ops, logits, y, axis=-1, loss=None):
+    """Correct class predictions (per sample, per step for (N, T) labels, per pixel for (N, H, W)
+    labels of (N, C, H, W) logits), or None."""
+    if isinstance(logits, list) or isinstance(y, list):
+        return None
     y = None if y is None else np.asarray(y)
     if y is None or y.dtype.kind not in "iu" or len(logits.shape) != y.ndim + 1:
         return None
-    return int((ops.to_numpy(logits).argmax(axis=-1) == y).sum())
+    right = ops.to_numpy(logits).argmax(axis=axis) == y
+    if loss is not None and getattr(loss, "ignore_index", None) is not None:
+        right &= y != loss.ignore_index
+    return int(right.sum())
+
+
+# Batches of one input are arrays; of a graph model with several inputs (or outputs), lists of them.
+def _parts(data):
+    return data if isinstance(data, list) else [data]
+
+
+def _count(data):
+    return _parts(data)[0].shape[0]
+
+
+def _index(data, rows):
+    if data is None:
+        return None
+    return [a[rows] for a in data] if isinstance(data, list) else data[rows]
+
+
+def _take(x, rows, shuffled, gather):
+    if not shuffled:
+        return _index(x, rows)
+    taken = [np.take(a, rows, axis=0, out=g[:len(rows)]) for a, g in zip(_parts(x), gather)]
+    return taken if isinstance(x, list) else taken[0]
+
+
+def _on_device(ops, data):
+    return [ops.asarray(a) for a in data] if isinstance(data, list) else ops.asarray(data)
 
 
 def _call(callbacks, method, *args):

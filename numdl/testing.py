@@ -52,9 +52,12 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     before every forward, so each evaluation sees the same mask. ``lengths`` marks the valid steps of
     padded sequences. Layers taking integer ids (``input_dtype``) get random ids and no input-gradient
     check. Raises AssertionError naming the layer and the parameter; returns {"input" or parameter
-    name: max abs error}.
+    name: max abs error}. A merge layer (``many_inputs``, e.g. concat) takes a list of input shapes
+    and reports "input0", "input1", ...
     """
     rng = np.random.default_rng(seed)
+    if getattr(layer, "many_inputs", False):
+        return _check_merge_gradients(layer, input_shape, batch_size, rng, eps, rtol, atol, training)
     layer.build(tuple(input_shape), get_ops("cpu"), np.float64, rng)
     layer.needs_input_grad = True
     integer_ids = np.dtype(getattr(layer, "input_dtype", None) or np.float64).kind in "iu"
@@ -89,6 +92,33 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     for pname, param in params.items():
         numeric = numeric_gradient(objective, param.value, eps)
         errors[pname] = _compare(f"layer {name!r}, parameter {pname!r}", analytic[pname], numeric, rtol, atol)
+    return errors
+
+
+def _check_merge_gradients(layer, input_shapes, batch_size, rng, eps, rtol, atol, training):
+    """check_layer_gradients for a layer joining several inputs (``input_shapes`` a list): every
+    input's gradient ("input0", "input1", ...; an input that gets None must not affect the output)."""
+    layer.build([tuple(s) for s in input_shapes], get_ops("cpu"), np.float64, rng)
+    layer.needs_input_grad = True
+    xs = [rng.standard_normal((batch_size,) + tuple(s)) for s in input_shapes]
+    upstream = rng.standard_normal(layer.forward(xs, training=training).shape)
+
+    def objective():
+        return float(np.sum(layer.forward(xs, training=training) * upstream))
+
+    layer.forward(xs, training=training)
+    grads = layer.backward(upstream.copy())
+    grads = [None if g is None else np.array(g) for g in grads]
+    params = layer.named_parameters()
+    analytic = {name: np.array(p.grad) for name, p in params.items()}
+    errors = {}
+    for index, (x, grad) in enumerate(zip(xs, grads)):
+        expected = np.zeros_like(x) if grad is None else grad
+        errors[f"input{index}"] = _compare(f"layer {layer.name!r}, input {index}", expected,
+                                           numeric_gradient(objective, x, eps), rtol, atol)
+    for pname, param in params.items():
+        errors[pname] = _compare(f"layer {layer.name!r}, parameter {pname!r}", analytic[pname],
+                                 numeric_gradient(objective, param.value, eps), rtol, atol)
     return errors
 
 

@@ -70,6 +70,8 @@ def load_data(config):
 
     data, dtype = config["data"], config["model"]["dtype"]
     dataset = registry().get("dataset", data["name"])()
+    if hasattr(dataset, "configure"):  # a dataset with settings of its own reads them from the config
+        dataset.configure(config)
     if hasattr(dataset, "load_prepared"):
         prepared, state = dataset.load_prepared(config)
         return prepared, Normalizer("none", dtype), {"preprocessing": state}
@@ -94,6 +96,13 @@ def check_data(config, data):
             raise DataError(f"data {config['data']['name']!r}: the {split} split has no samples")
 
 
+def num_classes(model):
+    """The number of classes a classifying model's output gives (its class axis: last, or the
+    channels of (C, H, W) segmentation logits)."""
+    axis = getattr(model.loss, "class_axis", -1)
+    return model.output_shape[axis - 1 if axis > 0 else axis]
+
+
 def check_model_fits_labels(model, labels):
     """ConfigError (exit 2) when the model's output cannot be compared with the labels, naming the
     layer where the shapes part (a model without 'flatten' gives (28, 10) per image, not (10,))."""
@@ -101,7 +110,12 @@ def check_model_fits_labels(model, labels):
         return
     label_shape = tuple(labels.shape[1:])
     out = tuple(model.output_shape)
-    if out[:-1] != label_shape:
+    if getattr(model.loss, "class_axis", -1) == 1:  # dense prediction: (C, H, W) logits, (H, W) labels
+        if out[1:] != label_shape:
+            raise ConfigError(f"the model gives outputs of shape {out} per sample, but labels of shape {label_shape} "
+                              f"need (classes, {', '.join(map(str, label_shape))}): the output node must keep the "
+                              f"input's height and width")
+    elif not hasattr(model, "order") and out[:-1] != label_shape:
         index = next((i for i, layer in enumerate(model.layers)
                       if len(layer.output_shape) != len(label_shape) + 1
                       and all(len(later.output_shape) == len(out) for later in model.layers[i:])), len(model.layers) - 1)
@@ -111,9 +125,12 @@ def check_model_fits_labels(model, labels):
         raise ConfigError(f"model.layers.{index} ({layer.name}) gives each sample outputs of shape {layer.output_shape}, "
                           f"and the model ends with {out}, but labels of shape {label_shape} need "
                           f"{label_shape + (out[-1],)}: add a 'flatten' (or pooling) layer before model.layers.{index}")
+    elif out[:-1] != label_shape:
+        raise ConfigError(f"the model's output node gives each sample outputs of shape {out}, but labels of shape "
+                          f"{label_shape} need {label_shape + (out[-1],)}")
     weight = getattr(model.loss, "weight", None)
-    if weight is not None and len(weight) != out[-1]:
-        raise ConfigError(f"loss.weight: has {len(weight)} entries but the model gives {out[-1]} classes")
+    if weight is not None and len(weight) != num_classes(model):
+        raise ConfigError(f"loss.weight: has {len(weight)} entries but the model gives {num_classes(model)} classes")
 
 
 def make_augmenter(config, normalizer):
@@ -239,14 +256,15 @@ class EpochMetrics:
             self.metrics.append((name, cls()))
 
     def on_epoch_end(self, epoch, logs):
-        classes = self.model.output_shape[-1]
+        classes = num_classes(self.model)
+        axis = getattr(self.model.loss, "class_axis", -1)
         for set_name, (x, y) in self.evals.items():
             result = self.model.evaluate(x, y, batch_size=self.batch_size, scores=True)
             if result["predictions"] is None:
                 continue
             # per-step labels (N, T) are N x T classifications: flattened for the multi-class metrics
             labels, predicted = np.asarray(y).reshape(-1), result["predictions"].reshape(-1)
-            scores = result["scores"].reshape(-1, classes)
+            scores = np.moveaxis(result["scores"], axis, -1).reshape(-1, classes)
             for name, metric in self.metrics:
                 logs[f"{set_name}_{name}"] = metric(labels, predicted, classes, scores)
 
@@ -278,6 +296,46 @@ class TaskReport:
     def on_epoch_end(self, epoch, logs):
         for set_name, (x, y) in self.evals.items():
             logs.update({f"{set_name}_{k}": v for k, v in self.report(x, y).items()})
+
+
+class SegmentationReport:
+    """fit callback for dense prediction (a loss with class_axis 1): each evaluation set's pixel
+    accuracy, mean IoU and mean Dice every epoch (and each class's IoU)."""
+
+    def __init__(self, model, evals, batch_size):
+        self.model, self.evals, self.batch_size = model, evals, batch_size
+
+    def report(self, x, y, predictions=None):
+        if predictions is None:
+            predictions = self.model.evaluate(x, y, batch_size=self.batch_size)["predictions"]
+        ignore = getattr(self.model.loss, "ignore_index", None)
+        return metrics.segmentation_report(y, predictions, num_classes(self.model), ignore)
+
+    def on_epoch_end(self, epoch, logs):
+        for set_name, (x, y) in self.evals.items():
+            done = getattr(self.model, "last_evaluations", {}).get(set_name)  # fit's own pass over the set
+            full = self.report(x, y, None if done is None else done["predictions"])
+            logs.update({f"{set_name}_{k}": full[k] for k in ("pixel_accuracy", "mean_iou", "mean_dice", "iou")})
+
+
+class DetectionReport:
+    """fit callback for a detection head (a loss with ``target_kind = "boxes"``): each evaluation
+    set's COCO mean average precision at IoU 0.5 (``map50``) and over 0.5:0.95 (``map``) every epoch."""
+
+    def __init__(self, model, evals, batch_size):
+        self.model, self.evals, self.batch_size = model, evals, batch_size
+
+    def report(self, x, boxes):
+        from numdl import detection
+
+        outputs = self.model.predict(x, batch_size=self.batch_size)
+        detections = detection.decode(outputs, self.model.loss.stride)
+        return detection.mean_average_precision(detections, boxes, outputs.shape[1] - 4)
+
+    def on_epoch_end(self, epoch, logs):
+        for set_name, (x, y) in self.evals.items():
+            full = self.report(x, y)
+            logs.update({f"{set_name}_{k}": full[k] for k in ("map50", "map", "ap50")})
 
 
 def balanced_class_weights(labels, classes):
@@ -480,7 +538,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     model = build_model(config, x_train.shape[1:])
     classes = model.loss.target_kind == "labels"
     if getattr(model.loss, "class_weight", None) == "balanced":
-        model.loss.weight = balanced_class_weights(y_train, model.output_shape[-1])
+        model.loss.weight = balanced_class_weights(y_train, num_classes(model))
     check_model_fits_labels(model, y_train)
     sampling = None
     if config["data"].get("sampler", "shuffle") == "balanced":
@@ -489,7 +547,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         if config["data"].get("out_of_core"):
             raise ConfigError("data.sampler: 'balanced' draws rows from all over the data, which pages a table "
                               "on disk back into memory; use loss.class_weight = 'balanced' with data.out_of_core")
-        sampling = balanced_sampling_weights(y_train, model.output_shape[-1])
+        sampling = balanced_sampling_weights(y_train, num_classes(model))
     target_state = data_meta.get("preprocessing", {}).get("target")
     train = config["train"]
     compile_seconds = model.warmup(min(train["batch_size"], len(x_train)))
@@ -526,6 +584,12 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         callbacks.append(distributed.EpochAverager(model, world))
     if train.get("metrics"):
         callbacks.append(EpochMetrics(model, evals, train["metrics"], train["eval_batch_size"]))
+    dense = getattr(model.loss, "class_axis", -1) == 1
+    if dense:
+        callbacks.append(SegmentationReport(model, evals, train["eval_batch_size"]))
+    boxes = getattr(model.loss, "target_kind", None) == "boxes"
+    if boxes:
+        callbacks.append(DetectionReport(model, evals, train["eval_batch_size"]))
     if target_state is not None:
         callbacks.append(TaskReport(model, evals, target_state, train.get("threshold", 0.5), train["eval_batch_size"]))
     first_step = FirstStepTimer(on_line)
@@ -550,7 +614,8 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
                             shuffle=train["shuffle"], seed=config.get("seed", 0), eval_data=evals,
                             callbacks=callbacks, augment=make_augmenter(config, normalizer),
                             resume=None if resume_meta is None else resume_meta["fit_position"], verbose=0,
-                            sampling_weights=sampling, shard=(world.rank, world.size) if world else None)
+                            sampling_weights=sampling, shard=(world.rank, world.size) if world else None,
+                            eval_batch_size=train["eval_batch_size"])
     finally:
         if progress:
             progress.stop()
@@ -570,17 +635,27 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         "weights_sha256": weights_sha256(model),
         "normalization": normalizer.state(),
     }
-    if target_state is not None and target_state["task"] != "classification":
+    if boxes:
+        summary["report"] = DetectionReport(model, {}, train["eval_batch_size"]).report(x_test, y_test)
+    elif target_state is not None and target_state["task"] != "classification":
         summary["report"] = TaskReport(model, {}, target_state, train.get("threshold", 0.5),
                                        train["eval_batch_size"]).report(x_test, y_test)
     elif final["predictions"] is not None:
         from numdl.plugins import registry
 
-        names = target_state["classes"] if target_state is not None else \
-            registry().get("dataset", config["data"]["name"])().class_names
+        if target_state is not None:
+            names = target_state["classes"]
+        else:
+            dataset = registry().get("dataset", config["data"]["name"])()
+            if hasattr(dataset, "configure"):
+                dataset.configure(config)
+            names = dataset.class_names
+        classes = num_classes(model)
         report = metrics.classification_report(np.asarray(y_test).reshape(-1), final["predictions"].reshape(-1),
-                                               model.output_shape[-1],
-                                               names if names and len(names) == model.output_shape[-1] else None)
+                                               classes, names if names and len(names) == classes else None)
+        if dense:
+            report["segmentation"] = SegmentationReport(model, {}, train["eval_batch_size"]).report(
+                x_test, y_test, final["predictions"])
         summary["report"] = report
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     from numdl.plugins import plugin_manager

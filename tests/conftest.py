@@ -12,3 +12,12 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def thread_pools():
+    """Tests call kernels directly: set up the thread pools as the backend's first call does (matmul
+    asks numba's pool for its size, and that read crashes before the pool has started)."""
+    from numdl.backend import get_ops
+
+    get_ops("cpu").use_threads()

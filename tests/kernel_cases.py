@@ -233,6 +233,8 @@ def _dropout_backward(dtype, rng):
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
+# A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path.
+CONV_SAME = dict(n=3, c_in=3, h=5, w=4, c_out=5, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
 
 
 def conv2d_reference(x, w, b, stride, pad, dil, groups, relu=False):
@@ -256,8 +258,7 @@ def conv2d_reference(x, w, b, stride, pad, dil, groups, relu=False):
     return np.maximum(out, 0) if relu else out
 
 
-def _conv_inputs(dtype, rng):
-    p = CONV
+def _conv_inputs(dtype, rng, p=CONV):
     x = rng.standard_normal((p["n"], p["c_in"], p["h"], p["w"])).astype(dtype)
     w = rng.standard_normal((p["c_out"], p["c_in"] // p["groups"]) + p["k"]).astype(dtype)
     b = rng.standard_normal(p["c_out"]).astype(dtype)
@@ -265,26 +266,26 @@ def _conv_inputs(dtype, rng):
     return x, w, b, out.shape
 
 
-def _conv_scalars():
-    p = CONV
+def _conv_scalars(p=CONV):
     return [*p["stride"], *p["pad"], *p["dil"], p["groups"]]
 
 
-def _conv_forward(relu):
+def _conv_forward(relu, chunked=False):
+    # chunked: work buffers for one sample, so the kernel does the batch a sample at a time
     def make(dtype, rng):
         x, w, b, shape = _conv_inputs(dtype, rng)
         hw = shape[2] * shape[3]
-        cols = np.zeros((x.shape[1] * w.shape[2] * w.shape[3], shape[0] * hw), dtype)
-        gemm = np.zeros((shape[1], shape[0] * hw), dtype)
+        samples = 1 if chunked else shape[0]
+        cols = np.zeros((x.shape[1] * w.shape[2] * w.shape[3], samples * hw), dtype)
+        gemm = np.zeros((shape[1], samples * hw), dtype)
         p = CONV
         expected = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
         return [np.zeros(shape, dtype), cols, gemm, x, w, b, *_conv_scalars(), relu], int(np.prod(shape)), {0: expected}
     return make
 
 
-def _numeric_conv_grads(x, w, b, dout, relu):
+def _numeric_conv_grads(x, w, b, dout, relu, p=CONV):
     """Gradients of sum(conv(x) * dout) by linearity: exact for the linear map, masked for ReLU."""
-    p = CONV
     out = conv2d_reference(x, w, b, p["stride"], p["pad"], p["dil"], p["groups"])
     g = dout * (out > 0) if relu else dout
     dw = np.zeros_like(w)
@@ -300,20 +301,27 @@ def _numeric_conv_grads(x, w, b, dout, relu):
     return dx, dw, g.sum(axis=(0, 2, 3)), out
 
 
-def _conv_backward(relu):
+def _conv_backward(relu, chunked=False, same=False):
+    # chunked: work buffers for one sample (cols then holds a stale chunk: the kernel rebuilds them);
+    # same: a "same" convolution with the flipped-kernel buffer, which the CPU's dx path uses
+    p = CONV_SAME if same else CONV
+
     def make(dtype, rng):
-        x, w, b, shape = _conv_inputs(dtype, rng)
+        x, w, b, shape = _conv_inputs(dtype, rng, p)
         dout = rng.standard_normal(shape).astype(dtype)
-        dx, dw, db, out = _numeric_conv_grads(f64(x), f64(w), f64(b), f64(dout), relu)
+        dx, dw, db, out = _numeric_conv_grads(f64(x), f64(w), f64(b), f64(dout), relu, p)
         out = np.maximum(out, 0) if relu else out
         hw = shape[2] * shape[3]
         taps = x.shape[1] * w.shape[2] * w.shape[3]
-        cols = np.zeros((taps, shape[0] * hw), dtype)
+        samples = shape[0] - 1 if chunked else shape[0]  # chunks of fewer samples than the batch
+        cols = np.zeros((taps, samples * hw), dtype)
         from numdl.kernels.conv import _im2col
-        p = CONV
-        _im2col(cols, x, *p["stride"], *p["pad"], *p["dil"], *p["k"], shape[2], shape[3])
-        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), np.zeros_like(cols),
-                np.zeros((shape[1], shape[0] * hw), dtype), dout, out.astype(dtype), x, cols, w, *_conv_scalars(), relu]
+        _im2col(cols, x, 0, samples, *p["stride"], *p["pad"], *p["dil"], *p["k"], shape[2], shape[3])
+        rows = max(p["c_in"], p["c_out"]) * p["k"][0] * p["k"][1] if same else taps
+        flipped = np.zeros((p["c_in"], p["c_out"] * p["k"][0] * p["k"][1]) if same else (0, 0), dtype)
+        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), np.zeros((rows, samples * hw), dtype),
+                np.zeros((shape[1], samples * hw), dtype), flipped, dout, out.astype(dtype), x, cols,
+                w, *_conv_scalars(p), relu]
         return args, dx.size + dw.size + db.size, {0: dx, 1: dw, 2: db}
     return make
 
@@ -675,6 +683,305 @@ def _swap_last_axes(dtype, rng):
     return [np.zeros((2, 5, 3), dtype), x], x.size, {0: f64(x).transpose(0, 2, 1)}
 
 
+# ------------------------------------------------------------------ graph layers: products, layout
+def _multiply_forward(dtype, rng):
+    a, b = rng.standard_normal(29).astype(dtype), rng.standard_normal(29).astype(dtype)
+    return [np.zeros_like(a), a, b], a.size, {0: f64(a) * f64(b)}
+
+
+def _multiply_backward(dtype, rng):
+    a, b, d = (rng.standard_normal(29).astype(dtype) for _ in range(3))
+    return [np.zeros_like(a), np.zeros_like(a), d, a, b], a.size, {0: f64(d) * f64(b), 1: f64(d) * f64(a)}
+
+
+def _scale_forward(dtype, rng):
+    a = rng.standard_normal(29).astype(dtype)
+    return [np.zeros_like(a), a, dtype(0.3)], a.size, {0: f64(a) * 0.3}
+
+
+def _concat_forward(dtype, rng):
+    out, x = rng.standard_normal((3, 11)).astype(dtype), rng.standard_normal((3, 4)).astype(dtype)
+    expected = f64(out).copy()
+    expected[:, 5:9] = x
+    return [out, x, 5], x.size, {0: expected}
+
+
+def _concat_backward(dtype, rng):
+    dout = rng.standard_normal((3, 11)).astype(dtype)
+    return [np.zeros((3, 4), dtype), dout, 5], 12, {0: f64(dout)[:, 5:9]}
+
+
+def _pad_reference(x, top, left, out_hw):
+    n, c, h, w = x.shape
+    out = np.zeros((n, c) + out_hw)
+    for oh in range(out_hw[0]):
+        for ow in range(out_hw[1]):
+            if 0 <= oh - top < h and 0 <= ow - left < w:
+                out[:, :, oh, ow] = x[:, :, oh - top, ow - left]
+    return out
+
+
+def _pad2d_forward(dtype, rng):
+    x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    out = np.full((2, 3, 6, 3), 7.0, dtype)  # top 2 rows padded, bottom cropped; left column cropped
+    return [out, x, 2, -1], out.size, {0: _pad_reference(f64(x), 2, -1, (6, 3))}
+
+
+def _pad2d_backward(dtype, rng):
+    dout = rng.standard_normal((2, 3, 6, 3)).astype(dtype)
+    return [np.full((2, 3, 5, 4), 7.0, dtype), dout, 2, -1], 120, {0: _pad_reference(f64(dout), -2, 1, (5, 4))}
+
+
+def upsample_reference(x, out_hw, ratios, bilinear, align_corners):
+    """PyTorch's nearest / bilinear interpolation as a (out, in) matrix per axis, in float64."""
+    def axis_matrix(size_in, size_out, ratio):
+        m = np.zeros((size_out, size_in))
+        for dst in range(size_out):
+            if not bilinear:
+                m[dst, min(int(np.floor(dst * ratio)), size_in - 1)] = 1
+                continue
+            src = dst * ratio if align_corners else max(ratio * (dst + 0.5) - 0.5, 0.0)
+            first = min(int(src), size_in - 1)
+            second = first + 1 if first < size_in - 1 else first
+            frac = src - first
+            m[dst, first] += 1 - frac
+            m[dst, second] += frac
+        return m
+    rows = axis_matrix(x.shape[2], out_hw[0], ratios[0])
+    cols = axis_matrix(x.shape[3], out_hw[1], ratios[1])
+    return np.einsum("oh,nchw,pw->ncop", rows, x, cols), rows, cols
+
+
+UPSAMPLE = {"nearest": ((7, 9), (4 / 7, 5 / 9), False, False), "bilinear": ((8, 10), (0.5, 0.5), True, False),
+            "bilinear_align_corners": ((7, 9), (3 / 6, 4 / 8), True, True)}
+
+
+def _upsample_forward(kind):
+    def make(dtype, rng):
+        out_hw, ratios, bilinear, corners = UPSAMPLE[kind]
+        x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+        expected = upsample_reference(f64(x), out_hw, ratios, bilinear, corners)[0]
+        args = [np.zeros((2, 3) + out_hw, dtype), x, dtype(ratios[0]), dtype(ratios[1]), bilinear, corners]
+        return args, expected.size, {0: expected}
+    return make
+
+
+def _upsample_backward(kind):
+    def make(dtype, rng):
+        out_hw, ratios, bilinear, corners = UPSAMPLE[kind]
+        dout = rng.standard_normal((2, 3) + out_hw).astype(dtype)
+        _, rows, cols = upsample_reference(np.zeros((2, 3, 4, 5)), out_hw, ratios, bilinear, corners)
+        expected = np.einsum("oh,ncop,pw->nchw", rows, f64(dout), cols)
+        args = [np.zeros((2, 3, 4, 5), dtype), dout, dtype(ratios[0]), dtype(ratios[1]), bilinear, corners]
+        return args, dout.size, {0: expected}  # dx starts zeroed: the kernels accumulate
+    return make
+
+
+CONV_T = dict(n=2, c_in=4, h=3, w=4, c_out=6, groups=2, k=(3, 2), stride=(2, 1), pad=(1, 0), dil=(1, 2), out_pad=(1, 0))
+
+
+def conv_transpose2d_reference(x, w, b, stride, pad, dil, groups, out_hw):
+    """PyTorch's transposed convolution by scattering each input element through the kernel."""
+    n_batch, c_in, h, wid = x.shape
+    c_out_g, kh, kw = w.shape[1:]
+    c_in_g = c_in // groups
+    out = np.zeros((n_batch, c_out_g * groups) + out_hw)
+    for n, ci, ih, iw in np.ndindex(n_batch, c_in, h, wid):
+        g = ci // c_in_g
+        for col, i, j in np.ndindex(c_out_g, kh, kw):
+            oh, ow = ih * stride[0] - pad[0] + i * dil[0], iw * stride[1] - pad[1] + j * dil[1]
+            if 0 <= oh < out_hw[0] and 0 <= ow < out_hw[1]:
+                out[n, g * c_out_g + col, oh, ow] += x[n, ci, ih, iw] * w[ci, col, i, j]
+    return out + (b[None, :, None, None] if b.size else 0)
+
+
+def _conv_t_setup(dtype, rng):
+    p = CONV_T
+    out_hw = tuple((s - 1) * st - 2 * pd + d * (k - 1) + op + 1 for s, st, pd, d, k, op in
+                   zip((p["h"], p["w"]), p["stride"], p["pad"], p["dil"], p["k"], p["out_pad"]))
+    x = rng.standard_normal((p["n"], p["c_in"], p["h"], p["w"])).astype(dtype)
+    w = rng.standard_normal((p["c_in"], p["c_out"] // p["groups"]) + p["k"]).astype(dtype)
+    b = rng.standard_normal(p["c_out"]).astype(dtype)
+    scalars = [*p["stride"], *p["pad"], *p["dil"], p["groups"]]
+    return x, w, b, out_hw, scalars
+
+
+def _conv_transpose_forward(dtype, rng):
+    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng)
+    p = CONV_T
+    columns = p["n"] * p["h"] * p["w"]
+    expected = conv_transpose2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], out_hw)
+    args = [np.zeros((p["n"], p["c_out"]) + out_hw, dtype), np.zeros((p["c_in"], columns), dtype),
+            np.zeros((p["c_out"] * p["k"][0] * p["k"][1], columns), dtype), x, w, b, *scalars]
+    return args, expected.size, {0: expected}
+
+
+def _conv_transpose_backward(dtype, rng):
+    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng)
+    p = CONV_T
+    dout = rng.standard_normal((p["n"], p["c_out"]) + out_hw).astype(dtype)
+    ref = lambda xx, ww: conv_transpose2d_reference(xx, ww, np.zeros(0), p["stride"], p["pad"], p["dil"],
+                                                    p["groups"], out_hw)
+    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
+    for idx in np.ndindex(*x.shape):  # the map is linear: each gradient entry is one basis response
+        basis = np.zeros(x.shape)
+        basis[idx] = 1
+        dx[idx] = (ref(basis, f64(w)) * dout).sum()
+    for idx in np.ndindex(*w.shape):
+        basis = np.zeros(w.shape)
+        basis[idx] = 1
+        dw[idx] = (ref(f64(x), basis) * dout).sum()
+    columns = p["n"] * p["h"] * p["w"]
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1).reshape(p["c_in"], columns))
+    args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b),
+            np.zeros((p["c_out"] * p["k"][0] * p["k"][1], columns), dtype), np.zeros((p["c_in"], columns), dtype),
+            dout, x, xt, w, *scalars]
+    return args, dx.size + dw.size + b.size, {0: dx, 1: dw, 2: f64(dout).sum(axis=(0, 2, 3))}
+
+
+# ---------------------------------------------------------------------------- segmentation losses
+IGNORE = -100
+
+
+def _segmentation_inputs(dtype, rng):
+    logits = rng.standard_normal((2, 4, 6)).astype(dtype) * 2
+    labels = rng.integers(0, 4, (2, 6))
+    labels[0, 1] = labels[1, 4] = IGNORE
+    weights = np.array([1.0, 2.0, 0.5, 1.5], dtype)
+    shifted = np.exp(f64(logits) - f64(logits).max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return logits, labels, weights, probs
+
+
+def _pixel_ce_forward(dtype, rng):
+    logits, labels, weights, probs = _segmentation_inputs(dtype, rng)
+    valid = labels != IGNORE
+    safe = np.where(valid, labels, 0)
+    picked = np.take_along_axis(probs, safe[:, None, :], axis=1)[:, 0]
+    w = np.where(valid, f64(weights)[safe], 0.0)
+    args = [np.zeros((2, 6), dtype), np.zeros((2, 6), dtype), np.zeros((2, 4, 6), dtype), logits, labels, weights,
+            IGNORE]
+    return args, 12, {0: -w * np.log(picked), 1: w, 2: probs}
+
+
+def _pixel_ce_backward(dtype, rng):
+    logits, labels, weights, probs = _segmentation_inputs(dtype, rng)
+    valid = labels != IGNORE
+    safe = np.where(valid, labels, 0)
+    onehot = np.moveaxis(np.eye(4)[safe], -1, 1)
+    w = np.where(valid, f64(weights)[safe], 0.0)[:, None, :]
+    scale = 0.25
+    args = [np.zeros((2, 4, 6), dtype), probs.astype(dtype), labels, weights, IGNORE, dtype(scale)]
+    return args, 48, {0: scale * w * (probs - onehot)}
+
+
+def _dice_parts(labels, probs):
+    valid = (labels != IGNORE)[:, None, :]
+    onehot = np.moveaxis(np.eye(4)[np.where(labels != IGNORE, labels, 0)], -1, 1) * valid
+    inter = (probs * onehot).sum(axis=(0, 2))
+    total = (probs * valid).sum(axis=(0, 2)) + onehot.sum(axis=(0, 2))
+    return valid, onehot, inter, total
+
+
+def _dice_statistics(dtype, rng):
+    _, labels, _, probs = _segmentation_inputs(dtype, rng)
+    _, _, inter, total = _dice_parts(labels, probs)
+    return [np.zeros((4, 2), dtype), probs.astype(dtype), labels, IGNORE], 4, {0: np.stack([inter, total], 1)}
+
+
+def _dice_backward(dtype, rng):
+    _, labels, _, probs = _segmentation_inputs(dtype, rng)
+    valid, onehot, inter, total = _dice_parts(labels, probs)
+    eps, scale = 1.0, 0.3
+    den = (total + eps)[None, :, None]
+    g = -scale * (2 * onehot * den - (2 * inter + eps)[None, :, None]) / den ** 2  # d loss / d probs
+    dlogits = probs * (g - (probs * g).sum(axis=1, keepdims=True)) * valid
+    stats = np.stack([inter, total], 1).astype(dtype)
+    args = [np.zeros((2, 4, 6), dtype), probs.astype(dtype), labels, stats, dtype(eps), dtype(scale), IGNORE]
+    return args, 12, {0: dlogits}
+
+
+# ------------------------------------------------------------------------------------ detection
+def _centernet_inputs(dtype, rng):
+    pred = (rng.standard_normal((2, 7, 6)) * 2).astype(dtype)  # 3 classes + 4 box channels, 6 cells
+    heat = rng.uniform(0, 0.9, (2, 3, 6)).astype(dtype)
+    heat[0, 1, 2] = heat[1, 0, 5] = heat[1, 2, 5] = 1.0  # object centres (two share a cell)
+    regression = rng.uniform(0, 3, (2, 3, 4)).astype(dtype)
+    index = np.array([[2, -1, -1], [5, 5, -1]], np.int64)
+    return pred, heat, regression, index
+
+
+def _focal_reference(x, y):
+    p = 1 / (1 + np.exp(-x))
+    loss = np.where(y >= 1, -(1 - p) ** 2 * np.log(p), -(1 - y) ** 4 * p ** 2 * np.log(1 - p))
+    grad = np.where(y >= 1, (1 - p) ** 2 * (2 * p * np.log(p) - (1 - p)),
+                    (1 - y) ** 4 * p ** 2 * (p - 2 * (1 - p) * np.log(1 - p)))
+    return loss, grad
+
+
+def _centernet_forward(dtype, rng):
+    pred, heat, regression, index = _centernet_inputs(dtype, rng)
+    loss, _ = _focal_reference(f64(pred[:, :3]), f64(heat))
+    expected = np.zeros((2, 3))
+    expected[:, 0] = loss.sum(axis=(1, 2))
+    for n, k in zip(*np.nonzero(index >= 0)):
+        diff = np.abs(f64(pred[n, 3:, index[n, k]]) - f64(regression[n, k]))
+        expected[n, 1] += diff[:2].sum()
+        expected[n, 2] += diff[2:].sum()
+    return [np.zeros((2, 3), dtype), pred, heat, regression, index], 2, {0: expected}
+
+
+def _centernet_backward(dtype, rng):
+    pred, heat, regression, index = _centernet_inputs(dtype, rng)
+    scales = (0.5, 0.1, 0.25)
+    expected = np.zeros((2, 7, 6))
+    expected[:, :3] = scales[0] * _focal_reference(f64(pred[:, :3]), f64(heat))[1]
+    for n, k in zip(*np.nonzero(index >= 0)):
+        p = index[n, k]
+        sign = np.sign(f64(pred[n, 3:, p]) - f64(regression[n, k]))
+        expected[n, 3:, p] += np.array([scales[1]] * 2 + [scales[2]] * 2) * sign
+    args = [np.zeros((2, 7, 6), dtype), pred, heat, regression, index, *(dtype(v) for v in scales)]
+    return args, expected.size, {0: expected}
+
+
+def _heatmap_peaks(dtype, rng):
+    heat = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    heat[0, 0, 1, 1] = heat[0, 0, 1, 2] = 5.0  # a tie: both are peaks
+    padded = np.pad(f64(heat), ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neighbourhood = np.max([padded[:, :, i:i + 4, j:j + 5] for i in range(3) for j in range(3)], axis=0)
+    expected = np.where(f64(heat) >= neighbourhood, 1 / (1 + np.exp(-f64(heat))), 0.0)
+    return [np.zeros_like(heat), heat], heat.size, {0: expected}
+
+
+def _nms_reference(boxes, scores, classes, threshold):
+    keep = (scores > 0).astype(np.int64)
+    for n in range(boxes.shape[0]):
+        for a in range(boxes.shape[1]):
+            if not keep[n, a]:
+                continue
+            for b in range(a + 1, boxes.shape[1]):
+                if keep[n, b] and classes[n, b] == classes[n, a]:
+                    x1, y1 = np.maximum(boxes[n, a, :2], boxes[n, b, :2])
+                    x2, y2 = np.minimum(boxes[n, a, 2:], boxes[n, b, 2:])
+                    inter = max(x2 - x1, 0) * max(y2 - y1, 0)
+                    union = np.prod(boxes[n, a, 2:] - boxes[n, a, :2]) + np.prod(boxes[n, b, 2:] - boxes[n, b, :2])
+                    if inter / (union - inter) > threshold:
+                        keep[n, b] = 0
+    return keep
+
+
+def _nms(dtype, rng):
+    corner = rng.uniform(0, 10, (3, 8, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(2, 6, (3, 8, 2))], -1).astype(dtype)
+    boxes[0, 1] = boxes[0, 0] + 0.3  # a near duplicate of the best box
+    scores = np.sort(rng.uniform(0.1, 1, (3, 8)), axis=1)[:, ::-1].astype(dtype).copy()
+    scores[2, 6:] = 0  # empty slots
+    classes = rng.integers(0, 2, (3, 8))
+    classes[0, :2] = 1
+    expected = _nms_reference(f64(boxes), f64(scores), classes, 0.4)
+    return [np.zeros((3, 8), dtype), boxes, scores, classes, dtype(0.4)], 3, {0: expected}
+
+
 CASES = {
     ("linear", "linear_forward"): _linear_forward,
     ("linear", "linear_backward"): _linear_backward,
@@ -715,6 +1022,25 @@ CASES = {
     ("elementwise", "broadcast_add_backward"): _broadcast_add_backward,
     ("elementwise", "swap_last_axes_forward"): _swap_last_axes,
     ("check", "count_non_finite_forward"): _count_non_finite,
+    ("elementwise", "multiply_forward"): _multiply_forward,
+    ("elementwise", "multiply_backward"): _multiply_backward,
+    ("elementwise", "scale_forward"): _scale_forward,
+    ("layout", "concat_forward"): _concat_forward,
+    ("layout", "concat_backward"): _concat_backward,
+    ("layout", "pad2d_forward"): _pad2d_forward,
+    ("layout", "pad2d_backward"): _pad2d_backward,
+    ("upsample", "upsample_forward"): _upsample_forward("bilinear"),
+    ("upsample", "upsample_backward"): _upsample_backward("bilinear"),
+    ("conv_transpose", "conv_transpose2d_forward"): _conv_transpose_forward,
+    ("conv_transpose", "conv_transpose2d_backward"): _conv_transpose_backward,
+    ("segmentation", "pixel_cross_entropy_forward"): _pixel_ce_forward,
+    ("segmentation", "pixel_cross_entropy_backward"): _pixel_ce_backward,
+    ("segmentation", "dice_statistics_forward"): _dice_statistics,
+    ("segmentation", "dice_backward"): _dice_backward,
+    ("detection", "centernet_forward"): _centernet_forward,
+    ("detection", "centernet_backward"): _centernet_backward,
+    ("detection", "heatmap_peaks_forward"): _heatmap_peaks,
+    ("detection", "nms_forward"): _nms,
 }
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
@@ -745,6 +1071,14 @@ VARIANTS = {
     "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
     "attention_forward_causal": (("attention", "attention_forward"), _attention_forward(True)),
     "attention_backward_causal": (("attention", "attention_backward"), _attention_backward(True)),
+    "upsample_forward_nearest": (("upsample", "upsample_forward"), _upsample_forward("nearest")),
+    "upsample_backward_nearest": (("upsample", "upsample_backward"), _upsample_backward("nearest")),
+    "upsample_forward_align_corners": (("upsample", "upsample_forward"), _upsample_forward("bilinear_align_corners")),
+    "upsample_backward_align_corners": (("upsample", "upsample_backward"), _upsample_backward("bilinear_align_corners")),
+    "conv2d_forward_chunked": (("conv", "conv2d_forward"), _conv_forward(False, chunked=True)),
+    "conv2d_backward_chunked": (("conv", "conv2d_backward"), _conv_backward(True, chunked=True)),
+    "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, same=True)),
+    "conv2d_backward_same_chunked": (("conv", "conv2d_backward"), _conv_backward(False, chunked=True, same=True)),
 }
 
 DTYPES = (np.float32, np.float64)

@@ -106,3 +106,98 @@ def test_linear_matches_torch_layout():
         t_layer.bias.copy_(torch.tensor(layer.params["bias"].value))
     x = np.random.default_rng(1).standard_normal((4, 5))
     np.testing.assert_allclose(layer.forward(x), t_layer(torch.tensor(x)).detach().numpy(), rtol=1e-12)
+
+
+def _layer_against_torch(layer, t_module, shape, seed=0, batch=2):
+    """Forward, input gradient and parameter gradients of a float64 numdl layer and a torch module
+    sharing its weights."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(seed)
+    layer.build(shape, get_ops("cpu"), np.float64, rng)
+    layer.needs_input_grad = True
+    for name, param in layer.named_parameters().items():
+        getattr(t_module, name).data = torch.tensor(np.array(param.value))
+    x = rng.standard_normal((batch,) + shape)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_out = t_module(t_x)
+    out = layer.forward(x, training=True)
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    upstream = rng.standard_normal(out.shape)
+    t_out.backward(torch.tensor(upstream))
+    np.testing.assert_allclose(layer.backward(upstream), t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, param in layer.named_parameters().items():
+        np.testing.assert_allclose(param.grad, getattr(t_module, name).grad.numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 2, "stride": 2},
+    {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1},
+    {"kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2], "groups": 3},
+    {"kernel_size": 4, "stride": 3, "padding": 2, "output_padding": 2, "bias": False},
+])
+def test_conv_transpose2d_matches_torch(kwargs):
+    t_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    _layer_against_torch(numdl.ConvTranspose2d(6, **kwargs), torch.nn.ConvTranspose2d(3, 6, **t_kwargs).double(),
+                         (3, 5, 4))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"scale_factor": 2}, {"scale_factor": [2, 3]}, {"scale_factor": 1.7}, {"size": [7, 5]},
+    {"scale_factor": 2, "mode": "bilinear"}, {"scale_factor": 2.5, "mode": "bilinear"},
+    {"size": [7, 9], "mode": "bilinear"}, {"size": [7, 9], "mode": "bilinear", "align_corners": True},
+    {"scale_factor": 3, "mode": "bilinear", "align_corners": True},
+])
+def test_upsample_matches_torch(kwargs):
+    t_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if "scale_factor" in t_kwargs and isinstance(t_kwargs["scale_factor"], tuple):
+        t_kwargs["scale_factor"] = tuple(float(v) for v in t_kwargs["scale_factor"])
+    _layer_against_torch(numdl.Upsample(**kwargs), torch.nn.Upsample(**t_kwargs), (2, 4, 3))
+
+
+@pytest.mark.parametrize("padding", [[1, 2, 0, 3], [-1, 1, 2, -2], 2])
+def test_pad2d_matches_torch_functional_pad(padding):
+    amounts = [padding] * 4 if isinstance(padding, int) else padding
+
+    class Pad(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.pad(x, amounts)
+
+    _layer_against_torch(numdl.Pad2d(padding), Pad(), (2, 5, 6))
+
+
+def test_concat_and_multiply_match_torch():
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 2, 4, 5))
+    concat = numdl.Concat(axis=1)
+    concat.build([(3, 4, 5), (2, 4, 5)], get_ops("cpu"), np.float64, rng)
+    t_a, t_b = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    t_out = torch.cat([t_a, t_b], dim=1)
+    np.testing.assert_array_equal(concat.forward([a, b]), t_out.detach().numpy())
+    upstream = rng.standard_normal(t_out.shape)
+    t_out.backward(torch.tensor(upstream))
+    da, db = concat.backward(upstream)
+    np.testing.assert_array_equal(da, t_a.grad.numpy())
+    np.testing.assert_array_equal(db, t_b.grad.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight": [0.5, 2.0, 1.0, 3.0]}, {"ignore_index": 2},
+                                    {"weight": [0.5, 2.0, 1.0, 3.0], "ignore_index": 255, "reduction": "sum"}])
+def test_pixel_cross_entropy_matches_torch(kwargs):
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((3, 4, 5, 6)) * 3, rng.integers(0, 4, (3, 5, 6))
+    if kwargs.get("ignore_index") == 255:
+        labels[0, :2] = 255
+    ours = numdl.PixelCrossEntropy(**kwargs)
+    value = ours.forward(logits, labels)
+    t_kwargs = dict(kwargs)
+    if "weight" in t_kwargs:
+        t_kwargs["weight"] = torch.tensor(t_kwargs["weight"], dtype=torch.float64)
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_loss = torch.nn.CrossEntropyLoss(**t_kwargs)(t_logits, torch.tensor(labels))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(ours.backward(), t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)

@@ -18,8 +18,16 @@ def _load(name):
     return module
 
 
-IMAGE_CONFIGS = sorted(p for p in EXAMPLES.glob("*.toml") if not p.name.startswith("table_"))
+SCENE_CONFIGS = {"unet.toml": (11, 64, 64), "detector.toml": (14, 16, 16)}  # their outputs on 64x64 scenes
+IMAGE_CONFIGS = sorted(p for p in EXAMPLES.glob("*.toml") if not p.name.startswith("table_")
+                       and p.name not in SCENE_CONFIGS)
 TABLE_CONFIGS = sorted(EXAMPLES.glob("table_*.toml"))
+
+
+@pytest.mark.parametrize("name", sorted(SCENE_CONFIGS))
+def test_scene_configs_are_valid_and_build(name):
+    model = config.build_model(config.resolve(EXAMPLES / name), (1, 64, 64))
+    assert model.output_shape == SCENE_CONFIGS[name]
 
 
 @pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda p: p.name)

@@ -63,6 +63,21 @@ LAYER_SAMPLES = {
     "positional_encoding-learned": ("positional_encoding", {"kind": "learned"}, (4, 6)),
     "positional_encoding-sinusoidal": ("positional_encoding", {"kind": "sinusoidal"}, (4, 6)),
     "swap_axes": ("swap_axes", {}, (3, 5)),
+    "conv_transpose2d": ("conv_transpose2d", {"out_channels": 4, "kernel_size": [3, 2], "stride": [2, 1],
+                                              "padding": 1, "output_padding": [1, 0], "dilation": [1, 2],
+                                              "groups": 2}, (4, 3, 4)),
+    "upsample-nearest": ("upsample", {"scale_factor": [2, 1.5]}, (2, 3, 4)),
+    "upsample-bilinear": ("upsample", {"scale_factor": 2, "mode": "bilinear"}, (2, 3, 4)),
+    "upsample-bilinear-align-corners": ("upsample", {"size": [5, 7], "mode": "bilinear", "align_corners": True},
+                                        (2, 3, 4)),
+    "pad2d": ("pad2d", {"padding": [1, -1, 2, 0]}, (2, 4, 5)),
+    # merge layers: a list of input shapes
+    "concat-channels": ("concat", {}, [(2, 3, 4), (1, 3, 4), (3, 3, 4)]),
+    "concat-last-axis": ("concat", {"axis": -1}, [(2, 3), (2, 5)]),
+    "add": ("add", {}, [(3, 4), (3, 4), (3, 4)]),
+    "multiply": ("multiply", {}, [(2, 5), (2, 5)]),
+    "crop2d-size": ("crop2d", {"size": [3, 6]}, [(2, 5, 4)]),
+    "crop2d-match": ("crop2d", {}, [(2, 6, 5), (1, 4, 7)]),
 }
 PADDED_LENGTHS = [4, 2, 3]  # the batch of 3 the check draws
 
@@ -85,7 +100,7 @@ LOSS_SAMPLES = {
 
 def test_every_registered_layer_and_loss_has_a_gradient_sample():
     assert set(registry().names("layer")) <= {name for name, _, _ in LAYER_SAMPLES.values()} | _plugin_names("layer")
-    assert set(registry().names("loss")) <= set(LOSS_SAMPLES) | _plugin_names("loss")
+    assert set(registry().names("loss")) <= set(LOSS_SAMPLES) | set(SHAPED_LOSS_SAMPLES) | _plugin_names("loss")
 
 
 def _plugin_names(kind):
@@ -99,8 +114,41 @@ def test_layer_gradients(sample):
     assert layer.name == name
     lengths = PADDED_LENGTHS if sample.endswith("padded") else None
     errors = check_layer_gradients(layer, shape, batch_size=3, seed=1, lengths=lengths)
-    expected = set(layer.named_parameters()) | (set() if name == "embedding" else {"input"})
-    assert set(errors) == expected
+    inputs = {f"input{i}" for i in range(len(shape))} if isinstance(shape, list) else \
+        (set() if name == "embedding" else {"input"})
+    assert set(errors) == set(layer.named_parameters()) | inputs
+
+
+def _pixel_labels(rng, shape):
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    labels[0, 0, 1] = 255  # an ignored pixel
+    return labels
+
+
+def _boxes(rng, shape):
+    boxes = np.full((shape[0], 3, 5), -1.0)
+    boxes[:, 0] = [1, 2, 9, 10, 0]
+    boxes[0, 1] = [10, 3, 20, 15, shape[1] - 5]
+    return boxes
+
+
+# losses whose predictions are not (6, 4): name -> [(kwargs, prediction shape, target factory)]
+SHAPED_LOSS_SAMPLES = {
+    "pixel_cross_entropy": [({"ignore_index": 255}, (3, 4, 2, 5), _pixel_labels),
+                            ({"ignore_index": 255, "weight": [1, 2, 0.5, 1], "dice_weight": 0.8}, (3, 4, 2, 5),
+                             _pixel_labels),
+                            ({"ignore_index": 255, "reduction": "sum"}, (2, 3, 3, 3), _pixel_labels)],
+    "centernet": [({"stride": 4}, (2, 7, 5, 6), _boxes), ({"stride": 2, "size_weight": 0.5}, (2, 6, 8, 9), _boxes)],
+}
+
+
+@pytest.mark.parametrize("name, index", [(n, i) for n, samples in sorted(SHAPED_LOSS_SAMPLES.items())
+                                         for i in range(len(samples))])
+def test_shaped_loss_gradients(name, index):
+    kwargs, shape, make_target = SHAPED_LOSS_SAMPLES[name][index]
+    rng = np.random.default_rng(index)
+    pred = rng.standard_normal(shape) * 2
+    check_loss_gradients(registry().get("loss", name)(**kwargs), pred, make_target(rng, shape))
 
 
 @pytest.mark.parametrize("name, index", [(n, i) for n, samples in sorted(LOSS_SAMPLES.items())

@@ -28,7 +28,7 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
 # (here: NaN) must never reach a result.
 OUTPUT_ARGUMENTS = {
     ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4,
-    ("conv", "conv2d_forward"): 3, ("conv", "conv2d_backward"): 5,
+    ("conv", "conv2d_forward"): 3, ("conv", "conv2d_backward"): 6,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,
     ("recurrent", "lstm_backward"): 10, ("recurrent", "gru_backward"): 10,

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from helpers import write_fashion_like
@@ -20,23 +21,32 @@ def _train(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _settings(data):
+CHAIN = ("model.layers=[{type='flatten'}, {type='linear', out_features=512}, {type='relu'}, {type='dropout', p=0.2}, "
+         "{type='linear', out_features=10}]")
+# The same with a skip branch joined by concat, a layer used twice and batch norm: a graph model.
+GRAPH = ("model.nodes=[{name='flat', type='flatten', inputs=['input']}, {name='h', type='linear', out_features=512}, "
+         "{name='bn', type='batchnorm1d'}, {name='act', type='relu'}, {name='drop', type='dropout', p=0.2}, "
+         "{name='skip', type='linear', out_features=64, inputs=['flat']}, {name='join', type='concat', "
+         "inputs=['drop', 'skip']}, {name='out', type='linear', out_features=10}, {name='out_again', type='shared', "
+         "layer='out', inputs=['join']}, {name='sum', type='add', inputs=['out', 'out_again']}]")
+
+
+def _settings(data, model=CHAIN):
     return ["--set", f"data.path='{data}'", "--set", "train.epochs=3", "--set", "train.batch_size=16",
-            "--set", "train.checkpoint_every=5",
-            "--set", "model.layers=[{type='flatten'}, {type='linear', out_features=512}, {type='relu'}, "
-                     "{type='dropout', p=0.2}, {type='linear', out_features=10}]",
+            "--set", "train.checkpoint_every=5", "--set", model,
             "--set", "data.crop_padding=1", "--set", "schedule.type='cosine'"]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+@pytest.mark.parametrize("model", [CHAIN, GRAPH], ids=["sequential", "graph"])
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, model):
     data = write_fashion_like(tmp_path / "data", n_train=800, n_test=100)
-    reference = _train(*_settings(data), "--out", str(tmp_path / "reference"), cwd=tmp_path)
+    reference = _train(*_settings(data, model), "--out", str(tmp_path / "reference"), cwd=tmp_path)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err
     expected = json.loads((tmp_path / "reference" / "summary.json").read_text())["weights_sha256"]
 
     run = tmp_path / "interrupted"
-    victim = _train(*_settings(data), "--out", str(run), cwd=tmp_path)
+    victim = _train(*_settings(data, model), "--out", str(run), cwd=tmp_path)
     latest = run / "checkpoints" / "latest.safetensors"
     deadline = time.time() + 600
     while time.time() < deadline and victim.poll() is None:

@@ -141,6 +141,39 @@ class Ops:
         self._run("loss", "cross_entropy_backward", probs.shape[0], dlogits, probs, labels,
                   class_weights, self.scalar(smoothing, dtype), self.scalar(scale, dtype))
 
+    def pixel_cross_entropy_forward(self, pixel_loss, pixel_weight, probs, logits, labels, class_weights,
+                                    ignore_index):
+        """(N, C, P) logits, (N, P) int64 labels; see numdl.kernels.segmentation."""
+        self._run("segmentation", "pixel_cross_entropy_forward", pixel_loss.size, pixel_loss, pixel_weight, probs,
+                  logits, labels, class_weights, int(ignore_index))
+
+    def pixel_cross_entropy_backward(self, dlogits, probs, labels, class_weights, ignore_index, scale):
+        self._run("segmentation", "pixel_cross_entropy_backward", dlogits.size, dlogits, probs, labels, class_weights,
+                  int(ignore_index), self.scalar(scale, probs.dtype))
+
+    def dice_statistics(self, stats, probs, labels, ignore_index):
+        self._run("segmentation", "dice_statistics_forward", stats.shape[0], stats, probs, labels, int(ignore_index))
+
+    def dice_backward(self, dlogits, probs, labels, stats, eps, scale, ignore_index):
+        self._run("segmentation", "dice_backward", labels.size, dlogits, probs, labels, stats,
+                  self.scalar(eps, probs.dtype), self.scalar(scale, probs.dtype), int(ignore_index))
+
+    def centernet_forward(self, terms, pred, heat, regression, index):
+        """pred (N, C + 4, P); see numdl.kernels.detection."""
+        self._run("detection", "centernet_forward", terms.shape[0], terms, pred, heat, regression, index)
+
+    def centernet_backward(self, dpred, pred, heat, regression, index, scale_focal, scale_size, scale_offset):
+        dtype = pred.dtype
+        self._run("detection", "centernet_backward", dpred.size, dpred, pred, heat, regression, index,
+                  self.scalar(scale_focal, dtype), self.scalar(scale_size, dtype), self.scalar(scale_offset, dtype))
+
+    def heatmap_peaks(self, scores, heat):
+        self._run("detection", "heatmap_peaks_forward", heat.size, scores, heat)
+
+    def nms(self, keep, boxes, scores, classes, threshold):
+        self._run("detection", "nms_forward", boxes.shape[0], keep, boxes, scores, classes,
+                  self.scalar(threshold, boxes.dtype))
+
     def elementwise_loss_forward(self, kind, pred, target, *params):
         """Sum of the element losses of ``kind`` ('mse', 'mae', 'huber' (params: delta) or
         'bce_with_logits'), as a Python float."""
@@ -178,6 +211,10 @@ class Ops:
                   self.scalar(momentum, d), bool(centered))
 
     # ----------------------------------------------------------------------------- convolution
+    def im2col_samples(self, batch, taps, pixels):
+        """How many samples a convolution's work buffers hold (see numdl.kernels.conv); 0: none."""
+        return 0
+
     def conv2d_forward(self, out, cols, gemm, x, weight, bias, stride, padding, dilation, groups, relu):
         """stride, padding, dilation: (h, w) pairs. cols/gemm: im2col work buffers (may be empty)."""
         bias = self.nothing(x.dtype) if bias is None else bias
@@ -185,12 +222,53 @@ class Ops:
                   *dilation, int(groups), bool(relu))
 
     def conv2d_backward(self, dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight, stride, padding,
-                        dilation, groups, relu):
+                        dilation, groups, relu, flipped=None):
+        """flipped: (C_in, C_out kH kW) scratch for the CPU's "same"-convolution path (may be None)."""
+        dx = self.nothing(x.dtype, ndim=4) if dx is None else dx
+        dbias = self.nothing(x.dtype) if dbias is None else dbias
+        flipped = self.nothing(x.dtype, ndim=2) if flipped is None else flipped
+        work = dweight.size + dbias.size + dx.size
+        self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x, cols, weight,
+                  *stride, *padding, *dilation, int(groups), bool(relu))
+
+    def conv_transpose2d_forward(self, out, xt, cols, x, weight, bias, stride, padding, dilation, groups):
+        """xt (C_in, N H W) is kept for backward; cols is CPU scratch (both may be empty on CUDA)."""
+        bias = self.nothing(x.dtype) if bias is None else bias
+        self._run("conv_transpose", "conv_transpose2d_forward", out.size, out, xt, cols, x, weight, bias, *stride,
+                  *padding, *dilation, int(groups))
+
+    def conv_transpose2d_backward(self, dx, dweight, dbias, dcols, dxt, dout, x, xt, weight, stride, padding,
+                                  dilation, groups):
         dx = self.nothing(x.dtype, ndim=4) if dx is None else dx
         dbias = self.nothing(x.dtype) if dbias is None else dbias
         work = dweight.size + dbias.size + dx.size
-        self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight,
-                  *stride, *padding, *dilation, int(groups), bool(relu))
+        self._run("conv_transpose", "conv_transpose2d_backward", work, dx, dweight, dbias, dcols, dxt, dout, x, xt,
+                  weight, *stride, *padding, *dilation, int(groups))
+
+    # ------------------------------------------------------------------------------ resampling
+    def upsample_forward(self, out, x, scale, bilinear, align_corners):
+        """scale: (h, w) source-per-output ratios (see numdl.kernels.upsample)."""
+        self._run("upsample", "upsample_forward", out.size, out, x, self.scalar(scale[0], x.dtype),
+                  self.scalar(scale[1], x.dtype), bool(bilinear), bool(align_corners))
+
+    def upsample_backward(self, dx, dout, scale, bilinear, align_corners):
+        self.zero_(dx)  # the kernels accumulate
+        self._run("upsample", "upsample_backward", dout.size, dx, dout, self.scalar(scale[0], dout.dtype),
+                  self.scalar(scale[1], dout.dtype), bool(bilinear), bool(align_corners))
+
+    # ---------------------------------------------------------------------------------- layout
+    def concat_forward(self, out, x, offset):
+        """out and x viewed as (R, width) (see numdl.kernels.layout); x's block starts at ``offset``."""
+        self._run("layout", "concat_forward", x.size, out, x, int(offset))
+
+    def concat_backward(self, dx, dout, offset):
+        self._run("layout", "concat_backward", dx.size, dx, dout, int(offset))
+
+    def pad2d_forward(self, out, x, top, left):
+        self._run("layout", "pad2d_forward", out.size, out, x, int(top), int(left))
+
+    def pad2d_backward(self, dx, dout, top, left):
+        self._run("layout", "pad2d_backward", dx.size, dx, dout, int(top), int(left))
 
     # --------------------------------------------------------------------------------- pooling
     def maxpool2d_forward(self, out, argmax, x, kernel, stride, padding):
@@ -290,6 +368,21 @@ class Ops:
 
     def add(self, out, a, b):
         self._run("elementwise", "add_forward", out.size, self.flat(out), self.flat(a), self.flat(b))
+
+    def multiply(self, out, a, b):
+        self._run("elementwise", "multiply_forward", out.size, self.flat(out), self.flat(a), self.flat(b))
+
+    def multiply_backward(self, da, db, dout, a, b):
+        """da = dout * b, db = dout * a; either may be None (not computed)."""
+        da = self.nothing(dout.dtype) if da is None else self.flat(da)
+        db = self.nothing(dout.dtype) if db is None else self.flat(db)
+        self._run("elementwise", "multiply_backward", dout.size, da, db, self.flat(dout), self.flat(a),
+                  self.flat(b))
+
+    def scale(self, out, a, factor):
+        """out = a * factor."""
+        self._run("elementwise", "scale_forward", out.size, self.flat(out), self.flat(a),
+                  self.scalar(factor, a.dtype))
 
     def broadcast_add_forward(self, out, x, table):
         """out = x + table, with x and out viewed as (N, table.size)."""

@@ -76,3 +76,52 @@ def swap_last_axes_forward_cuda(out, x):
         a = (item // b_size) % a_size
         n = item // (b_size * a_size)
         out[n, b, a] = x[n, a, b]
+
+
+# ----------------------------------------------------------------------------------- products
+# multiply: out = a * b (flat views, overwrites out). Its backward writes da = dout * b and
+# db = dout * a (either skipped when empty: an input that needs no gradient).
+# scale: out = a * factor (a loss weight applied to a gradient).
+
+
+@cpu_kernel
+def multiply_forward_cpu(out, a, b):
+    for i in range(out.size):
+        out[i] = a[i] * b[i]
+
+
+@cpu_kernel
+def multiply_backward_cpu(da, db, dout, a, b):
+    if da.size > 0:
+        for i in range(dout.size):
+            da[i] = dout[i] * b[i]
+    if db.size > 0:
+        for i in range(dout.size):
+            db[i] = dout[i] * a[i]
+
+
+@cpu_kernel
+def scale_forward_cpu(out, a, factor):
+    for i in range(out.size):
+        out[i] = a[i] * factor
+
+
+@cuda_kernel
+def multiply_forward_cuda(out, a, b):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] * b[i]
+
+
+@cuda_kernel
+def multiply_backward_cuda(da, db, dout, a, b):
+    for i in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
+        if da.size > 0:
+            da[i] = dout[i] * b[i]
+        if db.size > 0:
+            db[i] = dout[i] * a[i]
+
+
+@cuda_kernel
+def scale_forward_cuda(out, a, factor):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] * factor

@@ -38,3 +38,8 @@ MIN_SAMPLES_PER_THREAD = 16
 MATMUL_MIN_SPLIT_WORK = 1 << 18
 MATMUL_MIN_ROWS_TO_SPLIT_ROWS = 128
 MATMUL_BLOCK_ALIGN = 16
+
+# Convolutions (kernels/conv.py) build their im2col columns for at most this many elements at a time
+# (whole samples, at least one): the batch is done in chunks whose columns stay in cache. Measured on
+# a U-Net's 64x64 layers, batch 32: see benchmarks/RESULTS.md.
+CONV_COLUMN_CHUNK_ELEMENTS = 1 << 20

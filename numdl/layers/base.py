@@ -138,6 +138,13 @@ class Layer:
         return array.reshape(array.size // width, width)
 
     # ---------------------------------------------------------------------------- running
+    def __call__(self, inputs, name=None):
+        """The functional API: ``layer(tensor)`` (or ``layer([t1, t2])`` for a merge layer) adds a node
+        to a graph (see numdl.graph); ``name`` names the node. Calling one layer twice shares it."""
+        from numdl.graph import call_layer
+
+        return call_layer(self, inputs, name)
+
     def forward(self, x, training=False):
         raise NotImplementedError
 

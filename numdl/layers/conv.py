@@ -80,7 +80,10 @@ class Conv2d(Layer):
         return self._image_out
 
     def _workspace(self, key, rows, n):
-        columns = n * self._image_out[1] * self._image_out[2]
+        # The im2col buffers hold a chunk of the batch (numdl.kernels.conv), the same for all four.
+        pixels = self._image_out[1] * self._image_out[2]
+        taps = self._image_in[0] * math.prod(self.kernel_size)
+        columns = self.ops.im2col_samples(n, taps, pixels) * pixels
         return self.buffer(key, (rows, columns) if self.ops.uses_im2col else (0, 0))
 
     @property
@@ -112,15 +115,19 @@ class Conv2d(Layer):
         dout = self.contiguous(dout, "dout_copy")
         n = dout.shape[0]
         dx = self.buffer("dx", (n,) + self._image_in) if self.needs_input_grad else None
-        taps = self._image_in[0] * math.prod(self.kernel_size)
-        dcols = self._workspace("dcols", taps if self.needs_input_grad else 0, n)
+        kernel_taps = math.prod(self.kernel_size)
+        # dcols also holds the im2col of dout (C_out kH kW rows) on the "same"-convolution path
+        rows = max(self._image_in[0], self.out_channels) * kernel_taps if self.needs_input_grad else 0
+        dcols = self._workspace("dcols", rows, n)
         dgemm = self._workspace("dgemm", self.out_channels, n)
+        flipped = self.buffer("flipped", (self._image_in[0], self.out_channels * kernel_taps)) \
+            if self.ops.uses_im2col and self.needs_input_grad else None
         weight = self.params["weight"]
         dbias = self.params["bias"].grad if self.use_bias else None
         self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dcols, dgemm,
                                  dout.reshape((n,) + self._image_out), self._out, self._x, self._cols,
                                  self._weight4(weight.value), self.stride, self.padding, self.dilation, self.groups,
-                                 self._relu)
+                                 self._relu, flipped)
         return None if dx is None else dx.reshape((n,) + self.input_shape)
 
 
@@ -156,3 +163,85 @@ class Conv1d(Conv2d):
         three_d = (self.out_channels, input_shape[0] // self.groups, self.kernel_size[1])
         weight.value, weight.grad = weight.value.reshape(three_d), weight.grad.reshape(three_d)
         return (out[0], out[2])
+
+
+class ConvTranspose2d(Layer):
+    """2-D transposed convolution (PyTorch's ``nn.ConvTranspose2d``): weight (in, out / groups, kH, kW),
+    output size ``(H - 1) stride - 2 padding + dilation (k - 1) + output_padding + 1``. The learned
+    upsampling of decoders (U-Net, DCGAN); ``output_padding`` (< stride or dilation) picks among the
+    output sizes a strided convolution maps back to the same input size."""
+
+    name = "conv_transpose2d"
+
+    def __init__(self, out_channels: int, kernel_size: int | list[int], stride: int | list[int] = 1,
+                 padding: int | list[int] = 0, output_padding: int | list[int] = 0, dilation: int | list[int] = 1,
+                 groups: int = 1, bias: bool = True, weight_init: str = "pytorch_default",
+                 bias_init: str = "pytorch_default"):
+        super().__init__()
+        if out_channels < 1 or groups < 1 or out_channels % groups:
+            raise ConfigError(f"{self.name}: out_channels ({out_channels}) must be a positive multiple of groups ({groups})")
+        self.out_channels, self.groups, self.use_bias = out_channels, groups, bias
+        self.kernel_size, self.stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
+        self.output_padding = pair(output_padding, "output_padding")
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding + self.output_padding) < 0:
+            raise ConfigError(f"{self.name}: kernel_size, stride, dilation must be >= 1, padding and output_padding >= 0")
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ConfigError(f"{self.name}: output_padding {list(self.output_padding)} must be smaller than stride "
+                              f"or dilation")
+        self.weight_init, self.bias_init = get_initializer(weight_init), get_initializer(bias_init)
+
+    def hyperparameters(self):
+        return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "output_padding": list(self.output_padding),
+                "dilation": list(self.dilation), "groups": self.groups, "bias": self.use_bias}
+
+    def setup(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
+                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        channels, h, w = input_shape
+        if channels % self.groups:
+            raise ShapeError(f"layer '{self.name}': {channels} input channels are not divisible by groups={self.groups}")
+        out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, k, s, p, d, op in
+                       zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation, self.output_padding))
+        if min(out_hw) < 1:
+            raise ShapeError(f"layer '{self.name}': input {h}x{w} with padding {list(self.padding)} gives an empty "
+                             f"output {out_hw}")
+        # PyTorch's fan-in of a transposed convolution's weight: its dimension 1 times the kernel.
+        fan_in = self.out_channels // self.groups * math.prod(self.kernel_size)
+        fan_out = channels // self.groups * math.prod(self.kernel_size)
+        self.add_param("weight", self.weight_init((channels, self.out_channels // self.groups) + self.kernel_size,
+                                                  fan_in, fan_out, rng))
+        if self.use_bias:
+            self.add_param("bias", self.bias_init((self.out_channels,), fan_in, fan_out, rng))
+        return (self.out_channels,) + out_hw
+
+    def _workspace(self, key, rows, n):
+        columns = n * self.input_shape[1] * self.input_shape[2]
+        return self.buffer(key, (rows, columns) if self.ops.uses_im2col else (0, 0))
+
+    def forward(self, x, training=False):
+        self.check_input(x)
+        x = self.contiguous(x, "x_copy")
+        n = x.shape[0]
+        out = self.buffer("out", (n,) + self.output_shape)
+        self._xt = self._workspace("xt", self.input_shape[0], n)
+        cols = self._workspace("cols", self.out_channels * math.prod(self.kernel_size), n)
+        bias = self.params["bias"].value if self.use_bias else None
+        self.ops.conv_transpose2d_forward(out, self._xt, cols, x, self.params["weight"].value, bias, self.stride,
+                                          self.padding, self.dilation, self.groups)
+        self._x = x
+        return out
+
+    def backward(self, dout):
+        dout = self.contiguous(dout, "dout_copy")
+        n = dout.shape[0]
+        dx = self.buffer("dx", (n,) + self.input_shape) if self.needs_input_grad else None
+        dcols = self._workspace("dcols", self.out_channels * math.prod(self.kernel_size), n)
+        dxt = self._workspace("dxt", self.input_shape[0] if self.needs_input_grad else 0, n)
+        weight = self.params["weight"]
+        dbias = self.params["bias"].grad if self.use_bias else None
+        self.ops.conv_transpose2d_backward(dx, weight.grad, dbias, dcols, dxt, dout, self._x, self._xt, weight.value,
+                                           self.stride, self.padding, self.dilation, self.groups)
+        return dx

@@ -1,0 +1,110 @@
+"""Copies that move values between layouts without arithmetic: concatenation and image padding/cropping.
+
+concat: every array is viewed as (R, width) where R is the batch times the sizes before the joined
+axis and width the joined axis times the sizes after it; an input's block of columns sits at
+``offset`` in the output's columns. Forward copies an input into its block, backward copies the
+block of the upstream gradient out (both overwrite their output).
+
+pad2d: out (N, C, H + top + bottom, W + left + right) from x (N, C, H, W); a negative amount crops
+that side. Output pixels with no source are zero. Backward gathers the matching window of dout
+(the adjoint), so neither direction scatters: the CUDA twins need no atomics.
+"""
+
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type
+
+# ---------------------------------------------------------------------------------------- CPU kernels
+
+
+@cpu_kernel
+def concat_forward_cpu(out, x, offset):
+    # out (R, W_out), x (R, W_x): out[r, offset + c] = x[r, c].
+    for r in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[r, offset + c] = x[r, c]
+
+
+@cpu_kernel
+def concat_backward_cpu(dx, dout, offset):
+    # dx (R, W_x) = dout[:, offset:offset + W_x].
+    for r in range(dx.shape[0]):
+        for c in range(dx.shape[1]):
+            dx[r, c] = dout[r, offset + c]
+
+
+@cpu_kernel
+def pad2d_forward_cpu(out, x, top, left):
+    n_batch, channels, h_out, w_out = out.shape
+    h, w = x.shape[2], x.shape[3]
+    zero = same_type(out[0, 0, 0, 0], 0.0)
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                ih = oh - top
+                for ow in range(w_out):
+                    iw = ow - left
+                    out[n, c, oh, ow] = x[n, c, ih, iw] if 0 <= ih < h and 0 <= iw < w else zero
+
+
+@cpu_kernel
+def pad2d_backward_cpu(dx, dout, top, left):
+    n_batch, channels, h, w = dx.shape
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    zero = same_type(dx[0, 0, 0, 0], 0.0)
+    for n in range(n_batch):
+        for c in range(channels):
+            for ih in range(h):
+                oh = ih + top
+                for iw in range(w):
+                    ow = iw + left
+                    dx[n, c, ih, iw] = dout[n, c, oh, ow] if 0 <= oh < h_out and 0 <= ow < w_out else zero
+
+
+# --------------------------------------------------------------------------------------- CUDA kernels
+
+
+@cuda_kernel
+def concat_forward_cuda(out, x, offset):
+    width = x.shape[1]
+    for item in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        r, c = item // width, item % width
+        out[r, offset + c] = x[r, c]
+
+
+@cuda_kernel
+def concat_backward_cuda(dx, dout, offset):
+    width = dx.shape[1]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        r, c = item // width, item % width
+        dx[r, c] = dout[r, offset + c]
+
+
+@cuda_kernel
+def pad2d_forward_cuda(out, x, top, left):
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        ih, iw = oh - top, ow - left
+        if 0 <= ih < h and 0 <= iw < w:
+            out[n, c, oh, ow] = x[n, c, ih, iw]
+        else:
+            out[n, c, oh, ow] = same_type(out[0, 0, 0, 0], 0.0)
+
+
+@cuda_kernel
+def pad2d_backward_cuda(dx, dout, top, left):
+    channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = item % w
+        ih = (item // w) % h
+        c = (item // (w * h)) % channels
+        n = item // (w * h * channels)
+        oh, ow = ih + top, iw + left
+        if 0 <= oh < h_out and 0 <= ow < w_out:
+            dx[n, c, ih, iw] = dout[n, c, oh, ow]
+        else:
+            dx[n, c, ih, iw] = same_type(dx[0, 0, 0, 0], 0.0)
