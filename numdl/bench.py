@@ -31,15 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "kernels", "startup", "ceiling")
-DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "startup", "ceiling")
-INPUT_SHAPES = {"tabular": (25,)}  # the image models take (28, 28)
-CLASSES = {"tabular": 2}
+SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "kernels", "startup", "ceiling")
+DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "startup", "ceiling")
+INPUT_SHAPES = {"tabular": (25,), "unet": (1, 64, 64)}  # the image models take (28, 28)
+CLASSES = {"tabular": 2, "unet": 11}
+LABEL_SHAPES = {"unet": (64, 64)}  # per-pixel labels; the others one per sample
+# examples/unet.toml's widths: encoder stages, the two bottom convolutions, decoder stages (from the
+# deepest), the transposed convolutions' outputs (from the deepest); a test keeps them equal.
+UNET = {"encoder": (8, 32, 64), "bottom": 128, "decoder": (32, 16, 8), "up": (32, 16, 8)}
 
 
-def _data(samples, shape, classes=10, seed=0):
+def _data(samples, shape, classes=10, seed=0, label_shape=()):
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((samples,) + shape).astype(np.float32), rng.integers(0, classes, samples)
+    return (rng.standard_normal((samples,) + shape).astype(np.float32),
+            rng.integers(0, classes, (samples,) + label_shape))
 
 
 # Pause before each timed run: after a run, OpenBLAS's threads (numdl) or OpenMP's (PyTorch) keep
@@ -95,9 +100,78 @@ def _copy_weights_to_torch(torch, model, modules):
             theirs.copy_(torch.from_numpy(np.ascontiguousarray(ours)).reshape(theirs.shape))
 
 
+def _numdl_unet():
+    """examples/unet.toml's U-Net through the functional API (the bench runs without the examples)."""
+    import numdl
+
+    def stage(x, channels):
+        return numdl.ReLU()(numdl.BatchNorm2d()(numdl.Conv2d(channels, 3, padding=1, bias=False)(x)))
+
+    image = numdl.Input((1, 64, 64))
+    skips, h = [], image
+    for channels in UNET["encoder"]:
+        h = stage(h, channels)
+        skips.append(h)
+        h = numdl.MaxPool2d(2)(h)
+    h = stage(stage(h, UNET["bottom"]), UNET["bottom"])
+    for channels, up, skip in zip(UNET["decoder"], UNET["up"], reversed(skips)):
+        h = stage(numdl.Concat()([numdl.ConvTranspose2d(up, 2, stride=2)(h), skip]), channels)
+    model = numdl.Model(image, numdl.Conv2d(11, 1)(h), seed=0)
+    return model.compile(numdl.PixelCrossEntropy(), numdl.Adam(lr=1e-3))
+
+
+def _torch_unet(torch):
+    """The same U-Net in PyTorch, its modules created in the order numdl's layers hold parameters."""
+    nn = torch.nn
+
+    def stage(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            widths, channels = [], 1
+            self.encoder = nn.ModuleList()
+            for width in UNET["encoder"]:
+                self.encoder.append(stage(channels, width))
+                widths.append(width)
+                channels = width
+            self.bottom = nn.Sequential(stage(channels, UNET["bottom"]), stage(UNET["bottom"], UNET["bottom"]))
+            channels = UNET["bottom"]
+            self.ups, self.decoder = nn.ModuleList(), nn.ModuleList()
+            for width, up, skip in zip(UNET["decoder"], UNET["up"], reversed(widths)):
+                self.ups.append(nn.ConvTranspose2d(channels, up, 2, stride=2))
+                self.decoder.append(stage(up + skip, width))
+                channels = width
+            self.head = nn.Conv2d(channels, 11, 1)
+
+        def forward(self, x):
+            skips = []
+            for block in self.encoder:
+                x = block(x)
+                skips.append(x)
+                x = nn.functional.max_pool2d(x, 2)
+            x = self.bottom(x)
+            for up, block, skip in zip(self.ups, self.decoder, reversed(skips)):
+                x = block(torch.cat([up(x), skip], 1))
+            return self.head(x)
+
+    net = UNet()
+    # numdl's parameter order: encoder, bottom, then per decoder level the transposed convolution and
+    # the stage; torch registered all ups before all decoder stages, so reorder its modules.
+    ordered = list(net.encoder) + list(net.bottom)
+    for up, block in zip(net.ups, net.decoder):
+        ordered += [up, block]
+    net.ordered_modules = lambda: [m for part in ordered + [net.head] for m in part.modules()
+                                   if not list(m.children())]
+    return net
+
+
 def _numdl_model(kind):
     import numdl
 
+    if kind == "unet":
+        return _numdl_unet()
     if kind == "mlp":
         layers = [numdl.Flatten(), numdl.Linear(128), numdl.ReLU(), numdl.Linear(64), numdl.ReLU(), numdl.Linear(10)]
     elif kind == "tabular":
@@ -120,6 +194,8 @@ def _numdl_model(kind):
 
 def _torch_model(torch, kind):
     nn = torch.nn
+    if kind == "unet":
+        return _torch_unet(torch)
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
                              nn.Linear(64, 10))
@@ -158,7 +234,7 @@ def _torch_model(torch, kind):
 
 def model_case(kind, mode, batch_size, samples, repeats, threads):
     """Training (an epoch of ``samples``) or inference throughput of one reference model."""
-    x, y = _data(samples, INPUT_SHAPES.get(kind, (28, 28)), CLASSES.get(kind, 10))
+    x, y = _data(samples, INPUT_SHAPES.get(kind, (28, 28)), CLASSES.get(kind, 10), label_shape=LABEL_SHAPES.get(kind, ()))
     ours = _numdl_model(kind)
     compile_seconds = ours.warmup(batch_size)
     batches = [(x[b:b + batch_size], y[b:b + batch_size]) for b in range(0, samples, batch_size)]
@@ -182,7 +258,9 @@ def _torch_run(torch, kind, mode, batches, ours=None):
         return None
     net = _torch_model(torch, kind)
     if ours is not None and kind != "transformer":  # same layouts: same initial weights
-        _copy_weights_to_torch(torch, ours, [m for m in net.modules() if not list(m.children())])
+        modules = net.ordered_modules() if hasattr(net, "ordered_modules") else \
+            [m for m in net.modules() if not list(m.children())]
+        _copy_weights_to_torch(torch, ours, modules)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     theirs = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in batches]
@@ -311,6 +389,14 @@ def _kernel_cases(torch):
          lambda: nn.Conv2d(1, 32, 3, padding=1)),
         ("conv2d", "128x32x14x14 3x3->64", [numdl.Conv2d(64, 3, padding=1)], (32, 14, 14), 128,
          lambda: nn.Conv2d(32, 64, 3, padding=1)),
+        ("conv_transpose2d", "8x32x14x14 2x2/2->16", [numdl.ConvTranspose2d(16, 2, stride=2)], (32, 14, 14), 8,
+         lambda: nn.ConvTranspose2d(32, 16, 2, stride=2)),
+        ("conv_transpose2d", "32x32x32x32 2x2/2->16", [numdl.ConvTranspose2d(16, 2, stride=2)], (32, 32, 32), 32,
+         lambda: nn.ConvTranspose2d(32, 16, 2, stride=2)),
+        ("upsample", "8x16x16x16 bilinear x2", [numdl.Upsample(scale_factor=2, mode="bilinear")], (16, 16, 16), 8,
+         lambda: nn.Upsample(scale_factor=2, mode="bilinear")),
+        ("upsample", "32x16x32x32 nearest x2", [numdl.Upsample(scale_factor=2)], (16, 32, 32), 32,
+         lambda: nn.Upsample(scale_factor=2)),
         ("maxpool2d", "8x32x28x28", [numdl.MaxPool2d(2)], (32, 28, 28), 8, lambda: nn.MaxPool2d(2)),
         ("maxpool2d", "128x32x28x28", [numdl.MaxPool2d(2)], (32, 28, 28), 128, lambda: nn.MaxPool2d(2)),
         ("batchnorm2d", "8x32x14x14", [numdl.BatchNorm2d()], (32, 14, 14), 8, lambda: nn.BatchNorm2d(32)),
@@ -612,6 +698,7 @@ def cases(suites, quick):
         "lstm": [("lstm", "train", 128, 1024 if quick else 5120)],
         "transformer": [("transformer", "train", 128, 1024 if quick else 5120)],
         "tabular": [("tabular", "train", 256, 25600 if quick else 102400)],
+        "unet": [("unet", "train", 32, 64 if quick else 320)],
     }
     return [case for suite in suites for case in plan.get(suite, [])]
 

@@ -208,18 +208,21 @@ def check_metadata(meta, path):
             raise CheckpointError(f"{path}: the config inside is invalid: {error}") from None
     if "input_shape" in meta:
         shape = meta["input_shape"]
-        if not isinstance(shape, list) or not shape or not all(_is_int(d, 1) for d in shape):
-            bad("input_shape", "a list of positive integers")
-        if math.prod(shape) > MAX_INPUT_ELEMENTS:
-            bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements per sample")
+        # one input: a list of sizes; a graph model with several inputs: a list of such lists
+        shapes = shape if isinstance(shape, list) and shape and all(isinstance(d, list) for d in shape) else [shape]
+        for one in shapes:
+            if not isinstance(one, list) or not one or not all(_is_int(d, 1) for d in one):
+                bad("input_shape", "a list of positive integers (or of such lists, one per input)")
+            if math.prod(one) > MAX_INPUT_ELEMENTS:
+                bad("input_shape", f"at most {MAX_INPUT_ELEMENTS} elements per sample")
     if "optimizer" in meta:
         optimizer = meta["optimizer"]
         if not isinstance(optimizer, dict) or not isinstance(optimizer.get("name"), str):
             bad("optimizer", "a table with a name")
         if not _is_int(optimizer.get("steps")):
             bad("optimizer.steps", "an integer >= 0")
-        if not _is_number(optimizer.get("lr")) or optimizer["lr"] <= 0:
-            bad("optimizer.lr", "a finite number > 0")
+        if not _is_number(optimizer.get("lr")) or optimizer["lr"] < 0:  # a cosine schedule ends at 0
+            bad("optimizer.lr", "a finite number >= 0")
     if "normalization" in meta:
         from numdl.data.transforms import NORMALIZATIONS
 

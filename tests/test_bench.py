@@ -132,3 +132,27 @@ def test_the_scaling_model_is_the_ring_allreduce_cost():
     # 1 MB among 8 nodes at 10 Gbit/s: 2 * 7/8 * 1e6 B / 1.25e9 B/s, plus 14 messages of 5 us
     assert scaling.ring_allreduce_seconds(1_000_000, 8, 10) == pytest.approx(1.4e-3 + 14 * 5e-6)
     assert scaling.ring_allreduce_seconds(1_000_000, 1, 10) == 0.0
+
+
+def test_the_unet_suite_runs_examples_unet_toml_against_the_same_net_in_torch():
+    """The bench's U-Net is examples/unet.toml's (same nodes' shapes and parameter count), and
+    PyTorch's copy starts from the same weights: their first losses agree."""
+    from pathlib import Path
+
+    import numpy as np
+    import pytest
+
+    from numdl import config
+
+    torch = pytest.importorskip("torch")
+    ours = bench._numdl_model("unet")
+    from_config = config.build_model(config.resolve(Path(__file__).parent.parent / "examples" / "unet.toml"), (1, 64, 64))
+    assert ours.parameter_count() == from_config.parameter_count()
+    assert sorted(ours.node_shapes.values()) == sorted(from_config.node_shapes.values())
+    x, y = bench._data(4, (1, 64, 64), 11, label_shape=(64, 64))
+    net = bench._torch_model(torch, "unet")
+    bench._copy_weights_to_torch(torch, ours, net.ordered_modules())
+    theirs = torch.nn.CrossEntropyLoss()(net(torch.from_numpy(x)), torch.from_numpy(y)).item()
+    assert ours.loss.forward(ours.forward(x, training=True), y) == pytest.approx(theirs, rel=1e-4)
+    result = bench.model_case("unet", "train", 2, 4, repeats=1, threads=1)
+    assert result["case"] == "unet train b2" and result["numdl"] > 0 and result["torch"] > 0
