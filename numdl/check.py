@@ -4,8 +4,10 @@ For every selected item: the float64 gradient check (layers, losses) or a descen
 (optimizers), the CPU-vs-CUDA comparison under Numba's simulator (in a subprocess: the simulator is
 chosen at import), the PTX compile of every CUDA kernel the item ran, with float32 kernels scanned
 for double precision, a checkpoint round trip, and a micro-benchmark. Items declare how to be
-checked with optional class attributes: ``check_input_shape`` (layers, default (2, 5)) and
-``check_kwargs`` (constructor arguments, default none).
+checked with optional class attributes: ``check_input_shape`` (layers, default (2, 5); a list of
+shapes for a merge layer, which is checked inside a graph model), ``check_kwargs`` (constructor
+arguments, default none), and for losses ``check_pred_shape`` (default (6, 4)) and
+``check_target(rng, pred_shape)`` (targets of another kind than labels or values, e.g. boxes).
 """
 
 import json
@@ -44,11 +46,28 @@ def _make(entry):
 
 
 def _layer_model(entry, device="cpu", dtype="float64"):
+    """A one-layer model of the item and its per-sample input shape (a list of shapes for a merge
+    layer: then a graph model of one input per shape)."""
     import numdl
 
-    shape = tuple(getattr(entry.cls, "check_input_shape", (2, 5)))
+    shape = getattr(entry.cls, "check_input_shape", (2, 5))
+    if getattr(entry.cls, "many_inputs", False):
+        shapes = [tuple(s) for s in shape]
+        inputs = [numdl.Input(s) for s in shapes]
+        output = _make(entry)(inputs)
+        one = len(shapes) == 1  # one input: the model takes an array, not a list
+        model = numdl.Model(inputs[0] if one else inputs, output, dtype=dtype, device=device, seed=0,
+                            input_grad=True)
+        return model, shapes[0] if one else shapes
+    shape = tuple(shape)
     model = numdl.Sequential([_make(entry)], input_shape=shape, dtype=dtype, device=device, seed=0)
     return model, shape
+
+
+def _random_input(rng, shape, dtype, batch=3):
+    if isinstance(shape, list):
+        return [rng.standard_normal((batch,) + s).astype(dtype) for s in shape]
+    return rng.standard_normal((batch,) + shape).astype(dtype)
 
 
 class KernelRecorder:
@@ -104,20 +123,31 @@ def exercise(kind, entry, dtype="float64", device="cpu"):
     if kind == "layer":
         model, shape = _layer_model(entry, device, dtype)
         _randomise_parameters(model, rng)
-        x = rng.standard_normal((3,) + shape).astype(dtype)
-        out = model.forward(model.ops.asarray(x), training=True)
+        x = _random_input(rng, shape, dtype)
+        out = model.forward([model.ops.asarray(a) for a in x] if isinstance(x, list) else model.ops.asarray(x),
+                            training=True)
         upstream = rng.standard_normal(tuple(out.shape)).astype(dtype)
-        model.layers[0].needs_input_grad = True
-        dx = model.layers[0].backward(model.ops.asarray(upstream))
+        if hasattr(model, "order"):  # a graph: its backward returns every input's gradient
+            dx = model.backward(model.ops.asarray(upstream))
+        else:
+            model.layers[0].needs_input_grad = True
+            dx = model.layers[0].backward(model.ops.asarray(upstream))
         result = {"out": model.ops.to_numpy(out)}
-        if dx is not None:
-            result["dx"] = model.ops.to_numpy(dx)
+        for index, d in enumerate(dx if isinstance(dx, list) else [dx]):
+            if d is not None:
+                result["dx" if index == 0 else f"dx{index}"] = model.ops.to_numpy(d)
         result.update({f"grad {n}": model.ops.to_numpy(p.grad) for n, p in model.named_parameters().items()})
         return result
     if kind == "loss":
         loss = _make(entry)
-        pred = get_ops(device).asarray(rng.standard_normal((6, 4)).astype(dtype))
-        target = rng.integers(0, 4, 6) if entry.cls.target_kind == "labels" else rng.uniform(0, 1, (6, 4))
+        pred_shape = tuple(getattr(entry.cls, "check_pred_shape", (6, 4)))
+        pred = get_ops(device).asarray(rng.standard_normal(pred_shape).astype(dtype))
+        if hasattr(entry.cls, "check_target"):
+            target = entry.cls.check_target(rng, pred_shape)
+        elif entry.cls.target_kind == "labels":
+            target = rng.integers(0, pred_shape[-1], pred_shape[:-1])
+        else:
+            target = rng.uniform(0, 1, pred_shape)
         value = loss.forward(pred, target)
         return {"value": np.array([value]), "grad": get_ops(device).to_numpy(loss.backward())}
     from numdl.layers.base import Parameter
@@ -136,12 +166,20 @@ def gradient_check(kind, entry):
     from numdl.testing import check_layer_gradients, check_loss_gradients
 
     if kind == "layer":
-        check_layer_gradients(_make(entry), tuple(getattr(entry.cls, "check_input_shape", (2, 5))))
+        shape = getattr(entry.cls, "check_input_shape", (2, 5))
+        many = getattr(entry.cls, "many_inputs", False)
+        check_layer_gradients(_make(entry), [tuple(s) for s in shape] if many else tuple(shape))
         return "ok"
     if kind == "loss":
         rng = np.random.default_rng(1)
-        target = rng.integers(0, 4, 6) if entry.cls.target_kind == "labels" else rng.uniform(0, 1, (6, 4))
-        check_loss_gradients(_make(entry), rng.standard_normal((6, 4)), target)
+        pred_shape = tuple(getattr(entry.cls, "check_pred_shape", (6, 4)))
+        if hasattr(entry.cls, "check_target"):
+            target = entry.cls.check_target(rng, pred_shape)
+        elif entry.cls.target_kind == "labels":
+            target = rng.integers(0, pred_shape[-1], pred_shape[:-1])
+        else:
+            target = rng.uniform(0, 1, pred_shape)
+        check_loss_gradients(_make(entry), rng.standard_normal(pred_shape), target)
         return "ok"
     before = float(np.sum(np.random.default_rng(0).standard_normal(11) ** 2))
     after = float(np.sum(exercise(kind, entry)["param"] ** 2))
@@ -204,7 +242,7 @@ def checkpoint_check(kind, entry):
         return "n/a"
     model, shape = _layer_model(entry)
     model.compile("mse", "sgd")
-    x = np.random.default_rng(2).standard_normal((3,) + shape)
+    x = _random_input(np.random.default_rng(2), shape, np.float64)
     with tempfile.TemporaryDirectory() as folder:
         path = model.save(Path(folder) / "item.safetensors")
         clone, _ = _layer_model(entry)

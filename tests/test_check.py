@@ -166,3 +166,17 @@ def test_plugins_lists_the_three_extras_items_with_their_package():
     listed = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
     for name in ("swish", "focal", "lion"):
         assert "numdl-extras 0.1.0" in listed[name]
+
+
+def test_check_runs_merge_layers_and_losses_with_their_own_target_kinds():
+    """A layer joining several tensors is checked inside a graph model (check_input_shape a list of
+    shapes); a loss over (N, C, H, W) logits or boxes declares its prediction shape and targets."""
+    from numdl import check
+
+    rows = {name: results for _, name, _, results in check.run_checks(["concat", "crop2d", "centernet",
+                                                                           "pixel_cross_entropy"])}
+    assert set(rows) == {"concat", "crop2d", "centernet", "pixel_cross_entropy"}
+    for name, results in rows.items():
+        failed = {label: text for label, (passed, text) in results.items()
+                  if not passed and not text.startswith("skipped")}
+        assert not failed, (name, failed)

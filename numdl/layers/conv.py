@@ -172,6 +172,8 @@ class ConvTranspose2d(Layer):
     output sizes a strided convolution maps back to the same input size."""
 
     name = "conv_transpose2d"
+    check_input_shape = (4, 3, 4)
+    check_kwargs = {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1, "groups": 2}
 
     def __init__(self, out_channels: int, kernel_size: int | list[int], stride: int | list[int] = 1,
                  padding: int | list[int] = 0, output_padding: int | list[int] = 0, dilation: int | list[int] = 1,

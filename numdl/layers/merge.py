@@ -49,6 +49,7 @@ class Add(Merge):
     """The element-wise sum of its inputs (all of one shape)."""
 
     name = "add"
+    check_input_shape = [(2, 5), (2, 5), (2, 5)]
 
     def merge_shape(self, shapes):
         return _same_shapes(self.name, shapes)
@@ -70,6 +71,7 @@ class Multiply(Merge):
 
     name = "multiply"
     input_count = (2, 2)
+    check_input_shape = [(2, 5), (2, 5)]
 
     def merge_shape(self, shapes):
         return _same_shapes(self.name, shapes)
@@ -93,6 +95,7 @@ class Concat(Merge):
     channels of images); every other size must agree."""
 
     name = "concat"
+    check_input_shape = [(2, 3, 4), (1, 3, 4)]
 
     def __init__(self, axis: int = 1):
         super().__init__()
@@ -155,6 +158,7 @@ class Crop2d(Merge):
 
     name = "crop2d"
     input_count = (1, 2)
+    check_input_shape = [(2, 5, 4), (1, 3, 6)]
 
     def __init__(self, size: list[int] | None = None):
         super().__init__()

@@ -21,6 +21,8 @@ class Upsample(Layer):
     only) maps the corner pixels of input and output onto each other."""
 
     name = "upsample"
+    check_input_shape = (2, 3, 4)
+    check_kwargs = {"scale_factor": 2, "mode": "bilinear"}
 
     def __init__(self, scale_factor: float | list[float] | None = None, size: list[int] | None = None,
                  mode: str = "nearest", align_corners: bool = False):
@@ -86,6 +88,8 @@ class Pad2d(Layer):
     that side."""
 
     name = "pad2d"
+    check_input_shape = (2, 4, 5)
+    check_kwargs = {"padding": [1, -1, 2, 0]}
 
     def __init__(self, padding: int | list[int]):
         super().__init__()

@@ -201,6 +201,11 @@ class PixelCrossEntropy(Loss):
     name = "pixel_cross_entropy"
     target_kind = "labels"
     class_axis = 1
+    check_pred_shape = (3, 4, 2, 5)
+
+    @staticmethod
+    def check_target(rng, pred_shape):
+        return rng.integers(0, pred_shape[1], (pred_shape[0],) + tuple(pred_shape[2:]))
 
     def __init__(self, weight: list[float] | None = None, ignore_index: int = -100, dice_weight: float = 0.0,
                  reduction: str = "mean"):
@@ -305,6 +310,14 @@ class CenterNetLoss(Loss):
 
     name = "centernet"
     target_kind = "boxes"
+    check_pred_shape = (2, 7, 5, 6)
+
+    @staticmethod
+    def check_target(rng, pred_shape):
+        boxes = np.full((pred_shape[0], 2, 5), -1.0)
+        boxes[:, 0] = [1.0, 2.0, 9.0, 10.0, 0.0]
+        boxes[0, 1] = [4.0, 3.0, 17.0, 15.0, pred_shape[1] - 5.0]
+        return boxes
 
     def __init__(self, stride: int = 4, size_weight: float = 0.1, offset_weight: float = 1.0):
         super().__init__("mean")
