@@ -274,9 +274,9 @@ class Model(Sequential):
               if isinstance(a, np.ndarray) and a.dtype != dtype else a
               for i, (a, dtype) in enumerate(zip(xs, self._input_dtypes()))]
         self._check_batches(xs)
-        for layer in self.layers:
-            if getattr(layer, "uses_lengths", False):
-                layer.lengths = lengths
+        for runner in self.runner.values():  # every use of a layer, shared copies included
+            if getattr(runner, "uses_lengths", False):
+                runner.lengths = lengths
         values = self._run_nodes(xs, training)
         outs = [values[id(node)] for node in self.output_nodes]
         return outs if self.multi_output else outs[0]

@@ -175,3 +175,19 @@ def test_model_layers_and_nodes_together_are_refused(tmp_path):
     config.write_text("[model]\nlayers = [{type = 'flatten'}]\nnodes = [{name = 'a', type = 'flatten'}]\n")
     result = invoke_cli("train", config, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_a_sequence_graph_takes_token_ids_and_lengths():
+    """Integer token ids into an Embedding node, padded lengths reaching every recurrent and pooling
+    node, two poolings of one sequence joined: padding must not change a sample's output."""
+    ids = numdl.Input((6,), dtype="int64")
+    steps = numdl.LSTM(5, return_sequences=True)(numdl.Embedding(10, 4)(ids))
+    pooled = numdl.Concat(axis=-1)([numdl.SequencePool("mean")(steps), numdl.SequencePool("last")(steps)])
+    model = numdl.Model(ids, numdl.Linear(2)(pooled), dtype="float64").compile("cross_entropy", "adam")
+    rng = np.random.default_rng(0)
+    x, y, lengths = rng.integers(0, 10, (40, 6)), rng.integers(0, 2, 40), rng.integers(2, 7, 40)
+    model.fit(x, y, epochs=1, batch_size=8, lengths=lengths, verbose=0)
+    repadded = x.copy()
+    for row, length in zip(repadded, lengths):
+        row[length:] = 9  # other padding values
+    np.testing.assert_allclose(model.predict(repadded, lengths=lengths), model.predict(x, lengths=lengths))

@@ -111,3 +111,30 @@ def test_sequence_training_steps_on_cuda_match_cpu(monkeypatch):
             model.optimizer.step(model.parameters())
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters().items(), gpu.parameters()):
         np.testing.assert_allclose(gpu.ops.to_numpy(p_gpu.value), p_cpu.value, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def _graph(device):
+    """A small U-Net-like graph: transposed convolution, upsampling, concat, a shared layer, a skip
+    added back, and a per-pixel loss (pixel cross-entropy with a Dice term)."""
+    import numdl
+
+    x = numdl.Input((1, 4, 4))
+    enc = numdl.Conv2d(2, 3, padding=1)(x)
+    down = numdl.MaxPool2d(2)(enc)
+    shared = numdl.Conv2d(2, 1)
+    deep = shared(shared(down))
+    up = numdl.Concat()([numdl.ConvTranspose2d(2, 2, stride=2)(deep), numdl.Upsample(scale_factor=2,
+                                                                                     mode="bilinear")(down)])
+    joined = numdl.Add()([numdl.Conv2d(2, 1)(up), enc])
+    model = numdl.Model(x, numdl.Conv2d(3, 1)(numdl.Crop2d()([joined, x])), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.PixelCrossEntropy(dice_weight=0.5), numdl.Adam(lr=0.01))
+
+
+def test_graph_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 16)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 4)
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, 1, 4, 4)), rng.integers(0, 3, (2, 4, 4))
+    _assert_steps_match(_graph("cpu"), _graph("cuda"), x, y, rtol=1e-9)
