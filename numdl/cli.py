@@ -280,7 +280,9 @@ def _class_names(config):
               help="Segmentation models: write each sample's class mask as a PNG into this folder.")
 @click.option("--draw", "draw", type=click.Path(file_okay=False, path_type=Path),
               help="Detection models: write each sample with its detected boxes drawn as a PNG into this folder.")
-def predict(checkpoint, inputs, output, input_range, masks, draw):
+@click.option("--min-score", "min_score", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
+              help="Detection models: the lowest score of a box that is listed and drawn.")
+def predict(checkpoint, inputs, output, input_range, masks, draw, min_score):
     """Predict INPUT with CHECKPOINT; one CSV row per sample: its index (or the run's id column), the
     predicted class and the class probabilities (or the raw outputs, or a table's target values).
 
@@ -331,7 +333,7 @@ def predict(checkpoint, inputs, output, input_range, masks, draw):
             if dense:
                 header, rows = inference.mask_predictions(model, outputs, names, masks)
             elif boxes:
-                header, rows = inference.box_predictions(model, outputs, names, x, draw)
+                header, rows = inference.box_predictions(model, outputs, names, x, draw, min_score)
             else:
                 header, rows = inference.image_predictions(model, outputs)
         text = inference.csv_text(header, rows)

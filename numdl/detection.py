@@ -62,7 +62,9 @@ def centernet_targets(boxes, classes, height, width, stride, dtype):
 
 def decode(outputs, stride, top_k=20, score_threshold=0.05, iou_threshold=0.5):
     """Scored boxes from the head's outputs (N, C + 4, H, W): per image, a list of
-    (boxes (m, 4) [x1, y1, x2, y2] in input pixels, scores (m,), classes (m,)), best first."""
+    (boxes (m, 4) [x1, y1, x2, y2] in input pixels, clipped to the image, scores (m,), classes (m,)),
+    best first: the ``top_k`` highest local maxima of the class heatmaps scoring at least
+    ``score_threshold``, then non-maximum suppression per class at ``iou_threshold``."""
     ops = ops_for(outputs)
     n, channels, height, width = outputs.shape
     classes = channels - 4
@@ -83,6 +85,8 @@ def decode(outputs, stride, top_k=20, score_threshold=0.05, iou_threshold=0.5):
     cx = (cols + np.take_along_axis(offset[:, 0], cells, 1)) * stride
     cy = (rows + np.take_along_axis(offset[:, 1], cells, 1)) * stride
     boxes = np.stack([cx - w * stride / 2, cy - h * stride / 2, cx + w * stride / 2, cy + h * stride / 2], -1)
+    np.clip(boxes[..., 0::2], 0, width * stride, out=boxes[..., 0::2])  # inside the input image
+    np.clip(boxes[..., 1::2], 0, height * stride, out=boxes[..., 1::2])
     boxes = np.ascontiguousarray(boxes, dtype=outputs.dtype)
     top_scores = np.where(top_scores >= score_threshold, top_scores, 0).astype(outputs.dtype)
     keep = np.zeros((n, k), outputs.dtype)

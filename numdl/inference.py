@@ -118,13 +118,14 @@ def mask_predictions(model, outputs, names, folder=None):
     return header, rows
 
 
-def box_predictions(model, outputs, names, samples=None, folder=None):
-    """(header, rows) of predict's CSV for a detection model: one row per detected box (index, class,
-    its name, score, x1, y1, x2, y2 in input pixels); with ``folder``, each sample with its boxes drawn
-    as boxes-NNNNN.png there."""
+def box_predictions(model, outputs, names, samples=None, folder=None, min_score=0.3):
+    """(header, rows) of predict's CSV for a detection model: one row per detected box scoring at
+    least ``min_score`` (index, class, its name, score, x1, y1, x2, y2 in input pixels); with
+    ``folder``, each sample with those boxes drawn as boxes-NNNNN.png there."""
     from numdl import detection
 
-    found = detection.decode(outputs, model.loss.stride)
+    found = [(boxes[scores >= min_score], scores[scores >= min_score], labels[scores >= min_score])
+             for boxes, scores, labels in detection.decode(outputs, model.loss.stride)]
     header = ["index", "class", "name", "score", "x1", "y1", "x2", "y2"]
     rows = []
     for i, (boxes, scores, labels) in enumerate(found):

@@ -234,7 +234,7 @@ def _dropout_backward(dtype, rng):
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
 # A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path.
-CONV_SAME = dict(n=3, c_in=3, h=5, w=4, c_out=5, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
 
 
 def conv2d_reference(x, w, b, stride, pad, dil, groups, relu=False):

@@ -40,6 +40,13 @@ MATMUL_MIN_ROWS_TO_SPLIT_ROWS = 128
 MATMUL_BLOCK_ALIGN = 16
 
 # Convolutions (kernels/conv.py) build their im2col columns for at most this many elements at a time
-# (whole samples, at least one): the batch is done in chunks whose columns stay in cache. Measured on
-# a U-Net's 64x64 layers, batch 32: see benchmarks/RESULTS.md.
-CONV_COLUMN_CHUNK_ELEMENTS = 1 << 20
+# (whole samples, at least one), so that large images in large batches do not need gigabytes of
+# columns. Not smaller: chunks that fit the cache (2^18 to 2^24 elements) made single convolutions'
+# forward passes faster, but whole training steps slower (backward then rebuilds the columns): the
+# reference CNN at batch 128 went from 2,049 to 1,554-1,755 samples/s, examples/unet.toml's U-Net
+# from 131 to 100-113.
+CONV_COLUMN_CHUNK_ELEMENTS = 1 << 26
+
+# The flipped-kernel dx path of "same" convolutions (kernels/conv.py) runs on images of at least this
+# many pixels (and fewer output than input channels); below, its per-sample products were slower.
+SAME_CONV_MIN_PIXELS = 256
