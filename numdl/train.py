@@ -562,7 +562,9 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         model.load_weights(resume_from, reset_optimizer=reset_optimizer)
         position = resume_meta["fit_position"]
         on_line(f"resumed from {resume_from} at epoch {position['epoch']}, step {position['step']}")
-    on_line(f"model: {len(model.layers)} layers, {model.parameter_count():,} parameters; "
+    size = f"{len(model.order) - len(model.input_nodes)} nodes" if hasattr(model, "order") else \
+        f"{len(model.layers)} layers"
+    on_line(f"model: {size}, {model.parameter_count():,} parameters; "
             f"{len(x_train):,} training samples; kernels ready in {compile_seconds:.1f}s")
 
     evals = {name: data[name] for name in ("validation", "test") if name in data}
