@@ -62,7 +62,7 @@ class Tensor:
         return f"numdl.Tensor({self.node.name!r})"
 
 
-def Input(shape, name=None, dtype=None):  # noqa: N802 (a constructor in Keras's spelling)
+def Input(shape, name=None, dtype=None):  # a constructor, in Keras's spelling
     """A model input of samples of ``shape`` (no batch axis); ``dtype`` "int64" for token ids."""
     try:
         shape = tuple(int(d) for d in shape)
@@ -115,7 +115,7 @@ class Model(Sequential):
                 layers.append(node.layer)
         self.multi_input, self.multi_output = len(self.input_nodes) > 1, len(self.output_nodes) > 1
         super().__init__(layers, None, dtype, device, seed, input_grad, fuse)
-        self.loss_weights = None
+        self._grad_buffers = {}  # node id -> the buffer its summed gradient is written to
         if input_shape is not None:
             self.build(input_shape)
         elif all(node.shape is not None for node in self.input_nodes):
@@ -208,14 +208,16 @@ class Model(Sequential):
         for node in self.order:
             for i in node.inputs:
                 consumers[id(i)] = consumers.get(id(i), 0) + 1
+        uses = {}  # layer id -> how many nodes use it
         for node in self.order:
-            if not isinstance(node.layer, ReLU) or self.layers.count(node.layer) != 1:
+            if node.layer is not None:
+                uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
+        for node in self.order:
+            if not isinstance(node.layer, ReLU) or uses[id(node.layer)] != 1:
                 continue
             before = node.inputs[0]
-            uses = sum(1 for n in self.order if n.layer is before.layer) if before.layer is not None else 0
-            if (before.layer is not None and before.layer.can_fuse_relu and uses == 1
-                    and consumers.get(id(before)) == 1 and before not in self.output_nodes
-                    and sum(1 for n in self.order if n.layer is node.layer) == 1):
+            if (before.layer is not None and before.layer.can_fuse_relu and uses[id(before.layer)] == 1
+                    and consumers.get(id(before)) == 1 and before not in self.output_nodes):
                 before.layer.fused_relu = node.layer.absorbed = True
 
     def compile(self, loss, optimizer, loss_weights=None):
@@ -318,9 +320,10 @@ class Model(Sequential):
                 self.ops.add(p.grad, p.grad, clone.params[name].grad)
         if not self.input_grad:
             return None
-        dxs = [grads.get(id(node)) for node in self.input_nodes]
-        dxs = [self.ops.zeros((d_shape[0],) + tuple(s), self.dtype) if d is None else d
-               for d, s, d_shape in zip(dxs, self._input_shapes(), [douts[0].shape] * len(dxs))]
+        batch = douts[0].shape[0]
+        dxs = [grads.get(id(node)) for node in self.input_nodes]  # an input no path reads: zeros
+        dxs = [self.ops.zeros((batch,) + tuple(shape), self.dtype) if d is None else d
+               for d, shape in zip(dxs, self._input_shapes())]
         return dxs if self.multi_input else dxs[0]
 
     def _accumulate(self, grads, node, d):
@@ -333,10 +336,9 @@ class Model(Sequential):
         grads[id(node)] = total
 
     def _grad_buffer(self, node, shape):
-        buffers = self.__dict__.setdefault("_grad_buffers", {})
-        array = buffers.get(id(node))
+        array = self._grad_buffers.get(id(node))
         if array is None or tuple(array.shape) != tuple(shape):
-            array = buffers[id(node)] = self.ops.empty(tuple(shape), self.dtype)
+            array = self._grad_buffers[id(node)] = self.ops.empty(tuple(shape), self.dtype)
         return array
 
     def _input_shapes(self):
@@ -360,27 +362,13 @@ class Model(Sequential):
             return f"the output of node '{found[0].name}' ({found[0].layer.name}) is the first non-finite value"
         return "every node's output is finite; the loss itself overflowed"
 
-    def warmup(self, batch_size=2):
-        import time
-
+    def _example_batch(self, batch_size):
         from numdl.model import _example_target
 
-        self._require_compiled()
-        start = time.perf_counter()
-        rng_states = [layer.get_rng_state() for layer in self.layers]
         xs = [self.ops.zeros((batch_size,) + s, dtype) for s, dtype in zip(self._input_shapes(), self._input_dtypes())]
-        x = xs if self.multi_input else xs[0]
-        outputs = self.forward(x, training=True)
         losses = self.loss.losses if self.multi_output else [self.loss]
         targets = [_example_target(loss, batch_size, shape, self.dtype) for loss, shape in zip(losses, self.output_shapes)]
-        self.loss.forward(outputs, targets if self.multi_output else targets[0])
-        self.backward(self.loss.backward())
-        scratch = [Parameter(p.name, self.ops.zeros(p.value.shape, self.dtype), p.grad) for p in self.parameters()]
-        type(self.optimizer)(**self.optimizer.hyperparameters()).step(scratch)
-        self.forward(x, training=False)
-        for layer, state in zip(self.layers, rng_states):
-            layer.set_rng_state(state)
-        return time.perf_counter() - start
+        return (xs if self.multi_input else xs[0]), (targets if self.multi_output else targets[0])
 
     # -------------------------------------------------------------------------- validation
     def _inputs_list(self, x):

@@ -231,9 +231,8 @@ class Sequential:
         self._require_compiled()
         start = time.perf_counter()
         rng_states = [layer.get_rng_state() for layer in self.layers]
-        x = self.ops.zeros((batch_size,) + self.input_shape, self._input_dtype)
+        x, target = self._example_batch(batch_size)
         logits = self.forward(x, training=True)
-        target = _example_target(self.loss, batch_size, self.output_shape, self.dtype)
         self.loss.forward(logits, target)
         self.backward(self.loss.backward())
         scratch = [Parameter(p.name, self.ops.zeros(p.value.shape, self.dtype), p.grad) for p in self.parameters()]
@@ -242,6 +241,11 @@ class Sequential:
         for layer, state in zip(self.layers, rng_states):
             layer.set_rng_state(state)
         return time.perf_counter() - start
+
+    def _example_batch(self, batch_size):
+        """(zero inputs, targets of the loss's kind) for a warm-up step."""
+        x = self.ops.zeros((batch_size,) + self.input_shape, self._input_dtype)
+        return x, _example_target(self.loss, batch_size, self.output_shape, self.dtype)
 
     # --------------------------------------------------------------------- Keras-style API
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,

@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import pytest
+from helpers import invoke_cli, write_fashion_like
 
 import numdl
-from helpers import invoke_cli, write_fashion_like
 from numdl.errors import ConfigError, ShapeError
 from numdl.testing import numeric_gradient
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import invoke_cli, separable_images, write_fashion_like
+
 from numdl.data.scenes import MAX_OBJECTS, make_scenes
 from numdl.metrics import segmentation_report
 

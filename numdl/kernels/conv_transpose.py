@@ -13,8 +13,6 @@ dweight and dx are one GEMM each per group. The CUDA twins are direct: one threa
 and one per weight / bias / input element in backward (no atomics).
 """
 
-import numpy as np
-
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type
 from numdl.kernels.conv import _col2im, _im2col, conv_output_index
 from numdl.kernels.matmul import matmul

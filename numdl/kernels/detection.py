@@ -23,6 +23,7 @@ dropped when it overlaps a kept box of the same class by more than the IoU thres
 import math
 
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.loss import sign  # PyTorch's L1 gradient: sign(d), 0 at 0
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -51,13 +52,24 @@ def focal_term(x, y):
 
 
 @scalar_math
-def l1_grad(d):
-    # PyTorch's L1 gradient: sign(d), 0 at 0.
-    if d > same_type(d, 0.0):
-        return same_type(d, 1.0)
-    if d < same_type(d, 0.0):
-        return same_type(d, -1.0)
-    return d - d
+def sample_terms(terms, pred, heat, regression, index, n):
+    # terms[n] = (focal sum over sample n's heatmaps, size L1 sum, offset L1 sum at its object centres).
+    classes, pixels = heat.shape[1], heat.shape[2]
+    focal = same_type(terms[0, 0], 0.0)
+    for c in range(classes):
+        for p in range(pixels):
+            focal += focal_term(pred[n, c, p], heat[n, c, p])[0]
+    size = same_type(terms[0, 0], 0.0)
+    offset = same_type(terms[0, 0], 0.0)
+    for k in range(index.shape[1]):
+        p = index[n, k]
+        if p < 0:
+            continue
+        size += abs(pred[n, classes, p] - regression[n, k, 0]) + abs(pred[n, classes + 1, p] - regression[n, k, 1])
+        offset += abs(pred[n, classes + 2, p] - regression[n, k, 2]) + abs(pred[n, classes + 3, p] - regression[n, k, 3])
+    terms[n, 0] = focal
+    terms[n, 1] = size
+    terms[n, 2] = offset
 
 
 @scalar_math
@@ -115,24 +127,8 @@ def sigmoid_exact(x):
 @cpu_kernel
 def centernet_forward_cpu(terms, pred, heat, regression, index):
     # Overwrites terms (N, 3) with each sample's focal, size-L1 and offset-L1 sums.
-    n_batch, classes, pixels = heat.shape
-    for n in range(n_batch):
-        focal = same_type(terms[0, 0], 0.0)
-        for c in range(classes):
-            for p in range(pixels):
-                focal += focal_term(pred[n, c, p], heat[n, c, p])[0]
-        size = same_type(terms[0, 0], 0.0)
-        offset = same_type(terms[0, 0], 0.0)
-        for k in range(index.shape[1]):
-            p = index[n, k]
-            if p < 0:
-                continue
-            size += abs(pred[n, classes, p] - regression[n, k, 0]) + abs(pred[n, classes + 1, p] - regression[n, k, 1])
-            offset += abs(pred[n, classes + 2, p] - regression[n, k, 2]) + \
-                abs(pred[n, classes + 3, p] - regression[n, k, 3])
-        terms[n, 0] = focal
-        terms[n, 1] = size
-        terms[n, 2] = offset
+    for n in range(heat.shape[0]):
+        sample_terms(terms, pred, heat, regression, index, n)
 
 
 @cpu_kernel
@@ -152,7 +148,7 @@ def centernet_backward_cpu(dpred, pred, heat, regression, index, scale_focal, sc
                 continue
             for r in range(4):
                 scale = scale_size if r < 2 else scale_offset
-                dpred[n, classes + r, p] += scale * l1_grad(pred[n, classes + r, p] - regression[n, k, r])
+                dpred[n, classes + r, p] += scale * sign(pred[n, classes + r, p] - regression[n, k, r])
 
 
 @cpu_kernel
@@ -179,24 +175,8 @@ def nms_forward_cpu(keep, boxes, scores, classes, threshold):
 @cuda_kernel
 def centernet_forward_cuda(terms, pred, heat, regression, index):
     # One thread per sample (a reduction over its map).
-    n_batch, classes, pixels = heat.shape
-    for n in range(cuda.grid(1), n_batch, cuda.gridsize(1)):
-        focal = same_type(terms[0, 0], 0.0)
-        for c in range(classes):
-            for p in range(pixels):
-                focal += focal_term(pred[n, c, p], heat[n, c, p])[0]
-        size = same_type(terms[0, 0], 0.0)
-        offset = same_type(terms[0, 0], 0.0)
-        for k in range(index.shape[1]):
-            p = index[n, k]
-            if p < 0:
-                continue
-            size += abs(pred[n, classes, p] - regression[n, k, 0]) + abs(pred[n, classes + 1, p] - regression[n, k, 1])
-            offset += abs(pred[n, classes + 2, p] - regression[n, k, 2]) + \
-                abs(pred[n, classes + 3, p] - regression[n, k, 3])
-        terms[n, 0] = focal
-        terms[n, 1] = size
-        terms[n, 2] = offset
+    for n in range(cuda.grid(1), heat.shape[0], cuda.gridsize(1)):
+        sample_terms(terms, pred, heat, regression, index, n)
 
 
 @cuda_kernel
@@ -216,7 +196,7 @@ def centernet_backward_cuda(dpred, pred, heat, regression, index, scale_focal, s
         g = same_type(scale, 0.0)
         for k in range(index.shape[1]):
             if index[n, k] == p:
-                g += scale * l1_grad(pred[n, c, p] - regression[n, k, r])
+                g += scale * sign(pred[n, c, p] - regression[n, k, r])
         dpred[n, c, p] = g
 
 
