@@ -106,6 +106,14 @@ def num_classes(model):
 def check_model_fits_labels(model, labels):
     """ConfigError (exit 2) when the model's output cannot be compared with the labels, naming the
     layer where the shapes part (a model without 'flatten' gives (28, 10) per image, not (10,))."""
+    if getattr(model.loss, "target_kind", None) == "boxes":  # a detection head: its map must match its stride
+        stride = model.loss.stride
+        image, grid = tuple(model.input_shape[-2:]), tuple(model.output_shape[-2:])
+        if len(model.input_shape) != 3 or len(model.output_shape) != 3 or image != (grid[0] * stride, grid[1] * stride):
+            found = f", a stride of {image[0] // grid[0]}" if grid[0] and image[0] % grid[0] == 0 else ""
+            raise ConfigError(f"loss.stride = {stride}: the model maps {'x'.join(map(str, image))} inputs to "
+                              f"{'x'.join(map(str, grid))} maps{found}; the loss needs input size = map size x stride")
+        return
     if getattr(model.loss, "target_kind", None) != "labels":
         return
     label_shape = tuple(labels.shape[1:])

@@ -114,3 +114,14 @@ def test_a_detector_trains_reports_map_and_draws_its_boxes(tmp_path):
         assert 0 <= int(index) < 3 and 0 <= int(label) < 10 and 0 < float(score) <= 1
     pngs = sorted((tmp_path / "boxes").glob("*.png"))
     assert len(pngs) == 3 and Image.open(pngs[0]).size == (256, 256)
+
+
+def test_a_detection_stride_that_does_not_match_the_map_is_a_config_error(tmp_path):
+    data = write_fashion_like(tmp_path / "data", n_train=100, n_test=20)
+    result = invoke_cli("train", "--quiet", "--set", f"data.path='{data}'", "--set", "data.name='fashion_scenes'",
+                        "--set", "data.target='boxes'", "--set", "data.scenes_train=16", "--set", "data.scenes_test=8",
+                        "--set", f"model.nodes={DETECTOR}", "--set", "loss={type='centernet', stride=2}",
+                        "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: loss.stride = 2: the model maps 64x64 inputs to 16x16 maps, a stride of " \
+                                    "4; the loss needs input size = map size x stride"
