@@ -175,10 +175,12 @@ class ScheduleCallback:
 
     def on_epoch_begin(self, epoch, model):
         self._apply()
+        self.epoch_lr = self.optimizer.lr
 
     def on_batch_end(self, batch, logs):
         self._apply()
 
     def on_epoch_end(self, epoch, logs):
+        logs["lr"] = self.epoch_lr  # the rate the epoch's first step used (metrics.jsonl records it)
         self.schedule.epoch_end(logs)
         self._apply()

@@ -83,6 +83,10 @@ def test_early_stopping_and_schedule_from_a_config(tmp_path):
                                      "train.monitor='test_loss'", "schedule.type='exponential'", "schedule.gamma=0.5"])
     summary = train.run(resolved, tmp_path / "run", on_line=lines.append)
     assert summary["epochs"] < 30 and any(line.startswith("early stopping: test_loss") for line in lines)
+    import json
+
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rates[:3] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # each epoch's rate is recorded with its metrics
 
 
 def test_unknown_schedule_lists_the_available_ones():
