@@ -116,6 +116,7 @@ class Model(Sequential):
         self.multi_input, self.multi_output = len(self.input_nodes) > 1, len(self.output_nodes) > 1
         super().__init__(layers, None, dtype, device, seed, input_grad, fuse)
         self._grad_buffers = {}  # node id -> the buffer its summed gradient is written to
+        self._bank = None
         if input_shape is not None:
             self.build(input_shape)
         elif all(node.shape is not None for node in self.input_nodes):
@@ -140,6 +141,11 @@ class Model(Sequential):
             arg = shapes_in if getattr(node.layer, "many_inputs", False) else shapes_in[0]
             first = built.get(id(node.layer))
             if first is None:
+                banks = {id(p.bank) for p in node.layer.parameters() if p.bank is not None}
+                if banks - {id(self._bank)}:  # its parameters live in another model's flat buffers
+                    raise ConfigError(f"node '{node.name}': layer {node.layer.name!r} belongs to another built "
+                                      f"model; models do not share layers (make a new layer, or reuse it within "
+                                      f"one model)")
                 try:
                     shape = node.layer.build(arg, self.ops, self.dtype, rng)
                 except ShapeError as error:

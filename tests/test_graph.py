@@ -85,10 +85,20 @@ def test_two_inputs_two_outputs_fit_evaluate_predict_and_checkpoint(tmp_path):
     assert (label_out.argmax(1) == labels).mean() > 0.9
     assert model.evaluate([xa, xb], [labels, values])["loss"] == pytest.approx(history[-1]["train_loss"], rel=0.5)
     model.save(tmp_path / "two.safetensors")
-    clone = numdl.Model([a, b], [numdl.Linear(2)(hidden), numdl.Linear(1)(hidden)], seed=9)
-    clone.compile(["cross_entropy", "mse"], numdl.Adam(lr=1e-2))
-    with pytest.raises(numdl.CheckpointError, match="missing: param/linear_1.bias"):  # new heads, other names
-        clone.load_weights(tmp_path / "two.safetensors")
+    with pytest.raises(ConfigError, match="belongs to another built model"):  # layers are not shared by models
+        numdl.Model([a, b], [numdl.Linear(2)(hidden), numdl.Linear(1)(hidden)])
+    a2, b2 = numdl.Input((5,), name="a"), numdl.Input((3,), name="b")
+    hidden2 = numdl.ReLU()(numdl.Linear(8)(numdl.Concat(axis=1)([a2, b2])))
+    clone = numdl.Model([a2, b2], [numdl.Linear(2)(hidden2, name="label"), numdl.Linear(1)(hidden2, name="value")],
+                        seed=9)
+    clone.compile(["cross_entropy", "mse"], numdl.Adam(lr=1e-2)).load_weights(tmp_path / "two.safetensors")
+    np.testing.assert_array_equal(clone.predict([xa, xb])[0], label_out)
+    a3, b3 = numdl.Input((5,), name="a"), numdl.Input((3,), name="b")
+    hidden3 = numdl.ReLU()(numdl.Linear(8)(numdl.Concat(axis=1)([a3, b3])))
+    other = numdl.Model([a3, b3], [numdl.Linear(2)(hidden3), numdl.Linear(1)(hidden3)])  # heads named otherwise
+    other.compile(["cross_entropy", "mse"], numdl.Adam(lr=1e-2))
+    with pytest.raises(numdl.CheckpointError, match="missing: param/linear_1.bias"):
+        other.load_weights(tmp_path / "two.safetensors")
     with pytest.raises(ShapeError, match="2 inputs"):
         model.predict(xa)
     with pytest.raises(ShapeError, match="2 outputs but 1 targets"):
