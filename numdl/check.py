@@ -116,6 +116,17 @@ def _randomise_parameters(model, rng):
         model._bank.values.copy_to_device(host)
 
 
+def _loss_sample(entry, rng):
+    """(float64 predictions of the loss's check_pred_shape, targets of its kind) for the checks."""
+    pred_shape = tuple(getattr(entry.cls, "check_pred_shape", (6, 4)))
+    pred = rng.standard_normal(pred_shape)
+    if hasattr(entry.cls, "check_target"):
+        return pred, entry.cls.check_target(rng, pred_shape)
+    if entry.cls.target_kind == "labels":
+        return pred, rng.integers(0, pred_shape[-1], pred_shape[:-1])
+    return pred, rng.uniform(0, 1, pred_shape)
+
+
 def exercise(kind, entry, dtype="float64", device="cpu"):
     """Run the item once forward and backward (or one step) on random parameters, input and
     upstream gradient; returns the arrays it produced."""
@@ -140,15 +151,8 @@ def exercise(kind, entry, dtype="float64", device="cpu"):
         return result
     if kind == "loss":
         loss = _make(entry)
-        pred_shape = tuple(getattr(entry.cls, "check_pred_shape", (6, 4)))
-        pred = get_ops(device).asarray(rng.standard_normal(pred_shape).astype(dtype))
-        if hasattr(entry.cls, "check_target"):
-            target = entry.cls.check_target(rng, pred_shape)
-        elif entry.cls.target_kind == "labels":
-            target = rng.integers(0, pred_shape[-1], pred_shape[:-1])
-        else:
-            target = rng.uniform(0, 1, pred_shape)
-        value = loss.forward(pred, target)
+        pred, target = _loss_sample(entry, rng)
+        value = loss.forward(get_ops(device).asarray(pred.astype(dtype)), target)
         return {"value": np.array([value]), "grad": get_ops(device).to_numpy(loss.backward())}
     from numdl.layers.base import Parameter
 
@@ -171,15 +175,7 @@ def gradient_check(kind, entry):
         check_layer_gradients(_make(entry), [tuple(s) for s in shape] if many else tuple(shape))
         return "ok"
     if kind == "loss":
-        rng = np.random.default_rng(1)
-        pred_shape = tuple(getattr(entry.cls, "check_pred_shape", (6, 4)))
-        if hasattr(entry.cls, "check_target"):
-            target = entry.cls.check_target(rng, pred_shape)
-        elif entry.cls.target_kind == "labels":
-            target = rng.integers(0, pred_shape[-1], pred_shape[:-1])
-        else:
-            target = rng.uniform(0, 1, pred_shape)
-        check_loss_gradients(_make(entry), rng.standard_normal(pred_shape), target)
+        check_loss_gradients(_make(entry), *_loss_sample(entry, np.random.default_rng(1)))
         return "ok"
     before = float(np.sum(np.random.default_rng(0).standard_normal(11) ** 2))
     after = float(np.sum(exercise(kind, entry)["param"] ** 2))
