@@ -151,6 +151,14 @@ class Layer:
     def backward(self, dout):
         raise NotImplementedError
 
+    def image_shape(self, input_shape):
+        """``input_shape`` when it is an image's (channels, height, width); else a ShapeError naming the
+        layer and the shape it got."""
+        if len(input_shape) != 3:
+            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
+                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        return tuple(input_shape)
+
     def check_input(self, x):
         """Raise ShapeError naming this layer and both shapes when ``x`` does not fit."""
         if tuple(x.shape[1:]) != self.input_shape:

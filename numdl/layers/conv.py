@@ -52,10 +52,7 @@ class Conv2d(Layer):
                 "bias": self.use_bias, "activation": self.activation}
 
     def _image_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
-                             f"shape (batch, {', '.join(map(str, input_shape))})")
-        return input_shape
+        return self.image_shape(input_shape)
 
     def weight_shape(self, in_channels):
         return (self.out_channels, in_channels // self.groups) + self.kernel_size
@@ -199,10 +196,7 @@ class ConvTranspose2d(Layer):
                 "dilation": list(self.dilation), "groups": self.groups, "bias": self.use_bias}
 
     def setup(self, input_shape, rng):
-        if len(input_shape) != 3:
-            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
-                             f"shape (batch, {', '.join(map(str, input_shape))})")
-        channels, h, w = input_shape
+        channels, h, w = self.image_shape(input_shape)
         if channels % self.groups:
             raise ShapeError(f"layer '{self.name}': {channels} input channels are not divisible by groups={self.groups}")
         out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, k, s, p, d, op in

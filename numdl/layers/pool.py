@@ -23,10 +23,7 @@ class _Pool2d(Layer):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
     def setup(self, input_shape, rng):
-        if len(input_shape) != 3:
-            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
-                             f"shape (batch, {', '.join(map(str, input_shape))})")
-        channels, h, w = input_shape
+        channels, h, w = self.image_shape(input_shape)
         out_hw = tuple(conv_output_size(size, k, s, p, 1)
                        for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding))
         if min(out_hw) < 1:
@@ -77,9 +74,7 @@ class GlobalAvgPool2d(Layer):
     name = "global_avgpool2d"
 
     def setup(self, input_shape, rng):
-        if len(input_shape) != 3:
-            raise ShapeError(f"layer '{self.name}' expects inputs (batch, channels, height, width) but got input "
-                             f"shape (batch, {', '.join(map(str, input_shape))})")
+        self.image_shape(input_shape)
         self._window = tuple(input_shape[1:])
         return (input_shape[0],)
 

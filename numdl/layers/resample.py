@@ -8,13 +8,6 @@ from numdl.layers.base import Layer
 MODES = ("nearest", "bilinear")
 
 
-def _image(name, input_shape):
-    if len(input_shape) != 3:
-        raise ShapeError(f"layer '{name}' expects inputs (batch, channels, height, width) but got input shape "
-                         f"(batch, {', '.join(map(str, input_shape))})")
-    return input_shape
-
-
 class Upsample(Layer):
     """PyTorch's ``nn.Upsample`` on (channels, height, width) images: ``scale_factor`` (a number or
     [h, w]) or an output ``size`` [h, w]; ``mode`` nearest or bilinear; ``align_corners`` (bilinear
@@ -49,7 +42,7 @@ class Upsample(Layer):
                 "align_corners": self.align_corners}
 
     def setup(self, input_shape, rng):
-        channels, h, w = _image(self.name, input_shape)
+        channels, h, w = self.image_shape(input_shape)
         if self.size is not None:
             out = self.size
         else:
@@ -102,7 +95,7 @@ class Pad2d(Layer):
         return {"padding": list(self.padding)}
 
     def setup(self, input_shape, rng):
-        channels, h, w = _image(self.name, input_shape)
+        channels, h, w = self.image_shape(input_shape)
         left, right, top, bottom = self.padding
         out = (h + top + bottom, w + left + right)
         if min(out) < 1:
