@@ -75,7 +75,12 @@ def cli(threads):
 @click.option("--reset-optimizer", is_flag=True,
               help="With --resume: start the optimizer afresh when the checkpoint lacks its state "
                    "(otherwise refused: the run would not continue as it was).")
-def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
+@click.option("--plot", "plot", is_flag=True,
+              help="At the end, write the run's plots into RUN/plots (as numdl plot; needs numdl[plot]).")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard event files into RUN/tensorboard (as train.tensorboard = true; "
+                   "needs numdl[tensorboard]).")
+def train(config, overrides, out_dir, quiet, resume, reset_optimizer, plot, tensorboard):
     """Train a model from CONFIG (a TOML file merged over the embedded default), or the default.
 
     Without CONFIG this trains the reference MLP (784-128-64-10, ReLU, cross-entropy, Adam lr 1e-3,
@@ -85,6 +90,8 @@ def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
     from numdl import config as config_module
     from numdl import train as train_module
 
+    if tensorboard:
+        overrides = (*overrides, "train.tensorboard=true")
     try:
         if resume is not None:
             if config is not None:
@@ -100,6 +107,10 @@ def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
                 raise ConfigError("--reset-optimizer goes with --resume")
             resolved, resume_from = config_module.resolve(config, overrides), None
             folder = out_dir or train_module.new_run_folder()
+        if plot:
+            from numdl.plots import pyplot
+
+            pyplot()  # before training: a missing matplotlib is one line now, not after the run
         progress = None if quiet or not sys.stdout.isatty() else RichEpochProgress()
         on_line = progress.print if progress else click.echo
         summary = train_module.run(resolved, folder, on_line=on_line, progress=progress, resume_from=resume_from,
@@ -116,6 +127,31 @@ def train(config, overrides, out_dir, quiet, resume, reset_optimizer):
     accuracy = summary.get("test_accuracy")
     tail = f"test accuracy {accuracy:.4f}; " if accuracy is not None else ""
     click.echo(f"done: {tail}run folder {folder}")
+    if plot:
+        _write_plots(folder)
+
+
+def _write_plots(folder):
+    from numdl.plots import plot_run
+
+    try:
+        written, skipped = plot_run(folder)
+    except NumdlError as error:
+        _fail(error)
+    for path in written:
+        click.echo(f"wrote {path}")
+    for name, why in skipped.items():
+        click.echo(f"skipped {name}: {why}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="RUN_DIR")
+def plot(run_dir):
+    """Plot a run folder into RUN_DIR/plots: metrics.png (loss and every metric per epoch, the learning
+    rate on a second axis), confusion.png (the test confusion matrix) and misclassified.png (the test
+    images the best checkpoint gets wrong most confidently). Needs matplotlib: pip install 'numdl[plot]'.
+    """
+    _write_plots(run_dir)
 
 
 @cli.command(name="plugins")
@@ -256,19 +292,6 @@ def evaluate(checkpoint, data_path):
     click.echo(line)
 
 
-def _class_names(config):
-    """The class names a run's dataset gives, or None."""
-    from numdl.plugins import registry
-
-    try:
-        dataset = registry().get("dataset", config["data"]["name"])()
-        if hasattr(dataset, "configure"):
-            dataset.configure(config)
-        return list(dataset.class_names or []) or None
-    except (NumdlError, KeyError):
-        return None
-
-
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("inputs", type=click.Path(path_type=Path), metavar="INPUT")
@@ -329,7 +352,9 @@ def predict(checkpoint, inputs, output, input_range, masks, draw, min_score):
                     pillow()  # before any work: a missing Pillow is one line, not a half-written folder
                     flag.mkdir(parents=True, exist_ok=True)
             outputs = model.predict(normalizer.transform(x))
-            names = _class_names(meta["config"])
+            from numdl.train import dataset_class_names
+
+            names = dataset_class_names(meta["config"])
             if dense:
                 header, rows = inference.mask_predictions(model, outputs, names, masks)
             elif boxes:

@@ -29,7 +29,8 @@ SECTIONS = {
     "model": {"dtype": str, "device": str, "layers": list, "nodes": list, "outputs": list, "input": str},
     "train": {"epochs": int, "batch_size": int, "shuffle": bool, "eval_batch_size": int, "checkpoint_every": int,
               "keep_checkpoints": int, "monitor": str, "early_stopping_patience": int, "clip_grad_norm": float,
-              "divergence_factor": float, "threshold": float, "lr_scaling": str, "metrics": list, "callbacks": list},
+              "divergence_factor": float, "threshold": float, "lr_scaling": str, "metrics": list, "callbacks": list,
+              "tensorboard": bool, "tensorboard_every": int},
 }
 ITEM_SECTIONS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule"}  # section -> registry kind
 TOP_LEVEL = {"seed": int}
@@ -98,10 +99,14 @@ DESCRIPTIONS = {
                         "sqrt (lr x sqrt(N)); train.batch_size stays per rank",
     "train.metrics": "registered metrics reported per evaluation set every epoch, e.g. ['macro_f1']",
     "train.callbacks": "registered callbacks, each a table {type = ..., parameters...}",
+    "train.tensorboard": "write TensorBoard event files into RUN/tensorboard: every metric and the learning rate per "
+                         "epoch, weight and gradient histograms per epoch (needs numdl[tensorboard])",
+    "train.tensorboard_every": "> 0: with train.tensorboard, also log the training loss and learning rate every this "
+                               "many steps",
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.eval_batch_size"}
 NON_NEGATIVE = {"seed", "train.checkpoint_every", "train.keep_checkpoints", "train.early_stopping_patience",
-                "train.clip_grad_norm", "train.divergence_factor"}
+                "train.clip_grad_norm", "train.divergence_factor", "train.tensorboard_every"}
 
 
 def default_config():

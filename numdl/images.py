@@ -51,3 +51,28 @@ def save_boxes(path, sample, boxes, labels, scores, names=None, scale=4):
         name = names[int(label)] if names and int(label) < len(names) else str(int(label))
         draw.text((x1 * scale + 3, y1 * scale + 2), f"{name} {score:.2f}", fill=tint)
     image.save(path)
+
+
+def image_grid(images, columns=10, gap=2):
+    """Images (N, H, W) or (N, 1, H, W), each stretched over its own range as grey_image does, laid out
+    row by row in a (rows (H + gap) - gap, columns (W + gap) - gap) uint8 array with black gaps: the
+    sample and reconstruction grids of the generative examples (a PNG, or a TensorBoard image)."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(f"image_grid: expected (N, H, W) or (N, 1, H, W) images, got shape {images.shape}")
+    count, height, width = images.shape
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    grid = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap), np.uint8)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        grid[top:top + height, left:left + width] = grey_image(image)
+    return grid
+
+
+def save_grey(path, image):
+    """A (H, W) uint8 array as a grey PNG."""
+    Image, _ = pillow()
+    Image.fromarray(np.asarray(image, np.uint8), "L").save(path)

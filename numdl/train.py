@@ -103,6 +103,19 @@ def num_classes(model):
     return model.output_shape[axis - 1 if axis > 0 else axis]
 
 
+def dataset_class_names(config):
+    """The class names a run's dataset gives (a list), or None."""
+    from numdl.plugins import registry
+
+    try:
+        dataset = registry().get("dataset", config["data"]["name"])()
+        if hasattr(dataset, "configure"):
+            dataset.configure(config)
+        return list(dataset.class_names or []) or None
+    except (NumdlError, KeyError):
+        return None
+
+
 def check_model_fits_labels(model, labels):
     """ConfigError (exit 2) when the model's output cannot be compared with the labels, naming the
     layer where the shapes part (a model without 'flatten' gives (28, 10) per image, not (10,))."""
@@ -460,7 +473,8 @@ def warm_up(config):
 #: What ``--set`` may change when a run is resumed: how long and how it goes on, never what it is
 #: (the model, the data, the optimizer), which the checkpoint must match.
 RESUME_OVERRIDABLE = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
-                      "train.keep_checkpoints", "train.divergence_factor")
+                      "train.keep_checkpoints", "train.divergence_factor", "train.tensorboard",
+                      "train.tensorboard_every")
 
 
 def resumed_config(resume_meta, overrides=()):
@@ -609,6 +623,13 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         callback = build_item(f"train.callbacks.{index}", table, "callback")
         callback.bind(model, folder)
         callbacks.append(callback)
+    tensorboard = None
+    if train.get("tensorboard"):
+        from numdl.tensorboard_log import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(folder / "tensorboard", train.get("tensorboard_every", 50))
+        tensorboard.bind(model)
+        callbacks.append(tensorboard)
     if train.get("early_stopping_patience", 0) > 0:
         callbacks.append(EarlyStopping(model, monitor, train["early_stopping_patience"], on_line))
     for callback in extra_callbacks:
@@ -629,6 +650,8 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
     finally:
         if progress:
             progress.stop()
+        if tensorboard is not None:
+            tensorboard.close()
 
     x_test, y_test = data["test"]
     final = model.evaluate(x_test, y_test, batch_size=train["eval_batch_size"])
@@ -651,15 +674,7 @@ def run(config, out_dir, on_line=print, progress=None, resume_from=None, overrid
         summary["report"] = TaskReport(model, {}, target_state, train.get("threshold", 0.5),
                                        train["eval_batch_size"]).report(x_test, y_test)
     elif final["predictions"] is not None:
-        from numdl.plugins import registry
-
-        if target_state is not None:
-            names = target_state["classes"]
-        else:
-            dataset = registry().get("dataset", config["data"]["name"])()
-            if hasattr(dataset, "configure"):
-                dataset.configure(config)
-            names = dataset.class_names
+        names = target_state["classes"] if target_state is not None else dataset_class_names(config)
         classes = num_classes(model)
         report = metrics.classification_report(np.asarray(y_test).reshape(-1), final["predictions"].reshape(-1),
                                                classes, names if names and len(names) == classes else None)
