@@ -372,6 +372,65 @@ def predict(checkpoint, inputs, output, input_range, masks, draw, min_score):
         click.echo(text, nl=False)
 
 
+@cli.command(name="gen-eval")
+@click.argument("samples", type=click.Path(path_type=Path), metavar="SAMPLES")
+@click.option("--features", "features", type=click.Path(path_type=Path), metavar="CHECKPOINT",
+              help="The feature network's checkpoint (default: numdl's, trained once from numdl/features.toml "
+                   "into ~/.cache/numdl/features and reused).")
+@click.option("--reference", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="The Fashion-MNIST split the samples are compared with.")
+@click.option("--data", "data_path", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the Fashion-MNIST files (default: numdl's search, as for train).")
+@click.option("--input-range", "input_range", metavar="LOW,HIGH",
+              help="The range the samples' pixels lie in (e.g. 0,1 or -1,1), mapped onto the training pixels' "
+                   "0-255; without it samples far from 0-255 are refused.")
+@click.option("--reference-size", "reference_size", type=click.IntRange(min=2),
+              help="Compare with this many images of the split (a seeded random draw; default: all of it).")
+@click.option("--subsets", type=click.IntRange(min=1), default=100, show_default=True, help="KID: random subsets.")
+@click.option("--subset-size", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="KID: samples per subset (fewer when a set is smaller).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of KID's subsets.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also save the figures as JSON.")
+def gen_eval(samples, features, reference, data_path, input_range, reference_size, subsets, subset_size, seed,
+             json_path):
+    """Judge generated Fashion-MNIST images (SAMPLES: an .npy or IDX file of shape (N, 28, 28) or
+    (N, 1, 28, 28), pixels as the dataset's 0-255 unless --input-range says otherwise) against a
+    Fashion-MNIST split: FID, KID (mean and standard deviation over subsets) on the features of numdl's
+    Fashion-MNIST classifier, and the share of the samples it assigns to each class."""
+    import json
+
+    import numpy as np
+
+    from numdl import generative, inference
+    from numdl.data import load_fashion_mnist
+
+    try:
+        stated = None if input_range is None else inference.parse_range(input_range)
+        if json_path is not None and not json_path.parent.is_dir():
+            raise DataError(f"--json {json_path}: the folder {json_path.parent} does not exist")
+        images = generative.check_images(inference.load_samples(samples), str(samples))
+        x_train, _, x_test, _ = load_fashion_mnist(data_path)
+        checkpoint = features if features is not None else generative.feature_checkpoint(data_path=data_path,
+                                                                                          on_line=click.echo)
+        network = generative.FeatureNetwork(checkpoint)
+        images = inference.match_training_range(images, network.input_range, stated, samples)
+        reference_images = x_test if reference == "test" else x_train
+        if reference_size is not None and reference_size < len(reference_images):
+            drawn = np.random.default_rng(seed).choice(len(reference_images), reference_size, replace=False)
+            reference_images = reference_images[np.sort(drawn)]
+        result = generative.evaluate_samples(network, images, reference_images, subsets, subset_size, seed)
+    except NumdlError as error:
+        _fail(error)
+    result["reference_split"] = reference
+    shares = ", ".join(f"{name} {share:.2f}" for name, share in zip(result["class_names"], result["class_shares"]))
+    click.echo(f"FID {result['fid']:.3f}  KID {result['kid']:.5f} +- {result['kid_std']:.5f} "
+               f"({subsets} subsets of {result['kid_subset_size']})  {result['samples']} samples against "
+               f"{result['reference']} {reference} images")
+    click.echo(f"classes of the samples (numdl's classifier): {shares}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+
+
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--param", "params", multiple=True, required=True, metavar="KEY=SPACE",
