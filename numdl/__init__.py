@@ -15,7 +15,7 @@ from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, 
 from numdl.hookspecs import hookimpl
 from numdl.graph import Input, Model
 from numdl.layers import (GELU, GRU, LSTM, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
-                          ConvTranspose2d, Crop2d, Dropout, Embedding, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
+                          ConvTranspose2d, Crop2d, Dropout, Embedding, GaussianSample, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
                           LeakyReLU, Linear, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
                           PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
                           TransformerEncoderLayer, Upsample)
@@ -45,7 +45,7 @@ __all__ = [
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
-    "Add", "Multiply", "Crop2d",
+    "Add", "Multiply", "Crop2d", "GaussianSample",
     "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits", "PixelCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",

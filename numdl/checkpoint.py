@@ -253,6 +253,9 @@ def check_metadata(meta, path):
         reference = position.get("reference_loss")
         if reference is not None and not _is_number(reference):
             bad("fit_position.reference_loss", "a finite number or absent")
+        terms = position.get("term_totals", {})
+        if not (isinstance(terms, dict) and all(isinstance(k, str) and _is_number(v) for k, v in terms.items())):
+            bad("fit_position.term_totals", "a table of finite numbers")
     if "rng_states" in meta and not (isinstance(meta["rng_states"], list)
                                      and all(isinstance(state, dict) for state in meta["rng_states"])):
         bad("rng_states", "a list of tables")

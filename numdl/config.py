@@ -46,7 +46,8 @@ DESCRIPTIONS = {
     "data.crop_padding": "> 0: random crops of training images padded by this many pixels",
     "data.horizontal_flip": "random left-right flips of training images",
     "data.target": "tables: the target column, or a list of columns (multi-label or multi-output regression); "
-                   "fashion_scenes: mask (per-pixel classes, segmentation) or boxes (detection)",
+                   "fashion_scenes: mask (per-pixel classes, segmentation) or boxes (detection); fashion_mnist: "
+                   "labels (the default) or image (the images as (N, 1, 28, 28) targets in [0, 1]: autoencoders)",
     "data.scenes_train": "fashion_scenes: training scenes made from the training images (default 12000)",
     "data.scenes_test": "fashion_scenes: test scenes made from the test images (default 2000)",
     "data.features": "tables: the feature columns (default: every column but the target and id column)",

@@ -22,7 +22,28 @@ class Dataset:
 
 
 class FashionMNIST(Dataset):
+    """Fashion-MNIST's 28x28 images with their class labels, or, with ``data.target = "image"``, the
+    images themselves as targets (an autoencoder's): (N, 1, 28, 28) pixels scaled to [0, 1] in the
+    model's dtype, whatever data.normalize does to the inputs."""
+
     name = "fashion_mnist"
+    TARGETS = ("labels", "image")
+
+    def __init__(self):
+        self.target, self.dtype = "labels", "float32"
+
+    def configure(self, config):
+        from numdl.errors import ConfigError
+
+        data = config["data"]
+        self.target = data.get("target", "labels")
+        self.dtype = config["model"].get("dtype", "float32")
+        if self.target not in self.TARGETS:
+            raise ConfigError(f"data.target: fashion_mnist gives 'labels' (the default) or 'image' (the images "
+                              f"themselves, for autoencoders), got {self.target!r}")
+        if self.target == "image" and (data.get("crop_padding", 0) or data.get("horizontal_flip", False)):
+            raise ConfigError("data.crop_padding / data.horizontal_flip move the input images but not the "
+                              "target images of data.target = 'image'; turn them off for an autoencoder")
 
     @property
     def class_names(self):
@@ -31,9 +52,17 @@ class FashionMNIST(Dataset):
         return CLASS_NAMES
 
     def load(self, path):
+        import numpy as np
+
         from numdl.data import load_fashion_mnist
 
-        return load_fashion_mnist(path)
+        x_train, y_train, x_test, y_test = load_fashion_mnist(path)
+        if self.target == "image":
+            def as_targets(images):
+                return (images.astype(self.dtype) / np.array(255, self.dtype))[:, None]
+
+            return x_train, as_targets(x_train), x_test, as_targets(x_test)
+        return x_train, y_train, x_test, y_test
 
 
 class FashionScenes(Dataset):

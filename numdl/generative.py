@@ -187,3 +187,30 @@ def evaluate_samples(network, samples, reference, subsets=100, subset_size=1000,
             "fid": frechet_distance(features_samples, features_reference), "kid": kid, "kid_std": kid_std,
             "kid_subsets": subsets, "kid_subset_size": min(subset_size, len(features_samples), len(features_reference)),
             "class_names": network.class_names, "class_shares": (counts / counts.sum()).tolist()}
+
+
+def latent_layer_index(model):
+    """The index in ``model.layers`` of its GaussianSample layer (a VAE's code), or None."""
+    from numdl.layers.latent import GaussianSample
+
+    found = [i for i, layer in enumerate(getattr(model, "layers", None) or []) if isinstance(layer, GaussianSample)]
+    return found[0] if len(found) == 1 else None
+
+
+def decode(model, codes, batch_size=500):
+    """A Sequential VAE's decoder run on ``codes`` (N, L): the outputs of the layers after its
+    GaussianSample, in evaluation mode (a sample from the model: codes drawn from N(0, I))."""
+    index = latent_layer_index(model)
+    if index is None:
+        raise DataError("decode needs a Sequential model with one gaussian_sample layer (a VAE)")
+    latent = model.layers[index].output_shape
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or tuple(codes.shape[1:]) != tuple(latent):
+        raise DataError(f"decode: codes must have shape (N, {latent[0]}), got {codes.shape}")
+    out = []
+    for begin in range(0, len(codes), batch_size):
+        h = model.ops.asarray(np.ascontiguousarray(codes[begin:begin + batch_size], model.dtype))
+        for layer in model.layers[index + 1:]:
+            h = layer.forward(h, False)
+        out.append(np.array(model.ops.to_numpy(h)))
+    return np.concatenate(out)

@@ -226,6 +226,9 @@ class Model(Sequential):
                     and consumers.get(id(before)) == 1 and before not in self.output_nodes):
                 before.layer.fused_relu = node.layer.absorbed = True
 
+    def _running_layers(self):
+        return list(self.runner.values())  # every use of a layer, shared copies included
+
     def compile(self, loss, optimizer, loss_weights=None):
         """One loss (a single output) or a list with one per output (or a dict by output node name);
         ``loss_weights`` scale each output's loss in the sum that is minimised."""

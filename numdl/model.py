@@ -50,6 +50,7 @@ class Sequential:
         self.loss = self.optimizer = None
         self.stop_training = False
         self.fit_position = None
+        self.last_loss_terms = None  # {term: value} of the last loss, when layers add terms to it
         self.clip_grad_norm = 0.0  # > 0: gradients are scaled so their global L2 norm is at most this
         # > 0: a training step whose loss exceeds this many times the run's first loss stops training
         # (a finite but diverged run: Adam at lr 1e6 kept a loss of 5e5 and 0.10 accuracy for ever).
@@ -157,7 +158,7 @@ class Sequential:
     def train_step(self, x, y, lengths=None):
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
         logits = self.forward(x, training=True, lengths=lengths)
-        loss = self.loss.forward(logits, y)
+        loss = self._with_added_losses(self.loss.forward(logits, y))
         if self.reduce_gradients is None:
             self._check_loss(loss, x, lengths)
             self.backward(self.loss.backward())
@@ -173,6 +174,31 @@ class Sequential:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
         return loss, _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
+
+    def _loss_adders(self):
+        """The layers (as run) that add a term of their own to the loss: a VAE's GaussianSample."""
+        adders = self.__dict__.get("_adders")
+        if adders is None:
+            adders = self._adders = [layer for layer in self._running_layers()
+                                     if getattr(layer, "added_loss_name", None)]
+        return adders
+
+    def _running_layers(self):
+        return self.layers
+
+    def _with_added_losses(self, loss):
+        """The loss plus the terms layers added on the last forward pass (each times its weight);
+        ``self.last_loss_terms`` then holds each term unweighted, the loss's own under its name."""
+        adders = self._loss_adders()
+        if not adders:
+            self.last_loss_terms = None
+            return loss
+        terms = {getattr(self.loss, "name", None) or "data_loss": loss}
+        for layer in adders:
+            terms[layer.added_loss_name] = terms.get(layer.added_loss_name, 0.0) + layer.added_loss
+            loss = loss + layer.added_loss_weight * layer.added_loss
+        self.last_loss_terms = terms
+        return loss
 
     def _check_loss(self, loss, x, lengths, averaged=""):
         if not np.isfinite(loss):
@@ -353,9 +379,11 @@ class Sequential:
                 rank, ranks = shard
                 order = (np.arange(_count(x)) if order is None else order)[:n * ranks][rank::ranks]
             total_loss, correct, counted = 0.0, 0, 0
+            term_totals = {}  # the added-loss terms' sums (a VAE's reconstruction and KL)
             done = 0
             if resuming:
                 total_loss, correct, counted = resume["total_loss"], resume["correct"], resume["counted"]
+                term_totals = dict(resume.get("term_totals", {}))
                 done = int(resume["step"])
             for batch, begin in enumerate(range(0, n, batch_size)):
                 rows = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
@@ -375,21 +403,28 @@ class Sequential:
                     raise TrainingDiverged(f"training diverged at epoch {epoch}, step {batch + 1}: {error}") from None
                 size = _count(xb)
                 total_loss += loss * size
+                if self.last_loss_terms:
+                    for term, value in self.last_loss_terms.items():
+                        term_totals[term] = term_totals.get(term, 0.0) + value * size
                 if right is not None:
                     correct += right
                     counted += _label_count(yb, self.loss)
                 self.fit_position = {"epoch": epoch, "step": batch + 1, "epoch_rng_state": epoch_rng_state,
                                      "total_loss": total_loss, "correct": correct, "counted": counted,
                                      "reference_loss": self.reference_loss}
+                if term_totals:
+                    self.fit_position["term_totals"] = dict(term_totals)
                 _call(callbacks, "on_batch_end", batch, {"loss": loss, "size": size})
             seconds = time.perf_counter() - start
             logs = {"epoch": epoch, "train_loss": total_loss / n,
                     "train_accuracy": correct / counted if counted else None,
                     "epoch_seconds": seconds, "samples_per_second": n / seconds}
+            logs.update({f"train_{term}": value / n for term, value in term_totals.items()})
             self.last_evaluations = {}  # each set's evaluate() result, for callbacks that report more of it
             for name, (ex, ey, el) in evals.items():
                 result = self.evaluate(ex, ey, batch_size=self._eval_batch_size, lengths=el)
                 logs[f"{name}_loss"], logs[f"{name}_accuracy"] = result["loss"], result["accuracy"]
+                logs.update({f"{name}_{term}": value for term, value in result.get("terms", {}).items()})
                 self.last_evaluations[name] = result
             history.append(logs)
             self.fit_position = {"epoch": epoch + 1, "step": 0, "epoch_rng_state": rng.bit_generator.state,
@@ -404,7 +439,7 @@ class Sequential:
         ``scores``, also "scores": the class probabilities (softmax of the outputs), or None."""
         self._require_compiled()
         x, y = self.prepare(x, y, "evaluation data")
-        total, correct, predictions, probabilities = 0.0, 0, [], []
+        total, correct, predictions, probabilities, terms = 0.0, 0, [], [], {}
         pages = ondisk.PageBudget(_parts(x)[0])
         axis = _class_axis(self.loss)
         n = _count(x)
@@ -415,7 +450,9 @@ class Sequential:
             yb = _index(y, rows)
             lb = None if lengths is None else np.asarray(lengths)[begin:begin + batch_size]
             out = self.forward(xb, training=False, lengths=lb)
-            total += self.loss.forward(out, yb) * _count(xb)
+            total += self._with_added_losses(self.loss.forward(out, yb)) * _count(xb)
+            for term, value in (self.last_loss_terms or {}).items():
+                terms[term] = terms.get(term, 0.0) + value * _count(xb)
             if _is_class_output(self.loss):
                 host = self.ops.to_numpy(out)
                 predicted = host.argmax(axis=axis)
@@ -430,6 +467,8 @@ class Sequential:
                   "predictions": np.concatenate(predictions) if predictions else None}
         if scores:
             result["scores"] = np.concatenate(probabilities) if probabilities else None
+        if terms:  # the loss's terms, each unweighted: a VAE's reconstruction and KL
+            result["terms"] = {term: value / n for term, value in terms.items()}
         return result
 
     def predict(self, x, batch_size=1000, lengths=None):

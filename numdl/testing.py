@@ -51,7 +51,10 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     ``sum(forward(x) * g)`` for a fixed random ``g``; random layers (dropout) have their stream reset
     before every forward, so each evaluation sees the same mask. ``lengths`` marks the valid steps of
     padded sequences. Layers taking integer ids (``input_dtype``) get random ids and no input-gradient
-    check. Raises AssertionError naming the layer and the parameter; returns {"input" or parameter
+    check. A layer that adds a term to the model's loss (``added_loss_name``, ``added_loss`` and
+    ``added_loss_weight``: GaussianSample's KL) has ``added_loss_weight * added_loss`` added to the
+    objective, as its backward adds that term's gradient.
+    Raises AssertionError naming the layer and the parameter; returns {"input" or parameter
     name: max abs error}. A merge layer (``many_inputs``, e.g. concat) takes a list of input shapes
     and reports "input0", "input1", ...
     """
@@ -78,7 +81,10 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     upstream = rng.standard_normal(run().shape)
 
     def objective():
-        return float(np.sum(run() * upstream))
+        value = float(np.sum(run() * upstream))
+        if getattr(layer, "added_loss_name", None):  # a term the layer adds to the model's loss (a VAE's KL)
+            value += layer.added_loss_weight * layer.added_loss
+        return value
 
     run()
     dx = layer.backward(upstream.copy())

@@ -230,6 +230,44 @@ def _dropout_backward(dtype, rng):
 
 
 
+def reference_normal(seed, counter):
+    """Box-Muller on the dropout stream's uniforms at 2c and 2c + 1: the reference of GaussianSample."""
+    u1 = 1.0 - reference_uniform(seed, 2 * counter)
+    u2 = reference_uniform(seed, 2 * counter + 1)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2)
+
+
+def _gaussian_sample_forward(sample):
+    def make(dtype, rng):
+        n, latent, seed, offset = 3, 5, 2024, 40
+        x = rng.standard_normal((n, 2 * latent)).astype(dtype)
+        eps = np.array([[reference_normal(seed, offset + i * latent + l) if sample else 0.0 for l in range(latent)]
+                        for i in range(n)]).astype(dtype)
+        out = f64(x[:, :latent]) + np.exp(0.5 * f64(x[:, latent:])) * f64(eps)
+        args = [np.zeros((n, latent), dtype), np.zeros((n, latent), dtype), x, sample, np.uint64(seed),
+                np.uint64(offset)]
+        return args, n * latent, {0: out, 1: eps}
+    return make
+
+
+def _gaussian_kl_forward(dtype, rng):
+    x = rng.standard_normal((4, 6)).astype(dtype)
+    mean, log_var = f64(x[:, :3]), f64(x[:, 3:])
+    kl = 0.5 * (np.exp(log_var) + mean ** 2 - 1 - log_var).sum(axis=1)
+    return [np.zeros(4, dtype), x], 4, {0: kl}
+
+
+def _gaussian_sample_backward(dtype, rng):
+    n, latent, weight = 3, 4, 0.25
+    x = rng.standard_normal((n, 2 * latent)).astype(dtype)
+    noise, dout = rng.standard_normal((n, latent)).astype(dtype), rng.standard_normal((n, latent)).astype(dtype)
+    mean, log_var = f64(x[:, :latent]), f64(x[:, latent:])
+    dx = np.concatenate([f64(dout) + weight * mean,
+                         f64(dout) * 0.5 * np.exp(0.5 * log_var) * f64(noise) + weight * 0.5 * (np.exp(log_var) - 1)],
+                        axis=1)
+    return [np.zeros_like(x), dout, x, noise, dtype(weight)], n * latent, {0: dx}
+
+
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
@@ -994,6 +1032,9 @@ CASES = {
     ("optim", "rmsprop_step"): _rmsprop_step,
     ("dropout", "dropout_forward"): _dropout_forward,
     ("dropout", "dropout_backward"): _dropout_backward,
+    ("gaussian", "gaussian_sample_forward"): _gaussian_sample_forward(True),
+    ("gaussian", "gaussian_kl_forward"): _gaussian_kl_forward,
+    ("gaussian", "gaussian_sample_backward"): _gaussian_sample_backward,
     ("conv", "conv2d_forward"): _conv_forward(False),
     ("conv", "conv2d_backward"): _conv_backward(False),
     ("pool", "maxpool2d_forward"): _maxpool_forward,
@@ -1063,6 +1104,7 @@ VARIANTS = {
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),
     "linear_forward_fused_relu": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, relu=True)),
     "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
+    "gaussian_sample_forward_mean": (("gaussian", "gaussian_sample_forward"), _gaussian_sample_forward(False)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),

@@ -157,3 +157,74 @@ def test_gen_eval_refuses_a_file_that_is_not_an_array(tmp_path):
     path.write_bytes(b"not numpy")
     result = CliRunner().invoke(cli, ["gen-eval", str(path)])
     assert result.exit_code == 1 and "not a plain .npy array" in result.output
+
+
+def test_gaussian_sample_draws_from_the_stated_gaussian_and_reports_its_kl():
+    import numdl
+    from numdl.backend import get_ops
+
+    layer = numdl.GaussianSample(beta=0.5, seed=11)
+    layer.build((4,), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    n = 20000
+    x = np.empty((n, 4))
+    x[:, :2] = [1.5, -2.0]                      # means
+    x[:, 2:] = [np.log(4.0), np.log(0.25)]      # log-variances: standard deviations 2 and 0.5
+    drawn = np.array(layer.forward(x, training=True))
+    assert drawn.shape == (n, 2)
+    assert np.allclose(drawn.mean(axis=0), [1.5, -2.0], atol=0.05)
+    assert np.allclose(drawn.std(axis=0), [2.0, 0.5], rtol=0.03)
+    assert abs(np.corrcoef(drawn.T)[0, 1]) < 0.03
+    kl = 0.5 * ((4.0 + 1.5 ** 2 - 1 - np.log(4.0)) + (0.25 + 2.0 ** 2 - 1 - np.log(0.25)))
+    assert layer.added_loss == pytest.approx(kl, rel=1e-12) and layer.added_loss_weight == 0.5
+    assert layer.get_rng_state() == {"seed": 11, "offset": 2 * n * 2}  # two uniforms per draw
+    again = np.array(layer.forward(x, training=True))
+    assert not np.allclose(again, drawn)                    # the stream moves on
+    layer.set_rng_state({"seed": 11, "offset": 0})
+    assert np.array_equal(np.array(layer.forward(x, training=True)), drawn)   # and replays from its state
+    assert np.array_equal(np.array(layer.forward(x, training=False)), x[:, :2])  # evaluation: the mean
+
+
+def test_gaussian_sample_bad_settings_are_named():
+    import numdl
+    from numdl.backend import get_ops
+    from numdl.errors import ConfigError, ShapeError
+
+    with pytest.raises(ConfigError, match="beta must be a number >= 0"):
+        numdl.GaussianSample(beta=-1)
+    with pytest.raises(ShapeError, match="gaussian_sample: expects \\(batch, 2 L\\)"):
+        numdl.GaussianSample().build((5,), get_ops("cpu"), np.float32, np.random.default_rng(0))
+
+
+def test_the_loss_with_added_terms_is_their_weighted_sum_in_fit_and_evaluate():
+    import numdl
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 6)).astype(np.float32)
+    model = numdl.Sequential([numdl.Linear(8), numdl.GaussianSample(beta=3.0), numdl.Linear(6)], seed=0)
+    model.compile(numdl.BCEWithLogits(reduction="batchmean"), numdl.Adam(lr=1e-2))
+    history = model.fit(x, x, epochs=2, batch_size=16, verbose=0, eval_data={"test": (x, x)})
+    for epoch in history:
+        for split in ("train", "test"):
+            assert epoch[f"{split}_loss"] == pytest.approx(epoch[f"{split}_bce_with_logits"] + 3 * epoch[f"{split}_kl"])
+    result = model.evaluate(x, x)
+    assert result["terms"]["kl"] == pytest.approx(history[-1]["test_kl"])
+    # batchmean: summed over each sample's elements, averaged over the samples (PyTorch's KLDivLoss reduction)
+    out = model.predict(x)
+    per_element = np.maximum(out, 0) - out * x + np.log1p(np.exp(-np.abs(out)))
+    assert result["terms"]["bce_with_logits"] == pytest.approx(per_element.sum() / len(x), rel=1e-5)
+
+
+def test_image_targets_refuse_augmentation_and_unknown_targets(tmp_path):
+    from numdl import config as config_module
+    from numdl import train
+    from numdl.errors import ConfigError
+
+    data = write_fashion_like(tmp_path / "data", n_train=50, n_test=20)
+    resolved = config_module.resolve(None, [f"data.path='{data}'", "data.target='image'"])
+    splits, _, _ = train.load_data(resolved)
+    x, y = splits["train"]
+    assert y.shape == (50, 1, 28, 28) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+    for override, needle in (("data.crop_padding=2", "turn them off for an autoencoder"),
+                             ("data.target='pixels'", "fashion_mnist gives 'labels' \\(the default\\) or 'image'")):
+        with pytest.raises(ConfigError, match=needle):
+            train.load_data(config_module.resolve(None, [f"data.path='{data}'", "data.target='image'", override]))

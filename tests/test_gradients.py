@@ -71,6 +71,8 @@ LAYER_SAMPLES = {
     "upsample-bilinear-align-corners": ("upsample", {"size": [5, 7], "mode": "bilinear", "align_corners": True},
                                         (2, 3, 4)),
     "pad2d": ("pad2d", {"padding": [1, -1, 2, 0]}, (2, 4, 5)),
+    "gaussian_sample": ("gaussian_sample", {"beta": 0.7}, (6,)),
+    "gaussian_sample-eval": ("gaussian_sample", {"beta": 2.0}, (4,)),  # the mean, and the KL term still
     # merge layers: a list of input shapes
     "concat-channels": ("concat", {}, [(2, 3, 4), (1, 3, 4), (3, 3, 4)]),
     "concat-last-axis": ("concat", {"axis": -1}, [(2, 3), (2, 5)]),
@@ -91,10 +93,12 @@ LOSS_SAMPLES = {
     "cross_entropy": [({}, lambda r, s: _labels(r, *s)),
                       ({"weight": [1.0, 2.0, 0.5, 1.5], "label_smoothing": 0.2}, lambda r, s: _labels(r, *s)),
                       ({"reduction": "sum"}, lambda r, s: _labels(r, *s))],
-    "mse": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
+    "mse": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s)),
+            ({"reduction": "batchmean"}, lambda r, s: r.standard_normal(s))],
     "mae": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
     "huber": [({"delta": 0.7}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
-    "bce_with_logits": [({}, lambda r, s: r.uniform(0, 1, s))],
+    "bce_with_logits": [({}, lambda r, s: r.uniform(0, 1, s)),
+                        ({"reduction": "batchmean"}, lambda r, s: r.uniform(0, 1, s))],
 }
 
 
@@ -113,7 +117,8 @@ def test_layer_gradients(sample):
     layer = kwargs() if callable(kwargs) else registry().get("layer", name)(**kwargs)
     assert layer.name == name
     lengths = PADDED_LENGTHS if sample.endswith("padded") else None
-    errors = check_layer_gradients(layer, shape, batch_size=3, seed=1, lengths=lengths)
+    errors = check_layer_gradients(layer, shape, batch_size=3, seed=1, lengths=lengths,
+                                   training=not sample.endswith("-eval"))
     inputs = {f"input{i}" for i in range(len(shape))} if isinstance(shape, list) else \
         (set() if name == "embedding" else {"input"})
     assert set(errors) == set(layer.named_parameters()) | inputs

@@ -31,13 +31,24 @@ GRAPH = ("model.nodes=[{name='flat', type='flatten', inputs=['input']}, {name='h
          "layer='out', inputs=['join']}, {name='sum', type='add', inputs=['out', 'out_again']}]")
 
 
+# A VAE: images as targets, gaussian_sample's noise stream and its KL term (summed per epoch in the
+# checkpoint's fit position) must resume exactly too.
+VAE = ("model.layers=[{type='flatten'}, {type='linear', out_features=64}, {type='relu'}, "
+       "{type='linear', out_features=16}, {type='gaussian_sample'}, {type='linear', out_features=784}, "
+       "{type='reshape', shape=[1, 28, 28]}]")
+VAE_DATA = ["--set", "data.target='image'", "--set", "loss.type='bce_with_logits'", "--set",
+            "loss.reduction='batchmean'", "--set", "train.monitor='test_loss'"]
+
+
 def _settings(data, model=CHAIN):
-    return ["--set", f"data.path='{data}'", "--set", "train.epochs=3", "--set", "train.batch_size=16",
-            "--set", "train.checkpoint_every=5", "--set", model,
-            "--set", "data.crop_padding=1", "--set", "schedule.type='cosine'"]
+    settings = ["--set", f"data.path='{data}'", "--set", "train.epochs=3", "--set", "train.batch_size=16",
+                "--set", "train.checkpoint_every=5", "--set", model,
+                "--set", "data.crop_padding=0" if model == VAE else "data.crop_padding=1",
+                "--set", "schedule.type='cosine'"]
+    return settings + (VAE_DATA if model == VAE else [])
 
 
-@pytest.mark.parametrize("model", [CHAIN, GRAPH], ids=["sequential", "graph"])
+@pytest.mark.parametrize("model", [CHAIN, GRAPH, VAE], ids=["sequential", "graph", "vae"])
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, model):
     data = write_fashion_like(tmp_path / "data", n_train=800, n_test=100)
     reference = _train(*_settings(data, model), "--out", str(tmp_path / "reference"), cwd=tmp_path)
@@ -73,6 +84,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, model):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["weights_sha256"] == expected
     assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    if model == VAE:  # the resumed epoch's reported terms are the uninterrupted run's
+        ours = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        theirs = [json.loads(l) for l in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()]
+        for key in ("train_loss", "train_kl", "train_bce_with_logits", "test_kl"):
+            assert [e[key] for e in ours] == pytest.approx([e[key] for e in theirs], rel=1e-12), key
 
 
 def test_divergence_stops_with_the_nan_message_and_finite_checkpoints(tmp_path):

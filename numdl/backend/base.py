@@ -129,6 +129,19 @@ class Ops:
     def dropout_backward(self, dx, dout, mask):
         self._run("dropout", "dropout_backward", dout.size, self.flat(dx), self.flat(dout), self.flat(mask))
 
+    # ------------------------------------------------------------------- gaussian (VAE) sampling
+    def gaussian_sample_forward(self, out, noise, kl, x, sample, seed, offset):
+        """x (N, 2L) means then log-variances -> out (N, L): mean + exp(log_var / 2) * noise (noise
+        from the stream (seed, offset) when ``sample``, else zeros), kl (N,) per-sample KL divergence."""
+        self._run("gaussian", "gaussian_sample_forward", out.size, out, noise, x, bool(sample), np.uint64(seed),
+                  np.uint64(offset))
+        self._run("gaussian", "gaussian_kl_forward", x.shape[0], kl, x)
+
+    def gaussian_sample_backward(self, dx, dout, x, noise, kl_weight):
+        """dx of out and of kl_weight * sum(kl) (kl_weight: the term's weight over the batch size)."""
+        self._run("gaussian", "gaussian_sample_backward", dout.size, dx, dout, x, noise,
+                  self.scalar(kl_weight, x.dtype))
+
     # -------------------------------------------------------------------------------- losses
     def cross_entropy_forward(self, sample_loss, sample_weight, probs, logits, labels, class_weights,
                               smoothing):

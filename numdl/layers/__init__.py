@@ -4,6 +4,7 @@ from numdl.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tan
 from numdl.layers.base import Layer, Parameter
 from numdl.layers.attention import MultiHeadAttention, PositionalEncoding, SwapAxes, TransformerEncoderLayer
 from numdl.layers.composite import Chain, Residual
+from numdl.layers.latent import GaussianSample
 from numdl.layers.conv import Conv1d, Conv2d, ConvTranspose2d
 from numdl.layers.linear import Linear
 from numdl.layers.merge import Add, Concat, Crop2d, Merge, Multiply
@@ -16,10 +17,11 @@ from numdl.layers.shape import Dropout, Flatten, Reshape
 BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
                   MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual, LSTM, GRU,
                   Embedding, SequencePool, MultiHeadAttention, TransformerEncoderLayer, PositionalEncoding, SwapAxes, ConvTranspose2d, Upsample,
-                  Pad2d, Concat, Add, Multiply, Crop2d)
+                  Pad2d, Concat, Add, Multiply, Crop2d, GaussianSample)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual", "LSTM", "GRU", "Embedding",
            "SequencePool", "MultiHeadAttention", "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "Chain",
-           "ConvTranspose2d", "Upsample", "Pad2d", "Concat", "Add", "Multiply", "Crop2d", "Merge"]
+           "ConvTranspose2d", "Upsample", "Pad2d", "Concat", "Add", "Multiply", "Crop2d", "Merge",
+           "GaussianSample"]

@@ -16,9 +16,12 @@ class Loss:
     #: "labels" when targets are class indices (accuracy is then reported), else "values".
     target_kind = "values"
 
+    #: The reductions the loss offers.
+    reductions = REDUCTIONS
+
     def __init__(self, reduction: str = "mean"):
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        if reduction not in self.reductions:
+            raise ConfigError(f"{self.name}: reduction must be one of {', '.join(self.reductions)}, got {reduction!r}")
         self.reduction = reduction
         self.ops = None
         self._buffers = {}
@@ -121,9 +124,13 @@ class CrossEntropy(Loss):
 
 
 class _ElementwiseLoss(Loss):
-    """Losses that are a sum of per-element terms over predictions and same-shaped targets."""
+    """Losses that are a sum of per-element terms over predictions and same-shaped targets, reduced
+    by ``mean`` (over every element), ``sum``, or ``batchmean``: summed over each sample's elements,
+    averaged over the samples (PyTorch's KLDivLoss reduction; a VAE's reconstruction term, whose
+    scale must match the KL term's, summed over the latent dimensions)."""
 
     kernel = None
+    reductions = REDUCTIONS + ("batchmean",)
 
     def forward(self, pred, target):
         self.ops = ops_for(pred)
@@ -132,7 +139,8 @@ class _ElementwiseLoss(Loss):
             raise ShapeError(f"{self.name}: predictions have shape {tuple(pred.shape)} but targets have "
                              f"shape {tuple(target.shape)}")
         self._pred, self._target = pred, target
-        self._scale = 1.0 / pred.size if self.reduction == "mean" else 1.0
+        self._scale = {"mean": 1.0 / max(pred.size, 1), "batchmean": 1.0 / max(pred.shape[0], 1)}.get(
+            self.reduction, 1.0)
         return self.ops.elementwise_loss_forward(self.kernel, pred, target, *self.kernel_params()) * self._scale
 
     def backward(self):

@@ -138,3 +138,25 @@ def test_graph_training_steps_on_cuda_match_cpu(monkeypatch):
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((2, 1, 4, 4)), rng.integers(0, 3, (2, 4, 4))
     _assert_steps_match(_graph("cpu"), _graph("cuda"), x, y, rtol=1e-9)
+
+
+def _vae(device):
+    """A tiny VAE: encoder to means and log-variances, GaussianSample (noise from the shared stream,
+    its KL term added to the loss), decoder; reconstruction loss summed per sample."""
+    import numdl
+
+    layers = [numdl.Linear(6), numdl.Tanh(), numdl.Linear(4), numdl.GaussianSample(beta=0.5), numdl.Linear(5)]
+    model = numdl.Sequential(layers, input_shape=(5,), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.MSE(reduction="batchmean"), numdl.Adam(lr=0.01))
+
+
+def test_vae_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 2)
+    x = np.random.default_rng(3).standard_normal((4, 5))
+    cpu, gpu = _vae("cpu"), _vae("cuda")
+    _assert_steps_match(cpu, gpu, x, x, rtol=1e-9)
+    assert cpu.last_loss_terms.keys() == gpu.last_loss_terms.keys() == {"mse", "kl"}
+    assert gpu.last_loss_terms["kl"] == pytest.approx(cpu.last_loss_terms["kl"], rel=1e-10)
