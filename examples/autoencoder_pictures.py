@@ -2,6 +2,7 @@
 examples/conv_vae.toml), written into RUN/pictures:
 
 - reconstructions.png: test images (odd rows) above their reconstructions (even rows);
+- both grids also into RUN/tensorboard when the run was trained with --tensorboard;
 - for a VAE (a model with a gaussian_sample layer): samples.png, images decoded from codes drawn
   from N(0, I), and samples.npy (5,000 of them as 0-255 pixels), judged by FID and KID against the
   test set on numdl's Fashion-MNIST features (numdl gen-eval: its feature network is trained once,
@@ -57,7 +58,7 @@ def main(argv=None):
     rows = np.stack([originals, rebuilt], axis=1).reshape(2 * shown, 28, 28)  # pairs: image, reconstruction
     grid = images.image_grid(np.concatenate([rows[0::2][:5], rows[1::2][:5], rows[0::2][5:], rows[1::2][5:]]),
                              columns=5)
-    images.save_grey(out / "reconstructions.png", grid)
+    images.save_grey(out / "reconstructions.png", grid, scale=3)
     report = {"reconstructions": str(out / "reconstructions.png"),
               "test_reconstruction_mse": float(np.mean((as_pixels(model.predict(x_test), logits)
                                                         - y_test.reshape(-1, 28, 28)) ** 2))}
@@ -66,7 +67,7 @@ def main(argv=None):
         latent = model.layers[generative.latent_layer_index(model)].output_shape[0]
         codes = np.random.default_rng(0).standard_normal((args.samples, latent))
         samples = as_pixels(generative.decode(model, codes), logits)
-        images.save_grey(out / "samples.png", images.image_grid(samples[:100], columns=10))
+        images.save_grey(out / "samples.png", images.image_grid(samples[:100], columns=10), scale=3)
         pixels = np.round(samples * 255).astype(np.uint8)
         np.save(out / "samples.npy", pixels)
         report["samples"] = str(out / "samples.png")
@@ -76,6 +77,15 @@ def main(argv=None):
             reference = load_fashion_mnist(args.data)[2]
             figures = generative.evaluate_samples(network, pixels, reference)
             report.update({key: figures[key] for key in ("fid", "kid", "kid_std", "class_shares")})
+    if (args.run / "tensorboard").is_dir():  # a run trained with --tensorboard: the grids go there too
+        from numdl.tensorboard_log import TensorBoardLogger
+
+        epoch = len((args.run / "metrics.jsonl").read_text().splitlines())
+        logger = TensorBoardLogger(args.run / "tensorboard")
+        logger.add_image_grid("reconstructions", grid, epoch)
+        if "samples" in report:
+            logger.add_image_grid("samples", images.image_grid(samples[:100], columns=10), epoch)
+        logger.close()
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return report

@@ -85,7 +85,7 @@ def train(gen, disc, x, epochs, batch_size, out, on_epoch=None, seed=0):
             d_total, g_total, steps = d_total + d_loss, g_total + g_loss, steps + 1
         grid = images.image_grid(to_pixels(gen.predict(fixed)), columns=10)
         if out is not None:
-            images.save_grey(out / f"samples-{epoch:03d}.png", grid)
+            images.save_grey(out / f"samples-{epoch:03d}.png", grid, scale=3)
         record = {"epoch": epoch, "d_loss": d_total / steps, "g_loss": g_total / steps,
                   "seconds": time.perf_counter() - start}
         history.append(record)

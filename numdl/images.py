@@ -72,7 +72,11 @@ def image_grid(images, columns=10, gap=2):
     return grid
 
 
-def save_grey(path, image):
-    """A (H, W) uint8 array as a grey PNG."""
+def save_grey(path, image, scale=1):
+    """A (H, W) uint8 array as a grey PNG, each pixel drawn as a ``scale`` x ``scale`` block (28-pixel
+    images are too small to look at one to one)."""
     Image, _ = pillow()
-    Image.fromarray(np.asarray(image, np.uint8), "L").save(path)
+    image = np.asarray(image, np.uint8)
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(image, "L").save(path)

@@ -9,7 +9,8 @@ import sys
 # What tables add to an epoch's line (see numdl.train.TaskReport): (key in the logs, label).
 TASK_FIGURES = (("macro_f1", "f1"), ("recall", "recall"), ("subset_accuracy", "subset_acc"),
                 ("hamming_loss", "hamming"), ("micro_f1", "micro_f1"), ("mae", "mae"), ("rmse", "rmse"),
-                ("r2", "r2"), ("mean_iou", "miou"), ("mean_dice", "dice"), ("map50", "map50"), ("map", "map"))
+                ("r2", "r2"), ("mean_iou", "miou"), ("mean_dice", "dice"), ("map50", "map50"), ("map", "map"),
+                ("kl", "kl"))  # a VAE's KL term (gaussian_sample)
 
 
 def format_epoch(logs, epochs):

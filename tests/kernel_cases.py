@@ -18,6 +18,11 @@ ELEMENTWISE = {
     "gelu": (lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
              lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
              False),
+    "gelu_tanh": (lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+                  lambda x: (0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+                             + 0.5 * x * (1 - np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)) ** 2)
+                             * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2)),
+                  False),
 }
 SLOPE = 0.1
 
@@ -1083,7 +1088,7 @@ CASES = {
     ("detection", "heatmap_peaks_forward"): _heatmap_peaks,
     ("detection", "nms_forward"): _nms,
 }
-for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
+for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
     CASES[("activation", f"{_kind}_backward")] = _elementwise_backward(_kind)
 for _kind in ("mse", "mae", "huber", "bce_with_logits"):

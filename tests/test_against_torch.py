@@ -32,6 +32,21 @@ def _assert_cross_entropy_matches_torch(ours, kwargs, logits, labels):
     np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
+def test_batchmean_is_the_sum_over_each_sample_averaged_over_samples():
+    """PyTorch has reduction="batchmean" for KLDivLoss only; for the element-wise losses it is their
+    "sum" divided by the batch size (a VAE's per-image reconstruction term)."""
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal((5, 3, 2)) * 4, rng.uniform(0, 1, (5, 3, 2))
+    for ours_cls, torch_cls in ((numdl.MSE, torch.nn.MSELoss), (numdl.BCEWithLogits, torch.nn.BCEWithLogitsLoss)):
+        ours = ours_cls(reduction="batchmean")
+        value = ours.forward(pred, target)
+        t_pred = torch.tensor(pred, requires_grad=True)
+        t_loss = torch_cls(reduction="sum")(t_pred, torch.tensor(target)) / len(pred)
+        t_loss.backward()
+        assert value == pytest.approx(t_loss.item(), rel=1e-12)
+        np.testing.assert_allclose(ours.backward(), t_pred.grad.numpy(), rtol=1e-10)
+
+
 @pytest.mark.parametrize("ours_cls, torch_cls, kwargs", [
     (numdl.MSE, torch.nn.MSELoss, {}), (numdl.BCEWithLogits, torch.nn.BCEWithLogitsLoss, {}),
     (numdl.MAE, torch.nn.L1Loss, {}), (numdl.MAE, torch.nn.L1Loss, {"reduction": "sum"}),
@@ -81,7 +96,9 @@ def test_optimizer_trajectory_matches_torch(ours_cls, torch_cls, kwargs):
     np.testing.assert_allclose(param.value, t_param.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("ours, theirs", [(numdl.GELU(), torch.nn.GELU()), (numdl.Sigmoid(), torch.nn.Sigmoid()),
+@pytest.mark.parametrize("ours, theirs", [(numdl.GELU(), torch.nn.GELU()),
+                                          (numdl.GELU(approximate="tanh"), torch.nn.GELU(approximate="tanh")),
+                                          (numdl.Sigmoid(), torch.nn.Sigmoid()),
                                           (numdl.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
                                           (numdl.Softmax(), torch.nn.Softmax(dim=-1))])
 def test_activation_layers_match_torch(ours, theirs):

@@ -27,6 +27,7 @@ LAYER_SAMPLES = {
     "sigmoid": ("sigmoid", {}, (7,)),
     "tanh": ("tanh", {}, (7,)),
     "gelu": ("gelu", {}, (7,)),
+    "gelu-tanh": ("gelu", {"approximate": "tanh"}, (7,)),
     "softmax": ("softmax", {}, (2, 5)),
     "dropout": ("dropout", {"p": 0.4}, (9,)),
     "flatten": ("flatten", {}, (2, 3, 2)),

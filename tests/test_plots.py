@@ -138,3 +138,14 @@ def test_a_missing_matplotlib_is_one_line_before_training(monkeypatch, tmp_path)
 def test_image_grid_rejects_what_is_not_a_stack_of_images():
     with pytest.raises(ValueError, match="expected \\(N, H, W\\)"):
         images.image_grid(np.zeros((4, 3, 8, 8)))
+
+
+def test_plot_of_a_run_without_classes_draws_the_metrics_and_says_what_it_skipped(tmp_path):
+    lines = [{"epoch": e, "train_loss": 250.0 - e, "test_loss": 245.0 - e, "train_kl": 18.0, "test_kl": 18.5,
+              "lr": 1e-3, "epoch_seconds": 30.0, "samples_per_second": 2000.0} for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert _png_size(tmp_path / "plots" / "metrics.png") == ("PNG", (1200, 380))  # loss and kl: one row
+    assert "skipped confusion.png: summary.json holds no confusion matrix" in result.output
+    assert "skipped misclassified.png: no checkpoint in the run folder" in result.output

@@ -10,7 +10,7 @@ import importlib
 
 import numpy as np
 
-ELEMENTWISE_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
+ELEMENTWISE_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
 
 class Ops:

@@ -177,6 +177,21 @@ def gelu_grad(x):
 
 
 @scalar_math
+def gelu_tanh(x):
+    # PyTorch's GELU(approximate="tanh"): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+    inner = same_type(x, 0.7978845608028654) * (x + same_type(x, 0.044715) * x * x * x)
+    return same_type(x, 0.5) * x * (same_type(x, 1.0) + tanh(inner))
+
+
+@scalar_math
+def gelu_tanh_grad(x):
+    inner = same_type(x, 0.7978845608028654) * (x + same_type(x, 0.044715) * x * x * x)
+    t = tanh(inner)
+    d_inner = same_type(x, 0.7978845608028654) * (same_type(x, 1.0) + same_type(x, 0.134145) * x * x)
+    return same_type(x, 0.5) * (same_type(x, 1.0) + t) + same_type(x, 0.5) * x * (same_type(x, 1.0) - t * t) * d_inner
+
+
+@scalar_math
 def softmax_row(out, x, r):
     # Row r of a numerically stable softmax (shift by the row maximum); overwrites out[r].
     cols = x.shape[1]
@@ -269,6 +284,18 @@ def gelu_backward_cpu(dx, dout, x):
 
 
 @cpu_kernel
+def gelu_tanh_forward_cpu(out, x):
+    for i in range(x.size):
+        out[i] = gelu_tanh(x[i])
+
+
+@cpu_kernel
+def gelu_tanh_backward_cpu(dx, dout, x):
+    for i in range(x.size):
+        dx[i] = dout[i] * gelu_tanh_grad(x[i])
+
+
+@cpu_kernel
 def softmax_forward_cpu(out, x):
     # out, x: (rows, classes); softmax along the last axis; overwrites.
     rows = x.shape[0]
@@ -345,6 +372,18 @@ def gelu_forward_cuda(out, x):
 def gelu_backward_cuda(dx, dout, x):
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         dx[i] = dout[i] * gelu_grad(x[i])
+
+
+@cuda_kernel
+def gelu_tanh_forward_cuda(out, x):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = gelu_tanh(x[i])
+
+
+@cuda_kernel
+def gelu_tanh_backward_cuda(dx, dout, x):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        dx[i] = dout[i] * gelu_tanh_grad(x[i])
 
 
 @cuda_kernel

@@ -1,5 +1,6 @@
 """Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, GELU (element-wise) and Softmax (last axis)."""
 
+from numdl.errors import ConfigError
 from numdl.layers.base import Layer
 
 
@@ -67,9 +68,21 @@ class Tanh(ElementwiseActivation):
 
 
 class GELU(ElementwiseActivation):
-    """Exact GELU, x * Phi(x) (PyTorch's default, approximate='none')."""
+    """GELU as PyTorch's ``nn.GELU``: exact, x * Phi(x) (``approximate="none"``, the default), or
+    the tanh approximation 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (``"tanh"``, GPT-2's)."""
 
-    name = kernel = "gelu"
+    name = "gelu"
+    APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in self.APPROXIMATIONS:
+            raise ConfigError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.kernel = self.APPROXIMATIONS[approximate]
+
+    def hyperparameters(self):
+        return {"approximate": self.approximate}
 
 
 class Softmax(Layer):
