@@ -648,12 +648,28 @@ def _embedding_forward(dtype, rng):
     return [np.zeros((2, 3, 4), dtype), indices, weight], 24, {0: f64(weight)[indices]}
 
 
-def _embedding_backward(dtype, rng):
-    dout = rng.standard_normal((2, 3, 4)).astype(dtype)
-    indices = np.array([[0, 5, 5], [2, 2, 2]], np.int64)  # repeated indices must add up
-    ref = np.zeros((6, 4))
-    np.add.at(ref, indices, f64(dout))
-    return [np.zeros((6, 4), dtype), dout, indices], 24, {0: ref}
+def _embedding_backward(padding_idx):
+    def make(dtype, rng):
+        dout = rng.standard_normal((2, 3, 4)).astype(dtype)
+        indices = np.array([[0, 5, 5], [2, 2, 2]], np.int64)  # repeated indices must add up
+        ref = np.zeros((6, 4))
+        np.add.at(ref, indices, f64(dout))
+        if padding_idx >= 0:
+            ref[padding_idx] = 0  # the padding row gets no gradient
+        return [np.zeros((6, 4), dtype), dout, indices, np.int64(padding_idx)], 24, {0: ref}
+    return make
+
+
+def _embedding_renorm(dtype, rng):
+    weight = (rng.standard_normal((6, 4)) * 2).astype(dtype)
+    weight[3] *= 0.01  # a row under max_norm stays as it is
+    rows, max_norm, norm_type = np.array([0, 3, 4], np.int64), 1.5, 2.0
+    ref = f64(weight).copy()
+    for r in rows:
+        norm = np.linalg.norm(ref[r])
+        if norm > max_norm:
+            ref[r] *= max_norm / (norm + 1e-7)
+    return [weight, rows, dtype(max_norm), dtype(norm_type)], 3, {0: ref}
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -1061,7 +1077,8 @@ CASES = {
     ("sequence", "mean_steps_forward"): _mean_steps_forward,
     ("sequence", "mean_steps_backward"): _mean_steps_backward,
     ("sequence", "embedding_forward"): _embedding_forward,
-    ("sequence", "embedding_backward"): _embedding_backward,
+    ("sequence", "embedding_backward"): _embedding_backward(-1),
+    ("sequence", "embedding_renorm"): _embedding_renorm,
     ("attention", "attention_forward"): _attention_forward(False),
     ("attention", "attention_backward"): _attention_backward(False),
     ("elementwise", "broadcast_add_forward"): _broadcast_add_forward,
@@ -1110,6 +1127,7 @@ VARIANTS = {
     "linear_forward_fused_relu": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, relu=True)),
     "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
     "gaussian_sample_forward_mean": (("gaussian", "gaussian_sample_forward"), _gaussian_sample_forward(False)),
+    "embedding_backward_padding_idx": (("sequence", "embedding_backward"), _embedding_backward(5)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),

@@ -213,3 +213,31 @@ def test_pixel_cross_entropy_matches_torch(kwargs):
     if kwargs.get("ignore_index") == 255:
         labels[0, :2] = 255
     _assert_cross_entropy_matches_torch(numdl.PixelCrossEntropy(**kwargs), kwargs, logits, labels)
+
+
+@pytest.mark.parametrize("kwargs", [{"padding_idx": 2}, {"padding_idx": -1}, {"max_norm": 1.5},
+                                    {"max_norm": 2.0, "norm_type": 1.0, "padding_idx": 0}])
+def test_embedding_options_match_torch(kwargs):
+    """padding_idx (a zero row without gradient), max_norm (looked-up rows renormalised in place)."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(5)
+    ids = np.array([[0, 2, 2, 4], [5, 1, 2, 5]])
+    ours = numdl.Embedding(6, 3, **kwargs)
+    ours.build((4,), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    theirs = torch.nn.Embedding(6, 3, dtype=torch.float64, **kwargs)
+    if "padding_idx" in kwargs:
+        assert not ours.params["weight"].value[kwargs["padding_idx"]].any()  # both start the row at zeros
+    weight = ours.params["weight"].value.copy()
+    with torch.no_grad():
+        theirs.weight.copy_(torch.tensor(weight))
+    for _ in range(2):  # a second pass: max_norm's rows are renormalised already
+        out = ours.forward(ids, training=True).copy()
+        dout = rng.standard_normal(out.shape)
+        ours.backward(dout)
+        theirs.zero_grad()
+        t_out = theirs(torch.tensor(ids))
+        t_out.backward(torch.tensor(dout))
+        np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ours.params["weight"].value, theirs.weight.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ours.params["weight"].grad, theirs.weight.grad.numpy(), rtol=1e-10, atol=1e-14)

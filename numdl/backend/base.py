@@ -354,9 +354,15 @@ class Ops:
     def embedding_forward(self, out, indices, weight):
         self._run("sequence", "embedding_forward", out.size, out, indices, weight)
 
-    def embedding_backward(self, dweight, dout, indices):
+    def embedding_backward(self, dweight, dout, indices, padding_idx=-1):
+        """padding_idx >= 0: that row gets no gradient."""
         self.zero_(dweight)  # the CUDA twin accumulates repeated indices with atomics
-        self._run("sequence", "embedding_backward", dout.size, dweight, dout, indices)
+        self._run("sequence", "embedding_backward", dout.size, dweight, dout, indices, np.int64(padding_idx))
+
+    def embedding_renorm(self, weight, rows, max_norm, norm_type):
+        """Scale the rows ``rows`` (distinct int64 ids) of ``weight`` whose norm exceeds max_norm, in place."""
+        self._run("sequence", "embedding_renorm", rows.size, weight, rows, self.scalar(max_norm, weight.dtype),
+                  self.scalar(norm_type, weight.dtype))
 
     # ------------------------------------------------------------------------------- attention
     def attention_forward(self, ctx, probs, qkv, lengths, heads, causal, scale):

@@ -3,7 +3,9 @@
 Shapes: x (N, T, F), lengths (N,) int64, out (N, F). ``last_step``: features below ``split`` take the
 last valid step (a forward direction), features from ``split`` on take step 0 (a reverse
 direction's final state, as PyTorch's h_n of a bidirectional RNN). ``mean``: the mean over valid steps.
-Embedding: out (N, T, D) = weight[indices]; its backward sums the rows of repeated indices.
+Embedding: out (N, T, D) = weight[indices]; its backward sums the rows of repeated indices and
+leaves the row ``padding_idx`` (>= 0; -1: none) without gradient; ``embedding_renorm`` scales rows
+whose norm exceeds ``max_norm`` (PyTorch's ``max_norm``, applied in place before the lookup).
 """
 
 
@@ -15,6 +17,19 @@ from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scala
 @scalar_math
 def last_step_position(length, split, f):
     return length - 1 if f < split else 0
+
+
+@scalar_math
+def embedding_renorm_row(weight, row, max_norm, norm_type):
+    # torch.embedding_renorm_: scale = max_norm / (norm + 1e-7) when norm > max_norm.
+    total = same_type(max_norm, 0.0)
+    for d in range(weight.shape[1]):
+        total += abs(weight[row, d]) ** norm_type
+    norm = total ** (same_type(max_norm, 1.0) / norm_type)
+    if norm > max_norm:
+        scale = max_norm / (norm + same_type(max_norm, 1e-7))
+        for d in range(weight.shape[1]):
+            weight[row, d] *= scale
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -67,14 +82,24 @@ def embedding_forward_cpu(out, indices, weight):
 
 
 @cpu_kernel
-def embedding_backward_cpu(dweight, dout, indices):
-    # Overwrites dweight; repeated indices add up.
+def embedding_backward_cpu(dweight, dout, indices, padding_idx):
+    # Overwrites dweight; repeated indices add up; the row padding_idx (if >= 0) gets no gradient.
     dweight[:] = 0
     for n in range(indices.shape[0]):
         for t in range(indices.shape[1]):
             row = indices[n, t]
+            if row == padding_idx:
+                continue
             for d in range(dweight.shape[1]):
                 dweight[row, d] += dout[n, t, d]
+
+
+@cpu_kernel
+def embedding_renorm_cpu(weight, rows, max_norm, norm_type):
+    # PyTorch's max_norm: each listed row whose norm_type-norm exceeds max_norm is scaled to it, in
+    # place (rows: the distinct ids of the batch).
+    for k in range(rows.size):
+        embedding_renorm_row(weight, rows[k], max_norm, norm_type)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -133,7 +158,7 @@ def embedding_forward_cuda(out, indices, weight):
 
 
 @cuda_kernel
-def embedding_backward_cuda(dweight, dout, indices):
+def embedding_backward_cuda(dweight, dout, indices, padding_idx):
     # Accumulates with atomics (repeated indices collide): the launcher zeroes dweight first.
     dim = dweight.shape[1]
     steps = indices.shape[1]
@@ -141,4 +166,12 @@ def embedding_backward_cuda(dweight, dout, indices):
         d = item % dim
         t = (item // dim) % steps
         n = item // (dim * steps)
-        cuda.atomic.add(dweight, (indices[n, t], d), dout[n, t, d])
+        if indices[n, t] != padding_idx:
+            cuda.atomic.add(dweight, (indices[n, t], d), dout[n, t, d])
+
+
+@cuda_kernel
+def embedding_renorm_cuda(weight, rows, max_norm, norm_type):
+    # One thread per distinct row: no two threads touch the same row.
+    for k in range(cuda.grid(1), rows.size, cuda.gridsize(1)):
+        embedding_renorm_row(weight, rows[k], max_norm, norm_type)

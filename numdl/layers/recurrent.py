@@ -217,25 +217,45 @@ class SequencePool(SequenceLayer):
 
 class Embedding(Layer):
     """Integer token ids (batch, time) -> vectors (batch, time, dim); weight (num_embeddings, dim)
-    initialised N(0, 1) as in PyTorch. Ids outside [0, num_embeddings) are refused before any kernel."""
+    initialised N(0, 1) as in PyTorch. Ids outside [0, num_embeddings) are refused before any kernel.
+
+    As PyTorch's ``nn.Embedding``: ``padding_idx`` (negative: counted from the end) names a row that
+    starts at zeros and gets no gradient (a padding token's vector stays put); ``max_norm`` scales
+    each looked-up row whose ``norm_type``-norm exceeds it back to that norm, in place, before the
+    lookup (in training and evaluation alike, as PyTorch)."""
 
     name = "embedding"
     input_dtype = "int64"
 
-    def __init__(self, num_embeddings: int, embedding_dim: int):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0):
         super().__init__()
         if num_embeddings < 1 or embedding_dim < 1:
             raise ConfigError("embedding: num_embeddings and embedding_dim must be >= 1")
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ConfigError(f"embedding: padding_idx must be in [-{num_embeddings}, {num_embeddings}), "
+                              f"got {padding_idx}")
+        if max_norm is not None and not max_norm > 0:
+            raise ConfigError(f"embedding: max_norm must be > 0, got {max_norm}")
+        if not norm_type > 0:
+            raise ConfigError(f"embedding: norm_type must be > 0, got {norm_type}")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx, self.max_norm, self.norm_type = padding_idx, max_norm, norm_type
+        # the row without gradient, as a non-negative index (-1: none)
+        self._padding_row = -1 if padding_idx is None else padding_idx % num_embeddings
 
     def hyperparameters(self):
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx, "max_norm": self.max_norm, "norm_type": self.norm_type}
 
     def setup(self, input_shape, rng):
         if len(input_shape) != 1:
             raise ShapeError(f"layer 'embedding' expects token ids (batch, time), got (batch, "
                              f"{', '.join(map(str, input_shape))})")
-        self.add_param("weight", rng.standard_normal((self.num_embeddings, self.embedding_dim)))
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim))
+        if self._padding_row >= 0:
+            weight[self._padding_row] = 0  # PyTorch's padding row starts at zeros
+        self.add_param("weight", weight)
         return (input_shape[0], self.embedding_dim)
 
     def forward(self, x, training=False):
@@ -246,10 +266,13 @@ class Embedding(Layer):
             bad = host[(host < 0) | (host >= self.num_embeddings)][0]
             raise DataError(f"token id {bad} is outside [0, {self.num_embeddings}) of layer 'embedding'")
         self._indices = self.ops.asarray(host.astype(np.int64, copy=False))
+        if self.max_norm is not None:
+            rows = self.ops.asarray(np.unique(host).astype(np.int64))
+            self.ops.embedding_renorm(self.params["weight"].value, rows, self.max_norm, self.norm_type)
         out = self.buffer("out", (x.shape[0], x.shape[1], self.embedding_dim))
         self.ops.embedding_forward(out, self._indices, self.params["weight"].value)
         return out
 
     def backward(self, dout):
-        self.ops.embedding_backward(self.params["weight"].grad, dout, self._indices)
+        self.ops.embedding_backward(self.params["weight"].grad, dout, self._indices, self._padding_row)
         return None  # token ids have no gradient
