@@ -241,3 +241,52 @@ def test_embedding_options_match_torch(kwargs):
         np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(ours.params["weight"].value, theirs.weight.detach().numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(ours.params["weight"].grad, theirs.weight.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+NORM_OPTIONS = [
+    (lambda: numdl.BatchNorm1d(momentum=None), lambda: torch.nn.BatchNorm1d(3, momentum=None), (5, 3)),
+    (lambda: numdl.BatchNorm2d(affine=False), lambda: torch.nn.BatchNorm2d(2, affine=False), (4, 2, 3, 3)),
+    (lambda: numdl.BatchNorm2d(track_running_stats=False), lambda: torch.nn.BatchNorm2d(2, track_running_stats=False),
+     (4, 2, 3, 3)),
+    (lambda: numdl.BatchNorm1d(momentum=0.3, affine=False), lambda: torch.nn.BatchNorm1d(3, momentum=0.3, affine=False),
+     (4, 3, 5)),
+    (lambda: numdl.LayerNorm([3, 4]), lambda: torch.nn.LayerNorm([3, 4]), (2, 5, 3, 4)),
+    (lambda: numdl.LayerNorm(4, bias=False, eps=1e-3), lambda: torch.nn.LayerNorm(4, bias=False, eps=1e-3), (2, 5, 4)),
+    (lambda: numdl.LayerNorm(elementwise_affine=False), lambda: torch.nn.LayerNorm(4, elementwise_affine=False),
+     (2, 5, 4)),
+]
+
+
+@pytest.mark.parametrize("make_ours, make_theirs, shape", NORM_OPTIONS, ids=[
+    "bn-cumulative", "bn-no-affine", "bn-untracked", "bn1d-seq-no-affine", "ln-last-two-axes", "ln-no-bias",
+    "ln-no-affine"])
+def test_norm_options_match_torch(make_ours, make_theirs, shape):
+    """Three training steps (forward, input and parameter gradients, running statistics), then an
+    evaluation pass, against torch in float64."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(6)
+    ours, theirs = make_ours(), make_theirs().double()
+    ours.build(shape[1:], get_ops("cpu"), np.float64, np.random.default_rng(0))
+    ours.needs_input_grad = True
+    for _ in range(3):
+        x, dout = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+        out = ours.forward(x, training=True).copy()
+        dx = ours.backward(dout)
+        theirs.train()
+        t_x = torch.tensor(x, requires_grad=True)
+        t_out = theirs(t_x)
+        t_out.backward(torch.tensor(dout))
+        np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
+        assert set(ours.params) == {name for name, _ in theirs.named_parameters()}
+        for name, p in ours.params.items():
+            t_p = getattr(theirs, name)
+            np.testing.assert_allclose(p.grad, t_p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+            t_p.grad = None
+        for name, value in ours.state.items():
+            np.testing.assert_allclose(np.asarray(value).reshape(-1), getattr(theirs, name).numpy().reshape(-1),
+                                       rtol=1e-12, atol=1e-14, err_msg=name)
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(ours.forward(x, training=False), theirs.eval()(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-10, atol=1e-12)

@@ -1,5 +1,6 @@
 """Normalisation layers: BatchNorm1d, BatchNorm2d (train/eval modes, running statistics with
-PyTorch's momentum and unbiased running variance) and LayerNorm over the last axis."""
+PyTorch's momentum and unbiased running variance) and LayerNorm over the last axes, with PyTorch's
+options (affine or not, tracked statistics or not, cumulative averages, no bias)."""
 
 import math
 
@@ -10,16 +11,27 @@ from numdl.layers.base import Layer
 
 
 class _BatchNorm(Layer):
+    """PyTorch's batch norm: statistics per channel over the batch (and positions) in training;
+    ``momentum`` weighs each batch into the running statistics (None, in a config "cumulative":
+    their cumulative average over every batch so far), used in evaluation; ``affine=False``: no learned scale and shift;
+    ``track_running_stats=False``: no running statistics, batch statistics in evaluation too."""
+
     ranks = ()
 
-    def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, momentum: float | str | None = 0.1, eps: float = 1e-5, affine: bool = True,
+                 track_running_stats: bool = True):
         super().__init__()
-        if not 0.0 <= momentum <= 1.0 or eps <= 0:
-            raise ConfigError(f"{self.name}: momentum must be in [0, 1] and eps > 0")
+        if momentum == "cumulative":  # how a TOML config, which has no None, spells momentum=None
+            momentum = None
+        if (momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0)) or eps <= 0:
+            raise ConfigError(f"{self.name}: momentum must be in [0, 1] (or None / 'cumulative': a cumulative average) "
+                              f"and eps > 0, got momentum {momentum!r}, eps {eps!r}")
         self.momentum, self.eps = momentum, eps
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
 
     def hyperparameters(self):
-        return {"momentum": self.momentum, "eps": self.eps}
+        return {"momentum": "cumulative" if self.momentum is None else self.momentum, "eps": self.eps, "affine": self.affine,
+                "track_running_stats": self.track_running_stats}
 
     def setup(self, input_shape, rng):
         if len(input_shape) not in self.ranks:
@@ -27,29 +39,57 @@ class _BatchNorm(Layer):
                              f"dimensions (batch first) but got (batch, {', '.join(map(str, input_shape))})")
         channels = input_shape[0]
         self._spatial = math.prod(input_shape[1:])
-        self.add_param("weight", np.ones(channels))
-        self.add_param("bias", np.zeros(channels))
-        self.add_state("running_mean", np.zeros(channels))
-        self.add_state("running_var", np.ones(channels))
+        if self.affine:
+            self.add_param("weight", np.ones(channels))
+            self.add_param("bias", np.zeros(channels))
+        else:  # a fixed scale of 1 and shift of 0; their gradients go to scratch
+            self._fixed = {name: self.ops.asarray(np.full(channels, value), dtype=self.dtype)
+                           for name, value in (("weight", 1.0), ("bias", 0.0))}
+            self._scratch_grads = {name: self.ops.zeros((channels,), self.dtype) for name in ("weight", "bias")}
+        if self.track_running_stats:
+            self.add_state("running_mean", np.zeros(channels))
+            self.add_state("running_var", np.ones(channels))
+            if self.momentum is None:  # the cumulative average needs the count (PyTorch's num_batches_tracked)
+                self.add_state("num_batches_tracked", np.zeros(1))
+        else:  # the training kernel updates running statistics: these take the updates and are never read
+            self._untracked = (self.ops.zeros((channels,), self.dtype),
+                               self.ops.asarray(np.ones(channels), dtype=self.dtype))
         return input_shape
 
     def _view(self, array):
         return array.reshape(array.shape[0], self.input_shape[0], self._spatial)
 
+    def _affine(self):
+        if self.affine:
+            return self.params["weight"].value, self.params["bias"].value
+        return self._fixed["weight"], self._fixed["bias"]
+
+    def _batch_momentum(self, training):
+        """The weight of this batch in the running statistics (0: they are not updated)."""
+        if not (training and self.track_running_stats):
+            return 0.0
+        if self.momentum is not None:
+            return self.momentum
+        count = self.state["num_batches_tracked"]
+        tracked = float(self.ops.to_numpy(count)[0]) + 1
+        self.state["num_batches_tracked"] = self.ops.asarray(np.array([tracked]), dtype=self.dtype)
+        return 1.0 / tracked
+
     def forward(self, x, training=False):
         n = x.shape[0]
         out = self.buffer("out", (n, self.input_shape[0], self._spatial))
-        gamma, beta = self.params["weight"].value, self.params["bias"].value
-        if training:
+        gamma, beta = self._affine()
+        if training or not self.track_running_stats:  # batch statistics
             if n * self._spatial < 2:
-                raise ShapeError(f"layer '{self.name}' needs more than one value per channel in training "
+                raise ShapeError(f"layer '{self.name}' needs more than one value per channel to take batch statistics "
                                  f"(got a batch of {n})")
             self._xhat = self.buffer("xhat", out.shape)
             self._mean = self.buffer("mean", (self.input_shape[0],))
             self._invstd = self.buffer("invstd", (self.input_shape[0],))
-            self.ops.batchnorm_train_forward(out, self._xhat, self._mean, self._invstd, self.state["running_mean"],
-                                             self.state["running_var"], self._view(x), gamma, beta, self.momentum,
-                                             self.eps)
+            running = ((self.state["running_mean"], self.state["running_var"]) if self.track_running_stats
+                       else self._untracked)
+            self.ops.batchnorm_train_forward(out, self._xhat, self._mean, self._invstd, *running, self._view(x), gamma,
+                                             beta, self._batch_momentum(training), self.eps)
         else:
             self._xhat = None
             self.ops.batchnorm_eval_forward(out, self._view(x), self.state["running_mean"], self.state["running_var"],
@@ -60,8 +100,9 @@ class _BatchNorm(Layer):
         if self._xhat is None:
             raise RuntimeError(f"{self.name}: backward after an evaluation-mode forward")
         dx = self.buffer("dx", self._xhat.shape) if self.needs_input_grad else None
-        self.ops.batchnorm_backward(dx, self.params["weight"].grad, self.params["bias"].grad, self._view(dout),
-                                    self._xhat, self._invstd, self.params["weight"].value)
+        grads = ((self.params["weight"].grad, self.params["bias"].grad) if self.affine
+                 else (self._scratch_grads["weight"], self._scratch_grads["bias"]))
+        self.ops.batchnorm_backward(dx, *grads, self._view(dout), self._xhat, self._invstd, self._affine()[0])
         return None if dx is None else dx.reshape(dout.shape)
 
 
@@ -80,37 +121,67 @@ class BatchNorm2d(_BatchNorm):
 
 
 class LayerNorm(Layer):
-    """Normalises each sample over its last axis, with a learned scale and shift per feature."""
+    """PyTorch's ``nn.LayerNorm``: normalises each sample over its last axes (``normalized_shape``,
+    their sizes; default: the last axis), then scales and shifts element-wise (``elementwise_affine``;
+    ``bias=False``: the scale only)."""
 
     name = "layernorm"
 
-    def __init__(self, eps: float = 1e-5):
+    def __init__(self, normalized_shape: int | list[int] | None = None, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True):
         super().__init__()
         if eps <= 0:
             raise ConfigError("layernorm: eps must be > 0")
-        self.eps = eps
+        shape = [normalized_shape] if isinstance(normalized_shape, int) else normalized_shape
+        if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
+            raise ConfigError(f"layernorm: normalized_shape must be a positive size or a list of them, got "
+                              f"{normalized_shape!r}")
+        self.normalized_shape = None if shape is None else [int(d) for d in shape]
+        self.eps, self.elementwise_affine, self.bias = eps, bool(elementwise_affine), bool(bias)
 
     def hyperparameters(self):
-        return {"eps": self.eps}
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.bias}
 
     def setup(self, input_shape, rng):
-        features = input_shape[-1]
-        self.add_param("weight", np.ones(features))
-        self.add_param("bias", np.zeros(features))
+        shape = tuple(self.normalized_shape or input_shape[-1:])
+        if tuple(input_shape[len(input_shape) - len(shape):]) != shape or len(shape) > len(input_shape):
+            raise ShapeError(f"layer 'layernorm': normalized_shape {list(shape)} must be the last axes of the input, "
+                             f"got input shape (batch, {', '.join(map(str, input_shape))})")
+        self._features = math.prod(shape)
+        fixed = {}
+        if self.elementwise_affine:
+            self.add_param("weight", np.ones(shape))
+            if self.bias:
+                self.add_param("bias", np.zeros(shape))
+            else:
+                fixed["bias"] = 0.0
+        else:
+            fixed = {"weight": 1.0, "bias": 0.0}
+        # fixed scale (1) and shift (0) where there is no parameter; their gradients go to scratch
+        self._fixed = {name: self.ops.asarray(np.full(self._features, value), dtype=self.dtype)
+                       for name, value in fixed.items()}
+        self._scratch_grads = {name: self.ops.zeros((self._features,), self.dtype) for name in fixed}
         return input_shape
 
+    def _flat(self, name, grad=False):
+        if name in self.params:
+            array = self.params[name].grad if grad else self.params[name].value
+            return array.reshape(self._features)
+        return self._scratch_grads[name] if grad else self._fixed[name]
+
     def forward(self, x, training=False):
-        rows = self.rows(x, self.input_shape[-1])
+        rows = self.rows(x, self._features)
         out = self.buffer("out", rows.shape)
         self._xhat = self.buffer("xhat", rows.shape)
         self._invstd = self.buffer("invstd", (rows.shape[0],))
-        self.ops.layernorm_forward(out, self._xhat, self._invstd, rows, self.params["weight"].value,
-                                   self.params["bias"].value, self.eps)
+        self.ops.layernorm_forward(out, self._xhat, self._invstd, rows, self._flat("weight"), self._flat("bias"),
+                                   self.eps)
         return out.reshape(x.shape)
 
     def backward(self, dout):
-        rows = self.rows(dout, self.input_shape[-1])
+        rows = self.rows(dout, self._features)
         dx = self.buffer("dx", rows.shape) if self.needs_input_grad else None
-        self.ops.layernorm_backward(dx, self.params["weight"].grad, self.params["bias"].grad, rows, self._xhat,
-                                    self._invstd, self.params["weight"].value)
+        self.ops.layernorm_backward(dx, self._flat("weight", grad=True), self._flat("bias", grad=True), rows,
+                                    self._xhat, self._invstd, self._flat("weight"))
         return None if dx is None else dx.reshape(dout.shape)
