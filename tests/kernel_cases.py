@@ -791,6 +791,33 @@ def _pad2d_backward(dtype, rng):
     return [np.full((2, 3, 5, 4), 7.0, dtype), dout, 2, -1], 120, {0: _pad_reference(f64(dout), -2, 1, (5, 4))}
 
 
+NUMPY_PAD_MODES = {1: "reflect", 2: "edge", 3: "wrap"}  # pad2d_mode's 1 reflect, 2 replicate, 3 circular
+
+
+def _pad2d_mode_forward(mode):
+    def make(dtype, rng):
+        x = rng.standard_normal((2, 2, 4, 5)).astype(dtype)
+        top, bottom, left, right = 2, 1, 3, 2
+        expected = np.pad(f64(x), ((0, 0), (0, 0), (top, bottom), (left, right)), mode=NUMPY_PAD_MODES[mode])
+        out = np.full(expected.shape, 7.0, dtype)
+        return [out, x, top, left, mode], out.size, {0: expected}
+    return make
+
+
+def _pad2d_mode_backward(mode):
+    def make(dtype, rng):
+        top, bottom, left, right = 2, 1, 3, 2
+        dout = rng.standard_normal((2, 2, 4 + top + bottom, 5 + left + right)).astype(dtype)
+        # the adjoint of np.pad: each padded pixel's gradient onto the pixel it copied
+        index = np.pad(np.arange(20).reshape(4, 5), ((top, bottom), (left, right)), mode=NUMPY_PAD_MODES[mode])
+        expected = np.zeros((2, 2, 20))
+        for source, grad in zip(index.ravel(), f64(dout).reshape(2, 2, -1).transpose(2, 0, 1)):
+            expected[:, :, source] += grad
+        # dx starts at zeros: the CUDA twin adds into it (its launcher zeroes it, as the embedding's)
+        return [np.zeros((2, 2, 4, 5), dtype), dout, top, left, mode], dout.size, {0: expected.reshape(2, 2, 4, 5)}
+    return make
+
+
 def upsample_reference(x, out_hw, ratios, bilinear, align_corners):
     """PyTorch's nearest / bilinear interpolation as a (out, in) matrix per axis, in float64."""
     def axis_matrix(size_in, size_out, ratio):
@@ -1092,6 +1119,8 @@ CASES = {
     ("layout", "concat_backward"): _concat_backward,
     ("layout", "pad2d_forward"): _pad2d_forward,
     ("layout", "pad2d_backward"): _pad2d_backward,
+    ("layout", "pad2d_mode_forward"): _pad2d_mode_forward(1),
+    ("layout", "pad2d_mode_backward"): _pad2d_mode_backward(1),
     ("upsample", "upsample_forward"): _upsample_forward("bilinear"),
     ("upsample", "upsample_backward"): _upsample_backward("bilinear"),
     ("conv_transpose", "conv_transpose2d_forward"): _conv_transpose_forward,
@@ -1128,6 +1157,10 @@ VARIANTS = {
     "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
     "gaussian_sample_forward_mean": (("gaussian", "gaussian_sample_forward"), _gaussian_sample_forward(False)),
     "embedding_backward_padding_idx": (("sequence", "embedding_backward"), _embedding_backward(5)),
+    "pad2d_mode_forward_replicate": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(2)),
+    "pad2d_mode_backward_replicate": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(2)),
+    "pad2d_mode_forward_circular": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(3)),
+    "pad2d_mode_backward_circular": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(3)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),

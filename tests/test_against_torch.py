@@ -290,3 +290,59 @@ def test_norm_options_match_torch(make_ours, make_theirs, shape):
     x = rng.standard_normal(shape)
     np.testing.assert_allclose(ours.forward(x, training=False), theirs.eval()(torch.tensor(x)).detach().numpy(),
                                rtol=1e-10, atol=1e-12)
+
+
+CONV_OPTIONS = [
+    (2, {"kernel_size": 3, "padding": "same"}, (2, 2, 5, 6)),
+    (2, {"kernel_size": 4, "padding": "same", "bias": False}, (2, 2, 5, 6)),          # the odd one at the bottom/right
+    (2, {"kernel_size": [2, 3], "padding": "same", "dilation": [3, 1]}, (2, 2, 7, 6)),
+    (2, {"kernel_size": 3, "padding": "valid", "groups": 2}, (2, 2, 5, 6)),
+    (2, {"kernel_size": 3, "padding": [2, 1], "padding_mode": "reflect"}, (2, 2, 5, 6)),
+    (2, {"kernel_size": 4, "padding": "same", "padding_mode": "replicate"}, (2, 2, 5, 6)),
+    (2, {"kernel_size": 3, "padding": 2, "stride": 2, "padding_mode": "circular"}, (2, 2, 5, 6)),
+    (1, {"kernel_size": 4, "padding": "same", "padding_mode": "reflect"}, (2, 2, 9)),
+    (1, {"kernel_size": 3, "padding": 2, "padding_mode": "circular", "bias": False}, (2, 2, 9)),
+]
+
+
+@pytest.mark.parametrize("dims, kwargs, shape", CONV_OPTIONS, ids=[f"conv{d}d-{i}" for i, (d, _, _) in
+                                                                    enumerate(CONV_OPTIONS)])
+def test_conv_padding_options_match_torch(dims, kwargs, shape):
+    """padding='same'/'valid', padding_mode (zeros, reflect, replicate, circular), bias=False: forward,
+    input gradient and parameter gradients against torch in float64."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(7)
+    ours = (numdl.Conv2d if dims == 2 else numdl.Conv1d)(4, **kwargs)
+    ours.build(shape[1:], get_ops("cpu"), np.float64, np.random.default_rng(0))
+    ours.needs_input_grad = True
+    theirs = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv1d)(shape[1], 4, dtype=torch.float64, **kwargs)
+    assert set(ours.params) == {name for name, _ in theirs.named_parameters()}
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(theirs, name).copy_(torch.tensor(p.value))
+    x = rng.standard_normal(shape)
+    out = ours.forward(x, training=True).copy()
+    dout = rng.standard_normal(out.shape)
+    dx = ours.backward(dout)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_out = theirs(t_x)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(theirs, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("kwargs, shape, needle", [
+    ({"kernel_size": 3, "padding": "same", "stride": 2}, (2, 5, 5), "not supported for strided convolutions"),
+    ({"kernel_size": 3, "padding": "full"}, (2, 5, 5), "padding must be a size, a list of two, 'same' or 'valid'"),
+    ({"kernel_size": 3, "padding": 1, "padding_mode": "mirror"}, (2, 5, 5), "padding_mode must be one of"),
+    ({"kernel_size": 3, "padding": 5, "padding_mode": "reflect"}, (2, 5, 5), "pads at most the input size less one"),
+])
+def test_conv_padding_errors_are_named(kwargs, shape, needle):
+    from numdl.backend import get_ops
+    from numdl.errors import NumdlError
+
+    with pytest.raises(NumdlError, match=needle):
+        numdl.Conv2d(3, **kwargs).build(shape, get_ops("cpu"), np.float32, np.random.default_rng(0))

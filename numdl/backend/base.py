@@ -283,6 +283,17 @@ class Ops:
     def pad2d_backward(self, dx, dout, top, left):
         self._run("layout", "pad2d_backward", dx.size, dx, dout, int(top), int(left))
 
+    #: pad2d_mode's modes (numdl.kernels.layout)
+    PADDING_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
+
+    def pad2d_mode_forward(self, out, x, top, left, mode):
+        """Pad x into out copying image pixels as ``mode`` (reflect, replicate, circular) says."""
+        self._run("layout", "pad2d_mode_forward", out.size, out, x, int(top), int(left), self.PADDING_MODES[mode])
+
+    def pad2d_mode_backward(self, dx, dout, top, left, mode):
+        self.zero_(dx)  # the CUDA twin adds into it with atomics
+        self._run("layout", "pad2d_mode_backward", dout.size, dx, dout, int(top), int(left), self.PADDING_MODES[mode])
+
     # --------------------------------------------------------------------------------- pooling
     def maxpool2d_forward(self, out, argmax, x, kernel, stride, padding):
         self._run("pool", "maxpool2d_forward", out.size, out, argmax, x, *kernel, *stride, *padding)

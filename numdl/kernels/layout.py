@@ -8,9 +8,31 @@ block of the upstream gradient out (both overwrite their output).
 pad2d: out (N, C, H + top + bottom, W + left + right) from x (N, C, H, W); a negative amount crops
 that side. Output pixels with no source are zero. Backward gathers the matching window of dout
 (the adjoint), so neither direction scatters: the CUDA twins need no atomics.
+
+pad2d_mode: the same shapes (padding only, no cropping), the new pixels copied from the image as
+PyTorch's padding modes say (``mode`` 1 reflect: mirrored without repeating the edge, 2 replicate:
+the edge repeated, 3 circular: wrapped around). Several output pixels read one input pixel, so
+backward scatters: the CUDA twin adds with atomics into a dx the launcher zeroed.
 """
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+
+REFLECT, REPLICATE, CIRCULAR = 1, 2, 3  # pad2d_mode's modes
+
+# --------------------------------------------------------------------------- scalar math (both targets)
+
+
+@scalar_math
+def padded_source(i, size, mode):
+    # The input index that padded index i (relative to the image: may be < 0 or >= size) copies.
+    # The layer keeps reflect's padding below size and circular's at most size: one fold suffices.
+    if 0 <= i < size:
+        return i
+    if mode == 1:
+        return -i if i < 0 else 2 * (size - 1) - i
+    if mode == 2:
+        return 0 if i < 0 else size - 1
+    return i + size if i < 0 else i - size
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
@@ -59,6 +81,32 @@ def pad2d_backward_cpu(dx, dout, top, left):
                     dx[n, c, ih, iw] = dout[n, c, oh, ow] if 0 <= oh < h_out and 0 <= ow < w_out else zero
 
 
+@cpu_kernel
+def pad2d_mode_forward_cpu(out, x, top, left, mode):
+    n_batch, channels, h_out, w_out = out.shape
+    h, w = x.shape[2], x.shape[3]
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                ih = padded_source(oh - top, h, mode)
+                for ow in range(w_out):
+                    out[n, c, oh, ow] = x[n, c, ih, padded_source(ow - left, w, mode)]
+
+
+@cpu_kernel
+def pad2d_mode_backward_cpu(dx, dout, top, left, mode):
+    # Overwrites dx: every dout pixel added onto the input pixel it copied.
+    n_batch, channels, h_out, w_out = dout.shape
+    h, w = dx.shape[2], dx.shape[3]
+    dx[:] = 0
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                ih = padded_source(oh - top, h, mode)
+                for ow in range(w_out):
+                    dx[n, c, ih, padded_source(ow - left, w, mode)] += dout[n, c, oh, ow]
+
+
 # --------------------------------------------------------------------------------------- CUDA kernels
 
 
@@ -92,6 +140,32 @@ def pad2d_forward_cuda(out, x, top, left):
             out[n, c, oh, ow] = x[n, c, ih, iw]
         else:
             out[n, c, oh, ow] = same_type(out[0, 0, 0, 0], 0.0)
+
+
+@cuda_kernel
+def pad2d_mode_forward_cuda(out, x, top, left, mode):
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        out[n, c, oh, ow] = x[n, c, padded_source(oh - top, h, mode), padded_source(ow - left, w, mode)]
+
+
+@cuda_kernel
+def pad2d_mode_backward_cuda(dx, dout, top, left, mode):
+    # dx zeroed by the launcher; one thread per dout pixel adds it onto its source.
+    channels, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
+    h, w = dx.shape[2], dx.shape[3]
+    for item in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        cuda.atomic.add(dx, (n, c, padded_source(oh - top, h, mode), padded_source(ow - left, w, mode)),
+                        dout[n, c, oh, ow])
 
 
 @cuda_kernel

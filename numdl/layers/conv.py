@@ -22,8 +22,17 @@ def conv_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 class Conv2d(Layer):
     """2-D convolution over (channels, height, width) inputs; weight (out, in / groups, kH, kW).
+
+    As PyTorch's ``nn.Conv2d``: ``padding`` is a size per side, or "valid" (none) or "same" (the
+    output as large as the input; stride 1; when the total d (k - 1) is odd the extra row and
+    column go at the bottom and right), and ``padding_mode`` fills it with zeros (the default) or
+    copies of the image: "reflect", "replicate", "circular". Zero padding on both sides alike is
+    done inside the convolution's kernels; any other is a padding pass before them.
 
     ``activation = "relu"`` fuses a ReLU into the pass that writes the output (one pass fewer than a
     separate ReLU layer, and no extra buffer). Default initialisation is PyTorch's.
@@ -32,24 +41,46 @@ class Conv2d(Layer):
     name = "conv2d"
 
     def __init__(self, out_channels: int, kernel_size: int | list[int], stride: int | list[int] = 1,
-                 padding: int | list[int] = 0, dilation: int | list[int] = 1, groups: int = 1, bias: bool = True,
-                 activation: str = "none", weight_init: str = "pytorch_default", bias_init: str = "pytorch_default"):
+                 padding: int | list[int] | str = 0, dilation: int | list[int] = 1, groups: int = 1, bias: bool = True,
+                 activation: str = "none", weight_init: str = "pytorch_default", bias_init: str = "pytorch_default",
+                 padding_mode: str = "zeros"):
         super().__init__()
         if out_channels < 1 or groups < 1 or out_channels % groups:
             raise ConfigError(f"{self.name}: out_channels ({out_channels}) must be a positive multiple of groups ({groups})")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"{self.name}: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ConfigError(f"{self.name}: padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
         self.out_channels, self.groups, self.use_bias, self.activation = out_channels, groups, bias, activation
         self.kernel_size, self.stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
-        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
-        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+        self.dilation, self.padding_mode = pair(dilation, "dilation"), padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ConfigError(f"{self.name}: padding must be a size, a list of two, 'same' or 'valid', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ConfigError(f"{self.name}: padding='same' is not supported for strided convolutions (as PyTorch)")
+        self.padding_spec = padding if isinstance(padding, str) else pair(padding, "padding")
+        # (top, bottom, left, right): "same" splits d (k - 1) with the odd one at the bottom/right
+        if padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            self.sides = (totals[0] // 2, totals[0] - totals[0] // 2, totals[1] // 2, totals[1] - totals[1] // 2)
+        elif padding == "valid":
+            self.sides = (0, 0, 0, 0)
+        else:
+            self.sides = (self.padding_spec[0], self.padding_spec[0], self.padding_spec[1], self.padding_spec[1])
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.sides) < 0:
             raise ConfigError(f"{self.name}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
+        top, bottom, left, right = self.sides
+        # zero padding alike on both sides is the kernels' own; anything else is a padding pass first
+        self.pads_first = padding_mode != "zeros" or top != bottom or left != right
+        self.padding = (0, 0) if self.pads_first else (top, left)  # what the convolution kernels apply
         self.weight_init, self.bias_init = get_initializer(weight_init), get_initializer(bias_init)
 
     def hyperparameters(self):
+        padding = self.padding_spec if isinstance(self.padding_spec, str) else list(self.padding_spec)
         return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
-                "bias": self.use_bias, "activation": self.activation}
+                "padding": padding, "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.use_bias, "activation": self.activation, "padding_mode": self.padding_mode}
 
     def _image_shape(self, input_shape):
         return self.image_shape(input_shape)
@@ -61,6 +92,16 @@ class Conv2d(Layer):
         channels, h, w = self._image_shape(input_shape)
         if channels % self.groups:
             raise ShapeError(f"layer '{self.name}': {channels} input channels are not divisible by groups={self.groups}")
+        top, bottom, left, right = self.sides
+        self._raw_image = (channels, h, w)
+        if self.pads_first:
+            limits = {"reflect": lambda pad, size: pad < size, "circular": lambda pad, size: pad <= size}
+            fits = limits.get(self.padding_mode, lambda pad, size: True)
+            if not all(fits(pad, size) for pad, size in ((top, h), (bottom, h), (left, w), (right, w))):
+                raise ShapeError(f"layer '{self.name}': padding_mode={self.padding_mode!r} pads at most "
+                                 f"{'the input size less one' if self.padding_mode == 'reflect' else 'the input size'}"
+                                 f" per side; padding {list(self.sides)} on a {h}x{w} input")
+            h, w = h + top + bottom, w + left + right
         out_hw = tuple(conv_output_size(size, k, s, p, d) for size, k, s, p, d in
                        zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
         if min(out_hw) < 1:
@@ -97,7 +138,15 @@ class Conv2d(Layer):
     def forward(self, x, training=False):
         x = self.contiguous(x, "x_copy")
         n = x.shape[0]
-        x4 = x.reshape((n,) + self._image_in)
+        x4 = x.reshape((n,) + self._raw_image)
+        if self.pads_first:  # the padded image, which the convolution then reads without padding
+            padded = self.buffer("x_padded", (n,) + self._image_in)
+            top, _, left, _ = self.sides
+            if self.padding_mode == "zeros":
+                self.ops.pad2d_forward(padded, x4, top, left)
+            else:
+                self.ops.pad2d_mode_forward(padded, x4, top, left, self.padding_mode)
+            x4 = padded
         out = self.buffer("out", (n,) + self._image_out)
         taps = self._image_in[0] * math.prod(self.kernel_size)
         self._cols = self._workspace("cols", taps, n)
@@ -111,7 +160,8 @@ class Conv2d(Layer):
     def backward(self, dout):
         dout = self.contiguous(dout, "dout_copy")
         n = dout.shape[0]
-        dx = self.buffer("dx", (n,) + self._image_in) if self.needs_input_grad else None
+        dx = self.buffer("dx_padded" if self.pads_first else "dx", (n,) + self._image_in) \
+            if self.needs_input_grad else None
         kernel_taps = math.prod(self.kernel_size)
         # dcols also holds the im2col of dout (C_out kH kW rows) on the "same"-convolution path
         rows = max(self._image_in[0], self.out_channels) * kernel_taps if self.needs_input_grad else 0
@@ -125,7 +175,16 @@ class Conv2d(Layer):
                                  dout.reshape((n,) + self._image_out), self._out, self._x, self._cols,
                                  self._weight4(weight.value), self.stride, self.padding, self.dilation, self.groups,
                                  self._relu, flipped)
-        return None if dx is None else dx.reshape((n,) + self.input_shape)
+        if dx is None:
+            return None
+        if self.pads_first:  # the padded image's gradient back onto the input's pixels
+            padded, dx = dx, self.buffer("dx", (n,) + self._raw_image)
+            top, _, left, _ = self.sides
+            if self.padding_mode == "zeros":
+                self.ops.pad2d_backward(dx, padded, top, left)
+            else:
+                self.ops.pad2d_mode_backward(dx, padded, top, left, self.padding_mode)
+        return dx.reshape((n,) + self.input_shape)
 
 
 class Conv1d(Conv2d):
@@ -134,16 +193,19 @@ class Conv1d(Conv2d):
 
     name = "conv1d"
 
-    def __init__(self, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+    def __init__(self, out_channels: int, kernel_size: int, stride: int = 1, padding: int | str = 0, dilation: int = 1,
                  groups: int = 1, bias: bool = True, activation: str = "none", weight_init: str = "pytorch_default",
-                 bias_init: str = "pytorch_default"):
-        super().__init__(out_channels, [1, kernel_size], [1, stride], [0, padding], [1, dilation], groups, bias,
-                         activation, weight_init, bias_init)
+                 bias_init: str = "pytorch_default", padding_mode: str = "zeros"):
+        # "same" / "valid" carry over: on the height-1 view the kernel's height is 1, so all of the
+        # padding lands along the length
+        super().__init__(out_channels, [1, kernel_size], [1, stride], padding if isinstance(padding, str) else
+                         [0, padding], [1, dilation], groups, bias, activation, weight_init, bias_init, padding_mode)
 
     def hyperparameters(self):
+        padding = self.padding_spec if isinstance(self.padding_spec, str) else self.padding_spec[1]
         return {"out_channels": self.out_channels, "kernel_size": self.kernel_size[1], "stride": self.stride[1],
-                "padding": self.padding[1], "dilation": self.dilation[1], "groups": self.groups,
-                "bias": self.use_bias, "activation": self.activation}
+                "padding": padding, "dilation": self.dilation[1], "groups": self.groups,
+                "bias": self.use_bias, "activation": self.activation, "padding_mode": self.padding_mode}
 
     def _image_shape(self, input_shape):
         if len(input_shape) != 2:

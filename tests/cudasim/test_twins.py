@@ -66,6 +66,8 @@ def _cnn(device):
     import numdl
 
     layers = [numdl.Reshape([1, 6, 6]), numdl.Conv2d(2, 3, padding=1, activation="relu"), numdl.BatchNorm2d(),
+              numdl.Conv2d(2, 4, padding="same", padding_mode="reflect"),  # a padding pass before the kernels
+              numdl.BatchNorm2d(momentum=None, affine=False),
               numdl.Residual([numdl.Conv2d(3, 3, stride=2, padding=1), numdl.BatchNorm2d()], activation="relu"),
               numdl.MaxPool2d(2, padding=1), numdl.AvgPool2d(2, stride=1), numdl.GlobalAvgPool2d(),
               numdl.LayerNorm(), numdl.Linear(3)]
