@@ -24,6 +24,14 @@ from numdl.model import Sequential
 from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 
+def from_torch_state_dict(model, state_dict, strict=True):
+    """Copy a PyTorch model's ``state_dict`` into a built numdl model of the same architecture (see
+    numdl.from_torch); returns {"copied": [...], "unused": [...]}."""
+    from numdl.from_torch import from_torch_state_dict as port
+
+    return port(model, state_dict, strict)
+
+
 def load_model(path, reset_optimizer=False, with_meta=False):
     """A model rebuilt from a checkpoint written by ``numdl train`` or ``model.save`` (its config is
     inside), weights, state and optimizer restored; with ``with_meta``, (model, metadata). Items are
@@ -40,7 +48,7 @@ def load_model(path, reset_optimizer=False, with_meta=False):
 
 
 __all__ = [
-    "__version__", "load_model", "hookimpl", "Sequential", "Model", "Input",
+    "__version__", "load_model", "from_torch_state_dict", "hookimpl", "Sequential", "Model", "Input",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",

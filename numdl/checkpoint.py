@@ -141,30 +141,37 @@ def clean_stale_temporaries(folder):
             pass
 
 
-def read_checkpoint(path):
-    """(tensors, metadata) of a checkpoint file, refusing anything that is not a well-formed numdl
-    safetensors file with one clear CheckpointError. Never unpickles, imports or executes."""
+def read_safetensors(path, what="safetensors file"):
+    """(path, header, {name: array}) of a safetensors file, refusing anything else (a pickle, a
+    truncated or corrupt file) with one clear CheckpointError. Never unpickles or executes."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     from numdl.fileio import regular_file
 
-    path, size = regular_file(path, "checkpoint", CheckpointError)
+    path, size = regular_file(path, what, CheckpointError)
     try:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) == 8 and struct.unpack("<Q", head)[0] > min(size, MAX_HEADER_BYTES):
                 raise CheckpointError(f"{path}: header length {struct.unpack('<Q', head)[0]} runs past the end of "
                                       f"the file or the {MAX_HEADER_BYTES} bytes a header may have; not a "
-                                      f"safetensors checkpoint (a pickle or a truncated file?)")
+                                      f"safetensors {what} (a pickle or a truncated file?)")
             raw = head + f.read()  # the header's length is sane: the file is what it says it is
     except OSError as error:
-        raise CheckpointError(f"cannot read checkpoint {path} ({error.strerror or error})") from None
+        raise CheckpointError(f"cannot read {what} {path} ({error.strerror or error})") from None
     header = _parse_header(raw, path)
     try:
         tensors = load(raw)
     except (SafetensorError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: corrupt checkpoint ({error})") from None
+        raise CheckpointError(f"{path}: corrupt {what} ({error})") from None
+    return path, header, tensors
+
+
+def read_checkpoint(path):
+    """(tensors, metadata) of a checkpoint file, refusing anything that is not a well-formed numdl
+    safetensors file with one clear CheckpointError. Never unpickles, imports or executes."""
+    path, header, tensors = read_safetensors(path, "checkpoint")
     try:
         meta = json.loads(header.get("__metadata__", {}).get("numdl", ""))
     except (json.JSONDecodeError, AttributeError, TypeError):

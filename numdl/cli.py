@@ -372,6 +372,47 @@ def predict(checkpoint, inputs, output, input_range, masks, draw, min_score):
         click.echo(text, nl=False)
 
 
+@cli.command(name="import-torch")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("weights", type=click.Path(path_type=Path), metavar="WEIGHTS.safetensors")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (default: WEIGHTS with .numdl.safetensors); numdl eval / predict read it.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, as for train.")
+@click.option("--no-eval", is_flag=True, help="Skip the test-set evaluation.")
+def import_torch(config, weights, out_path, overrides, no_eval):
+    """Bring a PyTorch model's weights into numdl: CONFIG describes the same architecture, WEIGHTS is
+    its state_dict saved with safetensors (safetensors.torch.save_file(model.state_dict(), path); no
+    pickle is ever read). Every PyTorch name is mapped onto a numdl parameter and every shape checked;
+    anything unmatched is named. The model is then evaluated on the config's test set (its data
+    normalised as the config says: the PyTorch model must have been trained on the same input) and
+    saved as a numdl checkpoint."""
+    from numdl import config as config_module
+    from numdl import train as train_module
+    from numdl.checkpoint import read_safetensors
+    from numdl.from_torch import from_torch_state_dict
+
+    try:
+        resolved = config_module.resolve(config, overrides)
+        _, _, state_dict = read_safetensors(weights, "weights file")
+        data, normalizer, data_meta = train_module.load_data(resolved)
+        x_test, y_test = data["test"]
+        model = config_module.build_model(resolved, x_test.shape[1:])
+        report = from_torch_state_dict(model, state_dict)
+        out_path = out_path or weights.with_name(weights.name.removesuffix(".safetensors") + ".numdl.safetensors")
+        if out_path.resolve() == Path(weights).resolve():
+            raise ConfigError(f"--out {out_path} would overwrite the PyTorch weights")
+        model.save(out_path, meta={"config": resolved, "normalization": normalizer.state(), **data_meta})
+        result = None if no_eval else model.evaluate(x_test, y_test, batch_size=resolved["train"]["eval_batch_size"])
+    except NumdlError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(NumdlError(f"cannot write {error.filename or out_path}: {error.strerror or error}"))
+    click.echo(f"copied {len(report['copied'])} arrays from {weights}; wrote {out_path}")
+    if result is not None:
+        accuracy = "" if result["accuracy"] is None else f"  test_acc {result['accuracy']:.4f}"
+        click.echo(f"test_loss {result['loss']:.4f}{accuracy}")
+
+
 @cli.command(name="gen-eval")
 @click.argument("samples", type=click.Path(path_type=Path), metavar="SAMPLES")
 @click.option("--features", "features", type=click.Path(path_type=Path), metavar="CHECKPOINT",

@@ -32,6 +32,11 @@ class MultiHeadAttention(SequenceLayer):
             raise ConfigError("multihead_attention: num_heads must be >= 1")
         self.num_heads, self.causal = num_heads, causal
 
+    def torch_names(self):
+        # nn.MultiheadAttention keeps the output projection as a Linear submodule
+        return {"in_proj_weight": "in_proj_weight", "in_proj_bias": "in_proj_bias",
+                "out_proj_weight": "out_proj.weight", "out_proj_bias": "out_proj.bias"}
+
     def hyperparameters(self):
         return {"num_heads": self.num_heads, "causal": self.causal}
 
@@ -117,6 +122,22 @@ class TransformerEncoderLayer(Chain):
 
     def hyperparameters(self):
         return dict(self.settings)
+
+    def torch_names(self):
+        """PyTorch's nn.TransformerEncoderLayer names: self_attn, linear1/linear2, norm1/norm2 (in
+        the order the layers run in either norm placement)."""
+        names, counts = {}, {"LayerNorm": 0, "Linear": 0}
+        for prefix, leaf in self.leaves():
+            kind = type(leaf).__name__
+            if kind == "MultiHeadAttention":
+                module = "self_attn"
+            elif kind in counts:
+                counts[kind] += 1
+                module = f"{'norm' if kind == 'LayerNorm' else 'linear'}{counts[kind]}"
+            else:
+                continue
+            names.update({f"{prefix}{ours}": f"{module}.{theirs}" for ours, theirs in leaf.torch_names().items()})
+        return names
 
     def setup(self, input_shape, rng):
         _sequence_shape(self, input_shape)

@@ -113,6 +113,15 @@ class Layer:
     def named_state(self):
         return dict(self.state)
 
+    def torch_names(self):
+        """{numdl parameter or state name: the name PyTorch's equivalent module gives it}, for
+        numdl.from_torch_state_dict. numdl keeps PyTorch's names where it can: the same by default."""
+        return {name: name for name in [*self.named_parameters(), *self.named_state()]}
+
+    def leaves(self, prefix=""):
+        """[(name prefix, layer)] of the layers that hold arrays themselves (composites: their children)."""
+        return [(prefix, self)]
+
     def buffer(self, key, shape):
         """A work array reused across steps while its shape stays (no allocation per step)."""
         array = self._buffers.get(key)

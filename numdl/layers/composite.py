@@ -31,6 +31,13 @@ class Composite(Layer):
     def named_state(self):
         return {f"{prefix}.{name}": a for prefix, layer in self._children() for name, a in layer.named_state().items()}
 
+    def torch_names(self):
+        return {f"{prefix}.{ours}": f"{prefix}.{theirs}" for prefix, layer in self._children()
+                for ours, theirs in layer.torch_names().items()}
+
+    def leaves(self, prefix=""):
+        return [leaf for name, layer in self._children() for leaf in layer.leaves(f"{prefix}{name}.")]
+
     def get_rng_state(self):
         return {prefix: layer.get_rng_state() for prefix, layer in self._children() if layer.get_rng_state()}
 
