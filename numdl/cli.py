@@ -372,6 +372,25 @@ def predict(checkpoint, inputs, output, input_range, masks, draw, min_score):
         click.echo(text, nl=False)
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ONNX file to write (opset 17, dynamic batch axis).")
+def export(checkpoint, onnx_path):
+    """Export CHECKPOINT's model to ONNX (needs numdl[onnx]): the graph model.predict computes
+    (evaluation mode), with the input normalisation left to the caller as for predict's arrays.
+    A layer ONNX cannot express here (recurrent, attention) is named in the error."""
+    from numdl.onnx_export import _onnx, export_onnx
+
+    try:
+        _onnx()  # before loading anything: a missing package is one line
+        model = numdl.load_model(checkpoint, reset_optimizer=True)
+        export_onnx(model, onnx_path)
+    except NumdlError as error:
+        _fail(error)
+    click.echo(f"wrote {onnx_path}")
+
+
 @cli.command(name="import-torch")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("weights", type=click.Path(path_type=Path), metavar="WEIGHTS.safetensors")

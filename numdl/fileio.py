@@ -27,6 +27,11 @@ def regular_file(path, what="file", error=DataError):
 def write_text_atomically(path, text):
     """Write ``text`` to ``path`` through a temporary file in the same folder: a full disk or a
     read-only folder leaves no partial file behind, and the error names the path and the cause."""
+    write_bytes_atomically(path, text.encode())
+
+
+def write_bytes_atomically(path, data):
+    """``write_text_atomically`` for bytes."""
     from numdl.errors import NumdlError
 
     path = Path(path)
@@ -36,8 +41,8 @@ def write_text_atomically(path, text):
         raise NumdlError(f"cannot write {path}: it exists and is not a regular file")
     tmp = path.parent / f".numdl-tmp-{os.getpid()}-{path.name}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,264 @@
+"""Models out to ONNX (``numdl export CHECKPOINT --onnx model.onnx``): the trained network as an ONNX
+graph (opset 17) built with the ``onnx`` package (the optional extra ``numdl[onnx]``), with a dynamic
+batch axis, for onnxruntime or any other ONNX runtime. The graph computes what ``model.predict``
+does (evaluation mode: batch norm with its running statistics, dropout off); the tests run each
+example model in onnxruntime and compare.
+
+Each layer type has an emitter below; a layer ONNX cannot express here (recurrent and attention
+layers, a plugin's) is named in the error. Sequential models and graph models (``numdl.Model``:
+concat, add, multiply, transposed convolutions, upsampling) are both exported.
+"""
+
+import math
+
+import numpy as np
+
+from numdl.errors import ConfigError
+
+OPSET = 17
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise ConfigError("exporting to ONNX needs the onnx package: pip install 'numdl[onnx]'") from None
+    return onnx, helper, numpy_helper
+
+
+class _Graph:
+    """The nodes and initializers being built, with fresh names."""
+
+    def __init__(self, dtype):
+        self.onnx, self.helper, self.numpy_helper = _onnx()
+        self.nodes, self.initializers, self.dtype, self._count = [], [], np.dtype(dtype), 0
+
+    def name(self, hint):
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def constant(self, array, hint="const", dtype=None):
+        name = self.name(hint)
+        array = np.ascontiguousarray(array, dtype=dtype or self.dtype)
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op, inputs, hint=None, **attributes):
+        out = self.name(hint or op.lower())
+        self.nodes.append(self.helper.make_node(op, list(inputs), [out], **attributes))
+        return out
+
+
+def _host(layer, array):
+    return np.asarray(layer.ops.to_numpy(array))
+
+
+def _param(layer, name):
+    return _host(layer, layer.params[name].value)
+
+
+# ------------------------------------------------------------------------------- layer emitters
+def _linear(g, layer, x):
+    out = g.node("MatMul", [x, g.constant(_param(layer, "weight").T, "weight")])  # any rank: (..., in) @ (in, out)
+    if "bias" in layer.params:
+        out = g.node("Add", [out, g.constant(_param(layer, "bias"), "bias")])
+    return _fused_relu(g, layer, out)
+
+
+def _fused_relu(g, layer, x):
+    fused = getattr(layer, "fused_relu", False) or getattr(layer, "activation", "none") == "relu"
+    return g.node("Relu", [x]) if fused else x
+
+
+def _conv(g, layer, x):
+    from numdl.layers.conv import Conv1d
+
+    one_d = isinstance(layer, Conv1d)
+    top, bottom, left, right = layer.sides
+    if layer.padding_mode == "circular":
+        raise ConfigError(f"layer {layer.name!r}: padding_mode='circular' has no ONNX opset {OPSET} Pad mode")
+    weight = _param(layer, "weight")
+    axes = slice(1, 2) if one_d else slice(0, 2)
+    pads = ([left, right] if one_d else [top, left, bottom, right])
+    if layer.padding_mode != "zeros":
+        mode = {"reflect": "reflect", "replicate": "edge"}[layer.padding_mode]
+        full = [0, 0] + pads[:len(pads) // 2] + [0, 0] + pads[len(pads) // 2:]
+        x = g.node("Pad", [x, g.constant(np.array(full, np.int64), "pads", np.int64)], mode=mode)
+        pads = [0] * len(pads)
+    inputs = [x, g.constant(weight, "weight")]
+    if "bias" in layer.params:
+        inputs.append(g.constant(_param(layer, "bias"), "bias"))
+    out = g.node("Conv", inputs, kernel_shape=list(layer.kernel_size[axes]), strides=list(layer.stride[axes]),
+                 dilations=list(layer.dilation[axes]), pads=pads, group=layer.groups)
+    return _fused_relu(g, layer, out)
+
+
+def _conv_transpose(g, layer, x):
+    inputs = [x, g.constant(_param(layer, "weight"), "weight")]
+    if "bias" in layer.params:
+        inputs.append(g.constant(_param(layer, "bias"), "bias"))
+    pad_h, pad_w = layer.padding
+    return g.node("ConvTranspose", inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                  dilations=list(layer.dilation), pads=[pad_h, pad_w, pad_h, pad_w],
+                  output_padding=list(layer.output_padding), group=layer.groups)
+
+
+def _batchnorm(g, layer, x):
+    if not layer.track_running_stats:
+        raise ConfigError(f"layer {layer.name!r}: track_running_stats=False normalises by each batch's statistics, "
+                          f"which ONNX's BatchNormalization (inference) cannot")
+    channels = layer.input_shape[0]
+    scale = _param(layer, "weight") if layer.affine else np.ones(channels)
+    bias = _param(layer, "bias") if layer.affine else np.zeros(channels)
+    inputs = [x, g.constant(scale, "scale"), g.constant(bias, "bias"),
+              g.constant(_host(layer, layer.state["running_mean"]), "mean"),
+              g.constant(_host(layer, layer.state["running_var"]), "var")]
+    return g.node("BatchNormalization", inputs, epsilon=float(layer.eps))
+
+
+def _layernorm(g, layer, x):
+    features = layer._features
+    scale = _param(layer, "weight").reshape(-1) if "weight" in layer.params else np.ones(features)
+    bias = _param(layer, "bias").reshape(-1) if "bias" in layer.params else np.zeros(features)
+    axes = len(layer.normalized_shape or [1])
+    shape = tuple(layer.input_shape[len(layer.input_shape) - axes:])
+    return g.node("LayerNormalization", [x, g.constant(scale.reshape(shape), "scale"),
+                                         g.constant(bias.reshape(shape), "bias")],
+                  axis=-axes, epsilon=float(layer.eps))
+
+
+def _gelu(g, layer, x):
+    half, one = g.constant(np.array(0.5), "half"), g.constant(np.array(1.0), "one")
+    if layer.approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+        cube = g.node("Mul", [g.node("Mul", [x, x]), x])
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.constant(np.array(0.044715), "c")])])
+        core = g.node("Tanh", [g.node("Mul", [inner, g.constant(np.array(math.sqrt(2 / math.pi)), "c")])])
+    else:  # 0.5 x (1 + erf(x / sqrt(2)))
+        core = g.node("Erf", [g.node("Mul", [x, g.constant(np.array(1 / math.sqrt(2)), "c")])])
+    return g.node("Mul", [g.node("Mul", [x, half]), g.node("Add", [core, one])])
+
+
+def _pool(op):
+    def emit(g, layer, x):
+        pad_h, pad_w = layer.padding
+        attributes = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                          pads=[pad_h, pad_w, pad_h, pad_w])
+        if op == "AveragePool":
+            attributes["count_include_pad"] = 1  # numdl's (and PyTorch's default) average counts the padding
+        return g.node(op, [x], **attributes)
+    return emit
+
+
+def _reshape(g, layer, x):
+    return g.node("Reshape", [x, g.constant(np.array([-1, *layer.output_shape], np.int64), "shape", np.int64)])
+
+
+def _residual(g, layer, x):
+    y = x
+    for child in layer.block:
+        y = _emit(g, child, [y])
+    s = x
+    for child in layer.skip:
+        s = _emit(g, child, [s])
+    out = g.node("Add", [y, s])
+    return g.node("Relu", [out]) if layer.activation == "relu" else out
+
+
+def _upsample(g, layer, x):
+    mode = "nearest" if layer.mode == "nearest" else "linear"
+    transform = "align_corners" if getattr(layer, "align_corners", False) else (
+        "asymmetric" if mode == "nearest" else "half_pixel")
+    size = np.array([1, *layer.output_shape], np.int64)  # the batch axis comes from the input's shape
+    batch = g.node("Slice", [g.node("Shape", [x]), g.constant(np.array([0], np.int64), "zero", np.int64),
+                             g.constant(np.array([1], np.int64), "one", np.int64)])
+    sizes = g.node("Concat", [batch, g.constant(size[1:], "sizes", np.int64)], axis=0)
+    empty = ""
+    return g.node("Resize", [x, empty, empty, sizes], mode=mode, coordinate_transformation_mode=transform,
+                  nearest_mode="floor")
+
+
+def _gaussian_sample(g, layer, x):
+    # evaluation: the mean, the first half of each row
+    latent = layer.output_shape[0]
+    return g.node("Slice", [x, g.constant(np.array([0], np.int64), "start", np.int64),
+                            g.constant(np.array([latent], np.int64), "end", np.int64),
+                            g.constant(np.array([1], np.int64), "axis", np.int64)])
+
+
+def _elementwise(op, **attributes):
+    return lambda g, layer, x: g.node(op, [x], **attributes)
+
+
+EMITTERS = {
+    "Linear": _linear, "Conv2d": _conv, "Conv1d": _conv, "ConvTranspose2d": _conv_transpose,
+    "BatchNorm1d": _batchnorm, "BatchNorm2d": _batchnorm, "LayerNorm": _layernorm,
+    "ReLU": lambda g, layer, x: x if layer.absorbed else g.node("Relu", [x]),
+    "LeakyReLU": lambda g, layer, x: g.node("LeakyRelu", [x], alpha=float(layer.negative_slope)),
+    "Sigmoid": _elementwise("Sigmoid"), "Tanh": _elementwise("Tanh"), "GELU": _gelu,
+    "Softmax": _elementwise("Softmax", axis=-1), "Dropout": lambda g, layer, x: x,
+    "Flatten": _elementwise("Flatten", axis=1), "Reshape": _reshape,
+    "MaxPool2d": _pool("MaxPool"), "AvgPool2d": _pool("AveragePool"),
+    "GlobalAvgPool2d": lambda g, layer, x: g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1),
+    "Residual": _residual, "Upsample": _upsample, "GaussianSample": _gaussian_sample,
+}
+MERGES = {"Concat": "Concat", "Add": "Sum", "Multiply": "Mul"}
+
+
+def _emit(g, layer, inputs):
+    kind = type(layer).__name__
+    if kind in MERGES:
+        attributes = {}
+        if kind == "Concat":
+            attributes["axis"] = layer.axis  # counted with the batch axis, as ONNX's (and PyTorch's dim)
+        return g.node(MERGES[kind], inputs, **attributes)
+    emitter = EMITTERS.get(kind)
+    if emitter is None:
+        raise ConfigError(f"layer {layer.name!r} ({kind}) has no ONNX export yet; exportable: "
+                          f"{', '.join(sorted(set(EMITTERS) | set(MERGES)))}")
+    return emitter(g, layer, inputs[0])
+
+
+def to_onnx(model):
+    """The ONNX ModelProto of a built numdl model (evaluation mode, batch axis dynamic)."""
+    g = _Graph(model.dtype)
+    element = {np.dtype("float32"): g.onnx.TensorProto.FLOAT, np.dtype("float64"): g.onnx.TensorProto.DOUBLE}
+    if np.dtype(model.dtype) not in element:
+        raise ConfigError(f"ONNX export supports float32 and float64 models, not {model.dtype}")
+    kind = element[np.dtype(model.dtype)]
+    if hasattr(model, "order"):  # a graph model
+        values, inputs = {}, []
+        for index, node in enumerate(model.input_nodes):
+            name = f"input{index}" if len(model.input_nodes) > 1 else "input"
+            inputs.append(g.helper.make_tensor_value_info(name, kind, ["batch", *node.shape]))
+            values[id(node)] = name
+        for node in model.order:
+            if node.layer is not None:
+                values[id(node)] = _emit(g, node.layer, [values[id(i)] for i in node.inputs])
+        out_names = [values[id(node)] for node in model.output_nodes]
+        out_shapes = [node.layer.output_shape for node in model.output_nodes]
+    else:
+        inputs = [g.helper.make_tensor_value_info("input", kind, ["batch", *model.input_shape])]
+        value = "input"
+        for layer in model.layers:
+            value = _emit(g, layer, [value])
+        out_names, out_shapes = [value], [model.output_shape]
+    outputs = []
+    for index, (name, shape) in enumerate(zip(out_names, out_shapes)):
+        final = "output" if len(out_names) == 1 else f"output{index}"
+        g.nodes.append(g.helper.make_node("Identity", [name], [final]))
+        outputs.append(g.helper.make_tensor_value_info(final, kind, ["batch", *shape]))
+    graph = g.helper.make_graph(g.nodes, "numdl", inputs, outputs, g.initializers)
+    proto = g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET)], producer_name="numdl")
+    g.onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(model, path):
+    """Write ``model`` to ``path`` as ONNX; returns the path."""
+    onnx, _, _ = _onnx()
+    proto = to_onnx(model)
+    from numdl.fileio import write_bytes_atomically
+
+    write_bytes_atomically(path, proto.SerializeToString())
+    return path

@@ -1,0 +1,80 @@
+"""Models out to ONNX: every example architecture ONNX can express, exported (after a little training,
+so batch-norm statistics are not the defaults) and run in onnxruntime, gives numdl's predictions
+(1e-5, float32); `numdl export` as a user runs it; what ONNX cannot express is named."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import numdl
+from helpers import write_fashion_like
+from numdl import config
+from numdl.cli import cli
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+IMAGE_EXAMPLES = ["mlp_dropout_adamw.toml", "cnn.toml", "resnet.toml", "conv_autoencoder.toml", "conv_vae.toml"]
+SCENE_EXAMPLES = ["unet.toml", "detector.toml"]
+
+
+def _run(model, x):
+    from numdl.onnx_export import to_onnx
+
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})
+
+
+@pytest.mark.parametrize("name", ["default"] + IMAGE_EXAMPLES + SCENE_EXAMPLES)
+def test_exported_example_models_predict_as_numdl_does(name):
+    rng = np.random.default_rng(0)
+    resolved = config.resolve(None if name == "default" else EXAMPLES / name)
+    shape = (1, 64, 64) if name in SCENE_EXAMPLES else (28, 28)
+    model = config.build_model(resolved, shape)
+    x = rng.random((6,) + shape).astype(np.float32)
+    if name not in SCENE_EXAMPLES:  # a few steps: batch-norm statistics away from their start
+        y = x[:, None] if name in ("conv_autoencoder.toml", "conv_vae.toml") else rng.integers(0, 10, 6)
+        model.fit(x, y, epochs=1, batch_size=3, verbose=0)
+    (out,) = _run(model, x)
+    np.testing.assert_allclose(out, model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_modes_upsampling_and_several_outputs_export():
+    x = numdl.Input((2, 5, 6))
+    wide = numdl.Upsample(scale_factor=2, mode="bilinear")(x)
+    sized = numdl.Upsample(size=[7, 9])(x)
+    reflect = numdl.Conv2d(3, 4, padding="same", padding_mode="reflect")(sized)
+    model = numdl.Model(x, [numdl.Multiply()([wide, wide]), numdl.Concat()([reflect, sized])], seed=0)
+    model.compile([numdl.MSE(), numdl.MSE()], numdl.Adam())
+    data = np.random.default_rng(1).standard_normal((3, 2, 5, 6)).astype(np.float32)
+    for ours, theirs in zip(model.predict(data), _run(model, data)):
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_numdl_export_writes_a_file_onnxruntime_runs(tmp_path):
+    data = write_fashion_like(tmp_path / "data", n_train=128, n_test=32)
+    run = tmp_path / "run"
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["train", str(EXAMPLES / "cnn.toml"), "--set", f"data.path='{data}'", "--set",
+                                  "train.epochs=1", "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(cli, ["export", str(run / "checkpoints" / "best.safetensors"), "--onnx",
+                                 str(tmp_path / "cnn.onnx")])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    model = numdl.load_model(run / "checkpoints" / "best.safetensors")
+    x = np.random.default_rng(2).standard_normal((5, 28, 28)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_onnx_cannot_express_is_named(tmp_path):
+    model = numdl.Sequential([numdl.LSTM(8), numdl.Linear(3)], input_shape=(5, 4), seed=0)
+    model.compile(numdl.CrossEntropy(), numdl.Adam())
+    path = tmp_path / "lstm.safetensors"
+    model.save(path)
+    result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "lstm.onnx")])
+    assert result.exit_code == 2 and "layer 'lstm' (LSTM) has no ONNX export yet" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "lstm.onnx").exists()
