@@ -59,16 +59,21 @@ def _timed(run):
     return time.perf_counter() - start
 
 
-def _alternate(ours, theirs, repeats):
-    """Run ``ours`` and ``theirs`` alternately ``repeats`` times each (after one warm-up call each);
-    returns the median seconds of each."""
-    ours(), theirs() if theirs else None
-    mine, others = [], []
+def _alternate(ours, theirs, repeats, third=None):
+    """Run ``ours``, ``theirs`` (and ``third``, if given) in turn ``repeats`` times each (after one
+    warm-up call each); returns the median seconds of each (two values, or three with ``third``)."""
+    for run in (ours, theirs, third):
+        if run:
+            run()
+    mine, others, thirds = [], [], []
     for _ in range(repeats):
         mine.append(_timed(ours))
         if theirs:
             others.append(_timed(theirs))
-    return statistics.median(mine), (statistics.median(others) if others else None)
+        if third:
+            thirds.append(_timed(third))
+    medians = statistics.median(mine), (statistics.median(others) if others else None)
+    return medians + (statistics.median(thirds),) if third else medians
 
 
 def _result(case, work, ours_seconds, theirs_seconds, unit="samples/s", **extra):
@@ -247,8 +252,37 @@ def model_case(kind, mode, batch_size, samples, repeats, threads):
             ours.predict(x, batch_size=batch_size)
 
     run_theirs = _torch_run(_torch(threads), kind, mode, batches, ours)
-    mine, others = _alternate(run_ours, run_theirs, repeats)
-    return _result(f"{kind} {mode} b{batch_size}", samples, mine, others, compile_seconds=compile_seconds)
+    run_ort = _onnxruntime_run(ours, batches, threads) if mode == "predict" else None
+    mine, others, *ort_seconds = _alternate(run_ours, run_theirs, repeats, run_ort)
+    result = _result(f"{kind} {mode} b{batch_size}", samples, mine, others, compile_seconds=compile_seconds)
+    if ort_seconds:
+        result["onnxruntime"] = samples / ort_seconds[0]
+        result["ratio_onnxruntime"] = result["numdl"] / result["onnxruntime"]
+    return result
+
+
+def _onnxruntime_run(model, batches, threads):
+    """onnxruntime's inference over ``batches`` of the same model exported to ONNX, or None when
+    onnx / onnxruntime are not installed or the model has a layer ONNX export does not cover."""
+    try:
+        import onnxruntime
+
+        from numdl.errors import ConfigError
+        from numdl.onnx_export import to_onnx
+
+        proto = to_onnx(model)
+    except (ImportError, ConfigError):
+        return None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run():
+        for xb, _ in batches:
+            session.run(None, {"input": xb})
+
+    return run
 
 
 def _torch_run(torch, kind, mode, batches, ours=None):
@@ -740,14 +774,20 @@ def compare(report, baseline, tolerance):
 
 def format_table(report):
     width = max([len(r["case"]) for r in report["results"]] + [4])
-    lines = [f"{'case':<{width}} {'unit':>9} {'numdl':>12} {'torch':>12} {'ratio':>7} {'compile s':>10}"]
+    onnx = any("onnxruntime" in r for r in report["results"])  # inference rows: a third column
+    extra = f" {'onnxrt':>12} {'vs ort':>7}" if onnx else ""
+    lines = [f"{'case':<{width}} {'unit':>9} {'numdl':>12} {'torch':>12} {'ratio':>7} {'compile s':>10}{extra}"]
     for r in report["results"]:
         number = (lambda v: f"{v:>12,.2f}") if r.get("unit") in ("s",) else (lambda v: f"{v:>12,.0f}")
         theirs = number(r["torch"]) if "torch" in r else f"{'-':>12}"
         ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
         compiled = f"{r['compile_seconds']:>10.2f}" if "compile_seconds" in r else f"{'':>10}"
+        third = ""
+        if onnx:
+            third = (f" {number(r['onnxruntime'])} {r['ratio_onnxruntime']:>6.2f}x" if "onnxruntime" in r
+                     else f" {'-':>12} {'-':>7}")
         lines.append(f"{r['case']:<{width}} {r.get('unit', 'samples/s'):>9} {number(r['numdl'])} {theirs} {ratio}"
-                     f" {compiled}")
+                     f" {compiled}{third}")
     lines.append(f"threads {report['threads']}, median of {report['repeats']} alternating repetitions, "
                  f"peak RSS of this process {report['peak_rss_mib']:.0f} MiB")
     if not report.get("torch", True):

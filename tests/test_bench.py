@@ -1,5 +1,6 @@
 """numdl bench: the table, JSON output and the regression comparison (on a tiny plan)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -21,6 +22,11 @@ def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     assert "mlp train b32" in result.output and "ratio" in result.output
     report = json.loads(out.read_text())
     assert {r["case"] for r in report["results"]} == {"mlp train b32", "mlp predict b64"}
+    if importlib.util.find_spec("onnxruntime"):  # inference also against onnxruntime on the exported model
+        predict = next(r for r in report["results"] if r["case"] == "mlp predict b64")
+        assert predict["onnxruntime"] > 0 and predict["ratio_onnxruntime"] == pytest.approx(
+            predict["numdl"] / predict["onnxruntime"])
+        assert "onnxrt" in result.output and "vs ort" in result.output
     faster = json.loads(out.read_text())
     for r in faster["results"]:
         r["numdl"] *= 1e6  # a baseline a million times faster: a regression however busy the machine is
