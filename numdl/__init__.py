@@ -21,7 +21,7 @@ from numdl.layers import (GELU, GRU, LSTM, Add, AvgPool2d, BatchNorm1d, BatchNor
                           TransformerEncoderLayer, Upsample)
 from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss, PixelCrossEntropy
 from numdl.model import Sequential
-from numdl.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from numdl.optim import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop
 
 
 def from_torch_state_dict(model, state_dict, strict=True):
@@ -55,6 +55,6 @@ __all__ = [
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
     "Add", "Multiply", "Crop2d", "GaussianSample",
     "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits", "PixelCrossEntropy",
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
 ]

@@ -179,17 +179,80 @@ def _sgd_step(dtype, rng):
     return args, param.size, {0: new_param, 1: new_buf}
 
 
-def _adam_step(dtype, rng):
+def _adam_step(amsgrad, maximize=False):
+    def make(dtype, rng):
+        param, m, grad = _optimizer_state(dtype, rng, 3)
+        v = np.abs(rng.standard_normal(19)).astype(dtype)
+        largest = (np.abs(rng.standard_normal(19)) * 2).astype(dtype) if amsgrad else np.empty(0, dtype)
+        lr, b1, b2, eps, wd, step = 0.01, 0.9, 0.999, 1e-8, 0.05, 3
+        bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+        g = -f64(grad) if maximize else f64(grad)
+        p = f64(param) * (1 - lr * wd)  # decoupled (AdamW)
+        new_m = b1 * f64(m) + (1 - b1) * g
+        new_v = b2 * f64(v) + (1 - b2) * g ** 2
+        used = np.maximum(f64(largest), new_v) if amsgrad else new_v
+        new_p = p - lr / bc1 * new_m / (np.sqrt(used) / math.sqrt(bc2) + eps)
+        args = [param, m, v, largest, grad, dtype(lr), dtype(b1), dtype(b2), dtype(eps), dtype(wd), True, dtype(bc1),
+                dtype(bc2), amsgrad, maximize]
+        expected = {0: new_p, 1: new_m, 2: new_v}
+        if amsgrad:
+            expected[3] = used
+        return args, param.size, expected
+    return make
+
+
+def _adagrad_step(dtype, rng):
+    param, grad = _optimizer_state(dtype, rng, 2)
+    total = np.abs(rng.standard_normal(19)).astype(dtype)
+    clr, eps, wd = 0.05, 1e-10, 0.1
+    g = -f64(grad) + wd * f64(param)  # maximize
+    new_sum = f64(total) + g * g
+    new_p = f64(param) - clr * g / (np.sqrt(new_sum) + eps)
+    return [param, total, grad, dtype(clr), dtype(eps), dtype(wd), True], param.size, {0: new_p, 1: new_sum}
+
+
+def _adamax_step(dtype, rng):
+    param, m, grad = _optimizer_state(dtype, rng, 3)
+    u = np.abs(rng.standard_normal(19)).astype(dtype)
+    clr, b1, b2, eps, wd = 0.02, 0.9, 0.99, 1e-8, 0.05
+    g = f64(grad) + wd * f64(param)
+    new_m = b1 * f64(m) + (1 - b1) * g
+    new_u = np.maximum(b2 * f64(u), np.abs(g) + eps)
+    new_p = f64(param) - clr * new_m / new_u
+    args = [param, m, u, grad, dtype(clr), dtype(b1), dtype(b2), dtype(eps), dtype(wd), False]
+    return args, param.size, {0: new_p, 1: new_m, 2: new_u}
+
+
+def _nadam_step(dtype, rng):
     param, m, grad = _optimizer_state(dtype, rng, 3)
     v = np.abs(rng.standard_normal(19)).astype(dtype)
-    lr, b1, b2, eps, wd, step = 0.01, 0.9, 0.999, 1e-8, 0.05, 3
-    bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
-    p = f64(param) * (1 - lr * wd)  # decoupled (AdamW)
-    new_m = b1 * f64(m) + (1 - b1) * f64(grad)
-    new_v = b2 * f64(v) + (1 - b2) * f64(grad) ** 2
-    new_p = p - lr / bc1 * new_m / (np.sqrt(new_v) / math.sqrt(bc2) + eps)
-    args = [param, m, v, grad, dtype(lr), dtype(b1), dtype(b2), dtype(eps), dtype(wd), True, dtype(bc1), dtype(bc2)]
+    lr, b1, b2, eps, wd, bc2, cg, cm = 0.01, 0.9, 0.999, 1e-8, 0.05, 0.003, 0.02, 0.05
+    g = f64(grad) + wd * f64(param)
+    new_m = b1 * f64(m) + (1 - b1) * g
+    new_v = b2 * f64(v) + (1 - b2) * g * g
+    denom = np.sqrt(new_v / bc2) + eps
+    new_p = f64(param) - cg * g / denom - cm * new_m / denom
+    args = [param, m, v, grad, *(dtype(a) for a in (lr, b1, b2, eps, wd)), False, dtype(bc2), dtype(cg), dtype(cm),
+            False]
     return args, param.size, {0: new_p, 1: new_m, 2: new_v}
+
+
+def _radam_step(rectified):
+    def make(dtype, rng):
+        param, m, grad = _optimizer_state(dtype, rng, 3)
+        v = np.abs(rng.standard_normal(19)).astype(dtype)
+        lr, b1, b2, eps, wd, bc1, bc2, rect = 0.01, 0.9, 0.999, 1e-8, 0.05, 0.4, 0.01, 0.7
+        p = f64(param) * (1 - lr * wd)  # decoupled
+        new_m = b1 * f64(m) + (1 - b1) * f64(grad)
+        new_v = b2 * f64(v) + (1 - b2) * f64(grad) ** 2
+        if rectified:
+            new_p = p - new_m / bc1 * lr * (math.sqrt(bc2) / (np.sqrt(new_v) + eps)) * rect
+        else:
+            new_p = p - new_m / bc1 * lr
+        args = [param, m, v, grad, *(dtype(a) for a in (lr, b1, b2, eps, wd)), True,
+                *(dtype(a) for a in (bc1, bc2, rect)), rectified, False]
+        return args, param.size, {0: new_p, 1: new_m, 2: new_v}
+    return make
 
 
 def _rmsprop_step(dtype, rng):
@@ -1076,7 +1139,11 @@ CASES = {
     ("loss", "cross_entropy_forward"): _ce_forward,
     ("loss", "cross_entropy_backward"): _ce_backward,
     ("optim", "sgd_step"): _sgd_step,
-    ("optim", "adam_step"): _adam_step,
+    ("optim", "adam_step"): _adam_step(False),
+    ("optim", "adagrad_step"): _adagrad_step,
+    ("optim", "adamax_step"): _adamax_step,
+    ("optim", "nadam_step"): _nadam_step,
+    ("optim", "radam_step"): _radam_step(True),
     ("optim", "rmsprop_step"): _rmsprop_step,
     ("dropout", "dropout_forward"): _dropout_forward,
     ("dropout", "dropout_backward"): _dropout_backward,
@@ -1157,6 +1224,8 @@ VARIANTS = {
     "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
     "gaussian_sample_forward_mean": (("gaussian", "gaussian_sample_forward"), _gaussian_sample_forward(False)),
     "embedding_backward_padding_idx": (("sequence", "embedding_backward"), _embedding_backward(5)),
+    "adam_step_amsgrad_maximize": (("optim", "adam_step"), _adam_step(True, maximize=True)),
+    "radam_step_unrectified": (("optim", "radam_step"), _radam_step(False)),
     "pad2d_mode_forward_replicate": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(2)),
     "pad2d_mode_backward_replicate": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(2)),
     "pad2d_mode_forward_circular": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(3)),

@@ -74,6 +74,20 @@ OPTIMIZERS = [
     (numdl.AdamW, torch.optim.AdamW, {"lr": 0.02, "weight_decay": 0.5, "eps": 1e-6}),
     (numdl.RMSprop, torch.optim.RMSprop, {"lr": 0.01}),
     (numdl.RMSprop, torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}),
+    (numdl.Adam, torch.optim.Adam, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
+    (numdl.AdamW, torch.optim.AdamW, {"lr": 0.01, "amsgrad": True, "maximize": True}),
+    (numdl.Adam, torch.optim.Adam, {"lr": 0.01, "maximize": True}),
+    (numdl.Adagrad, torch.optim.Adagrad, {"lr": 0.1}),
+    (numdl.Adagrad, torch.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.1,
+                                          "initial_accumulator_value": 0.3, "maximize": True}),
+    (numdl.Adamax, torch.optim.Adamax, {"lr": 0.02}),
+    (numdl.Adamax, torch.optim.Adamax, {"lr": 0.02, "betas": [0.8, 0.99], "weight_decay": 0.1, "maximize": True}),
+    (numdl.NAdam, torch.optim.NAdam, {"lr": 0.02}),
+    (numdl.NAdam, torch.optim.NAdam, {"lr": 0.02, "weight_decay": 0.1, "momentum_decay": 0.01}),
+    (numdl.NAdam, torch.optim.NAdam, {"lr": 0.02, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    (numdl.RAdam, torch.optim.RAdam, {"lr": 0.01}),  # 12 steps: past rho_t > 5, the rectified phase
+    (numdl.RAdam, torch.optim.RAdam, {"lr": 0.01, "betas": [0.9, 0.99], "weight_decay": 0.1,
+                                      "decoupled_weight_decay": True, "maximize": True}),
 ]
 
 
@@ -82,7 +96,7 @@ OPTIMIZERS = [
 def test_optimizer_trajectory_matches_torch(ours_cls, torch_cls, kwargs):
     rng = np.random.default_rng(2)
     start = rng.standard_normal(13)
-    grads = [rng.standard_normal(13) for _ in range(5)]
+    grads = [rng.standard_normal(13) for _ in range(12)]
     param = numdl.Parameter("p", start.copy(), np.zeros(13))
     ours = ours_cls(**kwargs)
     t_param = torch.nn.Parameter(torch.tensor(start.copy()))

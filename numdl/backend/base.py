@@ -208,12 +208,43 @@ class Ops:
                   self.scalar(weight_decay, d), bool(nesterov), bool(first_step))
 
     def adam_step(self, param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay,
-                  decoupled, bias_correction1, bias_correction2):
+                  decoupled, bias_correction1, bias_correction2, max_exp_avg_sq=None, maximize=False):
+        """max_exp_avg_sq: amsgrad's running maximum (None: plain Adam)."""
         d = param.dtype
+        amsgrad = max_exp_avg_sq is not None
+        maximum = self.flat(max_exp_avg_sq) if amsgrad else self.nothing(d)
         self._run("optim", "adam_step", param.size, self.flat(param), self.flat(exp_avg),
-                  self.flat(exp_avg_sq), self.flat(grad), self.scalar(lr, d), self.scalar(beta1, d),
+                  self.flat(exp_avg_sq), maximum, self.flat(grad), self.scalar(lr, d), self.scalar(beta1, d),
                   self.scalar(beta2, d), self.scalar(eps, d), self.scalar(weight_decay, d),
-                  bool(decoupled), self.scalar(bias_correction1, d), self.scalar(bias_correction2, d))
+                  bool(decoupled), self.scalar(bias_correction1, d), self.scalar(bias_correction2, d), amsgrad,
+                  bool(maximize))
+
+    def adagrad_step(self, param, state_sum, grad, clr, eps, weight_decay, maximize):
+        d = param.dtype
+        self._run("optim", "adagrad_step", param.size, self.flat(param), self.flat(state_sum), self.flat(grad),
+                  self.scalar(clr, d), self.scalar(eps, d), self.scalar(weight_decay, d), bool(maximize))
+
+    def adamax_step(self, param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+        d = param.dtype
+        self._run("optim", "adamax_step", param.size, self.flat(param), self.flat(exp_avg), self.flat(exp_inf),
+                  self.flat(grad), self.scalar(clr, d), self.scalar(beta1, d), self.scalar(beta2, d),
+                  self.scalar(eps, d), self.scalar(weight_decay, d), bool(maximize))
+
+    def nadam_step(self, param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+        d = param.dtype
+        self._run("optim", "nadam_step", param.size, self.flat(param), self.flat(exp_avg), self.flat(exp_avg_sq),
+                  self.flat(grad), *(self.scalar(v, d) for v in (lr, beta1, beta2, eps, weight_decay)),
+                  bool(decoupled), *(self.scalar(v, d) for v in (bias_correction2, grad_coefficient,
+                                                                  momentum_coefficient)), bool(maximize))
+
+    def radam_step(self, param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction1, bias_correction2, rect, rectified, maximize):
+        d = param.dtype
+        self._run("optim", "radam_step", param.size, self.flat(param), self.flat(exp_avg), self.flat(exp_avg_sq),
+                  self.flat(grad), *(self.scalar(v, d) for v in (lr, beta1, beta2, eps, weight_decay)),
+                  bool(decoupled), *(self.scalar(v, d) for v in (bias_correction1, bias_correction2, rect)),
+                  bool(rectified), bool(maximize))
 
     def rmsprop_step(self, param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
                      momentum, centered):

@@ -1,4 +1,5 @@
-"""Optimizer steps, in place over flat 1-D views of one parameter: SGD, Adam/AdamW, RMSprop.
+"""Optimizer steps, in place over flat 1-D views of one parameter: SGD, Adam/AdamW (amsgrad,
+maximize), RMSprop, Adagrad, Adamax, NAdam, RAdam.
 
 PyTorch's formulas (torch.optim, foreach=False), so hyper-parameters carry over. Scalars arrive
 already cast to the parameter's dtype; step-dependent terms (bias corrections) are computed once on
@@ -30,9 +31,9 @@ def sgd_update(param, momentum_buf, grad, lr, momentum, dampening, weight_decay,
 
 
 @scalar_math
-def adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                bias_correction1, bias_correction2, i):
-    g = grad[i]
+def adam_update(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                bias_correction1, bias_correction2, amsgrad, maximize, i):
+    g = -grad[i] if maximize else grad[i]
     if decoupled:
         param[i] *= same_type(lr, 1.0) - lr * weight_decay  # AdamW
     else:
@@ -41,8 +42,67 @@ def adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_
     v = beta2 * exp_avg_sq[i] + (same_type(beta2, 1.0) - beta2) * g * g
     exp_avg[i] = m
     exp_avg_sq[i] = v
+    if amsgrad:  # the largest second moment so far (Reddi et al.), as PyTorch keeps it
+        v = max(max_exp_avg_sq[i], v)
+        max_exp_avg_sq[i] = v
     denom = math.sqrt(v) / math.sqrt(bias_correction2) + eps
     param[i] -= (lr / bias_correction1) * m / denom
+
+
+@scalar_math
+def adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i):
+    g = -grad[i] if maximize else grad[i]
+    g = g + weight_decay * param[i]
+    total = state_sum[i] + g * g
+    state_sum[i] = total
+    param[i] -= clr * g / (math.sqrt(total) + eps)
+
+
+@scalar_math
+def adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i):
+    g = -grad[i] if maximize else grad[i]
+    g = g + weight_decay * param[i]
+    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
+    u = max(beta2 * exp_inf[i], abs(g) + eps)  # PyTorch: the max of the decayed norm and |g| + eps
+    exp_avg[i] = m
+    exp_inf[i] = u
+    param[i] -= clr * m / u
+
+
+@scalar_math
+def nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                 bias_correction2, grad_coefficient, momentum_coefficient, maximize, i):
+    # grad_coefficient = lr (1 - mu_t) / (1 - prod mu), momentum_coefficient = lr mu_{t+1} / (1 - prod mu mu_{t+1})
+    g = -grad[i] if maximize else grad[i]
+    if decoupled:
+        param[i] *= same_type(lr, 1.0) - lr * weight_decay
+    else:
+        g = g + weight_decay * param[i]
+    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
+    v = beta2 * exp_avg_sq[i] + (same_type(beta2, 1.0) - beta2) * g * g
+    exp_avg[i] = m
+    exp_avg_sq[i] = v
+    denom = math.sqrt(v / bias_correction2) + eps
+    param[i] -= grad_coefficient * g / denom + momentum_coefficient * m / denom
+
+
+@scalar_math
+def radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                 bias_correction1, bias_correction2, rect, rectified, maximize, i):
+    g = -grad[i] if maximize else grad[i]
+    if decoupled:
+        param[i] *= same_type(lr, 1.0) - lr * weight_decay
+    else:
+        g = g + weight_decay * param[i]
+    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
+    v = beta2 * exp_avg_sq[i] + (same_type(beta2, 1.0) - beta2) * g * g
+    exp_avg[i] = m
+    exp_avg_sq[i] = v
+    corrected = m / bias_correction1
+    if rectified:  # the variance is tractable: Adam's step, scaled by the rectification term
+        param[i] -= corrected * lr * (math.sqrt(bias_correction2) / (math.sqrt(v) + eps)) * rect
+    else:  # the first steps: momentum SGD
+        param[i] -= corrected * lr
 
 
 @scalar_math
@@ -76,11 +136,39 @@ def sgd_step_cpu(param, momentum_buf, grad, lr, momentum, dampening, weight_deca
 
 
 @cpu_kernel
-def adam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                  bias_correction1, bias_correction2):
+def adam_step_cpu(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                  bias_correction1, bias_correction2, amsgrad, maximize):
     for i in range(param.size):
-        adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                    bias_correction1, bias_correction2, i)
+        adam_update(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    bias_correction1, bias_correction2, amsgrad, maximize, i)
+
+
+@cpu_kernel
+def adagrad_step_cpu(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    for i in range(param.size):
+        adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i)
+
+
+@cpu_kernel
+def adamax_step_cpu(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    for i in range(param.size):
+        adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i)
+
+
+@cpu_kernel
+def nadam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+    for i in range(param.size):
+        nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction2, grad_coefficient, momentum_coefficient, maximize, i)
+
+
+@cpu_kernel
+def radam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction1, bias_correction2, rect, rectified, maximize):
+    for i in range(param.size):
+        radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction1, bias_correction2, rect, rectified, maximize, i)
 
 
 @cpu_kernel
@@ -101,11 +189,39 @@ def sgd_step_cuda(param, momentum_buf, grad, lr, momentum, dampening, weight_dec
 
 
 @cuda_kernel
-def adam_step_cuda(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                   bias_correction1, bias_correction2):
+def adam_step_cuda(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction1, bias_correction2, amsgrad, maximize):
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        adam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                    bias_correction1, bias_correction2, i)
+        adam_update(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    bias_correction1, bias_correction2, amsgrad, maximize, i)
+
+
+@cuda_kernel
+def adagrad_step_cuda(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i)
+
+
+@cuda_kernel
+def adamax_step_cuda(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i)
+
+
+@cuda_kernel
+def nadam_step_cuda(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction2, grad_coefficient, momentum_coefficient, maximize, i)
+
+
+@cuda_kernel
+def radam_step_cuda(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    bias_correction1, bias_correction2, rect, rectified, maximize):
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction1, bias_correction2, rect, rectified, maximize, i)
 
 
 @cuda_kernel

@@ -1,8 +1,11 @@
-"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam, AdamW, RMSprop, with PyTorch's formulas.
+"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam, AdamW (amsgrad, maximize), RMSprop,
+Adagrad, Adamax, NAdam, RAdam, with PyTorch's formulas.
 
 An optimizer holds hyper-parameters (what a config names) and, once ``step(params)`` first sees a
 list of parameters, one set of state buffers per parameter on the parameters' device.
 """
+
+import numpy as np
 
 from numdl.backend import ops_for
 from numdl.errors import ConfigError
@@ -88,28 +91,33 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam with L2 weight decay added to the gradient (PyTorch's ``torch.optim.Adam``)."""
+    """Adam with L2 weight decay added to the gradient (PyTorch's ``torch.optim.Adam``): ``amsgrad``
+    divides by the largest second moment so far, ``maximize`` climbs the objective."""
 
     name = "adam"
-    state_names = ("exp_avg", "exp_avg_sq")
     elementwise = True
     decoupled = False
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False):
         super().__init__(lr)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"{self.name}: betas must be two numbers in [0, 1), got {list(betas)}")
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.amsgrad, self.maximize = bool(amsgrad), bool(maximize)
+        # amsgrad's running maximum only when asked for (plain Adam's checkpoints hold two buffers)
+        self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def update(self, param, state):
         beta1, beta2 = self.betas
         ops_for(param.value).adam_step(param.value, state["exp_avg"], state["exp_avg_sq"], param.grad, self.lr,
                                  beta1, beta2, self.eps, self.weight_decay, self.decoupled,
-                                 1.0 - beta1 ** self.steps, 1.0 - beta2 ** self.steps)
+                                 1.0 - beta1 ** self.steps, 1.0 - beta2 ** self.steps,
+                                 state.get("max_exp_avg_sq"), self.maximize)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "amsgrad": self.amsgrad, "maximize": self.maximize}
 
 
 class AdamW(Adam):
@@ -119,8 +127,143 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        super().__init__(lr, betas, eps, weight_decay)
+                 weight_decay: float = 0.01, amsgrad: bool = False, maximize: bool = False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize)
+
+
+def _betas(name, betas):
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"{name}: betas must be two numbers in [0, 1), got {list(betas)}")
+    return tuple(float(b) for b in betas)
+
+
+class Adagrad(Optimizer):
+    """PyTorch's ``torch.optim.Adagrad``: each element's step divided by the root of its summed
+    squared gradients (started at ``initial_accumulator_value``), the lr decayed by ``lr_decay``."""
+
+    name = "adagrad"
+    state_names = ("sum",)
+    elementwise = True
+
+    def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False):
+        super().__init__(lr)
+        if lr_decay < 0 or initial_accumulator_value < 0:
+            raise ConfigError("adagrad: lr_decay and initial_accumulator_value must be >= 0")
+        self.lr_decay, self.weight_decay, self.eps = lr_decay, weight_decay, eps
+        self.initial_accumulator_value, self.maximize = initial_accumulator_value, bool(maximize)
+
+    def new_state(self, like):
+        ops = ops_for(like)
+        return {"sum": ops.asarray(np.full(like.shape, self.initial_accumulator_value), dtype=like.dtype)}
+
+    def update(self, param, state):
+        clr = self.lr / (1 + (self.steps - 1) * self.lr_decay)
+        ops_for(param.value).adagrad_step(param.value, state["sum"], param.grad, clr, self.eps, self.weight_decay,
+                                          self.maximize)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
+                "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps,
+                "maximize": self.maximize}
+
+
+class Adamax(Optimizer):
+    """PyTorch's ``torch.optim.Adamax``: Adam with the infinity norm in place of the second moment."""
+
+    name = "adamax"
+    state_names = ("exp_avg", "exp_inf")
+    elementwise = True
+
+    def __init__(self, lr: float = 2e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, maximize: bool = False):
+        super().__init__(lr)
+        self.betas, self.eps, self.weight_decay, self.maximize = _betas(self.name, betas), eps, weight_decay, bool(maximize)
+
+    def update(self, param, state):
+        beta1, beta2 = self.betas
+        clr = self.lr / (1 - beta1 ** self.steps)
+        ops_for(param.value).adamax_step(param.value, state["exp_avg"], state["exp_inf"], param.grad, clr, beta1,
+                                         beta2, self.eps, self.weight_decay, self.maximize)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "maximize": self.maximize}
+
+
+class NAdam(Optimizer):
+    """PyTorch's ``torch.optim.NAdam``: Adam with Nesterov momentum and its momentum schedule
+    mu_t = beta1 (1 - 0.5 0.96^(t momentum_decay)); ``decoupled_weight_decay`` as AdamW."""
+
+    name = "nadam"
+    state_names = ("exp_avg", "exp_avg_sq")
+    elementwise = True
+
+    def __init__(self, lr: float = 2e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
+                 maximize: bool = False):
+        super().__init__(lr)
+        self.betas, self.eps, self.weight_decay = _betas(self.name, betas), eps, weight_decay
+        self.momentum_decay, self.decoupled_weight_decay = momentum_decay, bool(decoupled_weight_decay)
+        self.maximize = bool(maximize)
+
+    def _mu(self, step):
+        return self.betas[0] * (1.0 - 0.5 * 0.96 ** (step * self.momentum_decay))
+
+    def update(self, param, state):
+        beta1, beta2 = self.betas
+        t = self.steps
+        # the product of every mu so far: recomputed from the step count (a resumed run needs no
+        # extra state), the same for every parameter; in float32, as PyTorch keeps it (a float32
+        # tensor under its default dtype), so trajectories agree to the last bits
+        product = np.float32(1.0)
+        for step in range(1, t + 1):
+            product = np.float32(product * np.float32(self._mu(step)))
+        product = float(product)
+        mu, mu_next = self._mu(t), self._mu(t + 1)
+        grad_coefficient = self.lr * (1.0 - mu) / (1.0 - product)
+        momentum_coefficient = self.lr * mu_next / (1.0 - product * mu_next)
+        ops_for(param.value).nadam_step(param.value, state["exp_avg"], state["exp_avg_sq"], param.grad, self.lr,
+                                        beta1, beta2, self.eps, self.weight_decay, self.decoupled_weight_decay,
+                                        1.0 - beta2 ** t, grad_coefficient, momentum_coefficient, self.maximize)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "momentum_decay": self.momentum_decay, "decoupled_weight_decay": self.decoupled_weight_decay,
+                "maximize": self.maximize}
+
+
+class RAdam(Optimizer):
+    """PyTorch's ``torch.optim.RAdam``: Adam whose adaptive step is switched on, and scaled by the
+    rectification term, once the second moment's variance is tractable (rho_t > 5); momentum SGD
+    before that. ``decoupled_weight_decay`` as AdamW."""
+
+    name = "radam"
+    state_names = ("exp_avg", "exp_avg_sq")
+    elementwise = True
+
+    def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False):
+        super().__init__(lr)
+        self.betas, self.eps, self.weight_decay = _betas(self.name, betas), eps, weight_decay
+        self.decoupled_weight_decay, self.maximize = bool(decoupled_weight_decay), bool(maximize)
+
+    def update(self, param, state):
+        beta1, beta2 = self.betas
+        t = self.steps
+        bias_correction1, bias_correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
+        rectified = rho_t > 5.0
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified \
+            else 0.0
+        ops_for(param.value).radam_step(param.value, state["exp_avg"], state["exp_avg_sq"], param.grad, self.lr,
+                                        beta1, beta2, self.eps, self.weight_decay, self.decoupled_weight_decay,
+                                        bias_correction1, bias_correction2, rect, rectified, self.maximize)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "decoupled_weight_decay": self.decoupled_weight_decay, "maximize": self.maximize}
 
 
 class RMSprop(Optimizer):
@@ -144,4 +287,4 @@ class RMSprop(Optimizer):
                 "momentum": self.momentum, "centered": self.centered}
 
 
-BUILTIN_OPTIMIZERS = (SGD, Adam, AdamW, RMSprop)
+BUILTIN_OPTIMIZERS = (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam)
