@@ -138,7 +138,7 @@ def test_builtins_come_through_the_hooks():
     def builtin(kind):
         return sorted(name for name, entry in items[kind].items() if entry.source == "numdl")
 
-    assert builtin("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
+    assert builtin("optimizer") == ["adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
     assert builtin("loss") == ["bce_with_logits", "centernet", "cross_entropy", "huber", "mae", "mse",
                                "pixel_cross_entropy"]
     assert builtin("dataset") == ["fashion_mnist", "fashion_scenes", "table"]
