@@ -23,6 +23,13 @@ REFLECT, REPLICATE, CIRCULAR = 1, 2, 3  # pad2d_mode's modes
 
 
 @scalar_math
+def nchw_position(item, channels, height, width):
+    # (n, c, h, w) of flat index ``item`` in an (N, C, H, W) array: the CUDA twins' one thread per element.
+    return (item // (width * height * channels), (item // (width * height)) % channels, (item // width) % height,
+            item % width)
+
+
+@scalar_math
 def padded_source(i, size, mode):
     # The input index that padded index i (relative to the image: may be < 0 or >= size) copies.
     # The layer keeps reflect's padding below size and circular's at most size: one fold suffices.
@@ -131,10 +138,7 @@ def pad2d_forward_cuda(out, x, top, left):
     channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     h, w = x.shape[2], x.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         ih, iw = oh - top, ow - left
         if 0 <= ih < h and 0 <= iw < w:
             out[n, c, oh, ow] = x[n, c, ih, iw]
@@ -147,10 +151,7 @@ def pad2d_mode_forward_cuda(out, x, top, left, mode):
     channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     h, w = x.shape[2], x.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         out[n, c, oh, ow] = x[n, c, padded_source(oh - top, h, mode), padded_source(ow - left, w, mode)]
 
 
@@ -160,10 +161,7 @@ def pad2d_mode_backward_cuda(dx, dout, top, left, mode):
     channels, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
     h, w = dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         cuda.atomic.add(dx, (n, c, padded_source(oh - top, h, mode), padded_source(ow - left, w, mode)),
                         dout[n, c, oh, ow])
 
@@ -173,10 +171,7 @@ def pad2d_backward_cuda(dx, dout, top, left):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     h_out, w_out = dout.shape[2], dout.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = item % w
-        ih = (item // w) % h
-        c = (item // (w * h)) % channels
-        n = item // (w * h * channels)
+        n, c, ih, iw = nchw_position(item, channels, h, w)
         oh, ow = ih + top, iw + left
         if 0 <= oh < h_out and 0 <= ow < w_out:
             dx[n, c, ih, iw] = dout[n, c, oh, ow]
