@@ -10,7 +10,9 @@ Every epoch writes RUN/samples-NNN.png (a 10x10 grid from the same fixed noise, 
 training progress) and, with --tensorboard, the grid and both losses to RUN/tensorboard. At the end:
 RUN/samples.npy (5,000 samples as 0-255 pixels) and RUN/report.json with their FID and KID against
 the test set on numdl's Fashion-MNIST features (and those of the untrained generator's samples, the
-baseline), and the share of the samples numdl's classifier assigns to each class.
+baseline), and the share of the samples numdl's classifier assigns to each class. Measured here
+(benchmarks/RESULTS.md): FID 58 after 10 epochs against 837 untrained, all ten classes at 8.5-12%,
+2.6 minutes an epoch on 2 quiet cores.
 """
 
 import argparse
