@@ -143,9 +143,9 @@ def _pool(op):
     def emit(g, layer, x):
         pad_h, pad_w = layer.padding
         attributes = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                          pads=[pad_h, pad_w, pad_h, pad_w])
+                          pads=[pad_h, pad_w, pad_h, pad_w], ceil_mode=int(layer.ceil_mode))
         if op == "AveragePool":
-            attributes["count_include_pad"] = 1  # numdl's (and PyTorch's default) average counts the padding
+            attributes["count_include_pad"] = int(layer.count_include_pad)
         return g.node(op, [x], **attributes)
     return emit
 

@@ -480,7 +480,7 @@ def _maxpool_backward(dtype, rng):
 def _avgpool_forward(dtype, rng):
     x = _pool_x(dtype, rng)
     ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], 0.0).mean(-1)
-    return [np.zeros(ref.shape, dtype), x, *_pool_args()], ref.size, {0: ref}
+    return [np.zeros(ref.shape, dtype), x, *_pool_args(), True], ref.size, {0: ref}
 
 
 def _avgpool_backward(dtype, rng):
@@ -492,7 +492,34 @@ def _avgpool_backward(dtype, rng):
         basis = np.zeros(x.shape)
         basis[idx] = 1.0
         dx[idx] = (_pool_windows(basis, POOL["k"], POOL["stride"], POOL["pad"], 0.0).mean(-1) * f64(dout)).sum()
-    return [np.zeros_like(x), dout, *_pool_args()], x.size, {0: dx}
+    return [np.zeros_like(x), dout, *_pool_args(), True], x.size, {0: dx}
+
+
+def _avgpool_exclude_pad(direction):
+    """count_include_pad=False on a ceil_mode-sized output (3x3 windows, stride 2, padding 1 on 5x6):
+    each window averages the image pixels it covers; the reference is that rule written out."""
+    def windows(x, dout=None):
+        n_batch, channels, h, w = x.shape
+        h_out, w_out = 3, 4  # ceil((5 + 2 - 3) / 2) + 1 = 3; ceil((6 + 2 - 3) / 2) + 1 = 4, last starts at 5 < 6 + 1
+        out, dx = np.zeros((n_batch, channels, h_out, w_out)), np.zeros(x.shape)
+        for oh, ow in np.ndindex(h_out, w_out):
+            top, left = oh * 2 - 1, ow * 2 - 1
+            rows, cols = slice(max(top, 0), min(top + 3, h)), slice(max(left, 0), min(left + 3, w))
+            count = (rows.stop - rows.start) * (cols.stop - cols.start)
+            out[:, :, oh, ow] = x[:, :, rows, cols].sum(axis=(2, 3)) / count
+            if dout is not None:
+                dx[:, :, rows, cols] += dout[:, :, oh, ow][:, :, None, None] / count
+        return out, dx
+
+    def make(dtype, rng):
+        x = rng.standard_normal((2, 2, 5, 6)).astype(dtype)
+        if direction == "forward":
+            out, _ = windows(f64(x))
+            return [np.zeros(out.shape, dtype), x, 3, 3, 2, 2, 1, 1, False], out.size, {0: out}
+        dout = rng.standard_normal((2, 2, 3, 4)).astype(dtype)
+        _, dx = windows(f64(x), f64(dout))
+        return [np.zeros_like(x), dout, 3, 3, 2, 2, 1, 1, False], x.size, {0: dx}
+    return make
 
 
 # --------------------------------------------------------------------------------- normalisation
@@ -1224,6 +1251,8 @@ VARIANTS = {
     "linear_backward_fused_relu": (("linear", "linear_backward"), lambda d, r: _linear_backward(d, r, relu=True)),
     "gaussian_sample_forward_mean": (("gaussian", "gaussian_sample_forward"), _gaussian_sample_forward(False)),
     "embedding_backward_padding_idx": (("sequence", "embedding_backward"), _embedding_backward(5)),
+    "avgpool2d_forward_exclude_pad_ceil": (("pool", "avgpool2d_forward"), _avgpool_exclude_pad("forward")),
+    "avgpool2d_backward_exclude_pad_ceil": (("pool", "avgpool2d_backward"), _avgpool_exclude_pad("backward")),
     "adam_step_amsgrad_maximize": (("optim", "adam_step"), _adam_step(True, maximize=True)),
     "radam_step_unrectified": (("optim", "radam_step"), _radam_step(False)),
     "pad2d_mode_forward_replicate": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(2)),

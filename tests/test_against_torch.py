@@ -350,3 +350,27 @@ def test_conv_padding_errors_are_named(kwargs, shape, needle):
 
     with pytest.raises(NumdlError, match=needle):
         numdl.Conv2d(3, **kwargs).build(shape, get_ops("cpu"), np.float32, np.random.default_rng(0))
+
+
+POOL_OPTIONS = [
+    (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, (2, 7, 6)),
+    (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": 2, "ceil_mode": True}, (2, 5, 7)),  # half windows
+    (numdl.AvgPool2d, torch.nn.AvgPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, (2, 7, 6)),
+    (numdl.AvgPool2d, torch.nn.AvgPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
+     (2, 7, 6)),
+    (numdl.AvgPool2d, torch.nn.AvgPool2d, {"kernel_size": [3, 2], "stride": 2, "padding": 1, "ceil_mode": True,
+                                           "count_include_pad": False}, (2, 5, 6)),
+]
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, kwargs, shape", POOL_OPTIONS,
+                         ids=[f"{o.name}-{i}" for i, (o, _, _, _) in enumerate(POOL_OPTIONS)])
+def test_pool_options_match_torch(ours_cls, torch_cls, kwargs, shape):
+    """ceil_mode (output sizes and the windows that hang over the edge) and count_include_pad=False."""
+    from numdl.backend import get_ops
+
+    ours = ours_cls(**kwargs)
+    ours.build(shape, get_ops("cpu"), np.float64, np.random.default_rng(0))
+    theirs = torch_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    rng = np.random.default_rng(8)
+    _assert_step_matches_torch(ours, theirs, rng.standard_normal((3,) + shape), rng)

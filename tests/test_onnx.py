@@ -78,3 +78,12 @@ def test_a_layer_onnx_cannot_express_is_named(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "lstm.onnx")])
     assert result.exit_code == 2 and "layer 'lstm' (LSTM) has no ONNX export yet" in result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "lstm.onnx").exists()
+
+
+@pytest.mark.parametrize("layer", [numdl.MaxPool2d(3, 2, 1, ceil_mode=True), numdl.AvgPool2d(3, 2, 1, ceil_mode=True),
+                                   numdl.AvgPool2d([3, 2], 2, 1, ceil_mode=True, count_include_pad=False)],
+                         ids=["max-ceil", "avg-ceil", "avg-ceil-exclude-pad"])
+def test_pooling_options_export(layer):
+    model = numdl.Sequential([layer], input_shape=(2, 7, 6), seed=0)
+    x = np.random.default_rng(3).standard_normal((3, 2, 7, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], model.predict(x), rtol=1e-5, atol=1e-6)

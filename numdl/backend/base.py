@@ -332,11 +332,12 @@ class Ops:
     def maxpool2d_backward(self, dx, dout, argmax, kernel, stride, padding):
         self._run("pool", "maxpool2d_backward", dx.size, dx, dout, argmax, *kernel, *stride, *padding)
 
-    def avgpool2d_forward(self, out, x, kernel, stride, padding):
-        self._run("pool", "avgpool2d_forward", out.size, out, x, *kernel, *stride, *padding)
+    def avgpool2d_forward(self, out, x, kernel, stride, padding, count_include_pad=True):
+        self._run("pool", "avgpool2d_forward", out.size, out, x, *kernel, *stride, *padding, bool(count_include_pad))
 
-    def avgpool2d_backward(self, dx, dout, kernel, stride, padding):
-        self._run("pool", "avgpool2d_backward", dx.size, dx, dout, *kernel, *stride, *padding)
+    def avgpool2d_backward(self, dx, dout, kernel, stride, padding, count_include_pad=True):
+        self._run("pool", "avgpool2d_backward", dx.size, dx, dout, *kernel, *stride, *padding,
+                  bool(count_include_pad))
 
     # --------------------------------------------------------------------------- normalisation
     def batchnorm_train_forward(self, out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,

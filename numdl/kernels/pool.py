@@ -1,7 +1,9 @@
-"""2-D max and average pooling (PyTorch semantics: floor output size, implicit -inf padding for max,
-zero padding counted in the average as with ``count_include_pad=True``).
+"""2-D max and average pooling (PyTorch semantics: implicit -inf padding for max; the average's
+divisor is the window clipped to the padded image with ``count_include_pad``, else the number of
+image pixels it covers).
 
-Shapes: x (N, C, H, W); out (N, C, H_out, W_out), H_out = (H + 2 pad_h - kH) // stride_h + 1;
+Shapes: x (N, C, H, W); out (N, C, H_out, W_out), H_out = (H + 2 pad_h - kH) // stride_h + 1, or one
+more with ceil_mode (the layer sizes out; a last window that starts past the padded image is dropped);
 argmax (N, C, H_out, W_out) int64, the flat index h W + w of each maximum inside its (n, c) plane.
 Backward overwrites dx. The CPU scatters each output gradient; the CUDA twin gathers per input
 element (no atomics), looking through the windows that cover it.
@@ -38,7 +40,17 @@ def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, o
 
 
 @scalar_math
-def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
+def avg_divisor(h, w, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, count_include_pad):
+    # PyTorch's: the window clipped to the padded image (with count_include_pad), else to the image.
+    top, left = oh * stride_h - pad_h, ow * stride_w - pad_w
+    bottom, right = min(top + kh, h + pad_h), min(left + kw, w + pad_w)
+    if not count_include_pad:
+        top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    return max((bottom - top) * (right - left), 1)
+
+
+@scalar_math
+def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad, n, c, oh, ow):
     h, w = x.shape[2], x.shape[3]
     acc = same_type(x[0, 0, 0, 0], 0.0)
     for i in range(kh):
@@ -49,7 +61,8 @@ def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
             iw = ow * stride_w - pad_w + j
             if 0 <= iw < w:
                 acc += x[n, c, ih, iw]
-    out[n, c, oh, ow] = acc / same_type(acc, kh * kw)
+    divisor = avg_divisor(h, w, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, count_include_pad)
+    out[n, c, oh, ow] = acc / same_type(acc, divisor)
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -59,11 +72,12 @@ def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
 def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
     # Branch-free: maxima sit at random places in a window, and a compare-and-branch per element
     # mispredicts half the time (that cost ~30 ms for a 128x32x28x28 batch; this takes ~2-10 ms).
-    if kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0:
-        _maxpool2x2_forward(out, argmax, x)
-        return
     n_batch, channels, h_out, w_out = out.shape
     h, w = x.shape[2], x.shape[3]
+    if (kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
+            and 2 * h_out <= h and 2 * w_out <= w):  # (ceil_mode's last half window takes the general path)
+        _maxpool2x2_forward(out, argmax, x)
+        return
     for n in range(n_batch):
         for c in range(channels):
             plane = x[n, c]
@@ -123,26 +137,27 @@ def maxpool2d_backward_cpu(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, 
 
 
 @cpu_kernel
-def avgpool2d_forward_cpu(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def avgpool2d_forward_cpu(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
     n_batch, channels, h_out, w_out = out.shape
     for n in range(n_batch):
         for c in range(channels):
             for oh in range(h_out):
                 for ow in range(w_out):
-                    avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+                    avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad, n, c, oh, ow)
 
 
 @cpu_kernel
-def avgpool2d_backward_cpu(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def avgpool2d_backward_cpu(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
     n_batch, channels, h_out, w_out = dout.shape
     h, w = dx.shape[2], dx.shape[3]
     dx[:] = 0
-    inv = same_type(dout[0, 0, 0, 0], 1.0) / same_type(dout[0, 0, 0, 0], kh * kw)
+    one = same_type(dout[0, 0, 0, 0], 1.0)
     for n in range(n_batch):
         for c in range(channels):
             for oh in range(h_out):
                 for ow in range(w_out):
-                    g = dout[n, c, oh, ow] * inv
+                    divisor = avg_divisor(h, w, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, count_include_pad)
+                    g = dout[n, c, oh, ow] * (one / same_type(one, divisor))
                     for i in range(kh):
                         ih = oh * stride_h - pad_h + i
                         if ih < 0 or ih >= h:
@@ -168,9 +183,11 @@ def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pa
 
 
 @scalar_math
-def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, ih, iw, w):
-    # Sum of dout over the windows covering input (ih, iw); with use_argmax only the windows whose
-    # maximum it was. Gather instead of scatter: one writer per input element, no atomics.
+def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad,
+                           n, c, ih, iw, h, w):
+    # Sum of dout over the windows covering input (ih, iw): with use_argmax only the windows whose
+    # maximum it was, else each divided by its average's divisor. Gather instead of scatter: one
+    # writer per input element, no atomics.
     h_out, w_out = dout.shape[2], dout.shape[3]
     acc = same_type(dout[0, 0, 0, 0], 0.0)
     for i in range(kh):
@@ -179,9 +196,15 @@ def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w,
             continue
         for j in range(kw):
             ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
-            # same_type: avg pooling passes dout as a stand-in argmax; its float compare must stay float32
-            if ow >= 0 and (not use_argmax or argmax[n, c, oh, ow] == same_type(argmax[0, 0, 0, 0], ih * w + iw)):
-                acc += dout[n, c, oh, ow]
+            if ow < 0:
+                continue
+            if use_argmax:
+                # same_type: avg pooling passes dout as a stand-in argmax; its float compare must stay float32
+                if argmax[n, c, oh, ow] == same_type(argmax[0, 0, 0, 0], ih * w + iw):
+                    acc += dout[n, c, oh, ow]
+            else:
+                divisor = avg_divisor(h, w, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, count_include_pad)
+                acc += dout[n, c, oh, ow] / same_type(acc, divisor)
     return acc
 
 
@@ -194,27 +217,27 @@ def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h,
         c = (item // (w * h)) % channels
         n = item // (w * h * channels)
         dx[n, c, ih, iw] = gather_window_gradient(dout, argmax, True, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                                                  n, c, ih, iw, w)
+                                                  True, n, c, ih, iw, h, w)
 
 
 @cuda_kernel
-def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
     n_batch, channels, h_out, w_out = out.shape
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         ow = item % w_out
         oh = (item // w_out) % h_out
         c = (item // (w_out * h_out)) % channels
         n = item // (w_out * h_out * channels)
-        avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+        avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad, n, c, oh, ow)
 
 
 @cuda_kernel
-def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         iw = item % w
         ih = (item // w) % h
         c = (item // (w * h)) % channels
         n = item // (w * h * channels)
-        acc = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, ih, iw, w)
-        dx[n, c, ih, iw] = acc / same_type(acc, kh * kw)
+        dx[n, c, ih, iw] = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                                                  count_include_pad, n, c, ih, iw, h, w)

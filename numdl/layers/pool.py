@@ -7,24 +7,39 @@ from numdl.layers.base import Layer
 from numdl.layers.conv import conv_output_size, pair
 
 
+def pooled_size(size, kernel, stride, padding, ceil_mode):
+    """PyTorch's pooling output size: floor, or with ceil_mode one more window when the last one
+    still starts inside the (left-padded) input."""
+    if not ceil_mode:
+        return conv_output_size(size, kernel, stride, padding, 1)
+    out = -(-(size + 2 * padding - kernel) // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
 class _Pool2d(Layer):
+    """``ceil_mode`` (as PyTorch): the output size rounds up, the last window may hang over the edge."""
+
     def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
-                 padding: int | list[int] = 0):
+                 padding: int | list[int] = 0, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride") if stride is not None else self.kernel_size
         self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
         if min(self.kernel_size + self.stride) < 1 or min(self.padding) < 0:
             raise ConfigError(f"{self.name}: kernel_size and stride must be >= 1, padding >= 0")
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ConfigError(f"{self.name}: padding must be at most half the kernel size (as in PyTorch)")
 
     def hyperparameters(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "ceil_mode": self.ceil_mode}
 
     def setup(self, input_shape, rng):
         channels, h, w = self.image_shape(input_shape)
-        out_hw = tuple(conv_output_size(size, k, s, p, 1)
+        out_hw = tuple(pooled_size(size, k, s, p, self.ceil_mode)
                        for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding))
         if min(out_hw) < 1:
             raise ShapeError(f"layer '{self.name}': input {h}x{w} is smaller than the window {self.kernel_size}")
@@ -53,18 +68,27 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling; zero padding counts in the average (PyTorch's count_include_pad=True)."""
+    """Average pooling as PyTorch's: zero padding counts in the average (``count_include_pad``, the
+    default) or not (then each window averages the image pixels it covers)."""
 
     name = "avgpool2d"
 
+    def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
+                 padding: int | list[int] = 0, ceil_mode: bool = False, count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "count_include_pad": self.count_include_pad}
+
     def forward(self, x, training=False):
         out = self.buffer("out", (x.shape[0],) + self.output_shape)
-        self.ops.avgpool2d_forward(out, x, self.kernel_size, self.stride, self.padding)
+        self.ops.avgpool2d_forward(out, x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
         return out
 
     def backward(self, dout):
         dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
-        self.ops.avgpool2d_backward(dx, dout, self.kernel_size, self.stride, self.padding)
+        self.ops.avgpool2d_backward(dx, dout, self.kernel_size, self.stride, self.padding, self.count_include_pad)
         return dx
 
 
