@@ -14,7 +14,7 @@ from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, 
                           ShapeError)
 from numdl.hookspecs import hookimpl
 from numdl.graph import Input, Model
-from numdl.layers import (GELU, GRU, LSTM, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
+from numdl.layers import (GELU, GRU, LSTM, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
                           ConvTranspose2d, Crop2d, Dropout, Embedding, GaussianSample, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
                           LeakyReLU, Linear, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
                           PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
@@ -53,7 +53,7 @@ __all__ = [
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
-    "Add", "Multiply", "Crop2d", "GaussianSample",
+    "Add", "Multiply", "Crop2d", "GaussianSample", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits", "PixelCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",

@@ -150,6 +150,17 @@ def _pool(op):
     return emit
 
 
+def _adaptive_pool(g, layer, x):
+    # ONNX has no adaptive pooling: windows that tile the input evenly are a plain pool
+    (_, h, w), (_, out_h, out_w) = layer.input_shape, layer.output_shape
+    if h % out_h or w % out_w:
+        raise ConfigError(f"layer {layer.name!r}: adaptive pooling of {h}x{w} to {out_h}x{out_w} has uneven windows, "
+                          f"which ONNX cannot express")
+    op = "AveragePool" if layer.kind == "avg" else "MaxPool"
+    kernel = [h // out_h, w // out_w]
+    return g.node(op, [x], kernel_shape=kernel, strides=kernel)
+
+
 def _reshape(g, layer, x):
     return g.node("Reshape", [x, g.constant(np.array([-1, *layer.output_shape], np.int64), "shape", np.int64)])
 
@@ -201,6 +212,7 @@ EMITTERS = {
     "MaxPool2d": _pool("MaxPool"), "AvgPool2d": _pool("AveragePool"),
     "GlobalAvgPool2d": lambda g, layer, x: g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1),
     "Residual": _residual, "Upsample": _upsample, "GaussianSample": _gaussian_sample,
+    "AdaptiveAvgPool2d": _adaptive_pool, "AdaptiveMaxPool2d": _adaptive_pool,
 }
 MERGES = {"Concat": "Concat", "Add": "Sum", "Multiply": "Mul"}
 

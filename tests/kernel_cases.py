@@ -522,6 +522,42 @@ def _avgpool_exclude_pad(direction):
     return make
 
 
+def _adaptive_windows(size, out):
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def _adaptive_pool(kind, direction):
+    """Adaptive pooling of 5x7 to 3x4 (overlapping windows on both axes), written out window by window."""
+    def make(dtype, rng):
+        x = rng.standard_normal((2, 2, 5, 7)).astype(dtype)
+        rows, cols = _adaptive_windows(5, 3), _adaptive_windows(7, 4)
+        out, argmax = np.zeros((2, 2, 3, 4)), np.zeros((2, 2, 3, 4), np.int64)
+        for (oh, (t, b)), (ow, (l, r)) in ((a, c) for a in enumerate(rows) for c in enumerate(cols)):
+            window = f64(x)[:, :, t:b, l:r]
+            if kind == "avg":
+                out[:, :, oh, ow] = window.mean(axis=(2, 3))
+            else:
+                flat = window.reshape(2, 2, -1).argmax(-1)
+                out[:, :, oh, ow] = window.reshape(2, 2, -1).max(-1)
+                argmax[:, :, oh, ow] = (t + flat // (r - l)) * 7 + l + flat % (r - l)
+        if direction == "forward":
+            if kind == "avg":
+                return [np.zeros(out.shape, dtype), x], out.size, {0: out}
+            return [np.zeros(out.shape, dtype), np.zeros(out.shape, np.int64), x], out.size, {0: out}
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx = np.zeros(x.shape)
+        for (oh, (t, b)), (ow, (l, r)) in ((a, c) for a in enumerate(rows) for c in enumerate(cols)):
+            if kind == "avg":
+                dx[:, :, t:b, l:r] += f64(dout)[:, :, oh, ow][:, :, None, None] / ((b - t) * (r - l))
+            else:
+                for n, c in np.ndindex(2, 2):
+                    index = argmax[n, c, oh, ow]
+                    dx[n, c, index // 7, index % 7] += dout[n, c, oh, ow]
+        args = [np.zeros_like(x), dout] + ([] if kind == "avg" else [argmax])
+        return args, x.size, {0: dx}
+    return make
+
+
 # --------------------------------------------------------------------------------- normalisation
 def _bn_inputs(dtype, rng):
     x = (rng.standard_normal((4, 3, 5)) * 2 + 1).astype(dtype)
@@ -1183,6 +1219,10 @@ CASES = {
     ("pool", "maxpool2d_backward"): _maxpool_backward,
     ("pool", "avgpool2d_forward"): _avgpool_forward,
     ("pool", "avgpool2d_backward"): _avgpool_backward,
+    ("pool", "adaptive_avgpool2d_forward"): _adaptive_pool("avg", "forward"),
+    ("pool", "adaptive_avgpool2d_backward"): _adaptive_pool("avg", "backward"),
+    ("pool", "adaptive_maxpool2d_forward"): _adaptive_pool("max", "forward"),
+    ("pool", "adaptive_maxpool2d_backward"): _adaptive_pool("max", "backward"),
     ("norm", "batchnorm_train_forward"): _bn_train_forward,
     ("norm", "batchnorm_eval_forward"): _bn_eval_forward,
     ("norm", "batchnorm_backward"): _bn_backward,

@@ -374,3 +374,17 @@ def test_pool_options_match_torch(ours_cls, torch_cls, kwargs, shape):
     theirs = torch_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
     rng = np.random.default_rng(8)
     _assert_step_matches_torch(ours, theirs, rng.standard_normal((3,) + shape), rng)
+
+
+@pytest.mark.parametrize("ours, theirs, shape", [
+    (numdl.AdaptiveAvgPool2d([3, 4]), torch.nn.AdaptiveAvgPool2d((3, 4)), (2, 5, 7)),   # overlapping windows
+    (numdl.AdaptiveAvgPool2d(1), torch.nn.AdaptiveAvgPool2d(1), (3, 4, 6)),
+    (numdl.AdaptiveMaxPool2d([2, None]), torch.nn.AdaptiveMaxPool2d((2, None)), (2, 5, 7)),
+    (numdl.AdaptiveMaxPool2d(3), torch.nn.AdaptiveMaxPool2d(3), (2, 7, 8)),
+], ids=["avg-3x4", "avg-1", "max-2xNone", "max-3"])
+def test_adaptive_pooling_matches_torch(ours, theirs, shape):
+    from numdl.backend import get_ops
+
+    ours.build(shape, get_ops("cpu"), np.float64, np.random.default_rng(0))
+    rng = np.random.default_rng(9)
+    _assert_step_matches_torch(ours, theirs, rng.standard_normal((3,) + shape), rng)

@@ -45,6 +45,8 @@ LAYER_SAMPLES = {
     "avgpool2d-ceil-exclude-pad": ("avgpool2d", {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
                                                  "count_include_pad": False}, (2, 6, 5)),
     "maxpool2d-ceil": ("maxpool2d", {"kernel_size": 2, "ceil_mode": True}, (2, 5, 7)),
+    "adaptive_avgpool2d": ("adaptive_avgpool2d", {"output_size": [3, 4]}, (2, 5, 7)),
+    "adaptive_maxpool2d": ("adaptive_maxpool2d", {"output_size": [2, None]}, (2, 5, 7)),
     "global_avgpool2d": ("global_avgpool2d", {}, (3, 4, 5)),
     "batchnorm1d": ("batchnorm1d", {}, (4,)),
     "batchnorm1d-sequence": ("batchnorm1d", {}, (3, 5)),

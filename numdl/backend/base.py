@@ -339,6 +339,15 @@ class Ops:
         self._run("pool", "avgpool2d_backward", dx.size, dx, dout, *kernel, *stride, *padding,
                   bool(count_include_pad))
 
+    def adaptive_pool2d_forward(self, kind, out, x, argmax=None):
+        """kind "avg" or "max" (argmax: the (N, C, H_out, W_out) int64 flat indices of the maxima)."""
+        args = (out, x) if kind == "avg" else (out, argmax, x)
+        self._run("pool", f"adaptive_{kind}pool2d_forward", out.size, *args)
+
+    def adaptive_pool2d_backward(self, kind, dx, dout, argmax=None):
+        args = (dx, dout) if kind == "avg" else (dx, dout, argmax)
+        self._run("pool", f"adaptive_{kind}pool2d_backward", dx.size, *args)
+
     # --------------------------------------------------------------------------- normalisation
     def batchnorm_train_forward(self, out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
                                 momentum, eps):

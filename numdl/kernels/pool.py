@@ -1,4 +1,4 @@
-"""2-D max and average pooling (PyTorch semantics: implicit -inf padding for max; the average's
+"""2-D max and average pooling, and adaptive pooling to an output size (PyTorch semantics: implicit -inf padding for max; the average's
 divisor is the window clipped to the padded image with ``count_include_pad``, else the number of
 image pixels it covers).
 
@@ -63,6 +63,69 @@ def avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_p
                 acc += x[n, c, ih, iw]
     divisor = avg_divisor(h, w, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, count_include_pad)
     out[n, c, oh, ow] = acc / same_type(acc, divisor)
+
+
+@scalar_math
+def adaptive_start(index, in_size, out_size):
+    # PyTorch's adaptive pooling windows: [floor(i in / out), ceil((i + 1) in / out)).
+    return (index * in_size) // out_size
+
+
+@scalar_math
+def adaptive_end(index, in_size, out_size):
+    return -((-(index + 1) * in_size) // out_size)
+
+
+@scalar_math
+def adaptive_avg_window(out, x, n, c, oh, ow):
+    h, w = x.shape[2], x.shape[3]
+    h_out, w_out = out.shape[2], out.shape[3]
+    top, bottom = adaptive_start(oh, h, h_out), adaptive_end(oh, h, h_out)
+    left, right = adaptive_start(ow, w, w_out), adaptive_end(ow, w, w_out)
+    acc = same_type(x[0, 0, 0, 0], 0.0)
+    for ih in range(top, bottom):
+        for iw in range(left, right):
+            acc += x[n, c, ih, iw]
+    out[n, c, oh, ow] = acc / same_type(acc, (bottom - top) * (right - left))
+
+
+@scalar_math
+def adaptive_max_window(out, argmax, x, n, c, oh, ow):
+    h, w = x.shape[2], x.shape[3]
+    h_out, w_out = out.shape[2], out.shape[3]
+    top, bottom = adaptive_start(oh, h, h_out), adaptive_end(oh, h, h_out)
+    left, right = adaptive_start(ow, w, w_out), adaptive_end(ow, w, w_out)
+    best = x[n, c, top, left]
+    best_index = top * w + left
+    for ih in range(top, bottom):
+        for iw in range(left, right):
+            v = x[n, c, ih, iw]
+            if v > best or v != v:  # the first maximum wins; a NaN wins and stays (as PyTorch)
+                best = v
+                best_index = ih * w + iw
+    out[n, c, oh, ow] = best
+    argmax[n, c, oh, ow] = best_index
+
+
+@scalar_math
+def adaptive_gather(dout, argmax, use_argmax, n, c, ih, iw, h, w):
+    # The gradient reaching input (ih, iw) from every adaptive window covering it (windows may overlap).
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    acc = same_type(dout[0, 0, 0, 0], 0.0)
+    for oh in range(h_out):
+        top, bottom = adaptive_start(oh, h, h_out), adaptive_end(oh, h, h_out)
+        if ih < top or ih >= bottom:
+            continue
+        for ow in range(w_out):
+            left, right = adaptive_start(ow, w, w_out), adaptive_end(ow, w, w_out)
+            if iw < left or iw >= right:
+                continue
+            if use_argmax:
+                if argmax[n, c, oh, ow] == same_type(argmax[0, 0, 0, 0], ih * w + iw):
+                    acc += dout[n, c, oh, ow]
+            else:
+                acc += dout[n, c, oh, ow] / same_type(acc, (bottom - top) * (right - left))
+    return acc
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -168,6 +231,46 @@ def avgpool2d_backward_cpu(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, c
                                 dx[n, c, ih, iw] += g
 
 
+@cpu_kernel
+def adaptive_avgpool2d_forward_cpu(out, x):
+    n_batch, channels, h_out, w_out = out.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    adaptive_avg_window(out, x, n, c, oh, ow)
+
+
+@cpu_kernel
+def adaptive_avgpool2d_backward_cpu(dx, dout):
+    n_batch, channels, h, w = dx.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for ih in range(h):
+                for iw in range(w):
+                    dx[n, c, ih, iw] = adaptive_gather(dout, dout, False, n, c, ih, iw, h, w)
+
+
+@cpu_kernel
+def adaptive_maxpool2d_forward_cpu(out, argmax, x):
+    n_batch, channels, h_out, w_out = out.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    adaptive_max_window(out, argmax, x, n, c, oh, ow)
+
+
+@cpu_kernel
+def adaptive_maxpool2d_backward_cpu(dx, dout, argmax):
+    n_batch, channels, h, w = dx.shape
+    for n in range(n_batch):
+        for c in range(channels):
+            for ih in range(h):
+                for iw in range(w):
+                    dx[n, c, ih, iw] = adaptive_gather(dout, argmax, True, n, c, ih, iw, h, w)
+
+
 # --------------------------------------------------------------------------------------- CUDA kernels
 
 
@@ -241,3 +344,47 @@ def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, 
         n = item // (w * h * channels)
         dx[n, c, ih, iw] = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w,
                                                   count_include_pad, n, c, ih, iw, h, w)
+
+
+@cuda_kernel
+def adaptive_avgpool2d_forward_cuda(out, x):
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        adaptive_avg_window(out, x, n, c, oh, ow)
+
+
+@cuda_kernel
+def adaptive_avgpool2d_backward_cuda(dx, dout):
+    channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = item % w
+        ih = (item // w) % h
+        c = (item // (w * h)) % channels
+        n = item // (w * h * channels)
+        dx[n, c, ih, iw] = adaptive_gather(dout, dout, False, n, c, ih, iw, h, w)
+
+
+@cuda_kernel
+def adaptive_maxpool2d_forward_cuda(out, argmax, x):
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow = item % w_out
+        oh = (item // w_out) % h_out
+        c = (item // (w_out * h_out)) % channels
+        n = item // (w_out * h_out * channels)
+        adaptive_max_window(out, argmax, x, n, c, oh, ow)
+
+
+@cuda_kernel
+def adaptive_maxpool2d_backward_cuda(dx, dout, argmax):
+    channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        iw = item % w
+        ih = (item // w) % h
+        c = (item // (w * h)) % channels
+        n = item // (w * h * channels)
+        dx[n, c, ih, iw] = adaptive_gather(dout, argmax, True, n, c, ih, iw, h, w)

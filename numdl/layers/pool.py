@@ -1,4 +1,5 @@
-"""Pooling: MaxPool2d, AvgPool2d (PyTorch semantics) and GlobalAvgPool2d (-> (batch, channels))."""
+"""Pooling: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d (PyTorch semantics) and GlobalAvgPool2d
+(-> (batch, channels))."""
 
 import numpy as np
 
@@ -90,6 +91,58 @@ class AvgPool2d(_Pool2d):
         dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
         self.ops.avgpool2d_backward(dx, dout, self.kernel_size, self.stride, self.padding, self.count_include_pad)
         return dx
+
+
+class _AdaptivePool2d(Layer):
+    """PyTorch's adaptive pooling: ``output_size`` (an int, or [height, width] where None keeps the
+    input's) fixes the output; window i spans [floor(i H / out), ceil((i + 1) H / out))."""
+
+    kind = None
+
+    def __init__(self, output_size: int | list):
+        super().__init__()
+        sizes = [output_size, output_size] if isinstance(output_size, int) else list(output_size)
+        if len(sizes) != 2 or not all(s is None or (isinstance(s, int) and s >= 1) for s in sizes):
+            raise ConfigError(f"{self.name}: output_size must be a positive size or [height, width] (None keeps the "
+                              f"input's), got {output_size!r}")
+        self.output_size = sizes
+
+    def hyperparameters(self):
+        return {"output_size": self.output_size}
+
+    def setup(self, input_shape, rng):
+        channels, h, w = self.image_shape(input_shape)
+        out_h, out_w = (size if size is not None else keep for size, keep in zip(self.output_size, (h, w)))
+        return (channels, out_h, out_w)
+
+    def forward(self, x, training=False):
+        out = self.buffer("out", (x.shape[0],) + self.output_shape)
+        self._argmax = None
+        if self.kind == "max":
+            self._argmax = self._buffers.get("argmax")
+            if self._argmax is None or tuple(self._argmax.shape) != tuple(out.shape):
+                self._argmax = self._buffers["argmax"] = self.ops.empty(tuple(out.shape), np.int64)
+        self.ops.adaptive_pool2d_forward(self.kind, out, x, self._argmax)
+        return out
+
+    def backward(self, dout):
+        dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
+        self.ops.adaptive_pool2d_backward(self.kind, dx, dout, self._argmax)
+        return dx
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    name = "adaptive_avgpool2d"
+    kind = "avg"
+    check_kwargs = {"output_size": [2, 3]}
+    check_input_shape = (2, 5, 7)
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    name = "adaptive_maxpool2d"
+    kind = "max"
+    check_kwargs = {"output_size": [2, 3]}
+    check_input_shape = (2, 5, 7)
 
 
 class GlobalAvgPool2d(Layer):
