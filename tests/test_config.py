@@ -46,7 +46,7 @@ def test_config_errors_name_the_key(override, message):
 
 
 def test_unknown_layer_lists_the_available_ones():
-    with pytest.raises(RegistryError, match=r"model.layers.0.type: unknown layer 'nope'; available: add, avgpool2d, batchnorm1d"):
+    with pytest.raises(RegistryError, match=r"model.layers.0.type: unknown layer 'nope'; available: adaptive_avgpool2d, adaptive_maxpool2d, add, avgpool2d, batchnorm1d"):
         config.resolve(None, ["model.layers.0.type=nope"])
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 from numdl.kernels.conv import conv_output_index
+from numdl.kernels.layout import nchw_position
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -276,12 +277,9 @@ def adaptive_maxpool2d_backward_cpu(dx, dout, argmax):
 
 @cuda_kernel
 def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
-    n_batch, channels, h_out, w_out = out.shape
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
 
 
@@ -315,22 +313,16 @@ def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w,
 def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = item % w
-        ih = (item // w) % h
-        c = (item // (w * h)) % channels
-        n = item // (w * h * channels)
+        n, c, ih, iw = nchw_position(item, channels, h, w)
         dx[n, c, ih, iw] = gather_window_gradient(dout, argmax, True, kh, kw, stride_h, stride_w, pad_h, pad_w,
                                                   True, n, c, ih, iw, h, w)
 
 
 @cuda_kernel
 def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
-    n_batch, channels, h_out, w_out = out.shape
+    channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         avg_window(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad, n, c, oh, ow)
 
 
@@ -338,10 +330,7 @@ def avgpool2d_forward_cuda(out, x, kh, kw, stride_h, stride_w, pad_h, pad_w, cou
 def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = item % w
-        ih = (item // w) % h
-        c = (item // (w * h)) % channels
-        n = item // (w * h * channels)
+        n, c, ih, iw = nchw_position(item, channels, h, w)
         dx[n, c, ih, iw] = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w,
                                                   count_include_pad, n, c, ih, iw, h, w)
 
@@ -350,10 +339,7 @@ def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, 
 def adaptive_avgpool2d_forward_cuda(out, x):
     channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         adaptive_avg_window(out, x, n, c, oh, ow)
 
 
@@ -361,10 +347,7 @@ def adaptive_avgpool2d_forward_cuda(out, x):
 def adaptive_avgpool2d_backward_cuda(dx, dout):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = item % w
-        ih = (item // w) % h
-        c = (item // (w * h)) % channels
-        n = item // (w * h * channels)
+        n, c, ih, iw = nchw_position(item, channels, h, w)
         dx[n, c, ih, iw] = adaptive_gather(dout, dout, False, n, c, ih, iw, h, w)
 
 
@@ -372,10 +355,7 @@ def adaptive_avgpool2d_backward_cuda(dx, dout):
 def adaptive_maxpool2d_forward_cuda(out, argmax, x):
     channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow = item % w_out
-        oh = (item // w_out) % h_out
-        c = (item // (w_out * h_out)) % channels
-        n = item // (w_out * h_out * channels)
+        n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
         adaptive_max_window(out, argmax, x, n, c, oh, ow)
 
 
@@ -383,8 +363,5 @@ def adaptive_maxpool2d_forward_cuda(out, argmax, x):
 def adaptive_maxpool2d_backward_cuda(dx, dout, argmax):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = item % w
-        ih = (item // w) % h
-        c = (item // (w * h)) % channels
-        n = item // (w * h * channels)
+        n, c, ih, iw = nchw_position(item, channels, h, w)
         dx[n, c, ih, iw] = adaptive_gather(dout, argmax, True, n, c, ih, iw, h, w)
