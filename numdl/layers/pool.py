@@ -8,6 +8,14 @@ from numdl.layers.base import Layer
 from numdl.layers.conv import conv_output_size, pair
 
 
+def argmax_buffer(layer, shape):
+    """The layer's int64 work array for the maxima's positions, reused while its shape stays."""
+    array = layer._buffers.get("argmax")
+    if array is None or tuple(array.shape) != tuple(shape):
+        array = layer._buffers["argmax"] = layer.ops.empty(tuple(shape), np.int64)
+    return array
+
+
 def pooled_size(size, kernel, stride, padding, ceil_mode):
     """PyTorch's pooling output size: floor, or with ceil_mode one more window when the last one
     still starts inside the (left-padded) input."""
@@ -57,10 +65,7 @@ class MaxPool2d(_Pool2d):
         return out
 
     def _index_buffer(self, shape):
-        array = self._buffers.get("argmax")
-        if array is None or tuple(array.shape) != tuple(shape):
-            array = self._buffers["argmax"] = self.ops.empty(tuple(shape), np.int64)
-        return array
+        return argmax_buffer(self, shape)
 
     def backward(self, dout):
         dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
@@ -117,11 +122,7 @@ class _AdaptivePool2d(Layer):
 
     def forward(self, x, training=False):
         out = self.buffer("out", (x.shape[0],) + self.output_shape)
-        self._argmax = None
-        if self.kind == "max":
-            self._argmax = self._buffers.get("argmax")
-            if self._argmax is None or tuple(self._argmax.shape) != tuple(out.shape):
-                self._argmax = self._buffers["argmax"] = self.ops.empty(tuple(out.shape), np.int64)
+        self._argmax = argmax_buffer(self, out.shape) if self.kind == "max" else None
         self.ops.adaptive_pool2d_forward(self.kind, out, x, self._argmax)
         return out
 
