@@ -339,8 +339,15 @@ def _gaussian_sample_backward(dtype, rng):
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
-# A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path.
-CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+# A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path
+# (5x5: a 3x3 one this small takes the direct path).
+CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
+# 3x3, stride 1: the CPU's direct path (kernels.conv.direct_3x3); six output channels are a block of
+# four and two single ones, three samples split unevenly over two threads.
+CONV_DIRECT = dict(n=3, c_in=3, h=6, w=5, c_out=6, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+# Uneven padding (2 rows, no columns) and output planes past one DIRECT_CONV_CHUNK_PIXELS chunk.
+CONV_DIRECT_WIDE = dict(n=2, c_in=2, h=24, w=22, c_out=5, groups=1, k=(3, 3), stride=(1, 1), pad=(2, 0),
+                        dil=(1, 1))
 
 
 def conv2d_reference(x, w, b, stride, pad, dil, groups, relu=False):
@@ -376,17 +383,16 @@ def _conv_scalars(p=CONV):
     return [*p["stride"], *p["pad"], *p["dil"], p["groups"]]
 
 
-def _conv_forward(relu, chunked=False):
+def _conv_forward(relu, chunked=False, p=CONV):
     # chunked: work buffers for one sample, so the kernel does the batch a sample at a time
     def make(dtype, rng):
-        x, w, b, shape = _conv_inputs(dtype, rng)
+        x, w, b, shape = _conv_inputs(dtype, rng, p)
         hw = shape[2] * shape[3]
         samples = 1 if chunked else shape[0]
         cols = np.zeros((x.shape[1] * w.shape[2] * w.shape[3], samples * hw), dtype)
         gemm = np.zeros((shape[1], samples * hw), dtype)
-        p = CONV
         expected = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
-        return [np.zeros(shape, dtype), cols, gemm, x, w, b, *_conv_scalars(), relu], int(np.prod(shape)), {0: expected}
+        return [np.zeros(shape, dtype), cols, gemm, x, w, b, *_conv_scalars(p), relu], int(np.prod(shape)), {0: expected}
     return make
 
 
@@ -407,10 +413,10 @@ def _numeric_conv_grads(x, w, b, dout, relu, p=CONV):
     return dx, dw, g.sum(axis=(0, 2, 3)), out
 
 
-def _conv_backward(relu, chunked=False, same=False):
+def _conv_backward(relu, chunked=False, same=False, p=CONV):
     # chunked: work buffers for one sample (cols then holds a stale chunk: the kernel rebuilds them);
     # same: a "same" convolution with the flipped-kernel buffer, which the CPU's dx path uses
-    p = CONV_SAME if same else CONV
+    p = CONV_SAME if same else p
 
     def make(dtype, rng):
         x, w, b, shape = _conv_inputs(dtype, rng, p)
@@ -1315,6 +1321,10 @@ VARIANTS = {
     "conv2d_backward_chunked": (("conv", "conv2d_backward"), _conv_backward(True, chunked=True)),
     "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, same=True)),
     "conv2d_backward_same_chunked": (("conv", "conv2d_backward"), _conv_backward(False, chunked=True, same=True)),
+    "conv2d_forward_direct": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT)),
+    "conv2d_backward_direct": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT)),
+    "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
+    "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
 }
 
 DTYPES = (np.float32, np.float64)

@@ -196,3 +196,96 @@ def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
                                                                 return_indices=True)
             np.testing.assert_array_equal(out, expected.numpy())  # NaNs at the same places
             np.testing.assert_array_equal(argmax, indices.numpy())
+
+
+def test_conv_cases_cover_both_cpu_paths():
+    # The direct 3x3 cases must take the direct path and the others im2col, or a path goes untested.
+    from numdl.kernels.conv import direct_3x3
+    from kernel_cases import CONV, CONV_DIRECT, CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference
+
+    def direct(p):
+        x = np.zeros((1, p["c_in"], p["h"], p["w"]))
+        w = np.zeros((p["c_out"], p["c_in"] // p["groups"]) + p["k"])
+        out = conv2d_reference(x, w, np.zeros(0), p["stride"], p["pad"], p["dil"], p["groups"])
+        return direct_3x3(p["c_in"], p["c_out"], out.shape[2], out.shape[3], *p["k"], *p["stride"], *p["dil"], p["groups"],
+                          *p["pad"])
+
+    assert direct(CONV_DIRECT) and direct(CONV_DIRECT_WIDE)
+    assert not direct(CONV) and not direct(CONV_SAME)
+
+
+@pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3"])
+def test_passes_split_over_threads_match_one_thread(case):
+    # Passes that split over numba's threads once numba has the cores (common.worth_splitting) must
+    # compute what one thread does: the same arithmetic per element, only the work divided.
+    import numba
+
+    from numdl.backend import get_ops
+    from numdl.kernels import activation, conv, layout, norm, pool, tuning
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one CPU thread: nothing to split")
+    get_ops("cpu").use_threads()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 36, 34)).astype(np.float32)  # past tuning.SPLIT_MIN_ELEMENTS
+    assert x.size >= tuning.SPLIT_MIN_ELEMENTS
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run():
+        if case == "relu":
+            out, dx = np.empty(x.size, np.float32), np.empty(x.size, np.float32)
+            activation.relu_forward_cpu(out, x.reshape(-1))
+            activation.relu_backward_cpu(dx, dout.reshape(-1), x.reshape(-1))
+            return out, dx
+        if case == "batchnorm":
+            x3, d3 = x.reshape(4, 8, -1), dout.reshape(4, 8, -1)
+            out, xhat, dx = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
+            mean, invstd, running_mean, running_var = (np.zeros(8, np.float32) for _ in range(4))
+            gamma, beta = rng.standard_normal(8).astype(np.float32), np.zeros(8, np.float32)
+            norm.batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x3, gamma, beta,
+                                             np.float32(0.1), np.float32(1e-5))
+            dgamma, dbeta = np.empty(8, np.float32), np.empty(8, np.float32)
+            norm.batchnorm_backward_cpu(dx, dgamma, dbeta, d3, xhat, invstd, gamma)
+            evaluated = np.empty_like(x3)
+            norm.batchnorm_eval_forward_cpu(evaluated, x3, running_mean, running_var, gamma, beta, np.float32(1e-5))
+            return out, dx, dgamma, dbeta, evaluated
+        if case.startswith("maxpool"):
+            k, s = (2, 2) if case == "maxpool2x2" else (3, 2)
+            h_out, w_out = (36 - k) // s + 1, (34 - k) // s + 1
+            out, argmax = np.empty((4, 8, h_out, w_out), np.float32), np.empty((4, 8, h_out, w_out), np.int64)
+            pool.maxpool2d_forward_cpu(out, argmax, x, k, k, s, s, 0, 0)
+            dx = np.empty_like(x)
+            pool.maxpool2d_backward_cpu(dx, out * 0 + 1, argmax, k, k, s, s, 0, 0)
+            return out, argmax, dx
+        if case == "concat":
+            rows = x.reshape(4, -1)
+            out = np.zeros((4, rows.shape[1] + 5), np.float32)
+            layout.concat_forward_cpu(out, rows, 5)
+            back = np.empty_like(rows)
+            layout.concat_backward_cpu(back, out, 5)
+            return out, back
+        w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(6).astype(np.float32)
+        none = np.empty((0, 0), np.float32)
+        out = np.empty((4, 6, 36, 34), np.float32)
+        conv.conv2d_forward_cpu(out, none, none, x, w, b, 1, 1, 1, 1, 1, 1, 1, True)
+        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        conv.conv2d_backward_cpu(dx, dw, db, none, none, none, g, out, x, none, w, 1, 1, 1, 1, 1, 1, 1, True)
+        return out, dx, dw, db
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        rng = np.random.default_rng(1)
+        serial = run()
+        numba.set_num_threads(2)
+        rng = np.random.default_rng(1)
+        split = run()
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(serial, split):
+        if case == "conv3x3":  # dweight and dbias: per-thread partial sums, added in another order
+            np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(two, one)

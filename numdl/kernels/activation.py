@@ -15,10 +15,21 @@ import math
 
 import numpy as np
 
-from numba import types
+from numba import prange, types
 from numba.extending import intrinsic
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math, scalar_math_float32
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    numba_threads,
+    same_type,
+    scalar_math,
+    scalar_math_float32,
+    thread_share,
+    worth_splitting,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -224,15 +235,47 @@ def softmax_backward_row(dx, dout, out, r):
 
 @cpu_kernel
 def relu_forward_cpu(out, x):
-    # out, x: (size,); overwrites.
+    # out, x: (size,); overwrites. Split over numba's threads when they have the cores.
+    if worth_splitting(x.size):
+        _relu_forward_split(out, x)
+    else:
+        _relu_forward_range(out, x)
+
+
+@cpu_kernel
+def _relu_forward_range(out, x):
     for i in range(x.size):
         out[i] = relu(x[i])
 
 
+@cpu_parallel_kernel
+def _relu_forward_split(out, x):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.size, part, parts)
+        _relu_forward_range(out[lo:hi], x[lo:hi])
+
+
 @cpu_kernel
 def relu_backward_cpu(dx, dout, x):
+    if worth_splitting(x.size):
+        _relu_backward_split(dx, dout, x)
+    else:
+        _relu_backward_range(dx, dout, x)
+
+
+@cpu_kernel
+def _relu_backward_range(dx, dout, x):
     for i in range(x.size):
         dx[i] = dout[i] * relu_grad(x[i])
+
+
+@cpu_parallel_kernel
+def _relu_backward_split(dx, dout, x):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.size, part, parts)
+        _relu_backward_range(dx[lo:hi], dout[lo:hi], x[lo:hi])
 
 
 @cpu_kernel

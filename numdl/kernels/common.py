@@ -51,6 +51,22 @@ def sample_block(samples):
     return max((samples + threads - 1) // threads, tuning.MIN_SAMPLES_PER_THREAD)
 
 
+@register_jitable
+def worth_splitting(size):
+    # Whether a pass over ``size`` elements is split over numba's threads: only where numba has the
+    # cores (a process that ran a kernel marked runs_numba_threads, such as a convolution; elsewhere
+    # numba's pool has one thread and the BLAS the rest) and the pass is long enough to pay for the
+    # threads' start. Kernels that split this way are not marked: they never move the cores.
+    return numba_threads() > 1 and size >= tuning.SPLIT_MIN_ELEMENTS
+
+
+@register_jitable
+def thread_share(total, part, parts):
+    # [lo, hi): part ``part`` of ``parts`` near-equal shares of range(total).
+    step = (total + parts - 1) // parts
+    return min(part * step, total), min((part + 1) * step, total)
+
+
 # Scalar helpers compile with the kernels' fastmath flags and numpy's error model: with Python's,
 # a division raises on zero, and the helper is then kept as an out-of-line call that blocks
 # vectorisation of the loop that calls it (the float32 tanh ran 100x slower).

@@ -9,7 +9,21 @@ CPU: im2col into ``cols`` (C_in kH kW, S H_out W_out), then one BLAS GEMM per gr
 S is the number of samples the buffers hold (their width / H_out W_out): the whole batch, unless its
 columns would pass tuning.CONV_COLUMN_CHUNK_ELEMENTS; the batch is then done S samples at a time. Backward reuses ``cols`` when it holds the whole batch and rebuilds
 each chunk's otherwise (dweight is one GEMM per group and chunk, accumulated), and scatters the
-GEMM-computed ``dcols`` back with col2im. CUDA: direct convolution, one thread per output element,
+GEMM-computed ``dcols`` back with col2im.
+
+CPU, 3x3 kernels with stride 1, no dilation, one group, padding <= 2 (``direct_3x3`` says when):
+direct convolution instead, samples split over numba's threads. Each sample's input is copied into
+zero-padded planes stored flat, (H + 2 pad_h) rows of W_p = W + 2 pad_w; output pixel (y, x) is
+then p = y W_p + x of a flat "padded-width" plane, and its nine taps are src[p + i W_p + j], so one
+loop over every p of the plane (the W_p - W_out columns past each row are computed and dropped)
+runs long, contiguous and vectorised whatever the image width, four output channels per pass over
+the input. The im2col GEMM has only C_out rows there, and OpenBLAS ran such thin products at
+11-19 GF/s; the direct loops measured 54-63 GF/s at 32x32 and 64x64 (2 threads; the figures
+behind the choice are in tuning.DIRECT_CONV_MAX_OUT_CHANNELS). dx is the same
+convolution of dout (padded by 2 - pad) with the kernel flipped and its channel axes swapped;
+dweight sums nine shifted dot products per channel pair. The work buffers are unused there.
+
+CUDA: direct convolution, one thread per output element,
 and one per weight / bias / input element in backward (no atomics); the CPU work buffers are unused
 there and may be empty.
 """
@@ -17,7 +31,18 @@ there and may be empty.
 import numpy as np
 
 from numdl.kernels import tuning
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numba import prange
+
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    numba_threads,
+    runs_numba_threads,
+    same_type,
+    scalar_math,
+)
 from numdl.kernels.matmul import matmul
 
 # --------------------------------------------------------------------------- scalar math (both targets)
@@ -31,6 +56,19 @@ def conv_output_index(in_pos, kernel_pos, stride, pad, dilation, out_size):
         return -1
     out_pos = shifted // stride
     return out_pos if out_pos < out_size else -1
+
+
+@scalar_math
+def direct_3x3(c_in, c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+    # Whether the CPU convolves directly (module docstring) rather than through im2col and a GEMM:
+    # where the direct loops can run (a 3x3 kernel, stride 1, no dilation, one group, padding <= 2)
+    # and measured faster: at most tuning.DIRECT_CONV_MAX_OUT_CHANNELS output channels (the GEMM's
+    # rows; with more, OpenBLAS's products run well). c_in, h_out, w_out: for future rules.
+    if kh != 3 or kw != 3 or stride_h != 1 or stride_w != 1 or dil_h != 1 or dil_w != 1 or groups != 1:
+        return False
+    if pad_h > 2 or pad_w > 2:
+        return False
+    return c_out <= tuning.DIRECT_CONV_MAX_OUT_CHANNELS
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -83,12 +121,17 @@ def _im2col(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_
                             cols_flat[col + np.uint64(ow)] = 0
 
 
+@runs_numba_threads
 @cpu_kernel
 def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                        groups, relu):
-    # Overwrites out, cols (kept for backward when it holds the whole batch) and gemm (scratch).
+    # Overwrites out, cols (kept for backward when it holds the whole batch) and gemm (scratch); the
+    # direct 3x3 path (module docstring) uses neither.
     n_batch, c_out, h_out, w_out = out.shape
     kh, kw = weight.shape[2], weight.shape[3]
+    if direct_3x3(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+        _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu)
+        return
     hw = h_out * w_out
     k = weight.shape[1] * kh * kw
     c_out_g = c_out // groups
@@ -116,6 +159,7 @@ def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad
                     out_flat[target + np.uint64(p)] = v
 
 
+@runs_numba_threads
 @cpu_kernel
 def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x, cols, weight, stride_h, stride_w,
                         pad_h, pad_w, dil_h, dil_w, groups, relu):
@@ -133,6 +177,9 @@ def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x,
     # saves when dout has more channels than x, and per-sample products of small images are slow.
     n_batch, c_out, h_out, w_out = dout.shape
     kh, kw = weight.shape[2], weight.shape[3]
+    if direct_3x3(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+        _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, relu)
+        return
     hw = h_out * w_out
     k = weight.shape[1] * kh * kw
     c_out_g = c_out // groups
@@ -213,6 +260,260 @@ def _col2im(dx, dcols, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, di
                         target = plane + (oh * stride_h - pad_h + i * dil_h) * w + j * dil_w - pad_w
                         for ow in range(ow_first, ow_end):
                             dx_flat[np.uint64(target + ow * stride_w)] += dcols_flat[col + np.uint64(ow)]
+
+
+@cpu_kernel
+def _direct_block(n_batch):
+    # Samples per numba thread in the direct convolutions: an even share (one sample is already
+    # hundreds of microseconds of work, so no minimum as in sample_block).
+    threads = numba_threads()
+    return max((n_batch + threads - 1) // threads, 1)
+
+
+@cpu_kernel
+def _pad_planes(planes, x, n, top, left, width):
+    # planes (C, rows width + 2), flat padded planes: sample n of x (N, C, H, W) written with its first
+    # row at row ``top`` and first column at ``left``. Only the image's pixels are written: the caller
+    # zeroes the planes once, and the border stays zero.
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(c_n):
+        for y in range(h):
+            start = (y + top) * width + left
+            for i in range(w):
+                planes[c, start + i] = x[n, c, y, i]
+
+
+@cpu_kernel
+def _taps(weight, co, ci):
+    # The nine weights of one (output, input) channel pair, as scalars the loops keep in registers.
+    k = weight[co, ci]
+    return k[0, 0], k[0, 1], k[0, 2], k[1, 0], k[1, 1], k[1, 2], k[2, 0], k[2, 1], k[2, 2]
+
+
+@cpu_kernel
+def _tap_rows(src, c, first, count, width):
+    # Plane c of src from position ``first`` as three views, one per kernel row: tap (i, j) of
+    # position first + p is rows[i][p + j]. (Views indexed from zero by the loop counter: with one
+    # view and offsets p + i width, numba's negative-index fix-up kept the loops from vectorising,
+    # 2.3x slower.)
+    plane = src[c]
+    return (plane[first:first + count + 2], plane[first + width:first + width + count + 2],
+            plane[first + 2 * width:first + 2 * width + count + 2])
+
+
+@cpu_kernel
+def _planes_conv3x3(outp, src, weight, width, length):
+    # Overwrites outp[:, :length] (C_out, >= length): the 3x3 cross-correlation of src (C_in, flat
+    # padded planes of row length ``width``) with weight (C_out, C_in, 3, 3) at padded-width positions
+    # p < length. Four output channels share each load of the nine taps; a chunk of p at a time keeps
+    # those four output rows in the L1 cache across the input channels.
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    chunk = tuning.DIRECT_CONV_CHUNK_PIXELS
+    zero = same_type(outp[0, 0], 0.0)
+    for p0 in range(0, length, chunk):
+        m = min(length - p0, chunk)
+        co = 0
+        while co + 4 <= c_out:
+            o0, o1 = outp[co, p0:p0 + m], outp[co + 1, p0:p0 + m]
+            o2, o3 = outp[co + 2, p0:p0 + m], outp[co + 3, p0:p0 + m]
+            o0[:] = zero
+            o1[:] = zero
+            o2[:] = zero
+            o3[:] = zero
+            for ci in range(c_in):
+                a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(weight, co, ci)
+                b0, b1, b2, b3, b4, b5, b6, b7, b8 = _taps(weight, co + 1, ci)
+                c0, c1, c2, c3, c4, c5, c6, c7, c8 = _taps(weight, co + 2, ci)
+                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _taps(weight, co + 3, ci)
+                r0, r1, r2 = _tap_rows(src, ci, p0, m, width)
+                for p in range(m):
+                    t0, t1, t2 = r0[p], r0[p + 1], r0[p + 2]
+                    t3, t4, t5 = r1[p], r1[p + 1], r1[p + 2]
+                    t6, t7, t8 = r2[p], r2[p + 1], r2[p + 2]
+                    o0[p] += a0 * t0 + a1 * t1 + a2 * t2 + a3 * t3 + a4 * t4 + a5 * t5 + a6 * t6 + a7 * t7 + a8 * t8
+                    o1[p] += b0 * t0 + b1 * t1 + b2 * t2 + b3 * t3 + b4 * t4 + b5 * t5 + b6 * t6 + b7 * t7 + b8 * t8
+                    o2[p] += c0 * t0 + c1 * t1 + c2 * t2 + c3 * t3 + c4 * t4 + c5 * t5 + c6 * t6 + c7 * t7 + c8 * t8
+                    o3[p] += d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3 + d4 * t4 + d5 * t5 + d6 * t6 + d7 * t7 + d8 * t8
+            co += 4
+        while co < c_out:  # the last one to three output channels, one at a time
+            o0 = outp[co, p0:p0 + m]
+            o0[:] = zero
+            for ci in range(c_in):
+                a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(weight, co, ci)
+                r0, r1, r2 = _tap_rows(src, ci, p0, m, width)
+                for p in range(m):
+                    o0[p] += (a0 * r0[p] + a1 * r0[p + 1] + a2 * r0[p + 2] + a3 * r1[p] + a4 * r1[p + 1]
+                              + a5 * r1[p + 2] + a6 * r2[p] + a7 * r2[p + 1] + a8 * r2[p + 2])
+            co += 1
+
+
+@cpu_kernel
+def _planes_dweight(dweight, g, src, width, length):
+    # Accumulates into dweight (C_out, C_in, 3, 3): tap (i, j) of channel pair (co, ci) gains
+    # sum_p g[co, p] src[ci, p + i width + j] over p < length, where g (C_out, >= length) is the output
+    # gradient in the padded-width layout (zero past each row's W_out columns) and src as above.
+    # One kernel row of four output channels (twelve sums) per loop: the three shifted input loads
+    # serve four channels. (All nine taps in one loop did not vectorise; one channel at a time ran at
+    # 30 GF/s, four at 48-57.)
+    c_out, c_in = dweight.shape[0], dweight.shape[1]
+    zero = same_type(g[0, 0], 0.0)
+    co = 0
+    while co < c_out:
+        # the last one to three channels one at a time (the four lanes then read the same channel)
+        lanes = 4 if co + 4 <= c_out else 1
+        g0, g1 = g[co, :length], g[co + lanes // 4, :length]
+        g2, g3 = g[co + 2 * (lanes // 4), :length], g[co + 3 * (lanes // 4), :length]
+        for ci in range(c_in):
+            for i in range(3):
+                row = src[ci, i * width:i * width + length + 2]
+                a0 = a1 = a2 = b0 = b1 = b2 = c0 = c1 = c2 = d0 = d1 = d2 = zero
+                for p in range(length):
+                    t0, t1, t2 = row[p], row[p + 1], row[p + 2]
+                    u = g0[p]
+                    a0 += u * t0
+                    a1 += u * t1
+                    a2 += u * t2
+                    u = g1[p]
+                    b0 += u * t0
+                    b1 += u * t1
+                    b2 += u * t2
+                    u = g2[p]
+                    c0 += u * t0
+                    c1 += u * t1
+                    c2 += u * t2
+                    u = g3[p]
+                    d0 += u * t0
+                    d1 += u * t1
+                    d2 += u * t2
+                k = dweight[co, ci, i]
+                k[0] += a0
+                k[1] += a1
+                k[2] += a2
+                if lanes == 4:
+                    k = dweight[co + 1, ci, i]
+                    k[0] += b0
+                    k[1] += b1
+                    k[2] += b2
+                    k = dweight[co + 2, ci, i]
+                    k[0] += c0
+                    k[1] += c1
+                    k[2] += c2
+                    k = dweight[co + 3, ci, i]
+                    k[0] += d0
+                    k[1] += d1
+                    k[2] += d2
+        co += lanes
+
+
+@cpu_kernel
+def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
+    # Overwrites out[lo:hi] (see conv2d_forward_cpu), with bias and ReLU on the way out.
+    c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    width = w + 2 * pad_w
+    length = h_out * width
+    planes = np.zeros((c_in, (h + 2 * pad_h) * width + 2), x.dtype)
+    outp = np.empty((c_out, length), x.dtype)
+    zero = same_type(out[0, 0, 0, 0], 0.0)
+    for n in range(lo, hi):
+        _pad_planes(planes, x, n, pad_h, pad_w, width)
+        _planes_conv3x3(outp, planes, weight, width, length)
+        for c in range(c_out):
+            b = bias[c] if bias.size > 0 else zero
+            for y in range(h_out):
+                row = outp[c, y * width:y * width + w_out]
+                for i in range(w_out):
+                    v = row[i] + b
+                    if relu:
+                        v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
+                    out[n, c, y, i] = v
+
+
+@cpu_parallel_kernel
+def _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu):
+    n_batch = x.shape[0]
+    block = _direct_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, pad_w, relu, lo, hi):
+    # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
+    # dweight (C_out, C_in, 3, 3) and dbias (C_out,). flipped (C_in, C_out, 3, 3): the weight with
+    # its taps reversed and channel axes swapped, which convolves dout (padded by 2 - pad) into dx.
+    c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    width = w + 2 * pad_w
+    length = h_out * width
+    planes = np.zeros((c_in, (h + 2 * pad_h) * width + 2), x.dtype)
+    g = np.zeros((c_out, length), x.dtype)  # the columns past W_out stay zero
+    want_dx = dx.size > 0
+    top, left = 2 - pad_h, 2 - pad_w
+    dwidth = w_out + 2 * left  # = w + 2
+    dplanes = np.zeros((c_out, (h_out + 2 * top) * dwidth + 2 if want_dx else 1), x.dtype)
+    dxp = np.empty((c_in, h * dwidth if want_dx else 1), x.dtype)
+    zero = same_type(dout[0, 0, 0, 0], 0.0)
+    for n in range(lo, hi):
+        _pad_planes(planes, x, n, pad_h, pad_w, width)
+        for c in range(c_out):
+            total = zero
+            for y in range(h_out):
+                row = g[c, y * width:y * width + w_out]
+                for i in range(w_out):
+                    v = dout[n, c, y, i]
+                    if relu and out[n, c, y, i] <= zero:
+                        v = zero
+                    row[i] = v
+                    total += v
+                if want_dx:
+                    start = (y + top) * dwidth + left
+                    dplanes[c, start:start + w_out] = row
+            if dbias.size > 0:
+                dbias[c] += total
+        _planes_dweight(dweight, g, planes, width, length)
+        if want_dx:
+            _planes_conv3x3(dxp, dplanes, flipped, dwidth, h * dwidth)
+            for c in range(c_in):
+                for y in range(h):
+                    for i in range(w):
+                        dx[n, c, y, i] = dxp[c, y * dwidth + i]
+
+
+@cpu_parallel_kernel
+def _direct_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, flipped, pad_h, pad_w, relu, block):
+    n_batch = x.shape[0]
+    for part in prange(dweight_parts.shape[0]):
+        lo = part * block
+        _direct_backward_samples(dx, dweight_parts[part], dbias_parts[part], dout, out, x, flipped, pad_h, pad_w,
+                                 relu, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, relu):
+    # The direct path of conv2d_backward_cpu: each block of samples sums its own dweight and dbias,
+    # added up here (no two threads write the same sum).
+    n_batch, c_out = dout.shape[0], dout.shape[1]
+    c_in = x.shape[1]
+    block = _direct_block(n_batch)
+    parts = (n_batch + block - 1) // block
+    dweight_parts = np.zeros((parts,) + dweight.shape, x.dtype)
+    dbias_parts = np.zeros((parts, dbias.size), x.dtype)
+    flipped = np.empty((c_in, c_out, 3, 3), x.dtype)
+    for co in range(c_out):
+        for ci in range(c_in):
+            for i in range(3):
+                for j in range(3):
+                    flipped[ci, co, i, j] = weight[co, ci, 2 - i, 2 - j]
+    _direct_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, flipped, pad_h, pad_w, relu, block)
+    dweight[:] = dweight_parts[0]
+    for part in range(1, parts):
+        dweight += dweight_parts[part]
+    if dbias.size > 0:
+        dbias[:] = dbias_parts[0]
+        for part in range(1, parts):
+            dbias += dbias_parts[part]
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

@@ -15,7 +15,19 @@ the edge repeated, 3 circular: wrapped around). Several output pixels read one i
 backward scatters: the CUDA twin adds with atomics into a dx the launcher zeroed.
 """
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numba import prange
+
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    numba_threads,
+    same_type,
+    scalar_math,
+    thread_share,
+    worth_splitting,
+)
 
 REFLECT, REPLICATE, CIRCULAR = 1, 2, 3  # pad2d_mode's modes
 
@@ -46,18 +58,45 @@ def padded_source(i, size, mode):
 
 @cpu_kernel
 def concat_forward_cpu(out, x, offset):
-    # out (R, W_out), x (R, W_x): out[r, offset + c] = x[r, c].
-    for r in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            out[r, offset + c] = x[r, c]
+    # out (R, W_out), x (R, W_x): out[r, offset + c] = x[r, c]. Rows split over numba's threads when
+    # they have the cores (as the other copies here could; these are the large ones, in U-Nets).
+    if worth_splitting(x.size):
+        _concat_forward_split(out, x, offset)
+    else:
+        _copy_columns(out, x, offset, 0)
+
+
+@cpu_kernel
+def _copy_columns(out, x, out_offset, x_offset):
+    # out[r, out_offset + c] = x[r, x_offset + c] for the narrower one's columns c.
+    for r in range(out.shape[0]):
+        for c in range(min(out.shape[1] - out_offset, x.shape[1] - x_offset)):
+            out[r, out_offset + c] = x[r, x_offset + c]
+
+
+@cpu_parallel_kernel
+def _concat_forward_split(out, x, offset):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.shape[0], part, parts)
+        _copy_columns(out[lo:hi], x[lo:hi], offset, 0)
 
 
 @cpu_kernel
 def concat_backward_cpu(dx, dout, offset):
     # dx (R, W_x) = dout[:, offset:offset + W_x].
-    for r in range(dx.shape[0]):
-        for c in range(dx.shape[1]):
-            dx[r, c] = dout[r, offset + c]
+    if worth_splitting(dx.size):
+        _concat_backward_split(dx, dout, offset)
+    else:
+        _copy_columns(dx, dout, 0, offset)
+
+
+@cpu_parallel_kernel
+def _concat_backward_split(dx, dout, offset):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(dx.shape[0], part, parts)
+        _copy_columns(dx[lo:hi], dout[lo:hi], 0, offset)
 
 
 @cpu_kernel

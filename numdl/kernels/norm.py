@@ -8,8 +8,9 @@ on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are saved for
 
 import math
 
+from numba import prange
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, same_type, scalar_math, worth_splitting
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -124,20 +125,49 @@ def layernorm_param_grads(dgamma, dbeta, dout, xhat, j):
 @cpu_kernel
 def batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
     # out, xhat, x (N, C, S); mean, invstd, running_* , gamma, beta (C,). Updates running stats in place.
+    # Channels are independent: split over numba's threads when they have the cores.
+    if worth_splitting(x.size):
+        _batchnorm_train_forward_split(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum,
+                                       eps)
+        return
     for c in range(x.shape[1]):
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_train_forward_split(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+    for c in prange(x.shape[1]):
         batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
 
 
 @cpu_kernel
 def batchnorm_eval_forward_cpu(out, x, running_mean, running_var, gamma, beta, eps):
+    if worth_splitting(x.size):
+        _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps)
+        return
     for c in range(x.shape[1]):
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps):
+    for c in prange(x.shape[1]):
         batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
 
 
 @cpu_kernel
 def batchnorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
     # Overwrites dx (skipped when empty), dgamma, dbeta.
+    if worth_splitting(dout.size):
+        _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+        return
     for c in range(dout.shape[1]):
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    for c in prange(dout.shape[1]):
         batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
 
 

@@ -50,3 +50,18 @@ CONV_COLUMN_CHUNK_ELEMENTS = 1 << 26
 # The flipped-kernel dx path of "same" convolutions (kernels/conv.py) runs on images of at least this
 # many pixels (and fewer output than input channels); below, its per-sample products were slower.
 SAME_CONV_MIN_PIXELS = 256
+
+# Direct 3x3 convolutions (kernels/conv.py, direct_3x3) instead of im2col + GEMM for at most this
+# many output channels (the GEMM's rows). Measured in one process, forward + backward, batch 32
+# unless noted, direct / im2col time: 1->8 at 64x64 0.35, 16->8 at 64x64 0.27, 8->32 at 32x32 0.67,
+# 48->16 at 32x32 0.41, 96->32 at 16x16 0.83, 1->32 at 28x28 (batch 128) 0.83; but 32->64 at 16x16
+# 1.18, 32->64 at 14x14 (batch 128) 1.17, 64->128 at 8x8 2.66, 128->128 at 8x8 2.58.
+DIRECT_CONV_MAX_OUT_CHANNELS = 32
+# The direct loops go over a padded-width plane this many pixels at a time (for every input channel
+# and four output channels), so that those output pixels stay in the L1 cache.
+DIRECT_CONV_CHUNK_PIXELS = 512
+
+# Passes over memory (ReLU, batch norm, pooling, concatenation) split over numba's threads from this
+# many elements, once numba has the cores (common.worth_splitting); below, a thread start costs more
+# than half the pass saves.
+SPLIT_MIN_ELEMENTS = 1 << 15
