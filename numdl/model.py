@@ -655,7 +655,13 @@ def _count_correct(ops, logits, y, axis=-1, loss=None):
     y = None if y is None else np.asarray(y)
     if y is None or y.dtype.kind not in "iu" or len(logits.shape) != y.ndim + 1:
         return None
-    right = ops.to_numpy(logits).argmax(axis=axis) == y
+    if axis == 1 and len(logits.shape) >= 3:  # per pixel: a kernel (NumPy's strided argmax is slow)
+        flat = logits.reshape((logits.shape[0], logits.shape[1], -1))
+        pred = ops.empty((flat.shape[0], flat.shape[2]), logits.dtype)
+        ops.pixel_argmax(pred, flat)
+        right = ops.to_numpy(pred).reshape(y.shape) == y
+    else:
+        right = ops.to_numpy(logits).argmax(axis=axis) == y
     if loss is not None and getattr(loss, "ignore_index", None) is not None:
         right &= y != loss.ignore_index
     return int(right.sum())

@@ -1093,6 +1093,15 @@ def _pixel_ce_backward(dtype, rng):
     return args, 48, {0: scale * w * (probs - onehot)}
 
 
+def _pixel_argmax(dtype, rng):
+    logits, _, _, _ = _segmentation_inputs(dtype, rng)
+    logits[0, 2, 3] = logits[0, 0, 3] = logits[0, :, 3].max() + 1  # a tie: the first class wins
+    logits[1, 1, 2], logits[1, 3, 2] = np.nan, np.nan  # NaN: the first NaN wins, as NumPy's argmax
+    expected = np.argmax(logits, axis=1)
+    assert expected[0, 3] == 0 and expected[1, 2] == 1
+    return [np.zeros((2, 6), dtype), logits], 12, {0: expected}
+
+
 def _dice_parts(labels, probs):
     valid = (labels != IGNORE)[:, None, :]
     onehot = np.moveaxis(np.eye(4)[np.where(labels != IGNORE, labels, 0)], -1, 1) * valid
@@ -1268,6 +1277,7 @@ CASES = {
     ("segmentation", "pixel_cross_entropy_forward"): _pixel_ce_forward,
     ("segmentation", "pixel_cross_entropy_backward"): _pixel_ce_backward,
     ("segmentation", "dice_statistics_forward"): _dice_statistics,
+    ("segmentation", "pixel_argmax_forward"): _pixel_argmax,
     ("segmentation", "dice_backward"): _dice_backward,
     ("detection", "centernet_forward"): _centernet_forward,
     ("detection", "centernet_backward"): _centernet_backward,

@@ -72,6 +72,23 @@ def _train(tmp_path, name, nodes, target, loss):
     return run, [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_pixel_accuracy_counts_as_numpy_argmax_does():
+    # The training step's per-pixel count of correct predictions goes through a kernel
+    # (segmentation.pixel_argmax); it must count what NumPy's argmax over the class axis does,
+    # ties to the first class, without the ignored pixels.
+    from numdl.backend import get_ops
+    from numdl.losses import PixelCrossEntropy
+    from numdl.model import _count_correct
+
+    rng = np.random.default_rng(3)
+    logits = rng.integers(-2, 3, (3, 5, 7, 6)).astype(np.float32)  # small integers: many ties
+    labels = rng.integers(0, 5, (3, 7, 6))
+    labels[0, :2] = -100
+    loss = PixelCrossEntropy(ignore_index=-100)
+    right = (logits.argmax(axis=1) == labels) & (labels != -100)
+    assert _count_correct(get_ops("cpu"), logits, labels, 1, loss) == right.sum() > 0
+
+
 def test_a_unet_trains_reports_iou_evaluates_and_writes_mask_pngs(tmp_path):
     pytest.importorskip("PIL")
     from PIL import Image

@@ -164,6 +164,10 @@ class Ops:
         self._run("segmentation", "pixel_cross_entropy_backward", dlogits.size, dlogits, probs, labels, class_weights,
                   int(ignore_index), self.scalar(scale, probs.dtype))
 
+    def pixel_argmax(self, pred, logits):
+        """pred (N, P), the logits' dtype: each pixel's predicted class, from (N, C, P) logits."""
+        self._run("segmentation", "pixel_argmax_forward", pred.size, pred, logits)
+
     def dice_statistics(self, stats, probs, labels, ignore_index):
         self._run("segmentation", "dice_statistics_forward", stats.shape[0], stats, probs, labels, int(ignore_index))
 

@@ -8,12 +8,29 @@ already multiplied by ``scale`` (1 / the summed weights for a mean).
 Soft Dice over the batch: with p the softmax and t the one-hot labels (ignored pixels left out),
 per class c: I_c = sum p t, S_c = sum p + sum t, dice_c = (2 I_c + eps) / (S_c + eps), and the loss is
 1 - mean_c dice_c. ``dice_statistics`` writes stats (C, 2) = (I_c, S_c); backward needs them.
+
+``pixel_argmax`` writes each pixel's predicted class (the first largest logit; a NaN wins, as NumPy's
+argmax), which the per-pixel accuracy of every training step counts: NumPy's argmax along the
+strided class axis took 14 ms a step for the U-Net example's (32, 11, 64 x 64) logits.
 """
 
 import math
 
 from numdl.kernels.activation import _exp_nonpositive_float32
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math, scalar_math_float32
+from numba import prange
+
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    numba_threads,
+    same_type,
+    scalar_math,
+    scalar_math_float32,
+    thread_share,
+    worth_splitting,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -181,6 +198,45 @@ def dice_backward_cpu(dlogits, probs, labels, stats, eps, scale, ignore_index):
                 dlogits[n, c, p] = zero if y == ignore_index else value
 
 
+@cpu_kernel
+def pixel_argmax_forward_cpu(pred, logits):
+    # Overwrites pred (N, P), of the logits' dtype (as every kernel output; class indices are exact
+    # in it), with the class of each pixel's first largest logit (N, C, P).
+    # Samples split over numba's threads when they have the cores.
+    if worth_splitting(logits.size):
+        _pixel_argmax_split(pred, logits)
+    else:
+        _pixel_argmax_samples(pred, logits)
+
+
+@cpu_kernel
+def _pixel_argmax_samples(pred, logits):
+    # Along the pixels (the contiguous axis, so that the loops vectorise), keeping each pixel's best
+    # logit so far in a row of scratch.
+    n_batch, classes, pixels = logits.shape
+    best = logits[0, 0].copy() if n_batch > 0 else logits.reshape(-1)[:0].copy()
+    for n in range(n_batch):
+        row = pred[n]
+        for p in range(pixels):
+            best[p] = logits[n, 0, p]
+            row[p] = 0
+        for c in range(1, classes):
+            label = same_type(best[0], c)
+            for p in range(pixels):
+                v = logits[n, c, p]
+                take = (v > best[p]) | ((v != v) & (best[p] == best[p]))  # the first NaN stays
+                best[p] = v if take else best[p]
+                row[p] = label if take else row[p]
+
+
+@cpu_parallel_kernel
+def _pixel_argmax_split(pred, logits):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(logits.shape[0], part, parts)
+        _pixel_argmax_samples(pred[lo:hi], logits[lo:hi])
+
+
 # --------------------------------------------------------------------------------------- CUDA kernels
 
 
@@ -235,3 +291,18 @@ def dice_backward_cuda(dlogits, probs, labels, stats, eps, scale, ignore_index):
     pixels = probs.shape[2]
     for item in range(cuda.grid(1), probs.shape[0] * pixels, cuda.gridsize(1)):
         dice_pixel_grad(dlogits, probs, labels, stats, eps, scale, ignore_index, item // pixels, item % pixels)
+
+
+@cuda_kernel
+def pixel_argmax_forward_cuda(pred, logits):
+    classes, pixels = logits.shape[1], logits.shape[2]
+    for item in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
+        n, p = item // pixels, item % pixels
+        best = logits[n, 0, p]
+        index = 0
+        for c in range(1, classes):
+            v = logits[n, c, p]
+            if v > best or (v != v and best == best):
+                best = v
+                index = c
+        pred[n, p] = same_type(best, index)
