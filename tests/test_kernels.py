@@ -214,7 +214,8 @@ def test_conv_cases_cover_both_cpu_paths():
     assert not direct(CONV) and not direct(CONV_SAME)
 
 
-@pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3"])
+@pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",
+                                  "conv_transpose"])
 def test_passes_split_over_threads_match_one_thread(case):
     # Passes that split over numba's threads once numba has the cores (common.worth_splitting) must
     # compute what one thread does: the same arithmetic per element, only the work divided.
@@ -264,14 +265,33 @@ def test_passes_split_over_threads_match_one_thread(case):
             back = np.empty_like(rows)
             layout.concat_backward_cpu(back, out, 5)
             return out, back
-        w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
-        b = rng.standard_normal(6).astype(np.float32)
         none = np.empty((0, 0), np.float32)
-        out = np.empty((4, 6, 36, 34), np.float32)
-        conv.conv2d_forward_cpu(out, none, none, x, w, b, 1, 1, 1, 1, 1, 1, 1, True)
+        if case == "conv_transpose":  # im2col and col2im around the GEMMs
+            from numdl.kernels import conv_transpose
+
+            w = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
+            b = rng.standard_normal(3).astype(np.float32)
+            out = np.empty((4, 3, 72, 68), np.float32)
+            xt, cols = np.empty((8, 4 * 36 * 34), np.float32), np.empty((12, 4 * 36 * 34), np.float32)
+            conv_transpose.conv_transpose2d_forward_cpu(out, xt, cols, x, w, b, 2, 2, 0, 0, 1, 1, 1)
+            dx, dw, db, dxt = np.empty_like(x), np.empty_like(w), np.empty_like(b), np.empty_like(xt)
+            g = rng.standard_normal(out.shape).astype(np.float32)
+            conv_transpose.conv_transpose2d_backward_cpu(dx, dw, db, np.empty_like(cols), dxt, g, x, xt, w, 2, 2, 0, 0,
+                                                         1, 1, 1)
+            return out, dx, dw, db
+        # 3x3 at stride 1 and 6 output channels: the direct path; 40 channels at stride 2: im2col's
+        stride, c_out = (1, 6) if case == "conv3x3" else (2, 40)
+        w = rng.standard_normal((c_out, 8, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(c_out).astype(np.float32)
+        h_out, w_out = (36 - 1) // stride + 1, (34 - 1) // stride + 1
+        out = np.empty((4, c_out, h_out, w_out), np.float32)
+        cols = np.empty((72, 4 * h_out * w_out), np.float32) if stride == 2 else none
+        gemm = np.empty((c_out, 4 * h_out * w_out), np.float32) if stride == 2 else none
+        conv.conv2d_forward_cpu(out, cols, gemm, x, w, b, stride, stride, 1, 1, 1, 1, 1, True)
         dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
         g = rng.standard_normal(out.shape).astype(np.float32)
-        conv.conv2d_backward_cpu(dx, dw, db, none, none, none, g, out, x, none, w, 1, 1, 1, 1, 1, 1, 1, True)
+        conv.conv2d_backward_cpu(dx, dw, db, np.empty_like(cols), np.empty_like(gemm), none, g, out, x, cols, w, stride,
+                                 stride, 1, 1, 1, 1, 1, True)
         return out, dx, dw, db
 
     before = numba.get_num_threads()
@@ -285,7 +305,7 @@ def test_passes_split_over_threads_match_one_thread(case):
     finally:
         numba.set_num_threads(before)
     for one, two in zip(serial, split):
-        if case == "conv3x3":  # dweight and dbias: per-thread partial sums, added in another order
+        if case.startswith("conv"):  # sums split by thread (direct path) or by BLAS block, in another order
             np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
         else:
             np.testing.assert_array_equal(two, one)
