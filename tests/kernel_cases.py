@@ -342,9 +342,12 @@ CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), p
 # A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path
 # (5x5: a 3x3 one this small takes the direct path).
 CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
-# 3x3, stride 1: the CPU's direct path (kernels.conv.direct_3x3); six output channels are a block of
-# four and two single ones, three samples split unevenly over two threads.
-CONV_DIRECT = dict(n=3, c_in=3, h=6, w=5, c_out=6, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+# 3x3, stride 1: the CPU's direct path (kernels.conv.direct_conv); 14 output channels are a block of
+# eight, one of four and two single ones (9 input channels: eight and one for dx's convolution),
+# three samples split unevenly over two threads.
+CONV_DIRECT = dict(n=3, c_in=9, h=6, w=5, c_out=14, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+# The direct path's 1x1 kernels (a block of four and two single channels again).
+CONV_DIRECT_1X1 = dict(n=3, c_in=3, h=5, w=4, c_out=6, groups=1, k=(1, 1), stride=(1, 1), pad=(0, 0), dil=(1, 1))
 # Uneven padding (2 rows, no columns) and output planes past one DIRECT_CONV_CHUNK_PIXELS chunk.
 CONV_DIRECT_WIDE = dict(n=2, c_in=2, h=24, w=22, c_out=5, groups=1, k=(3, 3), stride=(1, 1), pad=(2, 0),
                         dil=(1, 1))
@@ -1333,6 +1336,8 @@ VARIANTS = {
     "conv2d_backward_same_chunked": (("conv", "conv2d_backward"), _conv_backward(False, chunked=True, same=True)),
     "conv2d_forward_direct": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT)),
     "conv2d_backward_direct": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT)),
+    "conv2d_forward_direct_1x1": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT_1X1)),
+    "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
     "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
 }

@@ -200,17 +200,18 @@ def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
 
 def test_conv_cases_cover_both_cpu_paths():
     # The direct 3x3 cases must take the direct path and the others im2col, or a path goes untested.
-    from numdl.kernels.conv import direct_3x3
-    from kernel_cases import CONV, CONV_DIRECT, CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference
+    from kernel_cases import CONV, CONV_DIRECT, CONV_DIRECT_1X1, CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference
+
+    from numdl.kernels.conv import direct_conv
 
     def direct(p):
         x = np.zeros((1, p["c_in"], p["h"], p["w"]))
         w = np.zeros((p["c_out"], p["c_in"] // p["groups"]) + p["k"])
         out = conv2d_reference(x, w, np.zeros(0), p["stride"], p["pad"], p["dil"], p["groups"])
-        return direct_3x3(p["c_in"], p["c_out"], out.shape[2], out.shape[3], *p["k"], *p["stride"], *p["dil"], p["groups"],
+        return direct_conv(p["c_in"], p["c_out"], out.shape[2], out.shape[3], *p["k"], *p["stride"], *p["dil"], p["groups"],
                           *p["pad"])
 
-    assert direct(CONV_DIRECT) and direct(CONV_DIRECT_WIDE)
+    assert direct(CONV_DIRECT) and direct(CONV_DIRECT_WIDE) and direct(CONV_DIRECT_1X1)
     assert not direct(CONV) and not direct(CONV_SAME)
 
 

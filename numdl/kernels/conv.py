@@ -11,8 +11,8 @@ columns would pass tuning.CONV_COLUMN_CHUNK_ELEMENTS; the batch is then done S s
 each chunk's otherwise (dweight is one GEMM per group and chunk, accumulated), and scatters the
 GEMM-computed ``dcols`` back with col2im.
 
-CPU, 3x3 kernels with stride 1, no dilation, one group, padding <= 2 (``direct_3x3`` says when):
-direct convolution instead, samples split over numba's threads. Each sample's input is copied into
+CPU, 3x3 and 1x1 kernels with stride 1, no dilation, one group, padding < the kernel size
+(``direct_conv`` says when): direct convolution instead, samples split over numba's threads. Each sample's input is copied into
 zero-padded planes stored flat, (H + 2 pad_h) rows of W_p = W + 2 pad_w; output pixel (y, x) is
 then p = y W_p + x of a flat "padded-width" plane, and its nine taps are src[p + i W_p + j], so one
 loop over every p of the plane (the W_p - W_out columns past each row are computed and dropped)
@@ -20,8 +20,9 @@ runs long, contiguous and vectorised whatever the image width, four output chann
 the input. The im2col GEMM has only C_out rows there, and OpenBLAS ran such thin products at
 11-19 GF/s; the direct loops measured 54-63 GF/s at 32x32 and 64x64 (2 threads; the figures
 behind the choice are in tuning.DIRECT_CONV_MAX_OUT_CHANNELS). dx is the same
-convolution of dout (padded by 2 - pad) with the kernel flipped and its channel axes swapped;
-dweight sums nine shifted dot products per channel pair. The work buffers are unused there.
+convolution of dout (padded by k - 1 - pad) with the kernel flipped and its channel axes swapped;
+dweight sums nine shifted dot products per channel pair (one for 1x1). The work buffers are unused
+there.
 
 CUDA: direct convolution, one thread per output element,
 and one per weight / bias / input element in backward (no atomics); the CPU work buffers are unused
@@ -61,14 +62,17 @@ def conv_output_index(in_pos, kernel_pos, stride, pad, dilation, out_size):
 
 
 @scalar_math
-def direct_3x3(c_in, c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+def direct_conv(c_in, c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
     # Whether the CPU convolves directly (module docstring) rather than through im2col and a GEMM:
-    # where the direct loops can run (a 3x3 kernel, stride 1, no dilation, one group, padding <= 2)
-    # and measured faster: at most tuning.DIRECT_CONV_MAX_OUT_CHANNELS output channels (the GEMM's
-    # rows; with more, OpenBLAS's products run well). c_in, h_out, w_out: for future rules.
-    if kh != 3 or kw != 3 or stride_h != 1 or stride_w != 1 or dil_h != 1 or dil_w != 1 or groups != 1:
+    # where the direct loops can run (a 3x3 or 1x1 kernel, stride 1, no dilation, one group, padding
+    # at most kernel size - 1) and measured faster: at most tuning.DIRECT_CONV_MAX_OUT_CHANNELS output
+    # channels (the GEMM's rows; with more, OpenBLAS's products run well). c_in, h_out, w_out: for
+    # future rules.
+    if not ((kh == 3 and kw == 3) or (kh == 1 and kw == 1)):
         return False
-    if pad_h > 2 or pad_w > 2:
+    if stride_h != 1 or stride_w != 1 or dil_h != 1 or dil_w != 1 or groups != 1:
+        return False
+    if pad_h > kh - 1 or pad_w > kw - 1:
         return False
     return c_out <= tuning.DIRECT_CONV_MAX_OUT_CHANNELS
 
@@ -152,7 +156,7 @@ def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad
     # direct 3x3 path (module docstring) uses neither.
     n_batch, c_out, h_out, w_out = out.shape
     kh, kw = weight.shape[2], weight.shape[3]
-    if direct_3x3(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+    if direct_conv(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
         _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu)
         return
     hw = h_out * w_out
@@ -200,7 +204,7 @@ def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x,
     # saves when dout has more channels than x, and per-sample products of small images are slow.
     n_batch, c_out, h_out, w_out = dout.shape
     kh, kw = weight.shape[2], weight.shape[3]
-    if direct_3x3(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
+    if direct_conv(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
         _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, relu)
         return
     hw = h_out * w_out
@@ -345,17 +349,52 @@ def _tap_rows(src, c, first, count, width):
 
 
 @cpu_kernel
+def _rows_conv3x3_8(outp, src, weight, width, co, p0, m):
+    # _planes_conv3x3 for output channels co..co+7 at positions p0..p0+m-1: one kernel row of eight
+    # channels per loop (24 weights stay in registers; with all nine taps of four channels, 36, they
+    # were reloaded every step): 54-78 GF/s a thread against 32-61.
+    c_in = weight.shape[1]
+    zero = same_type(outp[0, 0], 0.0)
+    o0, o1, o2, o3 = outp[co, p0:p0 + m], outp[co + 1, p0:p0 + m], outp[co + 2, p0:p0 + m], outp[co + 3, p0:p0 + m]
+    o4, o5, o6, o7 = outp[co + 4, p0:p0 + m], outp[co + 5, p0:p0 + m], outp[co + 6, p0:p0 + m], outp[co + 7, p0:p0 + m]
+    for q in range(8):
+        outp[co + q, p0:p0 + m] = zero
+    for ci in range(c_in):
+        for i in range(3):
+            row = src[ci, p0 + i * width:p0 + i * width + m + 2]
+            k = weight[co:co + 8, ci, i]
+            a0, a1, a2, b0, b1, b2 = k[0, 0], k[0, 1], k[0, 2], k[1, 0], k[1, 1], k[1, 2]
+            c0, c1, c2, d0, d1, d2 = k[2, 0], k[2, 1], k[2, 2], k[3, 0], k[3, 1], k[3, 2]
+            e0, e1, e2, f0, f1, f2 = k[4, 0], k[4, 1], k[4, 2], k[5, 0], k[5, 1], k[5, 2]
+            g0, g1, g2, h0, h1, h2 = k[6, 0], k[6, 1], k[6, 2], k[7, 0], k[7, 1], k[7, 2]
+            for p in range(m):
+                t0, t1, t2 = row[p], row[p + 1], row[p + 2]
+                o0[p] += a0 * t0 + a1 * t1 + a2 * t2
+                o1[p] += b0 * t0 + b1 * t1 + b2 * t2
+                o2[p] += c0 * t0 + c1 * t1 + c2 * t2
+                o3[p] += d0 * t0 + d1 * t1 + d2 * t2
+                o4[p] += e0 * t0 + e1 * t1 + e2 * t2
+                o5[p] += f0 * t0 + f1 * t1 + f2 * t2
+                o6[p] += g0 * t0 + g1 * t1 + g2 * t2
+                o7[p] += h0 * t0 + h1 * t1 + h2 * t2
+
+
+@cpu_kernel
 def _planes_conv3x3(outp, src, weight, width, length):
     # Overwrites outp[:, :length] (C_out, >= length): the 3x3 cross-correlation of src (C_in, flat
     # padded planes of row length ``width``) with weight (C_out, C_in, 3, 3) at padded-width positions
-    # p < length. Four output channels share each load of the nine taps; a chunk of p at a time keeps
-    # those four output rows in the L1 cache across the input channels.
+    # p < length. Eight output channels share each load of a kernel row's taps (then four channels
+    # all nine taps, then one at a time); a chunk of p at a time keeps those output rows in the L1
+    # cache across the input channels.
     c_out, c_in = weight.shape[0], weight.shape[1]
     chunk = tuning.DIRECT_CONV_CHUNK_PIXELS
     zero = same_type(outp[0, 0], 0.0)
     for p0 in range(0, length, chunk):
         m = min(length - p0, chunk)
         co = 0
+        while co + 8 <= c_out:
+            _rows_conv3x3_8(outp, src, weight, width, co, p0, m)
+            co += 8
         while co + 4 <= c_out:
             o0, o1 = outp[co, p0:p0 + m], outp[co + 1, p0:p0 + m]
             o2, o3 = outp[co + 2, p0:p0 + m], outp[co + 3, p0:p0 + m]
@@ -449,6 +488,77 @@ def _planes_dweight(dweight, g, src, width, length):
 
 
 @cpu_kernel
+def _planes_conv1x1(outp, src, weight, length):
+    # _planes_conv3x3 for a 1x1 kernel (weight (C_out, C_in, 1, 1)): outp[:, :length] = weight @ src.
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    chunk = tuning.DIRECT_CONV_CHUNK_PIXELS
+    zero = same_type(outp[0, 0], 0.0)
+    for p0 in range(0, length, chunk):
+        m = min(length - p0, chunk)
+        co = 0
+        while co < c_out:
+            lanes = 4 if co + 4 <= c_out else 1  # the last one to three channels one at a time
+            o0, o1 = outp[co, p0:p0 + m], outp[co + lanes // 4, p0:p0 + m]
+            o2, o3 = outp[co + 2 * (lanes // 4), p0:p0 + m], outp[co + 3 * (lanes // 4), p0:p0 + m]
+            o0[:] = zero
+            if lanes == 4:
+                o1[:] = zero
+                o2[:] = zero
+                o3[:] = zero
+            for ci in range(c_in):
+                row = src[ci, p0:p0 + m]
+                a = weight[co, ci, 0, 0]
+                if lanes == 4:
+                    b, c, d = weight[co + 1, ci, 0, 0], weight[co + 2, ci, 0, 0], weight[co + 3, ci, 0, 0]
+                    for p in range(m):
+                        t = row[p]
+                        o0[p] += a * t
+                        o1[p] += b * t
+                        o2[p] += c * t
+                        o3[p] += d * t
+                else:
+                    for p in range(m):
+                        o0[p] += a * row[p]
+            co += lanes
+
+
+@cpu_kernel
+def _planes_dweight1x1(dweight, g, src, length):
+    # _planes_dweight for a 1x1 kernel: dweight[co, ci, 0, 0] += sum_p g[co, p] src[ci, p].
+    c_out, c_in = dweight.shape[0], dweight.shape[1]
+    zero = same_type(g[0, 0], 0.0)
+    co = 0
+    while co < c_out:
+        lanes = 4 if co + 4 <= c_out else 1  # as _planes_dweight
+        g0, g1 = g[co, :length], g[co + lanes // 4, :length]
+        g2, g3 = g[co + 2 * (lanes // 4), :length], g[co + 3 * (lanes // 4), :length]
+        for ci in range(c_in):
+            row = src[ci, :length]
+            a = b = c = d = zero
+            for p in range(length):
+                t = row[p]
+                a += g0[p] * t
+                b += g1[p] * t
+                c += g2[p] * t
+                d += g3[p] * t
+            dweight[co, ci, 0, 0] += a
+            if lanes == 4:
+                dweight[co + 1, ci, 0, 0] += b
+                dweight[co + 2, ci, 0, 0] += c
+                dweight[co + 3, ci, 0, 0] += d
+        co += lanes
+
+
+@cpu_kernel
+def _planes_conv(outp, src, weight, width, length):
+    # The direct convolution of flat padded planes by a 3x3 or 1x1 kernel.
+    if weight.shape[2] == 1:
+        _planes_conv1x1(outp, src, weight, length)
+    else:
+        _planes_conv3x3(outp, src, weight, width, length)
+
+
+@cpu_kernel
 def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
     # Overwrites out[lo:hi] (see conv2d_forward_cpu), with bias and ReLU on the way out.
     c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
@@ -460,7 +570,7 @@ def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
     zero = same_type(out[0, 0, 0, 0], 0.0)
     for n in range(lo, hi):
         _pad_planes(planes, x, n, pad_h, pad_w, width)
-        _planes_conv3x3(outp, planes, weight, width, length)
+        _planes_conv(outp, planes, weight, width, length)
         for c in range(c_out):
             b = bias[c] if bias.size > 0 else zero
             for y in range(h_out):
@@ -484,8 +594,8 @@ def _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu):
 @cpu_kernel
 def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, pad_w, relu, lo, hi):
     # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
-    # dweight (C_out, C_in, 3, 3) and dbias (C_out,). flipped (C_in, C_out, 3, 3): the weight with
-    # its taps reversed and channel axes swapped, which convolves dout (padded by 2 - pad) into dx.
+    # dweight (C_out, C_in, k, k) and dbias (C_out,). flipped (C_in, C_out, k, k): the weight with
+    # its taps reversed and channel axes swapped, which convolves dout (padded by k - 1 - pad) into dx.
     c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
     width = w + 2 * pad_w
@@ -493,8 +603,9 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
     planes = np.zeros((c_in, (h + 2 * pad_h) * width + 2), x.dtype)
     g = np.zeros((c_out, length), x.dtype)  # the columns past W_out stay zero
     want_dx = dx.size > 0
-    top, left = 2 - pad_h, 2 - pad_w
-    dwidth = w_out + 2 * left  # = w + 2
+    k = flipped.shape[2]
+    top, left = k - 1 - pad_h, k - 1 - pad_w
+    dwidth = w_out + 2 * left  # = w + k - 1
     dplanes = np.zeros((c_out, (h_out + 2 * top) * dwidth + 2 if want_dx else 1), x.dtype)
     dxp = np.empty((c_in, h * dwidth if want_dx else 1), x.dtype)
     zero = same_type(dout[0, 0, 0, 0], 0.0)
@@ -515,9 +626,12 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
                     dplanes[c, start:start + w_out] = row
             if dbias.size > 0:
                 dbias[c] += total
-        _planes_dweight(dweight, g, planes, width, length)
+        if k == 1:
+            _planes_dweight1x1(dweight, g, planes, length)
+        else:
+            _planes_dweight(dweight, g, planes, width, length)
         if want_dx:
-            _planes_conv3x3(dxp, dplanes, flipped, dwidth, h * dwidth)
+            _planes_conv(dxp, dplanes, flipped, dwidth, h * dwidth)
             for c in range(c_in):
                 for y in range(h):
                     for i in range(w):
@@ -543,12 +657,13 @@ def _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, rel
     parts = (n_batch + block - 1) // block
     dweight_parts = np.zeros((parts,) + dweight.shape, x.dtype)
     dbias_parts = np.zeros((parts, dbias.size), x.dtype)
-    flipped = np.empty((c_in, c_out, 3, 3), x.dtype)
+    k = weight.shape[2]
+    flipped = np.empty((c_in, c_out, k, k), x.dtype)
     for co in range(c_out):
         for ci in range(c_in):
-            for i in range(3):
-                for j in range(3):
-                    flipped[ci, co, i, j] = weight[co, ci, 2 - i, 2 - j]
+            for i in range(k):
+                for j in range(k):
+                    flipped[ci, co, i, j] = weight[co, ci, k - 1 - i, k - 1 - j]
     _direct_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, flipped, pad_h, pad_w, relu, block)
     dweight[:] = dweight_parts[0]
     for part in range(1, parts):
