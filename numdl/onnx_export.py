@@ -114,7 +114,7 @@ def _batchnorm(g, layer, x):
     inputs = [x, g.constant(scale, "scale"), g.constant(bias, "bias"),
               g.constant(_host(layer, layer.state["running_mean"]), "mean"),
               g.constant(_host(layer, layer.state["running_var"]), "var")]
-    return g.node("BatchNormalization", inputs, epsilon=float(layer.eps))
+    return _fused_relu(g, layer, g.node("BatchNormalization", inputs, epsilon=float(layer.eps)))
 
 
 def _layernorm(g, layer, x):

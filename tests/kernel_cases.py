@@ -574,43 +574,53 @@ def _bn_inputs(dtype, rng):
     return x, gamma, beta
 
 
-def _bn_train_forward(dtype, rng):
-    x, gamma, beta = _bn_inputs(dtype, rng)
-    xd = f64(x)
-    mean, var = xd.mean(axis=(0, 2)), xd.var(axis=(0, 2))
-    xhat = (xd - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
-    running_mean, running_var = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
-    m = 0.1
-    expected = {0: f64(gamma)[None, :, None] * xhat + f64(beta)[None, :, None], 1: xhat, 2: mean,
-                3: 1 / np.sqrt(var + 1e-5), 4: (1 - m) * f64(running_mean) + m * mean,
-                5: (1 - m) * f64(running_var) + m * xd.var(axis=(0, 2), ddof=1)}
-    args = [np.zeros_like(x), np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), running_mean, running_var,
-            x, gamma, beta, dtype(m), dtype(1e-5)]
-    return args, 3, expected
+def _bn_train_forward(relu):
+    # relu: the fused ReLU on the output (the other outputs are the same)
+    def make(dtype, rng):
+        x, gamma, beta = _bn_inputs(dtype, rng)
+        xd = f64(x)
+        mean, var = xd.mean(axis=(0, 2)), xd.var(axis=(0, 2))
+        xhat = (xd - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+        running_mean, running_var = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+        m = 0.1
+        out = f64(gamma)[None, :, None] * xhat + f64(beta)[None, :, None]
+        expected = {0: np.maximum(out, 0) if relu else out, 1: xhat, 2: mean,
+                    3: 1 / np.sqrt(var + 1e-5), 4: (1 - m) * f64(running_mean) + m * mean,
+                    5: (1 - m) * f64(running_var) + m * xd.var(axis=(0, 2), ddof=1)}
+        args = [np.zeros_like(x), np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), running_mean, running_var,
+                x, gamma, beta, dtype(m), dtype(1e-5), relu]
+        return args, 3, expected
+    return make
 
 
-def _bn_eval_forward(dtype, rng):
-    x, gamma, beta = _bn_inputs(dtype, rng)
-    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
-    ref = f64(gamma)[None, :, None] * (f64(x) - f64(rm)[None, :, None]) / np.sqrt(f64(rv)[None, :, None] + 1e-5) \
-        + f64(beta)[None, :, None]
-    return [np.zeros_like(x), x, rm, rv, gamma, beta, dtype(1e-5)], 3, {0: ref}
+def _bn_eval_forward(relu):
+    def make(dtype, rng):
+        x, gamma, beta = _bn_inputs(dtype, rng)
+        rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+        ref = f64(gamma)[None, :, None] * (f64(x) - f64(rm)[None, :, None]) / np.sqrt(f64(rv)[None, :, None] + 1e-5) \
+            + f64(beta)[None, :, None]
+        return [np.zeros_like(x), x, rm, rv, gamma, beta, dtype(1e-5), relu], 3, {0: np.maximum(ref, 0) if relu else ref}
+    return make
 
 
-def _bn_backward(dtype, rng):
-    x, gamma, beta = _bn_inputs(dtype, rng)
-    dout = rng.standard_normal(x.shape).astype(dtype)
-    xd = f64(x)
-    mean, var = xd.mean(axis=(0, 2), keepdims=True), xd.var(axis=(0, 2), keepdims=True)
-    invstd = 1 / np.sqrt(var + 1e-5)
-    xhat = (xd - mean) * invstd
-    m = x.shape[0] * x.shape[2]
-    g = f64(dout)
-    dx = f64(gamma)[None, :, None] * invstd / m * (m * g - g.sum(axis=(0, 2), keepdims=True)
-                                                   - xhat * (g * xhat).sum(axis=(0, 2), keepdims=True))
-    args = [np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), dout, xhat.astype(dtype),
-            invstd.ravel().astype(dtype), gamma]
-    return args, 3, {0: dx, 1: (g * xhat).sum(axis=(0, 2)), 2: g.sum(axis=(0, 2))}
+def _bn_backward(relu):
+    # relu: through the fused ReLU, whose output (about half zeros) masks the gradient
+    def make(dtype, rng):
+        x, gamma, beta = _bn_inputs(dtype, rng)
+        dout = rng.standard_normal(x.shape).astype(dtype)
+        xd = f64(x)
+        mean, var = xd.mean(axis=(0, 2), keepdims=True), xd.var(axis=(0, 2), keepdims=True)
+        invstd = 1 / np.sqrt(var + 1e-5)
+        xhat = (xd - mean) * invstd
+        m = x.shape[0] * x.shape[2]
+        out = np.maximum(rng.standard_normal(x.shape), 0).astype(dtype) if relu else np.empty((0, 0, 0), dtype)
+        g = np.where(out > 0, f64(dout), 0.0) if relu else f64(dout)
+        dx = f64(gamma)[None, :, None] * invstd / m * (m * g - g.sum(axis=(0, 2), keepdims=True)
+                                                       - xhat * (g * xhat).sum(axis=(0, 2), keepdims=True))
+        args = [np.zeros_like(x), np.zeros(3, dtype), np.zeros(3, dtype), dout, xhat.astype(dtype),
+                invstd.ravel().astype(dtype), gamma, out, relu]
+        return args, 3, {0: dx, 1: (g * xhat).sum(axis=(0, 2)), 2: g.sum(axis=(0, 2))}
+    return make
 
 
 def _ln_inputs(dtype, rng):
@@ -1241,9 +1251,9 @@ CASES = {
     ("pool", "adaptive_avgpool2d_backward"): _adaptive_pool("avg", "backward"),
     ("pool", "adaptive_maxpool2d_forward"): _adaptive_pool("max", "forward"),
     ("pool", "adaptive_maxpool2d_backward"): _adaptive_pool("max", "backward"),
-    ("norm", "batchnorm_train_forward"): _bn_train_forward,
-    ("norm", "batchnorm_eval_forward"): _bn_eval_forward,
-    ("norm", "batchnorm_backward"): _bn_backward,
+    ("norm", "batchnorm_train_forward"): _bn_train_forward(False),
+    ("norm", "batchnorm_eval_forward"): _bn_eval_forward(False),
+    ("norm", "batchnorm_backward"): _bn_backward(False),
     ("norm", "layernorm_forward"): _ln_forward,
     ("norm", "layernorm_backward"): _ln_backward,
     ("elementwise", "add_forward"): _add_forward,
@@ -1318,6 +1328,9 @@ VARIANTS = {
     "pad2d_mode_backward_replicate": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(2)),
     "pad2d_mode_forward_circular": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(3)),
     "pad2d_mode_backward_circular": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(3)),
+    "batchnorm_train_forward_fused_relu": (("norm", "batchnorm_train_forward"), _bn_train_forward(True)),
+    "batchnorm_eval_forward_fused_relu": (("norm", "batchnorm_eval_forward"), _bn_eval_forward(True)),
+    "batchnorm_backward_fused_relu": (("norm", "batchnorm_backward"), _bn_backward(True)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),

@@ -216,7 +216,7 @@ def test_conv_cases_cover_both_cpu_paths():
 
 
 @pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",
-                                  "conv_transpose"])
+                                  "conv_transpose", "pixel_loss"])
 def test_passes_split_over_threads_match_one_thread(case):
     # Passes that split over numba's threads once numba has the cores (common.worth_splitting) must
     # compute what one thread does: the same arithmetic per element, only the work divided.
@@ -245,11 +245,12 @@ def test_passes_split_over_threads_match_one_thread(case):
             mean, invstd, running_mean, running_var = (np.zeros(8, np.float32) for _ in range(4))
             gamma, beta = rng.standard_normal(8).astype(np.float32), np.zeros(8, np.float32)
             norm.batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x3, gamma, beta,
-                                             np.float32(0.1), np.float32(1e-5))
+                                             np.float32(0.1), np.float32(1e-5), True)
             dgamma, dbeta = np.empty(8, np.float32), np.empty(8, np.float32)
-            norm.batchnorm_backward_cpu(dx, dgamma, dbeta, d3, xhat, invstd, gamma)
+            norm.batchnorm_backward_cpu(dx, dgamma, dbeta, d3, xhat, invstd, gamma, out, True)
             evaluated = np.empty_like(x3)
-            norm.batchnorm_eval_forward_cpu(evaluated, x3, running_mean, running_var, gamma, beta, np.float32(1e-5))
+            norm.batchnorm_eval_forward_cpu(evaluated, x3, running_mean, running_var, gamma, beta, np.float32(1e-5),
+                                            True)
             return out, dx, dgamma, dbeta, evaluated
         if case.startswith("maxpool"):
             k, s = (2, 2) if case == "maxpool2x2" else (3, 2)
@@ -266,6 +267,18 @@ def test_passes_split_over_threads_match_one_thread(case):
             back = np.empty_like(rows)
             layout.concat_backward_cpu(back, out, 5)
             return out, back
+        if case == "pixel_loss":
+            from numdl.kernels import segmentation
+
+            logits, labels = x.reshape(4, 8, -1), rng.integers(0, 8, (4, 36 * 34))
+            labels[0, :5] = -100
+            weights = rng.random(8).astype(np.float32)
+            loss, weight, probs = np.empty_like(labels, np.float32), np.empty_like(labels, np.float32), np.empty_like(logits)
+            segmentation.pixel_cross_entropy_forward_cpu(loss, weight, probs, logits, labels, weights, -100)
+            dlogits, pred = np.empty_like(logits), np.empty_like(loss)
+            segmentation.pixel_cross_entropy_backward_cpu(dlogits, probs, labels, weights, -100, np.float32(0.5))
+            segmentation.pixel_argmax_forward_cpu(pred, logits)
+            return loss, weight, probs, dlogits, pred
         none = np.empty((0, 0), np.float32)
         if case == "conv_transpose":  # im2col and col2im around the GEMMs
             from numdl.kernels import conv_transpose

@@ -124,15 +124,19 @@ def test_warmup_changes_nothing():
     assert model.optimizer.state is None
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "batchnorm"])
 def test_fused_relu_gives_the_unfused_numbers(kind):
-    """A Linear or Conv2d followed by a ReLU applies the ReLU itself (the ReLU layer passes through);
-    outputs, parameter gradients and the input gradient equal the unfused model's."""
+    """A Linear, Conv2d or batch norm followed by a ReLU applies the ReLU itself (the ReLU layer
+    passes through); outputs (training and evaluation), parameter gradients and the input gradient
+    equal the unfused model's."""
     def make(fuse):
         if kind == "mlp":
             layers = [numdl.Flatten(), numdl.Linear(16), numdl.ReLU(), numdl.Linear(8), numdl.ReLU(), numdl.Linear(3)]
-        else:
+        elif kind == "cnn":
             layers = [numdl.Conv2d(4, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
+                      numdl.Linear(3)]
+        else:
+            layers = [numdl.Conv2d(4, 3, padding=1), numdl.BatchNorm2d(), numdl.ReLU(), numdl.Flatten(),
                       numdl.Linear(3)]
         return numdl.Sequential(layers, input_shape=(1, 6, 6), dtype="float64", seed=2, input_grad=True, fuse=fuse)
 
@@ -146,6 +150,7 @@ def test_fused_relu_gives_the_unfused_numbers(kind):
     np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
     for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):
         np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])

@@ -354,19 +354,24 @@ class Ops:
 
     # --------------------------------------------------------------------------- normalisation
     def batchnorm_train_forward(self, out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
-                                momentum, eps):
-        """x, out, xhat: (N, C, S) views; the rest per channel. Updates the running statistics."""
+                                momentum, eps, relu=False):
+        """x, out, xhat: (N, C, S) views; the rest per channel. Updates the running statistics.
+        relu: apply a following ReLU in the same pass."""
         d = x.dtype
         self._run("norm", "batchnorm_train_forward", x.shape[1], out, xhat, mean, invstd, running_mean,
-                  running_var, x, gamma, beta, self.scalar(momentum, d), self.scalar(eps, d))
+                  running_var, x, gamma, beta, self.scalar(momentum, d), self.scalar(eps, d), bool(relu))
 
-    def batchnorm_eval_forward(self, out, x, running_mean, running_var, gamma, beta, eps):
+    def batchnorm_eval_forward(self, out, x, running_mean, running_var, gamma, beta, eps, relu=False):
         self._run("norm", "batchnorm_eval_forward", x.shape[1], out, x, running_mean, running_var, gamma, beta,
-                  self.scalar(eps, x.dtype))
+                  self.scalar(eps, x.dtype), bool(relu))
 
-    def batchnorm_backward(self, dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    def batchnorm_backward(self, dx, dgamma, dbeta, dout, xhat, invstd, gamma, out=None):
+        """out: the forward's output when it applied a ReLU (its gradient stops where out <= 0)."""
         dx = self.nothing(dout.dtype, ndim=3) if dx is None else dx
-        self._run("norm", "batchnorm_backward", dout.shape[1], dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+        relu = out is not None
+        out = self.nothing(dout.dtype, ndim=3) if out is None else out
+        self._run("norm", "batchnorm_backward", dout.shape[1], dx, dgamma, dbeta, dout, xhat, invstd, gamma, out,
+                  relu)
 
     def layernorm_forward(self, out, xhat, invstd, x, gamma, beta, eps):
         """x, out, xhat: (R, D) views."""

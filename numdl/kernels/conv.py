@@ -324,10 +324,10 @@ def _pad_planes(planes, x, n, top, left, width):
     # zeroes the planes once, and the border stays zero.
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     for c in range(c_n):
+        plane, image = planes[c], x[n, c]
         for y in range(h):
             start = (y + top) * width + left
-            for i in range(w):
-                planes[c, start + i] = x[n, c, y, i]
+            plane[start:start + w] = image[y]
 
 
 @cpu_kernel
@@ -574,12 +574,12 @@ def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
         for c in range(c_out):
             b = bias[c] if bias.size > 0 else zero
             for y in range(h_out):
-                row = outp[c, y * width:y * width + w_out]
+                row, target = outp[c, y * width:y * width + w_out], out[n, c, y]
                 for i in range(w_out):
                     v = row[i] + b
                     if relu:
                         v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
-                    out[n, c, y, i] = v
+                    target[i] = v
 
 
 @cpu_parallel_kernel
@@ -614,10 +614,10 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
         for c in range(c_out):
             total = zero
             for y in range(h_out):
-                row = g[c, y * width:y * width + w_out]
+                row, grads, outs = g[c, y * width:y * width + w_out], dout[n, c, y], out[n, c, y]
                 for i in range(w_out):
-                    v = dout[n, c, y, i]
-                    if relu and out[n, c, y, i] <= zero:
+                    v = grads[i]
+                    if relu and outs[i] <= zero:
                         v = zero
                     row[i] = v
                     total += v
@@ -634,8 +634,7 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
             _planes_conv(dxp, dplanes, flipped, dwidth, h * dwidth)
             for c in range(c_in):
                 for y in range(h):
-                    for i in range(w):
-                        dx[n, c, y, i] = dxp[c, y * dwidth + i]
+                    dx[n, c, y] = dxp[c, y * dwidth:y * dwidth + w]
 
 
 @cpu_parallel_kernel

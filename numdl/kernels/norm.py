@@ -2,8 +2,10 @@
 
 BatchNorm works on x viewed as (N, C, S) (S = H W for BatchNorm2d, 1 or L for BatchNorm1d): batch
 statistics over N and S per channel, normalised with the biased variance; the running variance is
-updated with the unbiased one, ``running = (1 - momentum) running + momentum batch``. LayerNorm works
-on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are saved for backward.
+updated with the unbiased one, ``running = (1 - momentum) running + momentum batch``; ``relu`` applies a
+following ReLU in the same pass (backward then needs ``out``, whose non-positive entries stop the
+gradient). LayerNorm works on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are
+saved for backward.
 """
 
 import math
@@ -16,7 +18,7 @@ from numdl.kernels.common import cpu_kernel, cpu_parallel_kernel, cuda, cuda_ker
 
 
 @scalar_math
-def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c):
+def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c):
     n_batch, s = x.shape[0], x.shape[2]
     count = n_batch * s
     total = same_type(eps, 0.0)
@@ -36,41 +38,49 @@ def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, 
     unbiased = squares / same_type(eps, max(count - 1, 1))
     running_mean[c] = (same_type(eps, 1.0) - momentum) * running_mean[c] + momentum * mu
     running_var[c] = (same_type(eps, 1.0) - momentum) * running_var[c] + momentum * unbiased
+    zero = same_type(eps, 0.0)
     for n in range(n_batch):
         for i in range(s):
             h = (x[n, c, i] - mu) * inv
             xhat[n, c, i] = h
-            out[n, c, i] = gamma[c] * h + beta[c]
+            v = gamma[c] * h + beta[c]
+            out[n, c, i] = zero if relu and v < zero else v  # not max(): a NaN must reach the NaN guard
 
 
 @scalar_math
-def batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c):
+def batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, relu, c):
     inv = same_type(eps, 1.0) / math.sqrt(running_var[c] + eps)
     scale = gamma[c] * inv
     shift = beta[c] - running_mean[c] * scale
+    zero = same_type(eps, 0.0)
     for n in range(x.shape[0]):
         for i in range(x.shape[2]):
-            out[n, c, i] = x[n, c, i] * scale + shift
+            v = x[n, c, i] * scale + shift
+            out[n, c, i] = zero if relu and v < zero else v
 
 
 @scalar_math
-def batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c):
-    # dx = gamma invstd / M (M dout - sum(dout) - xhat sum(dout xhat)), M = N S.
+def batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu, c):
+    # dx = gamma invstd / M (M dy - sum(dy) - xhat sum(dy xhat)), M = N S, where dy is dout (through
+    # the fused ReLU's mask: zero where out is not positive).
     n_batch, s = dout.shape[0], dout.shape[2]
+    zero = same_type(invstd[0], 0.0)
     count = same_type(invstd[0], n_batch * s)
-    sum_dy = same_type(invstd[0], 0.0)
-    sum_dy_xhat = same_type(invstd[0], 0.0)
+    sum_dy = zero
+    sum_dy_xhat = zero
     for n in range(n_batch):
         for i in range(s):
-            sum_dy += dout[n, c, i]
-            sum_dy_xhat += dout[n, c, i] * xhat[n, c, i]
+            dy = zero if relu and out[n, c, i] <= zero else dout[n, c, i]
+            sum_dy += dy
+            sum_dy_xhat += dy * xhat[n, c, i]
     dgamma[c] = sum_dy_xhat
     dbeta[c] = sum_dy
     if dx.size > 0:
         k = gamma[c] * invstd[c] / count
         for n in range(n_batch):
             for i in range(s):
-                dx[n, c, i] = k * (count * dout[n, c, i] - sum_dy - xhat[n, c, i] * sum_dy_xhat)
+                dy = zero if relu and out[n, c, i] <= zero else dout[n, c, i]
+                dx[n, c, i] = k * (count * dy - sum_dy - xhat[n, c, i] * sum_dy_xhat)
 
 
 @scalar_math
@@ -123,52 +133,52 @@ def layernorm_param_grads(dgamma, dbeta, dout, xhat, j):
 
 
 @cpu_kernel
-def batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+def batchnorm_train_forward_cpu(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu):
     # out, xhat, x (N, C, S); mean, invstd, running_* , gamma, beta (C,). Updates running stats in place.
     # Channels are independent: split over numba's threads when they have the cores.
     if worth_splitting(x.size):
         _batchnorm_train_forward_split(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum,
-                                       eps)
+                                       eps, relu)
         return
     for c in range(x.shape[1]):
-        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c)
 
 
 @cpu_parallel_kernel
-def _batchnorm_train_forward_split(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+def _batchnorm_train_forward_split(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu):
     for c in prange(x.shape[1]):
-        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c)
 
 
 @cpu_kernel
-def batchnorm_eval_forward_cpu(out, x, running_mean, running_var, gamma, beta, eps):
+def batchnorm_eval_forward_cpu(out, x, running_mean, running_var, gamma, beta, eps, relu):
     if worth_splitting(x.size):
-        _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps)
+        _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps, relu)
         return
     for c in range(x.shape[1]):
-        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, relu, c)
 
 
 @cpu_parallel_kernel
-def _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps):
+def _batchnorm_eval_forward_split(out, x, running_mean, running_var, gamma, beta, eps, relu):
     for c in prange(x.shape[1]):
-        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, relu, c)
 
 
 @cpu_kernel
-def batchnorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+def batchnorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu):
     # Overwrites dx (skipped when empty), dgamma, dbeta.
     if worth_splitting(dout.size):
-        _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+        _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu)
         return
     for c in range(dout.shape[1]):
-        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu, c)
 
 
 @cpu_parallel_kernel
-def _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+def _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu):
     for c in prange(dout.shape[1]):
-        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu, c)
 
 
 @cpu_kernel
@@ -200,21 +210,21 @@ def layernorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
 
 
 @cuda_kernel
-def batchnorm_train_forward_cuda(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+def batchnorm_train_forward_cuda(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu):
     for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
-        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, c)
+        batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c)
 
 
 @cuda_kernel
-def batchnorm_eval_forward_cuda(out, x, running_mean, running_var, gamma, beta, eps):
+def batchnorm_eval_forward_cuda(out, x, running_mean, running_var, gamma, beta, eps, relu):
     for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
-        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, c)
+        batchnorm_eval_channel(out, x, running_mean, running_var, gamma, beta, eps, relu, c)
 
 
 @cuda_kernel
-def batchnorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+def batchnorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu):
     for c in range(cuda.grid(1), dout.shape[1], cuda.gridsize(1)):
-        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, c)
+        batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu, c)
 
 
 @cuda_kernel

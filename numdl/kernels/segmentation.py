@@ -100,10 +100,31 @@ def dice_pixel_grad(dlogits, probs, labels, stats, eps, scale, ignore_index, n, 
 
 @cpu_kernel
 def pixel_cross_entropy_forward_cpu(pixel_loss, pixel_weight, probs, logits, labels, class_weights, ignore_index):
-    # Overwrites pixel_loss, pixel_weight (N, P) and probs (N, C, P). Loops run along the pixels (the
-    # contiguous axis) so that they vectorise; pixel_loss and pixel_weight hold each pixel's maximum
-    # logit and sum of exponentials until the last loop. A NaN logit becomes the maximum, so the
-    # pixel's loss is NaN (and the NaN guard sees it).
+    # Overwrites pixel_loss, pixel_weight (N, P) and probs (N, C, P). Samples split over numba's
+    # threads when they have the cores.
+    if worth_splitting(logits.size):
+        _pixel_cross_entropy_forward_split(pixel_loss, pixel_weight, probs, logits, labels, class_weights,
+                                           ignore_index)
+    else:
+        _pixel_cross_entropy_forward_samples(pixel_loss, pixel_weight, probs, logits, labels, class_weights,
+                                             ignore_index)
+
+
+@cpu_parallel_kernel
+def _pixel_cross_entropy_forward_split(pixel_loss, pixel_weight, probs, logits, labels, class_weights, ignore_index):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(logits.shape[0], part, parts)
+        _pixel_cross_entropy_forward_samples(pixel_loss[lo:hi], pixel_weight[lo:hi], probs[lo:hi], logits[lo:hi],
+                                             labels[lo:hi], class_weights, ignore_index)
+
+
+@cpu_kernel
+def _pixel_cross_entropy_forward_samples(pixel_loss, pixel_weight, probs, logits, labels, class_weights,
+                                         ignore_index):
+    # Loops run along the pixels (the contiguous axis) so that they vectorise; pixel_loss and
+    # pixel_weight hold each pixel's maximum logit and sum of exponentials until the last loop. A NaN
+    # logit becomes the maximum, so the pixel's loss is NaN (and the NaN guard sees it).
     n_batch, classes, pixels = logits.shape
     for n in range(n_batch):
         peak, total = pixel_loss[n], pixel_weight[n]
@@ -135,7 +156,25 @@ def pixel_cross_entropy_forward_cpu(pixel_loss, pixel_weight, probs, logits, lab
 
 @cpu_kernel
 def pixel_cross_entropy_backward_cpu(dlogits, probs, labels, class_weights, ignore_index, scale):
-    # Overwrites dlogits (N, C, P) = scale * w_y (probs - onehot(y)); zero at ignored pixels.
+    # Overwrites dlogits (N, C, P) = scale * w_y (probs - onehot(y)); zero at ignored pixels. Samples
+    # split over numba's threads when they have the cores.
+    if worth_splitting(probs.size):
+        _pixel_cross_entropy_backward_split(dlogits, probs, labels, class_weights, ignore_index, scale)
+    else:
+        _pixel_cross_entropy_backward_samples(dlogits, probs, labels, class_weights, ignore_index, scale)
+
+
+@cpu_parallel_kernel
+def _pixel_cross_entropy_backward_split(dlogits, probs, labels, class_weights, ignore_index, scale):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(probs.shape[0], part, parts)
+        _pixel_cross_entropy_backward_samples(dlogits[lo:hi], probs[lo:hi], labels[lo:hi], class_weights,
+                                              ignore_index, scale)
+
+
+@cpu_kernel
+def _pixel_cross_entropy_backward_samples(dlogits, probs, labels, class_weights, ignore_index, scale):
     n_batch, classes, pixels = probs.shape
     zero = same_type(scale, 0.0)
     for n in range(n_batch):

@@ -14,9 +14,11 @@ class _BatchNorm(Layer):
     """PyTorch's batch norm: statistics per channel over the batch (and positions) in training;
     ``momentum`` weighs each batch into the running statistics (None, in a config "cumulative":
     their cumulative average over every batch so far), used in evaluation; ``affine=False``: no learned scale and shift;
-    ``track_running_stats=False``: no running statistics, batch statistics in evaluation too."""
+    ``track_running_stats=False``: no running statistics, batch statistics in evaluation too.
+    A ReLU right after it is applied in the same pass (``fused_relu``), as after a Linear."""
 
     ranks = ()
+    can_fuse_relu = True
 
     def __init__(self, momentum: float | str | None = 0.1, eps: float = 1e-5, affine: bool = True,
                  track_running_stats: bool = True):
@@ -89,11 +91,12 @@ class _BatchNorm(Layer):
             running = ((self.state["running_mean"], self.state["running_var"]) if self.track_running_stats
                        else self._untracked)
             self.ops.batchnorm_train_forward(out, self._xhat, self._mean, self._invstd, *running, self._view(x), gamma,
-                                             beta, self._batch_momentum(training), self.eps)
+                                             beta, self._batch_momentum(training), self.eps, self.fused_relu)
         else:
             self._xhat = None
             self.ops.batchnorm_eval_forward(out, self._view(x), self.state["running_mean"], self.state["running_var"],
-                                            gamma, beta, self.eps)
+                                            gamma, beta, self.eps, self.fused_relu)
+        self._out = out
         return out.reshape(x.shape)
 
     def backward(self, dout):
@@ -102,7 +105,8 @@ class _BatchNorm(Layer):
         dx = self.buffer("dx", self._xhat.shape) if self.needs_input_grad else None
         grads = ((self.params["weight"].grad, self.params["bias"].grad) if self.affine
                  else (self._scratch_grads["weight"], self._scratch_grads["bias"]))
-        self.ops.batchnorm_backward(dx, *grads, self._view(dout), self._xhat, self._invstd, self._affine()[0])
+        self.ops.batchnorm_backward(dx, *grads, self._view(dout), self._xhat, self._invstd, self._affine()[0],
+                                    self._out if self.fused_relu else None)
         return None if dx is None else dx.reshape(dout.shape)
 
 
