@@ -339,9 +339,11 @@ def _gaussian_sample_backward(dtype, rng):
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
-# A "same" convolution (stride 1, output as large as the input): the CPU's flipped-kernel dx path
-# (5x5: a 3x3 one this small takes the direct path).
+# A "same" 5x5 convolution (stride 1, output as large as the input) on the CPU's GEMM path.
 CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
+# The GEMM path in several products per thread: 19x19 outputs are one sample a product forward and
+# three backward (tuning.CONV_GEMM_*_MIN_COLUMNS), seven samples two blocks of four and three.
+CONV_GEMM = dict(n=7, c_in=1, h=21, w=21, c_out=33, groups=1, k=(3, 3), stride=(1, 1), pad=(0, 0), dil=(1, 1))
 # 3x3, stride 1: the CPU's direct path (kernels.conv.direct_conv); 14 output channels are a block of
 # eight, one of four and two single ones (9 input channels: eight and one for dx's convolution),
 # three samples split unevenly over two threads.
@@ -386,16 +388,11 @@ def _conv_scalars(p=CONV):
     return [*p["stride"], *p["pad"], *p["dil"], p["groups"]]
 
 
-def _conv_forward(relu, chunked=False, p=CONV):
-    # chunked: work buffers for one sample, so the kernel does the batch a sample at a time
+def _conv_forward(relu, p=CONV):
     def make(dtype, rng):
         x, w, b, shape = _conv_inputs(dtype, rng, p)
-        hw = shape[2] * shape[3]
-        samples = 1 if chunked else shape[0]
-        cols = np.zeros((x.shape[1] * w.shape[2] * w.shape[3], samples * hw), dtype)
-        gemm = np.zeros((shape[1], samples * hw), dtype)
         expected = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
-        return [np.zeros(shape, dtype), cols, gemm, x, w, b, *_conv_scalars(p), relu], int(np.prod(shape)), {0: expected}
+        return [np.zeros(shape, dtype), x, w, b, *_conv_scalars(p), relu], int(np.prod(shape)), {0: expected}
     return make
 
 
@@ -416,27 +413,14 @@ def _numeric_conv_grads(x, w, b, dout, relu, p=CONV):
     return dx, dw, g.sum(axis=(0, 2, 3)), out
 
 
-def _conv_backward(relu, chunked=False, same=False, p=CONV):
-    # chunked: work buffers for one sample (cols then holds a stale chunk: the kernel rebuilds them);
-    # same: a "same" convolution with the flipped-kernel buffer, which the CPU's dx path uses
-    p = CONV_SAME if same else p
-
+def _conv_backward(relu, p=CONV):
     def make(dtype, rng):
         x, w, b, shape = _conv_inputs(dtype, rng, p)
         dout = rng.standard_normal(shape).astype(dtype)
         dx, dw, db, out = _numeric_conv_grads(f64(x), f64(w), f64(b), f64(dout), relu, p)
         out = np.maximum(out, 0) if relu else out
-        hw = shape[2] * shape[3]
-        taps = x.shape[1] * w.shape[2] * w.shape[3]
-        samples = shape[0] - 1 if chunked else shape[0]  # chunks of fewer samples than the batch
-        cols = np.zeros((taps, samples * hw), dtype)
-        from numdl.kernels.conv import _im2col
-        _im2col(cols, x, 0, samples, *p["stride"], *p["pad"], *p["dil"], *p["k"], shape[2], shape[3])
-        rows = max(p["c_in"], p["c_out"]) * p["k"][0] * p["k"][1] if same else taps
-        flipped = np.zeros((p["c_in"], p["c_out"] * p["k"][0] * p["k"][1]) if same else (0, 0), dtype)
-        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), np.zeros((rows, samples * hw), dtype),
-                np.zeros((shape[1], samples * hw), dtype), flipped, dout, out.astype(dtype), x, cols,
-                w, *_conv_scalars(p), relu]
+        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), dout, out.astype(dtype), x, w,
+                *_conv_scalars(p), relu]
         return args, dx.size + dw.size + db.size, {0: dx, 1: dw, 2: db}
     return make
 
@@ -1009,6 +993,10 @@ def _upsample_backward(kind):
 
 
 CONV_T = dict(n=2, c_in=4, h=3, w=4, c_out=6, groups=2, k=(3, 2), stride=(2, 1), pad=(1, 0), dil=(1, 2), out_pad=(1, 0))
+# Windows that tile the output (kernel = stride, no padding, one group): the CPU's direct path, three
+# samples over two threads, 6 x 2 x 3 = 36 columns and 5 input channels (blocks of four and one).
+CONV_T_TILED = dict(n=3, c_in=5, h=3, w=4, c_out=6, groups=1, k=(2, 3), stride=(2, 3), pad=(0, 0), dil=(1, 1),
+                    out_pad=(0, 0))
 
 
 def conv_transpose2d_reference(x, w, b, stride, pad, dil, groups, out_hw):
@@ -1026,8 +1014,7 @@ def conv_transpose2d_reference(x, w, b, stride, pad, dil, groups, out_hw):
     return out + (b[None, :, None, None] if b.size else 0)
 
 
-def _conv_t_setup(dtype, rng):
-    p = CONV_T
+def _conv_t_setup(dtype, rng, p=CONV_T):
     out_hw = tuple((s - 1) * st - 2 * pd + d * (k - 1) + op + 1 for s, st, pd, d, k, op in
                    zip((p["h"], p["w"]), p["stride"], p["pad"], p["dil"], p["k"], p["out_pad"]))
     x = rng.standard_normal((p["n"], p["c_in"], p["h"], p["w"])).astype(dtype)
@@ -1037,9 +1024,8 @@ def _conv_t_setup(dtype, rng):
     return x, w, b, out_hw, scalars
 
 
-def _conv_transpose_forward(dtype, rng):
-    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng)
-    p = CONV_T
+def _conv_transpose_forward(dtype, rng, p=CONV_T):
+    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng, p)
     columns = p["n"] * p["h"] * p["w"]
     expected = conv_transpose2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], out_hw)
     args = [np.zeros((p["n"], p["c_out"]) + out_hw, dtype), np.zeros((p["c_in"], columns), dtype),
@@ -1047,9 +1033,8 @@ def _conv_transpose_forward(dtype, rng):
     return args, expected.size, {0: expected}
 
 
-def _conv_transpose_backward(dtype, rng):
-    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng)
-    p = CONV_T
+def _conv_transpose_backward(dtype, rng, p=CONV_T):
+    x, w, b, out_hw, scalars = _conv_t_setup(dtype, rng, p)
     dout = rng.standard_normal((p["n"], p["c_out"]) + out_hw).astype(dtype)
     ref = lambda xx, ww: conv_transpose2d_reference(xx, ww, np.zeros(0), p["stride"], p["pad"], p["dil"],
                                                     p["groups"], out_hw)
@@ -1343,12 +1328,16 @@ VARIANTS = {
     "upsample_backward_nearest": (("upsample", "upsample_backward"), _upsample_backward("nearest")),
     "upsample_forward_align_corners": (("upsample", "upsample_forward"), _upsample_forward("bilinear_align_corners")),
     "upsample_backward_align_corners": (("upsample", "upsample_backward"), _upsample_backward("bilinear_align_corners")),
-    "conv2d_forward_chunked": (("conv", "conv2d_forward"), _conv_forward(False, chunked=True)),
-    "conv2d_backward_chunked": (("conv", "conv2d_backward"), _conv_backward(True, chunked=True)),
-    "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, same=True)),
-    "conv2d_backward_same_chunked": (("conv", "conv2d_backward"), _conv_backward(False, chunked=True, same=True)),
+    "conv2d_forward_same": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_SAME)),
+    "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_SAME)),
+    "conv2d_forward_gemm_chunks": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_GEMM)),
+    "conv2d_backward_gemm_chunks": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_GEMM)),
     "conv2d_forward_direct": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT)),
     "conv2d_backward_direct": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT)),
+    "conv_transpose2d_forward_tiled": (("conv_transpose", "conv_transpose2d_forward"),
+                                       lambda d, r: _conv_transpose_forward(d, r, CONV_T_TILED)),
+    "conv_transpose2d_backward_tiled": (("conv_transpose", "conv_transpose2d_backward"),
+                                        lambda d, r: _conv_transpose_backward(d, r, CONV_T_TILED)),
     "conv2d_forward_direct_1x1": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT_1X1)),
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),

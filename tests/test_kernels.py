@@ -28,7 +28,7 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
 # (here: NaN) must never reach a result.
 OUTPUT_ARGUMENTS = {
     ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4,
-    ("conv", "conv2d_forward"): 3, ("conv", "conv2d_backward"): 6,
+    ("conv", "conv2d_forward"): 1, ("conv", "conv2d_backward"): 3,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,
     ("recurrent", "lstm_backward"): 10, ("recurrent", "gru_backward"): 10,
@@ -199,7 +199,7 @@ def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
 
 
 def test_conv_cases_cover_both_cpu_paths():
-    # The direct 3x3 cases must take the direct path and the others im2col, or a path goes untested.
+    # The direct cases must take the direct paths and the others im2col, or a path goes untested.
     from kernel_cases import CONV, CONV_DIRECT, CONV_DIRECT_1X1, CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference
 
     from numdl.kernels.conv import direct_conv
@@ -213,6 +213,17 @@ def test_conv_cases_cover_both_cpu_paths():
 
     assert direct(CONV_DIRECT) and direct(CONV_DIRECT_WIDE) and direct(CONV_DIRECT_1X1)
     assert not direct(CONV) and not direct(CONV_SAME)
+
+    from kernel_cases import CONV_T, CONV_T_TILED
+
+    from numdl.kernels.conv_transpose import _tiles_output
+
+    def tiled(p):
+        out = [(s - 1) * st - 2 * pd + d * (k - 1) + op + 1 for s, st, pd, d, k, op in
+               zip((p["h"], p["w"]), p["stride"], p["pad"], p["dil"], p["k"], p["out_pad"])]
+        return _tiles_output(p["h"], p["w"], *out, *p["k"], *p["stride"], *p["pad"], *p["dil"], p["groups"])
+
+    assert tiled(CONV_T_TILED) and not tiled(CONV_T)
 
 
 @pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",
@@ -279,7 +290,6 @@ def test_passes_split_over_threads_match_one_thread(case):
             segmentation.pixel_cross_entropy_backward_cpu(dlogits, probs, labels, weights, -100, np.float32(0.5))
             segmentation.pixel_argmax_forward_cpu(pred, logits)
             return loss, weight, probs, dlogits, pred
-        none = np.empty((0, 0), np.float32)
         if case == "conv_transpose":  # im2col and col2im around the GEMMs
             from numdl.kernels import conv_transpose
 
@@ -293,19 +303,16 @@ def test_passes_split_over_threads_match_one_thread(case):
             conv_transpose.conv_transpose2d_backward_cpu(dx, dw, db, np.empty_like(cols), dxt, g, x, xt, w, 2, 2, 0, 0,
                                                          1, 1, 1)
             return out, dx, dw, db
-        # 3x3 at stride 1 and 6 output channels: the direct path; 40 channels at stride 2: im2col's
+        # 3x3 at stride 1 and 6 output channels: the direct path; 40 channels at stride 2: the GEMM path
         stride, c_out = (1, 6) if case == "conv3x3" else (2, 40)
         w = rng.standard_normal((c_out, 8, 3, 3)).astype(np.float32)
         b = rng.standard_normal(c_out).astype(np.float32)
         h_out, w_out = (36 - 1) // stride + 1, (34 - 1) // stride + 1
         out = np.empty((4, c_out, h_out, w_out), np.float32)
-        cols = np.empty((72, 4 * h_out * w_out), np.float32) if stride == 2 else none
-        gemm = np.empty((c_out, 4 * h_out * w_out), np.float32) if stride == 2 else none
-        conv.conv2d_forward_cpu(out, cols, gemm, x, w, b, stride, stride, 1, 1, 1, 1, 1, True)
+        conv.conv2d_forward_cpu(out, x, w, b, stride, stride, 1, 1, 1, 1, 1, True)
         dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
         g = rng.standard_normal(out.shape).astype(np.float32)
-        conv.conv2d_backward_cpu(dx, dw, db, np.empty_like(cols), np.empty_like(gemm), none, g, out, x, cols, w, stride,
-                                 stride, 1, 1, 1, 1, 1, True)
+        conv.conv2d_backward_cpu(dx, dw, db, g, out, x, w, stride, stride, 1, 1, 1, 1, 1, True)
         return out, dx, dw, db
 
     before = numba.get_num_threads()

@@ -15,7 +15,8 @@ ELEMENTWISE_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gel
 
 class Ops:
     name = "base"
-    #: Whether conv2d uses the im2col work buffers (the CPU does; the CUDA twin convolves directly).
+    #: Whether transposed convolutions use their GEMM work buffers (the CPU does; the CUDA twin
+    #: convolves directly).
     uses_im2col = False
 
     def __init__(self):
@@ -259,25 +260,19 @@ class Ops:
                   self.scalar(momentum, d), bool(centered))
 
     # ----------------------------------------------------------------------------- convolution
-    def im2col_samples(self, batch, taps, pixels):
-        """How many samples a convolution's work buffers hold (see numdl.kernels.conv); 0: none."""
-        return 0
-
-    def conv2d_forward(self, out, cols, gemm, x, weight, bias, stride, padding, dilation, groups, relu):
-        """stride, padding, dilation: (h, w) pairs. cols/gemm: im2col work buffers (may be empty)."""
+    def conv2d_forward(self, out, x, weight, bias, stride, padding, dilation, groups, relu):
+        """stride, padding, dilation: (h, w) pairs; see numdl.kernels.conv."""
         bias = self.nothing(x.dtype) if bias is None else bias
-        self._run("conv", "conv2d_forward", out.size, out, cols, gemm, x, weight, bias, *stride, *padding,
-                  *dilation, int(groups), bool(relu))
+        self._run("conv", "conv2d_forward", out.size, out, x, weight, bias, *stride, *padding, *dilation, int(groups),
+                  bool(relu))
 
-    def conv2d_backward(self, dx, dweight, dbias, dcols, dgemm, dout, out, x, cols, weight, stride, padding,
-                        dilation, groups, relu, flipped=None):
-        """flipped: (C_in, C_out kH kW) scratch for the CPU's "same"-convolution path (may be None)."""
+    def conv2d_backward(self, dx, dweight, dbias, dout, out, x, weight, stride, padding, dilation, groups, relu):
+        """dx, dbias: None when not wanted; out: forward's output (read for a fused ReLU's mask)."""
         dx = self.nothing(x.dtype, ndim=4) if dx is None else dx
         dbias = self.nothing(x.dtype) if dbias is None else dbias
-        flipped = self.nothing(x.dtype, ndim=2) if flipped is None else flipped
         work = dweight.size + dbias.size + dx.size
-        self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x, cols, weight,
-                  *stride, *padding, *dilation, int(groups), bool(relu))
+        self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dout, out, x, weight, *stride, *padding,
+                  *dilation, int(groups), bool(relu))
 
     def conv_transpose2d_forward(self, out, xt, cols, x, weight, bias, stride, padding, dilation, groups):
         """xt (C_in, N H W) is kept for backward; cols is CPU scratch (both may be empty on CUDA)."""

@@ -106,11 +106,6 @@ class CPUOps(Ops):
     def zero_(self, array):
         array[...] = 0
 
-    def im2col_samples(self, batch, taps, pixels):
-        from numdl.kernels.tuning import CONV_COLUMN_CHUNK_ELEMENTS
-
-        return max(1, min(batch, CONV_COLUMN_CHUNK_ELEMENTS // max(taps * pixels, 1)))
-
 
 def load_kernel_runtime():
     """Import numba and set up its CPU target by running one small cached kernel: what the first

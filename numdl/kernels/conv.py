@@ -4,35 +4,34 @@ bias and an optional ReLU fused into the pass that writes the output.
 Shapes: x (N, C_in, H, W); weight (C_out, C_in / groups, kH, kW) (PyTorch's layout); bias (C_out,)
 or empty; out (N, C_out, H_out, W_out) with H_out = (H + 2 pad_h - dil_h (kH - 1) - 1) // stride_h + 1.
 
-CPU: im2col into ``cols`` (C_in kH kW, S H_out W_out), then one BLAS GEMM per group into ``gemm``
-(C_out, S H_out W_out); the pass that transposes ``gemm`` to NCHW adds the bias and applies the ReLU.
-S is the number of samples the buffers hold (their width / H_out W_out): the whole batch, unless its
-columns would pass tuning.CONV_COLUMN_CHUNK_ELEMENTS; the batch is then done S samples at a time. Backward reuses ``cols`` when it holds the whole batch and rebuilds
-each chunk's otherwise (dweight is one GEMM per group and chunk, accumulated), and scatters the
-GEMM-computed ``dcols`` back with col2im.
+CPU: samples split over numba's threads; each thread, a chunk of its samples at a time (one sample
+when its image has tuning.CONV_GEMM_MIN_COLUMNS output pixels), copies the chunk's patches into its
+own im2col columns (C_in kH kW, chunk H_out W_out), which then stay in its cache, and runs one BLAS
+product per group on them; the pass that writes the output adds the bias and applies the ReLU.
+Backward rebuilds each chunk's columns from x: dweight += g cols^T (each thread its own sum, added
+up at the end), and dx is col2im of W^T g. One whole-batch im2col and GEMM read and wrote 29 MB of
+columns for a 128 x 32 x 14 x 14 batch; per thread it ran 2.4x faster (tuning.CONV_GEMM_MIN_COLUMNS).
 
-CPU, 3x3 and 1x1 kernels with stride 1, no dilation, one group, padding < the kernel size
-(``direct_conv`` says when): direct convolution instead, samples split over numba's threads. Each sample's input is copied into
-zero-padded planes stored flat, (H + 2 pad_h) rows of W_p = W + 2 pad_w; output pixel (y, x) is
-then p = y W_p + x of a flat "padded-width" plane, and its nine taps are src[p + i W_p + j], so one
-loop over every p of the plane (the W_p - W_out columns past each row are computed and dropped)
-runs long, contiguous and vectorised whatever the image width, four output channels per pass over
-the input. The im2col GEMM has only C_out rows there, and OpenBLAS ran such thin products at
-11-19 GF/s; the direct loops measured 54-63 GF/s at 32x32 and 64x64 (2 threads; the figures
-behind the choice are in tuning.DIRECT_CONV_MAX_OUT_CHANNELS). dx is the same
-convolution of dout (padded by k - 1 - pad) with the kernel flipped and its channel axes swapped;
-dweight sums nine shifted dot products per channel pair (one for 1x1). The work buffers are unused
-there.
+CPU, 3x3 and 1x1 kernels with stride 1, no dilation, one group, padding < the kernel size and few
+output channels (``direct_conv`` says when): direct convolution instead. A stack of samples' inputs
+is copied into zero-padded planes stored flat, one after another, (H + 2 pad_h) rows of
+W_p = W + 2 pad_w each; output pixel (y, x) is then p = y W_p + x of a flat "padded-width" plane,
+and its nine taps are src[p + i W_p + j], so one loop over every p (the positions past each row and
+plane are computed and dropped) runs long, contiguous and vectorised whatever the image size, eight
+output channels per pass over a kernel row of the input. The GEMM has only C_out rows there, and
+OpenBLAS ran such thin products at 11-19 GF/s; the direct loops measured 54-78 GF/s a thread (the
+figures behind the choice are in tuning.DIRECT_CONV_MAX_OUT_CHANNELS). dx is the same convolution of
+dout (padded by k - 1 - pad) with the kernel flipped and its channel axes swapped; dweight sums
+shifted dot products per channel pair.
 
-CUDA: direct convolution, one thread per output element,
-and one per weight / bias / input element in backward (no atomics); the CPU work buffers are unused
-there and may be empty.
+CUDA: direct convolution, one thread per output element, and one per weight / bias / input element
+in backward (no atomics).
 """
 
 import numpy as np
+from numba import prange
 
 from numdl.kernels import tuning
-from numba import prange
 
 from numdl.kernels.common import (
     cpu_kernel,
@@ -46,7 +45,7 @@ from numdl.kernels.common import (
     thread_share,
     worth_splitting,
 )
-from numdl.kernels.matmul import matmul
+from numdl.kernels.matmul import gemm
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -150,119 +149,29 @@ def _im2col_channels(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, di
 
 @runs_numba_threads
 @cpu_kernel
-def conv2d_forward_cpu(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                       groups, relu):
-    # Overwrites out, cols (kept for backward when it holds the whole batch) and gemm (scratch); the
-    # direct 3x3 path (module docstring) uses neither.
+def conv2d_forward_cpu(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu):
+    # Overwrites out (N, C_out, H_out, W_out).
     n_batch, c_out, h_out, w_out = out.shape
     kh, kw = weight.shape[2], weight.shape[3]
     if direct_conv(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
         _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu)
         return
-    hw = h_out * w_out
-    k = weight.shape[1] * kh * kw
-    c_out_g = c_out // groups
-    chunk = max(cols.shape[1] // hw, 1)
-    w2 = weight.reshape(c_out, k)
-    out_flat, gemm_flat = out.reshape(-1), gemm.reshape(-1)
-    stride = gemm.shape[1]
-    zero = same_type(out[0, 0, 0, 0], 0.0)
-    for first in range(0, n_batch, chunk):
-        count = min(chunk, n_batch - first)
-        width = count * hw
-        _im2col(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
-        for g in range(groups):
-            matmul(gemm[g * c_out_g:(g + 1) * c_out_g, :width], w2[g * c_out_g:(g + 1) * c_out_g],
-                   cols[g * k:(g + 1) * k, :width], False, False, 0.0)
-        for n in range(first, first + count):
-            for c in range(c_out):
-                b = bias[c] if bias.size > 0 else zero
-                source = np.uint64(c * stride + (n - first) * hw)
-                target = np.uint64((n * c_out + c) * hw)
-                for p in range(hw):
-                    v = gemm_flat[source + np.uint64(p)] + b
-                    if relu:
-                        v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
-                    out_flat[target + np.uint64(p)] = v
+    _gemm_forward_blocks(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu)
 
 
 @runs_numba_threads
 @cpu_kernel
-def conv2d_backward_cpu(dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x, cols, weight, stride_h, stride_w,
-                        pad_h, pad_w, dil_h, dil_w, groups, relu):
-    # Overwrites dx (skipped when empty), dweight, dbias (skipped when empty), dcols, dgemm and flipped
-    # (scratch). cols holds forward's columns when it held the whole batch; else each chunk's are rebuilt
-    # from x (the CUDA twin reads x only).
-    #
-    # dx of a "same" convolution (stride 1, no dilation, one group, no fused ReLU, output as large as
-    # the input) is itself a convolution: of dout, padded by k - 1 - pad, with the kernel flipped and
-    # its channel axes swapped (``flipped``, (C_in, C_out kH kW)), written straight into each sample's
-    # dx. That is an im2col gather and a (C_in, C_out kH kW) GEMM instead of a (C_in kH kW, C_out) GEMM
-    # and a col2im scatter. Measured (backward of 3x3 convolutions, batch 32): 48 -> 16 channels at
-    # 32x32 25 ms against 29, 96 -> 32 at 16x16 19 against 22; but 8 -> 32 at 32x32 26 against 9, and
-    # 32 -> 64 at 14x14 (batch 128) 57 against 33: the gather of dout costs more than the scatter it
-    # saves when dout has more channels than x, and per-sample products of small images are slow.
+def conv2d_backward_cpu(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        groups, relu):
+    # Overwrites dx (skipped when empty), dweight, dbias (skipped when empty); out (forward's output)
+    # is read only through a fused ReLU's mask.
     n_batch, c_out, h_out, w_out = dout.shape
     kh, kw = weight.shape[2], weight.shape[3]
     if direct_conv(x.shape[1], c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_h, pad_w):
         _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, relu)
         return
-    hw = h_out * w_out
-    k = weight.shape[1] * kh * kw
-    c_out_g = c_out // groups
-    chunk = max(cols.shape[1] // hw, 1)
-    dout_flat, out_flat, dgemm_flat = dout.reshape(-1), out.reshape(-1), dgemm.reshape(-1)
-    stride = dgemm.shape[1]
-    zero = same_type(dout[0, 0, 0, 0], 0.0)
-    dw2 = dweight.reshape(c_out, k)
-    w2 = weight.reshape(c_out, k)
-    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    # (only where it measured faster: fewer output than input channels, images of SAME_CONV_MIN_PIXELS)
-    same = (dx.size > 0 and flipped.size > 0 and not relu and groups == 1 and stride_h == 1 and stride_w == 1
-            and dil_h == 1 and dil_w == 1 and h * w == hw and c_out < c_in and hw >= tuning.SAME_CONV_MIN_PIXELS)
-    k_flipped = c_out * kh * kw
-    if same:
-        for co in range(c_out):
-            for ci in range(c_in):
-                for i in range(kh):
-                    for j in range(kw):
-                        flipped[ci, (co * kh + i) * kw + j] = weight[co, ci, kh - 1 - i, kw - 1 - j]
-    dx3 = dx.reshape(dx.shape[0], c_in, h * w) if dx.size > 0 else dx.reshape(0, 0, 0)
-    if dbias.size > 0:
-        dbias[:] = 0
-    for first in range(0, n_batch, chunk):
-        count = min(chunk, n_batch - first)
-        width = count * hw
-        if chunk < n_batch:
-            _im2col(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
-        # NCHW dout -> dgemm (C_out, S HW), through the fused ReLU's mask, summing dbias on the way
-        # (flat views, unsigned indices: see _im2col).
-        for c in range(c_out):
-            total = zero
-            for n in range(first, first + count):
-                source = np.uint64((n * c_out + c) * hw)
-                target = np.uint64(c * stride + (n - first) * hw)
-                for p in range(hw):
-                    g = dout_flat[source + np.uint64(p)]
-                    if relu:
-                        g = zero if out_flat[source + np.uint64(p)] <= zero else g
-                    dgemm_flat[target + np.uint64(p)] = g
-                    total += g
-            if dbias.size > 0:
-                dbias[c] += total
-        beta = 0.0 if first == 0 else 1.0
-        for g in range(groups):
-            rows, taps = slice(g * c_out_g, (g + 1) * c_out_g), slice(g * k, (g + 1) * k)
-            matmul(dw2[rows], dgemm[rows, :width], cols[taps, :width], False, True, beta)
-            if dx.size > 0 and not same:
-                matmul(dcols[taps, :width], w2[rows], dgemm[rows, :width], True, False, 0.0)
-        if same:
-            _im2col(dcols, dout, first, count, 1, 1, kh - 1 - pad_h, kw - 1 - pad_w, 1, 1, kh, kw, h, w)
-            for n in range(first, first + count):
-                s = n - first
-                matmul(dx3[n], flipped, dcols[:k_flipped, s * hw:(s + 1) * hw], False, False, 0.0)
-        elif dx.size > 0:
-            _col2im(dx, dcols, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
+    _gemm_backward(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                   relu)
 
 
 @cpu_kernel
@@ -310,6 +219,135 @@ def _col2im_channels(dx, dcols, first, count, stride_h, stride_w, pad_h, pad_w, 
 
 
 @cpu_kernel
+def _gemm_samples(hw, samples, columns):
+    # Samples per product on the GEMM path: enough for ``columns`` output pixels (one when its image
+    # has that many; a BLAS call per tiny image costs more than its work), at most ``samples``.
+    return max(1, min(samples, (columns + hw - 1) // hw))
+
+
+@cpu_kernel
+def _gemm_forward_samples(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu, lo,
+                          hi):
+    # Overwrites out[lo:hi]: per chunk of samples, im2col into this thread's columns (they stay in its
+    # cache), one BLAS product per group on this thread, bias and ReLU on the way out.
+    c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    c_in, kh, kw = x.shape[1], weight.shape[2], weight.shape[3]
+    hw = h_out * w_out
+    k = weight.shape[1] * kh * kw
+    c_out_g = c_out // groups
+    chunk = _gemm_samples(hw, hi - lo, tuning.CONV_GEMM_MIN_COLUMNS)
+    w2 = weight.reshape(c_out, k)
+    cols = np.empty((c_in * kh * kw, chunk * hw), x.dtype)
+    result = np.empty((c_out, chunk * hw), x.dtype)
+    out_flat = out.reshape(-1)
+    zero = same_type(out[0, 0, 0, 0], 0.0)
+    for first in range(lo, hi, chunk):
+        count = min(chunk, hi - first)
+        width = count * hw
+        _im2col_channels(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out,
+                         w_out, 0, c_in)
+        for g in range(groups):
+            gemm(result[g * c_out_g:(g + 1) * c_out_g, :width], w2[g * c_out_g:(g + 1) * c_out_g],
+                 cols[g * k:(g + 1) * k, :width], False, False, 1.0, 0.0)
+        for s in range(count):
+            for c in range(c_out):
+                b = bias[c] if bias.size > 0 else zero
+                row, target = result[c], ((first + s) * c_out + c) * hw
+                for p in range(hw):
+                    v = row[np.uint64(s * hw + p)] + b
+                    if relu:
+                        v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
+                    out_flat[np.uint64(target + p)] = v
+
+
+@cpu_parallel_kernel
+def _gemm_forward_blocks(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu):
+    n_batch = x.shape[0]
+    block = _direct_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _gemm_forward_samples(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu, lo,
+                              min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _gemm_backward_samples(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                           groups, relu, lo, hi):
+    # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
+    # dweight (C_out, C_in / groups, kH, kW) and dbias. Per chunk: the output gradient through the ReLU's
+    # mask, the chunk's columns rebuilt from x, dweight += g cols^T, dcols = W^T g scattered by col2im.
+    c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
+    c_in, kh, kw = x.shape[1], weight.shape[2], weight.shape[3]
+    hw = h_out * w_out
+    k = weight.shape[1] * kh * kw
+    c_out_g = c_out // groups
+    chunk = _gemm_samples(hw, hi - lo, tuning.CONV_GEMM_BACKWARD_MIN_COLUMNS)
+    dw2, w2 = dweight.reshape(c_out, k), weight.reshape(c_out, k)
+    want_dx = dx.size > 0
+    cols = np.empty((c_in * kh * kw, chunk * hw), x.dtype)
+    dcols = np.empty((c_in * kh * kw if want_dx else 1, chunk * hw), x.dtype)
+    g = np.empty((c_out, chunk * hw), x.dtype)
+    dout_flat, out_flat = dout.reshape(-1), out.reshape(-1)
+    zero = same_type(dout[0, 0, 0, 0], 0.0)
+    for first in range(lo, hi, chunk):
+        count = min(chunk, hi - first)
+        width = count * hw
+        for c in range(c_out):
+            total = zero
+            row = g[c]
+            for s in range(count):
+                source = ((first + s) * c_out + c) * hw
+                for p in range(hw):
+                    v = dout_flat[np.uint64(source + p)]
+                    if relu and out_flat[np.uint64(source + p)] <= zero:
+                        v = zero
+                    row[np.uint64(s * hw + p)] = v
+                    total += v
+            if dbias.size > 0:
+                dbias[c] += total
+        _im2col_channels(cols, x, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out,
+                         w_out, 0, c_in)
+        for grp in range(groups):
+            rows, taps = slice(grp * c_out_g, (grp + 1) * c_out_g), slice(grp * k, (grp + 1) * k)
+            gemm(dw2[rows], g[rows, :width], cols[taps, :width], False, True, 1.0, 1.0)
+            if want_dx:
+                gemm(dcols[taps, :width], w2[rows], g[rows, :width], True, False, 1.0, 0.0)
+        if want_dx:
+            _col2im_channels(dx, dcols, first, count, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out,
+                             w_out, 0, c_in)
+
+
+@cpu_parallel_kernel
+def _gemm_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w,
+                          dil_h, dil_w, groups, relu, block):
+    n_batch = x.shape[0]
+    for part in prange(dweight_parts.shape[0]):
+        lo = part * block
+        _gemm_backward_samples(dx, dweight_parts[part], dbias_parts[part], dout, out, x, weight, stride_h, stride_w,
+                               pad_h, pad_w, dil_h, dil_w, groups, relu, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _gemm_backward(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                   relu):
+    # The GEMM path of conv2d_backward_cpu: each block of samples sums its own dweight and dbias.
+    n_batch = x.shape[0]
+    block = _direct_block(n_batch)
+    parts = (n_batch + block - 1) // block
+    dweight_parts = np.zeros((parts,) + dweight.shape, x.dtype)
+    dbias_parts = np.zeros((parts, dbias.size), x.dtype)
+    _gemm_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w,
+                          dil_h, dil_w, groups, relu, block)
+    dweight[:] = dweight_parts[0]
+    for part in range(1, parts):
+        dweight += dweight_parts[part]
+    if dbias.size > 0:
+        dbias[:] = dbias_parts[0]
+        for part in range(1, parts):
+            dbias += dbias_parts[part]
+
+
+@cpu_kernel
 def _direct_block(n_batch):
     # Samples per numba thread in the direct convolutions: an even share (one sample is already
     # hundreds of microseconds of work, so no minimum as in sample_block).
@@ -318,16 +356,26 @@ def _direct_block(n_batch):
 
 
 @cpu_kernel
-def _pad_planes(planes, x, n, top, left, width):
-    # planes (C, rows width + 2), flat padded planes: sample n of x (N, C, H, W) written with its first
-    # row at row ``top`` and first column at ``left``. Only the image's pixels are written: the caller
-    # zeroes the planes once, and the border stays zero.
+def _stack_planes(planes, x, lo, count, top, left, rows, width):
+    # planes (C, >= count rows width), flat padded planes of ``rows`` rows of ``width`` stacked one
+    # sample after another: samples lo..lo+count-1 of x (N, C, H, W), each with its first row at row
+    # ``top`` and first column at ``left`` of its plane. Only the images' pixels are written: the
+    # caller zeroes the planes once, and the borders stay zero.
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
-    for c in range(c_n):
-        plane, image = planes[c], x[n, c]
-        for y in range(h):
-            start = (y + top) * width + left
-            plane[start:start + w] = image[y]
+    for s in range(count):
+        base = s * rows * width
+        for c in range(c_n):
+            plane, image = planes[c], x[lo + s, c]
+            for y in range(h):
+                start = base + (y + top) * width + left
+                plane[start:start + w] = image[y]
+
+
+@cpu_kernel
+def _stack_size(rows, width, block):
+    # Samples whose padded planes are stacked into one: loops over short planes (14x14 images) then
+    # run long and their set-up and reductions are paid once per stack (tuning.DIRECT_CONV_STACK_PIXELS).
+    return max(1, min(block, tuning.DIRECT_CONV_STACK_PIXELS // (rows * width)))
 
 
 @cpu_kernel
@@ -560,26 +608,32 @@ def _planes_conv(outp, src, weight, width, length):
 
 @cpu_kernel
 def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
-    # Overwrites out[lo:hi] (see conv2d_forward_cpu), with bias and ReLU on the way out.
+    # Overwrites out[lo:hi] (see conv2d_forward_cpu), with bias and ReLU on the way out; a stack of
+    # samples at a time (the positions between their planes are computed and dropped).
     c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    width = w + 2 * pad_w
-    length = h_out * width
-    planes = np.zeros((c_in, (h + 2 * pad_h) * width + 2), x.dtype)
-    outp = np.empty((c_out, length), x.dtype)
+    rows, width = h + 2 * pad_h, w + 2 * pad_w
+    plane = rows * width
+    stack = _stack_size(rows, width, hi - lo)
+    planes = np.zeros((c_in, stack * plane + 2 * width + 2), x.dtype)
+    outp = np.empty((c_out, stack * plane), x.dtype)
     zero = same_type(out[0, 0, 0, 0], 0.0)
-    for n in range(lo, hi):
-        _pad_planes(planes, x, n, pad_h, pad_w, width)
-        _planes_conv(outp, planes, weight, width, length)
-        for c in range(c_out):
-            b = bias[c] if bias.size > 0 else zero
-            for y in range(h_out):
-                row, target = outp[c, y * width:y * width + w_out], out[n, c, y]
-                for i in range(w_out):
-                    v = row[i] + b
-                    if relu:
-                        v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
-                    target[i] = v
+    out_flat = out.reshape(-1)  # flat, unsigned indices: see _direct_backward_samples
+    for first in range(lo, hi, stack):
+        count = min(stack, hi - first)
+        _stack_planes(planes, x, first, count, pad_h, pad_w, rows, width)
+        _planes_conv(outp, planes, weight, width, count * plane)
+        for s in range(count):
+            for c in range(c_out):
+                b = bias[c] if bias.size > 0 else zero
+                row, target = outp[c], ((first + s) * c_out + c) * h_out * w_out
+                for y in range(h_out):
+                    at, to = s * plane + y * width, target + y * w_out
+                    for i in range(w_out):
+                        v = row[np.uint64(at + i)] + b
+                        if relu:
+                            v = zero if v < zero else v  # not max(): a NaN must reach the NaN guard
+                        out_flat[np.uint64(to + i)] = v
 
 
 @cpu_parallel_kernel
@@ -596,45 +650,62 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
     # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
     # dweight (C_out, C_in, k, k) and dbias (C_out,). flipped (C_in, C_out, k, k): the weight with
     # its taps reversed and channel axes swapped, which convolves dout (padded by k - 1 - pad) into dx.
+    # A stack of samples at a time, as the forward; g holds their output gradients in the input
+    # planes' layout (zero between rows and planes), dplanes in the padded layout dx's convolution reads.
     c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    width = w + 2 * pad_w
-    length = h_out * width
-    planes = np.zeros((c_in, (h + 2 * pad_h) * width + 2), x.dtype)
-    g = np.zeros((c_out, length), x.dtype)  # the columns past W_out stay zero
+    rows, width = h + 2 * pad_h, w + 2 * pad_w
+    plane = rows * width
     want_dx = dx.size > 0
     k = flipped.shape[2]
     top, left = k - 1 - pad_h, k - 1 - pad_w
-    dwidth = w_out + 2 * left  # = w + k - 1
-    dplanes = np.zeros((c_out, (h_out + 2 * top) * dwidth + 2 if want_dx else 1), x.dtype)
-    dxp = np.empty((c_in, h * dwidth if want_dx else 1), x.dtype)
+    drows, dwidth = h_out + 2 * top, w_out + 2 * left  # = h + k - 1, w + k - 1
+    dplane = drows * dwidth
+    stack = max(1, min(_stack_size(rows, width, hi - lo), _stack_size(drows, dwidth, hi - lo)))
+    planes = np.zeros((c_in, stack * plane + 2 * width + 2), x.dtype)
+    g = np.zeros((c_out, stack * plane), x.dtype)
+    dplanes = np.zeros((c_out, stack * dplane + 2 * dwidth + 2 if want_dx else 1), x.dtype)
+    dxp = np.empty((c_in, stack * dplane if want_dx else 1), x.dtype)
     zero = same_type(dout[0, 0, 0, 0], 0.0)
-    for n in range(lo, hi):
-        _pad_planes(planes, x, n, pad_h, pad_w, width)
+    # flat views and unsigned indices for the short rows of these copies (as in _im2col_channels:
+    # with a slice per row, the copies cost as much as the dx convolution on 14x14 images)
+    dout_flat, out_flat, dx_flat = dout.reshape(-1), out.reshape(-1), dx.reshape(-1)
+    hw_out = h_out * w_out
+    for first in range(lo, hi, stack):
+        count = min(stack, hi - first)
+        if count < stack:  # a last, shorter stack: no stale sample past it (0 * NaN is NaN)
+            planes[:, count * plane:] = 0
+        _stack_planes(planes, x, first, count, pad_h, pad_w, rows, width)
         for c in range(c_out):
             total = zero
-            for y in range(h_out):
-                row, grads, outs = g[c, y * width:y * width + w_out], dout[n, c, y], out[n, c, y]
-                for i in range(w_out):
-                    v = grads[i]
-                    if relu and outs[i] <= zero:
-                        v = zero
-                    row[i] = v
-                    total += v
-                if want_dx:
-                    start = (y + top) * dwidth + left
-                    dplanes[c, start:start + w_out] = row
+            g_row, d_row = g[c], dplanes[c]
+            for s in range(count):
+                source = ((first + s) * c_out + c) * hw_out
+                for y in range(h_out):
+                    at, to, dat = source + y * w_out, s * plane + y * width, s * dplane + (y + top) * dwidth + left
+                    for i in range(w_out):
+                        v = dout_flat[np.uint64(at + i)]
+                        if relu and out_flat[np.uint64(at + i)] <= zero:
+                            v = zero
+                        g_row[np.uint64(to + i)] = v
+                        if want_dx:
+                            d_row[np.uint64(dat + i)] = v
+                        total += v
             if dbias.size > 0:
                 dbias[c] += total
         if k == 1:
-            _planes_dweight1x1(dweight, g, planes, length)
+            _planes_dweight1x1(dweight, g, planes, count * plane)
         else:
-            _planes_dweight(dweight, g, planes, width, length)
+            _planes_dweight(dweight, g, planes, width, count * plane)
         if want_dx:
-            _planes_conv(dxp, dplanes, flipped, dwidth, h * dwidth)
-            for c in range(c_in):
-                for y in range(h):
-                    dx[n, c, y] = dxp[c, y * dwidth:y * dwidth + w]
+            _planes_conv(dxp, dplanes, flipped, dwidth, count * dplane)
+            for s in range(count):
+                for c in range(c_in):
+                    d_row, target = dxp[c], ((first + s) * c_in + c) * h * w
+                    for y in range(h):
+                        at, to = s * dplane + y * dwidth, target + y * w
+                        for i in range(w):
+                            dx_flat[np.uint64(to + i)] = d_row[np.uint64(at + i)]
 
 
 @cpu_parallel_kernel
@@ -677,8 +748,7 @@ def _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, rel
 
 
 @cuda_kernel
-def conv2d_forward_cuda(out, cols, gemm, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                        groups, relu):
+def conv2d_forward_cuda(out, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, relu):
     n_batch, c_out, h_out, w_out = out.shape
     c_in_g, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     h, w = x.shape[2], x.shape[3]
@@ -713,10 +783,9 @@ def _masked_grad(dout, out, relu, n, c, oh, ow):
 
 
 @cuda_kernel
-def conv2d_backward_cuda(dx, dweight, dbias, dcols, dgemm, flipped, dout, out, x, cols, weight, stride_h, stride_w,
-                         pad_h, pad_w, dil_h, dil_w, groups, relu):
-    # Work items: every dweight element, every dbias element, then every dx element. The CPU's work
-    # buffers (dcols, dgemm, flipped, cols) are unused.
+def conv2d_backward_cuda(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                         groups, relu):
+    # Work items: every dweight element, every dbias element, then every dx element.
     n_batch, c_out, h_out, w_out = dout.shape
     c_in_g, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     c_out_g = c_out // groups

@@ -9,12 +9,33 @@ It is the adjoint (the input gradient) of the convolution that maps out-shaped i
 ones with the same weight, so the CPU kernels are that convolution's backward and forward: forward
 lays x out channel-major in ``xt`` (C_in, N H W), one GEMM per group gives the columns
 (C_out kH kW, N H W), and col2im sums them onto the output; backward gathers dout with im2col, and
-dweight and dx are one GEMM each per group. The CUDA twins are direct: one thread per output element,
-and one per weight / bias / input element in backward (no atomics).
+dweight and dx are one GEMM each per group. Kernels as large as their stride with no padding, no
+dilation and one group (the 2x2, stride-2 upsampling of U-Nets) have windows that do not overlap:
+each sample is then a 1x1 convolution of x into (C_out kH kW, H W) columns, scattered onto the
+output (kernels.conv's direct 1x1 loops; samples over numba's threads), and backward the gather and
+two 1x1 products. The CUDA twins are direct: one thread per output element, and one per weight /
+bias / input element in backward (no atomics).
 """
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type
-from numdl.kernels.conv import _col2im, _im2col, conv_output_index
+import numpy as np
+from numba import prange
+
+from numdl.kernels.common import (
+    cpu_kernel,
+    cpu_parallel_kernel,
+    cuda,
+    cuda_kernel,
+    runs_numba_threads,
+    same_type,
+)
+from numdl.kernels.conv import (
+    _col2im,
+    _direct_block,
+    _im2col,
+    _planes_conv1x1,
+    _planes_dweight1x1,
+    conv_output_index,
+)
 from numdl.kernels.matmul import matmul
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -33,12 +54,132 @@ def _to_channel_major(xt, x):
 
 
 @cpu_kernel
+def _tiles_output(h, w, h_out, w_out, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
+    # Whether the windows tile the output exactly (no overlap, no gap, no padding): the direct path.
+    return (kh == stride_h and kw == stride_w and pad_h == 0 and pad_w == 0 and dil_h == 1 and dil_w == 1
+            and groups == 1 and h_out == h * kh and w_out == w * kw)
+
+
+@cpu_kernel
+def _tap_weights(weight):
+    # (C_out kH kW, C_in, 1, 1): the 1x1 kernel that maps x to one sample's columns.
+    c_in, c_out, kh, kw = weight.shape
+    taps = np.empty((c_out * kh * kw, c_in, 1, 1), weight.dtype)
+    for ci in range(c_in):
+        for co in range(c_out):
+            for i in range(kh):
+                for j in range(kw):
+                    taps[(co * kh + i) * kw + j, ci, 0, 0] = weight[ci, co, i, j]
+    return taps
+
+
+@cpu_kernel
+def _tiled_forward_samples(out, x, taps, bias, lo, hi):
+    # Overwrites out[lo:hi]: each sample's columns (taps @ x[n]) scattered onto its windows, plus bias.
+    c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = h_out // h, w_out // w
+    columns = np.empty((taps.shape[0], h * w), x.dtype)
+    zero = same_type(out[0, 0, 0, 0], 0.0)
+    for n in range(lo, hi):
+        _planes_conv1x1(columns, x[n].reshape(c_in, h * w), taps, h * w)
+        for co in range(c_out):
+            b = bias[co] if bias.size > 0 else zero
+            for i in range(kh):
+                for j in range(kw):
+                    row = columns[(co * kh + i) * kw + j]
+                    for y in range(h):
+                        target = out[n, co, y * kh + i]
+                        for xx in range(w):
+                            target[xx * kw + j] = row[y * w + xx] + b
+
+
+@cpu_parallel_kernel
+def _tiled_forward_blocks(out, x, taps, bias):
+    n_batch = x.shape[0]
+    block = _direct_block(n_batch)
+    for part in prange((n_batch + block - 1) // block):
+        lo = part * block
+        _tiled_forward_samples(out, x, taps, bias, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _tiled_backward_samples(dx, dtaps, dbias, dout, x, taps_t, lo, hi):
+    # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
+    # dtaps (C_out kH kW, C_in, 1, 1) and dbias. taps_t (C_in, C_out kH kW, 1, 1): taps transposed.
+    c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = h_out // h, w_out // w
+    columns = np.empty((c_out * kh * kw, h * w), x.dtype)
+    zero = same_type(dout[0, 0, 0, 0], 0.0)
+    for n in range(lo, hi):
+        for co in range(c_out):
+            total = zero
+            for i in range(kh):
+                for j in range(kw):
+                    row = columns[(co * kh + i) * kw + j]
+                    for y in range(h):
+                        source = dout[n, co, y * kh + i]
+                        for xx in range(w):
+                            v = source[xx * kw + j]
+                            row[y * w + xx] = v
+                            total += v
+            if dbias.size > 0:
+                dbias[co] += total
+        image = x[n].reshape(c_in, h * w)
+        _planes_dweight1x1(dtaps, columns, image, h * w)
+        if dx.size > 0:
+            _planes_conv1x1(dx[n].reshape(c_in, h * w), columns, taps_t, h * w)
+
+
+@cpu_parallel_kernel
+def _tiled_backward_blocks(dx, dtaps_parts, dbias_parts, dout, x, taps_t, block):
+    n_batch = x.shape[0]
+    for part in prange(dtaps_parts.shape[0]):
+        lo = part * block
+        _tiled_backward_samples(dx, dtaps_parts[part], dbias_parts[part], dout, x, taps_t, lo,
+                                min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _tiled_backward(dx, dweight, dbias, dout, x, weight):
+    # The direct path of conv_transpose2d_backward_cpu: per-block sums of dweight and dbias, added here.
+    n_batch = x.shape[0]
+    c_in, c_out, kh, kw = weight.shape
+    taps = _tap_weights(weight)
+    taps_t = np.empty((c_in, taps.shape[0], 1, 1), x.dtype)
+    for r in range(taps.shape[0]):
+        for ci in range(c_in):
+            taps_t[ci, r, 0, 0] = taps[r, ci, 0, 0]
+    block = _direct_block(n_batch)
+    parts = (n_batch + block - 1) // block
+    dtaps_parts = np.zeros((parts,) + taps.shape, x.dtype)
+    dbias_parts = np.zeros((parts, dbias.size), x.dtype)
+    _tiled_backward_blocks(dx, dtaps_parts, dbias_parts, dout, x, taps_t, block)
+    for part in range(1, parts):
+        dtaps_parts[0] += dtaps_parts[part]
+        dbias_parts[0] += dbias_parts[part]
+    for ci in range(c_in):
+        for co in range(c_out):
+            for i in range(kh):
+                for j in range(kw):
+                    dweight[ci, co, i, j] = dtaps_parts[0, (co * kh + i) * kw + j, ci, 0, 0]
+    if dbias.size > 0:
+        dbias[:] = dbias_parts[0]
+
+
+@runs_numba_threads
+@cpu_kernel
 def conv_transpose2d_forward_cpu(out, xt, cols, x, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                  groups):
-    # Overwrites out, xt (C_in, N H W: kept for backward) and cols (C_out kH kW, N H W: scratch).
+    # Overwrites out, xt (C_in, N H W: kept for backward) and cols (C_out kH kW, N H W: scratch); the
+    # direct path (windows that tile the output) uses neither.
     n_batch, c_out, h_out, w_out = out.shape
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
+    if _tiles_output(h, w, h_out, w_out, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
+        _tiled_forward_blocks(out, x, _tap_weights(weight), bias)
+        return
     c_in_g = c_in // groups
     k = weight.shape[1] * kh * kw
     _to_channel_major(xt, x)
@@ -56,14 +197,18 @@ def conv_transpose2d_forward_cpu(out, xt, cols, x, weight, bias, stride_h, strid
                         out[n, c, i, j] += b
 
 
+@runs_numba_threads
 @cpu_kernel
 def conv_transpose2d_backward_cpu(dx, dweight, dbias, dcols, dxt, dout, x, xt, weight, stride_h, stride_w, pad_h,
                                   pad_w, dil_h, dil_w, groups):
     # Overwrites dx (skipped when empty), dweight, dbias (skipped when empty), dcols and dxt (scratch).
-    # x is read by the CUDA twin only; here xt (saved by forward) stands for it.
+    # The GEMM path reads xt (saved by forward) for x; the direct path and the CUDA twin read x.
     n_batch, c_out, h_out, w_out = dout.shape
     c_in, h, w = dxt.shape[0], x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
+    if _tiles_output(h, w, h_out, w_out, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
+        _tiled_backward(dx, dweight, dbias, dout, x, weight)
+        return
     c_in_g = c_in // groups
     k = weight.shape[1] * kh * kw
     _im2col(dcols, dout, 0, n_batch, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h, w)

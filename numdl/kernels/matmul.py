@@ -95,7 +95,7 @@ def matmul(c, a, b, trans_a, trans_b, beta):
     if parts < 2 or m * n * k < tuning.MATMUL_MIN_SPLIT_WORK:
         gemm(c, a, b, trans_a, trans_b, 1.0, beta)
         return
-    split_rows = m >= tuning.MATMUL_MIN_ROWS_TO_SPLIT_ROWS or m >= n
+    split_rows = m >= n or (m >= tuning.MATMUL_MIN_ROWS_TO_SPLIT_ROWS and n < tuning.MATMUL_WIDE_COLUMNS * m)
     size = m if split_rows else n
     align = tuning.MATMUL_BLOCK_ALIGN
     block = ((size + parts - 1) // parts + align - 1) // align * align

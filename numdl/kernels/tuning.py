@@ -35,30 +35,35 @@ MIN_SAMPLES_PER_THREAD = 16
 # of MATMUL_BLOCK_ALIGN rows or columns (whole BLAS vector tiles). Measured on 2 cores, single-
 # threaded BLAS per block: 64x784x128 by columns 143 us, by rows 164 us (the BLAS's own two threads:
 # 188 us); 128x64x784 (a weight gradient) by rows 124 us, by columns 140 us (BLAS: 180 us).
+# Products at least MATMUL_WIDE_COLUMNS times wider than tall split by columns whatever their rows
+# (products over a batch of image columns, as im2col GEMMs; each thread then reads half the columns;
+# 128x1152x2048 by rows
+# 4.8-6.0 ms, by columns 4.5-4.9; 128x576x2048 2.7-2.9 against 2.1-2.3).
 MATMUL_MIN_SPLIT_WORK = 1 << 18
 MATMUL_MIN_ROWS_TO_SPLIT_ROWS = 128
+MATMUL_WIDE_COLUMNS = 8
 MATMUL_BLOCK_ALIGN = 16
 
-# Convolutions (kernels/conv.py) build their im2col columns for at most this many elements at a time
-# (whole samples, at least one), so that large images in large batches do not need gigabytes of
-# columns. Not smaller: chunks that fit the cache (2^18 to 2^24 elements) made single convolutions'
-# forward passes faster, but whole training steps slower (backward then rebuilds the columns): the
-# reference CNN at batch 128 went from 2,049 to 1,554-1,755 samples/s, examples/unet.toml's U-Net
-# from 131 to 100-113.
-CONV_COLUMN_CHUNK_ELEMENTS = 1 << 26
+# Convolutions on the GEMM path (kernels/conv.py) run one BLAS product per sample, or per this many
+# output pixels' worth of samples when images are smaller (a call per tiny image costs more than its
+# work). Per sample, each thread's columns stay in its cache: 128x32x14x14 -> 64 forward 7.5 ms
+# against 18.2 for one whole-batch im2col and GEMM (29 MB of columns), 32x32x16x16 -> 64 3.6 against 5.1.
+# Backward takes more columns per product: its weight gradient is a product whose inner dimension
+# is the columns (32x128x8x8 -> 128 backward 12.5 ms at 1024 columns, 15.2 at 256).
+CONV_GEMM_MIN_COLUMNS = 256
+CONV_GEMM_BACKWARD_MIN_COLUMNS = 1024
 
-# The flipped-kernel dx path of "same" convolutions (kernels/conv.py) runs on images of at least this
-# many pixels (and fewer output than input channels); below, its per-sample products were slower.
-SAME_CONV_MIN_PIXELS = 256
-
-# Direct 3x3 convolutions (kernels/conv.py, direct_3x3) instead of im2col + GEMM for at most this
+# Direct 3x3 and 1x1 convolutions (kernels/conv.py, direct_conv) instead of im2col + GEMM for at most this
 # many output channels (the GEMM's rows). Measured in one process, forward + backward, batch 32
 # unless noted, direct / im2col time: 1->8 at 64x64 0.35, 16->8 at 64x64 0.27, 8->32 at 32x32 0.67,
 # 48->16 at 32x32 0.41, 96->32 at 16x16 0.83, 1->32 at 28x28 (batch 128) 0.83; but 32->64 at 16x16
 # 1.18, 32->64 at 14x14 (batch 128) 1.17, 64->128 at 8x8 2.66, 128->128 at 8x8 2.58.
 DIRECT_CONV_MAX_OUT_CHANNELS = 32
+# The direct convolutions stack the padded planes of as many samples as fit this many pixels into
+# one (at least one sample), so that small images still give long loops.
+DIRECT_CONV_STACK_PIXELS = 4096
 # The direct loops go over a padded-width plane this many pixels at a time (for every input channel
-# and four output channels), so that those output pixels stay in the L1 cache.
+# and eight output channels), so that those output pixels stay in the L1 cache.
 DIRECT_CONV_CHUNK_PIXELS = 512
 
 # Passes over memory (ReLU, batch norm, pooling, concatenation) split over numba's threads from this

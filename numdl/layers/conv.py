@@ -117,13 +117,6 @@ class Conv2d(Layer):
         self._image_out = (self.out_channels,) + out_hw
         return self._image_out
 
-    def _workspace(self, key, rows, n):
-        # The im2col buffers hold a chunk of the batch (numdl.kernels.conv), the same for all four.
-        pixels = self._image_out[1] * self._image_out[2]
-        taps = self._image_in[0] * math.prod(self.kernel_size)
-        columns = self.ops.im2col_samples(n, taps, pixels) * pixels
-        return self.buffer(key, (rows, columns) if self.ops.uses_im2col else (0, 0))
-
     @property
     def _relu(self):
         return self.activation == "relu" or self.fused_relu
@@ -148,12 +141,9 @@ class Conv2d(Layer):
                 self.ops.pad2d_mode_forward(padded, x4, top, left, self.padding_mode)
             x4 = padded
         out = self.buffer("out", (n,) + self._image_out)
-        taps = self._image_in[0] * math.prod(self.kernel_size)
-        self._cols = self._workspace("cols", taps, n)
-        gemm = self._workspace("gemm", self.out_channels, n)
         bias = self.params["bias"].value if self.use_bias else None
-        self.ops.conv2d_forward(out, self._cols, gemm, x4, self._weight4(self.params["weight"].value), bias,
-                                self.stride, self.padding, self.dilation, self.groups, self._relu)
+        self.ops.conv2d_forward(out, x4, self._weight4(self.params["weight"].value), bias, self.stride, self.padding,
+                                self.dilation, self.groups, self._relu)
         self._x, self._out = x4, out
         return out.reshape((n,) + self.output_shape)
 
@@ -162,19 +152,11 @@ class Conv2d(Layer):
         n = dout.shape[0]
         dx = self.buffer("dx_padded" if self.pads_first else "dx", (n,) + self._image_in) \
             if self.needs_input_grad else None
-        kernel_taps = math.prod(self.kernel_size)
-        # dcols also holds the im2col of dout (C_out kH kW rows) on the "same"-convolution path
-        rows = max(self._image_in[0], self.out_channels) * kernel_taps if self.needs_input_grad else 0
-        dcols = self._workspace("dcols", rows, n)
-        dgemm = self._workspace("dgemm", self.out_channels, n)
-        flipped = self.buffer("flipped", (self._image_in[0], self.out_channels * kernel_taps)) \
-            if self.ops.uses_im2col and self.needs_input_grad else None
         weight = self.params["weight"]
         dbias = self.params["bias"].grad if self.use_bias else None
-        self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dcols, dgemm,
-                                 dout.reshape((n,) + self._image_out), self._out, self._x, self._cols,
-                                 self._weight4(weight.value), self.stride, self.padding, self.dilation, self.groups,
-                                 self._relu, flipped)
+        self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dout.reshape((n,) + self._image_out), self._out,
+                                 self._x, self._weight4(weight.value), self.stride, self.padding, self.dilation,
+                                 self.groups, self._relu)
         if dx is None:
             return None
         if self.pads_first:  # the padded image's gradient back onto the input's pixels
