@@ -339,8 +339,9 @@ def _gaussian_sample_backward(dtype, rng):
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
-# A "same" 5x5 convolution (stride 1, output as large as the input) on the CPU's GEMM path.
-CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=1, groups=1, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
+# A "same" 5x5 convolution (stride 1, output as large as the input) in two groups on the CPU's GEMM
+# path, one sample a thread (CONV's 3x3 outputs take backward's whole-batch products instead).
+CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=2, groups=2, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
 # The GEMM path in several products per thread: 19x19 outputs are one sample a product forward and
 # three backward (tuning.CONV_GEMM_*_MIN_COLUMNS), seven samples two blocks of four and three.
 CONV_GEMM = dict(n=7, c_in=1, h=21, w=21, c_out=33, groups=1, k=(3, 3), stride=(1, 1), pad=(0, 0), dil=(1, 1))

@@ -45,7 +45,7 @@ from numdl.kernels.common import (
     thread_share,
     worth_splitting,
 )
-from numdl.kernels.matmul import gemm
+from numdl.kernels.matmul import gemm, matmul
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -328,9 +328,52 @@ def _gemm_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, weight, 
 
 
 @cpu_kernel
+def _gemm_backward_batch(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                         groups, relu):
+    # conv2d_backward_cpu for small images (tuning.CONV_GEMM_BATCH_BACKWARD_MAX_PIXELS): the whole
+    # batch's columns and gradient at once, each product split over the threads by matmul.
+    n_batch, c_out, h_out, w_out = dout.shape
+    c_in, kh, kw = x.shape[1], weight.shape[2], weight.shape[3]
+    hw = h_out * w_out
+    k = weight.shape[1] * kh * kw
+    c_out_g = c_out // groups
+    cols = np.empty((c_in * kh * kw, n_batch * hw), x.dtype)
+    g = np.empty((c_out, n_batch * hw), x.dtype)
+    _im2col(cols, x, 0, n_batch, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
+    dout_flat, out_flat = dout.reshape(-1), out.reshape(-1)
+    zero = same_type(dout[0, 0, 0, 0], 0.0)
+    for c in range(c_out):
+        total = zero
+        row = g[c]
+        for n in range(n_batch):
+            source = (n * c_out + c) * hw
+            for p in range(hw):
+                v = dout_flat[np.uint64(source + p)]
+                if relu and out_flat[np.uint64(source + p)] <= zero:
+                    v = zero
+                row[np.uint64(n * hw + p)] = v
+                total += v
+        if dbias.size > 0:
+            dbias[c] = total
+    dw2, w2 = dweight.reshape(c_out, k), weight.reshape(c_out, k)
+    dcols = np.empty((c_in * kh * kw if dx.size > 0 else 1, n_batch * hw), x.dtype)
+    for grp in range(groups):
+        rows, taps = slice(grp * c_out_g, (grp + 1) * c_out_g), slice(grp * k, (grp + 1) * k)
+        matmul(dw2[rows], g[rows], cols[taps], False, True, 0.0)
+        if dx.size > 0:
+            matmul(dcols[taps], w2[rows], g[rows], True, False, 0.0)
+    if dx.size > 0:
+        _col2im(dx, dcols, 0, n_batch, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh, kw, h_out, w_out)
+
+
+@cpu_kernel
 def _gemm_backward(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
                    relu):
     # The GEMM path of conv2d_backward_cpu: each block of samples sums its own dweight and dbias.
+    if dout.shape[2] * dout.shape[3] <= tuning.CONV_GEMM_BATCH_BACKWARD_MAX_PIXELS:
+        _gemm_backward_batch(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                             groups, relu)
+        return
     n_batch = x.shape[0]
     block = _direct_block(n_batch)
     parts = (n_batch + block - 1) // block

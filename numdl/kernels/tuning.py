@@ -52,6 +52,10 @@ MATMUL_BLOCK_ALIGN = 16
 # is the columns (32x128x8x8 -> 128 backward 12.5 ms at 1024 columns, 15.2 at 256).
 CONV_GEMM_MIN_COLUMNS = 256
 CONV_GEMM_BACKWARD_MIN_COLUMNS = 1024
+# ... except backward over images of at most this many output pixels: the whole batch's columns at
+# once, each product split over the threads (32x128x8x8 -> 128: 9.9 ms against 19.3 per thread;
+# 32x64x8x8 -> 128 4.9 against 5.0; from 14x14 per thread was as fast or faster).
+CONV_GEMM_BATCH_BACKWARD_MAX_PIXELS = 100
 
 # Direct 3x3 and 1x1 convolutions (kernels/conv.py, direct_conv) instead of im2col + GEMM for at most this
 # many output channels (the GEMM's rows). Measured in one process, forward + backward, batch 32
