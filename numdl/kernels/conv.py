@@ -9,7 +9,8 @@ when its image has tuning.CONV_GEMM_MIN_COLUMNS output pixels), copies the chunk
 own im2col columns (C_in kH kW, chunk H_out W_out), which then stay in its cache, and runs one BLAS
 product per group on them; the pass that writes the output adds the bias and applies the ReLU.
 Backward rebuilds each chunk's columns from x: dweight += g cols^T (each thread its own sum, added
-up at the end), and dx is col2im of W^T g. One whole-batch im2col and GEMM read and wrote 29 MB of
+up at the end), and dx is col2im of W^T g; over small images (tuning.CONV_GEMM_BATCH_BACKWARD_MAX_PIXELS)
+it takes the whole batch's columns at once instead, each product split over the threads. One whole-batch im2col and GEMM read and wrote 29 MB of
 columns for a 128 x 32 x 14 x 14 batch; per thread it ran 2.4x faster (tuning.CONV_GEMM_MIN_COLUMNS).
 
 CPU, 3x3 and 1x1 kernels with stride 1, no dilation, one group, padding < the kernel size and few
@@ -219,6 +220,17 @@ def _col2im_channels(dx, dcols, first, count, stride_h, stride_w, pad_h, pad_w, 
 
 
 @cpu_kernel
+def _sum_parts(total, parts):
+    # Overwrites total with the sum of parts[0], parts[1], ... (each block of samples' own gradient
+    # sums, added in a fixed order); skipped when total is empty (no bias).
+    if total.size == 0:
+        return
+    total[:] = parts[0]
+    for part in range(1, parts.shape[0]):
+        total += parts[part]
+
+
+@cpu_kernel
 def _gemm_samples(hw, samples, columns):
     # Samples per product on the GEMM path: enough for ``columns`` output pixels (one when its image
     # has that many; a BLAS call per tiny image costs more than its work), at most ``samples``.
@@ -381,13 +393,8 @@ def _gemm_backward(dx, dweight, dbias, dout, out, x, weight, stride_h, stride_w,
     dbias_parts = np.zeros((parts, dbias.size), x.dtype)
     _gemm_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, weight, stride_h, stride_w, pad_h, pad_w,
                           dil_h, dil_w, groups, relu, block)
-    dweight[:] = dweight_parts[0]
-    for part in range(1, parts):
-        dweight += dweight_parts[part]
-    if dbias.size > 0:
-        dbias[:] = dbias_parts[0]
-        for part in range(1, parts):
-            dbias += dbias_parts[part]
+    _sum_parts(dweight, dweight_parts)
+    _sum_parts(dbias, dbias_parts)
 
 
 @cpu_kernel
@@ -778,13 +785,8 @@ def _direct_backward(dx, dweight, dbias, dout, out, x, weight, pad_h, pad_w, rel
                 for j in range(k):
                     flipped[ci, co, i, j] = weight[co, ci, k - 1 - i, k - 1 - j]
     _direct_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, flipped, pad_h, pad_w, relu, block)
-    dweight[:] = dweight_parts[0]
-    for part in range(1, parts):
-        dweight += dweight_parts[part]
-    if dbias.size > 0:
-        dbias[:] = dbias_parts[0]
-        for part in range(1, parts):
-            dbias += dbias_parts[part]
+    _sum_parts(dweight, dweight_parts)
+    _sum_parts(dbias, dbias_parts)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

@@ -34,6 +34,7 @@ from numdl.kernels.conv import (
     _im2col,
     _planes_conv1x1,
     _planes_dweight1x1,
+    _sum_parts,
     conv_output_index,
 )
 from numdl.kernels.matmul import matmul
@@ -156,16 +157,14 @@ def _tiled_backward(dx, dweight, dbias, dout, x, weight):
     dtaps_parts = np.zeros((parts,) + taps.shape, x.dtype)
     dbias_parts = np.zeros((parts, dbias.size), x.dtype)
     _tiled_backward_blocks(dx, dtaps_parts, dbias_parts, dout, x, taps_t, block)
-    for part in range(1, parts):
-        dtaps_parts[0] += dtaps_parts[part]
-        dbias_parts[0] += dbias_parts[part]
+    dtaps = np.empty(taps.shape, x.dtype)
+    _sum_parts(dtaps, dtaps_parts)
+    _sum_parts(dbias, dbias_parts)
     for ci in range(c_in):
         for co in range(c_out):
             for i in range(kh):
                 for j in range(kw):
-                    dweight[ci, co, i, j] = dtaps_parts[0, (co * kh + i) * kw + j, ci, 0, 0]
-    if dbias.size > 0:
-        dbias[:] = dbias_parts[0]
+                    dweight[ci, co, i, j] = dtaps[(co * kh + i) * kw + j, ci, 0, 0]
 
 
 @runs_numba_threads
