@@ -16,10 +16,10 @@ from numdl.hookspecs import hookimpl
 from numdl.graph import Input, Model
 from numdl.layers import (GELU, GRU, LSTM, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
                           ConvTranspose2d, Crop2d, Dropout, Embedding, GaussianSample, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
-                          LeakyReLU, Linear, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
+                          LeakyReLU, Linear, LogSoftmax, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
                           PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
                           TransformerEncoderLayer, Upsample)
-from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, Loss, PixelCrossEntropy
+from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, KLDiv, Loss, NLLLoss, PixelCrossEntropy
 from numdl.model import Sequential
 from numdl.optim import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop
 
@@ -49,12 +49,12 @@ def load_model(path, reset_optimizer=False, with_meta=False):
 
 __all__ = [
     "__version__", "load_model", "from_torch_state_dict", "hookimpl", "Sequential", "Model", "Input",
-    "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "Flatten",
+    "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
     "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
     "Add", "Multiply", "Crop2d", "GaussianSample", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-    "Loss", "CrossEntropy", "MSE", "MAE", "Huber", "BCEWithLogits", "PixelCrossEntropy",
+    "Loss", "CrossEntropy", "NLLLoss", "MSE", "MAE", "Huber", "BCEWithLogits", "KLDiv", "PixelCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam",
     "NumdlError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "RegistryError", "ShapeError",
 ]

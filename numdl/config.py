@@ -80,9 +80,10 @@ DESCRIPTIONS = {
                    "layer and weights",
     "model.outputs": "graph models: the node whose output is trained (default: the last node)",
     "model.input": "graph models: the name nodes use for the data (default: \"input\")",
-    "loss": "{type = ..., parameters...}: cross_entropy, mse, mae, huber, bce_with_logits or a plugin's",
+    "loss": "{type = ..., parameters...}: cross_entropy, nll, mse, mae, huber, bce_with_logits, kl_div, pixel_cross_entropy, centernet or a plugin's",
     "optimizer": "{type = ..., lr = ..., ...}: sgd, adam, adamw (amsgrad, maximize), rmsprop, adagrad, adamax, nadam, "
-                 "radam or a plugin's",
+                 "radam or a plugin's; param_groups = [{params = 'name pattern', lr = ..., weight_decay = ...}] "
+                 "and decay_biases_and_norms = false set them per parameter",
     "schedule": "learning-rate schedule {type = ..., ...}: constant, step, multistep, exponential, cosine, "
                 "one_cycle, reduce_on_plateau",
     "train.epochs": "epochs to train (>= 1); with --resume, may be raised to extend a finished run",

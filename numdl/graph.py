@@ -169,6 +169,8 @@ class Model(Sequential):
         out = [self.node_shapes[id(node)] for node in self.output_nodes]
         self.output_shapes = out
         self.output_shape = out if self.multi_output else out[0]
+        for path, param in self.named_parameters().items():
+            param.path = path
         params = self.parameters()
         self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
         self._make_runners()

@@ -81,6 +81,8 @@ class Sequential:
             for before, after in zip(self.layers, self.layers[1:]):
                 if isinstance(after, ReLU) and before.can_fuse_relu:
                     before.fused_relu = after.absorbed = True
+        for path, param in self.named_parameters().items():
+            param.path = path
         params = self.parameters()
         # One flat buffer for all values and one for all gradients (see ParameterBank).
         self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
@@ -97,6 +99,10 @@ class Sequential:
         from numdl.plugins import registry
 
         self.loss = registry().get("loss", loss)() if isinstance(loss, str) else loss
+        for part in getattr(self.loss, "losses", [self.loss]):
+            if getattr(part, "reduction", None) == "none":
+                raise ConfigError(f"loss {part.name!r} has reduction 'none' (one loss per position, for your own "
+                                  f"weighting); training needs 'mean' or 'sum'")
         self.optimizer = registry().get("optimizer", optimizer)() if isinstance(optimizer, str) else optimizer
         return self
 
@@ -262,6 +268,8 @@ class Sequential:
         self.loss.forward(logits, target)
         self.backward(self.loss.backward())
         scratch = [Parameter(p.name, self.ops.zeros(p.value.shape, self.dtype), p.grad) for p in self.parameters()]
+        for copy, param in zip(scratch, self.parameters()):
+            copy.path = param.path  # parameter groups match it
         type(self.optimizer)(**self.optimizer.hyperparameters()).step(scratch)
         self.forward(x, training=False)
         for layer, state in zip(self.layers, rng_states):
@@ -457,12 +465,13 @@ class Sequential:
                 host = self.ops.to_numpy(out)
                 predicted = host.argmax(axis=axis)
                 predictions.append(predicted)
-                valid = _valid_labels(yb, self.loss)
-                correct += int(((predicted == yb) & valid).sum())
+                labels = _hard_labels(yb, host.ndim, axis)
+                valid = _valid_labels(labels, self.loss)
+                correct += int(((predicted == labels) & valid).sum())
                 if scores:
                     shifted = np.exp(host - host.max(axis=axis, keepdims=True))
                     probabilities.append(shifted / shifted.sum(axis=axis, keepdims=True))
-        labelled = _label_count(y, self.loss) if predictions else 0
+        labelled = _label_count(_hard_labels(y, len(self.output_shape) + 1, axis), self.loss) if predictions else 0
         result = {"loss": total / n, "accuracy": correct / labelled if predictions and labelled else None,
                   "predictions": np.concatenate(predictions) if predictions else None}
         if scores:
@@ -633,6 +642,15 @@ def _example_target(loss, batch_size, output_shape, dtype):
 def _class_axis(loss):
     """The axis of the outputs that holds the classes: the last, or 1 for (N, C, H, W) logits."""
     return getattr(loss, "class_axis", -1)
+
+
+def _hard_labels(y, ndim, axis):
+    """Class labels of ``y``: itself, or the most probable class of probability targets (a float
+    array with the scores' ``ndim``)."""
+    if isinstance(y, list):
+        return y
+    y = np.asarray(y)
+    return y.argmax(axis=axis) if y.dtype.kind == "f" and y.ndim == ndim else y
 
 
 def _valid_labels(y, loss):

@@ -146,6 +146,8 @@ def _pool(op):
                           pads=[pad_h, pad_w, pad_h, pad_w], ceil_mode=int(layer.ceil_mode))
         if op == "AveragePool":
             attributes["count_include_pad"] = int(layer.count_include_pad)
+        elif tuple(layer.dilation) != (1, 1):
+            attributes["dilations"] = list(layer.dilation)
         return g.node(op, [x], **attributes)
     return emit
 
@@ -207,7 +209,10 @@ EMITTERS = {
     "ReLU": lambda g, layer, x: x if layer.absorbed else g.node("Relu", [x]),
     "LeakyReLU": lambda g, layer, x: g.node("LeakyRelu", [x], alpha=float(layer.negative_slope)),
     "Sigmoid": _elementwise("Sigmoid"), "Tanh": _elementwise("Tanh"), "GELU": _gelu,
-    "Softmax": _elementwise("Softmax", axis=-1), "Dropout": lambda g, layer, x: x,
+    # opset >= 13: Softmax and LogSoftmax work along one axis (counted with the batch, as numdl's)
+    "Softmax": lambda g, layer, x: g.node("Softmax", [x], axis=layer.axis),
+    "LogSoftmax": lambda g, layer, x: g.node("LogSoftmax", [x], axis=layer.axis),
+    "Dropout": lambda g, layer, x: x,
     "Flatten": _elementwise("Flatten", axis=1), "Reshape": _reshape,
     "MaxPool2d": _pool("MaxPool"), "AvgPool2d": _pool("AveragePool"),
     "GlobalAvgPool2d": lambda g, layer, x: g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1),

@@ -133,7 +133,8 @@ def check_loss_gradients(loss, pred, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     pred = np.array(pred, dtype=np.float64)
     loss.forward(pred, target)
     analytic = np.array(loss.backward())
-    numeric = numeric_gradient(lambda: loss.forward(pred, target), pred, eps)
+    # reduction "none": the gradient of the losses' sum (backward's default upstream of ones)
+    numeric = numeric_gradient(lambda: float(np.sum(loss.forward(pred, target))), pred, eps)
     return _compare(f"loss {loss.name!r}", analytic, numeric, rtol, atol)
 
 

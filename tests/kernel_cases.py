@@ -78,21 +78,27 @@ def _elementwise_backward(kind):
     return make
 
 
-def _softmax_ref(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def _softmax_ref(x, axis=1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
-def _softmax_forward(dtype, rng):
-    x = (rng.standard_normal((4, 6)) * 5).astype(dtype)
-    return [np.zeros_like(x), x], 4, {0: _softmax_ref(f64(x))}
+def _softmax_forward(dtype, rng, log=False):
+    """(outer, classes, inner) = (3, 6, 2): the class axis in the middle, as Softmax(axis=1) of images."""
+    x = (rng.standard_normal((3, 6, 2)) * 5).astype(dtype)
+    expected = _softmax_ref(f64(x))
+    return [np.zeros_like(x), x], 6, {0: np.log(expected) if log else expected}
 
 
-def _softmax_backward(dtype, rng):
-    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 6)).astype(dtype)
+def _softmax_backward(dtype, rng, log=False):
+    x, dout = rng.standard_normal((3, 6, 2)), rng.standard_normal((3, 6, 2)).astype(dtype)
     out = _softmax_ref(x)
-    expected = out * (f64(dout) - (f64(dout) * out).sum(axis=1, keepdims=True))
-    return [np.zeros((4, 6), dtype), dout, out.astype(dtype)], 4, {0: expected}
+    g = f64(dout)
+    if log:
+        expected, saved = g - out * g.sum(axis=1, keepdims=True), np.log(out)
+    else:
+        expected, saved = out * (g - (g * out).sum(axis=1, keepdims=True)), out
+    return [np.zeros((3, 6, 2), dtype), dout, saved.astype(dtype)], 6, {0: expected}
 
 
 def cross_entropy_reference(logits, labels, weights, smoothing):
@@ -107,61 +113,160 @@ def cross_entropy_reference(logits, labels, weights, smoothing):
     return loss, weights[labels], np.exp(log_probs)
 
 
+CE_IGNORE = 2  # ignore_index: a valid class number, so the kernels must test it before indexing
+
+
 def _ce_inputs(dtype, rng):
-    logits = (rng.standard_normal((6, 5)) * 3).astype(dtype)
-    labels = rng.integers(0, 5, 6).astype(np.int64)
+    """(outer, C, inner) = (3, 5, 2) logits with (3, 2) labels, one of them ignored."""
+    logits = (rng.standard_normal((3, 5, 2)) * 3).astype(dtype)
+    labels = rng.integers(0, 5, (3, 2)).astype(np.int64)
+    labels[1, 0] = CE_IGNORE
+    labels[0, 1] = 4 if labels[0, 1] == CE_IGNORE else labels[0, 1]
     weights = rng.uniform(0.5, 2.0, 5).astype(dtype)
     return logits, labels, weights, 0.1
 
 
+def _rows(array):
+    """(outer, C, inner) as (outer * inner, C) rows, for the row-wise references."""
+    return np.moveaxis(f64(array), 1, 2).reshape(-1, array.shape[1])
+
+
+def _unrows(rows, shape):
+    return np.moveaxis(rows.reshape(shape[0], shape[2], shape[1]), 2, 1)
+
+
 def _ce_forward(dtype, rng):
     logits, labels, weights, smoothing = _ce_inputs(dtype, rng)
-    loss, sample_weight, probs = cross_entropy_reference(logits, labels, f64(weights), smoothing)
-    args = [np.zeros(6, dtype), np.zeros(6, dtype), np.zeros((6, 5), dtype), logits, labels, weights, dtype(smoothing)]
-    return args, 6, {0: loss, 1: sample_weight, 2: probs}
+    flat = labels.reshape(-1)
+    loss, sample_weight, probs = cross_entropy_reference(_rows(logits), np.where(flat == CE_IGNORE, 0, flat),
+                                                         f64(weights), smoothing)
+    counted = flat != CE_IGNORE
+    expected = {0: np.where(counted, loss, 0).reshape(3, 2), 1: np.where(counted, sample_weight, 0).reshape(3, 2)}
+    args = [np.zeros((3, 2), dtype), np.zeros((3, 2), dtype), np.zeros((3, 5, 2), dtype), logits, labels, weights,
+            dtype(smoothing), CE_IGNORE]
+    return args, 6, expected  # probs of an ignored position are left unwritten: not compared
 
 
-def _ce_backward(dtype, rng):
+def _ce_backward(dtype, rng, per_position=False):
     logits, labels, weights, smoothing = _ce_inputs(dtype, rng)
-    _, sample_weight, probs = cross_entropy_reference(logits, labels, f64(weights), smoothing)
-    scale = 1.0 / sample_weight.sum()
-    onehot = np.eye(5)[labels]
+    flat = labels.reshape(-1)
+    safe = np.where(flat == CE_IGNORE, 0, flat)
+    _, sample_weight, probs = cross_entropy_reference(_rows(logits), safe, f64(weights), smoothing)
+    counted = flat != CE_IGNORE
+    upstream = (rng.uniform(0.5, 2, (3, 2)) if per_position else np.full((1, 1), 1.0 / sample_weight[counted].sum()))
+    factor = np.broadcast_to(upstream, (3, 2)).reshape(-1)
+    onehot = np.eye(5)[safe]
     w = f64(weights)
-    expected = scale * ((1 - smoothing) * w[labels][:, None] * (probs - onehot)
-                        + smoothing / 5 * (w.sum() * probs - w[None, :]))
-    args = [np.zeros((6, 5), dtype), probs.astype(dtype), labels, weights, dtype(smoothing), dtype(scale)]
-    return args, 6, {0: expected}
+    rows = factor[:, None] * ((1 - smoothing) * w[safe][:, None] * (probs - onehot)
+                              + smoothing / 5 * (w.sum() * probs - w[None, :]))
+    rows[~counted] = 0
+    args = [np.zeros((3, 5, 2), dtype), _unrows(probs, (3, 5, 2)).astype(dtype), labels, weights, dtype(smoothing),
+            CE_IGNORE, upstream.astype(dtype)]
+    return args, 6, {0: _unrows(rows, (3, 5, 2))}
+
+
+def _soft_ce_inputs(dtype, rng):
+    logits = (rng.standard_normal((3, 5, 2)) * 3).astype(dtype)
+    targets = rng.uniform(0, 1, (3, 5, 2))
+    targets = (targets / targets.sum(axis=1, keepdims=True)).astype(dtype)
+    return logits, targets, rng.uniform(0.5, 2.0, 5).astype(dtype), 0.2
+
+
+def _soft_reference(logits, targets, weights, smoothing):
+    rows, t = _rows(logits), (1 - smoothing) * _rows(targets) + smoothing / 5
+    log_probs = rows - rows.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    return -(f64(weights) * t * log_probs).sum(1), np.exp(log_probs), t
+
+
+def _soft_ce_forward(dtype, rng):
+    logits, targets, weights, smoothing = _soft_ce_inputs(dtype, rng)
+    loss, probs, _ = _soft_reference(logits, targets, weights, smoothing)
+    args = [np.zeros((3, 2), dtype), np.zeros((3, 5, 2), dtype), logits, targets, weights, dtype(smoothing)]
+    return args, 6, {0: loss.reshape(3, 2), 1: _unrows(probs, (3, 5, 2))}
+
+
+def _soft_ce_backward(dtype, rng):
+    logits, targets, weights, smoothing = _soft_ce_inputs(dtype, rng)
+    _, probs, t = _soft_reference(logits, targets, weights, smoothing)
+    upstream = rng.uniform(0.5, 2, (3, 2))
+    w = f64(weights)
+    rows = upstream.reshape(-1)[:, None] * (probs * (w * t).sum(1, keepdims=True) - w * t)
+    args = [np.zeros((3, 5, 2), dtype), _unrows(probs, (3, 5, 2)).astype(dtype), targets, weights, dtype(smoothing),
+            upstream.astype(dtype)]
+    return args, 6, {0: _unrows(rows, (3, 5, 2))}
+
+
+def _nll_forward(dtype, rng):
+    log_probs, labels, weights, _ = _ce_inputs(dtype, rng)
+    flat = labels.reshape(-1)
+    counted = flat != CE_IGNORE
+    safe = np.where(counted, flat, 0)
+    rows = _rows(log_probs)
+    loss = np.where(counted, -f64(weights)[safe] * rows[np.arange(6), safe], 0)
+    args = [np.zeros((3, 2), dtype), np.zeros((3, 2), dtype), log_probs, labels, weights, CE_IGNORE]
+    return args, 6, {0: loss.reshape(3, 2), 1: np.where(counted, f64(weights)[safe], 0).reshape(3, 2)}
+
+
+def _nll_backward(dtype, rng):
+    _, labels, weights, _ = _ce_inputs(dtype, rng)
+    flat = labels.reshape(-1)
+    counted = flat != CE_IGNORE
+    upstream = rng.uniform(0.5, 2, (3, 2))
+    rows = np.zeros((6, 5))
+    rows[np.arange(6)[counted], flat[counted]] = -(f64(weights)[flat[counted]] * upstream.reshape(-1)[counted])
+    args = [np.zeros((3, 5, 2), dtype), labels, weights, CE_IGNORE, upstream.astype(dtype)]
+    return args, 6, {0: _unrows(rows, (3, 5, 2))}
 
 
 HUBER_DELTA = 0.7  # the standard-normal differences fall on both sides of it
 
 
+BCE_WEIGHT, BCE_POS_WEIGHT = [0.5, 1.5, 2.0, 1.0], [3.0, 0.5, 1.0, 2.0]  # repeat along the 24 elements
+
+
+def _element_loss_inputs(kind, dtype, rng):
+    pred = rng.standard_normal(24).astype(dtype) * 2
+    if kind == "bce_with_logits":
+        target = rng.uniform(0, 1, 24)
+    elif kind == "kl_div":
+        target = rng.uniform(0, 1, 24)
+        target[3] = 0.0  # xlogy: 0 where the target is 0
+    else:
+        target = rng.standard_normal(24)
+    extra = {"huber": [dtype(HUBER_DELTA)], "kl_div": [False],
+             "bce_with_logits": [np.array(BCE_WEIGHT, dtype), np.array(BCE_POS_WEIGHT, dtype)]}.get(kind, [])
+    return pred, target.astype(dtype), extra
+
+
 def _sum_loss_forward(kind):
     def make(dtype, rng):
-        pred = rng.standard_normal(23).astype(dtype)
-        target = (rng.uniform(0, 1, 23) if kind == "bce_with_logits" else rng.standard_normal(23)).astype(dtype)
+        pred, target, extra = _element_loss_inputs(kind, dtype, rng)
         p, t = f64(pred), f64(target)
         d = p - t
-        total = {"mse": lambda: (d ** 2).sum(), "mae": lambda: np.abs(d).sum(),
+        w, pw = np.tile(BCE_WEIGHT, 6), np.tile(BCE_POS_WEIGHT, 6)
+        terms = {"mse": lambda: d ** 2, "mae": lambda: np.abs(d),
                  "huber": lambda: np.where(np.abs(d) < HUBER_DELTA, 0.5 * d ** 2,
-                                           HUBER_DELTA * (np.abs(d) - 0.5 * HUBER_DELTA)).sum(),
-                 "bce_with_logits": lambda: (np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))).sum()}[kind]()
-        extra = [dtype(HUBER_DELTA)] if kind == "huber" else []
-        return [np.zeros(1, dtype), pred, target, *extra], pred.size, {0: np.array([total])}
+                                           HUBER_DELTA * (np.abs(d) - 0.5 * HUBER_DELTA)),
+                 "bce_with_logits": lambda: -w * (pw * t * np.log(1 / (1 + np.exp(-p)))
+                                                  + (1 - t) * np.log(1 - 1 / (1 + np.exp(-p)))),
+                 "kl_div": lambda: np.where(t > 0, t * (np.log(np.where(t > 0, t, 1)) - p), 0.0)}[kind]()
+        return [np.zeros(24, dtype), pred, target, *extra], pred.size, {0: terms}
     return make
 
 
 def _sum_loss_backward(kind):
     def make(dtype, rng):
-        pred = rng.standard_normal(23).astype(dtype)
-        target = (rng.uniform(0, 1, 23) if kind == "bce_with_logits" else rng.standard_normal(23)).astype(dtype)
+        pred, target, extra = _element_loss_inputs(kind, dtype, rng)
         p, t, scale = f64(pred), f64(target), 0.25
         d = p - t
+        w, pw = np.tile(BCE_WEIGHT, 6), np.tile(BCE_POS_WEIGHT, 6)
+        s = 1 / (1 + np.exp(-p))
         expected = scale * {"mse": lambda: 2 * d, "mae": lambda: np.sign(d),
                             "huber": lambda: np.clip(d, -HUBER_DELTA, HUBER_DELTA),
-                            "bce_with_logits": lambda: 1 / (1 + np.exp(-p)) - t}[kind]()
-        extra = [dtype(HUBER_DELTA)] if kind == "huber" else []
-        return [np.zeros(23, dtype), pred, target, dtype(scale), *extra], pred.size, {0: expected}
+                            "bce_with_logits": lambda: w * ((1 + (pw - 1) * t) * s - pw * t),
+                            "kl_div": lambda: -t}[kind]()
+        return [np.zeros(24, dtype), pred, target, dtype(scale), *extra], pred.size, {0: expected}
     return make
 
 
@@ -430,16 +535,18 @@ def _conv_backward(relu, p=CONV):
 POOL = dict(k=(3, 2), stride=(2, 2), pad=(1, 1))
 
 
-def _pool_windows(x, k, stride, pad, fill):
+def _pool_windows(x, k, stride, pad, fill, dil=(1, 1)):
     n, c, h, w = x.shape
     padded = np.full((n, c, h + 2 * pad[0], w + 2 * pad[1]), fill)
     padded[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w] = x
-    h_out = (h + 2 * pad[0] - k[0]) // stride[0] + 1
-    w_out = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    h_out = (h + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
+    w_out = (w + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
     windows = np.zeros((n, c, h_out, w_out, k[0] * k[1]))
     for i in range(k[0]):
         for j in range(k[1]):
-            windows[..., i * k[1] + j] = padded[:, :, i:i + stride[0] * h_out:stride[0], j:j + stride[1] * w_out:stride[1]]
+            top, left = i * dil[0], j * dil[1]
+            windows[..., i * k[1] + j] = padded[:, :, top:top + stride[0] * h_out:stride[0],
+                                                left:left + stride[1] * w_out:stride[1]]
     return windows
 
 
@@ -451,24 +558,24 @@ def _pool_args():
     return [*POOL["k"], *POOL["stride"], *POOL["pad"]]
 
 
-def _maxpool_forward(dtype, rng):
+def _maxpool_forward(dtype, rng, dil=(1, 1)):
     x = _pool_x(dtype, rng)
-    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf).max(-1)
-    return [np.zeros(ref.shape, dtype), np.zeros(ref.shape, np.int64), x, *_pool_args()], ref.size, {0: ref}
+    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf, dil).max(-1)
+    return [np.zeros(ref.shape, dtype), np.zeros(ref.shape, np.int64), x, *_pool_args(), *dil], ref.size, {0: ref}
 
 
-def _maxpool_backward(dtype, rng):
+def _maxpool_backward(dtype, rng, dil=(1, 1)):
     x = _pool_x(dtype, rng)
-    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf).max(-1)
+    ref = _pool_windows(f64(x), POOL["k"], POOL["stride"], POOL["pad"], -np.inf, dil).max(-1)
     from numdl.kernels.pool import maxpool2d_forward_cpu
     argmax = np.zeros(ref.shape, np.int64)
-    maxpool2d_forward_cpu(np.zeros(ref.shape, dtype), argmax, x, *_pool_args())
+    maxpool2d_forward_cpu(np.zeros(ref.shape, dtype), argmax, x, *_pool_args(), *dil)
     dout = rng.standard_normal(ref.shape).astype(dtype)
     dx = np.zeros(x.shape)
     for n, c, oh, ow in np.ndindex(*ref.shape):  # the gradient goes to the element equal to the max
         hit = np.argwhere(f64(x[n, c]) == ref[n, c, oh, ow])[0]
         dx[n, c, hit[0], hit[1]] += dout[n, c, oh, ow]
-    return [np.zeros_like(x), dout, argmax, *_pool_args()], x.size, {0: dx}
+    return [np.zeros_like(x), dout, argmax, *_pool_args(), *dil], x.size, {0: dx}
 
 
 def _avgpool_forward(dtype, rng):
@@ -1213,8 +1320,14 @@ CASES = {
     ("linear", "linear_backward"): _linear_backward,
     ("activation", "softmax_forward"): _softmax_forward,
     ("activation", "softmax_backward"): _softmax_backward,
+    ("activation", "log_softmax_forward"): lambda dtype, rng: _softmax_forward(dtype, rng, log=True),
+    ("activation", "log_softmax_backward"): lambda dtype, rng: _softmax_backward(dtype, rng, log=True),
     ("loss", "cross_entropy_forward"): _ce_forward,
     ("loss", "cross_entropy_backward"): _ce_backward,
+    ("loss", "soft_cross_entropy_forward"): _soft_ce_forward,
+    ("loss", "soft_cross_entropy_backward"): _soft_ce_backward,
+    ("loss", "nll_forward"): _nll_forward,
+    ("loss", "nll_backward"): _nll_backward,
     ("optim", "sgd_step"): _sgd_step,
     ("optim", "adam_step"): _adam_step(False),
     ("optim", "adagrad_step"): _adagrad_step,
@@ -1286,7 +1399,7 @@ CASES = {
 for _kind in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"):
     CASES[("activation", f"{_kind}_forward")] = _elementwise_forward(_kind)
     CASES[("activation", f"{_kind}_backward")] = _elementwise_backward(_kind)
-for _kind in ("mse", "mae", "huber", "bce_with_logits"):
+for _kind in ("mse", "mae", "huber", "bce_with_logits", "kl_div"):
     CASES[("loss", f"{_kind}_forward")] = _sum_loss_forward(_kind)
     CASES[("loss", f"{_kind}_backward")] = _sum_loss_backward(_kind)
 
@@ -1298,7 +1411,24 @@ def _linear_backward_first_layer(dtype, rng):
     return args, args[1].size, {1: expected[1]}
 
 
+def _kl_log_target(direction):
+    """KL divergence with the target given as log-probabilities: exp(t) (t - x), gradient -exp(t)."""
+    def make(dtype, rng):
+        log_probs, target = (rng.standard_normal(24) * 2).astype(dtype), rng.uniform(-3, 0, 24).astype(dtype)
+        x, t = f64(log_probs), f64(target)
+        if direction == "forward":
+            return [np.zeros(24, dtype), log_probs, target, True], 24, {0: np.exp(t) * (t - x)}
+        return [np.zeros(24, dtype), log_probs, target, dtype(0.5), True], 24, {0: -0.5 * np.exp(t)}
+    return make
+
+
 VARIANTS = {
+    "maxpool2d_forward_dilated": (("pool", "maxpool2d_forward"), lambda d, r: _maxpool_forward(d, r, dil=(2, 3))),
+    "maxpool2d_backward_dilated": (("pool", "maxpool2d_backward"), lambda d, r: _maxpool_backward(d, r, dil=(2, 3))),
+    "cross_entropy_backward_per_position": (("loss", "cross_entropy_backward"),
+                                            lambda d, r: _ce_backward(d, r, per_position=True)),
+    "kl_div_forward_log_target": (("loss", "kl_div_forward"), _kl_log_target("forward")),
+    "kl_div_backward_log_target": (("loss", "kl_div_backward"), _kl_log_target("backward")),
     "count_non_finite_when_all_finite": (("check", "count_non_finite_forward"), _count_non_finite_none),
     "linear_forward_without_bias": (("linear", "linear_forward"), lambda d, r: _linear_forward(d, r, bias=False)),
     "linear_backward_first_layer": (("linear", "linear_backward"), _linear_backward_first_layer),

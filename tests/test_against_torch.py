@@ -355,6 +355,9 @@ def test_conv_padding_errors_are_named(kwargs, shape, needle):
 POOL_OPTIONS = [
     (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, (2, 7, 6)),
     (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": 2, "ceil_mode": True}, (2, 5, 7)),  # half windows
+    (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": 3, "stride": 1, "padding": 1, "dilation": 2}, (2, 7, 6)),
+    (numdl.MaxPool2d, torch.nn.MaxPool2d, {"kernel_size": [2, 3], "stride": 2, "padding": 1, "dilation": [3, 2],
+                                           "ceil_mode": True}, (2, 9, 8)),
     (numdl.AvgPool2d, torch.nn.AvgPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, (2, 7, 6)),
     (numdl.AvgPool2d, torch.nn.AvgPool2d, {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
      (2, 7, 6)),
@@ -388,3 +391,141 @@ def test_adaptive_pooling_matches_torch(ours, theirs, shape):
     ours.build(shape, get_ops("cpu"), np.float64, np.random.default_rng(0))
     rng = np.random.default_rng(9)
     _assert_step_matches_torch(ours, theirs, rng.standard_normal((3,) + shape), rng)
+
+
+def _assert_loss_matches_torch(ours, theirs, pred, target, rng):
+    """Value (or per-position values) and prediction gradient of a numdl loss against a torch one;
+    reduction "none" goes back with a random upstream gradient."""
+    value = ours.forward(pred, target)
+    t_pred = torch.tensor(pred, requires_grad=True)
+    t_loss = theirs(t_pred, torch.tensor(target))
+    if ours.reduction == "none":
+        upstream = rng.standard_normal(t_loss.shape)
+        grad = ours.backward(upstream)
+        t_loss.backward(torch.tensor(upstream))
+        np.testing.assert_allclose(value, t_loss.detach().numpy(), rtol=1e-10, atol=1e-14)
+    else:
+        grad = ours.backward()
+        t_loss.backward()
+        assert value == pytest.approx(t_loss.item(), rel=1e-10)
+    np.testing.assert_allclose(grad, t_pred.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def _torch_kwargs(kwargs):
+    return {k: torch.tensor(v, dtype=torch.float64) if k in ("weight", "pos_weight") else v
+            for k, v in kwargs.items() if k != "class_axis"}
+
+
+CE_OPTIONS = [  # (numdl and torch kwargs, logits shape): PyTorch's (N, C, d1, ...) layout is class_axis 1
+    ({"ignore_index": 2}, (7, 4)),  # ignore_index on a real class
+    ({"ignore_index": -100, "reduction": "none"}, (7, 4)),
+    ({"class_axis": 1, "weight": [0.5, 2.0, 1.0, 3.0], "label_smoothing": 0.2}, (5, 4, 3, 2)),
+    ({"class_axis": 1, "reduction": "none", "weight": [0.5, 2.0, 1.0, 3.0]}, (5, 4, 6)),
+    ({"class_axis": 1, "reduction": "sum", "ignore_index": 0, "label_smoothing": 0.1}, (3, 4, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape", CE_OPTIONS, ids=[str(i) for i in range(len(CE_OPTIONS))])
+def test_cross_entropy_options_match_torch(kwargs, shape):
+    """ignore_index (-100 marks padding in every batch below), reduction none/sum, (N, C, d1, ...)."""
+    rng = np.random.default_rng(len(shape))
+    logits = rng.standard_normal(shape) * 3
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    labels.reshape(-1)[::5] = kwargs.get("ignore_index", -100)
+    _assert_loss_matches_torch(numdl.CrossEntropy(**kwargs), torch.nn.CrossEntropyLoss(**_torch_kwargs(kwargs)),
+                               logits, labels, rng)
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({}, (6, 5)), ({"label_smoothing": 0.3, "weight": [0.5, 2.0, 1.0, 3.0, 1.5]}, (6, 5)),
+    ({"class_axis": 1, "reduction": "sum"}, (3, 5, 2, 3)), ({"class_axis": 1, "reduction": "none"}, (3, 5, 4))])
+def test_cross_entropy_probability_targets_match_torch(kwargs, shape):
+    rng = np.random.default_rng(3)
+    logits, targets = rng.standard_normal(shape) * 3, rng.uniform(0, 1, shape)
+    targets /= targets.sum(axis=1, keepdims=True)
+    _assert_loss_matches_torch(numdl.CrossEntropy(**kwargs), torch.nn.CrossEntropyLoss(**_torch_kwargs(kwargs)),
+                               logits, targets, rng)
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({}, (6, 4)), ({"weight": [0.5, 2.0, 1.0, 3.0], "ignore_index": 3}, (6, 4)),
+    ({"class_axis": 1, "reduction": "sum", "weight": [0.5, 2.0, 1.0, 3.0]}, (3, 4, 2, 3)),
+    ({"class_axis": 1, "reduction": "none"}, (3, 4, 5))])
+def test_nll_loss_matches_torch(kwargs, shape):
+    rng = np.random.default_rng(4)
+    log_probs = torch.log_softmax(torch.tensor(rng.standard_normal(shape)), dim=1).numpy()
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    _assert_loss_matches_torch(numdl.NLLLoss(**kwargs), torch.nn.NLLLoss(**_torch_kwargs(kwargs)), log_probs,
+                               labels, rng)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"pos_weight": [2.0, 0.5, 3.0]}, {"weight": [1.0, 0.2, 2.5], "reduction": "sum"},
+    {"weight": [[0.5], [1.0], [2.0], [0.1], [1.5]], "pos_weight": [2.0, 0.5, 3.0]},  # per sample, broadcast
+    {"pos_weight": [2.0, 0.5, 3.0], "reduction": "none"}])
+def test_bce_with_logits_weights_match_torch(kwargs):
+    rng = np.random.default_rng(5)
+    logits, targets = rng.standard_normal((5, 3)) * 3, rng.uniform(0, 1, (5, 3))
+    _assert_loss_matches_torch(numdl.BCEWithLogits(**kwargs), torch.nn.BCEWithLogitsLoss(**_torch_kwargs(kwargs)),
+                               logits, targets, rng)
+
+
+@pytest.mark.parametrize("kwargs", [{"reduction": "batchmean"}, {"reduction": "sum"}, {"reduction": "none"},
+                                    {"reduction": "batchmean", "log_target": True}])
+def test_kl_div_matches_torch(kwargs):
+    rng = np.random.default_rng(6)
+    log_probs = torch.log_softmax(torch.tensor(rng.standard_normal((5, 4))), dim=1).numpy()
+    targets = rng.uniform(0, 1, (5, 4))
+    targets[0, 1] = 0.0
+    if kwargs.get("log_target"):
+        targets = np.log(targets + 0.05)
+    _assert_loss_matches_torch(numdl.KLDiv(**kwargs), torch.nn.KLDivLoss(**kwargs), log_probs, targets, rng)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.MSE, torch.nn.MSELoss), (numdl.MAE, torch.nn.L1Loss),
+                                                 (numdl.Huber, torch.nn.HuberLoss)])
+def test_elementwise_losses_reduction_none_match_torch(ours_cls, torch_cls):
+    rng = np.random.default_rng(7)
+    _assert_loss_matches_torch(ours_cls(reduction="none"), torch_cls(reduction="none"), rng.standard_normal((4, 3)) * 2,
+                               rng.standard_normal((4, 3)), rng)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.Softmax, torch.nn.Softmax),
+                                                 (numdl.LogSoftmax, torch.nn.LogSoftmax)])
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_softmax_over_any_axis_matches_torch(ours_cls, torch_cls, axis):
+    from numdl.backend import get_ops
+
+    ours = ours_cls(axis=axis)
+    ours.build((4, 3, 5), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    rng = np.random.default_rng(10 + axis)
+    _assert_step_matches_torch(ours, torch_cls(dim=axis), rng.standard_normal((2, 4, 3, 5)) * 3, rng, out_rtol=1e-12)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.AdamW, torch.optim.AdamW), (numdl.SGD, torch.optim.SGD)])
+def test_parameter_groups_match_torch(ours_cls, torch_cls):
+    """A per-layer learning rate and no weight decay on biases and norms: the trajectory of every
+    parameter equals PyTorch's with the same groups written out by hand."""
+    rng = np.random.default_rng(11)
+    model = numdl.Sequential([numdl.Linear(4), numdl.LayerNorm(), numdl.ReLU(), numdl.Linear(3)], input_shape=(5,),
+                             dtype="float64", seed=0)
+    extra = {"momentum": 0.9} if ours_cls is numdl.SGD else {}
+    model.compile(numdl.CrossEntropy(), ours_cls(lr=0.05, weight_decay=0.1, decay_biases_and_norms=False,
+                                                 param_groups=[{"params": "3.*", "lr": 0.005}], **extra))
+    theirs = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 3)).double()
+    named = model.named_parameters()
+    for t_param, param in zip(theirs.parameters(), named.values()):
+        t_param.data = torch.tensor(param.value.copy())
+    groups = [{"params": [theirs[0].weight]}, {"params": [theirs[0].bias, theirs[1].weight, theirs[1].bias],
+                                               "weight_decay": 0.0},
+              {"params": [theirs[3].weight], "lr": 0.005}, {"params": [theirs[3].bias], "lr": 0.005, "weight_decay": 0.0}]
+    t_opt = torch_cls(groups, lr=0.05, weight_decay=0.1, foreach=False, **extra)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    for _ in range(6):
+        model.train_step(x, y)
+        t_opt.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.tensor(x)), torch.tensor(y)).backward()
+        t_opt.step()
+    for t_param, (name, param) in zip(theirs.parameters(), named.items()):
+        np.testing.assert_allclose(param.value, t_param.detach().numpy(), rtol=1e-10, atol=1e-13, err_msg=name)

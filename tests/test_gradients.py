@@ -29,6 +29,9 @@ LAYER_SAMPLES = {
     "gelu": ("gelu", {}, (7,)),
     "gelu-tanh": ("gelu", {"approximate": "tanh"}, (7,)),
     "softmax": ("softmax", {}, (2, 5)),
+    "softmax-channels": ("softmax", {"axis": 1}, (3, 2, 2)),
+    "log_softmax": ("log_softmax", {}, (2, 5)),
+    "log_softmax-middle-axis": ("log_softmax", {"axis": -2}, (4, 3)),
     "dropout": ("dropout", {"p": 0.4}, (9,)),
     "flatten": ("flatten", {}, (2, 3, 2)),
     "reshape": ("reshape", {"shape": [3, -1]}, (2, 3, 2)),
@@ -45,6 +48,7 @@ LAYER_SAMPLES = {
     "avgpool2d-ceil-exclude-pad": ("avgpool2d", {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
                                                  "count_include_pad": False}, (2, 6, 5)),
     "maxpool2d-ceil": ("maxpool2d", {"kernel_size": 2, "ceil_mode": True}, (2, 5, 7)),
+    "maxpool2d-dilated": ("maxpool2d", {"kernel_size": 2, "stride": 1, "padding": 1, "dilation": [2, 3]}, (2, 6, 7)),
     "adaptive_avgpool2d": ("adaptive_avgpool2d", {"output_size": [3, 4]}, (2, 5, 7)),
     "adaptive_maxpool2d": ("adaptive_maxpool2d", {"output_size": [2, None]}, (2, 5, 7)),
     "global_avgpool2d": ("global_avgpool2d", {}, (3, 4, 5)),
@@ -101,17 +105,33 @@ def _labels(rng, n, classes):
     return rng.integers(0, classes, n)
 
 
+def _probabilities(rng, shape):
+    p = rng.uniform(0, 1, shape)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 # name -> (constructor kwargs, target factory given rng and pred shape)
 LOSS_SAMPLES = {
     "cross_entropy": [({}, lambda r, s: _labels(r, *s)),
                       ({"weight": [1.0, 2.0, 0.5, 1.5], "label_smoothing": 0.2}, lambda r, s: _labels(r, *s)),
-                      ({"reduction": "sum"}, lambda r, s: _labels(r, *s))],
+                      ({"reduction": "sum"}, lambda r, s: _labels(r, *s)),
+                      ({"ignore_index": 1, "label_smoothing": 0.1, "weight": [1.0, 2.0, 0.5, 1.5]},
+                       lambda r, s: _labels(r, *s)),
+                      ({"label_smoothing": 0.2, "weight": [1.0, 2.0, 0.5, 1.5]}, _probabilities),
+                      ({"reduction": "none"}, lambda r, s: _labels(r, *s))],
+    "nll": [({}, lambda r, s: _labels(r, *s)), ({"weight": [1.0, 2.0, 0.5, 1.5], "ignore_index": 0}, lambda r, s: _labels(r, *s)),
+            ({"reduction": "sum"}, lambda r, s: _labels(r, *s))],
+    "kl_div": [({}, _probabilities), ({"reduction": "batchmean"}, _probabilities),
+               ({"reduction": "sum", "log_target": True}, lambda r, s: np.log(_probabilities(r, s)))],
     "mse": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s)),
             ({"reduction": "batchmean"}, lambda r, s: r.standard_normal(s))],
     "mae": [({}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
     "huber": [({"delta": 0.7}, lambda r, s: r.standard_normal(s)), ({"reduction": "sum"}, lambda r, s: r.standard_normal(s))],
     "bce_with_logits": [({}, lambda r, s: r.uniform(0, 1, s)),
-                        ({"reduction": "batchmean"}, lambda r, s: r.uniform(0, 1, s))],
+                        ({"reduction": "batchmean"}, lambda r, s: r.uniform(0, 1, s)),
+                        ({"pos_weight": [2.0, 0.5, 1.0, 3.0], "weight": [0.5, 1.0, 2.0, 1.5]},
+                         lambda r, s: r.uniform(0, 1, s)),
+                        ({"reduction": "none"}, lambda r, s: r.uniform(0, 1, s))],
 }
 
 
@@ -156,6 +176,10 @@ SHAPED_LOSS_SAMPLES = {
                             ({"ignore_index": 255, "weight": [1, 2, 0.5, 1], "dice_weight": 0.8}, (3, 4, 2, 5),
                              _pixel_labels),
                             ({"ignore_index": 255, "reduction": "sum"}, (2, 3, 3, 3), _pixel_labels)],
+    "cross_entropy": [({"class_axis": 1, "ignore_index": 255, "label_smoothing": 0.1}, (3, 4, 2, 5), _pixel_labels),
+                      ({"class_axis": 1, "reduction": "sum"}, (2, 3, 4), lambda r, s: r.integers(0, 3, (2, 4))),
+                      ({}, (2, 5, 3), lambda r, s: r.integers(0, 3, (2, 5)))],  # per-step (N, T, C)
+    "nll": [({"class_axis": 1, "ignore_index": 255}, (3, 4, 2, 5), _pixel_labels)],
     "centernet": [({"stride": 4}, (2, 7, 5, 6), _boxes), ({"stride": 2, "size_weight": 0.5}, (2, 6, 8, 9), _boxes)],
 }
 

@@ -100,7 +100,7 @@ def test_maxpool_2x2_fast_path_matches_numpy_with_ties_and_odd_sizes(dtype):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 4, (3, 2, 9, 7)).astype(dtype)  # four values only: many ties
     out, argmax = np.zeros((3, 2, 4, 3), dtype), np.zeros((3, 2, 4, 3), np.int64)
-    maxpool2d_forward_cpu(out, argmax, x, 2, 2, 2, 2, 0, 0)
+    maxpool2d_forward_cpu(out, argmax, x, 2, 2, 2, 2, 0, 0, 1, 1)
     windows = x[:, :, :8, :6].reshape(3, 2, 4, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(3, 2, 4, 3, 4)
     first = windows.argmax(-1)  # numpy's argmax is the first maximum too
     rows = 2 * np.arange(4)[:, None] + first // 2
@@ -191,7 +191,7 @@ def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
             x[0, 0, 1, 1] = x[0, 1, 4, 5] = x[1, 2, 7, 7] = np.nan  # inside, and last in its window
             size = (8 + 2 * padding - kernel) // stride + 1
             out, argmax = np.empty((2, 3, size, size), dtype), np.empty((2, 3, size, size), np.int64)
-            maxpool2d_forward_cpu(out, argmax, x, kernel, kernel, stride, stride, padding, padding)
+            maxpool2d_forward_cpu(out, argmax, x, kernel, kernel, stride, stride, padding, padding, 1, 1)
             expected, indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel, stride, padding,
                                                                 return_indices=True)
             np.testing.assert_array_equal(out, expected.numpy())  # NaNs at the same places
@@ -267,9 +267,9 @@ def test_passes_split_over_threads_match_one_thread(case):
             k, s = (2, 2) if case == "maxpool2x2" else (3, 2)
             h_out, w_out = (36 - k) // s + 1, (34 - k) // s + 1
             out, argmax = np.empty((4, 8, h_out, w_out), np.float32), np.empty((4, 8, h_out, w_out), np.int64)
-            pool.maxpool2d_forward_cpu(out, argmax, x, k, k, s, s, 0, 0)
+            pool.maxpool2d_forward_cpu(out, argmax, x, k, k, s, s, 0, 0, 1, 1)
             dx = np.empty_like(x)
-            pool.maxpool2d_backward_cpu(dx, out * 0 + 1, argmax, k, k, s, s, 0, 0)
+            pool.maxpool2d_backward_cpu(dx, out * 0 + 1, argmax, k, k, s, s, 0, 0, 1, 1)
             return out, argmax, dx
         if case == "concat":
             rows = x.reshape(4, -1)

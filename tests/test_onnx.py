@@ -81,9 +81,11 @@ def test_a_layer_onnx_cannot_express_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("layer", [numdl.MaxPool2d(3, 2, 1, ceil_mode=True), numdl.AvgPool2d(3, 2, 1, ceil_mode=True),
+                                   numdl.MaxPool2d(2, 1, 1, dilation=[2, 3]),
                                    numdl.AvgPool2d([3, 2], 2, 1, ceil_mode=True, count_include_pad=False),
                                    numdl.AdaptiveAvgPool2d([7, 2]), numdl.AdaptiveMaxPool2d([1, 3])],
-                         ids=["max-ceil", "avg-ceil", "avg-ceil-exclude-pad", "adaptive-avg", "adaptive-max"])
+                         ids=["max-ceil", "avg-ceil", "max-dilated", "avg-ceil-exclude-pad", "adaptive-avg",
+                              "adaptive-max"])
 def test_pooling_options_export(layer):
     model = numdl.Sequential([layer], input_shape=(2, 7, 6), seed=0)
     x = np.random.default_rng(3).standard_normal((3, 2, 7, 6)).astype(np.float32)
@@ -97,3 +99,11 @@ def test_uneven_adaptive_pooling_is_named_as_not_exportable():
     model = numdl.Sequential([numdl.AdaptiveAvgPool2d(4)], input_shape=(2, 7, 6), seed=0)
     with pytest.raises(ConfigError, match="adaptive pooling of 7x6 to 4x4 has uneven windows"):
         to_onnx(model)
+
+
+@pytest.mark.parametrize("layer", [numdl.Softmax(axis=1), numdl.LogSoftmax(), numdl.LogSoftmax(axis=-2)],
+                         ids=["softmax-channels", "log-softmax", "log-softmax-rows"])
+def test_softmax_axes_export(layer):
+    model = numdl.Sequential([layer], input_shape=(3, 4, 5), seed=0)
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 5)).astype(np.float32) * 3
+    np.testing.assert_allclose(_run(model, x)[0], model.predict(x), rtol=1e-5, atol=1e-6)

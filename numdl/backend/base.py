@@ -114,13 +114,19 @@ class Ops:
         self._run("activation", f"{kind}_backward", saved.size, *args)
 
     def softmax_forward(self, out, x):
-        """Softmax along the last axis of 2-D ``x``."""
-        self._run("activation", "softmax_forward", x.shape[0], out, x)
+        """out, x (outer, classes, inner): softmax along axis 1 (a class-last array is (rows, C, 1))."""
+        self._run("activation", "softmax_forward", x.shape[0] * x.shape[2], out, x)
 
     def softmax_backward(self, dx, dout, out):
-        self._run("activation", "softmax_backward", out.shape[0], dx, dout, out)
+        self._run("activation", "softmax_backward", out.shape[0] * out.shape[2], dx, dout, out)
 
-    # ------------------------------------------------------------------------------ dropout
+    def log_softmax_forward(self, out, x):
+        """out, x (outer, classes, inner): log-softmax along axis 1."""
+        self._run("activation", "log_softmax_forward", x.shape[0] * x.shape[2], out, x)
+
+    def log_softmax_backward(self, dx, dout, out):
+        self._run("activation", "log_softmax_backward", out.shape[0] * out.shape[2], dx, dout, out)
+
     def dropout_forward(self, out, mask, x, p, seed, offset):
         dtype = x.dtype
         args = (self.flat(out), self.flat(mask), self.flat(x), np.float32(p),
@@ -145,15 +151,32 @@ class Ops:
 
     # -------------------------------------------------------------------------------- losses
     def cross_entropy_forward(self, sample_loss, sample_weight, probs, logits, labels, class_weights,
-                              smoothing):
-        s = self.scalar(smoothing, logits.dtype)
-        self._run("loss", "cross_entropy_forward", logits.shape[0],
-                  sample_loss, sample_weight, probs, logits, labels, class_weights, s)
+                              smoothing, ignore_index):
+        """logits, probs (outer, C, inner); labels, sample_loss, sample_weight (outer, inner)."""
+        self._run("loss", "cross_entropy_forward", sample_loss.size, sample_loss, sample_weight, probs, logits,
+                  labels, class_weights, self.scalar(smoothing, logits.dtype), int(ignore_index))
 
-    def cross_entropy_backward(self, dlogits, probs, labels, class_weights, smoothing, scale):
-        dtype = probs.dtype
-        self._run("loss", "cross_entropy_backward", probs.shape[0], dlogits, probs, labels,
-                  class_weights, self.scalar(smoothing, dtype), self.scalar(scale, dtype))
+    def cross_entropy_backward(self, dlogits, probs, labels, class_weights, smoothing, ignore_index, upstream):
+        """upstream: (outer, inner) per-position factors, or (1, 1) holding the reduction's scale."""
+        self._run("loss", "cross_entropy_backward", labels.size, dlogits, probs, labels, class_weights,
+                  self.scalar(smoothing, probs.dtype), int(ignore_index), upstream)
+
+    def soft_cross_entropy_forward(self, sample_loss, probs, logits, targets, class_weights, smoothing):
+        """Probability targets (outer, C, inner), as the logits."""
+        self._run("loss", "soft_cross_entropy_forward", sample_loss.size, sample_loss, probs, logits, targets,
+                  class_weights, self.scalar(smoothing, logits.dtype))
+
+    def soft_cross_entropy_backward(self, dlogits, probs, targets, class_weights, smoothing, upstream):
+        self._run("loss", "soft_cross_entropy_backward", probs.shape[0] * probs.shape[2], dlogits, probs, targets,
+                  class_weights, self.scalar(smoothing, probs.dtype), upstream)
+
+    def nll_forward(self, sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index):
+        self._run("loss", "nll_forward", sample_loss.size, sample_loss, sample_weight, log_probs, labels,
+                  class_weights, int(ignore_index))
+
+    def nll_backward(self, dlog_probs, labels, class_weights, ignore_index, upstream):
+        self._run("loss", "nll_backward", labels.size, dlog_probs, labels, class_weights, int(ignore_index),
+                  upstream)
 
     def pixel_cross_entropy_forward(self, pixel_loss, pixel_weight, probs, logits, labels, class_weights,
                                     ignore_index):
@@ -192,17 +215,20 @@ class Ops:
         self._run("detection", "nms_forward", boxes.shape[0], keep, boxes, scores, classes,
                   self.scalar(threshold, boxes.dtype))
 
-    def elementwise_loss_forward(self, kind, pred, target, *params):
-        """Sum of the element losses of ``kind`` ('mse', 'mae', 'huber' (params: delta) or
-        'bce_with_logits'), as a Python float."""
-        total = self.zeros((1,), pred.dtype)
-        self._run("loss", f"{kind}_forward", pred.size, total, self.flat(pred), self.flat(target),
-                  *(self.scalar(p, pred.dtype) for p in params))
-        return float(self.to_numpy(total)[0])
+    def elementwise_loss_forward(self, kind, terms, pred, target, *params):
+        """terms = the element losses of ``kind`` ('mse', 'mae', 'huber' (params: delta),
+        'bce_with_logits' (params: weight, pos_weight arrays) or 'kl_div' (params: log_target))."""
+        self._run("loss", f"{kind}_forward", pred.size, self.flat(terms), self.flat(pred), self.flat(target),
+                  *self._loss_params(params, pred.dtype))
 
     def elementwise_loss_backward(self, kind, dpred, pred, target, scale, *params):
         self._run("loss", f"{kind}_backward", pred.size, self.flat(dpred), self.flat(pred),
-                  self.flat(target), self.scalar(scale, pred.dtype), *(self.scalar(p, pred.dtype) for p in params))
+                  self.flat(target), self.scalar(scale, pred.dtype), *self._loss_params(params, pred.dtype))
+
+    def _loss_params(self, params, dtype):
+        # Flags stay bools, numbers take the arrays' dtype, arrays go flat.
+        return [p if isinstance(p, bool) else self.scalar(p, dtype) if isinstance(p, (int, float)) else self.flat(p)
+                for p in params]
 
     # ----------------------------------------------------------------------------- optimizers
     def sgd_step(self, param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov,
@@ -325,11 +351,11 @@ class Ops:
         self._run("layout", "pad2d_mode_backward", dout.size, dx, dout, int(top), int(left), self.PADDING_MODES[mode])
 
     # --------------------------------------------------------------------------------- pooling
-    def maxpool2d_forward(self, out, argmax, x, kernel, stride, padding):
-        self._run("pool", "maxpool2d_forward", out.size, out, argmax, x, *kernel, *stride, *padding)
+    def maxpool2d_forward(self, out, argmax, x, kernel, stride, padding, dilation=(1, 1)):
+        self._run("pool", "maxpool2d_forward", out.size, out, argmax, x, *kernel, *stride, *padding, *dilation)
 
-    def maxpool2d_backward(self, dx, dout, argmax, kernel, stride, padding):
-        self._run("pool", "maxpool2d_backward", dx.size, dx, dout, argmax, *kernel, *stride, *padding)
+    def maxpool2d_backward(self, dx, dout, argmax, kernel, stride, padding, dilation=(1, 1)):
+        self._run("pool", "maxpool2d_backward", dx.size, dx, dout, argmax, *kernel, *stride, *padding, *dilation)
 
     def avgpool2d_forward(self, out, x, kernel, stride, padding, count_include_pad=True):
         self._run("pool", "avgpool2d_forward", out.size, out, x, *kernel, *stride, *padding, bool(count_include_pad))

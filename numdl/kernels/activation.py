@@ -203,31 +203,59 @@ def gelu_tanh_grad(x):
 
 
 @scalar_math
-def softmax_row(out, x, r):
-    # Row r of a numerically stable softmax (shift by the row maximum); overwrites out[r].
+def softmax_at(out, x, o, i):
+    # out[o, :, i] = softmax(x[o, :, i]), shifted by the maximum; returns (peak, log of the shifted
+    # exponentials' sum), with which log-softmax and cross-entropy finish.
     cols = x.shape[1]
-    peak = x[r, 0]
+    peak = x[o, 0, i]
     for c in range(1, cols):
-        peak = max(peak, x[r, c])
+        peak = max(peak, x[o, c, i])
     total = same_type(peak, 0.0)
     for c in range(cols):
-        e = math.exp(x[r, c] - peak)
-        out[r, c] = e
+        e = math.exp(x[o, c, i] - peak)
+        out[o, c, i] = e
         total += e
     inv = same_type(peak, 1.0) / total
     for c in range(cols):
-        out[r, c] *= inv
+        out[o, c, i] *= inv
+    return peak, math.log(total)
 
 
 @scalar_math
-def softmax_backward_row(dx, dout, out, r):
-    # Row r of dx = out * (dout - sum(dout * out)), the softmax Jacobian-vector product.
+def softmax_backward_at(dx, dout, out, o, i):
+    # dx = out * (dout - sum(dout * out)) along the class axis: the Jacobian-vector product.
     cols = out.shape[1]
-    dot = same_type(out[r, 0], 0.0)
+    dot = same_type(out[o, 0, i], 0.0)
     for c in range(cols):
-        dot += dout[r, c] * out[r, c]
+        dot += dout[o, c, i] * out[o, c, i]
     for c in range(cols):
-        dx[r, c] = out[r, c] * (dout[r, c] - dot)
+        dx[o, c, i] = out[o, c, i] * (dout[o, c, i] - dot)
+
+
+@scalar_math
+def log_softmax_at(out, x, o, i):
+    # out[o, :, i] = x - peak - log(sum exp(x - peak)).
+    cols = x.shape[1]
+    peak = x[o, 0, i]
+    for c in range(1, cols):
+        peak = max(peak, x[o, c, i])
+    total = same_type(peak, 0.0)
+    for c in range(cols):
+        total += math.exp(x[o, c, i] - peak)
+    shift = peak + math.log(total)
+    for c in range(cols):
+        out[o, c, i] = x[o, c, i] - shift
+
+
+@scalar_math
+def log_softmax_backward_at(dx, dout, out, o, i):
+    # dx = dout - softmax * sum(dout), softmax = exp(out).
+    cols = out.shape[1]
+    total = same_type(out[o, 0, i], 0.0)
+    for c in range(cols):
+        total += dout[o, c, i]
+    for c in range(cols):
+        dx[o, c, i] = dout[o, c, i] - math.exp(out[o, c, i]) * total
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -340,18 +368,33 @@ def gelu_tanh_backward_cpu(dx, dout, x):
 
 @cpu_kernel
 def softmax_forward_cpu(out, x):
-    # out, x: (rows, classes); softmax along the last axis; overwrites.
-    rows = x.shape[0]
-    for r in range(rows):
-        softmax_row(out, x, r)
+    # out, x: (outer, classes, inner); softmax along axis 1 (classes last: inner = 1); overwrites.
+    for o in range(x.shape[0]):
+        for i in range(x.shape[2]):
+            softmax_at(out, x, o, i)
 
 
 @cpu_kernel
 def softmax_backward_cpu(dx, dout, out):
-    # dx = out * (dout - sum(dout * out)) per row (the Jacobian-vector product); overwrites.
-    rows = out.shape[0]
-    for r in range(rows):
-        softmax_backward_row(dx, dout, out, r)
+    # dx, dout, out: (outer, classes, inner); overwrites.
+    for o in range(out.shape[0]):
+        for i in range(out.shape[2]):
+            softmax_backward_at(dx, dout, out, o, i)
+
+
+@cpu_kernel
+def log_softmax_forward_cpu(out, x):
+    # out, x: (outer, classes, inner); log-softmax along axis 1; overwrites.
+    for o in range(x.shape[0]):
+        for i in range(x.shape[2]):
+            log_softmax_at(out, x, o, i)
+
+
+@cpu_kernel
+def log_softmax_backward_cpu(dx, dout, out):
+    for o in range(out.shape[0]):
+        for i in range(out.shape[2]):
+            log_softmax_backward_at(dx, dout, out, o, i)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -431,14 +474,28 @@ def gelu_tanh_backward_cuda(dx, dout, x):
 
 @cuda_kernel
 def softmax_forward_cuda(out, x):
-    # One thread per row.
-    rows = x.shape[0]
-    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
-        softmax_row(out, x, r)
+    # One thread per (outer, inner) position.
+    inner = x.shape[2]
+    for k in range(cuda.grid(1), x.shape[0] * inner, cuda.gridsize(1)):
+        softmax_at(out, x, k // inner, k % inner)
 
 
 @cuda_kernel
 def softmax_backward_cuda(dx, dout, out):
-    rows = out.shape[0]
-    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
-        softmax_backward_row(dx, dout, out, r)
+    inner = out.shape[2]
+    for k in range(cuda.grid(1), out.shape[0] * inner, cuda.gridsize(1)):
+        softmax_backward_at(dx, dout, out, k // inner, k % inner)
+
+
+@cuda_kernel
+def log_softmax_forward_cuda(out, x):
+    inner = x.shape[2]
+    for k in range(cuda.grid(1), x.shape[0] * inner, cuda.gridsize(1)):
+        log_softmax_at(out, x, k // inner, k % inner)
+
+
+@cuda_kernel
+def log_softmax_backward_cuda(dx, dout, out):
+    inner = out.shape[2]
+    for k in range(cuda.grid(1), out.shape[0] * inner, cuda.gridsize(1)):
+        log_softmax_backward_at(dx, dout, out, k // inner, k % inner)

@@ -1,57 +1,130 @@
-"""Losses: softmax cross-entropy (fused, class weights, label smoothing), MSE, MAE (L1), Huber, BCE
-with logits.
+"""Losses: softmax cross-entropy (fused; class weights, label smoothing, ignore_index, probability
+targets), negative log-likelihood, MSE, MAE (L1), Huber, BCE with logits (pos_weight, element
+weights) and KL divergence.
 
-PyTorch's definitions. Forward kernels write per-sample terms or a running sum; the loss classes turn
-them into the mean or sum. Backward kernels overwrite the gradient, already multiplied by ``scale``
-(1 / normaliser for a mean, 1 for a sum), so no extra pass over the gradient is needed.
+PyTorch's definitions. Class losses see logits as (outer, C, inner): PyTorch's (N, C, d1, ...) layout
+is (N, C, d1 * ...), numdl's class-last (N, ..., C) is (N * ..., C, 1). Their forward kernels write
+one term (and weight) per position; element losses write one term per element; the loss classes
+reduce them (or return them, for reduction "none"). Backward kernels overwrite the gradient, already
+multiplied by the upstream gradient: for class losses an (outer, inner) array of per-position factors
+or a (1, 1) one holding the reduction's scale (1 / normaliser for a mean, 1 for a sum); for element
+losses the scale (the classes multiply by an element-wise upstream gradient afterwards).
 """
 
 import math
 
 
-from numdl.kernels.activation import sigmoid
+from numdl.kernels.activation import sigmoid, softmax_at
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
 
 @scalar_math
-def cross_entropy_row(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing, r):
-    # Row r: probs = softmax(logits); loss = (1-e) w_y (lse - x_y) + e/C sum_c w_c (lse - x_c).
-    cols = logits.shape[1]
-    peak = logits[r, 0]
-    for c in range(1, cols):
-        peak = max(peak, logits[r, c])
-    total = same_type(peak, 0.0)
-    for c in range(cols):
-        e = math.exp(logits[r, c] - peak)
-        probs[r, c] = e
-        total += e
-    log_total = math.log(total)
-    inv = same_type(peak, 1.0) / total
-    smooth_sum = same_type(peak, 0.0)
-    for c in range(cols):
-        probs[r, c] *= inv
-        smooth_sum += class_weights[c] * (log_total - (logits[r, c] - peak))
-    y = labels[r]
-    weight = class_weights[y]
-    nll = log_total - (logits[r, y] - peak)
-    sample_loss[r] = (same_type(peak, 1.0) - smoothing) * weight * nll + smoothing / same_type(peak, cols) * smooth_sum
-    sample_weight[r] = weight
+def upstream_at(upstream, o, i):
+    # The upstream gradient at position (o, i): an (outer, inner) array, or a (1, 1) one broadcast.
+    return upstream[o % upstream.shape[0], i % upstream.shape[1]]
 
 
 @scalar_math
-def cross_entropy_backward_row(dlogits, probs, labels, class_weights, weight_total, smoothing, scale, r):
-    # d/dx_j = scale * ((1-e) w_y (p_j - [j == y]) + e/C (W p_j - w_j)), W = sum of class weights.
-    cols = probs.shape[1]
-    y = labels[r]
-    hard = (same_type(scale, 1.0) - smoothing) * class_weights[y]
-    soft = smoothing / same_type(scale, cols)
+def cross_entropy_at(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing, ignore_index,
+                     o, i):
+    # loss = (1-e) w_y (lse - x_y) + e/C sum_c w_c (lse - x_c); a label equal to ignore_index counts
+    # nowhere (loss and weight 0, as in PyTorch).
+    y = labels[o, i]
+    if y == ignore_index:
+        sample_loss[o, i] = smoothing - smoothing
+        sample_weight[o, i] = smoothing - smoothing
+        return
+    peak, log_total = softmax_at(probs, logits, o, i)
+    cols = logits.shape[1]
+    smooth_sum = same_type(peak, 0.0)
     for c in range(cols):
-        grad = hard * probs[r, c] + soft * (weight_total * probs[r, c] - class_weights[c])
+        smooth_sum += class_weights[c] * (log_total - (logits[o, c, i] - peak))
+    weight = class_weights[y]
+    nll = log_total - (logits[o, y, i] - peak)
+    sample_loss[o, i] = ((same_type(peak, 1.0) - smoothing) * weight * nll
+                         + smoothing / same_type(peak, cols) * smooth_sum)
+    sample_weight[o, i] = weight
+
+
+@scalar_math
+def cross_entropy_backward_at(dlogits, probs, labels, class_weights, weight_total, smoothing, ignore_index, upstream,
+                              o, i):
+    # d/dx_j = u ((1-e) w_y (p_j - [j == y]) + e/C (W p_j - w_j)), W = the sum of the class weights.
+    cols = probs.shape[1]
+    y = labels[o, i]
+    if y == ignore_index:
+        for c in range(cols):
+            dlogits[o, c, i] = smoothing - smoothing
+        return
+    u = upstream_at(upstream, o, i)
+    hard = (same_type(smoothing, 1.0) - smoothing) * class_weights[y]
+    soft = smoothing / same_type(smoothing, cols)
+    for c in range(cols):
+        grad = hard * probs[o, c, i] + soft * (weight_total * probs[o, c, i] - class_weights[c])
         if c == y:
             grad -= hard
-        dlogits[r, c] = scale * grad
+        dlogits[o, c, i] = u * grad
+
+
+@scalar_math
+def smoothed(target, smoothing, cols):
+    # (1 - e) t + e / C: a probability target mixed with the uniform distribution.
+    return (same_type(smoothing, 1.0) - smoothing) * target + smoothing / same_type(smoothing, cols)
+
+
+@scalar_math
+def soft_cross_entropy_at(sample_loss, probs, logits, targets, class_weights, smoothing, o, i):
+    # Probability targets: loss = -sum_c w_c t'_c log p_c, t' the smoothed target (PyTorch's).
+    peak, log_total = softmax_at(probs, logits, o, i)
+    cols = logits.shape[1]
+    acc = same_type(peak, 0.0)
+    for c in range(cols):
+        acc += class_weights[c] * smoothed(targets[o, c, i], smoothing, cols) * (log_total - (logits[o, c, i] - peak))
+    sample_loss[o, i] = acc
+
+
+@scalar_math
+def soft_cross_entropy_backward_at(dlogits, probs, targets, class_weights, smoothing, upstream, o, i):
+    # d/dx_j = u (p_j sum_c w_c t'_c - w_j t'_j).
+    cols = probs.shape[1]
+    mass = same_type(smoothing, 0.0)
+    for c in range(cols):
+        mass += class_weights[c] * smoothed(targets[o, c, i], smoothing, cols)
+    u = upstream_at(upstream, o, i)
+    for c in range(cols):
+        dlogits[o, c, i] = u * (probs[o, c, i] * mass - class_weights[c] * smoothed(targets[o, c, i], smoothing, cols))
+
+
+@scalar_math
+def nll_at(sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index, o, i):
+    # loss = -w_y x_y of log-probabilities x; a label equal to ignore_index counts nowhere.
+    y = labels[o, i]
+    if y == ignore_index:
+        sample_loss[o, i] = class_weights[0] - class_weights[0]
+        sample_weight[o, i] = class_weights[0] - class_weights[0]
+        return
+    sample_loss[o, i] = -class_weights[y] * log_probs[o, y, i]
+    sample_weight[o, i] = class_weights[y]
+
+
+@scalar_math
+def nll_backward_at(dlog_probs, labels, class_weights, ignore_index, upstream, o, i):
+    # d/dx_j = -u w_y [j == y].
+    y = labels[o, i]
+    for c in range(dlog_probs.shape[1]):
+        dlog_probs[o, c, i] = class_weights[0] - class_weights[0]
+    if y != ignore_index:
+        dlog_probs[o, y, i] = -class_weights[y] * upstream_at(upstream, o, i)
+
+
+@scalar_math
+def class_weight_total(class_weights):
+    total = class_weights[0] - class_weights[0]
+    for c in range(class_weights.size):
+        total += class_weights[c]
+    return total
 
 
 @scalar_math
@@ -81,38 +154,95 @@ def sign(d):
 
 
 @scalar_math
-def bce_with_logits(x, t):
-    # max(x, 0) - x t + log(1 + exp(-|x|)): never overflows.
-    return max(x, same_type(x, 0.0)) - x * t + math.log1p(math.exp(-abs(x)))
+def bce_with_logits(x, t, weight, pos_weight):
+    # -w (p t log s(x) + (1 - t) log(1 - s(x))) = w ((1 - t) x + (1 + (p - 1) t) softplus(-x)), with
+    # softplus(-x) = log(1 + exp(-|x|)) + max(-x, 0): never overflows.
+    one = same_type(x, 1.0)
+    softplus_neg = math.log1p(math.exp(-abs(x))) + max(-x, same_type(x, 0.0))
+    return weight * ((one - t) * x + (one + (pos_weight - one) * t) * softplus_neg)
+
+
+@scalar_math
+def bce_with_logits_grad(x, t, weight, pos_weight):
+    one = same_type(x, 1.0)
+    return weight * ((one + (pos_weight - one) * t) * sigmoid(x) - pos_weight * t)
+
+
+@scalar_math
+def kl_div(x, t, log_target):
+    # PyTorch's KLDivLoss term of log-probabilities x: t (log t - x), 0 where t = 0 (xlogy);
+    # exp(t) (t - x) when the target is given as log-probabilities.
+    if log_target:
+        return math.exp(t) * (t - x)
+    if t == same_type(t, 0.0):
+        return t - t
+    return t * (math.log(t) - x)
+
+
+@scalar_math
+def kl_div_grad(t, log_target):
+    return -math.exp(t) if log_target else -t
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
 @cpu_kernel
-def cross_entropy_forward_cpu(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing):
-    # sample_loss, sample_weight (n,); probs, logits (n, C); labels (n,) int; class_weights (C,).
-    for r in range(logits.shape[0]):
-        cross_entropy_row(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing, r)
+def cross_entropy_forward_cpu(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing,
+                              ignore_index):
+    # sample_loss, sample_weight, labels (int) (outer, inner); probs, logits (outer, C, inner);
+    # class_weights (C,); overwrites.
+    for o in range(logits.shape[0]):
+        for i in range(logits.shape[2]):
+            cross_entropy_at(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing,
+                             ignore_index, o, i)
 
 
 @cpu_kernel
-def cross_entropy_backward_cpu(dlogits, probs, labels, class_weights, smoothing, scale):
-    weight_total = same_type(scale, 0.0)
-    for c in range(class_weights.size):
-        weight_total += class_weights[c]
-    for r in range(probs.shape[0]):
-        cross_entropy_backward_row(dlogits, probs, labels, class_weights, weight_total, smoothing, scale, r)
+def cross_entropy_backward_cpu(dlogits, probs, labels, class_weights, smoothing, ignore_index, upstream):
+    weight_total = class_weight_total(class_weights)
+    for o in range(probs.shape[0]):
+        for i in range(probs.shape[2]):
+            cross_entropy_backward_at(dlogits, probs, labels, class_weights, weight_total, smoothing, ignore_index,
+                                      upstream, o, i)
 
 
 @cpu_kernel
-def mse_forward_cpu(total, pred, target):
-    # total (1,) = sum((pred - target)^2) over flat views; overwrites.
-    acc = same_type(total[0], 0.0)
+def soft_cross_entropy_forward_cpu(sample_loss, probs, logits, targets, class_weights, smoothing):
+    # sample_loss (outer, inner); probs, logits, targets (outer, C, inner); overwrites.
+    for o in range(logits.shape[0]):
+        for i in range(logits.shape[2]):
+            soft_cross_entropy_at(sample_loss, probs, logits, targets, class_weights, smoothing, o, i)
+
+
+@cpu_kernel
+def soft_cross_entropy_backward_cpu(dlogits, probs, targets, class_weights, smoothing, upstream):
+    for o in range(probs.shape[0]):
+        for i in range(probs.shape[2]):
+            soft_cross_entropy_backward_at(dlogits, probs, targets, class_weights, smoothing, upstream, o, i)
+
+
+@cpu_kernel
+def nll_forward_cpu(sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index):
+    # sample_loss, sample_weight, labels (outer, inner); log_probs (outer, C, inner); overwrites.
+    for o in range(log_probs.shape[0]):
+        for i in range(log_probs.shape[2]):
+            nll_at(sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index, o, i)
+
+
+@cpu_kernel
+def nll_backward_cpu(dlog_probs, labels, class_weights, ignore_index, upstream):
+    for o in range(dlog_probs.shape[0]):
+        for i in range(dlog_probs.shape[2]):
+            nll_backward_at(dlog_probs, labels, class_weights, ignore_index, upstream, o, i)
+
+
+@cpu_kernel
+def mse_forward_cpu(terms, pred, target):
+    # terms, pred, target: flat (size,); terms = (pred - target)^2; overwrites.
     for i in range(pred.size):
         diff = pred[i] - target[i]
-        acc += diff * diff
-    total[0] = acc
+        terms[i] = diff * diff
 
 
 @cpu_kernel
@@ -122,12 +252,9 @@ def mse_backward_cpu(dpred, pred, target, scale):
 
 
 @cpu_kernel
-def mae_forward_cpu(total, pred, target):
-    # total (1,) = sum(|pred - target|) over flat views; overwrites.
-    acc = same_type(total[0], 0.0)
+def mae_forward_cpu(terms, pred, target):
     for i in range(pred.size):
-        acc += abs(pred[i] - target[i])
-    total[0] = acc
+        terms[i] = abs(pred[i] - target[i])
 
 
 @cpu_kernel
@@ -137,12 +264,9 @@ def mae_backward_cpu(dpred, pred, target, scale):
 
 
 @cpu_kernel
-def huber_forward_cpu(total, pred, target, delta):
-    # total (1,) = sum of huber(pred - target) over flat views; overwrites.
-    acc = same_type(total[0], 0.0)
+def huber_forward_cpu(terms, pred, target, delta):
     for i in range(pred.size):
-        acc += huber(pred[i] - target[i], delta)
-    total[0] = acc
+        terms[i] = huber(pred[i] - target[i], delta)
 
 
 @cpu_kernel
@@ -152,46 +276,88 @@ def huber_backward_cpu(dpred, pred, target, scale, delta):
 
 
 @cpu_kernel
-def bce_with_logits_forward_cpu(total, logits, target):
-    # total (1,) = sum of element losses over flat views; overwrites.
-    acc = same_type(total[0], 0.0)
+def bce_with_logits_forward_cpu(terms, logits, target, weight, pos_weight):
+    # weight, pos_weight: repeat along the flat elements (element i reads [i % size]): (1,) for a
+    # scalar, (C,) per class of the last axis, (size,) per element.
     for i in range(logits.size):
-        acc += bce_with_logits(logits[i], target[i])
-    total[0] = acc
+        terms[i] = bce_with_logits(logits[i], target[i], weight[i % weight.size], pos_weight[i % pos_weight.size])
 
 
 @cpu_kernel
-def bce_with_logits_backward_cpu(dlogits, logits, target, scale):
+def bce_with_logits_backward_cpu(dlogits, logits, target, scale, weight, pos_weight):
     for i in range(logits.size):
-        dlogits[i] = scale * (sigmoid(logits[i]) - target[i])
+        dlogits[i] = scale * bce_with_logits_grad(logits[i], target[i], weight[i % weight.size],
+                                                  pos_weight[i % pos_weight.size])
+
+
+@cpu_kernel
+def kl_div_forward_cpu(terms, log_probs, target, log_target):
+    for i in range(log_probs.size):
+        terms[i] = kl_div(log_probs[i], target[i], log_target)
+
+
+@cpu_kernel
+def kl_div_backward_cpu(dlog_probs, log_probs, target, scale, log_target):
+    for i in range(log_probs.size):
+        dlog_probs[i] = scale * kl_div_grad(target[i], log_target)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
-# Sums go through one atomic add per thread; the launcher's caller zeroes ``total`` first.
+# Class losses: one thread per (o, i) position, o = k // inner.
 
 
 @cuda_kernel
-def cross_entropy_forward_cuda(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing):
-    for r in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
-        cross_entropy_row(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing, r)
+def cross_entropy_forward_cuda(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing,
+                               ignore_index):
+    inner = logits.shape[2]
+    for k in range(cuda.grid(1), logits.shape[0] * inner, cuda.gridsize(1)):
+        cross_entropy_at(sample_loss, sample_weight, probs, logits, labels, class_weights, smoothing, ignore_index,
+                         k // inner, k % inner)
 
 
 @cuda_kernel
-def cross_entropy_backward_cuda(dlogits, probs, labels, class_weights, smoothing, scale):
-    weight_total = same_type(scale, 0.0)
-    for c in range(class_weights.size):
-        weight_total += class_weights[c]
-    for r in range(cuda.grid(1), probs.shape[0], cuda.gridsize(1)):
-        cross_entropy_backward_row(dlogits, probs, labels, class_weights, weight_total, smoothing, scale, r)
+def cross_entropy_backward_cuda(dlogits, probs, labels, class_weights, smoothing, ignore_index, upstream):
+    weight_total = class_weight_total(class_weights)
+    inner = probs.shape[2]
+    for k in range(cuda.grid(1), probs.shape[0] * inner, cuda.gridsize(1)):
+        cross_entropy_backward_at(dlogits, probs, labels, class_weights, weight_total, smoothing, ignore_index,
+                                  upstream, k // inner, k % inner)
 
 
 @cuda_kernel
-def mse_forward_cuda(total, pred, target):
-    acc = same_type(total[0], 0.0)
+def soft_cross_entropy_forward_cuda(sample_loss, probs, logits, targets, class_weights, smoothing):
+    inner = logits.shape[2]
+    for k in range(cuda.grid(1), logits.shape[0] * inner, cuda.gridsize(1)):
+        soft_cross_entropy_at(sample_loss, probs, logits, targets, class_weights, smoothing, k // inner, k % inner)
+
+
+@cuda_kernel
+def soft_cross_entropy_backward_cuda(dlogits, probs, targets, class_weights, smoothing, upstream):
+    inner = probs.shape[2]
+    for k in range(cuda.grid(1), probs.shape[0] * inner, cuda.gridsize(1)):
+        soft_cross_entropy_backward_at(dlogits, probs, targets, class_weights, smoothing, upstream,
+                                       k // inner, k % inner)
+
+
+@cuda_kernel
+def nll_forward_cuda(sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index):
+    inner = log_probs.shape[2]
+    for k in range(cuda.grid(1), log_probs.shape[0] * inner, cuda.gridsize(1)):
+        nll_at(sample_loss, sample_weight, log_probs, labels, class_weights, ignore_index, k // inner, k % inner)
+
+
+@cuda_kernel
+def nll_backward_cuda(dlog_probs, labels, class_weights, ignore_index, upstream):
+    inner = dlog_probs.shape[2]
+    for k in range(cuda.grid(1), dlog_probs.shape[0] * inner, cuda.gridsize(1)):
+        nll_backward_at(dlog_probs, labels, class_weights, ignore_index, upstream, k // inner, k % inner)
+
+
+@cuda_kernel
+def mse_forward_cuda(terms, pred, target):
     for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
         diff = pred[i] - target[i]
-        acc += diff * diff
-    cuda.atomic.add(total, 0, acc)
+        terms[i] = diff * diff
 
 
 @cuda_kernel
@@ -201,11 +367,9 @@ def mse_backward_cuda(dpred, pred, target, scale):
 
 
 @cuda_kernel
-def mae_forward_cuda(total, pred, target):
-    acc = same_type(total[0], 0.0)
+def mae_forward_cuda(terms, pred, target):
     for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
-        acc += abs(pred[i] - target[i])
-    cuda.atomic.add(total, 0, acc)
+        terms[i] = abs(pred[i] - target[i])
 
 
 @cuda_kernel
@@ -215,11 +379,9 @@ def mae_backward_cuda(dpred, pred, target, scale):
 
 
 @cuda_kernel
-def huber_forward_cuda(total, pred, target, delta):
-    acc = same_type(total[0], 0.0)
+def huber_forward_cuda(terms, pred, target, delta):
     for i in range(cuda.grid(1), pred.size, cuda.gridsize(1)):
-        acc += huber(pred[i] - target[i], delta)
-    cuda.atomic.add(total, 0, acc)
+        terms[i] = huber(pred[i] - target[i], delta)
 
 
 @cuda_kernel
@@ -229,14 +391,25 @@ def huber_backward_cuda(dpred, pred, target, scale, delta):
 
 
 @cuda_kernel
-def bce_with_logits_forward_cuda(total, logits, target):
-    acc = same_type(total[0], 0.0)
+def bce_with_logits_forward_cuda(terms, logits, target, weight, pos_weight):
     for i in range(cuda.grid(1), logits.size, cuda.gridsize(1)):
-        acc += bce_with_logits(logits[i], target[i])
-    cuda.atomic.add(total, 0, acc)
+        terms[i] = bce_with_logits(logits[i], target[i], weight[i % weight.size], pos_weight[i % pos_weight.size])
 
 
 @cuda_kernel
-def bce_with_logits_backward_cuda(dlogits, logits, target, scale):
+def bce_with_logits_backward_cuda(dlogits, logits, target, scale, weight, pos_weight):
     for i in range(cuda.grid(1), logits.size, cuda.gridsize(1)):
-        dlogits[i] = scale * (sigmoid(logits[i]) - target[i])
+        dlogits[i] = scale * bce_with_logits_grad(logits[i], target[i], weight[i % weight.size],
+                                                  pos_weight[i % pos_weight.size])
+
+
+@cuda_kernel
+def kl_div_forward_cuda(terms, log_probs, target, log_target):
+    for i in range(cuda.grid(1), log_probs.size, cuda.gridsize(1)):
+        terms[i] = kl_div(log_probs[i], target[i], log_target)
+
+
+@cuda_kernel
+def kl_div_backward_cuda(dlog_probs, log_probs, target, scale, log_target):
+    for i in range(cuda.grid(1), log_probs.size, cuda.gridsize(1)):
+        dlog_probs[i] = scale * kl_div_grad(target[i], log_target)

@@ -2,7 +2,8 @@
 divisor is the window clipped to the padded image with ``count_include_pad``, else the number of
 image pixels it covers).
 
-Shapes: x (N, C, H, W); out (N, C, H_out, W_out), H_out = (H + 2 pad_h - kH) // stride_h + 1, or one
+Shapes: x (N, C, H, W); out (N, C, H_out, W_out), H_out = (H + 2 pad_h - dil_h (kH - 1) - 1) // stride_h + 1
+(max pooling's taps sit dil apart; average pooling has none), or one
 more with ceil_mode (the layer sizes out; a last window that starts past the padded image is dropped);
 argmax (N, C, H_out, W_out) int64, the flat index h W + w of each maximum inside its (n, c) plane.
 Backward overwrites dx. The CPU scatters each output gradient; the CUDA twin gathers per input
@@ -32,16 +33,17 @@ from numdl.kernels.layout import nchw_position
 
 
 @scalar_math
-def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow):
+def max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, n, c, oh, ow):
+    # Window taps dil apart (PyTorch's dilation); implicit -inf padding.
     h, w = x.shape[2], x.shape[3]
     best = same_type(x[0, 0, 0, 0], -math.inf)
     best_index = -1
     for i in range(kh):
-        ih = oh * stride_h - pad_h + i
+        ih = oh * stride_h - pad_h + i * dil_h
         if ih < 0 or ih >= h:
             continue
         for j in range(kw):
-            iw = ow * stride_w - pad_w + j
+            iw = ow * stride_w - pad_w + j * dil_w
             if 0 <= iw < w:
                 v = x[n, c, ih, iw]
                 if v > best or v != v or best_index < 0:  # a NaN wins and stays (as PyTorch)
@@ -144,28 +146,37 @@ def adaptive_gather(dout, argmax, use_argmax, n, c, ih, iw, h, w):
 
 
 @cpu_kernel
-def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def maxpool2d_forward_cpu(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     # Samples split over numba's threads when they have the cores.
     if worth_splitting(x.size):
-        _maxpool2d_forward_split(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w)
+        _maxpool2d_forward_split(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
     else:
-        _maxpool2d_forward_samples(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w)
+        _maxpool2d_forward_samples(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
 
 
 @cpu_parallel_kernel
-def _maxpool2d_forward_split(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def _maxpool2d_forward_split(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     parts = numba_threads()
     for part in prange(parts):
         lo, hi = thread_share(x.shape[0], part, parts)
-        _maxpool2d_forward_samples(out[lo:hi], argmax[lo:hi], x[lo:hi], kh, kw, stride_h, stride_w, pad_h, pad_w)
+        _maxpool2d_forward_samples(out[lo:hi], argmax[lo:hi], x[lo:hi], kh, kw, stride_h, stride_w, pad_h, pad_w,
+                                   dil_h, dil_w)
 
 
 @cpu_kernel
-def _maxpool2d_forward_samples(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def _maxpool2d_forward_samples(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     # Branch-free: maxima sit at random places in a window, and a compare-and-branch per element
     # mispredicts half the time (that cost ~30 ms for a 128x32x28x28 batch; this takes ~2-10 ms).
     n_batch, channels, h_out, w_out = out.shape
     h, w = x.shape[2], x.shape[3]
+    if dil_h != 1 or dil_w != 1:  # dilated windows (rare): the taps one by one
+        for n in range(n_batch):
+            for c in range(channels):
+                for oh in range(h_out):
+                    for ow in range(w_out):
+                        max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                                   n, c, oh, ow)
+        return
     if (kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
             and 2 * h_out <= h and 2 * w_out <= w):  # (ceil_mode's last half window takes the general path)
         _maxpool2x2_forward(out, argmax, x)
@@ -216,7 +227,7 @@ def _maxpool2x2_forward(out, argmax, x):
 
 
 @cpu_kernel
-def maxpool2d_backward_cpu(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def maxpool2d_backward_cpu(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     if worth_splitting(dx.size):
         _maxpool2d_backward_split(dx, dout, argmax)
     else:
@@ -321,27 +332,27 @@ def adaptive_maxpool2d_backward_cpu(dx, dout, argmax):
 
 
 @cuda_kernel
-def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def maxpool2d_forward_cuda(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     channels, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     for item in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         n, c, oh, ow = nchw_position(item, channels, h_out, w_out)
-        max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, n, c, oh, ow)
+        max_window(out, argmax, x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, n, c, oh, ow)
 
 
 @scalar_math
-def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, count_include_pad,
-                           n, c, ih, iw, h, w):
+def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                           count_include_pad, n, c, ih, iw, h, w):
     # Sum of dout over the windows covering input (ih, iw): with use_argmax only the windows whose
     # maximum it was, else each divided by its average's divisor. Gather instead of scatter: one
     # writer per input element, no atomics.
     h_out, w_out = dout.shape[2], dout.shape[3]
     acc = same_type(dout[0, 0, 0, 0], 0.0)
     for i in range(kh):
-        oh = conv_output_index(ih, i, stride_h, pad_h, 1, h_out)
+        oh = conv_output_index(ih, i, stride_h, pad_h, dil_h, h_out)
         if oh < 0:
             continue
         for j in range(kw):
-            ow = conv_output_index(iw, j, stride_w, pad_w, 1, w_out)
+            ow = conv_output_index(iw, j, stride_w, pad_w, dil_w, w_out)
             if ow < 0:
                 continue
             if use_argmax:
@@ -355,12 +366,12 @@ def gather_window_gradient(dout, argmax, use_argmax, kh, kw, stride_h, stride_w,
 
 
 @cuda_kernel
-def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w):
+def maxpool2d_backward_cuda(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         n, c, ih, iw = nchw_position(item, channels, h, w)
         dx[n, c, ih, iw] = gather_window_gradient(dout, argmax, True, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                                                  True, n, c, ih, iw, h, w)
+                                                  dil_h, dil_w, True, n, c, ih, iw, h, w)
 
 
 @cuda_kernel
@@ -376,7 +387,7 @@ def avgpool2d_backward_cuda(dx, dout, kh, kw, stride_h, stride_w, pad_h, pad_w, 
     channels, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     for item in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         n, c, ih, iw = nchw_position(item, channels, h, w)
-        dx[n, c, ih, iw] = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w,
+        dx[n, c, ih, iw] = gather_window_gradient(dout, dout, False, kh, kw, stride_h, stride_w, pad_h, pad_w, 1, 1,
                                                   count_include_pad, n, c, ih, iw, h, w)
 
 

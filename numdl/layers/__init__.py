@@ -1,6 +1,6 @@
 """Layer classes: parameters, state and calls to ``self.ops``. No layer imports numba."""
 
-from numdl.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from numdl.layers.activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from numdl.layers.base import Layer, Parameter
 from numdl.layers.attention import MultiHeadAttention, PositionalEncoding, SwapAxes, TransformerEncoderLayer
 from numdl.layers.composite import Chain, Residual
@@ -14,13 +14,13 @@ from numdl.layers.recurrent import GRU, LSTM, Embedding, SequencePool
 from numdl.layers.resample import Pad2d, Upsample
 from numdl.layers.shape import Dropout, Flatten, Reshape
 
-BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
+BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
                   MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual, LSTM, GRU,
                   Embedding, SequencePool, MultiHeadAttention, TransformerEncoderLayer, PositionalEncoding, SwapAxes, ConvTranspose2d, Upsample,
                   Pad2d, Concat, Add, Multiply, Crop2d, GaussianSample, AdaptiveAvgPool2d, AdaptiveMaxPool2d)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-           "GELU", "Softmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
+           "GELU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual", "LSTM", "GRU", "Embedding",
            "SequencePool", "MultiHeadAttention", "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "Chain",
            "ConvTranspose2d", "Upsample", "Pad2d", "Concat", "Add", "Multiply", "Crop2d", "Merge",

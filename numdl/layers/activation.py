@@ -1,4 +1,7 @@
-"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, GELU (element-wise) and Softmax (last axis)."""
+"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, GELU (element-wise), Softmax and LogSoftmax (any
+feature axis)."""
+
+import numpy as np
 
 from numdl.errors import ConfigError
 from numdl.layers.base import Layer
@@ -86,20 +89,51 @@ class GELU(ElementwiseActivation):
 
 
 class Softmax(Layer):
-    """Softmax over the last axis. For classification prefer raw logits with 'cross_entropy',
-    which fuses the softmax; use this layer when probabilities are the output you need."""
+    """Softmax along ``axis`` (PyTorch's ``nn.Softmax(dim)``; the batch is axis 0, so -1, the default,
+    is the last axis and 1 the channels of an image). For classification prefer raw logits with
+    'cross_entropy', which fuses the softmax; use this layer when probabilities are the output you
+    need."""
 
     name = "softmax"
+    kernel = "softmax"
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def hyperparameters(self):
+        return {"axis": self.axis}
+
+    def setup(self, input_shape, rng):
+        rank = len(input_shape) + 1
+        if not -rank <= self.axis < rank or self.axis % rank == 0:
+            raise ConfigError(f"{self.name}: axis {self.axis} is not a feature axis of inputs (batch, "
+                              f"{', '.join(map(str, input_shape))}) (axis 0 is the batch)")
+        return input_shape
+
+    def _view(self, shape):
+        # (outer, classes, inner) around the softmax axis (batch included).
+        axis = self.axis % len(shape)
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        return outer, shape[axis], int(np.prod(shape[axis + 1:], dtype=np.int64))
 
     def forward(self, x, training=False):
-        rows = self.rows(x, self.input_shape[-1])
-        out = self.buffer("out", rows.shape)
-        self.ops.softmax_forward(out, rows)
+        view = self._view(tuple(x.shape))
+        out = self.buffer("out", view)
+        getattr(self.ops, f"{self.kernel}_forward")(out, x.reshape(view))
         self._out = out
         return out.reshape(x.shape)
 
     def backward(self, dout):
-        rows = self.rows(dout, self.input_shape[-1])
-        dx = self.buffer("dx", rows.shape)
-        self.ops.softmax_backward(dx, rows, self._out)
+        view = self._view(tuple(dout.shape))
+        dx = self.buffer("dx", view)
+        getattr(self.ops, f"{self.kernel}_backward")(dx, dout.reshape(view), self._out)
         return dx.reshape(dout.shape)
+
+
+class LogSoftmax(Softmax):
+    """Log-softmax along ``axis`` (PyTorch's ``nn.LogSoftmax(dim)``): x - logsumexp(x), computed
+    stably; its outputs are what the 'nll' and 'kl_div' losses take."""
+
+    name = "log_softmax"
+    kernel = "log_softmax"

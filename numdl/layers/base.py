@@ -13,13 +13,15 @@ from numdl.errors import ShapeError
 
 class Parameter:
     """A trainable array and its gradient, both on the layer's device. ``bank`` is the
-    ParameterBank whose flat buffers hold both, once a model has packed its parameters."""
+    ParameterBank whose flat buffers hold both, once a model has packed its parameters; ``path``
+    the model's name for it (what checkpoints and optimizer parameter groups use)."""
 
-    __slots__ = ("name", "value", "grad", "bank")
+    __slots__ = ("name", "value", "grad", "bank", "path")
 
     def __init__(self, name, value, grad):
         self.name, self.value, self.grad = name, value, grad
         self.bank = None
+        self.path = None  # the model's name for it ("0.linear.weight"), set when a model is built
 
     def __repr__(self):
         return f"Parameter({self.name!r}, shape={tuple(self.value.shape)})"

@@ -16,12 +16,12 @@ def argmax_buffer(layer, shape):
     return array
 
 
-def pooled_size(size, kernel, stride, padding, ceil_mode):
+def pooled_size(size, kernel, stride, padding, ceil_mode, dilation=1):
     """PyTorch's pooling output size: floor, or with ceil_mode one more window when the last one
     still starts inside the (left-padded) input."""
     if not ceil_mode:
-        return conv_output_size(size, kernel, stride, padding, 1)
-    out = -(-(size + 2 * padding - kernel) // stride) + 1
+        return conv_output_size(size, kernel, stride, padding, dilation)
+    out = -(-(size + 2 * padding - dilation * (kernel - 1) - 1) // stride) + 1
     if (out - 1) * stride >= size + padding:
         out -= 1
     return out
@@ -29,6 +29,8 @@ def pooled_size(size, kernel, stride, padding, ceil_mode):
 
 class _Pool2d(Layer):
     """``ceil_mode`` (as PyTorch): the output size rounds up, the last window may hang over the edge."""
+
+    dilation = (1, 1)  # max pooling's option; average pooling has none (as in PyTorch)
 
     def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
                  padding: int | list[int] = 0, ceil_mode: bool = False):
@@ -48,20 +50,33 @@ class _Pool2d(Layer):
 
     def setup(self, input_shape, rng):
         channels, h, w = self.image_shape(input_shape)
-        out_hw = tuple(pooled_size(size, k, s, p, self.ceil_mode)
-                       for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding))
+        out_hw = tuple(pooled_size(size, k, s, p, self.ceil_mode, d)
+                       for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
         if min(out_hw) < 1:
             raise ShapeError(f"layer '{self.name}': input {h}x{w} is smaller than the window {self.kernel_size}")
         return (channels,) + out_hw
 
 
 class MaxPool2d(_Pool2d):
+    """Max pooling as PyTorch's (implicit -inf padding, the first maximum of a window wins, a NaN wins
+    and stays); ``dilation`` spaces the window's taps (a 3x3 window with dilation 2 spans 5x5)."""
+
     name = "maxpool2d"
+
+    def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
+                 padding: int | list[int] = 0, ceil_mode: bool = False, dilation: int | list[int] = 1):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = pair(dilation, "dilation")
+        if min(self.dilation) < 1:
+            raise ConfigError(f"{self.name}: dilation must be >= 1, got {dilation!r}")
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "dilation": list(self.dilation)}
 
     def forward(self, x, training=False):
         out = self.buffer("out", (x.shape[0],) + self.output_shape)
         self._argmax = self._index_buffer(out.shape)
-        self.ops.maxpool2d_forward(out, self._argmax, x, self.kernel_size, self.stride, self.padding)
+        self.ops.maxpool2d_forward(out, self._argmax, x, self.kernel_size, self.stride, self.padding, self.dilation)
         return out
 
     def _index_buffer(self, shape):
@@ -69,7 +84,8 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dout):
         dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
-        self.ops.maxpool2d_backward(dx, dout, self._argmax, self.kernel_size, self.stride, self.padding)
+        self.ops.maxpool2d_backward(dx, dout, self._argmax, self.kernel_size, self.stride, self.padding,
+                                    self.dilation)
         return dx
 
 

@@ -42,73 +42,74 @@ class Loss:
         return {"reduction": self.reduction}
 
 
-class CrossEntropy(Loss):
-    """Softmax cross-entropy on raw logits (PyTorch's ``nn.CrossEntropyLoss``), fused in one kernel.
+class _ClassLoss(Loss):
+    """A loss over class scores with integer labels: PyTorch's layouts and options shared by
+    cross-entropy and NLL.
 
-    ``weight`` gives per-class weights (the mean divides by the summed weights of the targets, as in
-    PyTorch); ``label_smoothing`` mixes the one-hot target with the uniform distribution.
+    ``class_axis`` -1 (numdl's default): scores (N, ..., C) with labels (N, ...), e.g. (N, C) with
+    (N,) or per-step (N, T, C) with (N, T); ``class_axis`` 1: PyTorch's (N, C, d1, ...) with labels
+    (N, d1, ...). ``weight`` per class (a weighted mean divides by the summed weights of the targets);
+    labels equal to ``ignore_index`` count nowhere; ``reduction`` "mean", "sum" or "none" (``forward``
+    then returns each position's loss, and ``backward`` takes an optional upstream gradient of that
+    shape: the gradient of the sum when none is given).
     """
 
-    name = "cross_entropy"
     target_kind = "labels"
+    reductions = REDUCTIONS + ("none",)
 
-    def __init__(self, weight: list[float] | None = None, label_smoothing: float = 0.0,
-                 reduction: str = "mean", class_weight: str | None = None):
+    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", class_axis: int = -1):
         super().__init__(reduction)
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ConfigError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
         if weight is not None and (len(weight) == 0 or min(weight) < 0):
-            raise ConfigError("cross_entropy: weight must be a non-empty list of non-negative numbers")
-        if class_weight not in (None, "balanced"):
-            raise ConfigError(f"cross_entropy: class_weight must be 'balanced' (explicit weights go in weight), "
-                              f"got {class_weight!r}")
-        if class_weight is not None and weight is not None:
-            raise ConfigError("cross_entropy: give weight or class_weight = 'balanced', not both")
-        # class_weight = "balanced": numdl train sets weight from the training labels' counts
-        # (n / (classes * count), scikit-learn's rule) before the first step.
-        self.weight, self.label_smoothing, self.class_weight = weight, label_smoothing, class_weight
+            raise ConfigError(f"{self.name}: weight must be a non-empty list of non-negative numbers")
+        if class_axis not in (-1, 1):
+            raise ConfigError(f"{self.name}: class_axis must be -1 (scores (batch, ..., classes)) or 1 "
+                              f"(PyTorch's (batch, classes, d1, ...)), got {class_axis!r}")
+        self.weight = None if weight is None else [float(w) for w in weight]
+        self.ignore_index, self.class_axis = int(ignore_index), int(class_axis)
 
     def hyperparameters(self):
-        return {"weight": None if self.class_weight else self.weight, "label_smoothing": self.label_smoothing,
-                "reduction": self.reduction, "class_weight": self.class_weight}
+        return {"weight": self.weight, "ignore_index": self.ignore_index, "reduction": self.reduction,
+                "class_axis": self.class_axis}
 
-    def forward(self, logits, labels):
-        """logits (N, C) with labels (N,), or per-step logits (N, T, C) with labels (N, T)."""
-        self.ops = ops_for(logits)
-        self._shape = tuple(logits.shape)
-        if len(logits.shape) == 3:
-            labels = np.asarray(labels)
-            if labels.shape != self._shape[:2]:
-                raise ShapeError(f"labels have shape {labels.shape} but the logits need {self._shape[:2]}")
-            logits = logits.reshape(self._shape[0] * self._shape[1], self._shape[2])
-            labels = labels.reshape(-1)
-        if len(logits.shape) != 2:
-            raise ShapeError(f"cross_entropy expects logits (batch, classes) or (batch, time, classes) but got "
-                             f"{self._shape}")
-        n, classes = logits.shape
-        labels = validate_labels(labels, n, classes)
-        dtype = logits.dtype
-        if self.weight is not None and len(self.weight) != classes:
-            raise ShapeError(f"cross_entropy: weight has {len(self.weight)} entries but the logits have "
-                             f"{classes} classes")
-        self._class_weights = self._weights_on_device(classes, dtype)
-        self._labels = self.ops.asarray(labels)
-        sample_loss = self.buffer("sample_loss", (n,), dtype)
-        sample_weight = self.buffer("sample_weight", (n,), dtype)
-        self._probs = self.buffer("probs", (n, classes), dtype)
-        self.ops.cross_entropy_forward(sample_loss, sample_weight, self._probs, logits, self._labels,
-                                       self._class_weights, self.label_smoothing)
-        total = self.ops.sum(sample_loss)
-        if self.reduction == "mean":
-            # PyTorch: a weighted mean divides by the sum of the targets' weights.
-            norm = self.ops.sum(sample_weight) if self.weight is not None else float(n)
-            self._scale = 1.0 / norm if norm > 0 else 0.0
-            return total * self._scale
-        self._scale = 1.0
-        return total
+    # ------------------------------------------------------------------------------ layout
+    def _layout(self, shape):
+        """(outer, classes, inner) of scores of ``shape`` (batch included) and the labels' shape."""
+        if len(shape) < 2:
+            raise ShapeError(f"{self.name} expects scores (batch, classes) or (batch, ..., classes), got shape {shape}")
+        if self.class_axis == 1:
+            inner = int(np.prod(shape[2:], dtype=np.int64))
+            return (shape[0], shape[1], inner), (shape[0],) + tuple(shape[2:])
+        outer = int(np.prod(shape[:-1], dtype=np.int64))
+        return (outer, shape[-1], 1), tuple(shape[:-1])
+
+    def label_shape(self, output_shape):
+        """The labels' shape (without the batch) for outputs of ``output_shape`` (without the batch)."""
+        return tuple(output_shape[1:]) if self.class_axis == 1 else tuple(output_shape[:-1])
+
+    def validate_targets(self, labels, output_shape):
+        """Integer labels of the model's outputs (checked against the classes and ignore_index)."""
+        return self._labels_of(labels, (len(labels),) + self.label_shape(output_shape),
+                               output_shape[0] if self.class_axis == 1 else output_shape[-1])
+
+    def _labels_of(self, labels, expected, classes):
+        labels = np.asarray(labels)
+        if tuple(labels.shape) != tuple(expected):
+            raise ShapeError(f"{self.name}: labels have shape {labels.shape} but the scores need {tuple(expected)}")
+        if labels.dtype.kind not in "iu":
+            if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+                labels = labels.astype(np.int64)
+            else:
+                raise DataError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= classes))
+        if bad.any():
+            raise DataError(f"label {labels[bad][0]} is outside [0, {classes}) for a model with {classes} outputs"
+                            + (f" (ignore_index is {self.ignore_index})" if self.ignore_index >= 0 else ""))
+        return np.ascontiguousarray(labels, dtype=np.int64)
 
     def _weights_on_device(self, classes, dtype):
         # Made once per (weights, classes, dtype), not per step.
+        if self.weight is not None and len(self.weight) != classes:
+            raise ShapeError(f"{self.name}: weight has {len(self.weight)} entries but the scores have {classes} classes")
         key = (None if self.weight is None else tuple(self.weight), classes, dtype, self.ops.name)
         if self._buffers.get("class_weights_key") != key:
             host_weights = np.ones(classes) if self.weight is None else np.asarray(self.weight)
@@ -116,21 +117,151 @@ class CrossEntropy(Loss):
             self._buffers["class_weights"] = self.ops.asarray(host_weights, dtype=dtype)
         return self._buffers["class_weights"]
 
-    def backward(self):
-        dlogits = self.buffer("dlogits", self._probs.shape, self._probs.dtype)
-        self.ops.cross_entropy_backward(dlogits, self._probs, self._labels, self._class_weights,
-                                        self.label_smoothing, self._scale)
+    # --------------------------------------------------------------------------- reduction
+    def _reduce(self, sample_loss, norm):
+        """The loss of the per-position terms: their sum times 1 / ``norm`` (mean), or the terms
+        themselves (a host array of the labels' shape) for reduction "none"."""
+        if self.reduction == "none":
+            self._scale = None
+            return self.ops.to_numpy(sample_loss).reshape(self._label_shape).copy()
+        total = self.ops.sum(sample_loss)
+        self._scale = (1.0 / norm if norm > 0 else 0.0) if self.reduction == "mean" else 1.0
+        return total * self._scale
+
+    def _upstream(self, upstream, dtype):
+        """The backward kernels' (outer, inner) or (1, 1) factor array."""
+        if upstream is None or self.reduction != "none":
+            if upstream is not None:
+                raise ConfigError(f"{self.name}: an upstream gradient goes with reduction 'none' only")
+            host = np.full((1, 1), 1.0 if self._scale is None else self._scale)
+            return self.ops.asarray(host, dtype=dtype)
+        host = np.asarray(upstream, dtype=np.float64)
+        if host.shape != self._label_shape:
+            raise ShapeError(f"{self.name}: the upstream gradient has shape {host.shape} but the losses have "
+                             f"{self._label_shape}")
+        return self.ops.asarray(host.reshape(self._view[0], self._view[2]), dtype=dtype)
+
+
+class CrossEntropy(_ClassLoss):
+    """Softmax cross-entropy on raw logits (PyTorch's ``nn.CrossEntropyLoss``), fused in one kernel.
+
+    Targets are class indices (``ignore_index``, per-class ``weight``) or, as PyTorch, class
+    probabilities of the logits' own shape (a float array: soft labels, mixup; the mean is then over
+    positions, not weights). ``label_smoothing`` mixes the target with the uniform distribution. The
+    layouts, ``class_axis`` and ``reduction``: see the class-loss base above.
+    """
+
+    name = "cross_entropy"
+
+    def __init__(self, weight: list[float] | None = None, label_smoothing: float = 0.0,
+                 reduction: str = "mean", class_weight: str | None = None, ignore_index: int = -100,
+                 class_axis: int = -1):
+        super().__init__(weight, ignore_index, reduction, class_axis)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ConfigError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+        if class_weight not in (None, "balanced"):
+            raise ConfigError(f"cross_entropy: class_weight must be 'balanced' (explicit weights go in weight), "
+                              f"got {class_weight!r}")
+        if class_weight is not None and weight is not None:
+            raise ConfigError("cross_entropy: give weight or class_weight = 'balanced', not both")
+        # class_weight = "balanced": numdl train sets weight from the training labels' counts
+        # (n / (classes * count), scikit-learn's rule) before the first step.
+        self.label_smoothing, self.class_weight = float(label_smoothing), class_weight
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "weight": None if self.class_weight else self.weight,
+                "label_smoothing": self.label_smoothing, "class_weight": self.class_weight}
+
+    def validate_targets(self, targets, output_shape):
+        """Integer labels, or class probabilities of the outputs' own shape (finite, >= 0)."""
+        targets = np.asarray(targets)
+        if targets.dtype.kind == "f" and targets.shape[1:] == tuple(output_shape) and len(output_shape) >= 1:
+            if not np.isfinite(targets).all() or (targets < 0).any():
+                raise DataError(f"{self.name}: probability targets must be finite and >= 0")
+            return targets
+        return super().validate_targets(targets, output_shape)
+
+    def forward(self, logits, target):
+        """Logits (N, ..., C) or, with class_axis 1, (N, C, d1, ...); integer labels without the class
+        axis, or probabilities of the logits' shape."""
+        self.ops = ops_for(logits)
+        shape = tuple(logits.shape)
+        self._view, self._label_shape = self._layout(shape)
+        self._shape = shape
+        outer, classes, inner = self._view
+        target = np.asarray(target)
+        dtype = logits.dtype
+        self._class_weights = self._weights_on_device(classes, dtype)
+        view = logits.reshape(self._view)
+        sample_loss = self.buffer("sample_loss", (outer, inner), dtype)
+        self._probs = self.buffer("probs", self._view, dtype)
+        self._soft = target.dtype.kind == "f" and target.shape == shape
+        if self._soft:
+            if not np.isfinite(target).all():
+                raise DataError(f"{self.name}: probability targets contain NaN or Inf")
+            self._targets = self.ops.asarray(np.ascontiguousarray(target).reshape(self._view), dtype=dtype)
+            self.ops.soft_cross_entropy_forward(sample_loss, self._probs, view, self._targets, self._class_weights,
+                                                self.label_smoothing)
+            return self._reduce(sample_loss, float(outer * inner))
+        labels = self._labels_of(target, self._label_shape, classes)
+        self._labels = self.ops.asarray(labels.reshape(outer, inner))
+        sample_weight = self.buffer("sample_weight", (outer, inner), dtype)
+        self.ops.cross_entropy_forward(sample_loss, sample_weight, self._probs, view, self._labels,
+                                       self._class_weights, self.label_smoothing, self.ignore_index)
+        # PyTorch: a (weighted) mean divides by the summed weights of the counted targets.
+        return self._reduce(sample_loss, self.ops.sum(sample_weight) if self.reduction == "mean" else 1.0)
+
+    def backward(self, upstream=None):
+        dlogits = self.buffer("dlogits", self._view, self._probs.dtype)
+        factors = self._upstream(upstream, self._probs.dtype)
+        if self._soft:
+            self.ops.soft_cross_entropy_backward(dlogits, self._probs, self._targets, self._class_weights,
+                                                 self.label_smoothing, factors)
+        else:
+            self.ops.cross_entropy_backward(dlogits, self._probs, self._labels, self._class_weights,
+                                            self.label_smoothing, self.ignore_index, factors)
         return dlogits.reshape(self._shape)
+
+
+class NLLLoss(_ClassLoss):
+    """Negative log-likelihood of log-probabilities (PyTorch's ``nn.NLLLoss``): ``-w_y x_y``, after a
+    ``log_softmax`` layer (together the same as cross-entropy on the logits). Options and layouts as
+    cross-entropy's (no smoothing, no probability targets)."""
+
+    name = "nll"
+
+    def forward(self, log_probs, target):
+        self.ops = ops_for(log_probs)
+        shape = tuple(log_probs.shape)
+        self._view, self._label_shape = self._layout(shape)
+        self._shape, self._dtype = shape, log_probs.dtype
+        outer, classes, inner = self._view
+        self._class_weights = self._weights_on_device(classes, self._dtype)
+        labels = self._labels_of(target, self._label_shape, classes)
+        self._labels = self.ops.asarray(labels.reshape(outer, inner))
+        sample_loss = self.buffer("sample_loss", (outer, inner), self._dtype)
+        sample_weight = self.buffer("sample_weight", (outer, inner), self._dtype)
+        self.ops.nll_forward(sample_loss, sample_weight, log_probs.reshape(self._view), self._labels,
+                             self._class_weights, self.ignore_index)
+        return self._reduce(sample_loss, self.ops.sum(sample_weight) if self.reduction == "mean" else 1.0)
+
+    def backward(self, upstream=None):
+        dlog_probs = self.buffer("dlog_probs", self._view, self._dtype)
+        self.ops.nll_backward(dlog_probs, self._labels, self._class_weights, self.ignore_index,
+                              self._upstream(upstream, self._dtype))
+        return dlog_probs.reshape(self._shape)
 
 
 class _ElementwiseLoss(Loss):
     """Losses that are a sum of per-element terms over predictions and same-shaped targets, reduced
-    by ``mean`` (over every element), ``sum``, or ``batchmean``: summed over each sample's elements,
+    by ``mean`` (over every element), ``sum``, ``batchmean``: summed over each sample's elements,
     averaged over the samples (PyTorch's KLDivLoss reduction; a VAE's reconstruction term, whose
-    scale must match the KL term's, summed over the latent dimensions)."""
+    scale must match the KL term's, summed over the latent dimensions), or ``none``: ``forward``
+    returns the element losses (a host array of the predictions' shape) and ``backward`` takes an
+    optional upstream gradient of that shape (the gradient of the sum when none is given)."""
 
     kernel = None
-    reductions = REDUCTIONS + ("batchmean",)
+    reductions = REDUCTIONS + ("batchmean", "none")
 
     def forward(self, pred, target):
         self.ops = ops_for(pred)
@@ -141,16 +272,28 @@ class _ElementwiseLoss(Loss):
         self._pred, self._target = pred, target
         self._scale = {"mean": 1.0 / max(pred.size, 1), "batchmean": 1.0 / max(pred.shape[0], 1)}.get(
             self.reduction, 1.0)
-        return self.ops.elementwise_loss_forward(self.kernel, pred, target, *self.kernel_params()) * self._scale
+        terms = self.buffer("terms", pred.shape, pred.dtype)
+        self.ops.elementwise_loss_forward(self.kernel, terms, pred, target, *self.kernel_params())
+        if self.reduction == "none":
+            return self.ops.to_numpy(terms).copy()
+        return self.ops.sum(terms) * self._scale
 
-    def backward(self):
+    def backward(self, upstream=None):
         dpred = self.buffer("dpred", self._pred.shape, self._pred.dtype)
         self.ops.elementwise_loss_backward(self.kernel, dpred, self._pred, self._target, self._scale,
                                            *self.kernel_params())
+        if upstream is not None:
+            if self.reduction != "none":
+                raise ConfigError(f"{self.name}: an upstream gradient goes with reduction 'none' only")
+            upstream = np.asarray(upstream)
+            if upstream.shape != tuple(self._pred.shape):
+                raise ShapeError(f"{self.name}: the upstream gradient has shape {upstream.shape} but the losses "
+                                 f"have {tuple(self._pred.shape)}")
+            self.ops.multiply(dpred, dpred, self.ops.asarray(upstream, dtype=self._pred.dtype))
         return dpred
 
     def kernel_params(self):
-        """Scalars the element kernels take after their arrays (Huber's delta)."""
+        """What the element kernels take after their arrays (Huber's delta)."""
         return ()
 
 
@@ -187,16 +330,86 @@ class Huber(_ElementwiseLoss):
 
 class BCEWithLogits(_ElementwiseLoss):
     """Binary cross-entropy on logits, for binary and multi-label targets in [0, 1]
-    (PyTorch's ``nn.BCEWithLogitsLoss``), computed in the overflow-free form."""
+    (PyTorch's ``nn.BCEWithLogitsLoss``), computed in the overflow-free form:
+    ``-weight (pos_weight t log s(x) + (1 - t) log(1 - s(x)))``.
+
+    ``pos_weight`` weighs the positives of each class (the last axis; > 1 raises recall, e.g.
+    negatives / positives); ``weight`` rescales each element: one number per class of the last
+    axis (a list, as a config gives it), or an array that broadcasts to the predictions.
+    """
 
     name = kernel = "bce_with_logits"
+
+    def __init__(self, weight=None, pos_weight=None, reduction: str = "mean"):
+        super().__init__(reduction)
+        for what, value in (("weight", weight), ("pos_weight", pos_weight)):
+            if value is not None:
+                array = np.asarray(value, dtype=np.float64)
+                if array.size == 0 or not np.isfinite(array).all() or (array < 0).any():
+                    raise ConfigError(f"bce_with_logits: {what} must be non-negative finite numbers")
+        self.weight, self.pos_weight = weight, pos_weight
+
+    def hyperparameters(self):
+        listed = lambda v: None if v is None else np.asarray(v, dtype=np.float64).tolist()  # noqa: E731
+        return {"weight": listed(self.weight), "pos_weight": listed(self.pos_weight), "reduction": self.reduction}
 
     def forward(self, pred, target):
         host = np.asarray(target) if isinstance(target, np.ndarray) else None
         if host is not None and host.size and (host.min() < 0 or host.max() > 1):
             raise DataError(f"bce_with_logits: targets must lie in [0, 1], got values in "
                             f"[{host.min()}, {host.max()}]")
+        self.ops = ops_for(pred)
+        shape, dtype = tuple(pred.shape), pred.dtype
+        self._params = (self._repeating("weight", self.weight, shape, dtype),
+                        self._repeating("pos_weight", self.pos_weight, shape, dtype))
         return super().forward(pred, target)
+
+    def _repeating(self, what, value, shape, dtype):
+        """``value`` as the flat array the kernels read at [i % size]: (1,) for none, the last axis's
+        (C,) for a per-class list, or broadcast to the whole (size,) otherwise. Cached per shape."""
+        key = (what, shape, dtype, self.ops.name)
+        cached = self._buffers.get(key)
+        if cached is None or cached[0] is not value:
+            array = np.ones(1) if value is None else np.asarray(value, dtype=np.float64)
+            if array.ndim > 1 or (array.size > 1 and array.size != shape[-1]):
+                try:
+                    array = np.broadcast_to(array, shape)
+                except ValueError:
+                    raise ShapeError(f"bce_with_logits: {what} of shape {array.shape} does not broadcast to the "
+                                     f"predictions' {shape}") from None
+            cached = self._buffers[key] = (value, self.ops.asarray(np.ascontiguousarray(array).reshape(-1),
+                                                                   dtype=dtype))
+        return cached[1]
+
+    def kernel_params(self):
+        return self._params
+
+
+class KLDiv(_ElementwiseLoss):
+    """Kullback-Leibler divergence (PyTorch's ``nn.KLDivLoss``) of predictions given as
+    log-probabilities (a ``log_softmax`` layer) from target probabilities: element terms
+    ``t (log t - x)`` (0 where t = 0), or ``exp(t) (t - x)`` with ``log_target = true``. The true KL
+    divergence per sample is ``reduction = "batchmean"``; "mean" (PyTorch's default) divides by every
+    element."""
+
+    name = kernel = "kl_div"
+
+    def __init__(self, reduction: str = "mean", log_target: bool = False):
+        super().__init__(reduction)
+        self.log_target = bool(log_target)
+
+    def hyperparameters(self):
+        return {"reduction": self.reduction, "log_target": self.log_target}
+
+    def forward(self, log_probs, target):
+        host = np.asarray(target) if isinstance(target, np.ndarray) else None
+        if host is not None and not self.log_target and host.size and host.min() < 0:
+            raise DataError(f"kl_div: target probabilities must be >= 0 (got {host.min()}); give log-probabilities "
+                            f"with log_target = true")
+        return super().forward(log_probs, target)
+
+    def kernel_params(self):
+        return (self.log_target,)
 
 
 class PixelCrossEntropy(Loss):
@@ -448,4 +661,4 @@ def validate_labels(labels, n, classes):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-BUILTIN_LOSSES = (CrossEntropy, MSE, MAE, Huber, BCEWithLogits, PixelCrossEntropy, CenterNetLoss)
+BUILTIN_LOSSES = (CrossEntropy, NLLLoss, MSE, MAE, Huber, BCEWithLogits, KLDiv, PixelCrossEntropy, CenterNetLoss)

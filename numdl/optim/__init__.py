@@ -5,6 +5,8 @@ An optimizer holds hyper-parameters (what a config names) and, once ``step(param
 list of parameters, one set of state buffers per parameter on the parameters' device.
 """
 
+import fnmatch
+
 import numpy as np
 
 from numdl.backend import ops_for
@@ -22,13 +24,21 @@ class Optimizer:
     #: flat buffers. Plugins opt in; the default, per-parameter calls, is always correct.
     elementwise = False
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, param_groups=None, decay_biases_and_norms: bool = True):
         if not lr > 0:
             raise ConfigError(f"{self.name}: lr must be > 0, got {lr}")
         self.lr = lr
         self.steps = 0
         self.state = None
         self._flat = None  # (Parameter over the bank's flat buffers, flat state) when packed
+        self.param_groups = _checked_groups(self.name, param_groups, lr)
+        self.decay_biases_and_norms = bool(decay_biases_and_norms)
+        self._settings = None  # per parameter: (lr scale, weight decay or None for the optimizer's)
+
+    @property
+    def grouped(self):
+        """Whether some parameters train with their own learning rate or weight decay."""
+        return bool(self.param_groups) or not self.decay_biases_and_norms
 
     def step(self, params):
         """Update every parameter in place from its gradient."""
@@ -37,13 +47,38 @@ class Optimizer:
         if self._flat is not None:
             self.update(*self._flat)
             return
-        for param, state in zip(params, self.state):
-            self.update(param, state)
+        if not self.grouped:
+            for param, state in zip(params, self.state):
+                self.update(param, state)
+            return
+        # Per-parameter settings: the update methods read self.lr and self.weight_decay, which take
+        # each parameter's values for its call (lr scaled with the optimizer's, so schedules apply).
+        lr = self.lr
+        decay = getattr(self, "weight_decay", None)
+        try:
+            for param, state, (scale, own_decay) in zip(params, self.state, self._settings):
+                self.lr = lr * scale
+                if own_decay is not None:
+                    self.weight_decay = own_decay
+                self.update(param, state)
+                if own_decay is not None:
+                    self.weight_decay = decay
+        finally:
+            self.lr = lr
+            if decay is not None:
+                self.weight_decay = decay
 
     def ensure_state(self, params):
         """Create zeroed state buffers for ``params`` unless they exist; ``self.state`` is always one
         dict per parameter (what checkpoints save), views of flat buffers when the model is packed."""
         if self.state is not None and len(self.state) == len(params):
+            if self.grouped and (self._settings is None or len(self._settings) != len(params)):
+                self._settings = self._group_settings(params)
+            return
+        if self.grouped:  # one update per parameter, each with its own settings
+            self._flat = None
+            self._settings = self._group_settings(params)
+            self.state = [self.new_state(p.value) for p in params]
             return
         bank = ParameterBank.of(params) if self.elementwise else None
         if bank is None:
@@ -65,7 +100,45 @@ class Optimizer:
         raise NotImplementedError
 
     def hyperparameters(self):
-        return {"lr": self.lr}
+        return {"lr": self.lr, **self.group_hyperparameters()}
+
+    def group_hyperparameters(self):
+        """The parameter-group options, for a config or checkpoint (none when unused)."""
+        options = {}
+        if self.param_groups:
+            options["param_groups"] = [dict(g) for g in self.param_groups]
+        if not self.decay_biases_and_norms:
+            options["decay_biases_and_norms"] = False
+        return options
+
+    def _group_settings(self, params):
+        """(lr scale, weight decay or None) for each parameter: the first group whose ``params``
+        pattern matches its name (``Parameter.path``, as checkpoints name it) sets them; with
+        ``decay_biases_and_norms`` false, biases and 1-D parameters (norm scales and shifts) get no
+        weight decay unless their group sets one. A pattern that matches nothing is an error."""
+        if not hasattr(self, "weight_decay") and (not self.decay_biases_and_norms or any(
+                "weight_decay" in g for g in self.param_groups)):
+            raise ConfigError(f"{self.name}: has no weight_decay for parameter groups to set")
+        names = [p.path or p.name for p in params]
+        used = [False] * len(self.param_groups)
+        settings = []
+        for param, name in zip(params, names):
+            scale, decay = 1.0, None
+            if not self.decay_biases_and_norms and (len(param.value.shape) <= 1 or name.split(".")[-1] == "bias"):
+                decay = 0.0
+            for index, group in enumerate(self.param_groups):
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in group["params"]):
+                    used[index] = True
+                    scale = group.get("lr_scale", 1.0)
+                    decay = group.get("weight_decay", decay)
+                    break
+            settings.append((scale, decay))
+        for index, hit in enumerate(used):
+            if not hit:
+                shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+                raise ConfigError(f"{self.name}: param_groups.{index}.params {self.param_groups[index]['params']} "
+                                  f"match no parameter (names: {shown})")
+        return settings
 
 
 class SGD(Optimizer):
@@ -74,8 +147,9 @@ class SGD(Optimizer):
     elementwise = True
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, nesterov: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ConfigError("sgd: nesterov needs momentum > 0 and dampening = 0")
         self.momentum, self.dampening = momentum, dampening
@@ -87,7 +161,7 @@ class SGD(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+                "weight_decay": self.weight_decay, "nesterov": self.nesterov, **self.group_hyperparameters()}
 
 
 class Adam(Optimizer):
@@ -99,8 +173,9 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"{self.name}: betas must be two numbers in [0, 1), got {list(betas)}")
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
@@ -117,7 +192,7 @@ class Adam(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-                "amsgrad": self.amsgrad, "maximize": self.maximize}
+                "amsgrad": self.amsgrad, "maximize": self.maximize, **self.group_hyperparameters()}
 
 
 class AdamW(Adam):
@@ -127,8 +202,51 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, amsgrad: bool = False, maximize: bool = False):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize)
+                 weight_decay: float = 0.01, amsgrad: bool = False, maximize: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, param_groups, decay_biases_and_norms)
+
+
+GROUP_KEYS = ("params", "lr", "lr_scale", "weight_decay")
+
+
+def _checked_groups(name, groups, lr):
+    """Parameter groups as [{params: [patterns], lr_scale, weight_decay}]: a group's ``lr`` becomes its
+    ratio to the optimizer's (so a schedule moves every group's rate together, as PyTorch's do)."""
+    if groups is None:
+        return []
+    if not isinstance(groups, (list, tuple)):
+        raise ConfigError(f"{name}: param_groups must be a list of tables, got {groups!r}")
+    checked = []
+    for index, group in enumerate(groups):
+        where = f"{name}: param_groups.{index}"
+        if not isinstance(group, dict) or "params" not in group:
+            raise ConfigError(f"{where} must be a table with 'params' (a name pattern or a list of them)")
+        unknown = sorted(set(group) - set(GROUP_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (accepts: {', '.join(GROUP_KEYS)})")
+        patterns = [group["params"]] if isinstance(group["params"], str) else list(group["params"])
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ConfigError(f"{where}.params must be a name pattern or a list of them, e.g. '0.*' or '*.bias'")
+        if "lr" in group and "lr_scale" in group:
+            raise ConfigError(f"{where}: give lr or lr_scale, not both")
+        entry = {"params": patterns}
+        for key in ("lr", "lr_scale", "weight_decay"):
+            value = group.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 \
+                    or (key != "weight_decay" and value == 0):
+                raise ConfigError(f"{where}.{key} must be a finite number {'>= 0' if key == 'weight_decay' else '> 0'}, "
+                                  f"got {value!r}")
+        if "lr" in group:
+            entry["lr_scale"] = float(group["lr"]) / lr
+        elif "lr_scale" in group:
+            entry["lr_scale"] = float(group["lr_scale"])
+        if group.get("weight_decay") is not None:
+            entry["weight_decay"] = float(group["weight_decay"])
+        checked.append(entry)
+    return checked
 
 
 def _betas(name, betas):
@@ -146,8 +264,9 @@ class Adagrad(Optimizer):
     elementwise = True
 
     def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False):
-        super().__init__(lr)
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         if lr_decay < 0 or initial_accumulator_value < 0:
             raise ConfigError("adagrad: lr_decay and initial_accumulator_value must be >= 0")
         self.lr_decay, self.weight_decay, self.eps = lr_decay, weight_decay, eps
@@ -165,7 +284,7 @@ class Adagrad(Optimizer):
     def hyperparameters(self):
         return {"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
                 "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps,
-                "maximize": self.maximize}
+                "maximize": self.maximize, **self.group_hyperparameters()}
 
 
 class Adamax(Optimizer):
@@ -176,8 +295,9 @@ class Adamax(Optimizer):
     elementwise = True
 
     def __init__(self, lr: float = 2e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, maximize: bool = False):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, maximize: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         self.betas, self.eps, self.weight_decay, self.maximize = _betas(self.name, betas), eps, weight_decay, bool(maximize)
 
     def update(self, param, state):
@@ -188,7 +308,7 @@ class Adamax(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-                "maximize": self.maximize}
+                "maximize": self.maximize, **self.group_hyperparameters()}
 
 
 class NAdam(Optimizer):
@@ -201,8 +321,8 @@ class NAdam(Optimizer):
 
     def __init__(self, lr: float = 2e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
-                 maximize: bool = False):
-        super().__init__(lr)
+                 maximize: bool = False, param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         self.betas, self.eps, self.weight_decay = _betas(self.name, betas), eps, weight_decay
         self.momentum_decay, self.decoupled_weight_decay = momentum_decay, bool(decoupled_weight_decay)
         self.maximize = bool(maximize)
@@ -230,7 +350,7 @@ class NAdam(Optimizer):
     def hyperparameters(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
                 "momentum_decay": self.momentum_decay, "decoupled_weight_decay": self.decoupled_weight_decay,
-                "maximize": self.maximize}
+                "maximize": self.maximize, **self.group_hyperparameters()}
 
 
 class RAdam(Optimizer):
@@ -243,8 +363,9 @@ class RAdam(Optimizer):
     elementwise = True
 
     def __init__(self, lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         self.betas, self.eps, self.weight_decay = _betas(self.name, betas), eps, weight_decay
         self.decoupled_weight_decay, self.maximize = bool(decoupled_weight_decay), bool(maximize)
 
@@ -263,7 +384,8 @@ class RAdam(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-                "decoupled_weight_decay": self.decoupled_weight_decay, "maximize": self.maximize}
+                "decoupled_weight_decay": self.decoupled_weight_decay, "maximize": self.maximize,
+                **self.group_hyperparameters()}
 
 
 class RMSprop(Optimizer):
@@ -272,8 +394,9 @@ class RMSprop(Optimizer):
     elementwise = True
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False):
-        super().__init__(lr)
+                 momentum: float = 0.0, centered: bool = False,
+                 param_groups: list[dict] | None = None, decay_biases_and_norms: bool = True):
+        super().__init__(lr, param_groups, decay_biases_and_norms)
         self.alpha, self.eps, self.weight_decay = alpha, eps, weight_decay
         self.momentum, self.centered = momentum, centered
 
@@ -284,7 +407,7 @@ class RMSprop(Optimizer):
 
     def hyperparameters(self):
         return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
-                "momentum": self.momentum, "centered": self.centered}
+                "momentum": self.momentum, "centered": self.centered, **self.group_hyperparameters()}
 
 
 BUILTIN_OPTIMIZERS = (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam)
