@@ -139,7 +139,7 @@ def test_builtins_come_through_the_hooks():
         return sorted(name for name, entry in items[kind].items() if entry.source == "numdl")
 
     assert builtin("optimizer") == ["adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
-    assert builtin("loss") == ["bce_with_logits", "centernet", "cross_entropy", "huber", "mae", "mse",
+    assert builtin("loss") == ["bce_with_logits", "centernet", "cross_entropy", "huber", "kl_div", "mae", "mse", "nll",
                                "pixel_cross_entropy"]
     assert builtin("dataset") == ["fashion_mnist", "fashion_scenes", "table"]
     assert set(builtin("layer")) == {cls.name for cls in numdl.layers.BUILTIN_LAYERS}

@@ -2,6 +2,8 @@
 needs; ``backward()`` returns the gradient with respect to ``pred``. Targets are validated here, at
 the boundary, before any kernel reads them."""
 
+import math
+
 import numpy as np
 
 from numdl.backend import ops_for
@@ -76,11 +78,9 @@ class _ClassLoss(Loss):
         """(outer, classes, inner) of scores of ``shape`` (batch included) and the labels' shape."""
         if len(shape) < 2:
             raise ShapeError(f"{self.name} expects scores (batch, classes) or (batch, ..., classes), got shape {shape}")
-        if self.class_axis == 1:
-            inner = int(np.prod(shape[2:], dtype=np.int64))
-            return (shape[0], shape[1], inner), (shape[0],) + tuple(shape[2:])
-        outer = int(np.prod(shape[:-1], dtype=np.int64))
-        return (outer, shape[-1], 1), tuple(shape[:-1])
+        if self.class_axis == 1:  # (math.prod: np.prod costs microseconds a call, on every step)
+            return (shape[0], shape[1], math.prod(shape[2:])), (shape[0],) + tuple(shape[2:])
+        return (math.prod(shape[:-1]), shape[-1], 1), tuple(shape[:-1])
 
     def label_shape(self, output_shape):
         """The labels' shape (without the batch) for outputs of ``output_shape`` (without the batch)."""
@@ -100,11 +100,21 @@ class _ClassLoss(Loss):
                 labels = labels.astype(np.int64)
             else:
                 raise DataError(f"labels must be integer class indices, got dtype {labels.dtype}")
-        bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= classes))
-        if bad.any():
-            raise DataError(f"label {labels[bad][0]} is outside [0, {classes}) for a model with {classes} outputs"
-                            + (f" (ignore_index is {self.ignore_index})" if self.ignore_index >= 0 else ""))
+        # The common case first, in two reductions: every label a class (nothing ignored).
+        self._all_counted = labels.size == 0 or (labels.min() >= 0 and labels.max() < classes and not (
+            0 <= self.ignore_index < classes and (labels == self.ignore_index).any()))
+        if not self._all_counted:
+            bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= classes))
+            if bad.any():
+                raise DataError(f"label {labels[bad][0]} is outside [0, {classes}) for a model with {classes} outputs"
+                                + (f" (ignore_index is {self.ignore_index})" if self.ignore_index >= 0 else ""))
         return np.ascontiguousarray(labels, dtype=np.int64)
+
+    def _normaliser(self, sample_weight, count):
+        """What a mean divides by: the summed weights of the counted targets (PyTorch's)."""
+        if self.reduction != "mean":
+            return 1.0
+        return float(count) if self.weight is None and self._all_counted else self.ops.sum(sample_weight)
 
     def _weights_on_device(self, classes, dtype):
         # Made once per (weights, classes, dtype), not per step.
@@ -133,8 +143,12 @@ class _ClassLoss(Loss):
         if upstream is None or self.reduction != "none":
             if upstream is not None:
                 raise ConfigError(f"{self.name}: an upstream gradient goes with reduction 'none' only")
-            host = np.full((1, 1), 1.0 if self._scale is None else self._scale)
-            return self.ops.asarray(host, dtype=dtype)
+            scale = 1.0 if self._scale is None else self._scale
+            if self.ops.name == "cpu":  # written in place: no array made per step
+                factor = self.buffer("scale", (1, 1), dtype)
+                factor[0, 0] = scale
+                return factor
+            return self.ops.asarray(np.full((1, 1), scale), dtype=dtype)
         host = np.asarray(upstream, dtype=np.float64)
         if host.shape != self._label_shape:
             raise ShapeError(f"{self.name}: the upstream gradient has shape {host.shape} but the losses have "
@@ -208,8 +222,7 @@ class CrossEntropy(_ClassLoss):
         sample_weight = self.buffer("sample_weight", (outer, inner), dtype)
         self.ops.cross_entropy_forward(sample_loss, sample_weight, self._probs, view, self._labels,
                                        self._class_weights, self.label_smoothing, self.ignore_index)
-        # PyTorch: a (weighted) mean divides by the summed weights of the counted targets.
-        return self._reduce(sample_loss, self.ops.sum(sample_weight) if self.reduction == "mean" else 1.0)
+        return self._reduce(sample_loss, self._normaliser(sample_weight, outer * inner))
 
     def backward(self, upstream=None):
         dlogits = self.buffer("dlogits", self._view, self._probs.dtype)
@@ -243,7 +256,7 @@ class NLLLoss(_ClassLoss):
         sample_weight = self.buffer("sample_weight", (outer, inner), self._dtype)
         self.ops.nll_forward(sample_loss, sample_weight, log_probs.reshape(self._view), self._labels,
                              self._class_weights, self.ignore_index)
-        return self._reduce(sample_loss, self.ops.sum(sample_weight) if self.reduction == "mean" else 1.0)
+        return self._reduce(sample_loss, self._normaliser(sample_weight, outer * inner))
 
     def backward(self, upstream=None):
         dlog_probs = self.buffer("dlog_probs", self._view, self._dtype)
