@@ -911,40 +911,45 @@ def _embedding_renorm(dtype, rng):
 
 # ------------------------------------------------------------------------------------- attention
 ATTENTION = dict(n=2, t=4, e=4, heads=2, lengths=np.array([4, 2], np.int64))
+CROSS = dict(n=2, tq=3, tk=5, e=4, heads=2, lengths=np.array([5, 3], np.int64))
 
 
-def attention_reference(qkv, lengths, heads, causal):
-    """softmax(q k^T / sqrt(d) + mask) v per head, masks as PyTorch's key_padding_mask / is_causal."""
-    n_batch, steps, three_e = qkv.shape
-    embed = three_e // 3
+def attention_reference(q, k, v, lengths, heads, causal, mask=None):
+    """softmax(q k^T / sqrt(d) + masks) v per head, masks as PyTorch's key_padding_mask / is_causal /
+    additive attn_mask; q (N, Tq, E), k and v (N, Tk, E)."""
+    n_batch, queries, embed = q.shape
+    keys = k.shape[1]
     dim = embed // heads
-    ctx = np.zeros((n_batch, steps, embed))
-    probs = np.zeros((n_batch, heads, steps, steps))
+    ctx = np.zeros((n_batch, queries, embed))
+    probs = np.zeros((n_batch, heads, queries, keys))
     for n in range(n_batch):
         for h in range(heads):
-            q = qkv[n, :, h * dim:(h + 1) * dim]
-            k = qkv[n, :, embed + h * dim:embed + (h + 1) * dim]
-            v = qkv[n, :, 2 * embed + h * dim:2 * embed + (h + 1) * dim]
-            scores = q @ k.T / np.sqrt(dim)
-            mask = np.arange(steps)[None, :] >= lengths[n]
+            cols = slice(h * dim, (h + 1) * dim)
+            scores = q[n, :, cols] @ k[n, :, cols].T / np.sqrt(dim) + (0 if mask is None else mask)
+            banned = np.arange(keys)[None, :] >= lengths[n]
             if causal:
-                mask = mask | (np.arange(steps)[None, :] > np.arange(steps)[:, None])
-            scores = np.where(mask, -np.inf, scores)
+                banned = banned | (np.arange(keys)[None, :] > np.arange(queries)[:, None])
+            scores = np.where(banned, -np.inf, scores)
             p = np.exp(scores - scores.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             probs[n, h] = p
-            ctx[n, :, h * dim:(h + 1) * dim] = p @ v
+            ctx[n, :, cols] = p @ v[n, :, cols]
     return ctx, probs
 
 
+def _split_qkv(qkv, embed):
+    return qkv[..., :embed], qkv[..., embed:2 * embed], qkv[..., 2 * embed:]
+
+
 def _attention_forward(causal):
+    """Self-attention over a packed qkv (offsets 0, E, 2E), no additive mask."""
     def make(dtype, rng):
         a = ATTENTION
         qkv = rng.standard_normal((a["n"], a["t"], 3 * a["e"])).astype(dtype)
-        ctx, probs = attention_reference(f64(qkv), a["lengths"], a["heads"], causal)
+        ctx, probs = attention_reference(*_split_qkv(f64(qkv), a["e"]), a["lengths"], a["heads"], causal)
         scale = 1 / np.sqrt(a["e"] // a["heads"])
-        args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), qkv, a["lengths"], a["heads"], causal,
-                dtype(scale)]
+        args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), qkv, qkv, qkv, np.empty((0, 0), dtype),
+                a["lengths"], a["heads"], causal, dtype(scale), 0, a["e"], 2 * a["e"]]
         return args, a["n"] * a["heads"] * a["t"], {0: ctx, 1: probs}
     return make
 
@@ -954,14 +959,54 @@ def _attention_backward(causal):
         a = ATTENTION
         qkv = rng.standard_normal((a["n"], a["t"], 3 * a["e"])).astype(dtype)
         dctx = rng.standard_normal((a["n"], a["t"], a["e"])).astype(dtype)
-        ctx, probs = attention_reference(f64(qkv), a["lengths"], a["heads"], causal)
+        _, probs = attention_reference(*_split_qkv(f64(qkv), a["e"]), a["lengths"], a["heads"], causal)
         q64 = f64(qkv)
-        grad = _numeric(lambda: float((attention_reference(q64, a["lengths"], a["heads"], causal)[0] * f64(dctx)).sum()),
-                        q64)
+        grad = _numeric(lambda: float((attention_reference(*_split_qkv(q64, a["e"]), a["lengths"], a["heads"],
+                                                           causal)[0] * f64(dctx)).sum()), q64)
         scale = 1 / np.sqrt(a["e"] // a["heads"])
-        args = [np.zeros_like(qkv), dctx, probs.astype(dtype), qkv, a["lengths"], a["heads"], causal, dtype(scale)]
+        dqkv = np.zeros_like(qkv)
+        args = [dqkv, dqkv, dqkv, dctx, probs.astype(dtype), qkv, qkv, qkv, a["lengths"], a["heads"], causal,
+                dtype(scale), 0, a["e"], 2 * a["e"]]
         return args, a["n"] * a["heads"] * a["t"], {0: grad}
     return make
+
+
+def _cross_inputs(dtype, rng):
+    c = CROSS
+    q = rng.standard_normal((c["n"], c["tq"], c["e"])).astype(dtype)
+    kv = rng.standard_normal((c["n"], c["tk"], 2 * c["e"])).astype(dtype)  # keys and values side by side
+    mask = rng.standard_normal((c["tq"], c["tk"])).astype(dtype)
+    mask[0, 1] = -np.inf
+    return q, kv, mask
+
+
+def _cross_attention_forward(dtype, rng):
+    """Cross-attention: 3 queries over 5 keys (3 valid in sample 1), keys and values from one kv
+    array (offsets 0, 0, E), an additive mask with a forbidden pair."""
+    c = CROSS
+    q, kv, mask = _cross_inputs(dtype, rng)
+    ctx, probs = attention_reference(f64(q), f64(kv[..., :c["e"]]), f64(kv[..., c["e"]:]), c["lengths"], c["heads"],
+                                     False, f64(mask))
+    args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), q, kv, kv, mask, c["lengths"], c["heads"], False,
+            dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
+    return args, c["n"] * c["heads"] * c["tq"], {0: ctx, 1: probs}
+
+
+def _cross_attention_backward(dtype, rng):
+    c = CROSS
+    q, kv, mask = _cross_inputs(dtype, rng)
+    dctx = rng.standard_normal((c["n"], c["tq"], c["e"])).astype(dtype)
+    q64, kv64, m64 = f64(q), f64(kv), f64(mask)
+
+    def loss():
+        return float((attention_reference(q64, kv64[..., :c["e"]], kv64[..., c["e"]:], c["lengths"], c["heads"], False,
+                                          m64)[0] * f64(dctx)).sum())
+    dq, dkv = _numeric(loss, q64), _numeric(loss, kv64)
+    _, probs = attention_reference(q64, kv64[..., :c["e"]], kv64[..., c["e"]:], c["lengths"], c["heads"], False, m64)
+    dkv_out = np.zeros_like(kv)
+    args = [np.zeros_like(q), dkv_out, dkv_out, dctx, probs.astype(dtype), q, kv, kv, c["lengths"], c["heads"], False,
+            dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
+    return args, c["n"] * c["heads"] * c["tk"], {0: dq, 1: dkv}
 
 
 def _broadcast_add_forward(dtype, rng):
@@ -1454,6 +1499,8 @@ VARIANTS = {
     "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
     "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
     "attention_forward_causal": (("attention", "attention_forward"), _attention_forward(True)),
+    "attention_forward_cross_masked": (("attention", "attention_forward"), _cross_attention_forward),
+    "attention_backward_cross": (("attention", "attention_backward"), _cross_attention_backward),
     "attention_backward_causal": (("attention", "attention_backward"), _attention_backward(True)),
     "upsample_forward_nearest": (("upsample", "upsample_forward"), _upsample_forward("nearest")),
     "upsample_backward_nearest": (("upsample", "upsample_backward"), _upsample_backward("nearest")),
@@ -1480,7 +1527,8 @@ TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-9,
 # References computed by central differences are good to about 1e-8, not 1e-11.
 NUMERIC_REFERENCE_TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=1e-8)}
 NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", "lstm_backward_reverse",
-                           "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal"}
+                           "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal",
+                           "attention_backward_cross"}
 
 
 def tolerance(case_id, dtype):

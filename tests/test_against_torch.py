@@ -529,3 +529,75 @@ def test_parameter_groups_match_torch(ours_cls, torch_cls):
         t_opt.step()
     for t_param, (name, param) in zip(theirs.parameters(), named.items()):
         np.testing.assert_allclose(param.value, t_param.detach().numpy(), rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def _copy_attention_weights(ours, theirs):
+    """numdl's attention parameters into a torch.nn.MultiheadAttention, by PyTorch's names."""
+    own = {name: p.value for name, p in ours.named_parameters().items()}
+    with torch.no_grad():
+        for ours_name, torch_name in ours.torch_names().items():
+            module, _, attribute = torch_name.rpartition(".")
+            target = getattr(theirs.out_proj, attribute) if module == "out_proj" else getattr(theirs, torch_name)
+            target.copy_(torch.tensor(own[ours_name]))
+
+
+def _assert_attention_matches_torch(ours, theirs, inputs, t_kwargs, rng, average_weights=True):
+    """Output, every input's gradient, every parameter's gradient and the averaged weights."""
+    out = ours.forward(inputs if len(inputs) > 1 else inputs[0], training=True).copy()
+    t_inputs = [torch.tensor(x, requires_grad=True) for x in inputs]
+    query, key, value = t_inputs[0], t_inputs[min(1, len(t_inputs) - 1)], t_inputs[-1]
+    t_out, t_weights = theirs(query, key, value, need_weights=True, **t_kwargs)
+    upstream = rng.standard_normal(out.shape)
+    (t_out * torch.tensor(upstream)).sum().backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.attention_weights(), t_weights.detach().numpy(), rtol=1e-10, atol=1e-12)
+    grads = ours.backward(upstream)
+    grads = grads if isinstance(grads, list) else [grads]
+    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+    own = {name: p.grad for name, p in ours.named_parameters().items()}
+    for ours_name, torch_name in ours.torch_names().items():
+        t_param = dict(theirs.named_parameters())[torch_name]
+        np.testing.assert_allclose(own[ours_name], t_param.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=ours_name)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_self_attention_attn_mask_matches_torch(mask_kind):
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(12)
+    ours = numdl.MultiHeadAttention(2)
+    ours.build((5, 4), get_ops("cpu"), np.float64, rng)
+    ours.params["in_proj_bias"].value[:] = rng.standard_normal(12) * 0.1
+    theirs = torch.nn.MultiheadAttention(4, 2, batch_first=True).double()
+    _copy_attention_weights(ours, theirs)
+    mask = rng.random((5, 5)) < 0.3 if mask_kind == "bool" else rng.standard_normal((5, 5))
+    np.fill_diagonal(mask, False if mask_kind == "bool" else 0.0)  # every query keeps a key
+    ours.attn_mask, ours.lengths = mask, np.array([5, 4])
+    padding = torch.tensor(np.arange(5)[None, :] >= np.array([5, 4])[:, None])
+    if mask_kind == "float":  # torch wants both masks of one kind
+        padding = torch.where(padding, -torch.inf, 0.0).double()
+    _assert_attention_matches_torch(ours, theirs, [rng.standard_normal((2, 5, 4))],
+                                    {"attn_mask": torch.tensor(mask), "key_padding_mask": padding}, rng)
+
+
+@pytest.mark.parametrize("shapes", [[(3, 4), (6, 4)], [(3, 4), (6, 5)], [(3, 4), (6, 5), (6, 3)]],
+                         ids=["packed-memory", "kdim-memory", "key-and-value"])
+def test_cross_attention_matches_torch(shapes):
+    """Queries from one sequence, keys and values from another (of other lengths and widths:
+    PyTorch's kdim / vdim), with source padding (key_lengths) and an additive attn_mask."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(13)
+    ours = numdl.CrossAttention(2)
+    ours.build(shapes, get_ops("cpu"), np.float64, rng)
+    ours.params["in_proj_bias"].value[:] = rng.standard_normal(12) * 0.1
+    kdim, vdim = shapes[1][1], shapes[-1][1]
+    theirs = torch.nn.MultiheadAttention(4, 2, batch_first=True, kdim=kdim, vdim=vdim).double()
+    _copy_attention_weights(ours, theirs)
+    inputs = [rng.standard_normal((2,) + shape) for shape in shapes]
+    ours.key_lengths = np.array([6, 4])
+    ours.attn_mask = rng.standard_normal((3, 6))
+    padding = torch.where(torch.tensor(np.arange(6)[None, :] >= np.array([6, 4])[:, None]), -torch.inf, 0.0).double()
+    _assert_attention_matches_torch(ours, theirs, inputs, {"attn_mask": torch.tensor(ours.attn_mask),
+                                                           "key_padding_mask": padding}, rng)

@@ -19,6 +19,14 @@ def _residual(projection):
     return make
 
 
+def _masked_attention():
+    import numdl
+
+    layer = numdl.MultiHeadAttention(2)
+    layer.attn_mask = np.array([[0.0, -1.0, 0.5, -np.inf]] * 4)  # one key forbidden, others shifted
+    return layer
+
+
 # sample id -> (registered name, constructor kwargs or a factory, input shape without the batch axis)
 LAYER_SAMPLES = {
     "linear": ("linear", {"out_features": 4}, (5,)),
@@ -72,6 +80,9 @@ LAYER_SAMPLES = {
     "linear-sequence": ("linear", {"out_features": 2}, (4, 3)),
     "multihead_attention-padded": ("multihead_attention", {"num_heads": 2}, (4, 4)),
     "multihead_attention-causal": ("multihead_attention", {"num_heads": 2, "causal": True}, (4, 4)),
+    "multihead_attention-attn-mask": ("multihead_attention", _masked_attention, (4, 4)),
+    "cross_attention-memory": ("cross_attention", {"num_heads": 2}, [(3, 4), (5, 6)]),
+    "cross_attention-key-value": ("cross_attention", {"num_heads": 1}, [(2, 4), (3, 4), (3, 5)]),
     "transformer_encoder_layer-post-norm-padded": ("transformer_encoder_layer", {"num_heads": 2, "dim_feedforward": 6,
                                                                                   "dropout": 0.2}, (4, 4)),
     "transformer_encoder_layer-pre-norm": ("transformer_encoder_layer", {"num_heads": 1, "dim_feedforward": 5,

@@ -216,9 +216,10 @@ def test_attention_cpu_kernels_split_over_threads_match_one_thread(causal):
         numba.set_num_threads(threads)
         try:
             ctx, probs = np.full((n, steps, embed), np.nan), np.full((n, heads, steps, steps), np.nan)
-            ops.attention_forward(ctx, probs, qkv, lengths, heads, causal, 0.5)
+            offsets = (0, embed, 2 * embed)
+            ops.attention_forward(ctx, probs, qkv, qkv, qkv, None, lengths, heads, causal, 0.5, offsets)
             dqkv = np.full_like(qkv, np.nan)
-            ops.attention_backward(dqkv, dctx, probs, qkv, lengths, heads, causal, 0.5)
+            ops.attention_backward(dqkv, dqkv, dqkv, dctx, probs, qkv, qkv, qkv, lengths, heads, causal, 0.5, offsets)
             return ctx, probs, dqkv
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -447,15 +447,22 @@ class Ops:
                   self.scalar(norm_type, weight.dtype))
 
     # ------------------------------------------------------------------------------- attention
-    def attention_forward(self, ctx, probs, qkv, lengths, heads, causal, scale):
-        d = qkv.dtype
-        self._run("attention", "attention_forward", qkv.shape[0] * heads * qkv.shape[1], ctx, probs, qkv, lengths,
-                  int(heads), bool(causal), self.scalar(scale, d))
+    def attention_forward(self, ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, offsets):
+        """offsets (q_off, k_off, v_off): where the projections start in q_src, k_src and v_src (see
+        numdl.kernels.attention); mask (Tq, Tk) additive, or None."""
+        d = q_src.dtype
+        mask = self.nothing(d, 2) if mask is None else mask
+        self._run("attention", "attention_forward", q_src.shape[0] * heads * q_src.shape[1], ctx, probs, q_src, k_src,
+                  v_src, mask, lengths, int(heads), bool(causal), self.scalar(scale, d), *(int(o) for o in offsets))
 
-    def attention_backward(self, dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
-        d = qkv.dtype
-        self._run("attention", "attention_backward", qkv.shape[0] * heads * qkv.shape[1], dqkv, dctx, probs, qkv,
-                  lengths, int(heads), bool(causal), self.scalar(scale, d))
+    def attention_backward(self, dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
+                           scale, offsets):
+        """The gradients of q_src, k_src and v_src (one array for self-attention, as the sources)."""
+        d = q_src.dtype
+        steps = max(q_src.shape[1], k_src.shape[1])
+        self._run("attention", "attention_backward", q_src.shape[0] * heads * steps, dq_src, dk_src, dv_src, dctx,
+                  probs, q_src, k_src, v_src, lengths, int(heads), bool(causal), self.scalar(scale, d),
+                  *(int(o) for o in offsets))
 
     # ------------------------------------------------------------------------------ arithmetic
     def count_non_finite(self, values):

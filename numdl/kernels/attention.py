@@ -1,13 +1,19 @@
-"""Scaled dot-product attention over packed projections, with a key padding mask (per-sample
-lengths) and an optional causal mask: PyTorch's ``scaled_dot_product_attention`` per head.
+"""Scaled dot-product attention per head, PyTorch's ``scaled_dot_product_attention``: queries from
+one array, keys and values from another (the same one for self-attention), with a key padding mask
+(per-sample lengths), an optional causal mask and an optional additive mask.
 
-Shapes: qkv (N, T, 3E) holds the query, key and value projections side by side (as PyTorch's
-in_proj produces them), E = heads * head_dim; lengths (N,) int64 valid keys per sample; probs
-(N, heads, T, T) the attention weights, saved for backward; ctx (N, T, E) the heads' outputs side by
-side. Masked keys get weight 0; a query row is computed for every position (padded queries attend to
-the valid keys, as PyTorch does with key_padding_mask), so only the loss decides what they matter.
-CPU and CUDA both work one (sample, head, query) row at a time, with loops: at the sequence lengths
-of this library's models (tens of steps) a row fits in cache and BLAS calls would cost more.
+Shapes: q_src (N, Tq, Wq) holds each query projection at columns q_off.., k_src (N, Tk, Wk) the keys
+at k_off.., v_src (N, Tk, Wv) the values at v_off.. (self-attention: all three the packed qkv
+(N, T, 3E) of PyTorch's in_proj, offsets 0, E, 2E; cross-attention: q (N, Tq, E) and one kv
+(N, Tk, 2E) for keys and values, offsets 0, 0, E); E = heads *
+head_dim = ctx.shape[2]; lengths (N,) int64 valid keys per sample; mask (Tq, Tk) added to the scaled
+scores (-inf forbids a pair; PyTorch's float attn_mask; (0, 0) for none); probs (N, heads, Tq, Tk)
+the attention weights, saved for backward; ctx (N, Tq, E) the heads' outputs side by side. Masked
+keys get weight 0; a query row is computed for every position (padded queries attend to the valid
+keys, as PyTorch does with key_padding_mask), so only the loss decides what they matter. A row with
+every key forbidden is NaN, as in PyTorch. CPU and CUDA both work one (sample, head, query) row at a
+time, with loops: at the sequence lengths of this library's models (tens of steps) a row fits in
+cache and BLAS calls would cost more.
 """
 
 import math
@@ -30,20 +36,20 @@ from numdl.kernels.common import (
 
 
 @scalar_math
-def attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
-    steps = qkv.shape[1]
-    embed = qkv.shape[2] // 3
-    dim = embed // heads
-    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
-    limit = lengths[n]
-    if causal:
-        limit = min(limit, t + 1)
+def attention_row(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off, n, h, t):
+    keys = k_src.shape[1]
+    dim = ctx.shape[2] // heads
+    q0, k0, v0 = q_off + h * dim, k_off + h * dim, v_off + h * dim
+    limit = min(lengths[n], t + 1) if causal else lengths[n]
+    masked = mask.shape[0] > 0
     peak = same_type(scale, -math.inf)
     for s in range(limit):
         acc = same_type(scale, 0.0)
         for i in range(dim):
-            acc += qkv[n, t, q0 + i] * qkv[n, s, k0 + i]
+            acc += q_src[n, t, q0 + i] * k_src[n, s, k0 + i]
         acc *= scale
+        if masked:
+            acc += mask[t, s]
         probs[n, h, t, s] = acc
         peak = max(peak, acc)
     total = same_type(scale, 0.0)
@@ -51,7 +57,7 @@ def attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
         e = math.exp(probs[n, h, t, s] - peak)
         probs[n, h, t, s] = e
         total += e
-    for s in range(limit, steps):
+    for s in range(limit, keys):
         probs[n, h, t, s] = same_type(scale, 0.0)  # masked keys
     inv = same_type(scale, 1.0) / total
     for s in range(limit):
@@ -59,48 +65,48 @@ def attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
     for i in range(dim):
         acc = same_type(scale, 0.0)
         for s in range(limit):
-            acc += probs[n, h, t, s] * qkv[n, s, v0 + i]
+            acc += probs[n, h, t, s] * v_src[n, s, v0 + i]
         ctx[n, t, h * dim + i] = acc
 
 
 @scalar_math
-def attention_backward_query(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t):
+def attention_backward_query(dq_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off, k_off, v_off,
+                             n, h, t):
     # Gradient of the query at (n, t, head h): dq = scale * sum_s dS[t, s] k_s, with
-    # dS = P (dP - sum(dP P)), dP[t, s] = dctx_t . v_s.
-    embed = qkv.shape[2] // 3
-    dim = embed // heads
-    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
+    # dS = P (dP - sum(dP P)), dP[t, s] = dctx_t . v_s. (An additive mask is a constant: no gradient.)
+    dim = dctx.shape[2] // heads
+    q0, k0, v0 = q_off + h * dim, k_off + h * dim, v_off + h * dim
     limit = min(lengths[n], t + 1) if causal else lengths[n]
     dot = same_type(scale, 0.0)
     for s in range(limit):
         dp = same_type(scale, 0.0)
         for i in range(dim):
-            dp += dctx[n, t, h * dim + i] * qkv[n, s, v0 + i]
+            dp += dctx[n, t, h * dim + i] * v_src[n, s, v0 + i]
         dot += dp * probs[n, h, t, s]
     for i in range(dim):
-        dqkv[n, t, q0 + i] = same_type(scale, 0.0)
+        dq_src[n, t, q0 + i] = same_type(scale, 0.0)
     for s in range(limit):
         dp = same_type(scale, 0.0)
         for i in range(dim):
-            dp += dctx[n, t, h * dim + i] * qkv[n, s, v0 + i]
+            dp += dctx[n, t, h * dim + i] * v_src[n, s, v0 + i]
         ds = probs[n, h, t, s] * (dp - dot) * scale
         for i in range(dim):
-            dqkv[n, t, q0 + i] += ds * qkv[n, s, k0 + i]
+            dq_src[n, t, q0 + i] += ds * k_src[n, s, k0 + i]
 
 
 @scalar_math
-def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, s):
+def attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off, k_off,
+                                 v_off, n, h, s):
     # Gradients of key and value at (n, s, head h): sums over the queries t that attended to s.
-    steps = qkv.shape[1]
-    embed = qkv.shape[2] // 3
-    dim = embed // heads
-    q0, k0, v0 = h * dim, embed + h * dim, 2 * embed + h * dim
+    queries = q_src.shape[1]
+    dim = dctx.shape[2] // heads
+    q0, k0, v0 = q_off + h * dim, k_off + h * dim, v_off + h * dim
     for i in range(dim):
-        dqkv[n, s, k0 + i] = same_type(scale, 0.0)
-        dqkv[n, s, v0 + i] = same_type(scale, 0.0)
+        dk_src[n, s, k0 + i] = same_type(scale, 0.0)
+        dv_src[n, s, v0 + i] = same_type(scale, 0.0)
     if s >= lengths[n]:
         return
-    for t in range(steps):
+    for t in range(queries):
         limit = min(lengths[n], t + 1) if causal else lengths[n]
         if s >= limit:
             continue
@@ -110,14 +116,14 @@ def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal,
         for u in range(limit):
             dp = same_type(scale, 0.0)
             for i in range(dim):
-                dp += dctx[n, t, h * dim + i] * qkv[n, u, v0 + i]
+                dp += dctx[n, t, h * dim + i] * v_src[n, u, v0 + i]
             dot += dp * probs[n, h, t, u]
             if u == s:
                 dp_s = dp
         ds = p * (dp_s - dot) * scale
         for i in range(dim):
-            dqkv[n, s, k0 + i] += ds * qkv[n, t, q0 + i]
-            dqkv[n, s, v0 + i] += p * dctx[n, t, h * dim + i]
+            dk_src[n, s, k0 + i] += ds * q_src[n, t, q0 + i]
+            dv_src[n, s, v0 + i] += p * dctx[n, t, h * dim + i]
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -125,44 +131,51 @@ def attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal,
 
 @runs_numba_threads
 @cpu_kernel
-def attention_forward_cpu(ctx, probs, qkv, lengths, heads, causal, scale):
-    # Overwrites ctx (N, T, E) and probs (N, heads, T, T). Samples are independent: one block of
+def attention_forward_cpu(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+    # Overwrites ctx (N, Tq, E) and probs (N, heads, Tq, Tk). Samples are independent: one block of
     # them per numba thread.
-    _attention_forward_blocks(ctx, probs, qkv, lengths, heads, causal, scale)
+    _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off)
 
 
 @cpu_parallel_kernel
-def _attention_forward_blocks(ctx, probs, qkv, lengths, heads, causal, scale):
-    n_batch = qkv.shape[0]
+def _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+    n_batch = q_src.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, lo, min(n_batch, lo + block))
+        _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off,
+                                   v_off, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel
-def _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, lo, hi):
+def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off,
+                               lo, hi):
     # Samples lo..hi-1: attention_row's arithmetic, in its order, over flat views with unsigned
     # indices (as conv._im2col: numba's negative-index fix-up on every 3-D access kept these short
     # dot products from vectorising).
-    _, steps, width = qkv.shape
-    embed = width // 3
+    queries, q_width = q_src.shape[1], q_src.shape[2]
+    keys, k_width, v_width = k_src.shape[1], k_src.shape[2], v_src.shape[2]
+    embed = ctx.shape[2]
     dim = embed // heads
-    qkv_flat, probs_flat, ctx_flat = qkv.reshape(-1), probs.reshape(-1), ctx.reshape(-1)
+    masked = mask.shape[0] > 0
+    q_flat, k_flat, v_flat = q_src.reshape(-1), k_src.reshape(-1), v_src.reshape(-1)
+    probs_flat, ctx_flat = probs.reshape(-1), ctx.reshape(-1)
     zero = same_type(scale, 0.0)
     for n in range(lo, hi):
         for h in range(heads):
-            for t in range(steps):
+            for t in range(queries):
                 limit = min(lengths[n], t + 1) if causal else lengths[n]
-                query = np.uint64((n * steps + t) * width + h * dim)
-                row = np.uint64(((n * heads + h) * steps + t) * steps)
+                query = np.uint64((n * queries + t) * q_width + q_off + h * dim)
+                row = np.uint64(((n * heads + h) * queries + t) * keys)
                 peak = same_type(scale, -math.inf)
                 for s in range(limit):
-                    key = np.uint64((n * steps + s) * width + embed + h * dim)
+                    key = np.uint64((n * keys + s) * k_width + k_off + h * dim)
                     acc = zero
                     for i in range(dim):
-                        acc += qkv_flat[query + np.uint64(i)] * qkv_flat[key + np.uint64(i)]
+                        acc += q_flat[query + np.uint64(i)] * k_flat[key + np.uint64(i)]
                     acc *= scale
+                    if masked:
+                        acc += mask[t, s]
                     probs_flat[row + np.uint64(s)] = acc
                     peak = max(peak, acc)
                 total = zero
@@ -170,111 +183,127 @@ def _attention_forward_samples(ctx, probs, qkv, lengths, heads, causal, scale, l
                     e = math.exp(probs_flat[row + np.uint64(s)] - peak)
                     probs_flat[row + np.uint64(s)] = e
                     total += e
-                for s in range(limit, steps):
+                for s in range(limit, keys):
                     probs_flat[row + np.uint64(s)] = zero  # masked keys
                 inv = same_type(scale, 1.0) / total
                 for s in range(limit):
                     probs_flat[row + np.uint64(s)] *= inv
-                out = np.uint64((n * steps + t) * embed + h * dim)
+                out = np.uint64((n * queries + t) * embed + h * dim)
                 for i in range(dim):
                     ctx_flat[out + np.uint64(i)] = zero
                 for s in range(limit):
                     p = probs_flat[row + np.uint64(s)]
-                    value = np.uint64((n * steps + s) * width + 2 * embed + h * dim)
+                    value = np.uint64((n * keys + s) * v_width + v_off + h * dim)
                     for i in range(dim):
-                        ctx_flat[out + np.uint64(i)] += p * qkv_flat[value + np.uint64(i)]
+                        ctx_flat[out + np.uint64(i)] += p * v_flat[value + np.uint64(i)]
 
 
 @runs_numba_threads
 @cpu_kernel
-def attention_backward_cpu(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
-    # Overwrites dqkv (N, T, 3E). Per (sample, head): dP = dctx V^T, dS = P (dP - rowsum(dP P)) scale,
-    # then dQ = dS K, dK = dS^T Q, dV = P^T dctx, in O(T^2 d). (The per-position helpers the CUDA twin
-    # runs, one thread each, recompute a dP row for every key: O(T^3 d), 0.03x PyTorch at T = 64.)
-    # One block of samples per numba thread, as the forward.
-    _attention_backward_blocks(dqkv, dctx, probs, qkv, lengths, heads, causal, scale)
+def attention_backward_cpu(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
+                           q_off, k_off, v_off):
+    # Overwrites dq_src, dk_src and dv_src (one array for self-attention: each part is written once).
+    # Per (sample, head): dP = dctx V^T, dS = P (dP - rowsum(dP P)) scale, then dQ = dS K,
+    # dK = dS^T Q, dV = P^T dctx, in O(Tq Tk d). (The per-position helpers the CUDA twin runs, one
+    # thread each, recompute a dP row for every key: O(T^3 d), 0.03x PyTorch at T = 64.) One block
+    # of samples per numba thread, as the forward.
+    _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
+                               q_off, k_off, v_off)
 
 
 @cpu_parallel_kernel
-def _attention_backward_blocks(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
-    n_batch = qkv.shape[0]
+def _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
+                               q_off, k_off, v_off):
+    n_batch = q_src.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _attention_backward_samples(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, lo,
-                                    min(n_batch, lo + block))
+        _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
+                                    scale, q_off, k_off, v_off, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel
-def _attention_backward_samples(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, lo, hi):
+def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
+                                q_off, k_off, v_off, lo, hi):
     # Samples lo..hi-1; flat views and unsigned indices, as in the forward.
-    _, steps, width = qkv.shape
-    embed = width // 3
+    queries, q_width = q_src.shape[1], q_src.shape[2]
+    keys, k_width, v_width = k_src.shape[1], k_src.shape[2], v_src.shape[2]
+    embed = dctx.shape[2]
     dim = embed // heads
     zero = same_type(scale, 0.0)
-    dscores = np.empty((steps, steps), qkv.dtype)  # one (T, T) scratch per block
+    dscores = np.empty((queries, keys), q_src.dtype)  # one (Tq, Tk) scratch per block
     dscores_flat = dscores.reshape(-1)
-    qkv_flat, dqkv_flat, dctx_flat, probs_flat = qkv.reshape(-1), dqkv.reshape(-1), dctx.reshape(-1), probs.reshape(-1)
-    dqkv[lo:hi] = 0
+    q_flat, k_flat, v_flat = q_src.reshape(-1), k_src.reshape(-1), v_src.reshape(-1)
+    dctx_flat, probs_flat = dctx.reshape(-1), probs.reshape(-1)
+    dq_flat, dk_flat, dv_flat = dq_src.reshape(-1), dk_src.reshape(-1), dv_src.reshape(-1)
+    dq_src[lo:hi] = 0  # (self-attention passes one array three times: zeroed three times, written once)
+    dk_src[lo:hi] = 0
+    dv_src[lo:hi] = 0
     for n in range(lo, hi):
         for h in range(heads):
-            for t in range(steps):
+            for t in range(queries):
                 limit = min(lengths[n], t + 1) if causal else lengths[n]
-                grad = np.uint64((n * steps + t) * embed + h * dim)
-                row = np.uint64(((n * heads + h) * steps + t) * steps)
-                scores = np.uint64(t * steps)
+                grad = np.uint64((n * queries + t) * embed + h * dim)
+                row = np.uint64(((n * heads + h) * queries + t) * keys)
+                scores = np.uint64(t * keys)
                 dot = zero
                 for s in range(limit):
-                    value = np.uint64((n * steps + s) * width + 2 * embed + h * dim)
+                    value = np.uint64((n * keys + s) * v_width + v_off + h * dim)
                     dp = zero
                     for i in range(dim):
-                        dp += dctx_flat[grad + np.uint64(i)] * qkv_flat[value + np.uint64(i)]
+                        dp += dctx_flat[grad + np.uint64(i)] * v_flat[value + np.uint64(i)]
                     dscores_flat[scores + np.uint64(s)] = dp
                     dot += dp * probs_flat[row + np.uint64(s)]
                 for s in range(limit):
                     p = probs_flat[row + np.uint64(s)]
                     dscores_flat[scores + np.uint64(s)] = p * (dscores_flat[scores + np.uint64(s)] - dot) * scale
-                for s in range(limit, steps):
+                for s in range(limit, keys):
                     dscores_flat[scores + np.uint64(s)] = zero  # masked keys: their probabilities are zero too
-            for t in range(steps):
-                row = np.uint64(((n * heads + h) * steps + t) * steps)
-                query = np.uint64((n * steps + t) * width + h * dim)
-                grad = np.uint64((n * steps + t) * embed + h * dim)
-                for s in range(steps):
-                    d = dscores_flat[np.uint64(t * steps + s)]
+            for t in range(queries):
+                row = np.uint64(((n * heads + h) * queries + t) * keys)
+                query = np.uint64((n * queries + t) * q_width + q_off + h * dim)
+                grad = np.uint64((n * queries + t) * embed + h * dim)
+                for s in range(keys):
+                    d = dscores_flat[np.uint64(t * keys + s)]
                     p = probs_flat[row + np.uint64(s)]
-                    key = np.uint64((n * steps + s) * width + embed + h * dim)
-                    value = key + np.uint64(embed)
+                    key = np.uint64((n * keys + s) * k_width + k_off + h * dim)
+                    value = np.uint64((n * keys + s) * v_width + v_off + h * dim)
                     # three loops, not one: each writes one slice, so each can vectorise
                     for i in range(dim):
-                        dqkv_flat[query + np.uint64(i)] += d * qkv_flat[key + np.uint64(i)]
+                        dq_flat[query + np.uint64(i)] += d * k_flat[key + np.uint64(i)]
                     for i in range(dim):
-                        dqkv_flat[key + np.uint64(i)] += d * qkv_flat[query + np.uint64(i)]
+                        dk_flat[key + np.uint64(i)] += d * q_flat[query + np.uint64(i)]
                     for i in range(dim):
-                        dqkv_flat[value + np.uint64(i)] += p * dctx_flat[grad + np.uint64(i)]
+                        dv_flat[value + np.uint64(i)] += p * dctx_flat[grad + np.uint64(i)]
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
 
 
 @cuda_kernel
-def attention_forward_cuda(ctx, probs, qkv, lengths, heads, causal, scale):
-    steps = qkv.shape[1]
-    for item in range(cuda.grid(1), qkv.shape[0] * heads * steps, cuda.gridsize(1)):
-        t = item % steps
-        h = (item // steps) % heads
-        n = item // (steps * heads)
-        attention_row(ctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+def attention_forward_cuda(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+    queries = q_src.shape[1]
+    for item in range(cuda.grid(1), q_src.shape[0] * heads * queries, cuda.gridsize(1)):
+        t = item % queries
+        h = (item // queries) % heads
+        n = item // (queries * heads)
+        attention_row(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off, n, h, t)
 
 
 @cuda_kernel
-def attention_backward_cuda(dqkv, dctx, probs, qkv, lengths, heads, causal, scale):
-    # One thread per (sample, head, position): the query gradient there, and the key and value
-    # gradients of that position (each written by exactly one thread).
-    steps = qkv.shape[1]
-    for item in range(cuda.grid(1), qkv.shape[0] * heads * steps, cuda.gridsize(1)):
-        t = item % steps
+def attention_backward_cuda(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
+                            q_off, k_off, v_off):
+    # One thread per (sample, head, position up to max(Tq, Tk)): the query gradient there, and the
+    # key and value gradients of that position (each written by exactly one thread).
+    queries, keys = q_src.shape[1], k_src.shape[1]
+    steps = max(queries, keys)
+    for item in range(cuda.grid(1), q_src.shape[0] * heads * steps, cuda.gridsize(1)):
+        position = item % steps
         h = (item // steps) % heads
         n = item // (steps * heads)
-        attention_backward_query(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
-        attention_backward_key_value(dqkv, dctx, probs, qkv, lengths, heads, causal, scale, n, h, t)
+        if position < queries:
+            attention_backward_query(dq_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off,
+                                     k_off, v_off, n, h, position)
+        if position < keys:
+            attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
+                                         scale, q_off, k_off, v_off, n, h, position)

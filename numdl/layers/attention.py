@@ -1,13 +1,15 @@
 """Attention layers: MultiHeadAttention (self-attention, PyTorch's packed in_proj / out_proj
-parameters), TransformerEncoderLayer (post- or pre-norm), positional encodings, SwapAxes."""
+parameters), CrossAttention (queries from one sequence, keys and values from another),
+TransformerEncoderLayer (post- or pre-norm), positional encodings, SwapAxes."""
 
 import math
 
 import numpy as np
 
-from numdl.errors import ConfigError, ShapeError
+from numdl.errors import ConfigError, DataError, ShapeError
 from numdl.layers.base import Layer
 from numdl.layers.composite import Chain, Residual
+from numdl.layers.merge import Merge
 from numdl.layers.recurrent import SequenceLayer
 
 
@@ -18,11 +20,40 @@ def _sequence_shape(layer, input_shape):
     return input_shape
 
 
-class MultiHeadAttention(SequenceLayer):
+class _AttentionMasks:
+    """What self- and cross-attention share: PyTorch's ``attn_mask`` (set the ``attn_mask`` attribute
+    to a (target, source) array before ``forward``: booleans, True where a query may NOT attend, or
+    floats added to the scores, -inf forbidding) and ``attention_weights()``, the last forward's
+    weights (PyTorch's ``need_weights``)."""
+
+    attn_mask = None
+
+    def _additive_mask(self, queries, keys):
+        if self.attn_mask is None:
+            return None
+        mask = np.asarray(self.attn_mask)
+        if mask.shape != (queries, keys):
+            raise ShapeError(f"layer '{self.name}': attn_mask has shape {mask.shape} but the attention is "
+                             f"(target {queries}, source {keys}); per-sample and per-head masks are not supported")
+        if mask.dtype == bool:
+            mask = np.where(mask, -np.inf, 0.0)
+        elif mask.dtype.kind != "f" or np.isnan(mask).any():
+            raise DataError(f"layer '{self.name}': attn_mask must be booleans or floats without NaN, got {mask.dtype}")
+        return self.ops.asarray(np.ascontiguousarray(mask), dtype=self.dtype)
+
+    def attention_weights(self, average=True):
+        """The last forward's attention weights as a host array: (batch, target, source) averaged over
+        the heads (PyTorch's default), or (batch, heads, target, source)."""
+        probs = self.ops.to_numpy(self._probs)
+        return probs.mean(axis=1) if average else probs.copy()
+
+
+class MultiHeadAttention(_AttentionMasks, SequenceLayer):
     """Self-attention over (batch, time, embed): ``out_proj(attention(in_proj(x)))`` with
-    ``num_heads`` heads of embed / num_heads features, a key padding mask from the sequence lengths
-    and an optional causal mask. Parameters ``in_proj_weight`` (3E, E), ``in_proj_bias``,
-    ``out_proj_weight`` (E, E), ``out_proj_bias``, initialised as PyTorch does."""
+    ``num_heads`` heads of embed / num_heads features, a key padding mask from the sequence lengths,
+    an optional causal mask and an optional ``attn_mask`` (see above). Parameters ``in_proj_weight``
+    (3E, E), ``in_proj_bias``, ``out_proj_weight`` (E, E), ``out_proj_bias``, initialised as PyTorch
+    does."""
 
     name = "multihead_attention"
 
@@ -65,8 +96,8 @@ class MultiHeadAttention(SequenceLayer):
         qkv3 = self._qkv.reshape(n, steps, 3 * embed)
         self._ctx = self.buffer("ctx", (n, steps, embed))
         self._probs = self.buffer("probs", (n, self.num_heads, steps, steps))
-        self.ops.attention_forward(self._ctx, self._probs, qkv3, self._lengths_used, self.num_heads, self.causal,
-                                   self.scale)
+        self.ops.attention_forward(self._ctx, self._probs, qkv3, qkv3, qkv3, self._additive_mask(steps, steps),
+                                   self._lengths_used, self.num_heads, self.causal, self.scale, (0, embed, 2 * embed))
         out = self.buffer("out", (n * steps, embed))
         self.ops.linear_forward(out, self._ctx.reshape(n * steps, embed), self.params["out_proj_weight"].value,
                                 self.params["out_proj_bias"].value)
@@ -81,13 +112,137 @@ class MultiHeadAttention(SequenceLayer):
                                  dout.reshape(n * steps, embed), self._ctx.reshape(n * steps, embed),
                                  p["out_proj_weight"].value)
         dqkv = self.buffer("dqkv", (n, steps, 3 * embed))
-        self.ops.attention_backward(dqkv, dctx.reshape(n, steps, embed), self._probs,
-                                    self._qkv.reshape(n, steps, 3 * embed), self._lengths_used, self.num_heads,
-                                    self.causal, self.scale)
+        qkv3 = self._qkv.reshape(n, steps, 3 * embed)
+        self.ops.attention_backward(dqkv, dqkv, dqkv, dctx.reshape(n, steps, embed), self._probs, qkv3, qkv3, qkv3,
+                                    self._lengths_used, self.num_heads, self.causal, self.scale,
+                                    (0, embed, 2 * embed))
         dx = self.buffer("dx", (n * steps, embed)) if self.needs_input_grad else None
         self.ops.linear_backward(dx, p["in_proj_weight"].grad, p["in_proj_bias"].grad,
                                  dqkv.reshape(n * steps, 3 * embed), self._x, p["in_proj_weight"].value)
         return None if dx is None else dx.reshape(n, steps, embed)
+
+
+class CrossAttention(_AttentionMasks, Merge):
+    """PyTorch's ``nn.MultiheadAttention(query, key, value)`` (batch_first) with the keys and values
+    from another sequence: inputs [query (batch, target, E), memory (batch, source, kdim)] (keys and
+    values both from memory: an encoder-decoder's cross-attention), or [query, key, value]. When the
+    key and value features equal E, the projections are packed as PyTorch packs them
+    (``in_proj_weight`` (3E, E)); otherwise ``q_proj_weight`` (E, E), ``k_proj_weight`` (E, kdim),
+    ``v_proj_weight`` (E, vdim), with ``in_proj_bias`` (3E) either way; then ``out_proj``. Set
+    ``key_lengths`` (per-sample valid source steps, PyTorch's key_padding_mask) and ``attn_mask``
+    before ``forward`` where the source is padded."""
+
+    name = "cross_attention"
+    input_count = (2, 3)
+    check_input_shape = [(3, 4), (5, 6)]
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        if num_heads < 1:
+            raise ConfigError("cross_attention: num_heads must be >= 1")
+        self.num_heads = num_heads
+        self.key_lengths = None
+
+    def hyperparameters(self):
+        return {"num_heads": self.num_heads}
+
+    def torch_names(self):
+        names = {name: name for name in self.params if not name.startswith("out_proj")}
+        names.update({"out_proj_weight": "out_proj.weight", "out_proj_bias": "out_proj.bias"})
+        return names
+
+    def merge_shape(self, shapes):
+        for shape in shapes:
+            _sequence_shape(self, shape)
+        (_, embed), key_shape, value_shape = shapes[0], shapes[1], shapes[-1]
+        if embed % self.num_heads:
+            raise ShapeError(f"layer 'cross_attention': embed size {embed} is not divisible by num_heads={self.num_heads}")
+        if key_shape[0] != value_shape[0]:
+            raise ShapeError(f"layer 'cross_attention': keys have {key_shape[0]} steps but values {value_shape[0]}")
+        return shapes[0]
+
+    def setup(self, input_shape, rng):
+        out_shape = self.merge_shape(self.input_shapes)
+        embed, kdim, vdim = self.input_shapes[0][1], self.input_shapes[1][1], self.input_shapes[-1][1]
+        self.packed = kdim == embed and vdim == embed
+        if self.packed:  # xavier_uniform over each matrix, as PyTorch's _reset_parameters
+            bound = math.sqrt(6.0 / (embed + 3 * embed))
+            self.add_param("in_proj_weight", rng.uniform(-bound, bound, (3 * embed, embed)))
+        else:
+            for name, width in (("q_proj_weight", embed), ("k_proj_weight", kdim), ("v_proj_weight", vdim)):
+                bound = math.sqrt(6.0 / (embed + width))
+                self.add_param(name, rng.uniform(-bound, bound, (embed, width)))
+        self.add_param("in_proj_bias", np.zeros(3 * embed))
+        out_bound = 1.0 / math.sqrt(embed)
+        self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
+        self.add_param("out_proj_bias", np.zeros(embed))
+        self.scale = 1.0 / math.sqrt(embed // self.num_heads)
+        return out_shape
+
+    def _projection(self, part):
+        """(weight value, weight gradient, bias value, bias gradient) of projection 0 (q), 1 (k), 2 (v)."""
+        embed = self.input_shapes[0][1]
+        rows = slice(part * embed, (part + 1) * embed)
+        bias = self.params["in_proj_bias"]
+        if self.packed:
+            weight = self.params["in_proj_weight"]
+            return weight.value[rows], weight.grad[rows], bias.value[rows], bias.grad[rows]
+        weight = self.params[("q_proj_weight", "k_proj_weight", "v_proj_weight")[part]]
+        return weight.value, weight.grad, bias.value[rows], bias.grad[rows]
+
+    def _key_lengths(self, n, keys):
+        if self.key_lengths is None:
+            return self.ops.asarray(np.full(n, keys, np.int64))
+        lengths = np.asarray(self.key_lengths)
+        if lengths.shape != (n,) or lengths.min() < 1 or lengths.max() > keys:
+            raise DataError(f"layer '{self.name}': key_lengths must be {n} values in [1, {keys}], got {lengths.tolist()}")
+        return self.ops.asarray(lengths.astype(np.int64))
+
+    def forward(self, xs, training=False):
+        self._check_inputs(xs)
+        sources = [self.contiguous(x, f"x{index}_copy") for index, x in enumerate(xs)]
+        sources = [sources[0], sources[1], sources[-1]]  # query, key, value (key = value = memory for two)
+        n, queries, embed = sources[0].shape
+        keys = sources[1].shape[1]
+        self._lengths_used = self._key_lengths(n, keys)
+        self._flat = [x.reshape(x.shape[0] * x.shape[1], x.shape[2]) for x in sources]
+        self._projected = []
+        for part, (x, steps) in enumerate(zip(self._flat, (queries, keys, keys))):
+            weight, _, bias, _ = self._projection(part)
+            out = self.buffer(f"proj{part}", (n * steps, embed))
+            self.ops.linear_forward(out, x, weight, bias)
+            self._projected.append(out.reshape(n, steps, embed))
+        self._ctx = self.buffer("ctx", (n, queries, embed))
+        self._probs = self.buffer("probs", (n, self.num_heads, queries, keys))
+        self.ops.attention_forward(self._ctx, self._probs, *self._projected, self._additive_mask(queries, keys),
+                                   self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0))
+        out = self.buffer("out", (n * queries, embed))
+        self.ops.linear_forward(out, self._ctx.reshape(n * queries, embed), self.params["out_proj_weight"].value,
+                                self.params["out_proj_bias"].value)
+        return out.reshape(n, queries, embed)
+
+    def backward(self, dout):
+        dout = self.contiguous(dout, "dout_copy")
+        n, queries, embed = dout.shape
+        keys = self._projected[1].shape[1]
+        p = self.params
+        dctx = self.buffer("dctx", (n * queries, embed))
+        self.ops.linear_backward(dctx, p["out_proj_weight"].grad, p["out_proj_bias"].grad,
+                                 dout.reshape(n * queries, embed), self._ctx.reshape(n * queries, embed),
+                                 p["out_proj_weight"].value)
+        dprojected = [self.buffer(f"dproj{part}", (n, steps, embed)) for part, steps in enumerate((queries, keys, keys))]
+        self.ops.attention_backward(*dprojected, dctx.reshape(n, queries, embed), self._probs, *self._projected,
+                                    self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0))
+        grads = []
+        for part, (x, dproj) in enumerate(zip(self._flat, dprojected)):
+            weight, dweight, _, dbias = self._projection(part)
+            dx = self.buffer(f"dx{part}", x.shape)
+            self.ops.linear_backward(dx, dweight, dbias, dproj.reshape(x.shape[0], embed), x, weight)
+            grads.append(dx.reshape((n, x.shape[0] // n, x.shape[1])))
+        if len(self.input_shapes) == 2:  # memory fed both keys and values: its gradient is the sum
+            self.ops.add(grads[1], grads[1], grads[2])
+            return grads[:2]
+        return grads
 
 
 class TransformerEncoderLayer(Chain):
