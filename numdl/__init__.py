@@ -18,7 +18,7 @@ from numdl.layers import (GELU, GRU, LSTM, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
                           ConvTranspose2d, Crop2d, CrossAttention, Dropout, Embedding, GaussianSample, Flatten, GlobalAvgPool2d, Layer, LayerNorm,
                           LeakyReLU, Linear, LogSoftmax, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
                           PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
-                          TransformerEncoderLayer, Upsample)
+                          TransformerDecoderLayer, TransformerEncoderLayer, Upsample)
 from numdl.losses import MAE, MSE, BCEWithLogits, CrossEntropy, Huber, KLDiv, Loss, NLLLoss, PixelCrossEntropy
 from numdl.model import Sequential
 from numdl.optim import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop
@@ -52,7 +52,7 @@ __all__ = [
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
-    "CrossAttention", "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
+    "CrossAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
     "Add", "Multiply", "Crop2d", "GaussianSample", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "Loss", "CrossEntropy", "NLLLoss", "MSE", "MAE", "Huber", "BCEWithLogits", "KLDiv", "PixelCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam",

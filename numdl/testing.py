@@ -60,7 +60,7 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     """
     rng = np.random.default_rng(seed)
     if getattr(layer, "many_inputs", False):
-        return _check_merge_gradients(layer, input_shape, batch_size, rng, eps, rtol, atol, training)
+        return _check_merge_gradients(layer, input_shape, batch_size, rng, eps, rtol, atol, training, lengths)
     layer.build(tuple(input_shape), get_ops("cpu"), np.float64, rng)
     layer.needs_input_grad = True
     integer_ids = np.dtype(getattr(layer, "input_dtype", None) or np.float64).kind in "iu"
@@ -101,18 +101,27 @@ def check_layer_gradients(layer, input_shape, batch_size=3, seed=0, eps=1e-6, rt
     return errors
 
 
-def _check_merge_gradients(layer, input_shapes, batch_size, rng, eps, rtol, atol, training):
+def _check_merge_gradients(layer, input_shapes, batch_size, rng, eps, rtol, atol, training, lengths=None):
     """check_layer_gradients for a layer joining several inputs (``input_shapes`` a list): every
-    input's gradient ("input0", "input1", ...; an input that gets None must not affect the output)."""
+    input's gradient ("input0", "input1", ...; an input that gets None must not affect the output).
+    Random streams are reset before every forward and ``lengths`` set, as for one input."""
     layer.build([tuple(s) for s in input_shapes], get_ops("cpu"), np.float64, rng)
     layer.needs_input_grad = True
     xs = [rng.standard_normal((batch_size,) + tuple(s)) for s in input_shapes]
-    upstream = rng.standard_normal(layer.forward(xs, training=training).shape)
+    if lengths is not None:
+        layer.lengths = np.asarray(lengths)
+    state = layer.get_rng_state()
+
+    def run():
+        layer.set_rng_state(state)
+        return layer.forward(xs, training=training)
+
+    upstream = rng.standard_normal(run().shape)
 
     def objective():
-        return float(np.sum(layer.forward(xs, training=training) * upstream))
+        return float(np.sum(run() * upstream))
 
-    layer.forward(xs, training=training)
+    run()
     grads = layer.backward(upstream.copy())
     grads = [None if g is None else np.array(g) for g in grads]
     params = layer.named_parameters()

@@ -601,3 +601,44 @@ def test_cross_attention_matches_torch(shapes):
     padding = torch.where(torch.tensor(np.arange(6)[None, :] >= np.array([6, 4])[:, None]), -torch.inf, 0.0).double()
     _assert_attention_matches_torch(ours, theirs, inputs, {"attn_mask": torch.tensor(ours.attn_mask),
                                                            "key_padding_mask": padding}, rng)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_decoder_layer_matches_torch(norm_first):
+    """Causal self-attention over a padded target, cross-attention to a padded memory of another
+    length and width, the feed-forward block: outputs, both inputs' gradients and every parameter's
+    gradient against nn.TransformerDecoderLayer, its weights copied through torch_names."""
+    from numdl.backend import get_ops
+
+    rng = np.random.default_rng(14)
+    ours = numdl.TransformerDecoderLayer(2, dim_feedforward=6, dropout=0.0, norm_first=norm_first, activation="gelu",
+                                         layer_norm_eps=1e-6)
+    ours.build([(5, 4), (6, 4)], get_ops("cpu"), np.float64, rng)
+    theirs = torch.nn.TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.0, activation="gelu",
+                                              layer_norm_eps=1e-6, batch_first=True, norm_first=norm_first).double()
+    own = ours.named_parameters()
+    t_state = theirs.state_dict()
+    assert sorted(ours.torch_names().values()) == sorted(t_state)
+    for ours_name, torch_name in ours.torch_names().items():
+        own[ours_name].value[:] = t_state[torch_name].numpy() + rng.standard_normal(own[ours_name].value.shape) * 0.1
+    with torch.no_grad():
+        for ours_name, torch_name in ours.torch_names().items():
+            t_state[torch_name].copy_(torch.tensor(own[ours_name].value))
+    target, memory = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 6, 4))
+    ours.lengths, ours.memory_lengths = np.array([5, 3]), np.array([6, 4])
+    out = ours.forward([target, memory], training=True).copy()
+    t_target, t_memory = torch.tensor(target, requires_grad=True), torch.tensor(memory, requires_grad=True)
+    t_out = theirs(t_target, t_memory, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5).double(),
+                   tgt_key_padding_mask=torch.where(torch.tensor(np.arange(5)[None] >= np.array([[5], [3]])),
+                                                    -torch.inf, 0.0).double(),
+                   memory_key_padding_mask=torch.tensor(np.arange(6)[None] >= np.array([[6], [4]])))
+    upstream = rng.standard_normal(out.shape)
+    (t_out * torch.tensor(upstream)).sum().backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-9, atol=1e-11)
+    d_target, d_memory = ours.backward(upstream)
+    np.testing.assert_allclose(d_target, t_target.grad.numpy(), rtol=1e-8, atol=1e-11)
+    np.testing.assert_allclose(d_memory, t_memory.grad.numpy(), rtol=1e-8, atol=1e-11)
+    t_params = dict(theirs.named_parameters())
+    for ours_name, torch_name in ours.torch_names().items():
+        np.testing.assert_allclose(own[ours_name].grad, t_params[torch_name].grad.numpy(), rtol=1e-8, atol=1e-11,
+                                   err_msg=ours_name)

@@ -3,7 +3,7 @@
 from numdl.layers.activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from numdl.layers.base import Layer, Parameter
 from numdl.layers.attention import (CrossAttention, MultiHeadAttention, PositionalEncoding, SwapAxes,
-                                    TransformerEncoderLayer)
+                                    TransformerDecoderLayer, TransformerEncoderLayer)
 from numdl.layers.composite import Chain, Residual
 from numdl.layers.latent import GaussianSample
 from numdl.layers.conv import Conv1d, Conv2d, ConvTranspose2d
@@ -17,12 +17,12 @@ from numdl.layers.shape import Dropout, Flatten, Reshape
 
 BUILTIN_LAYERS = (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout, Flatten, Reshape, Conv2d, Conv1d,
                   MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm1d, BatchNorm2d, LayerNorm, Residual, LSTM, GRU,
-                  Embedding, SequencePool, MultiHeadAttention, CrossAttention, TransformerEncoderLayer, PositionalEncoding, SwapAxes, ConvTranspose2d, Upsample,
+                  Embedding, SequencePool, MultiHeadAttention, CrossAttention, TransformerEncoderLayer, TransformerDecoderLayer, PositionalEncoding, SwapAxes, ConvTranspose2d, Upsample,
                   Pad2d, Concat, Add, Multiply, Crop2d, GaussianSample, AdaptiveAvgPool2d, AdaptiveMaxPool2d)
 
 __all__ = ["Layer", "Parameter", "BUILTIN_LAYERS", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "LogSoftmax", "Dropout", "Flatten", "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Residual", "LSTM", "GRU", "Embedding",
-           "SequencePool", "MultiHeadAttention", "CrossAttention", "TransformerEncoderLayer", "PositionalEncoding", "SwapAxes", "Chain",
+           "SequencePool", "MultiHeadAttention", "CrossAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "PositionalEncoding", "SwapAxes", "Chain",
            "ConvTranspose2d", "Upsample", "Pad2d", "Concat", "Add", "Multiply", "Crop2d", "Merge",
            "GaussianSample", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"]

@@ -1,6 +1,7 @@
 """Attention layers: MultiHeadAttention (self-attention, PyTorch's packed in_proj / out_proj
 parameters), CrossAttention (queries from one sequence, keys and values from another),
-TransformerEncoderLayer (post- or pre-norm), positional encodings, SwapAxes."""
+TransformerEncoderLayer and TransformerDecoderLayer (post- or pre-norm), positional encodings,
+SwapAxes."""
 
 import math
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from numdl.errors import ConfigError, DataError, ShapeError
 from numdl.layers.base import Layer
-from numdl.layers.composite import Chain, Residual
+from numdl.layers.composite import Chain, Composite, Residual
 from numdl.layers.merge import Merge
 from numdl.layers.recurrent import SequenceLayer
 
@@ -253,7 +254,7 @@ class TransformerEncoderLayer(Chain):
     name = "transformer_encoder_layer"
 
     def __init__(self, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
-                 norm_first: bool = False, causal: bool = False):
+                 norm_first: bool = False, causal: bool = False, layer_norm_eps: float = 1e-5):
         from numdl.layers.activation import GELU, ReLU
         from numdl.layers.linear import Linear
         from numdl.layers.norm import LayerNorm
@@ -262,7 +263,8 @@ class TransformerEncoderLayer(Chain):
         if activation not in ("relu", "gelu"):
             raise ConfigError(f"transformer_encoder_layer: activation must be relu or gelu, got {activation!r}")
         self.settings = {"num_heads": num_heads, "dim_feedforward": dim_feedforward, "dropout": dropout,
-                         "activation": activation, "norm_first": norm_first, "causal": causal}
+                         "activation": activation, "norm_first": norm_first, "causal": causal,
+                         "layer_norm_eps": layer_norm_eps}
         self._dim_feedforward, self._activation = dim_feedforward, activation
         act = ReLU if activation == "relu" else GELU
         attention = [MultiHeadAttention(num_heads, causal), Dropout(dropout)]
@@ -270,9 +272,11 @@ class TransformerEncoderLayer(Chain):
         self._feedforward_out = Linear(1)
         feedforward = [Linear(dim_feedforward), act(), Dropout(dropout), self._feedforward_out, Dropout(dropout)]
         if norm_first:
-            children = [Residual([LayerNorm()] + attention), Residual([LayerNorm()] + feedforward)]
+            children = [Residual([LayerNorm(eps=layer_norm_eps)] + attention),
+                        Residual([LayerNorm(eps=layer_norm_eps)] + feedforward)]
         else:
-            children = [Residual(attention), LayerNorm(), Residual(feedforward), LayerNorm()]
+            children = [Residual(attention), LayerNorm(eps=layer_norm_eps), Residual(feedforward),
+                        LayerNorm(eps=layer_norm_eps)]
         super().__init__(children)
 
     def hyperparameters(self):
@@ -298,6 +302,127 @@ class TransformerEncoderLayer(Chain):
         _sequence_shape(self, input_shape)
         self._feedforward_out.out_features = input_shape[-1]
         return super().setup(input_shape, rng)
+
+
+class TransformerDecoderLayer(Composite):
+    """PyTorch's ``nn.TransformerDecoderLayer`` (batch_first) on inputs [target (batch, T, E), memory
+    (batch, S, E')]: masked self-attention over the target, cross-attention from the target to the
+    memory (an encoder's output), and a feed-forward block, each with dropout and a residual
+    connection, with LayerNorm after each (``norm_first = false``) or before each (``true``).
+
+    ``causal`` (default true: a decoder position sees only earlier targets, what teacher forcing
+    needs; false is PyTorch's unmasked default) masks the self-attention; the model's ``lengths``
+    pad the target, ``memory_lengths`` (set before forward) the memory. Parameter names map onto
+    PyTorch's self_attn, multihead_attn, linear1/2 and norm1/2/3 (numdl.from_torch_state_dict)."""
+
+    name = "transformer_decoder_layer"
+    many_inputs = True
+    check_input_shape = [(3, 4), (5, 4)]
+
+    def __init__(self, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
+                 norm_first: bool = False, causal: bool = True, layer_norm_eps: float = 1e-5):
+        from numdl.layers.activation import GELU, ReLU
+        from numdl.layers.linear import Linear
+        from numdl.layers.norm import LayerNorm
+        from numdl.layers.shape import Dropout
+
+        super().__init__()
+        if activation not in ("relu", "gelu"):
+            raise ConfigError(f"transformer_decoder_layer: activation must be relu or gelu, got {activation!r}")
+        self.settings = {"num_heads": num_heads, "dim_feedforward": dim_feedforward, "dropout": dropout,
+                         "activation": activation, "norm_first": norm_first, "causal": causal,
+                         "layer_norm_eps": layer_norm_eps}
+        self.norm_first = bool(norm_first)
+        self._lengths, self.memory_lengths = None, None
+        act = ReLU if activation == "relu" else GELU
+        self._feedforward_out = Linear(1)  # the embed size: known at build (see setup)
+        attention = [MultiHeadAttention(num_heads, causal), Dropout(dropout)]
+        feedforward = [Linear(dim_feedforward), act(), Dropout(dropout), self._feedforward_out, Dropout(dropout)]
+        self.cross, self.cross_dropout = CrossAttention(num_heads), Dropout(dropout)
+        self.cross_norm = LayerNorm(eps=layer_norm_eps)
+        if self.norm_first:
+            self.self_block = Residual([LayerNorm(eps=layer_norm_eps)] + attention)
+            self.feedforward = Residual([LayerNorm(eps=layer_norm_eps)] + feedforward)
+        else:
+            self.self_block = Chain([Residual(attention), LayerNorm(eps=layer_norm_eps)])
+            self.feedforward = Chain([Residual(feedforward), LayerNorm(eps=layer_norm_eps)])
+
+    def hyperparameters(self):
+        return dict(self.settings)
+
+    def _children(self):
+        # in the order the layers run (torch_names counts the norms and linears in this order)
+        if self.norm_first:
+            order = [self.self_block, self.cross_norm, self.cross, self.cross_dropout, self.feedforward]
+        else:
+            order = [self.self_block, self.cross, self.cross_dropout, self.cross_norm, self.feedforward]
+        names = {id(self.self_block): "self_block", id(self.cross): "cross", id(self.cross_dropout): "cross_dropout",
+                 id(self.cross_norm): "cross_norm", id(self.feedforward): "feedforward"}
+        return [(names[id(layer)], layer) for layer in order]
+
+    def build(self, input_shape, ops, dtype, rng):
+        shapes = [tuple(int(d) for d in shape) for shape in input_shape]
+        if len(shapes) != 2:
+            raise ShapeError(f"layer '{self.name}' takes two inputs (target, memory), got {len(shapes)}")
+        self.input_shapes = shapes
+        return super().build(shapes[0], ops, dtype, rng)
+
+    def setup(self, input_shape, rng):
+        target, memory = self.input_shapes
+        _sequence_shape(self, target)
+        _sequence_shape(self, memory)
+        self._feedforward_out.out_features = target[-1]
+        shape = self._build_children([self.self_block], target, rng, self.name)
+        query_shape = self._build_children([self.cross_norm], shape, rng, self.name) if self.norm_first else shape
+        self.cross.needs_input_grad = True
+        self.cross.build([query_shape, memory], self.ops, self.dtype, rng)
+        self._build_children([self.cross_dropout], shape, rng, self.name)
+        if not self.norm_first:
+            self._build_children([self.cross_norm], shape, rng, self.name)
+        return self._build_children([self.feedforward], shape, rng, self.name)
+
+    def torch_names(self):
+        names, counts = {}, {"LayerNorm": 0, "Linear": 0}
+        for prefix, leaf in self.leaves():
+            kind = type(leaf).__name__
+            if kind == "MultiHeadAttention":
+                module = "self_attn"
+            elif kind == "CrossAttention":
+                module = "multihead_attn"
+            elif kind in counts:
+                counts[kind] += 1
+                module = f"{'norm' if kind == 'LayerNorm' else 'linear'}{counts[kind]}"
+            else:
+                continue
+            names.update({f"{prefix}{ours}": f"{module}.{theirs}" for ours, theirs in leaf.torch_names().items()})
+        return names
+
+    def forward(self, xs, training=False):
+        target, memory = xs
+        for index, (x, shape) in enumerate(zip(xs, self.input_shapes)):
+            if tuple(x.shape[1:]) != shape:
+                raise ShapeError(f"layer {self.name!r} expects input {index} of shape (batch, "
+                                 f"{', '.join(map(str, shape))}) but got {tuple(x.shape)}")
+        self.cross.key_lengths = self.memory_lengths
+        x1 = self.self_block.forward(target, training)
+        query = self.cross_norm.forward(x1, training) if self.norm_first else x1
+        attended = self.cross_dropout.forward(self.cross.forward([query, memory], training), training)
+        x2 = self.buffer("x2", x1.shape)
+        self.ops.add(x2, x1, attended)
+        if not self.norm_first:
+            x2 = self.cross_norm.forward(x2, training)
+        return self.feedforward.forward(x2, training)
+
+    def backward(self, dout):
+        dx2 = self.feedforward.backward(dout)
+        if not self.norm_first:
+            dx2 = self.cross_norm.backward(dx2)
+        dquery, dmemory = self.cross.backward(self.cross_dropout.backward(dx2))
+        if self.norm_first:
+            dquery = self.cross_norm.backward(dquery)
+        dx1 = self.buffer("dx1", dx2.shape)
+        self.ops.add(dx1, dx2, dquery)
+        return [self.self_block.backward(dx1), dmemory]
 
 
 class PositionalEncoding(Layer):
