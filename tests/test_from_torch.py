@@ -48,6 +48,37 @@ def _lstm():  # examples/lstm.toml: 28 steps of 28 pixels, the last step's state
     return nn.Sequential(LastStep(nn.LSTM(28, 128, batch_first=True)), nn.Linear(128, 10))
 
 
+class Lambda(torch.nn.Module):
+    """A parameter-free step (a reshape, a transpose, a mean) as an nn.Sequential child."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+class LearnedPosition(torch.nn.Module):
+    """numdl's positional_encoding kind = "learned": a (steps, features) table added to the input."""
+
+    def __init__(self, steps, features):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(steps, features) * 0.02)
+
+    def forward(self, x):
+        return x + self.weight
+
+
+def _transformer():  # examples/transformer.toml: 7x7 patches, a learned position table, two encoder layers
+    nn = torch.nn
+    layer = dict(d_model=64, nhead=4, dim_feedforward=128, dropout=0.1, batch_first=True)
+    return nn.Sequential(nn.Unflatten(1, (1, 28)), nn.Conv2d(1, 64, 7, stride=7), Lambda(lambda x: x.flatten(2)),
+                         Lambda(lambda x: x.transpose(1, 2)), LearnedPosition(16, 64),
+                         nn.TransformerEncoderLayer(**layer), nn.TransformerEncoderLayer(**layer),
+                         Lambda(lambda x: x.mean(1)), nn.Linear(64, 10))
+
+
 def _train_one_epoch(net, x, y, seed=0):
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -60,8 +91,9 @@ def _train_one_epoch(net, x, y, seed=0):
     return net.eval()
 
 
-@pytest.mark.parametrize("make, config", [(_mlp, None), (_cnn, "cnn.toml"), (_lstm, "lstm.toml")],
-                         ids=["mlp", "cnn", "lstm"])
+@pytest.mark.parametrize("make, config", [(_mlp, None), (_cnn, "cnn.toml"), (_lstm, "lstm.toml"),
+                                          (_transformer, "transformer.toml")],
+                         ids=["mlp", "cnn", "lstm", "transformer"])
 def test_a_pytorch_model_imported_gives_the_same_outputs_and_test_accuracy(tmp_path, make, config):
     data = write_fashion_like(tmp_path / "data", n_train=512, n_test=200)
     x_train, y_train, x_test, y_test = load_fashion_mnist(data)
