@@ -642,3 +642,39 @@ def test_transformer_decoder_layer_matches_torch(norm_first):
     for ours_name, torch_name in ours.torch_names().items():
         np.testing.assert_allclose(own[ours_name].grad, t_params[torch_name].grad.numpy(), rtol=1e-8, atol=1e-11,
                                    err_msg=ours_name)
+
+
+class _Sequences(torch.nn.Module):
+    """nn.LSTM / nn.GRU returning the whole output sequence (numdl's return_sequences = true)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.LSTM, torch.nn.LSTM), (numdl.GRU, torch.nn.GRU)])
+def test_recurrent_without_bias_matches_torch(ours_cls, torch_cls):
+    from numdl.backend import get_ops
+
+    ours = ours_cls(3, num_layers=2, bidirectional=True, return_sequences=True, bias=False)
+    ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    assert not any("bias" in name for name in ours.params)
+    rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, bias=False, batch_first=True).double()
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 5, 4))
+    out = ours.forward(x, training=True).copy()
+    dout = rng.standard_normal(out.shape)
+    dx = ours.backward(dout)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_out = _Sequences(rnn)(t_x)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)

@@ -73,6 +73,7 @@ LAYER_SAMPLES = {
     "lstm-stacked-bidirectional-padded": ("lstm", {"hidden_size": 3, "num_layers": 2, "bidirectional": True,
                                                    "return_sequences": True}, (4, 2)),
     "gru": ("gru", {"hidden_size": 3, "bidirectional": True}, (4, 2)),
+    "lstm-no-bias": ("lstm", {"hidden_size": 3, "bias": False, "return_sequences": True}, (4, 2)),
     "gru-stacked-bidirectional-padded": ("gru", {"hidden_size": 3, "num_layers": 2, "bidirectional": True}, (4, 2)),
     "embedding": ("embedding", {"num_embeddings": 3, "embedding_dim": 2}, (5,)),
     "sequence_pool-last": ("sequence_pool", {"mode": "last"}, (4, 3)),

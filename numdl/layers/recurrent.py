@@ -39,18 +39,25 @@ class _Recurrent(SequenceLayer):
     gates = None
 
     def __init__(self, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 return_sequences: bool = False, dropout: float = 0.0):
+                 return_sequences: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         if hidden_size < 1 or num_layers < 1 or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"{self.name}: hidden_size and num_layers must be >= 1 and dropout in [0, 1)")
         self.hidden_size, self.num_layers, self.bidirectional = hidden_size, num_layers, bidirectional
-        self.return_sequences, self.dropout = return_sequences, dropout
+        self.return_sequences, self.dropout, self.bias = return_sequences, dropout, bool(bias)
         self.directions = 2 if bidirectional else 1
         self._dropouts = []
 
     def hyperparameters(self):
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "bidirectional": self.bidirectional,
-                "return_sequences": self.return_sequences, "dropout": self.dropout}
+                "return_sequences": self.return_sequences, "dropout": self.dropout, "bias": self.bias}
+
+    def _biases(self, suffix):
+        """(b_ih, b_hh) Parameters, or with bias = false zeros whose gradients go to scratch (the
+        kernels keep one form)."""
+        if self.bias:
+            return self.params[f"bias_ih{suffix}"], self.params[f"bias_hh{suffix}"]
+        return self._no_bias, self._no_bias
 
     def _suffix(self, layer, direction):
         return f"_l{layer}" + ("_reverse" if direction else "")
@@ -69,9 +76,14 @@ class _Recurrent(SequenceLayer):
                 s = self._suffix(layer, direction)
                 self.add_param(f"weight_ih{s}", rng.uniform(-bound, bound, (g * h, features)))
                 self.add_param(f"weight_hh{s}", rng.uniform(-bound, bound, (g * h, h)))
-                self.add_param(f"bias_ih{s}", rng.uniform(-bound, bound, g * h))
-                self.add_param(f"bias_hh{s}", rng.uniform(-bound, bound, g * h))
+                if self.bias:
+                    self.add_param(f"bias_ih{s}", rng.uniform(-bound, bound, g * h))
+                    self.add_param(f"bias_hh{s}", rng.uniform(-bound, bound, g * h))
             features = h * self.directions
+        if not self.bias:
+            from numdl.layers.base import Parameter
+
+            self._no_bias = Parameter("no_bias", self.ops.zeros((g * h,), self.dtype), self.ops.zeros((g * h,), self.dtype))
         self._dropouts = []
         for _ in range(self.num_layers - 1):
             drop = Dropout(self.dropout)
@@ -100,8 +112,8 @@ class _Recurrent(SequenceLayer):
                 self.ops.recurrent_forward(self.kind, view, gates, cells, self.buffer("proj", (n * steps, g * h)),
                                            self.buffer("hh", (n, g * h)), self.buffer("h_prev", (n, h)), inputs,
                                            lengths, self.params[f"weight_ih{s}"].value,
-                                           self.params[f"weight_hh{s}"].value, self.params[f"bias_ih{s}"].value,
-                                           self.params[f"bias_hh{s}"].value, direction == 1)
+                                           self.params[f"weight_hh{s}"].value, self._biases(s)[0].value,
+                                           self._biases(s)[1].value, direction == 1)
                 saved.append((view, gates, cells))
             self._saved.append((inputs, saved))
             inputs = out
@@ -133,7 +145,8 @@ class _Recurrent(SequenceLayer):
                 s = self._suffix(layer, direction)
                 dview = dout[:, :, direction * h:(direction + 1) * h] if d > 1 else dout
                 dx = self.buffer(f"dx{layer}_{direction}", inputs.shape) if want_dx else None
-                p = {k: self.params[f"{k}{s}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                p = {k: self.params[f"{k}{s}"] for k in ("weight_ih", "weight_hh")}
+                p["bias_ih"], p["bias_hh"] = self._biases(s)
                 self.ops.recurrent_backward(self.kind, dx, p["weight_ih"].grad, p["weight_hh"].grad,
                                             p["bias_ih"].grad, p["bias_hh"].grad, scratch, dview, view, gates, cells,
                                             inputs, lengths, p["weight_ih"].value, p["weight_hh"].value,
