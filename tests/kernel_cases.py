@@ -914,9 +914,10 @@ ATTENTION = dict(n=2, t=4, e=4, heads=2, lengths=np.array([4, 2], np.int64))
 CROSS = dict(n=2, tq=3, tk=5, e=4, heads=2, lengths=np.array([5, 3], np.int64))
 
 
-def attention_reference(q, k, v, lengths, heads, causal, mask=None):
+def attention_reference(q, k, v, lengths, heads, causal, mask=None, keep=None):
     """softmax(q k^T / sqrt(d) + masks) v per head, masks as PyTorch's key_padding_mask / is_causal /
-    additive attn_mask; q (N, Tq, E), k and v (N, Tk, E)."""
+    additive attn_mask, the weights times dropout's ``keep`` multipliers before v; q (N, Tq, E), k
+    and v (N, Tk, E). Returns the context and the weights before dropout."""
     n_batch, queries, embed = q.shape
     keys = k.shape[1]
     dim = embed // heads
@@ -933,7 +934,7 @@ def attention_reference(q, k, v, lengths, heads, causal, mask=None):
             p = np.exp(scores - scores.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             probs[n, h] = p
-            ctx[n, :, cols] = p @ v[n, :, cols]
+            ctx[n, :, cols] = (p if keep is None else p * keep[n, h]) @ v[n, :, cols]
     return ctx, probs
 
 
@@ -949,7 +950,7 @@ def _attention_forward(causal):
         ctx, probs = attention_reference(*_split_qkv(f64(qkv), a["e"]), a["lengths"], a["heads"], causal)
         scale = 1 / np.sqrt(a["e"] // a["heads"])
         args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), qkv, qkv, qkv, np.empty((0, 0), dtype),
-                a["lengths"], a["heads"], causal, dtype(scale), 0, a["e"], 2 * a["e"]]
+                np.empty((0, 0, 0, 0), dtype), a["lengths"], a["heads"], causal, dtype(scale), 0, a["e"], 2 * a["e"]]
         return args, a["n"] * a["heads"] * a["t"], {0: ctx, 1: probs}
     return make
 
@@ -965,8 +966,8 @@ def _attention_backward(causal):
                                                            causal)[0] * f64(dctx)).sum()), q64)
         scale = 1 / np.sqrt(a["e"] // a["heads"])
         dqkv = np.zeros_like(qkv)
-        args = [dqkv, dqkv, dqkv, dctx, probs.astype(dtype), qkv, qkv, qkv, a["lengths"], a["heads"], causal,
-                dtype(scale), 0, a["e"], 2 * a["e"]]
+        args = [dqkv, dqkv, dqkv, dctx, probs.astype(dtype), np.empty((0, 0, 0, 0), dtype), qkv, qkv, qkv,
+                a["lengths"], a["heads"], causal, dtype(scale), 0, a["e"], 2 * a["e"]]
         return args, a["n"] * a["heads"] * a["t"], {0: grad}
     return make
 
@@ -977,35 +978,36 @@ def _cross_inputs(dtype, rng):
     kv = rng.standard_normal((c["n"], c["tk"], 2 * c["e"])).astype(dtype)  # keys and values side by side
     mask = rng.standard_normal((c["tq"], c["tk"])).astype(dtype)
     mask[0, 1] = -np.inf
-    return q, kv, mask
+    keep = np.where(rng.random((c["n"], c["heads"], c["tq"], c["tk"])) < 0.25, 0.0, 1 / 0.75).astype(dtype)
+    return q, kv, mask, keep
 
 
 def _cross_attention_forward(dtype, rng):
     """Cross-attention: 3 queries over 5 keys (3 valid in sample 1), keys and values from one kv
-    array (offsets 0, 0, E), an additive mask with a forbidden pair."""
+    array (offsets 0, 0, E), an additive mask with a forbidden pair, dropout on the weights."""
     c = CROSS
-    q, kv, mask = _cross_inputs(dtype, rng)
+    q, kv, mask, keep = _cross_inputs(dtype, rng)
     ctx, probs = attention_reference(f64(q), f64(kv[..., :c["e"]]), f64(kv[..., c["e"]:]), c["lengths"], c["heads"],
-                                     False, f64(mask))
-    args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), q, kv, kv, mask, c["lengths"], c["heads"], False,
-            dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
+                                     False, f64(mask), f64(keep))
+    args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), q, kv, kv, mask, keep, c["lengths"], c["heads"],
+            False, dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
     return args, c["n"] * c["heads"] * c["tq"], {0: ctx, 1: probs}
 
 
 def _cross_attention_backward(dtype, rng):
     c = CROSS
-    q, kv, mask = _cross_inputs(dtype, rng)
+    q, kv, mask, keep = _cross_inputs(dtype, rng)
     dctx = rng.standard_normal((c["n"], c["tq"], c["e"])).astype(dtype)
-    q64, kv64, m64 = f64(q), f64(kv), f64(mask)
+    q64, kv64, m64, k64 = f64(q), f64(kv), f64(mask), f64(keep)
 
     def loss():
         return float((attention_reference(q64, kv64[..., :c["e"]], kv64[..., c["e"]:], c["lengths"], c["heads"], False,
-                                          m64)[0] * f64(dctx)).sum())
+                                          m64, k64)[0] * f64(dctx)).sum())
     dq, dkv = _numeric(loss, q64), _numeric(loss, kv64)
     _, probs = attention_reference(q64, kv64[..., :c["e"]], kv64[..., c["e"]:], c["lengths"], c["heads"], False, m64)
     dkv_out = np.zeros_like(kv)
-    args = [np.zeros_like(q), dkv_out, dkv_out, dctx, probs.astype(dtype), q, kv, kv, c["lengths"], c["heads"], False,
-            dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
+    args = [np.zeros_like(q), dkv_out, dkv_out, dctx, probs.astype(dtype), keep, q, kv, kv, c["lengths"], c["heads"],
+            False, dtype(1 / np.sqrt(c["e"] // c["heads"])), 0, 0, c["e"]]
     return args, c["n"] * c["heads"] * c["tk"], {0: dq, 1: dkv}
 
 

@@ -219,7 +219,8 @@ def test_attention_cpu_kernels_split_over_threads_match_one_thread(causal):
             offsets = (0, embed, 2 * embed)
             ops.attention_forward(ctx, probs, qkv, qkv, qkv, None, lengths, heads, causal, 0.5, offsets)
             dqkv = np.full_like(qkv, np.nan)
-            ops.attention_backward(dqkv, dqkv, dqkv, dctx, probs, qkv, qkv, qkv, lengths, heads, causal, 0.5, offsets)
+            ops.attention_backward(dqkv, dqkv, dqkv, dctx, probs, qkv, qkv, qkv, lengths, heads, causal, 0.5,
+                                   offsets)
             return ctx, probs, dqkv
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
@@ -228,3 +229,24 @@ def test_attention_cpu_kernels_split_over_threads_match_one_thread(causal):
     for name, one, two in zip(("ctx", "probs", "dqkv"), run(1), two):
         assert np.isfinite(two).all(), name
         np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_attention_dropout_drops_weights_in_training_only():
+    """PyTorch's MultiheadAttention(dropout=p): in training each attention weight is zeroed with
+    probability p and the rest scaled by 1/(1-p) (attention_weights() shows them so, as PyTorch's
+    need_weights); evaluation is the layer without dropout."""
+    rng = np.random.default_rng(16)
+    dropped, plain = numdl.MultiHeadAttention(2, dropout=0.4), numdl.MultiHeadAttention(2)
+    for layer in (dropped, plain):
+        layer.build((12, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    x = rng.standard_normal((8, 12, 4))
+    np.testing.assert_allclose(dropped.forward(x, training=False), plain.forward(x, training=False), rtol=1e-12)
+    clean = plain.attention_weights(average=False)
+    dropped.forward(x, training=True)
+    noisy = dropped.attention_weights(average=False)
+    zeroed = noisy == 0
+    assert 0.35 < zeroed.mean() < 0.45
+    np.testing.assert_allclose(noisy[~zeroed], clean[~zeroed] / 0.6, rtol=1e-12)
+    first = noisy.copy()
+    dropped.forward(x, training=True)
+    assert (dropped.attention_weights(average=False) != first).any()  # a new mask every step

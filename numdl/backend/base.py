@@ -447,21 +447,26 @@ class Ops:
                   self.scalar(norm_type, weight.dtype))
 
     # ------------------------------------------------------------------------------- attention
-    def attention_forward(self, ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, offsets):
+    def attention_forward(self, ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, offsets,
+                          keep=None):
         """offsets (q_off, k_off, v_off): where the projections start in q_src, k_src and v_src (see
-        numdl.kernels.attention); mask (Tq, Tk) additive, or None."""
+        numdl.kernels.attention); mask (Tq, Tk) additive, or None; keep: dropout's multipliers of the
+        weights (like probs), or None."""
         d = q_src.dtype
         mask = self.nothing(d, 2) if mask is None else mask
+        keep = self.nothing(d, 4) if keep is None else keep
         self._run("attention", "attention_forward", q_src.shape[0] * heads * q_src.shape[1], ctx, probs, q_src, k_src,
-                  v_src, mask, lengths, int(heads), bool(causal), self.scalar(scale, d), *(int(o) for o in offsets))
+                  v_src, mask, keep, lengths, int(heads), bool(causal), self.scalar(scale, d),
+                  *(int(o) for o in offsets))
 
     def attention_backward(self, dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
-                           scale, offsets):
+                           scale, offsets, keep=None):
         """The gradients of q_src, k_src and v_src (one array for self-attention, as the sources)."""
         d = q_src.dtype
+        keep = self.nothing(d, 4) if keep is None else keep
         steps = max(q_src.shape[1], k_src.shape[1])
         self._run("attention", "attention_backward", q_src.shape[0] * heads * steps, dq_src, dk_src, dv_src, dctx,
-                  probs, q_src, k_src, v_src, lengths, int(heads), bool(causal), self.scalar(scale, d),
+                  probs, keep, q_src, k_src, v_src, lengths, int(heads), bool(causal), self.scalar(scale, d),
                   *(int(o) for o in offsets))
 
     # ------------------------------------------------------------------------------ arithmetic

@@ -8,7 +8,8 @@ at k_off.., v_src (N, Tk, Wv) the values at v_off.. (self-attention: all three t
 (N, Tk, 2E) for keys and values, offsets 0, 0, E); E = heads *
 head_dim = ctx.shape[2]; lengths (N,) int64 valid keys per sample; mask (Tq, Tk) added to the scaled
 scores (-inf forbids a pair; PyTorch's float attn_mask; (0, 0) for none); probs (N, heads, Tq, Tk)
-the attention weights, saved for backward; ctx (N, Tq, E) the heads' outputs side by side. Masked
+the attention weights, saved for backward (before dropout); keep (N, heads, Tq, Tk) dropout's
+multipliers of the weights (0 or 1/(1-p); (0, 0, 0, 0) for none); ctx (N, Tq, E) the heads' outputs side by side. Masked
 keys get weight 0; a query row is computed for every position (padded queries attend to the valid
 keys, as PyTorch does with key_padding_mask), so only the loss decides what they matter. A row with
 every key forbidden is NaN, as in PyTorch. CPU and CUDA both work one (sample, head, query) row at a
@@ -22,21 +23,15 @@ import numpy as np
 from numba import prange
 
 from numdl.kernels.common import (
-    cpu_kernel,
-    cpu_parallel_kernel,
-    cuda,
-    cuda_kernel,
-    runs_numba_threads,
-    same_type,
-    sample_block,
-    scalar_math,
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, sample_block, scalar_math,
 )
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
 
 @scalar_math
-def attention_row(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off, n, h, t):
+def attention_row(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off, k_off, v_off, n,
+                  h, t):
     keys = k_src.shape[1]
     dim = ctx.shape[2] // heads
     q0, k0, v0 = q_off + h * dim, k_off + h * dim, v_off + h * dim
@@ -62,26 +57,31 @@ def attention_row(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal,
     inv = same_type(scale, 1.0) / total
     for s in range(limit):
         probs[n, h, t, s] *= inv
+    dropping = keep.shape[0] > 0
     for i in range(dim):
         acc = same_type(scale, 0.0)
         for s in range(limit):
-            acc += probs[n, h, t, s] * v_src[n, s, v0 + i]
+            p = probs[n, h, t, s] * keep[n, h, t, s] if dropping else probs[n, h, t, s]
+            acc += p * v_src[n, s, v0 + i]
         ctx[n, t, h * dim + i] = acc
 
 
 @scalar_math
-def attention_backward_query(dq_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off, k_off, v_off,
-                             n, h, t):
+def attention_backward_query(dq_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal, scale, q_off,
+                             k_off, v_off, n, h, t):
     # Gradient of the query at (n, t, head h): dq = scale * sum_s dS[t, s] k_s, with
     # dS = P (dP - sum(dP P)), dP[t, s] = dctx_t . v_s. (An additive mask is a constant: no gradient.)
     dim = dctx.shape[2] // heads
     q0, k0, v0 = q_off + h * dim, k_off + h * dim, v_off + h * dim
     limit = min(lengths[n], t + 1) if causal else lengths[n]
+    dropping = keep.shape[0] > 0
     dot = same_type(scale, 0.0)
     for s in range(limit):
         dp = same_type(scale, 0.0)
         for i in range(dim):
             dp += dctx[n, t, h * dim + i] * v_src[n, s, v0 + i]
+        if dropping:
+            dp *= keep[n, h, t, s]
         dot += dp * probs[n, h, t, s]
     for i in range(dim):
         dq_src[n, t, q0 + i] = same_type(scale, 0.0)
@@ -89,14 +89,16 @@ def attention_backward_query(dq_src, dctx, probs, q_src, k_src, v_src, lengths, 
         dp = same_type(scale, 0.0)
         for i in range(dim):
             dp += dctx[n, t, h * dim + i] * v_src[n, s, v0 + i]
+        if dropping:
+            dp *= keep[n, h, t, s]
         ds = probs[n, h, t, s] * (dp - dot) * scale
         for i in range(dim):
             dq_src[n, t, q0 + i] += ds * k_src[n, s, k0 + i]
 
 
 @scalar_math
-def attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off, k_off,
-                                 v_off, n, h, s):
+def attention_backward_key_value(dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal,
+                                 scale, q_off, k_off, v_off, n, h, s):
     # Gradients of key and value at (n, s, head h): sums over the queries t that attended to s.
     queries = q_src.shape[1]
     dim = dctx.shape[2] // heads
@@ -106,6 +108,7 @@ def attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_sr
         dv_src[n, s, v0 + i] = same_type(scale, 0.0)
     if s >= lengths[n]:
         return
+    dropping = keep.shape[0] > 0
     for t in range(queries):
         limit = min(lengths[n], t + 1) if causal else lengths[n]
         if s >= limit:
@@ -117,13 +120,16 @@ def attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_sr
             dp = same_type(scale, 0.0)
             for i in range(dim):
                 dp += dctx[n, t, h * dim + i] * v_src[n, u, v0 + i]
+            if dropping:
+                dp *= keep[n, h, t, u]
             dot += dp * probs[n, h, t, u]
             if u == s:
                 dp_s = dp
         ds = p * (dp_s - dot) * scale
+        kept = p * keep[n, h, t, s] if dropping else p
         for i in range(dim):
             dk_src[n, s, k0 + i] += ds * q_src[n, t, q0 + i]
-            dv_src[n, s, v0 + i] += p * dctx[n, t, h * dim + i]
+            dv_src[n, s, v0 + i] += kept * dctx[n, t, h * dim + i]
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -131,25 +137,28 @@ def attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_sr
 
 @runs_numba_threads
 @cpu_kernel
-def attention_forward_cpu(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+def attention_forward_cpu(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off, k_off,
+                          v_off):
     # Overwrites ctx (N, Tq, E) and probs (N, heads, Tq, Tk). Samples are independent: one block of
     # them per numba thread.
-    _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off)
+    _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off,
+                              k_off, v_off)
 
 
 @cpu_parallel_kernel
-def _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+def _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off,
+                              k_off, v_off):
     n_batch = q_src.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off,
-                                   v_off, lo, min(n_batch, lo + block))
+        _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off,
+                                   k_off, v_off, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel
-def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off,
-                               lo, hi):
+def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off,
+                               k_off, v_off, lo, hi):
     # Samples lo..hi-1: attention_row's arithmetic, in its order, over flat views with unsigned
     # indices (as conv._im2col: numba's negative-index fix-up on every 3-D access kept these short
     # dot products from vectorising).
@@ -157,9 +166,9 @@ def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, h
     keys, k_width, v_width = k_src.shape[1], k_src.shape[2], v_src.shape[2]
     embed = ctx.shape[2]
     dim = embed // heads
-    masked = mask.shape[0] > 0
+    masked, dropping = mask.shape[0] > 0, keep.shape[0] > 0
     q_flat, k_flat, v_flat = q_src.reshape(-1), k_src.reshape(-1), v_src.reshape(-1)
-    probs_flat, ctx_flat = probs.reshape(-1), ctx.reshape(-1)
+    probs_flat, ctx_flat, keep_flat = probs.reshape(-1), ctx.reshape(-1), keep.reshape(-1)
     zero = same_type(scale, 0.0)
     for n in range(lo, hi):
         for h in range(heads):
@@ -193,6 +202,8 @@ def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, h
                     ctx_flat[out + np.uint64(i)] = zero
                 for s in range(limit):
                     p = probs_flat[row + np.uint64(s)]
+                    if dropping:
+                        p *= keep_flat[row + np.uint64(s)]
                     value = np.uint64((n * keys + s) * v_width + v_off + h * dim)
                     for i in range(dim):
                         ctx_flat[out + np.uint64(i)] += p * v_flat[value + np.uint64(i)]
@@ -200,31 +211,31 @@ def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, lengths, h
 
 @runs_numba_threads
 @cpu_kernel
-def attention_backward_cpu(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
-                           q_off, k_off, v_off):
+def attention_backward_cpu(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal,
+                           scale, q_off, k_off, v_off):
     # Overwrites dq_src, dk_src and dv_src (one array for self-attention: each part is written once).
     # Per (sample, head): dP = dctx V^T, dS = P (dP - rowsum(dP P)) scale, then dQ = dS K,
     # dK = dS^T Q, dV = P^T dctx, in O(Tq Tk d). (The per-position helpers the CUDA twin runs, one
     # thread each, recompute a dP row for every key: O(T^3 d), 0.03x PyTorch at T = 64.) One block
     # of samples per numba thread, as the forward.
-    _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
-                               q_off, k_off, v_off)
+    _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads,
+                               causal, scale, q_off, k_off, v_off)
 
 
 @cpu_parallel_kernel
-def _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
-                               q_off, k_off, v_off):
+def _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads,
+                               causal, scale, q_off, k_off, v_off):
     n_batch = q_src.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
-                                    scale, q_off, k_off, v_off, lo, min(n_batch, lo + block))
+        _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads,
+                                    causal, scale, q_off, k_off, v_off, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel
-def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
-                                q_off, k_off, v_off, lo, hi):
+def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads,
+                                causal, scale, q_off, k_off, v_off, lo, hi):
     # Samples lo..hi-1; flat views and unsigned indices, as in the forward.
     queries, q_width = q_src.shape[1], q_src.shape[2]
     keys, k_width, v_width = k_src.shape[1], k_src.shape[2], v_src.shape[2]
@@ -234,8 +245,9 @@ def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_sr
     dscores = np.empty((queries, keys), q_src.dtype)  # one (Tq, Tk) scratch per block
     dscores_flat = dscores.reshape(-1)
     q_flat, k_flat, v_flat = q_src.reshape(-1), k_src.reshape(-1), v_src.reshape(-1)
-    dctx_flat, probs_flat = dctx.reshape(-1), probs.reshape(-1)
+    dctx_flat, probs_flat, keep_flat = dctx.reshape(-1), probs.reshape(-1), keep.reshape(-1)
     dq_flat, dk_flat, dv_flat = dq_src.reshape(-1), dk_src.reshape(-1), dv_src.reshape(-1)
+    dropping = keep.shape[0] > 0
     dq_src[lo:hi] = 0  # (self-attention passes one array three times: zeroed three times, written once)
     dk_src[lo:hi] = 0
     dv_src[lo:hi] = 0
@@ -252,6 +264,8 @@ def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_sr
                     dp = zero
                     for i in range(dim):
                         dp += dctx_flat[grad + np.uint64(i)] * v_flat[value + np.uint64(i)]
+                    if dropping:  # the gradient reaches the kept weights only, scaled as they were
+                        dp *= keep_flat[row + np.uint64(s)]
                     dscores_flat[scores + np.uint64(s)] = dp
                     dot += dp * probs_flat[row + np.uint64(s)]
                 for s in range(limit):
@@ -266,6 +280,8 @@ def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_sr
                 for s in range(keys):
                     d = dscores_flat[np.uint64(t * keys + s)]
                     p = probs_flat[row + np.uint64(s)]
+                    if dropping:
+                        p *= keep_flat[row + np.uint64(s)]
                     key = np.uint64((n * keys + s) * k_width + k_off + h * dim)
                     value = np.uint64((n * keys + s) * v_width + v_off + h * dim)
                     # three loops, not one: each writes one slice, so each can vectorise
@@ -281,18 +297,20 @@ def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, q_src, k_sr
 
 
 @cuda_kernel
-def attention_forward_cuda(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off):
+def attention_forward_cuda(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off, k_off,
+                           v_off):
     queries = q_src.shape[1]
     for item in range(cuda.grid(1), q_src.shape[0] * heads * queries, cuda.gridsize(1)):
         t = item % queries
         h = (item // queries) % heads
         n = item // (queries * heads)
-        attention_row(ctx, probs, q_src, k_src, v_src, mask, lengths, heads, causal, scale, q_off, k_off, v_off, n, h, t)
+        attention_row(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off, k_off,
+                      v_off, n, h, t)
 
 
 @cuda_kernel
-def attention_backward_cuda(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale,
-                            q_off, k_off, v_off):
+def attention_backward_cuda(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal,
+                            scale, q_off, k_off, v_off):
     # One thread per (sample, head, position up to max(Tq, Tk)): the query gradient there, and the
     # key and value gradients of that position (each written by exactly one thread).
     queries, keys = q_src.shape[1], k_src.shape[1]
@@ -302,8 +320,8 @@ def attention_backward_cuda(dq_src, dk_src, dv_src, dctx, probs, q_src, k_src, v
         h = (item // steps) % heads
         n = item // (steps * heads)
         if position < queries:
-            attention_backward_query(dq_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal, scale, q_off,
-                                     k_off, v_off, n, h, position)
+            attention_backward_query(dq_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal, scale,
+                                     q_off, k_off, v_off, n, h, position)
         if position < keys:
-            attention_backward_key_value(dk_src, dv_src, dctx, probs, q_src, k_src, v_src, lengths, heads, causal,
+            attention_backward_key_value(dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads, causal,
                                          scale, q_off, k_off, v_off, n, h, position)

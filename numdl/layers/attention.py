@@ -24,10 +24,39 @@ def _sequence_shape(layer, input_shape):
 class _AttentionMasks:
     """What self- and cross-attention share: PyTorch's ``attn_mask`` (set the ``attn_mask`` attribute
     to a (target, source) array before ``forward``: booleans, True where a query may NOT attend, or
-    floats added to the scores, -inf forbidding) and ``attention_weights()``, the last forward's
-    weights (PyTorch's ``need_weights``)."""
+    floats added to the scores, -inf forbidding), ``dropout`` on the attention weights in training
+    (PyTorch's: each weight zeroed with probability p, the rest scaled by 1/(1-p)) and
+    ``attention_weights()``, the last forward's weights (PyTorch's ``need_weights``)."""
 
     attn_mask = None
+    dropout = 0.0
+    _keep = None
+
+    def _build_weight_dropout(self, rng):
+        from numdl.layers.shape import Dropout
+
+        self._weight_dropout = None
+        if self.dropout > 0:  # (no seed drawn without dropout: other layers' initial weights stay)
+            self._weight_dropout = Dropout(self.dropout)
+            self._weight_dropout.build((1,), self.ops, self.dtype, rng)
+
+    def _keep_multipliers(self, shape, training):
+        """Dropout's multipliers of the weights (0 or 1/(1-p)), or None (evaluation, no dropout)."""
+        self._keep = None
+        if training and self._weight_dropout is not None:
+            key = ("ones", tuple(shape))
+            if self._buffers.get("ones_key") != key:
+                self._buffers["ones_key"] = key
+                self._buffers["ones"] = self.ops.asarray(np.ones(shape), dtype=self.dtype)
+            self._keep = self._weight_dropout.forward(self._buffers["ones"], training=True)
+        return self._keep
+
+    def get_rng_state(self):
+        return {} if getattr(self, "_weight_dropout", None) is None else self._weight_dropout.get_rng_state()
+
+    def set_rng_state(self, state):
+        if getattr(self, "_weight_dropout", None) is not None and state:
+            self._weight_dropout.set_rng_state(state)
 
     def _additive_mask(self, queries, keys):
         if self.attn_mask is None:
@@ -46,6 +75,8 @@ class _AttentionMasks:
         """The last forward's attention weights as a host array: (batch, target, source) averaged over
         the heads (PyTorch's default), or (batch, heads, target, source)."""
         probs = self.ops.to_numpy(self._probs)
+        if self._keep is not None:  # as PyTorch returns them: after dropout
+            probs = probs * self.ops.to_numpy(self._keep)
         return probs.mean(axis=1) if average else probs.copy()
 
 
@@ -58,11 +89,11 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
 
     name = "multihead_attention"
 
-    def __init__(self, num_heads: int, causal: bool = False):
+    def __init__(self, num_heads: int, causal: bool = False, dropout: float = 0.0):
         super().__init__()
-        if num_heads < 1:
-            raise ConfigError("multihead_attention: num_heads must be >= 1")
-        self.num_heads, self.causal = num_heads, causal
+        if num_heads < 1 or not 0.0 <= dropout < 1.0:
+            raise ConfigError("multihead_attention: num_heads must be >= 1 and dropout in [0, 1)")
+        self.num_heads, self.causal, self.dropout = num_heads, causal, float(dropout)
 
     def torch_names(self):
         # nn.MultiheadAttention keeps the output projection as a Linear submodule
@@ -70,7 +101,7 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
                 "out_proj_weight": "out_proj.weight", "out_proj_bias": "out_proj.bias"}
 
     def hyperparameters(self):
-        return {"num_heads": self.num_heads, "causal": self.causal}
+        return {"num_heads": self.num_heads, "causal": self.causal, "dropout": self.dropout}
 
     def setup(self, input_shape, rng):
         steps, embed = _sequence_shape(self, input_shape)
@@ -84,6 +115,7 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
         self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
         self.add_param("out_proj_bias", np.zeros(embed))
         self.scale = 1.0 / math.sqrt(embed // self.num_heads)
+        self._build_weight_dropout(rng)
         return input_shape
 
     def forward(self, x, training=False):
@@ -98,7 +130,8 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
         self._ctx = self.buffer("ctx", (n, steps, embed))
         self._probs = self.buffer("probs", (n, self.num_heads, steps, steps))
         self.ops.attention_forward(self._ctx, self._probs, qkv3, qkv3, qkv3, self._additive_mask(steps, steps),
-                                   self._lengths_used, self.num_heads, self.causal, self.scale, (0, embed, 2 * embed))
+                                   self._lengths_used, self.num_heads, self.causal, self.scale, (0, embed, 2 * embed),
+                                   self._keep_multipliers(self._probs.shape, training))
         out = self.buffer("out", (n * steps, embed))
         self.ops.linear_forward(out, self._ctx.reshape(n * steps, embed), self.params["out_proj_weight"].value,
                                 self.params["out_proj_bias"].value)
@@ -116,7 +149,7 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
         qkv3 = self._qkv.reshape(n, steps, 3 * embed)
         self.ops.attention_backward(dqkv, dqkv, dqkv, dctx.reshape(n, steps, embed), self._probs, qkv3, qkv3, qkv3,
                                     self._lengths_used, self.num_heads, self.causal, self.scale,
-                                    (0, embed, 2 * embed))
+                                    (0, embed, 2 * embed), self._keep)
         dx = self.buffer("dx", (n * steps, embed)) if self.needs_input_grad else None
         self.ops.linear_backward(dx, p["in_proj_weight"].grad, p["in_proj_bias"].grad,
                                  dqkv.reshape(n * steps, 3 * embed), self._x, p["in_proj_weight"].value)
@@ -137,15 +170,15 @@ class CrossAttention(_AttentionMasks, Merge):
     input_count = (2, 3)
     check_input_shape = [(3, 4), (5, 6)]
 
-    def __init__(self, num_heads: int):
+    def __init__(self, num_heads: int, dropout: float = 0.0):
         super().__init__()
-        if num_heads < 1:
-            raise ConfigError("cross_attention: num_heads must be >= 1")
-        self.num_heads = num_heads
+        if num_heads < 1 or not 0.0 <= dropout < 1.0:
+            raise ConfigError("cross_attention: num_heads must be >= 1 and dropout in [0, 1)")
+        self.num_heads, self.dropout = num_heads, float(dropout)
         self.key_lengths = None
 
     def hyperparameters(self):
-        return {"num_heads": self.num_heads}
+        return {"num_heads": self.num_heads, "dropout": self.dropout}
 
     def torch_names(self):
         names = {name: name for name in self.params if not name.startswith("out_proj")}
@@ -178,6 +211,7 @@ class CrossAttention(_AttentionMasks, Merge):
         self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
         self.add_param("out_proj_bias", np.zeros(embed))
         self.scale = 1.0 / math.sqrt(embed // self.num_heads)
+        self._build_weight_dropout(rng)
         return out_shape
 
     def _projection(self, part):
@@ -216,7 +250,8 @@ class CrossAttention(_AttentionMasks, Merge):
         self._ctx = self.buffer("ctx", (n, queries, embed))
         self._probs = self.buffer("probs", (n, self.num_heads, queries, keys))
         self.ops.attention_forward(self._ctx, self._probs, *self._projected, self._additive_mask(queries, keys),
-                                   self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0))
+                                   self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0),
+                                   self._keep_multipliers(self._probs.shape, training))
         out = self.buffer("out", (n * queries, embed))
         self.ops.linear_forward(out, self._ctx.reshape(n * queries, embed), self.params["out_proj_weight"].value,
                                 self.params["out_proj_bias"].value)
@@ -233,7 +268,7 @@ class CrossAttention(_AttentionMasks, Merge):
                                  p["out_proj_weight"].value)
         dprojected = [self.buffer(f"dproj{part}", (n, steps, embed)) for part, steps in enumerate((queries, keys, keys))]
         self.ops.attention_backward(*dprojected, dctx.reshape(n, queries, embed), self._probs, *self._projected,
-                                    self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0))
+                                    self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0), self._keep)
         grads = []
         for part, (x, dproj) in enumerate(zip(self._flat, dprojected)):
             weight, dweight, _, dbias = self._projection(part)
@@ -267,7 +302,8 @@ class TransformerEncoderLayer(Chain):
                          "layer_norm_eps": layer_norm_eps}
         self._dim_feedforward, self._activation = dim_feedforward, activation
         act = ReLU if activation == "relu" else GELU
-        attention = [MultiHeadAttention(num_heads, causal), Dropout(dropout)]
+        # nn.TransformerEncoderLayer's self_attn drops attention weights with the same p
+        attention = [MultiHeadAttention(num_heads, causal, dropout), Dropout(dropout)]
         # The feed-forward's output width is the embed size, known only at build: see setup.
         self._feedforward_out = Linear(1)
         feedforward = [Linear(dim_feedforward), act(), Dropout(dropout), self._feedforward_out, Dropout(dropout)]
@@ -336,9 +372,9 @@ class TransformerDecoderLayer(Composite):
         self._lengths, self.memory_lengths = None, None
         act = ReLU if activation == "relu" else GELU
         self._feedforward_out = Linear(1)  # the embed size: known at build (see setup)
-        attention = [MultiHeadAttention(num_heads, causal), Dropout(dropout)]
+        attention = [MultiHeadAttention(num_heads, causal, dropout), Dropout(dropout)]
         feedforward = [Linear(dim_feedforward), act(), Dropout(dropout), self._feedforward_out, Dropout(dropout)]
-        self.cross, self.cross_dropout = CrossAttention(num_heads), Dropout(dropout)
+        self.cross, self.cross_dropout = CrossAttention(num_heads, dropout), Dropout(dropout)
         self.cross_norm = LayerNorm(eps=layer_norm_eps)
         if self.norm_first:
             self.self_block = Residual([LayerNorm(eps=layer_norm_eps)] + attention)
