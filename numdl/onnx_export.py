@@ -4,9 +4,11 @@ batch axis, for onnxruntime or any other ONNX runtime. The graph computes what `
 does (evaluation mode: batch norm with its running statistics, dropout off); the tests run each
 example model in onnxruntime and compare.
 
-Each layer type has an emitter below; a layer ONNX cannot express here (recurrent and attention
-layers, a plugin's) is named in the error. Sequential models and graph models (``numdl.Model``:
-concat, add, multiply, transposed convolutions, upsampling) are both exported.
+Each layer type has an emitter below; a layer ONNX cannot express here (a plugin's, an option such
+as circular padding) is named in the error. Sequential models and graph models (``numdl.Model``:
+concat, add, multiply, transposed convolutions, upsampling, encoder-decoders) are both exported;
+sequence layers (LSTM and GRU as ONNX's own ops, attention as MatMul / Softmax graphs) take
+full-length inputs, as ``predict`` without ``lengths``.
 """
 
 import math
@@ -203,6 +205,136 @@ def _elementwise(op, **attributes):
     return lambda g, layer, x: g.node(op, [x], **attributes)
 
 
+def _ints(g, values, hint="shape"):
+    return g.constant(np.array(values, np.int64), hint, np.int64)
+
+
+# ------------------------------------------------------------------------- sequence layers
+# Exported sequence models take full-length inputs (what predict does without ``lengths``).
+RECURRENT_GATE_ORDER = {"lstm": [0, 3, 1, 2],  # PyTorch's i, f, g, o -> ONNX's i, o, f, c
+                        "gru": [1, 0, 2]}       # PyTorch's r, z, n -> ONNX's z, r, h
+
+
+def _recurrent(g, layer, x):
+    """One ONNX LSTM / GRU per stacked layer (both directions in one op), in the time-major layout
+    onnxruntime runs: (batch, T, F) -> (T, batch, F) in, (T, directions, batch, H) out."""
+    h, kind = layer.hidden_size, layer.kind
+    order = RECURRENT_GATE_ORDER[kind]
+    directions = layer.directions
+    sequence = g.node("Transpose", [x], perm=[1, 0, 2])
+    final = None
+    for index in range(layer.num_layers):
+        weights, recurrent, biases = [], [], []
+        for direction in range(directions):
+            suffix = layer._suffix(index, direction)
+            gates = lambda array: np.concatenate([array[i * h:(i + 1) * h] for i in order])  # noqa: E731
+            weights.append(gates(_param(layer, f"weight_ih{suffix}")))
+            recurrent.append(gates(_param(layer, f"weight_hh{suffix}")))
+            if layer.bias:
+                biases.append(np.concatenate([gates(_param(layer, f"bias_ih{suffix}")),
+                                              gates(_param(layer, f"bias_hh{suffix}"))]))
+            else:
+                biases.append(np.zeros(2 * layer.gates * h))
+        attributes = dict(hidden_size=h, direction="bidirectional" if directions == 2 else "forward")
+        if kind == "gru":
+            attributes["linear_before_reset"] = 1  # PyTorch's n gate: r * (W_hn h + b_hn)
+        out, last = g.name(f"{kind}_y"), g.name(f"{kind}_h")
+        g.nodes.append(g.helper.make_node(kind.upper(), [sequence, g.constant(np.stack(weights), "w"),
+                                                         g.constant(np.stack(recurrent), "r"),
+                                                         g.constant(np.stack(biases), "b")],
+                                          [out, last] + ([g.name("lstm_c")] if kind == "lstm" else []),
+                                          **attributes))
+        # (T, directions, batch, H) -> (T, batch, directions * H): the next layer's input
+        merged = g.node("Transpose", [out], perm=[0, 2, 1, 3])
+        sequence = g.node("Reshape", [merged, _ints(g, [0, 0, directions * h])])
+        final = last
+    if layer.return_sequences:
+        return g.node("Transpose", [sequence], perm=[1, 0, 2])
+    # the last state of each direction (the reverse one's is at step 0), side by side: (batch, D * H)
+    return g.node("Reshape", [g.node("Transpose", [final], perm=[1, 0, 2]), _ints(g, [0, directions * h])])
+
+
+def _heads(g, x, heads, dim):
+    """(batch, T, heads * dim) -> (batch, heads, T, dim)."""
+    return g.node("Transpose", [g.node("Reshape", [x, _ints(g, [0, 0, heads, dim])])], perm=[0, 2, 1, 3])
+
+
+def _attention_core(g, layer, q, k, v, embed, queries, keys, causal):
+    heads = layer.num_heads
+    dim = embed // heads
+    q, k, v = (_heads(g, t, heads, dim) for t in (q, k, v))
+    scores = g.node("Mul", [g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])]),
+                            g.constant(np.array(layer.scale), "scale")])
+    mask = np.zeros((queries, keys))
+    if causal:
+        mask = np.where(np.arange(keys)[None, :] > np.arange(queries)[:, None], -np.inf, 0.0)
+    if layer.attn_mask is not None:
+        extra = np.asarray(layer.attn_mask)
+        mask = mask + (np.where(extra, -np.inf, 0.0) if extra.dtype == bool else extra)
+    if causal or layer.attn_mask is not None:
+        scores = g.node("Add", [scores, g.constant(mask, "mask")])
+    context = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])
+    merged = g.node("Reshape", [g.node("Transpose", [context], perm=[0, 2, 1, 3]), _ints(g, [0, 0, embed])])
+    out = g.node("MatMul", [merged, g.constant(_param(layer, "out_proj_weight").T, "out_proj")])
+    return g.node("Add", [out, g.constant(_param(layer, "out_proj_bias"), "out_bias")])
+
+
+def _projection(g, x, weight, bias):
+    return g.node("Add", [g.node("MatMul", [x, g.constant(weight.T, "proj")]), g.constant(bias, "proj_bias")])
+
+
+def _self_attention(g, layer, x):
+    steps, embed = layer.input_shape
+    weight, bias = _param(layer, "in_proj_weight"), _param(layer, "in_proj_bias")
+    q, k, v = (_projection(g, x, weight[i * embed:(i + 1) * embed], bias[i * embed:(i + 1) * embed])
+               for i in range(3))
+    return _attention_core(g, layer, q, k, v, embed, steps, steps, layer.causal)
+
+
+def _cross_attention(g, layer, inputs):
+    (queries, embed), (keys, _) = layer.input_shapes[0], layer.input_shapes[1]
+    sources = [inputs[0], inputs[1], inputs[-1]]
+    projected = []
+    for part, source in enumerate(sources):
+        weight, _, bias, _ = layer._projection(part)
+        projected.append(_projection(g, source, _host(layer, weight), _host(layer, bias)))
+    return _attention_core(g, layer, *projected, embed, queries, keys, False)
+
+
+def _chain(g, layer, x):
+    for child in layer.layers:
+        x = _emit(g, child, [x])
+    return x
+
+
+def _decoder_layer(g, layer, inputs):
+    target, memory = inputs
+    x1 = _emit(g, layer.self_block, [target])
+    query = _emit(g, layer.cross_norm, [x1]) if layer.norm_first else x1
+    x2 = g.node("Add", [x1, _emit(g, layer.cross, [query, memory])])
+    if not layer.norm_first:
+        x2 = _emit(g, layer.cross_norm, [x2])
+    return _emit(g, layer.feedforward, [x2])
+
+
+def _positional(g, layer, x):
+    table = _param(layer, "weight") if layer.kind == "learned" else _host(layer, layer.state["table"])
+    return g.node("Add", [x, g.constant(table, "positions")])
+
+
+def _sequence_pool(g, layer, x):
+    if layer.mode == "mean":
+        return g.node("ReduceMean", [x], axes=[1], keepdims=0)
+    last = g.node("Gather", [x, _ints(g, [layer.input_shape[0] - 1], "last")], axis=1)  # (batch, 1, F)
+    return g.node("Squeeze", [last, _ints(g, [1], "axis")])
+
+
+def _embedding(g, layer, x):
+    if layer.max_norm is not None:
+        raise ConfigError(f"layer {layer.name!r}: max_norm renormalises rows at lookup, which the export cannot")
+    return g.node("Gather", [g.constant(_param(layer, "weight"), "embedding"), x], axis=0)
+
+
 EMITTERS = {
     "Linear": _linear, "Conv2d": _conv, "Conv1d": _conv, "ConvTranspose2d": _conv_transpose,
     "BatchNorm1d": _batchnorm, "BatchNorm2d": _batchnorm, "LayerNorm": _layernorm,
@@ -218,7 +350,11 @@ EMITTERS = {
     "GlobalAvgPool2d": lambda g, layer, x: g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1),
     "Residual": _residual, "Upsample": _upsample, "GaussianSample": _gaussian_sample,
     "AdaptiveAvgPool2d": _adaptive_pool, "AdaptiveMaxPool2d": _adaptive_pool,
+    "LSTM": _recurrent, "GRU": _recurrent, "MultiHeadAttention": _self_attention, "Chain": _chain,
+    "TransformerEncoderLayer": _chain, "PositionalEncoding": _positional, "SequencePool": _sequence_pool,
+    "SwapAxes": lambda g, layer, x: g.node("Transpose", [x], perm=[0, 2, 1]), "Embedding": _embedding,
 }
+MANY_INPUTS = {"CrossAttention": _cross_attention, "TransformerDecoderLayer": _decoder_layer}
 MERGES = {"Concat": "Concat", "Add": "Sum", "Multiply": "Mul"}
 
 
@@ -229,10 +365,12 @@ def _emit(g, layer, inputs):
         if kind == "Concat":
             attributes["axis"] = layer.axis  # counted with the batch axis, as ONNX's (and PyTorch's dim)
         return g.node(MERGES[kind], inputs, **attributes)
+    if kind in MANY_INPUTS:
+        return MANY_INPUTS[kind](g, layer, inputs)
     emitter = EMITTERS.get(kind)
     if emitter is None:
         raise ConfigError(f"layer {layer.name!r} ({kind}) has no ONNX export yet; exportable: "
-                          f"{', '.join(sorted(set(EMITTERS) | set(MERGES)))}")
+                          f"{', '.join(sorted(set(EMITTERS) | set(MERGES) | set(MANY_INPUTS)))}")
     return emitter(g, layer, inputs[0])
 
 
@@ -243,11 +381,15 @@ def to_onnx(model):
     if np.dtype(model.dtype) not in element:
         raise ConfigError(f"ONNX export supports float32 and float64 models, not {model.dtype}")
     kind = element[np.dtype(model.dtype)]
+
+    def input_kind(dtype):  # token ids (an embedding's input) stay integers
+        return g.onnx.TensorProto.INT64 if dtype is not None and np.dtype(dtype).kind in "iu" else kind
+
     if hasattr(model, "order"):  # a graph model
         values, inputs = {}, []
-        for index, node in enumerate(model.input_nodes):
+        for index, (node, dtype) in enumerate(zip(model.input_nodes, model._input_dtypes())):
             name = f"input{index}" if len(model.input_nodes) > 1 else "input"
-            inputs.append(g.helper.make_tensor_value_info(name, kind, ["batch", *node.shape]))
+            inputs.append(g.helper.make_tensor_value_info(name, input_kind(dtype), ["batch", *node.shape]))
             values[id(node)] = name
         for node in model.order:
             if node.layer is not None:
@@ -255,7 +397,7 @@ def to_onnx(model):
         out_names = [values[id(node)] for node in model.output_nodes]
         out_shapes = [node.layer.output_shape for node in model.output_nodes]
     else:
-        inputs = [g.helper.make_tensor_value_info("input", kind, ["batch", *model.input_shape])]
+        inputs = [g.helper.make_tensor_value_info("input", input_kind(model._input_dtype), ["batch", *model.input_shape])]
         value = "input"
         for layer in model.layers:
             value = _emit(g, layer, [value])

@@ -71,13 +71,60 @@ def test_numdl_export_writes_a_file_onnxruntime_runs(tmp_path):
 
 
 def test_a_layer_onnx_cannot_express_is_named(tmp_path):
-    model = numdl.Sequential([numdl.LSTM(8), numdl.Linear(3)], input_shape=(5, 4), seed=0)
+    model = numdl.Sequential([numdl.Conv1d(4, 3, padding=1, padding_mode="circular"), numdl.Flatten(),
+                              numdl.Linear(3)], input_shape=(2, 5), seed=0)
     model.compile(numdl.CrossEntropy(), numdl.Adam())
-    path = tmp_path / "lstm.safetensors"
+    path = tmp_path / "circular.safetensors"
     model.save(path)
-    result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "lstm.onnx")])
-    assert result.exit_code == 2 and "layer 'lstm' (LSTM) has no ONNX export yet" in result.output
-    assert result.output.count("\n") == 1 and not (tmp_path / "lstm.onnx").exists()
+    result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "circular.onnx")])
+    assert result.exit_code == 2 and "padding_mode='circular' has no ONNX opset 17 Pad mode" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "circular.onnx").exists()
+
+
+SEQUENCE_EXAMPLES = ["lstm.toml", "gru.toml", "transformer.toml"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_EXAMPLES)
+def test_sequence_example_models_export(name):
+    """The LSTM, GRU and Transformer examples (ONNX's LSTM / GRU ops; attention as MatMul, Softmax)."""
+    rng = np.random.default_rng(5)
+    model = config.build_model(config.resolve(EXAMPLES / name), (28, 28))
+    x = rng.random((6, 28, 28)).astype(np.float32)
+    model.fit(x, rng.integers(0, 10, 6), epochs=1, batch_size=3, verbose=0)
+    (out,) = _run(model, x)
+    np.testing.assert_allclose(out, model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [
+    [numdl.LSTM(5, num_layers=2, bidirectional=True, return_sequences=True), numdl.Linear(3)],
+    [numdl.GRU(4, num_layers=2, bidirectional=True), numdl.Linear(3)],
+    [numdl.LSTM(4, bias=False), numdl.Linear(2)],
+    [numdl.MultiHeadAttention(2, causal=True), numdl.SequencePool("last")],
+    [numdl.TransformerEncoderLayer(2, 8, dropout=0.1, norm_first=True, activation="gelu", causal=True),
+     numdl.PositionalEncoding(), numdl.SwapAxes()],
+], ids=["lstm-stacked-bidirectional", "gru-stacked-bidirectional", "lstm-no-bias", "causal-attention",
+        "pre-norm-encoder"])
+def test_recurrent_and_attention_options_export(layers):
+    model = numdl.Sequential(layers, input_shape=(7, 4), seed=0)
+    x = np.random.default_rng(6).standard_normal((3, 7, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_decoder_with_token_inputs_exports():
+    """The translation example's architecture: two int64 token inputs, cross-attention, the decoder."""
+    source, prefix = numdl.Input((9,), dtype="int64"), numdl.Input((5,), dtype="int64")
+    memory = numdl.TransformerEncoderLayer(2, 16)(numdl.PositionalEncoding()(numdl.Embedding(12, 8)(source)))
+    x = numdl.PositionalEncoding(kind="learned")(numdl.Embedding(7, 8)(prefix))
+    x = numdl.TransformerDecoderLayer(2, 16)([x, memory])
+    x = numdl.TransformerDecoderLayer(2, 16, norm_first=True)([x, memory])
+    model = numdl.Model([source, prefix], numdl.Linear(7)(x), seed=0)
+    rng = np.random.default_rng(7)
+    ids = [rng.integers(0, 12, (4, 9)), rng.integers(0, 7, (4, 5))]
+    from numdl.onnx_export import to_onnx
+
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input0": ids[0], "input1": ids[1]})
+    np.testing.assert_allclose(out, model.predict(ids), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer", [numdl.MaxPool2d(3, 2, 1, ceil_mode=True), numdl.AvgPool2d(3, 2, 1, ceil_mode=True),
