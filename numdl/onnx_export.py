@@ -130,6 +130,20 @@ def _layernorm(g, layer, x):
                   axis=-axes, epsilon=float(layer.eps))
 
 
+def _groupnorm(g, layer, x):
+    # opset 17 has no GroupNormalization: statistics over (batch, groups, -1), then the channel affine
+    grouped = g.node("Reshape", [x, _ints(g, [0, layer.num_groups, -1])])
+    centred = g.node("Sub", [grouped, g.node("ReduceMean", [grouped], axes=[2], keepdims=1)])
+    variance = g.node("ReduceMean", [g.node("Mul", [centred, centred])], axes=[2], keepdims=1)
+    normed = g.node("Div", [centred, g.node("Sqrt", [g.node("Add", [variance, g.constant(np.array(layer.eps), "eps")])])])
+    out = g.node("Reshape", [normed, g.node("Shape", [x])])
+    if not layer.affine:
+        return out
+    per_channel = (-1,) + (1,) * (len(layer.input_shape) - 1)
+    scale = g.constant(_param(layer, "weight").reshape(per_channel), "scale")
+    return g.node("Add", [g.node("Mul", [out, scale]), g.constant(_param(layer, "bias").reshape(per_channel), "bias")])
+
+
 def _gelu(g, layer, x):
     half, one = g.constant(np.array(0.5), "half"), g.constant(np.array(1.0), "one")
     if layer.approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
@@ -337,7 +351,7 @@ def _embedding(g, layer, x):
 
 EMITTERS = {
     "Linear": _linear, "Conv2d": _conv, "Conv1d": _conv, "ConvTranspose2d": _conv_transpose,
-    "BatchNorm1d": _batchnorm, "BatchNorm2d": _batchnorm, "LayerNorm": _layernorm,
+    "BatchNorm1d": _batchnorm, "BatchNorm2d": _batchnorm, "LayerNorm": _layernorm, "GroupNorm": _groupnorm,
     "ReLU": lambda g, layer, x: x if layer.absorbed else g.node("Relu", [x]),
     "LeakyReLU": lambda g, layer, x: g.node("LeakyRelu", [x], alpha=float(layer.negative_slope)),
     "Sigmoid": _elementwise("Sigmoid"), "Tanh": _elementwise("Tanh"), "GELU": _gelu,

@@ -742,6 +742,45 @@ def _ln_backward(dtype, rng):
     return args, 5 + 6, {0: dx, 1: (f64(dout) * xhat).sum(0), 2: f64(dout).sum(0)}
 
 
+def _gn_reference(x, groups):
+    """GroupNorm's xhat and invstd of x (N, C, S) in the kernels' (N, G, M) view."""
+    n = x.shape[0]
+    view = f64(x).reshape(n, groups, -1)
+    invstd = 1 / np.sqrt(view.var(axis=2) + 1e-5)
+    return (view - view.mean(axis=2, keepdims=True)) * invstd[:, :, None], invstd
+
+
+def _gn_inputs(dtype, rng):
+    """3 samples, 4 channels in 2 groups, 3 positions."""
+    x = (rng.standard_normal((3, 4, 3)) * 2 + 1).astype(dtype)
+    return x, rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+
+
+def _gn_forward(dtype, rng):
+    x, gamma, beta = _gn_inputs(dtype, rng)
+    xhat, invstd = _gn_reference(x, 2)
+    out = xhat.reshape(3, 4, 3) * f64(gamma)[None, :, None] + f64(beta)[None, :, None]
+    args = [np.zeros((3, 2, 6), dtype), np.zeros((3, 2, 6), dtype), np.zeros((3, 2), dtype), x.reshape(3, 2, 6),
+            gamma, beta, dtype(1e-5)]
+    return args, 6, {0: out.reshape(3, 2, 6), 1: xhat, 2: invstd}
+
+
+def _gn_backward(dtype, rng, want_dx=True):
+    x, gamma, _ = _gn_inputs(dtype, rng)
+    dout = rng.standard_normal((3, 4, 3)).astype(dtype)
+    xhat, invstd = _gn_reference(x, 2)
+    v = (f64(dout) * f64(gamma)[None, :, None]).reshape(3, 2, 6)
+    dx = invstd[:, :, None] * (v - v.mean(axis=2, keepdims=True) - xhat * (v * xhat).mean(axis=2, keepdims=True))
+    per_channel = xhat.reshape(3, 4, 3)
+    expected = {1: (f64(dout) * per_channel).sum(axis=(0, 2)), 2: f64(dout).sum(axis=(0, 2))}
+    dx_arg = np.zeros((3, 2, 6), dtype) if want_dx else np.empty((0, 0, 0), dtype)
+    if want_dx:
+        expected[0] = dx
+    args = [dx_arg, np.zeros(4, dtype), np.zeros(4, dtype), dout.reshape(3, 2, 6), xhat.astype(dtype),
+            invstd.astype(dtype), gamma]
+    return args, 6 + 4, expected
+
+
 def _add_forward(dtype, rng):
     a, b = rng.standard_normal(29).astype(dtype), rng.standard_normal(29).astype(dtype)
     return [np.zeros_like(a), a, b], a.size, {0: f64(a) + f64(b)}
@@ -1402,6 +1441,8 @@ CASES = {
     ("norm", "batchnorm_backward"): _bn_backward(False),
     ("norm", "layernorm_forward"): _ln_forward,
     ("norm", "layernorm_backward"): _ln_backward,
+    ("norm", "groupnorm_forward"): _gn_forward,
+    ("norm", "groupnorm_backward"): _gn_backward,
     ("elementwise", "add_forward"): _add_forward,
     ("recurrent", "lstm_forward"): _recurrent_forward("lstm", False),
     ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
@@ -1470,6 +1511,7 @@ def _kl_log_target(direction):
 
 
 VARIANTS = {
+    "groupnorm_backward_no_input_grad": (("norm", "groupnorm_backward"), lambda d, r: _gn_backward(d, r, False)),
     "maxpool2d_forward_dilated": (("pool", "maxpool2d_forward"), lambda d, r: _maxpool_forward(d, r, dil=(2, 3))),
     "maxpool2d_backward_dilated": (("pool", "maxpool2d_backward"), lambda d, r: _maxpool_backward(d, r, dil=(2, 3))),
     "cross_entropy_backward_per_position": (("loss", "cross_entropy_backward"),

@@ -279,12 +279,16 @@ NORM_OPTIONS = [
     (lambda: numdl.LayerNorm(4, bias=False, eps=1e-3), lambda: torch.nn.LayerNorm(4, bias=False, eps=1e-3), (2, 5, 4)),
     (lambda: numdl.LayerNorm(elementwise_affine=False), lambda: torch.nn.LayerNorm(4, elementwise_affine=False),
      (2, 5, 4)),
+    (lambda: numdl.GroupNorm(2), lambda: torch.nn.GroupNorm(2, 4), (3, 4, 3, 2)),
+    (lambda: numdl.GroupNorm(3, eps=1e-3, affine=False), lambda: torch.nn.GroupNorm(3, 6, eps=1e-3, affine=False),
+     (2, 6, 5)),
+    (lambda: numdl.GroupNorm(1), lambda: torch.nn.GroupNorm(1, 5), (4, 5)),  # one group: LayerNorm over channels
 ]
 
 
 @pytest.mark.parametrize("make_ours, make_theirs, shape", NORM_OPTIONS, ids=[
     "bn-cumulative", "bn-no-affine", "bn-untracked", "bn1d-seq-no-affine", "ln-last-two-axes", "ln-no-bias",
-    "ln-no-affine"])
+    "ln-no-affine", "gn-images", "gn-sequences-no-affine", "gn-one-group"])
 def test_norm_options_match_torch(make_ours, make_theirs, shape):
     """Three training steps (forward, input and parameter gradients, running statistics), then an
     evaluation pass, against torch in float64."""

@@ -66,6 +66,8 @@ LAYER_SAMPLES = {
     "layernorm": ("layernorm", {}, (3, 6)),
     "layernorm-two-axes-no-bias": ("layernorm", {"normalized_shape": [3, 4], "bias": False}, (2, 3, 4)),
     "layernorm-no-affine": ("layernorm", {"elementwise_affine": False}, (3, 6)),
+    "groupnorm": ("groupnorm", {"num_groups": 2}, (4, 3, 2)),
+    "groupnorm-no-affine": ("groupnorm", {"num_groups": 3, "affine": False}, (6, 4)),
     "batchnorm2d-no-affine-untracked": ("batchnorm2d", {"affine": False, "track_running_stats": False}, (3, 4, 5)),
     "residual-identity": ("residual", _residual("auto"), (4, 5, 5)),
     "residual-projection": ("residual", _residual("conv_bn"), (2, 6, 6)),

@@ -128,11 +128,11 @@ def test_an_encoder_decoder_with_token_inputs_exports():
 
 
 @pytest.mark.parametrize("layer", [numdl.MaxPool2d(3, 2, 1, ceil_mode=True), numdl.AvgPool2d(3, 2, 1, ceil_mode=True),
-                                   numdl.MaxPool2d(2, 1, 1, dilation=[2, 3]),
+                                   numdl.MaxPool2d(2, 1, 1, dilation=[2, 3]), numdl.GroupNorm(2),
                                    numdl.AvgPool2d([3, 2], 2, 1, ceil_mode=True, count_include_pad=False),
                                    numdl.AdaptiveAvgPool2d([7, 2]), numdl.AdaptiveMaxPool2d([1, 3])],
-                         ids=["max-ceil", "avg-ceil", "max-dilated", "avg-ceil-exclude-pad", "adaptive-avg",
-                              "adaptive-max"])
+                         ids=["max-ceil", "avg-ceil", "max-dilated", "groupnorm", "avg-ceil-exclude-pad",
+                              "adaptive-avg", "adaptive-max"])
 def test_pooling_options_export(layer):
     model = numdl.Sequential([layer], input_shape=(2, 7, 6), seed=0)
     x = np.random.default_rng(3).standard_normal((3, 2, 7, 6)).astype(np.float32)

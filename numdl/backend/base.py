@@ -404,6 +404,16 @@ class Ops:
         work = (dout.shape[0] if dx.size else 0) + dout.shape[1]
         self._run("norm", "layernorm_backward", work, dx, dgamma, dbeta, dout, xhat, invstd, gamma)
 
+    def groupnorm_forward(self, out, xhat, invstd, x, gamma, beta, eps):
+        """x, out, xhat: (N, G, M) views; invstd (N, G); gamma, beta (C,)."""
+        self._run("norm", "groupnorm_forward", x.shape[0] * x.shape[1], out, xhat, invstd, x, gamma, beta,
+                  self.scalar(eps, x.dtype))
+
+    def groupnorm_backward(self, dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+        dx = self.nothing(dout.dtype, ndim=3) if dx is None else dx
+        work = (dout.shape[0] * dout.shape[1] if dx.size else 0) + dgamma.size
+        self._run("norm", "groupnorm_backward", work, dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+
     # ------------------------------------------------------------------------------- recurrent
     def recurrent_forward(self, kind, out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh,
                           reverse):

@@ -1,11 +1,13 @@
-"""Normalisation: BatchNorm (1-D and 2-D alike) and LayerNorm, with PyTorch's conventions.
+"""Normalisation: BatchNorm (1-D and 2-D alike), LayerNorm and GroupNorm, with PyTorch's conventions.
 
 BatchNorm works on x viewed as (N, C, S) (S = H W for BatchNorm2d, 1 or L for BatchNorm1d): batch
 statistics over N and S per channel, normalised with the biased variance; the running variance is
 updated with the unbiased one, ``running = (1 - momentum) running + momentum batch``; ``relu`` applies a
 following ReLU in the same pass (backward then needs ``out``, whose non-positive entries stop the
-gradient). LayerNorm works on x viewed as (R, D), statistics per row. ``xhat`` and ``invstd`` are
-saved for backward.
+gradient). LayerNorm works on x viewed as (R, D), statistics per row. GroupNorm works on x viewed as
+(N, G, M), statistics per sample and group over its M = (C / G) S values, the affine per channel
+(element m of group g belongs to channel g C/G + m // S). ``xhat`` and ``invstd`` are saved for
+backward.
 """
 
 import math
@@ -129,6 +131,69 @@ def layernorm_param_grads(dgamma, dbeta, dout, xhat, j):
     dbeta[j] = acc_beta
 
 
+@scalar_math
+def group_channel(gamma, groups, m_size, g, m):
+    # The channel of element m of group g: groups of C / G channels, each of S = M / (C / G) values.
+    per_group = gamma.size // groups
+    return g * per_group + m // (m_size // per_group)
+
+
+@scalar_math
+def groupnorm_row(out, xhat, invstd, x, gamma, beta, eps, n, g):
+    m_size = x.shape[2]
+    groups = x.shape[1]
+    total = same_type(eps, 0.0)
+    for m in range(m_size):
+        total += x[n, g, m]
+    mu = total / same_type(eps, m_size)
+    squares = same_type(eps, 0.0)
+    for m in range(m_size):
+        diff = x[n, g, m] - mu
+        squares += diff * diff
+    inv = same_type(eps, 1.0) / math.sqrt(squares / same_type(eps, m_size) + eps)
+    invstd[n, g] = inv
+    for m in range(m_size):
+        h = (x[n, g, m] - mu) * inv
+        xhat[n, g, m] = h
+        c = group_channel(gamma, groups, m_size, g, m)
+        out[n, g, m] = gamma[c] * h + beta[c]
+
+
+@scalar_math
+def groupnorm_backward_row(dx, dout, xhat, invstd, gamma, n, g):
+    # dx = invstd (v - mean(v) - xhat mean(v xhat)), v = dout gamma[channel], over the group's values.
+    m_size = dout.shape[2]
+    groups = dout.shape[1]
+    mean_v = same_type(invstd[0, 0], 0.0)
+    mean_vx = same_type(invstd[0, 0], 0.0)
+    for m in range(m_size):
+        v = dout[n, g, m] * gamma[group_channel(gamma, groups, m_size, g, m)]
+        mean_v += v
+        mean_vx += v * xhat[n, g, m]
+    mean_v /= same_type(mean_v, m_size)
+    mean_vx /= same_type(mean_vx, m_size)
+    for m in range(m_size):
+        v = dout[n, g, m] * gamma[group_channel(gamma, groups, m_size, g, m)]
+        dx[n, g, m] = invstd[n, g] * (v - mean_v - xhat[n, g, m] * mean_vx)
+
+
+@scalar_math
+def groupnorm_param_grads(dgamma, dbeta, dout, xhat, c):
+    # Channel c's sums over the samples and its S values.
+    groups, m_size = dout.shape[1], dout.shape[2]
+    per_group = dgamma.size // groups
+    spatial = m_size // per_group
+    g, first = c // per_group, (c % per_group) * spatial
+    acc_gamma = same_type(xhat[0, 0, 0], 0.0)
+    acc_beta = same_type(xhat[0, 0, 0], 0.0)
+    for n in range(dout.shape[0]):
+        for m in range(first, first + spatial):
+            acc_gamma += dout[n, g, m] * xhat[n, g, m]
+            acc_beta += dout[n, g, m]
+    dgamma[c] = acc_gamma
+    dbeta[c] = acc_beta
+
+
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
@@ -204,9 +269,28 @@ def layernorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
             dbeta[j] += dout_row[j]
 
 
+@cpu_kernel
+def groupnorm_forward_cpu(out, xhat, invstd, x, gamma, beta, eps):
+    # out, xhat, x (N, G, M); invstd (N, G); gamma, beta (C,); overwrites.
+    for n in range(x.shape[0]):
+        for g in range(x.shape[1]):
+            groupnorm_row(out, xhat, invstd, x, gamma, beta, eps, n, g)
+
+
+@cpu_kernel
+def groupnorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    # dx (N, G, M) (empty: not wanted); dgamma, dbeta (C,); overwrites.
+    if dx.size > 0:
+        for n in range(dout.shape[0]):
+            for g in range(dout.shape[1]):
+                groupnorm_backward_row(dx, dout, xhat, invstd, gamma, n, g)
+    for c in range(dgamma.size):
+        groupnorm_param_grads(dgamma, dbeta, dout, xhat, c)
+
+
 # --------------------------------------------------------------------------------------- CUDA kernels
-# One thread per channel (BatchNorm) or per row (LayerNorm): simple and exact; a block-reduction
-# version is the next step for large batches.
+# One thread per channel (BatchNorm) or per row (LayerNorm, GroupNorm): simple and exact; a
+# block-reduction version is the next step for large batches.
 
 
 @cuda_kernel
@@ -243,3 +327,22 @@ def layernorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
             layernorm_backward_row(dx, dout, xhat, invstd, gamma, item)
         else:
             layernorm_param_grads(dgamma, dbeta, dout, xhat, item - n_rows)
+
+
+@cuda_kernel
+def groupnorm_forward_cuda(out, xhat, invstd, x, gamma, beta, eps):
+    groups = x.shape[1]
+    for item in range(cuda.grid(1), x.shape[0] * groups, cuda.gridsize(1)):
+        groupnorm_row(out, xhat, invstd, x, gamma, beta, eps, item // groups, item % groups)
+
+
+@cuda_kernel
+def groupnorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    # Work items: every (sample, group) row of dx (when wanted), then every channel's dgamma and dbeta.
+    groups = dout.shape[1]
+    n_rows = dout.shape[0] * groups if dx.size > 0 else 0
+    for item in range(cuda.grid(1), n_rows + dgamma.size, cuda.gridsize(1)):
+        if item < n_rows:
+            groupnorm_backward_row(dx, dout, xhat, invstd, gamma, item // groups, item % groups)
+        else:
+            groupnorm_param_grads(dgamma, dbeta, dout, xhat, item - n_rows)

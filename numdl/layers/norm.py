@@ -1,5 +1,5 @@
 """Normalisation layers: BatchNorm1d, BatchNorm2d (train/eval modes, running statistics with
-PyTorch's momentum and unbiased running variance) and LayerNorm over the last axes, with PyTorch's
+PyTorch's momentum and unbiased running variance), LayerNorm over the last axes and GroupNorm, with PyTorch's
 options (affine or not, tracked statistics or not, cumulative averages, no bias)."""
 
 import math
@@ -188,4 +188,60 @@ class LayerNorm(Layer):
         dx = self.buffer("dx", rows.shape) if self.needs_input_grad else None
         self.ops.layernorm_backward(dx, self._flat("weight", grad=True), self._flat("bias", grad=True), rows,
                                     self._xhat, self._invstd, self._flat("weight"))
+        return None if dx is None else dx.reshape(dout.shape)
+
+
+class GroupNorm(Layer):
+    """PyTorch's ``nn.GroupNorm``: the channels (axis 1 of (batch, C, ...)) split into ``num_groups``
+    groups, each sample's group normalised over its channels and positions (biased variance, ``eps``),
+    then a per-channel scale and shift (``affine``). Batch-independent: the same in training and
+    evaluation. (The channel count comes from the input; PyTorch's ``num_channels`` is checked when
+    weights are imported.)"""
+
+    name = "groupnorm"
+
+    def __init__(self, num_groups: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        if num_groups < 1 or eps <= 0:
+            raise ConfigError(f"groupnorm: num_groups must be >= 1 and eps > 0, got {num_groups} and {eps}")
+        self.num_groups, self.eps, self.affine = int(num_groups), eps, bool(affine)
+
+    def hyperparameters(self):
+        return {"num_groups": self.num_groups, "eps": self.eps, "affine": self.affine}
+
+    def setup(self, input_shape, rng):
+        if not input_shape or input_shape[0] % self.num_groups:
+            raise ShapeError(f"layer 'groupnorm': {input_shape[0] if input_shape else 0} channels do not split into "
+                             f"{self.num_groups} groups (input shape (batch, {', '.join(map(str, input_shape))}))")
+        channels = input_shape[0]
+        if self.affine:
+            self.add_param("weight", np.ones(channels))
+            self.add_param("bias", np.zeros(channels))
+        else:  # a fixed scale of 1 and shift of 0; their gradients go to scratch
+            self._fixed = {"weight": self.ops.asarray(np.ones(channels), dtype=self.dtype),
+                           "bias": self.ops.zeros((channels,), self.dtype)}
+            self._scratch_grads = {name: self.ops.zeros((channels,), self.dtype) for name in ("weight", "bias")}
+        self._group_size = math.prod(input_shape) // self.num_groups
+        return input_shape
+
+    def _array(self, name, grad=False):
+        if self.affine:
+            return self.params[name].grad if grad else self.params[name].value
+        return self._scratch_grads[name] if grad else self._fixed[name]
+
+    def forward(self, x, training=False):
+        view = (x.shape[0], self.num_groups, self._group_size)
+        out = self.buffer("out", view)
+        self._xhat = self.buffer("xhat", view)
+        self._invstd = self.buffer("invstd", view[:2])
+        self.ops.groupnorm_forward(out, self._xhat, self._invstd, self.contiguous(x, "x_copy").reshape(view),
+                                   self._array("weight"), self._array("bias"), self.eps)
+        return out.reshape(x.shape)
+
+    def backward(self, dout):
+        view = (dout.shape[0], self.num_groups, self._group_size)
+        dx = self.buffer("dx", view) if self.needs_input_grad else None
+        self.ops.groupnorm_backward(dx, self._array("weight", grad=True), self._array("bias", grad=True),
+                                    self.contiguous(dout, "dout_copy").reshape(view), self._xhat, self._invstd,
+                                    self._array("weight"))
         return None if dx is None else dx.reshape(dout.shape)
