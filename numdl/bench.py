@@ -59,21 +59,19 @@ def _timed(run):
     return time.perf_counter() - start
 
 
-def _alternate(ours, theirs, repeats, third=None):
-    """Run ``ours``, ``theirs`` (and ``third``, if given) in turn ``repeats`` times each (after one
-    warm-up call each); returns the median seconds of each (two values, or three with ``third``)."""
-    for run in (ours, theirs, third):
+def _alternate(ours, theirs, repeats, *more):
+    """Run ``ours``, ``theirs`` and any ``more`` in turn ``repeats`` times each (after one warm-up call
+    each); returns the median seconds of each, None for a run that is None (a peer not installed)."""
+    runs = (ours, theirs) + more
+    for run in runs:
         if run:
             run()
-    mine, others, thirds = [], [], []
+    seconds = [[] for _ in runs]
     for _ in range(repeats):
-        mine.append(_timed(ours))
-        if theirs:
-            others.append(_timed(theirs))
-        if third:
-            thirds.append(_timed(third))
-    medians = statistics.median(mine), (statistics.median(others) if others else None)
-    return medians + (statistics.median(thirds),) if third else medians
+        for run, times in zip(runs, seconds):
+            if run:
+                times.append(_timed(run))
+    return [statistics.median(times) if times else None for times in seconds]
 
 
 def _result(case, work, ours_seconds, theirs_seconds, unit="samples/s", **extra):
@@ -253,11 +251,15 @@ def model_case(kind, mode, batch_size, samples, repeats, threads):
 
     run_theirs = _torch_run(_torch(threads), kind, mode, batches, ours)
     run_ort = _onnxruntime_run(ours, batches, threads) if mode == "predict" else None
-    mine, others, *ort_seconds = _alternate(run_ours, run_theirs, repeats, run_ort)
+    from numdl import bench_jax
+
+    run_jax = bench_jax.epoch(kind, mode, batches, ours, threads)
+    mine, others, ort_seconds, jax_seconds = _alternate(run_ours, run_theirs, repeats, run_ort, run_jax)
     result = _result(f"{kind} {mode} b{batch_size}", samples, mine, others, compile_seconds=compile_seconds)
-    if ort_seconds:
-        result["onnxruntime"] = samples / ort_seconds[0]
-        result["ratio_onnxruntime"] = result["numdl"] / result["onnxruntime"]
+    for peer, seconds in (("onnxruntime", ort_seconds), ("jax", jax_seconds)):
+        if seconds:
+            result[peer] = samples / seconds
+            result[f"ratio_{peer}"] = result["numdl"] / result[peer]
     return result
 
 
@@ -772,22 +774,23 @@ def compare(report, baseline, tolerance):
             and r["numdl"] < (1 - tolerance) * before[r["case"]]]
 
 
+PEERS = (("jax", "jax", "vs jax"), ("onnxruntime", "onnxrt", "vs ort"))  # extra columns, when measured
+
+
 def format_table(report):
     width = max([len(r["case"]) for r in report["results"]] + [4])
-    onnx = any("onnxruntime" in r for r in report["results"])  # inference rows: a third column
-    extra = f" {'onnxrt':>12} {'vs ort':>7}" if onnx else ""
+    peers = [peer for peer in PEERS if any(peer[0] in r for r in report["results"])]
+    extra = "".join(f" {title:>12} {versus:>7}" for _, title, versus in peers)
     lines = [f"{'case':<{width}} {'unit':>9} {'numdl':>12} {'torch':>12} {'ratio':>7} {'compile s':>10}{extra}"]
     for r in report["results"]:
         number = (lambda v: f"{v:>12,.2f}") if r.get("unit") in ("s",) else (lambda v: f"{v:>12,.0f}")
         theirs = number(r["torch"]) if "torch" in r else f"{'-':>12}"
         ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
         compiled = f"{r['compile_seconds']:>10.2f}" if "compile_seconds" in r else f"{'':>10}"
-        third = ""
-        if onnx:
-            third = (f" {number(r['onnxruntime'])} {r['ratio_onnxruntime']:>6.2f}x" if "onnxruntime" in r
-                     else f" {'-':>12} {'-':>7}")
+        columns = "".join(f" {number(r[key])} {r['ratio_' + key]:>6.2f}x" if key in r else f" {'-':>12} {'-':>7}"
+                          for key, _, _ in peers)
         lines.append(f"{r['case']:<{width}} {r.get('unit', 'samples/s'):>9} {number(r['numdl'])} {theirs} {ratio}"
-                     f" {compiled}{third}")
+                     f" {compiled}{columns}")
     lines.append(f"threads {report['threads']}, median of {report['repeats']} alternating repetitions, "
                  f"peak RSS of this process {report['peak_rss_mib']:.0f} MiB")
     if not report.get("torch", True):

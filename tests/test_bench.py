@@ -27,6 +27,10 @@ def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
         assert predict["onnxruntime"] > 0 and predict["ratio_onnxruntime"] == pytest.approx(
             predict["numdl"] / predict["onnxruntime"])
         assert "onnxrt" in result.output and "vs ort" in result.output
+    if importlib.util.find_spec("jax"):  # and training and inference against the jitted JAX twin
+        for r in report["results"]:
+            assert r["jax"] > 0 and r["ratio_jax"] == pytest.approx(r["numdl"] / r["jax"])
+        assert "vs jax" in result.output
     faster = json.loads(out.read_text())
     for r in faster["results"]:
         r["numdl"] *= 1e6  # a baseline a million times faster: a regression however busy the machine is
@@ -162,3 +166,25 @@ def test_the_unet_suite_runs_examples_unet_toml_against_the_same_net_in_torch():
     assert ours.loss.forward(ours.forward(x, training=True), y) == pytest.approx(theirs, rel=1e-4)
     result = bench.model_case("unet", "train", 2, 4, repeats=1, threads=1)
     assert result["case"] == "unet train b2" and result["numdl"] > 0 and result["torch"] > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "lstm", "tabular"])
+def test_the_jax_twins_compute_numdls_models(kind):
+    """The JAX peer's models are numdl's: the same logits from the same initial weights, and one
+    jitted Adam step lowers the loss as numdl's does."""
+    import numpy as np
+
+    from numdl import bench_jax
+
+    loaded = bench_jax.load()
+    if loaded is None:
+        pytest.skip("jax and optax are not installed")
+    jax, jnp, _ = loaded
+    model = bench._numdl_model(kind)
+    shape = bench.INPUT_SHAPES.get(kind, (28, 28))
+    x, y = bench._data(16, shape, bench.CLASSES.get(kind, 10))
+    params = [jnp.asarray(np.array(p.value)) for p in model.parameters()]
+    logits = np.asarray(bench_jax._forward(jax, jnp, kind)(params, jnp.asarray(x)))
+    np.testing.assert_allclose(logits, model.predict(x), rtol=1e-4, atol=1e-5)
+    run = bench_jax.epoch(kind, "train", [(x, y)], model)
+    run()  # compiles and steps without error
