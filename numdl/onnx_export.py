@@ -135,7 +135,8 @@ def _groupnorm(g, layer, x):
     grouped = g.node("Reshape", [x, _ints(g, [0, layer.num_groups, -1])])
     centred = g.node("Sub", [grouped, g.node("ReduceMean", [grouped], axes=[2], keepdims=1)])
     variance = g.node("ReduceMean", [g.node("Mul", [centred, centred])], axes=[2], keepdims=1)
-    normed = g.node("Div", [centred, g.node("Sqrt", [g.node("Add", [variance, g.constant(np.array(layer.eps), "eps")])])])
+    spread = g.node("Sqrt", [g.node("Add", [variance, g.constant(np.array(layer.eps), "eps")])])
+    normed = g.node("Div", [centred, spread])
     out = g.node("Reshape", [normed, g.node("Shape", [x])])
     if not layer.affine:
         return out
@@ -229,9 +230,11 @@ RECURRENT_GATE_ORDER = {"lstm": [0, 3, 1, 2],  # PyTorch's i, f, g, o -> ONNX's 
                         "gru": [1, 0, 2]}       # PyTorch's r, z, n -> ONNX's z, r, h
 
 
-def _recurrent(g, layer, x):
+def _recurrent(g, layer, inputs):
     """One ONNX LSTM / GRU per stacked layer (both directions in one op), in the time-major layout
-    onnxruntime runs: (batch, T, F) -> (T, batch, F) in, (T, directions, batch, H) out."""
+    onnxruntime runs: (batch, T, F) -> (T, batch, F) in, (T, directions, batch, H) out; given initial
+    states (batch, L D, H) go in as each layer's (D, batch, H) slice."""
+    x, states = inputs[0], inputs[1:]
     h, kind = layer.hidden_size, layer.kind
     order = RECURRENT_GATE_ORDER[kind]
     directions = layer.directions
@@ -253,9 +256,15 @@ def _recurrent(g, layer, x):
         if kind == "gru":
             attributes["linear_before_reset"] = 1  # PyTorch's n gate: r * (W_hn h + b_hn)
         out, last = g.name(f"{kind}_y"), g.name(f"{kind}_h")
-        g.nodes.append(g.helper.make_node(kind.upper(), [sequence, g.constant(np.stack(weights), "w"),
-                                                         g.constant(np.stack(recurrent), "r"),
-                                                         g.constant(np.stack(biases), "b")],
+        op_inputs = [sequence, g.constant(np.stack(weights), "w"), g.constant(np.stack(recurrent), "r"),
+                     g.constant(np.stack(biases), "b")]
+        if states:
+            op_inputs.append("")  # sequence_lens: every sequence full length
+            for state in states:  # (batch, L D, H) -> this layer's (D, batch, H)
+                piece = g.node("Slice", [state, _ints(g, [index * directions], "start"),
+                                         _ints(g, [(index + 1) * directions], "end"), _ints(g, [1], "axis")])
+                op_inputs.append(g.node("Transpose", [piece], perm=[1, 0, 2]))
+        g.nodes.append(g.helper.make_node(kind.upper(), op_inputs,
                                           [out, last] + ([g.name("lstm_c")] if kind == "lstm" else []),
                                           **attributes))
         # (T, directions, batch, H) -> (T, batch, directions * H): the next layer's input
@@ -364,11 +373,12 @@ EMITTERS = {
     "GlobalAvgPool2d": lambda g, layer, x: g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1),
     "Residual": _residual, "Upsample": _upsample, "GaussianSample": _gaussian_sample,
     "AdaptiveAvgPool2d": _adaptive_pool, "AdaptiveMaxPool2d": _adaptive_pool,
-    "LSTM": _recurrent, "GRU": _recurrent, "MultiHeadAttention": _self_attention, "Chain": _chain,
+    "MultiHeadAttention": _self_attention, "Chain": _chain,
     "TransformerEncoderLayer": _chain, "PositionalEncoding": _positional, "SequencePool": _sequence_pool,
     "SwapAxes": lambda g, layer, x: g.node("Transpose", [x], perm=[0, 2, 1]), "Embedding": _embedding,
 }
-MANY_INPUTS = {"CrossAttention": _cross_attention, "TransformerDecoderLayer": _decoder_layer}
+MANY_INPUTS = {"CrossAttention": _cross_attention, "TransformerDecoderLayer": _decoder_layer,
+               "LSTM": _recurrent, "GRU": _recurrent}  # (a recurrent layer's inputs: x, or x and its states)
 MERGES = {"Concat": "Concat", "Add": "Sum", "Multiply": "Mul"}
 
 
@@ -411,7 +421,8 @@ def to_onnx(model):
         out_names = [values[id(node)] for node in model.output_nodes]
         out_shapes = [node.layer.output_shape for node in model.output_nodes]
     else:
-        inputs = [g.helper.make_tensor_value_info("input", input_kind(model._input_dtype), ["batch", *model.input_shape])]
+        inputs = [g.helper.make_tensor_value_info("input", input_kind(model._input_dtype),
+                                                  ["batch", *model.input_shape])]
         value = "input"
         for layer in model.layers:
             value = _emit(g, layer, [value])

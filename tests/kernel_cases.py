@@ -802,13 +802,15 @@ def _sig(v):
     return 1 / (1 + np.exp(-v))
 
 
-def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    """PyTorch's LSTM / GRU equations in float64, per sample, honouring lengths and direction."""
+def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None):
+    """PyTorch's LSTM / GRU equations in float64, per sample, honouring lengths and direction, from
+    the initial states h0, c0 (N, H) (zeros when None)."""
     n_batch, steps, _ = x.shape
     hidden = w_hh.shape[1]
     out = np.zeros((n_batch, steps, hidden))
     for n in range(n_batch):
-        h, c = np.zeros(hidden), np.zeros(hidden)
+        h = np.zeros(hidden) if h0 is None else h0[n].copy()
+        c = np.zeros(hidden) if c0 is None else c0[n].copy()
         order = range(lengths[n] - 1, -1, -1) if reverse else range(lengths[n])
         for t in order:
             gx, gh = w_ih @ x[n, t] + b_ih, w_hh @ h + b_hh
@@ -846,11 +848,27 @@ def _recurrent_buffers(dtype, g):
             np.zeros((n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n, h), dtype)]
 
 
-def _recurrent_forward(kind, reverse):
+def _initial_states(kind, dtype, rng, given):
+    """(h0, c0) for a case: (N, H) arrays when ``given`` (no c0 for the GRU), else empty ones."""
+    n, h = RNN["n"], RNN["h"]
+    empty = np.empty((0, 0), dtype)
+    if not given:
+        return empty, empty
+    h0 = (rng.standard_normal((n, h)) * 0.5).astype(dtype)
+    return h0, ((rng.standard_normal((n, h)) * 0.5).astype(dtype) if kind == "lstm" else empty)
+
+
+def _states_or_none(state):
+    return f64(state) if state.size else None
+
+
+def _recurrent_forward(kind, reverse, initial=False):
     def make(dtype, rng):
         x, lengths, w_ih, w_hh, b_ih, b_hh, g = _recurrent_inputs(kind, dtype, rng)
-        ref = recurrent_reference(kind, f64(x), lengths, f64(w_ih), f64(w_hh), f64(b_ih), f64(b_hh), reverse)
-        args = _recurrent_buffers(dtype, g) + [x, lengths, w_ih, w_hh, b_ih, b_hh, reverse]
+        h0, c0 = _initial_states(kind, dtype, rng, initial)
+        ref = recurrent_reference(kind, f64(x), lengths, f64(w_ih), f64(w_hh), f64(b_ih), f64(b_hh), reverse,
+                                  _states_or_none(h0), _states_or_none(c0))
+        args = _recurrent_buffers(dtype, g) + [x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse]
         return args, RNN["n"], {0: ref}
     return make
 
@@ -861,27 +879,39 @@ def _numeric(f, array, eps=1e-6):
     return numeric_gradient(f, array, eps)
 
 
-def _recurrent_backward(kind, reverse):
+def _recurrent_backward(kind, reverse, initial=False):
+    """Every gradient against central differences; with ``initial``, from given initial states and
+    with their gradients (dh0, and dc0 for the LSTM)."""
     def make(dtype, rng):
         x, lengths, w_ih, w_hh, b_ih, b_hh, g = _recurrent_inputs(kind, dtype, rng)
         p = RNN
         n, t, h = p["n"], p["t"], p["h"]
+        h0, c0 = _initial_states(kind, dtype, rng, initial)
         dout = rng.standard_normal((n, t, h)).astype(dtype)
         inputs = [f64(a) for a in (x, w_ih, w_hh, b_ih, b_hh)]
+        states = [f64(a) for a in (h0, c0)]
 
         def objective():
-            return float((recurrent_reference(kind, inputs[0], lengths, *inputs[1:], reverse) * f64(dout)).sum())
+            out = recurrent_reference(kind, inputs[0], lengths, *inputs[1:], reverse,
+                                      states[0] if h0.size else None, states[1] if c0.size else None)
+            return float((out * f64(dout)).sum())
 
         grads = [_numeric(objective, a) for a in inputs]
         forward = _recurrent_buffers(dtype, g)
         module = __import__("numdl.kernels.recurrent", fromlist=["x"])
-        getattr(module, f"{kind}_forward_cpu")(*forward, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse)
+        getattr(module, f"{kind}_forward_cpu")(*forward, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
         out, gates, cells = forward[:3]
         scratch = [np.zeros((2, n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n * t, h), dtype),
                    np.zeros((n, h), dtype), np.zeros((n, h), dtype)]
+        dh0, dc0 = np.zeros_like(h0), np.zeros_like(c0)
         args = [np.zeros_like(x), np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih), np.zeros_like(b_hh),
-                *scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, reverse]
-        return args, n, {0: grads[0], 1: grads[1], 2: grads[2], 3: grads[3], 4: grads[4]}
+                dh0, dc0, *scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse]
+        expected = {0: grads[0], 1: grads[1], 2: grads[2], 3: grads[3], 4: grads[4]}
+        if h0.size:
+            expected[5] = _numeric(objective, states[0])
+        if c0.size:
+            expected[6] = _numeric(objective, states[1])
+        return args, n, expected
     return make
 
 
@@ -1538,6 +1568,12 @@ VARIANTS = {
     "batchnorm_backward_fused_relu": (("norm", "batchnorm_backward"), _bn_backward(True)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
+    "lstm_forward_initial_state": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", False, True)),
+    "lstm_backward_initial_state": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", False, True)),
+    "lstm_backward_reverse_initial_state": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True, True)),
+    "gru_forward_initial_state": (("recurrent", "gru_forward"), _recurrent_forward("gru", True, True)),
+    "gru_backward_initial_state": (("recurrent", "gru_backward"), _recurrent_backward("gru", False, True)),
+    "gru_backward_reverse_initial_state": (("recurrent", "gru_backward"), _recurrent_backward("gru", True, True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),
     "lstm_backward_reverse": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True)),
     "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
@@ -1571,6 +1607,8 @@ TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-9,
 # References computed by central differences are good to about 1e-8, not 1e-11.
 NUMERIC_REFERENCE_TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=1e-8)}
 NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", "lstm_backward_reverse",
+                           "lstm_backward_initial_state", "lstm_backward_reverse_initial_state",
+                           "gru_backward_initial_state", "gru_backward_reverse_initial_state",
                            "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal",
                            "attention_backward_cross"}
 

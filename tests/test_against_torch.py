@@ -682,3 +682,40 @@ def test_recurrent_without_bias_matches_torch(ours_cls, torch_cls):
     np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in ours.params.items():
         np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.LSTM, torch.nn.LSTM), (numdl.GRU, torch.nn.GRU)])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, return_sequences):
+    """PyTorch's rnn(x, (h0, c0)) -> out, (h_n, c_n), two stacked bidirectional layers, batch first:
+    numdl's layer with initial_state takes [x, h0, c0] of shape (batch, layers * directions, hidden)
+    (PyTorch's states with the batch first), gives the gradients of all three, and final_states()."""
+    from numdl.backend import get_ops
+
+    lstm = ours_cls is numdl.LSTM
+    ours = ours_cls(3, num_layers=2, bidirectional=True, return_sequences=return_sequences, initial_state=True)
+    shapes = [(5, 4)] + [(4, 3)] * (2 if lstm else 1)
+    ours.build(shapes, get_ops("cpu"), np.float64, np.random.default_rng(0))
+    rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, batch_first=True).double()
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+    rng = np.random.default_rng(16)
+    inputs = [rng.standard_normal((2,) + shape) for shape in shapes]
+    out = ours.forward(inputs, training=True).copy()
+    dout = rng.standard_normal(out.shape)
+    grads = ours.backward(dout)
+    t_inputs = [torch.tensor(a, requires_grad=True) for a in inputs]
+    t_states = [s.transpose(0, 1) for s in t_inputs[1:]]  # PyTorch's (layers * directions, batch, hidden)
+    t_out, t_final = rnn(t_inputs[0], tuple(t_states) if lstm else t_states[0])
+    t_final = t_final if lstm else (t_final,)
+    if not return_sequences:  # numdl's last output: the forward direction's last step, the reverse's first
+        t_out = torch.cat([t_out[:, -1, :3], t_out[:, 0, 3:]], dim=1)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours_state, theirs in zip(ours.final_states(), t_final):
+        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

@@ -154,3 +154,19 @@ def test_softmax_axes_export(layer):
     model = numdl.Sequential([layer], input_shape=(3, 4, 5), seed=0)
     x = np.random.default_rng(4).standard_normal((2, 3, 4, 5)).astype(np.float32) * 3
     np.testing.assert_allclose(_run(model, x)[0], model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_layers_with_initial_states_export(kind):
+    x = numdl.Input((6, 4))
+    states = [numdl.Input((4, 3)) for _ in range(2 if kind == "lstm" else 1)]
+    layer = (numdl.LSTM if kind == "lstm" else numdl.GRU)(3, num_layers=2, bidirectional=True, initial_state=True)
+    model = numdl.Model([x, *states], numdl.Linear(2)(layer([x, *states])), seed=0)
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal((3, 6, 4)).astype(np.float32)] + \
+        [rng.standard_normal((3, 4, 3)).astype(np.float32) for _ in states]
+    from numdl.onnx_export import to_onnx
+
+    session = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {f"input{i}": a for i, a in enumerate(arrays)})
+    np.testing.assert_allclose(out, model.predict(arrays), rtol=1e-5, atol=1e-5)

@@ -416,19 +416,23 @@ class Ops:
 
     # ------------------------------------------------------------------------------- recurrent
     def recurrent_forward(self, kind, out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh,
-                          reverse):
-        """kind 'lstm' or 'gru'; one direction of one layer over the whole sequence."""
+                          reverse, h0=None, c0=None):
+        """kind 'lstm' or 'gru'; one direction of one layer over the whole sequence; h0, c0 (N, H)
+        initial states, or None for zeros."""
+        h0 = self.nothing(x.dtype, 2) if h0 is None else h0
+        c0 = self.nothing(x.dtype, 2) if c0 is None else c0
         self._run("recurrent", f"{kind}_forward", x.shape[0], out, gates, cells, proj, hh, h_prev, x, lengths,
-                  w_ih, w_hh, b_ih, b_hh, bool(reverse), per_sample=True)
+                  w_ih, w_hh, b_ih, b_hh, h0, c0, bool(reverse), per_sample=True)
 
     def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
-                           w_ih, w_hh, reverse):
-        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx None: not computed."""
+                           w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None):
+        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx, dh0, dc0 None: not computed."""
         dx = self.nothing(x.dtype, ndim=3) if dx is None else dx
+        dh0, dc0, h0, c0 = (self.nothing(x.dtype, 2) if a is None else a for a in (dh0, dc0, h0, c0))
         for grad in (dw_ih, dw_hh, db_ih, db_hh):
             self.zero_(grad)  # the CUDA twin accumulates across samples
-        self._run("recurrent", f"{kind}_backward", x.shape[0], dx, dw_ih, dw_hh, db_ih, db_hh, *scratch, dout, out,
-                  gates, cells, x, lengths, w_ih, w_hh, bool(reverse), per_sample=True)
+        self._run("recurrent", f"{kind}_backward", x.shape[0], dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, *scratch,
+                  dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, bool(reverse), per_sample=True)
 
     # -------------------------------------------------------------------------------- sequence
     def last_step_forward(self, out, x, lengths, split):

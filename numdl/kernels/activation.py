@@ -204,8 +204,8 @@ def gelu_tanh_grad(x):
 
 @scalar_math
 def softmax_at(out, x, o, i):
-    # out[o, :, i] = softmax(x[o, :, i]), shifted by the maximum; returns (peak, log of the shifted
-    # exponentials' sum), with which log-softmax and cross-entropy finish.
+    # out[o, :, i] = softmax(x[o, :, i]), shifted by the maximum; returns log sum_c exp(x_c), with
+    # which a cross-entropy finishes.
     cols = x.shape[1]
     peak = x[o, 0, i]
     for c in range(1, cols):
@@ -218,7 +218,7 @@ def softmax_at(out, x, o, i):
     inv = same_type(peak, 1.0) / total
     for c in range(cols):
         out[o, c, i] *= inv
-    return peak, math.log(total)
+    return peak + math.log(total)
 
 
 @scalar_math

@@ -1,11 +1,13 @@
 """Recurrent layers, one direction of one layer per call: LSTM and GRU with PyTorch's equations and
-gate order (LSTM: i, f, g, o; GRU: r, z, n), zero initial state, per-sample lengths for padded
-batches (steps past a sample's length output zeros and leave its state alone; the reverse direction
-starts at each sample's last valid step, as PyTorch's packed sequences do).
+gate order (LSTM: i, f, g, o; GRU: r, z, n), a given or zero initial state, per-sample lengths for
+padded batches (steps past a sample's length output zeros and leave its state alone; the reverse
+direction starts at each sample's last valid step, as PyTorch's packed sequences do).
 
 Shapes: x (N, T, I); lengths (N,) int64; w_ih (G H, I); w_hh (G H, H); b_ih, b_hh (G H,) with G = 4
-(LSTM) or 3 (GRU); out (N, T, H). Saved for backward: ``gates`` (N, T, G H) activated gate values
-and ``cells`` (N, T, H): LSTM cell states, or for the GRU the hidden projection W_hn h + b_hn.
+(LSTM) or 3 (GRU); out (N, T, H); h0, c0 (N, H) the initial hidden and cell states, or empty (zeros;
+the GRU has no c0), with gradients dh0, dc0 (empty: not wanted). Saved for backward: ``gates``
+(N, T, G H) activated gate values and ``cells`` (N, T, H): LSTM cell states, or for the GRU the
+hidden projection W_hn h + b_hn.
 
 CPU: samples are independent, so each numba thread takes a block of them and runs it from the first
 step to the last with no barrier (these kernels move the process to numba's pool, the BLAS on one
@@ -177,19 +179,23 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
 
 
 @cpu_kernel
-def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, is_lstm,
-                     lo, hi):
+def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
+                     is_lstm, lo, hi):
     # Samples lo..hi-1 from first step to last. Only their rows of every buffer are touched, so
     # blocks of samples run on different threads at once (each product on one BLAS thread).
     n_batch, steps, hidden = out.shape
     rows = x.reshape(n_batch * steps, x.shape[2])
     np.dot(rows[lo * steps:hi * steps], w_ih.T, proj[lo * steps:hi * steps])
     out[lo:hi] = 0
-    h_prev[lo:hi] = 0
+    has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
+    if has_h0:
+        h_prev[lo:hi] = h0[lo:hi]
+    else:
+        h_prev[lo:hi] = 0
     bias = b_ih + b_hh  # one small array per call, not per step
     for step in range(steps):
-        if step == 0:
-            hh[lo:hi] = 0  # the initial state is zero: no product needed
+        if step == 0 and not has_h0:
+            hh[lo:hi] = 0  # a zero initial state: no product needed
         else:
             np.dot(h_prev[lo:hi], w_hh.T, hh[lo:hi])
         for n in range(lo, hi):
@@ -199,8 +205,14 @@ def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
             prev = previous_position(t, reverse)
             row = n * steps + t
             if is_lstm:
+                if step > 0:
+                    c_prev_row = cells[n, prev]
+                elif has_c0:
+                    c_prev_row = c0[n]
+                else:
+                    c_prev_row = cells[n, t]  # any row: selected away (see _lstm_cells_forward)
                 _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], proj[row], bias,
-                                    cells[n, prev if step > 0 else t], step > 0)
+                                    c_prev_row, step > 0 or has_c0)
                 continue
             for j in range(hidden):  # the GRU, unit by unit
                 pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
@@ -213,33 +225,35 @@ def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
 
 
 @cpu_parallel_kernel
-def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
-                             is_lstm):
+def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                             reverse, is_lstm):
     # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step). Samples
     # are independent: one block of them per thread, each run start to end without a barrier.
     n_batch = out.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse,
+        _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
                          is_lstm, lo, min(n_batch, lo + block))
 
 
 @runs_numba_threads
 @cpu_kernel
-def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, True)
+def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
+    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
+                             True)
 
 
 @runs_numba_threads
 @cpu_kernel
-def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
-    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, False)
+def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
+    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
+                             False)
 
 
 @cpu_kernel
-def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out, gates,
-                      cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi):
+def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                      gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi):
     # Samples lo..hi-1, last step to first: their rows of the scratch buffers and of dx, and the
     # weight and bias gradients of their rows alone, overwritten into dw_ih ... db_hh (the caller
     # adds the blocks up).
@@ -255,6 +269,7 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_n
     dc_next[lo:hi] = 0
     first_row, end_row = lo * steps, hi * steps
     h_step[first_row:end_row] = 0
+    has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
     for step in range(steps - 1, -1, -1):
         dstep[lo:hi] = 0
         for n in range(lo, hi):
@@ -266,16 +281,31 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_n
             first = step == 0
             if not first:
                 h_step[row] = out[n, prev]
+            elif has_h0:
+                h_step[row] = h0[n]
             if is_lstm:
-                _lstm_cells_backward(dproj[1, row], dc_next[n], gates[n, t], cells[n, t],
-                                     cells[n, t if first else prev], not first, dout[n, t], dh_next[n])
+                if not first:
+                    c_prev_row = cells[n, prev]
+                elif has_c0:
+                    c_prev_row = c0[n]
+                else:
+                    c_prev_row = cells[n, t]  # any row: selected away
+                _lstm_cells_backward(dproj[1, row], dc_next[n], gates[n, t], cells[n, t], c_prev_row,
+                                     not first or has_c0, dout[n, t], dh_next[n])
             else:
                 for j in range(hidden):
                     dh = dout[n, t, j] + dh_next[n, j]
                     dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_step[row, j], n, t, j, hidden)
             dstep[n] = dproj[1, row]
         if step == 0:
-            break  # the gradient of the (zero, constant) initial state is not needed
+            # the initial state's gradients, when asked for: what the first step passes back
+            if dh0.shape[0] > 0:
+                np.dot(dstep[lo:hi], w_hh, dh0[lo:hi])
+                if not is_lstm:
+                    dh0[lo:hi] += dc_next[lo:hi]  # the GRU's direct z path
+            if dc0.shape[0] > 0:
+                dc0[lo:hi] = dc_next[lo:hi]
+            break
         np.dot(dstep[lo:hi], w_hh, dh_next[lo:hi])
         if not is_lstm:
             dh_next[lo:hi] += dc_next[lo:hi]  # the GRU's direct z path; dc_next carries it
@@ -304,8 +334,8 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_n
 
 
 @cpu_parallel_kernel
-def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
-                              out, gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm):
+def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm):
     # One block of samples per thread, as forward. The first block writes the weight and bias
     # gradients in place, the others into partial sums (a few small arrays a call) added after.
     n_batch = out.shape[0]
@@ -319,12 +349,12 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
         lo = part * block
         hi = min(n_batch, lo + block)
         if part == 0:
-            _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                              gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi)
+            _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
+                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi)
         else:
             _backward_samples(dx, partial_ih[part - 1], partial_hh[part - 1], partial_bias[part - 1, 0],
-                              partial_bias[part - 1, 1], dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                              gates, cells, x, lengths, w_ih, w_hh, reverse, is_lstm, lo, hi)
+                              partial_bias[part - 1, 1], dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                              gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi)
     for other in range(others):
         dw_ih += partial_ih[other]
         dw_hh += partial_hh[other]
@@ -334,19 +364,19 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_st
 
 @runs_numba_threads
 @cpu_kernel
-def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                      gates, cells, x, lengths, w_ih, w_hh, reverse):
-    # Overwrites dx (skipped when empty), dw_ih, dw_hh, db_ih, db_hh.
-    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
-                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, True)
+def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                      gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
+    # Overwrites dx, dh0, dc0 (each skipped when empty), dw_ih, dw_hh, db_ih, db_hh.
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
+                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, True)
 
 
 @runs_numba_threads
 @cpu_kernel
-def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                     gates, cells, x, lengths, w_ih, w_hh, reverse):
-    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout,
-                            out, gates, cells, x, lengths, w_ih, w_hh, reverse, False)
+def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                     gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
+                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, False)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -360,25 +390,32 @@ def _device(func):
 
 
 @scalar_math
-def _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, r):
-    # Row r of W_ih x_t + b_ih + b_hh (+ W_hh h_prev after the first step).
+def _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, r):
+    # Row r of W_ih x_t + b_ih + b_hh + W_hh h_prev (h_prev: the initial state h0 at the first step,
+    # when given; zero there otherwise).
     acc = b_ih[r] + b_hh[r]
     for k in range(w_ih.shape[1]):
         acc += x[n, t, k] * w_ih[r, k]
+    return acc + _recurrent_term(out, h0, w_hh, n, prev, step, r)
+
+
+@scalar_math
+def _recurrent_term(out, h0, w_hh, n, prev, step, r):
+    # Row r of W_hh h_prev.
+    acc = w_hh[r, 0] - w_hh[r, 0]
     if step > 0:
         for k in range(w_hh.shape[1]):
             acc += out[n, prev, k] * w_hh[r, k]
+    elif h0.shape[0] > 0:
+        for k in range(w_hh.shape[1]):
+            acc += h0[n, k] * w_hh[r, k]
     return acc
 
 
 @scalar_math
-def _hidden_preactivation(out, w_hh, b_hh, n, prev, step, r):
+def _hidden_preactivation(out, h0, w_hh, b_hh, n, prev, step, r):
     # Row r of W_hh h_prev + b_hh (the GRU keeps the n gate's hidden part apart).
-    acc = b_hh[r]
-    if step > 0:
-        for k in range(w_hh.shape[1]):
-            acc += out[n, prev, k] * w_hh[r, k]
-    return acc
+    return b_hh[r] + _recurrent_term(out, h0, w_hh, n, prev, step, r)
 
 
 @scalar_math
@@ -398,7 +435,7 @@ def _zero_sample_outputs(out, n):
 
 
 @_device
-def _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, is_lstm, n):
+def _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, is_lstm, n):
     steps, hidden = out.shape[1], out.shape[2]
     _zero_sample_outputs(out, n)
     for step in range(steps):
@@ -406,37 +443,37 @@ def _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b
         if t >= 0:
             prev = previous_position(t, reverse)
             for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-                pre_0 = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
-                pre_1 = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+                pre_0 = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
+                pre_1 = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
                 if is_lstm:
-                    pre_g = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 2 * hidden + j)
-                    pre_o = _gate_preactivation(x, out, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 3 * hidden + j)
-                    c_prev = cells[n, prev, j] if step > 0 else same_type(pre_0, 0.0)
+                    pre_g = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 2 * hidden + j)
+                    pre_o = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 3 * hidden + j)
+                    c_prev = cells[n, prev, j] if step > 0 else (c0[n, j] if c0.shape[0] > 0 else same_type(pre_0, 0.0))
                     lstm_cell(gates, cells, out, pre_0, pre_1, pre_g, pre_o, c_prev, n, t, j, hidden)
                 else:
                     x_n = _input_preactivation(x, w_ih, b_ih, n, t, 2 * hidden + j)
-                    h_n = _hidden_preactivation(out, w_hh, b_hh, n, prev, step, 2 * hidden + j)
-                    h_prev_j = out[n, prev, j] if step > 0 else same_type(pre_0, 0.0)
+                    h_n = _hidden_preactivation(out, h0, w_hh, b_hh, n, prev, step, 2 * hidden + j)
+                    h_prev_j = out[n, prev, j] if step > 0 else (h0[n, j] if h0.shape[0] > 0 else same_type(pre_0, 0.0))
                     gru_cell(gates, cells, out, pre_0, pre_1, x_n, h_n, h_prev_j, n, t, j, hidden)
         cuda.syncthreads()
 
 
 @cuda_kernel
-def lstm_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+def lstm_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
     # proj, hh, h_prev are the CPU's scratch, unused here.
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
-        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, True, n)
+        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, True, n)
 
 
 @cuda_kernel
-def gru_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse):
+def gru_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
-        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, False, n)
+        _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, False, n)
 
 
 @_device
-def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x, lengths,
-                               w_ih, w_hh, reverse, is_lstm, n):
+def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, dout, out, gates, cells, x,
+                               lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, n):
     steps, hidden = out.shape[1], out.shape[2]
     rows = w_hh.shape[0]
     length = lengths[n]
@@ -455,15 +492,26 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, d
                 if later >= 0:
                     for m in range(rows):
                         dh += dproj[1, n * steps + later, m] * w_hh[m, j]
-                h_prev = out[n, prev, j] if step > 0 else zero
+                h_prev = out[n, prev, j] if step > 0 else (h0[n, j] if h0.shape[0] > 0 else zero)
                 if is_lstm:
-                    c_prev = cells[n, prev, j] if step > 0 else zero
+                    c_prev = cells[n, prev, j] if step > 0 else (c0[n, j] if c0.shape[0] > 0 else zero)
                     dc_next[n, j] = lstm_cell_backward(dproj, row, gates, cells, dh, dc_next[n, j], c_prev, n, t, j,
                                                        hidden)
                 else:
                     dh += dc_next[n, j]  # the direct z path from the later step
                     dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_prev, n, t, j, hidden)
         cuda.syncthreads()
+    # The initial state's gradients: W_hh^T of the first step's hidden-side gradients (plus the GRU's
+    # direct z path, left in dc_next), and the LSTM's dc, left in dc_next.
+    first_row = n * steps + step_position(0, length, reverse)
+    for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+        if dh0.shape[0] > 0:
+            acc = dc_next[n, j] if not is_lstm else zero
+            for m in range(rows):
+                acc += dproj[1, first_row, m] * w_hh[m, j]
+            dh0[n, j] = acc
+        if dc0.shape[0] > 0:
+            dc0[n, j] = dc_next[n, j]
     # Weight and bias gradients of this sample, summed over its steps, then one atomic add each.
     for m in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
         acc_ih = zero
@@ -484,6 +532,8 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, d
                 first = t == (length - 1 if reverse else 0)
                 if not first:
                     acc += dproj[1, n * steps + t, m] * out[n, previous_position(t, reverse), k]
+                elif h0.shape[0] > 0:
+                    acc += dproj[1, n * steps + t, m] * h0[n, k]
             cuda.atomic.add(dw_hh, (m, k), acc)
     if dx.size > 0:
         for t in range(steps):
@@ -497,17 +547,17 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, d
 
 
 @cuda_kernel
-def lstm_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                       gates, cells, x, lengths, w_ih, w_hh, reverse):
+def lstm_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                       gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
     # Accumulates into dw_ih, dw_hh, db_ih, db_hh: the launcher zeroes them first.
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
-        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x,
-                                   lengths, w_ih, w_hh, reverse, True, n)
+        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, dout, out, gates, cells,
+                                   x, lengths, w_ih, w_hh, h0, c0, reverse, True, n)
 
 
 @cuda_kernel
-def gru_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                      gates, cells, x, lengths, w_ih, w_hh, reverse):
+def gru_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
+                      gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
-        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dproj, dc_next, dout, out, gates, cells, x,
-                                   lengths, w_ih, w_hh, reverse, False, n)
+        _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, dout, out, gates, cells,
+                                   x, lengths, w_ih, w_hh, h0, c0, reverse, False, n)

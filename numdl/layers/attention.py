@@ -21,12 +21,13 @@ def _sequence_shape(layer, input_shape):
     return input_shape
 
 
-class _AttentionMasks:
-    """What self- and cross-attention share: PyTorch's ``attn_mask`` (set the ``attn_mask`` attribute
-    to a (target, source) array before ``forward``: booleans, True where a query may NOT attend, or
-    floats added to the scores, -inf forbidding), ``dropout`` on the attention weights in training
-    (PyTorch's: each weight zeroed with probability p, the rest scaled by 1/(1-p)) and
-    ``attention_weights()``, the last forward's weights (PyTorch's ``need_weights``)."""
+class _AttentionCore:
+    """What self- and cross-attention share: the attention and the output projection over projected
+    queries, keys and values (``_attend``, ``_attend_backward``); PyTorch's ``attn_mask`` (set the
+    ``attn_mask`` attribute to a (target, source) array before ``forward``: booleans, True where a
+    query may NOT attend, or floats added to the scores, -inf forbidding); ``dropout`` on the
+    attention weights in training (PyTorch's: each weight zeroed with probability p, the rest scaled
+    by 1/(1-p)); ``attention_weights()``, the last forward's weights (PyTorch's ``need_weights``)."""
 
     attn_mask = None
     dropout = 0.0
@@ -50,6 +51,37 @@ class _AttentionMasks:
                 self._buffers["ones"] = self.ops.asarray(np.ones(shape), dtype=self.dtype)
             self._keep = self._weight_dropout.forward(self._buffers["ones"], training=True)
         return self._keep
+
+    def _attend(self, sources, offsets, lengths, causal, training):
+        """out_proj(attention(q, k, v)) of the projected (q, k, v) ``sources`` (arrays and column
+        offsets as numdl.kernels.attention takes them): (batch, queries, embed)."""
+        q_src, k_src = sources[0], sources[1]
+        n, queries, keys = q_src.shape[0], q_src.shape[1], k_src.shape[1]
+        embed = self.params["out_proj_weight"].value.shape[0]
+        self._sources, self._offsets, self._lengths_used, self._causal = sources, offsets, lengths, causal
+        self._ctx = self.buffer("ctx", (n, queries, embed))
+        self._probs = self.buffer("probs", (n, self.num_heads, queries, keys))
+        self.ops.attention_forward(self._ctx, self._probs, *sources, self._additive_mask(queries, keys), lengths,
+                                   self.num_heads, causal, self.scale, offsets,
+                                   self._keep_multipliers(self._probs.shape, training))
+        out = self.buffer("out", (n * queries, embed))
+        self.ops.linear_forward(out, self._ctx.reshape(n * queries, embed), self.params["out_proj_weight"].value,
+                                self.params["out_proj_bias"].value)
+        return out.reshape(n, queries, embed)
+
+    def _attend_backward(self, dout, grads):
+        """The out projection's parameter gradients, and the sources' gradients into ``grads``
+        (dq, dk, dv: one array three times for a packed qkv)."""
+        dout = self.contiguous(dout, "dout_copy")
+        n, queries, embed = dout.shape
+        p = self.params
+        dctx = self.buffer("dctx", (n * queries, embed))
+        self.ops.linear_backward(dctx, p["out_proj_weight"].grad, p["out_proj_bias"].grad,
+                                 dout.reshape(n * queries, embed), self._ctx.reshape(n * queries, embed),
+                                 p["out_proj_weight"].value)
+        self.ops.attention_backward(*grads, dctx.reshape(n, queries, embed), self._probs, *self._sources,
+                                    self._lengths_used, self.num_heads, self._causal, self.scale, self._offsets,
+                                    self._keep)
 
     def get_rng_state(self):
         return {} if getattr(self, "_weight_dropout", None) is None else self._weight_dropout.get_rng_state()
@@ -80,7 +112,7 @@ class _AttentionMasks:
         return probs.mean(axis=1) if average else probs.copy()
 
 
-class MultiHeadAttention(_AttentionMasks, SequenceLayer):
+class MultiHeadAttention(_AttentionCore, SequenceLayer):
     """Self-attention over (batch, time, embed): ``out_proj(attention(in_proj(x)))`` with
     ``num_heads`` heads of embed / num_heads features, a key padding mask from the sequence lengths,
     an optional causal mask and an optional ``attn_mask`` (see above). Parameters ``in_proj_weight``
@@ -121,42 +153,25 @@ class MultiHeadAttention(_AttentionMasks, SequenceLayer):
     def forward(self, x, training=False):
         x = self.contiguous(x, "x_copy")
         n, steps, embed = x.shape
-        self._lengths_used = self._lengths(n, steps)
         self._x = x.reshape(n * steps, embed)
         self._qkv = self.buffer("qkv", (n * steps, 3 * embed))
         self.ops.linear_forward(self._qkv, self._x, self.params["in_proj_weight"].value,
                                 self.params["in_proj_bias"].value)
         qkv3 = self._qkv.reshape(n, steps, 3 * embed)
-        self._ctx = self.buffer("ctx", (n, steps, embed))
-        self._probs = self.buffer("probs", (n, self.num_heads, steps, steps))
-        self.ops.attention_forward(self._ctx, self._probs, qkv3, qkv3, qkv3, self._additive_mask(steps, steps),
-                                   self._lengths_used, self.num_heads, self.causal, self.scale, (0, embed, 2 * embed),
-                                   self._keep_multipliers(self._probs.shape, training))
-        out = self.buffer("out", (n * steps, embed))
-        self.ops.linear_forward(out, self._ctx.reshape(n * steps, embed), self.params["out_proj_weight"].value,
-                                self.params["out_proj_bias"].value)
-        return out.reshape(n, steps, embed)
+        return self._attend((qkv3, qkv3, qkv3), (0, embed, 2 * embed), self._lengths(n, steps), self.causal, training)
 
     def backward(self, dout):
-        dout = self.contiguous(dout, "dout_copy")
         n, steps, embed = dout.shape
-        dctx = self.buffer("dctx", (n * steps, embed))
-        p = self.params
-        self.ops.linear_backward(dctx, p["out_proj_weight"].grad, p["out_proj_bias"].grad,
-                                 dout.reshape(n * steps, embed), self._ctx.reshape(n * steps, embed),
-                                 p["out_proj_weight"].value)
         dqkv = self.buffer("dqkv", (n, steps, 3 * embed))
-        qkv3 = self._qkv.reshape(n, steps, 3 * embed)
-        self.ops.attention_backward(dqkv, dqkv, dqkv, dctx.reshape(n, steps, embed), self._probs, qkv3, qkv3, qkv3,
-                                    self._lengths_used, self.num_heads, self.causal, self.scale,
-                                    (0, embed, 2 * embed), self._keep)
+        self._attend_backward(dout, (dqkv, dqkv, dqkv))
+        p = self.params
         dx = self.buffer("dx", (n * steps, embed)) if self.needs_input_grad else None
         self.ops.linear_backward(dx, p["in_proj_weight"].grad, p["in_proj_bias"].grad,
                                  dqkv.reshape(n * steps, 3 * embed), self._x, p["in_proj_weight"].value)
         return None if dx is None else dx.reshape(n, steps, embed)
 
 
-class CrossAttention(_AttentionMasks, Merge):
+class CrossAttention(_AttentionCore, Merge):
     """PyTorch's ``nn.MultiheadAttention(query, key, value)`` (batch_first) with the keys and values
     from another sequence: inputs [query (batch, target, E), memory (batch, source, kdim)] (keys and
     values both from memory: an encoder-decoder's cross-attention), or [query, key, value]. When the
@@ -190,7 +205,8 @@ class CrossAttention(_AttentionMasks, Merge):
             _sequence_shape(self, shape)
         (_, embed), key_shape, value_shape = shapes[0], shapes[1], shapes[-1]
         if embed % self.num_heads:
-            raise ShapeError(f"layer 'cross_attention': embed size {embed} is not divisible by num_heads={self.num_heads}")
+            raise ShapeError(f"layer 'cross_attention': embed size {embed} is not divisible by "
+                             f"num_heads={self.num_heads}")
         if key_shape[0] != value_shape[0]:
             raise ShapeError(f"layer 'cross_attention': keys have {key_shape[0]} steps but values {value_shape[0]}")
         return shapes[0]
@@ -230,7 +246,8 @@ class CrossAttention(_AttentionMasks, Merge):
             return self.ops.asarray(np.full(n, keys, np.int64))
         lengths = np.asarray(self.key_lengths)
         if lengths.shape != (n,) or lengths.min() < 1 or lengths.max() > keys:
-            raise DataError(f"layer '{self.name}': key_lengths must be {n} values in [1, {keys}], got {lengths.tolist()}")
+            raise DataError(f"layer '{self.name}': key_lengths must be {n} values in [1, {keys}], got "
+                            f"{lengths.tolist()}")
         return self.ops.asarray(lengths.astype(np.int64))
 
     def forward(self, xs, training=False):
@@ -239,36 +256,21 @@ class CrossAttention(_AttentionMasks, Merge):
         sources = [sources[0], sources[1], sources[-1]]  # query, key, value (key = value = memory for two)
         n, queries, embed = sources[0].shape
         keys = sources[1].shape[1]
-        self._lengths_used = self._key_lengths(n, keys)
         self._flat = [x.reshape(x.shape[0] * x.shape[1], x.shape[2]) for x in sources]
-        self._projected = []
+        projected = []
         for part, (x, steps) in enumerate(zip(self._flat, (queries, keys, keys))):
             weight, _, bias, _ = self._projection(part)
             out = self.buffer(f"proj{part}", (n * steps, embed))
             self.ops.linear_forward(out, x, weight, bias)
-            self._projected.append(out.reshape(n, steps, embed))
-        self._ctx = self.buffer("ctx", (n, queries, embed))
-        self._probs = self.buffer("probs", (n, self.num_heads, queries, keys))
-        self.ops.attention_forward(self._ctx, self._probs, *self._projected, self._additive_mask(queries, keys),
-                                   self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0),
-                                   self._keep_multipliers(self._probs.shape, training))
-        out = self.buffer("out", (n * queries, embed))
-        self.ops.linear_forward(out, self._ctx.reshape(n * queries, embed), self.params["out_proj_weight"].value,
-                                self.params["out_proj_bias"].value)
-        return out.reshape(n, queries, embed)
+            projected.append(out.reshape(n, steps, embed))
+        return self._attend(tuple(projected), (0, 0, 0), self._key_lengths(n, keys), False, training)
 
     def backward(self, dout):
-        dout = self.contiguous(dout, "dout_copy")
         n, queries, embed = dout.shape
-        keys = self._projected[1].shape[1]
-        p = self.params
-        dctx = self.buffer("dctx", (n * queries, embed))
-        self.ops.linear_backward(dctx, p["out_proj_weight"].grad, p["out_proj_bias"].grad,
-                                 dout.reshape(n * queries, embed), self._ctx.reshape(n * queries, embed),
-                                 p["out_proj_weight"].value)
-        dprojected = [self.buffer(f"dproj{part}", (n, steps, embed)) for part, steps in enumerate((queries, keys, keys))]
-        self.ops.attention_backward(*dprojected, dctx.reshape(n, queries, embed), self._probs, *self._projected,
-                                    self._lengths_used, self.num_heads, False, self.scale, (0, 0, 0), self._keep)
+        keys = self._sources[1].shape[1]
+        dprojected = [self.buffer(f"dproj{part}", (n, steps, embed))
+                      for part, steps in enumerate((queries, keys, keys))]
+        self._attend_backward(dout, dprojected)
         grads = []
         for part, (x, dproj) in enumerate(zip(self._flat, dprojected)):
             weight, dweight, _, dbias = self._projection(part)

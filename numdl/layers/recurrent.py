@@ -39,7 +39,7 @@ class _Recurrent(SequenceLayer):
     gates = None
 
     def __init__(self, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 return_sequences: bool = False, dropout: float = 0.0, bias: bool = True):
+                 return_sequences: bool = False, dropout: float = 0.0, bias: bool = True, initial_state: bool = False):
         super().__init__()
         if hidden_size < 1 or num_layers < 1 or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"{self.name}: hidden_size and num_layers must be >= 1 and dropout in [0, 1)")
@@ -47,10 +47,55 @@ class _Recurrent(SequenceLayer):
         self.return_sequences, self.dropout, self.bias = return_sequences, dropout, bool(bias)
         self.directions = 2 if bidirectional else 1
         self._dropouts = []
+        # initial_state: the layer takes [x, h0] (GRU) or [x, h0, c0] (LSTM), states of shape (batch,
+        # num_layers * directions, hidden): PyTorch's (h0, c0), batch first; a graph then passes a list
+        self.initial_state = bool(initial_state)
+        self.many_inputs = self.initial_state
+        self._states = None
 
     def hyperparameters(self):
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "bidirectional": self.bidirectional,
-                "return_sequences": self.return_sequences, "dropout": self.dropout, "bias": self.bias}
+                "return_sequences": self.return_sequences, "dropout": self.dropout, "bias": self.bias,
+                "initial_state": self.initial_state}
+
+    @property
+    def state_count(self):
+        """How many state arrays the layer carries: (h,) for the GRU, (h, c) for the LSTM."""
+        return 2 if self.kind == "lstm" else 1
+
+    def build(self, input_shape, ops, dtype, rng):
+        if not self.initial_state:
+            return super().build(input_shape, ops, dtype, rng)
+        shapes = [tuple(int(d) for d in shape) for shape in input_shape]
+        expected = (self.num_layers * self.directions, self.hidden_size)
+        if len(shapes) != 1 + self.state_count or any(shape != expected for shape in shapes[1:]):
+            names = "x, h0, c0" if self.kind == "lstm" else "x, h0"
+            raise ShapeError(f"layer '{self.name}' with initial_state takes [{names}], the states of shape (batch, "
+                             f"{expected[0]}, {expected[1]}); got shapes {shapes}")
+        self.input_shapes = shapes
+        return super().build(shapes[0], ops, dtype, rng)
+
+    def final_states(self):
+        """The last forward's final states as host arrays (batch, num_layers * directions, hidden):
+        (h_n,) for the GRU, (h_n, c_n) for the LSTM, PyTorch's (batch first; a padded sample's at its
+        last valid step, the reverse direction's at step 0). Read-only: no gradient flows back
+        through them."""
+        if self._states is None:
+            raise ConfigError(f"layer '{self.name}': no forward pass yet")
+        lengths, saved_by_layer = self._states
+        host_lengths = self.ops.to_numpy(lengths)
+        n = len(host_lengths)
+        rows = np.arange(n)
+        finals = [np.empty((n, self.num_layers * self.directions, self.hidden_size), self.dtype)
+                  for _ in range(self.state_count)]
+        for layer, saved in enumerate(saved_by_layer):
+            for direction, (view, _, cells) in enumerate(saved):
+                step = np.zeros(n, np.int64) if direction == 1 else host_lengths - 1
+                index = layer * self.directions + direction
+                finals[0][:, index] = self.ops.to_numpy(view)[rows, step]
+                if self.state_count == 2:
+                    finals[1][:, index] = self.ops.to_numpy(cells)[rows, step]
+        return tuple(finals)
 
     def _biases(self, suffix):
         """(b_ih, b_hh) Parameters, or with bias = false zeros whose gradients go to scratch (the
@@ -83,7 +128,8 @@ class _Recurrent(SequenceLayer):
         if not self.bias:
             from numdl.layers.base import Parameter
 
-            self._no_bias = Parameter("no_bias", self.ops.zeros((g * h,), self.dtype), self.ops.zeros((g * h,), self.dtype))
+            zeros = self.ops.zeros((g * h,), self.dtype)
+            self._no_bias = Parameter("no_bias", zeros, self.ops.zeros((g * h,), self.dtype))
         self._dropouts = []
         for _ in range(self.num_layers - 1):
             drop = Dropout(self.dropout)
@@ -92,12 +138,36 @@ class _Recurrent(SequenceLayer):
         steps = input_shape[0]
         return (steps, features) if self.return_sequences else (features,)
 
+    def _state_slices(self, states, n):
+        """Each (layer, direction)'s (batch, hidden) initial states from the (batch, L D, hidden) inputs,
+        copied out contiguous (concat_backward: the slice at that offset of the flattened rows)."""
+        slices = []
+        h = self.hidden_size
+        for kind, full in enumerate(states):
+            flat = full.reshape(n, full.shape[1] * h)
+            pieces = []
+            for index in range(self.num_layers * self.directions):
+                piece = self.buffer(f"state{kind}_{index}", (n, h))
+                self.ops.concat_backward(piece, flat, index * h)
+                pieces.append(piece)
+            slices.append(pieces)
+        return slices
+
     def forward(self, x, training=False):
+        states = None
+        if self.initial_state:
+            x, *states = x
+            for index, (array, shape) in enumerate(zip([x, *states], self.input_shapes)):
+                if tuple(array.shape[1:]) != shape or array.shape[0] != x.shape[0]:
+                    raise ShapeError(f"layer '{self.name}' expects input {index} of shape (batch, "
+                                     f"{', '.join(map(str, shape))}) but got {tuple(array.shape)}")
+            states = [self.contiguous(a, f"state{i}_copy") for i, a in enumerate(states)]
         x = self.contiguous(x, "x_copy")
         n, steps = x.shape[0], x.shape[1]
         h, g, d = self.hidden_size, self.gates, self.directions
         lengths = self._lengths(n, steps)
         self._saved = []
+        self._initial = None if states is None else self._state_slices(states, n)
         inputs = x
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
@@ -109,24 +179,36 @@ class _Recurrent(SequenceLayer):
                 gates = self.buffer(f"gates{s}", (n, steps, g * h))
                 cells = self.buffer(f"cells{s}", (n, steps, h))
                 view = out[:, :, direction * h:(direction + 1) * h] if d > 1 else out
+                h0, c0 = self._initial_of(layer * d + direction)
                 self.ops.recurrent_forward(self.kind, view, gates, cells, self.buffer("proj", (n * steps, g * h)),
                                            self.buffer("hh", (n, g * h)), self.buffer("h_prev", (n, h)), inputs,
                                            lengths, self.params[f"weight_ih{s}"].value,
                                            self.params[f"weight_hh{s}"].value, self._biases(s)[0].value,
-                                           self._biases(s)[1].value, direction == 1)
+                                           self._biases(s)[1].value, direction == 1, h0, c0)
                 saved.append((view, gates, cells))
             self._saved.append((inputs, saved))
             inputs = out
         self._lengths_used = lengths
+        self._states = (lengths, [saved for _, saved in self._saved])  # final_states() reads them back
         if self.return_sequences:
             return inputs
         last = self.buffer("last", (n, d * h))
         self.ops.last_step_forward(last, inputs, lengths, h)  # the reverse half takes step 0, as h_n
         return last
 
+    def _initial_of(self, index):
+        """(h0, c0) of (layer, direction) number ``index``, None where not given."""
+        if self._initial is None:
+            return None, None
+        return self._initial[0][index], (self._initial[1][index] if self.state_count == 2 else None)
+
     def backward(self, dout):
         dout = self.contiguous(dout, "dout_copy")
         n = dout.shape[0]
+        state_grads = None
+        if self._initial is not None:
+            state_grads = [self.buffer(f"dstate{kind}", (n, self.num_layers * self.directions * self.hidden_size))
+                           for kind in range(self.state_count)]
         h, g, d = self.hidden_size, self.gates, self.directions
         lengths = self._lengths_used
         steps = self._saved[0][0].shape[1]
@@ -147,10 +229,19 @@ class _Recurrent(SequenceLayer):
                 dx = self.buffer(f"dx{layer}_{direction}", inputs.shape) if want_dx else None
                 p = {k: self.params[f"{k}{s}"] for k in ("weight_ih", "weight_hh")}
                 p["bias_ih"], p["bias_hh"] = self._biases(s)
+                index = layer * d + direction
+                h0, c0 = self._initial_of(index)
+                dh0 = dc0 = None
+                if state_grads is not None:
+                    dh0 = self.buffer("dh0_piece", (n, h))
+                    dc0 = self.buffer("dc0_piece", (n, h)) if self.state_count == 2 else None
                 self.ops.recurrent_backward(self.kind, dx, p["weight_ih"].grad, p["weight_hh"].grad,
                                             p["bias_ih"].grad, p["bias_hh"].grad, scratch, dview, view, gates, cells,
                                             inputs, lengths, p["weight_ih"].value, p["weight_hh"].value,
-                                            direction == 1)
+                                            direction == 1, dh0, dc0, h0, c0)
+                if state_grads is not None:  # into the (batch, L D, hidden) gradients, at this index
+                    for grad, piece in zip(state_grads, (dh0, dc0)):
+                        self.ops.concat_forward(grad, piece, index * h)
                 if dx is not None:
                     if dx_total is None:
                         dx_total = dx
@@ -161,7 +252,10 @@ class _Recurrent(SequenceLayer):
             if layer > 0 and self.dropout > 0 and dx_total is not None:
                 dx_total = self._dropouts[layer - 1].backward(dx_total)
             dout = dx_total
-        return dout
+        if state_grads is None:
+            return dout
+        shape = (n, self.num_layers * self.directions, self.hidden_size)
+        return [dout] + [grad.reshape(shape) for grad in state_grads]
 
     def get_rng_state(self):
         return {str(i): drop.get_rng_state() for i, drop in enumerate(self._dropouts)}
