@@ -12,8 +12,9 @@ import sys
 
 import numpy as np
 
-# the models written here (the transformer and U-Net cases have no JAX twin yet)
-KINDS = ("mlp", "cnn", "lstm", "tabular")
+# the models written here (the U-Net case has no JAX twin yet)
+KINDS = ("mlp", "cnn", "lstm", "tabular", "transformer")
+DROPOUT = 0.1  # the transformer's, as numdl's: on attention weights, after attention, in and after the FFN
 
 
 def load(threads=None):
@@ -75,7 +76,53 @@ def _forward(jax, jnp, kind):
             (h, _), _ = lax.scan(cell, (zeros, zeros), inputs)
             return linear(h, weight, bias)
         return forward
+    if kind == "transformer":
+        return _transformer_forward(jax, jnp)
     return None
+
+
+def _transformer_forward(jax, jnp):
+    """bench's patch transformer: 7x7 patch convolution, a learned position table, two post-norm
+    encoder layers (4 heads, feed-forward 128, ReLU, dropout 0.1 as PyTorch places it), mean pool,
+    Linear. forward(params, x, key): ``key`` None is evaluation (no dropout)."""
+    lax = jax.lax
+    heads = 4
+
+    def dropout(h, key):
+        if key is None:
+            return h
+        keep = jax.random.bernoulli(key, 1.0 - DROPOUT, h.shape)
+        return jnp.where(keep, h / (1.0 - DROPOUT), 0.0)
+
+    def layer_norm(h, weight, bias):
+        mean = h.mean(-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        return (h - mean) / jnp.sqrt(var + 1e-5) * weight + bias
+
+    def encoder(h, p, keys):
+        w_in, b_in, w_out, b_out, ln1_w, ln1_b, w1, b1, w2, b2, ln2_w, ln2_b = p
+        n, steps, embed = h.shape
+        dim = embed // heads
+        qkv = (h @ w_in.T + b_in).reshape(n, steps, 3, heads, dim)
+        q, k, v = (jnp.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))
+        weights = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2) / jnp.sqrt(dim), axis=-1)
+        context = dropout(weights, keys[0]) @ v
+        attended = jnp.transpose(context, (0, 2, 1, 3)).reshape(n, steps, embed) @ w_out.T + b_out
+        h = layer_norm(h + dropout(attended, keys[1]), ln1_w, ln1_b)
+        inner = dropout(jax.nn.relu(h @ w1.T + b1), keys[2])
+        return layer_norm(h + dropout(inner @ w2.T + b2, keys[3]), ln2_w, ln2_b)
+
+    def forward(params, x, key=None):
+        patch_w, patch_b, position = params[:3]
+        n = x.shape[0]
+        h = lax.conv_general_dilated(x.reshape(n, 1, 28, 28), patch_w, (7, 7), "VALID",
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jnp.swapaxes((h + patch_b[None, :, None, None]).reshape(n, 64, 16), 1, 2) + position
+        for index in range(2):
+            keys = [None] * 4 if key is None else jax.random.split(jax.random.fold_in(key, index), 4)
+            h = encoder(h, params[3 + 12 * index:15 + 12 * index], keys)
+        return h.mean(1) @ params[-2].T + params[-1]
+    return forward
 
 
 def epoch(kind, mode, batches, model, threads=None):
@@ -97,19 +144,23 @@ def epoch(kind, mode, batches, model, threads=None):
         return run_inference
 
     optimizer = optax.adam(1e-3)
+    random = kind == "transformer"  # dropout: a fresh key every step, as numdl's streams advance
 
-    def loss(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
+    def loss(p, x, y, key):
+        logits = forward(p, x, key) if random else forward(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
-    def step(p, state, x, y):
-        grads = jax.grad(loss)(p, x, y)
+    def step(p, state, x, y, key):
+        grads = jax.grad(loss)(p, x, y, key)
         updates, state = optimizer.update(grads, state, p)
         return optax.apply_updates(p, updates), state
 
     def run_training():
         p, state = params, optimizer.init(params)
+        key = jax.random.PRNGKey(0)
         for xb, yb in data:
-            p, state = step(p, state, xb, yb)
+            key, step_key = jax.random.split(key)
+            p, state = step(p, state, xb, yb, step_key)
         jax.block_until_ready(p)
     return run_training

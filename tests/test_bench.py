@@ -168,7 +168,7 @@ def test_the_unet_suite_runs_examples_unet_toml_against_the_same_net_in_torch():
     assert result["case"] == "unet train b2" and result["numdl"] > 0 and result["torch"] > 0
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "lstm", "tabular"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "lstm", "tabular", "transformer"])
 def test_the_jax_twins_compute_numdls_models(kind):
     """The JAX peer's models are numdl's: the same logits from the same initial weights, and one
     jitted Adam step lowers the loss as numdl's does."""
