@@ -283,6 +283,24 @@ class CrossAttention(_AttentionCore, Merge):
         return grads
 
 
+def _transformer_torch_names(layer):
+    """The names PyTorch's transformer layers give the parameters of ``layer``'s leaves: self_attn,
+    multihead_attn (cross-attention), and linearK / normK numbered in the order the leaves run."""
+    modules = {"MultiHeadAttention": "self_attn", "CrossAttention": "multihead_attn"}
+    names, counts = {}, {"LayerNorm": 0, "Linear": 0}
+    for prefix, leaf in layer.leaves():
+        kind = type(leaf).__name__
+        if kind in counts:
+            counts[kind] += 1
+            module = f"{'norm' if kind == 'LayerNorm' else 'linear'}{counts[kind]}"
+        elif kind in modules:
+            module = modules[kind]
+        else:
+            continue
+        names.update({f"{prefix}{ours}": f"{module}.{theirs}" for ours, theirs in leaf.torch_names().items()})
+    return names
+
+
 class TransformerEncoderLayer(Chain):
     """PyTorch's ``nn.TransformerEncoderLayer`` (batch_first): self-attention and a feed-forward
     block (Linear, activation, Linear), each with dropout and a residual connection, and LayerNorm
@@ -323,18 +341,7 @@ class TransformerEncoderLayer(Chain):
     def torch_names(self):
         """PyTorch's nn.TransformerEncoderLayer names: self_attn, linear1/linear2, norm1/norm2 (in
         the order the layers run in either norm placement)."""
-        names, counts = {}, {"LayerNorm": 0, "Linear": 0}
-        for prefix, leaf in self.leaves():
-            kind = type(leaf).__name__
-            if kind == "MultiHeadAttention":
-                module = "self_attn"
-            elif kind in counts:
-                counts[kind] += 1
-                module = f"{'norm' if kind == 'LayerNorm' else 'linear'}{counts[kind]}"
-            else:
-                continue
-            names.update({f"{prefix}{ours}": f"{module}.{theirs}" for ours, theirs in leaf.torch_names().items()})
-        return names
+        return _transformer_torch_names(self)
 
     def setup(self, input_shape, rng):
         _sequence_shape(self, input_shape)
@@ -420,20 +427,7 @@ class TransformerDecoderLayer(Composite):
         return self._build_children([self.feedforward], shape, rng, self.name)
 
     def torch_names(self):
-        names, counts = {}, {"LayerNorm": 0, "Linear": 0}
-        for prefix, leaf in self.leaves():
-            kind = type(leaf).__name__
-            if kind == "MultiHeadAttention":
-                module = "self_attn"
-            elif kind == "CrossAttention":
-                module = "multihead_attn"
-            elif kind in counts:
-                counts[kind] += 1
-                module = f"{'norm' if kind == 'LayerNorm' else 'linear'}{counts[kind]}"
-            else:
-                continue
-            names.update({f"{prefix}{ours}": f"{module}.{theirs}" for ours, theirs in leaf.torch_names().items()})
-        return names
+        return _transformer_torch_names(self)
 
     def forward(self, xs, training=False):
         target, memory = xs
