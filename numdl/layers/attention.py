@@ -33,6 +33,16 @@ class _AttentionCore:
     dropout = 0.0
     _keep = None
 
+    def _add_shared_parameters(self, embed, rng):
+        """After the input projections' weights: their bias, the output projection (PyTorch's
+        initialisation), the score scale and the weights' dropout, in that order of draws."""
+        self.add_param("in_proj_bias", np.zeros(3 * embed))
+        out_bound = 1.0 / math.sqrt(embed)
+        self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
+        self.add_param("out_proj_bias", np.zeros(embed))
+        self.scale = 1.0 / math.sqrt(embed // self.num_heads)
+        self._build_weight_dropout(rng)
+
     def _build_weight_dropout(self, rng):
         from numdl.layers.shape import Dropout
 
@@ -142,12 +152,7 @@ class MultiHeadAttention(_AttentionCore, SequenceLayer):
                              f"num_heads={self.num_heads}")
         bound = math.sqrt(6.0 / (embed + 3 * embed))  # xavier_uniform over the packed (3E, E) matrix
         self.add_param("in_proj_weight", rng.uniform(-bound, bound, (3 * embed, embed)))
-        self.add_param("in_proj_bias", np.zeros(3 * embed))
-        out_bound = 1.0 / math.sqrt(embed)
-        self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
-        self.add_param("out_proj_bias", np.zeros(embed))
-        self.scale = 1.0 / math.sqrt(embed // self.num_heads)
-        self._build_weight_dropout(rng)
+        self._add_shared_parameters(embed, rng)
         return input_shape
 
     def forward(self, x, training=False):
@@ -222,12 +227,7 @@ class CrossAttention(_AttentionCore, Merge):
             for name, width in (("q_proj_weight", embed), ("k_proj_weight", kdim), ("v_proj_weight", vdim)):
                 bound = math.sqrt(6.0 / (embed + width))
                 self.add_param(name, rng.uniform(-bound, bound, (embed, width)))
-        self.add_param("in_proj_bias", np.zeros(3 * embed))
-        out_bound = 1.0 / math.sqrt(embed)
-        self.add_param("out_proj_weight", rng.uniform(-out_bound, out_bound, (embed, embed)))
-        self.add_param("out_proj_bias", np.zeros(embed))
-        self.scale = 1.0 / math.sqrt(embed // self.num_heads)
-        self._build_weight_dropout(rng)
+        self._add_shared_parameters(embed, rng)
         return out_shape
 
     def _projection(self, part):
