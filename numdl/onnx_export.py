@@ -236,6 +236,9 @@ def _recurrent(g, layer, inputs):
     states (batch, L D, H) go in as each layer's (D, batch, H) slice."""
     x, states = inputs[0], inputs[1:]
     h, kind = layer.hidden_size, layer.kind
+    if layer.proj_size:
+        raise ConfigError(f"layer {layer.name!r}: proj_size (the LSTM's projected hidden state) has no counterpart in "
+                          f"ONNX's LSTM op, so the export cannot express it")
     order = RECURRENT_GATE_ORDER[kind]
     directions = layer.directions
     sequence = g.node("Transpose", [x], perm=[1, 0, 2])

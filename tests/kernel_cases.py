@@ -802,14 +802,16 @@ def _sig(v):
     return 1 / (1 + np.exp(-v))
 
 
-def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None):
+def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None, w_hr=None):
     """PyTorch's LSTM / GRU equations in float64, per sample, honouring lengths and direction, from
-    the initial states h0, c0 (N, H) (zeros when None)."""
+    the initial states h0 (N, P), c0 (N, H) (zeros when None); ``w_hr`` (P, H): the LSTM's
+    projection h = W_hr (o * tanh(c)) (proj_size; P = H without)."""
     n_batch, steps, _ = x.shape
-    hidden = w_hh.shape[1]
-    out = np.zeros((n_batch, steps, hidden))
+    size = w_hh.shape[1]
+    hidden = w_hh.shape[0] // (4 if kind == "lstm" else 3)
+    out = np.zeros((n_batch, steps, size))
     for n in range(n_batch):
-        h = np.zeros(hidden) if h0 is None else h0[n].copy()
+        h = np.zeros(size) if h0 is None else h0[n].copy()
         c = np.zeros(hidden) if c0 is None else c0[n].copy()
         order = range(lengths[n] - 1, -1, -1) if reverse else range(lengths[n])
         for t in order:
@@ -818,6 +820,8 @@ def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=No
                 i, f, g, o = np.split(gx + gh, 4)
                 c = _sig(f) * c + _sig(i) * np.tanh(g)
                 h = _sig(o) * np.tanh(c)
+                if w_hr is not None:
+                    h = w_hr @ h
             else:
                 r = _sig(gx[:hidden] + gh[:hidden])
                 z = _sig(gx[hidden:2 * hidden] + gh[hidden:2 * hidden])
@@ -911,6 +915,83 @@ def _recurrent_backward(kind, reverse, initial=False):
             expected[5] = _numeric(objective, states[0])
         if c0.size:
             expected[6] = _numeric(objective, states[1])
+        return args, n, expected
+    return make
+
+
+PROJECTED = dict(n=3, t=4, i=3, h=4, p=2)  # P < H, as PyTorch requires
+
+
+def _projected_inputs(dtype, rng, initial):
+    """x, lengths, weights (w_ih, w_hh (4H, P), w_hr (P, H), b_ih, b_hh) and (h0 (N, P), c0 (N, H))
+    or empty states for a projected LSTM case."""
+    q = PROJECTED
+    n, h, size = q["n"], q["h"], q["p"]
+    x = rng.standard_normal((n, q["t"], q["i"])).astype(dtype)
+    lengths = np.array([4, 2, 3], np.int64)
+    weights = [(rng.standard_normal(shape) * 0.5).astype(dtype)
+               for shape in ((4 * h, q["i"]), (4 * h, size), (size, h), (4 * h,), (4 * h,))]
+    empty = np.empty((0, 0), dtype)
+    states = [(rng.standard_normal((n, k)) * 0.5).astype(dtype) for k in (size, h)] if initial else [empty, empty]
+    return x, lengths, weights, states
+
+
+def _projected_forward_buffers(dtype):
+    q = PROJECTED
+    n, t, h, size = q["n"], q["t"], q["h"], q["p"]
+    return [np.zeros((n, t, size), dtype), np.zeros((n, t, 4 * h), dtype), np.zeros((n, t, h), dtype),
+            np.zeros((n, t, h), dtype), np.zeros((n * t, 4 * h), dtype), np.zeros((n, 4 * h), dtype),
+            np.zeros((n, size), dtype), np.zeros((n, h), dtype)]
+
+
+def _projected_reference(x, lengths, weights, reverse, states):
+    w_ih, w_hh, w_hr, b_ih, b_hh = weights
+    return recurrent_reference("lstm", x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, states[0] if states[0].size else None,
+                               states[1] if states[1].size else None, w_hr)
+
+
+def _projected_forward(reverse, initial=False):
+    def make(dtype, rng):
+        x, lengths, weights, states = _projected_inputs(dtype, rng, initial)
+        w_ih, w_hh, w_hr, b_ih, b_hh = weights
+        ref = _projected_reference(f64(x), lengths, [f64(w) for w in weights], reverse, [f64(s) for s in states])
+        args = _projected_forward_buffers(dtype) + [x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh, *states, reverse]
+        return args, PROJECTED["n"], {0: ref}
+    return make
+
+
+def _projected_backward(reverse, initial=False):
+    """Every gradient of the projected LSTM (dx, dW_ih, dW_hh, dW_hr, the biases, and with
+    ``initial`` dh0 and dc0) against central differences of the float64 reference."""
+    def make(dtype, rng):
+        from numdl.kernels.recurrent import lstm_projected_forward_cpu
+
+        x, lengths, weights, states = _projected_inputs(dtype, rng, initial)
+        q = PROJECTED
+        n, t, h, size = q["n"], q["t"], q["h"], q["p"]
+        dout = rng.standard_normal((n, t, size)).astype(dtype)
+        inputs = [f64(x)] + [f64(w) for w in weights]
+        states64 = [f64(s) for s in states]
+
+        def objective():
+            out = _projected_reference(inputs[0], lengths, inputs[1:], reverse, states64)
+            return float((out * f64(dout)).sum())
+
+        forward = _projected_forward_buffers(dtype)
+        w_ih, w_hh, w_hr, b_ih, b_hh = weights
+        lstm_projected_forward_cpu(*forward, x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh, *states, reverse)
+        out, gates, cells, mids = forward[:4]
+        scratch = [np.zeros((2, n * t, 4 * h), dtype), np.zeros((n, 4 * h), dtype), np.zeros((n * t, size), dtype),
+                   np.zeros((n, size), dtype), np.zeros((n, h), dtype), np.zeros((n * t, size), dtype),
+                   np.zeros((n, h), dtype)]
+        grads = [np.zeros_like(a) for a in (x, w_ih, w_hh, w_hr, b_ih, b_hh)]
+        args = [*grads, np.zeros_like(states[0]), np.zeros_like(states[1]), *scratch, dout, out, gates, cells, mids,
+                x, lengths, w_ih, w_hh, w_hr, *states, reverse]
+        # argument order: dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh against inputs x, w_ih, w_hh, w_hr, b_ih, b_hh
+        expected = {k: _numeric(objective, a) for k, a in enumerate(inputs)}
+        if initial:
+            expected[6] = _numeric(objective, states64[0])
+            expected[7] = _numeric(objective, states64[1])
         return args, n, expected
     return make
 
@@ -1477,6 +1558,8 @@ CASES = {
     ("recurrent", "lstm_forward"): _recurrent_forward("lstm", False),
     ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
     ("recurrent", "gru_forward"): _recurrent_forward("gru", False),
+    ("recurrent", "lstm_projected_forward"): _projected_forward(False),
+    ("recurrent", "lstm_projected_backward"): _projected_backward(False),
     ("recurrent", "gru_backward"): _recurrent_backward("gru", False),
     ("sequence", "last_step_forward"): _last_step_forward,
     ("sequence", "last_step_backward"): _last_step_backward,
@@ -1575,6 +1658,11 @@ VARIANTS = {
     "gru_backward_initial_state": (("recurrent", "gru_backward"), _recurrent_backward("gru", False, True)),
     "gru_backward_reverse_initial_state": (("recurrent", "gru_backward"), _recurrent_backward("gru", True, True)),
     "lstm_forward_reverse": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", True)),
+    "lstm_projected_forward_reverse_initial_state": (("recurrent", "lstm_projected_forward"),
+                                                     _projected_forward(True, True)),
+    "lstm_projected_backward_initial_state": (("recurrent", "lstm_projected_backward"), _projected_backward(False, True)),
+    "lstm_projected_backward_reverse_initial_state": (("recurrent", "lstm_projected_backward"),
+                                                      _projected_backward(True, True)),
     "lstm_backward_reverse": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True)),
     "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
     "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
@@ -1610,7 +1698,8 @@ NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", 
                            "lstm_backward_initial_state", "lstm_backward_reverse_initial_state",
                            "gru_backward_initial_state", "gru_backward_reverse_initial_state",
                            "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal",
-                           "attention_backward_cross"}
+                           "attention_backward_cross", "recurrent.lstm_projected_backward",
+                           "lstm_projected_backward_initial_state", "lstm_projected_backward_reverse_initial_state"}
 
 
 def tolerance(case_id, dtype):

@@ -719,3 +719,69 @@ def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, ret
         np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
     for name, p in ours.params.items():
         np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_lstm_proj_size_matches_torch(return_sequences):
+    """nn.LSTM(proj_size=2), two stacked bidirectional layers, initial states (h0 with proj_size
+    features, c0 with hidden_size): outputs, final states, the gradients of x, h0, c0 and of every
+    parameter (weight_hr_l0 ... included), PyTorch's parameter names and shapes."""
+    from numdl.backend import get_ops
+
+    ours = numdl.LSTM(4, num_layers=2, bidirectional=True, return_sequences=return_sequences, initial_state=True,
+                      proj_size=2)
+    shapes = [(5, 3), (4, 2), (4, 4)]
+    ours.build(shapes, get_ops("cpu"), np.float64, np.random.default_rng(0))
+    rnn = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, proj_size=2).double()
+    assert {name: p.value.shape for name, p in ours.params.items()} == {
+        name: tuple(p.shape) for name, p in rnn.named_parameters()}
+    assert list(ours.params) == [name for name, _ in rnn.named_parameters()]  # the same order
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+    rng = np.random.default_rng(17)
+    inputs = [rng.standard_normal((2,) + shape) for shape in shapes]
+    out = ours.forward(inputs, training=True).copy()
+    dout = rng.standard_normal(out.shape)
+    grads = ours.backward(dout)
+    t_inputs = [torch.tensor(a, requires_grad=True) for a in inputs]
+    t_out, t_final = rnn(t_inputs[0], tuple(s.transpose(0, 1) for s in t_inputs[1:]))
+    if not return_sequences:
+        t_out = torch.cat([t_out[:, -1, :2], t_out[:, 0, 2:]], dim=1)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours_state, theirs in zip(ours.final_states(), t_final):
+        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
+    """Padded samples (numdl's lengths) against PyTorch's packed sequences, projected and
+    bidirectional: every valid step's output and every gradient."""
+    from numdl.backend import get_ops
+
+    ours = numdl.LSTM(5, bidirectional=True, return_sequences=True, proj_size=3)
+    ours.build((6, 2), get_ops("cpu"), np.float64, np.random.default_rng(1))
+    rnn = torch.nn.LSTM(2, 5, bidirectional=True, batch_first=True, proj_size=3).double()
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+    rng = np.random.default_rng(18)
+    x, lengths = rng.standard_normal((3, 6, 2)), np.array([6, 2, 4])
+    ours.lengths = lengths
+    out = ours.forward(x, training=True).copy()
+    valid = np.arange(6)[None, :, None] < lengths[:, None, None]
+    dout = rng.standard_normal(out.shape) * valid
+    dx = ours.backward(dout)
+    t_x = torch.tensor(x, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(t_x, torch.tensor(lengths), batch_first=True,
+                                                     enforce_sorted=False)
+    t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=6)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

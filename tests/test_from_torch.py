@@ -147,6 +147,23 @@ def test_a_transformer_encoder_maps_onto_torch_names():
     np.testing.assert_allclose(ours.predict(x), net(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_a_projected_lstm_imports_with_weight_hr():
+    """nn.LSTM(proj_size=...) stacked and bidirectional: weight_hr_l0, weight_hr_l0_reverse ... map onto
+    numdl's LSTM(proj_size=...) by name, and the step picker's outputs agree."""
+    nn = torch.nn
+    torch.manual_seed(2)
+    net = nn.Sequential(LastStep(nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True, proj_size=3)),
+                        nn.Linear(6, 4)).double().eval()
+    ours = numdl.Sequential([numdl.LSTM(8, num_layers=2, bidirectional=True, return_sequences=True, proj_size=3),
+                             numdl.SequencePool("last"),  # nn's [:, -1], both directions at the last step
+                             numdl.Linear(4)], input_shape=(5, 6), seed=0, dtype="float64")
+    report = numdl.from_torch_state_dict(ours, net.state_dict())
+    assert report["unused"] == [] and len(report["copied"]) == len(net.state_dict())
+    assert any(name.endswith("weight_hr_l1_reverse") for name in report["copied"])
+    x = np.random.default_rng(3).standard_normal((4, 5, 6))
+    np.testing.assert_allclose(ours.predict(x), net(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
 def test_mismatches_are_named_in_one_line_and_nothing_is_copied(tmp_path):
     data = write_fashion_like(tmp_path / "data", n_train=64, n_test=32)
     weights = tmp_path / "model.safetensors"

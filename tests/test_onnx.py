@@ -70,15 +70,19 @@ def test_numdl_export_writes_a_file_onnxruntime_runs(tmp_path):
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_layer_onnx_cannot_express_is_named(tmp_path):
-    model = numdl.Sequential([numdl.Conv1d(4, 3, padding=1, padding_mode="circular"), numdl.Flatten(),
-                              numdl.Linear(3)], input_shape=(2, 5), seed=0)
+@pytest.mark.parametrize("layers, input_shape, message", [
+    ([numdl.Conv1d(4, 3, padding=1, padding_mode="circular"), numdl.Flatten()], (2, 5),
+     "padding_mode='circular' has no ONNX opset 17 Pad mode"),
+    ([numdl.LSTM(4, proj_size=2)], (5, 3), "proj_size (the LSTM's projected hidden state) has no counterpart"),
+], ids=["circular-padding", "lstm-proj-size"])
+def test_a_layer_onnx_cannot_express_is_named(tmp_path, layers, input_shape, message):
+    model = numdl.Sequential(layers + [numdl.Linear(3)], input_shape=input_shape, seed=0)
     model.compile(numdl.CrossEntropy(), numdl.Adam())
-    path = tmp_path / "circular.safetensors"
+    path = tmp_path / "model.safetensors"
     model.save(path)
-    result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "circular.onnx")])
-    assert result.exit_code == 2 and "padding_mode='circular' has no ONNX opset 17 Pad mode" in result.output
-    assert result.output.count("\n") == 1 and not (tmp_path / "circular.onnx").exists()
+    result = CliRunner().invoke(cli, ["export", str(path), "--onnx", str(tmp_path / "model.onnx")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "model.onnx").exists()
 
 
 SEQUENCE_EXAMPLES = ["lstm.toml", "gru.toml", "transformer.toml"]

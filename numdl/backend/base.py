@@ -416,21 +416,35 @@ class Ops:
 
     # ------------------------------------------------------------------------------- recurrent
     def recurrent_forward(self, kind, out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh,
-                          reverse, h0=None, c0=None):
+                          reverse, h0=None, c0=None, projection=None):
         """kind 'lstm' or 'gru'; one direction of one layer over the whole sequence; h0, c0 (N, H)
-        initial states, or None for zeros."""
+        initial states, or None for zeros. ``projection``: (w_hr, mids, m_step) of an LSTM with
+        proj_size (numdl.kernels.recurrent), or None."""
         h0 = self.nothing(x.dtype, 2) if h0 is None else h0
         c0 = self.nothing(x.dtype, 2) if c0 is None else c0
+        if projection is not None:
+            w_hr, mids, m_step = projection
+            self._run("recurrent", "lstm_projected_forward", x.shape[0], out, gates, cells, mids, proj, hh, h_prev,
+                      m_step, x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, bool(reverse), per_sample=True)
+            return
         self._run("recurrent", f"{kind}_forward", x.shape[0], out, gates, cells, proj, hh, h_prev, x, lengths,
                   w_ih, w_hh, b_ih, b_hh, h0, c0, bool(reverse), per_sample=True)
 
     def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
-                           w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None):
-        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx, dh0, dc0 None: not computed."""
+                           w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None, projection=None):
+        """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx, dh0, dc0 None: not computed.
+        ``projection``: (dw_hr, dh_all, dm_step, mids, w_hr) of an LSTM with proj_size, or None."""
         dx = self.nothing(x.dtype, ndim=3) if dx is None else dx
         dh0, dc0, h0, c0 = (self.nothing(x.dtype, 2) if a is None else a for a in (dh0, dc0, h0, c0))
-        for grad in (dw_ih, dw_hh, db_ih, db_hh):
+        grads = (dw_ih, dw_hh, db_ih, db_hh) + ((projection[0],) if projection is not None else ())
+        for grad in grads:
             self.zero_(grad)  # the CUDA twin accumulates across samples
+        if projection is not None:
+            dw_hr, dh_all, dm_step, mids, w_hr = projection
+            self._run("recurrent", "lstm_projected_backward", x.shape[0], dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0,
+                      dc0, *scratch, dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0,
+                      c0, bool(reverse), per_sample=True)
+            return
         self._run("recurrent", f"{kind}_backward", x.shape[0], dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, *scratch,
                   dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, bool(reverse), per_sample=True)
 

@@ -18,6 +18,12 @@ rows of dx. CUDA: one block per sample, one thread per hidden unit, stepping thr
 ``syncthreads``; weight gradients accumulate with atomics into arrays the launcher zeroed.
 Backward: ``dproj`` (2, N T, G H) holds the pre-activation gradients of the input projections [0]
 and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's n gate).
+
+Projected LSTM (PyTorch's ``proj_size`` P): the hidden state is h_t = W_hr m_t with m_t = o * tanh(c_t)
+and w_hr (P, H), so out, h0 and w_hh's columns have P features while the cells keep H. ``mids``
+(N, T, H) saves m_t for backward; ``m_step`` (N, H) gathers one step's m rows for the W_hr product.
+In backward ``dh_all`` (N T, P) keeps each step's full dh (for dW_hr) and ``dm_step`` (N, H) one
+step's W_hr^T dh. The plain kernels run the same code with an empty w_hr.
 """
 
 
@@ -157,9 +163,10 @@ def _lstm_cells_forward(gate_row, cell_row, out_row, h_row, pre, proj_row, bias,
 
 
 @cpu_kernel
-def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_prev, dout_row, dh_row):
-    # The backward of _lstm_cells_forward for one sample and step: gate pre-activation gradients into
-    # dpre_row (4H); dc_row carries dc from the next step in and to the previous step out.
+def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_prev, dh_row):
+    # The backward of _lstm_cells_forward for one sample and step, given the step's full dh (H) of
+    # o * tanh(c): gate pre-activation gradients into dpre_row (4H); dc_row carries dc from the next
+    # step in and to the previous step out.
     hidden = cell_row.size
     one = same_type(dpre_row[0], 1.0)
     zero = same_type(dpre_row[0], 0.0)
@@ -169,7 +176,7 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
         g = gate_row[2 * hidden + j]
         o = gate_row[3 * hidden + j]
         tc = tanh(cell_row[j])
-        dh = dout_row[j] + dh_row[j]
+        dh = dh_row[j]
         dc = dc_row[j] + dh * o * (one - tc * tc)
         dpre_row[j] = dc * g * i * (one - i)
         dpre_row[hidden + j] = dc * (c_prev_row[j] if has_prev else zero) * f * (one - f)
@@ -179,14 +186,17 @@ def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_p
 
 
 @cpu_kernel
-def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
-                     is_lstm, lo, hi):
+def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh, h0,
+                     c0, reverse, is_lstm, lo, hi):
     # Samples lo..hi-1 from first step to last. Only their rows of every buffer are touched, so
     # blocks of samples run on different threads at once (each product on one BLAS thread).
-    n_batch, steps, hidden = out.shape
+    n_batch, steps, hidden = cells.shape
+    projected = w_hr.shape[0] > 0
     rows = x.reshape(n_batch * steps, x.shape[2])
     np.dot(rows[lo * steps:hi * steps], w_ih.T, proj[lo * steps:hi * steps])
     out[lo:hi] = 0
+    if projected:
+        mids[lo:hi] = 0  # padding rows stay zero: dW_hr reads every row
     has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
     if has_h0:
         h_prev[lo:hi] = h0[lo:hi]
@@ -201,6 +211,8 @@ def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
         for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
+                if projected:
+                    m_step[n] = 0  # a finished sample: its row of the product below is ignored
                 continue
             prev = previous_position(t, reverse)
             row = n * steps + t
@@ -211,8 +223,12 @@ def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
                     c_prev_row = c0[n]
                 else:
                     c_prev_row = cells[n, t]  # any row: selected away (see _lstm_cells_forward)
-                _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], proj[row], bias,
-                                    c_prev_row, step > 0 or has_c0)
+                if projected:  # m_t into mids and m_step; h_t = W_hr m_t follows for the whole block
+                    _lstm_cells_forward(gates[n, t], cells[n, t], mids[n, t], m_step[n], hh[n], proj[row], bias,
+                                        c_prev_row, step > 0 or has_c0)
+                else:
+                    _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], proj[row], bias,
+                                        c_prev_row, step > 0 or has_c0)
                 continue
             for j in range(hidden):  # the GRU, unit by unit
                 pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
@@ -222,42 +238,69 @@ def _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
                 gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
             for j in range(hidden):
                 h_prev[n, j] = out[n, t, j]
+        if projected:
+            # Finished samples get a row too: their h_prev is never read again.
+            np.dot(m_step[lo:hi], w_hr.T, h_prev[lo:hi])
+            for n in range(lo, hi):
+                t = step_position(step, lengths[n], reverse)
+                if t >= 0:
+                    out[n, t] = h_prev[n]
 
 
 @cpu_parallel_kernel
-def _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                             reverse, is_lstm):
-    # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step). Samples
-    # are independent: one block of them per thread, each run start to end without a barrier.
+def _recurrent_forward_steps(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                             b_hh, h0, c0, reverse, is_lstm):
+    # Overwrites out, gates, cells (LSTM cell states, or the GRU's W_hn h + b_hn per step) and, when
+    # projected, mids. Samples are independent: one block of them per thread, each run start to end
+    # without a barrier.
     n_batch = out.shape[0]
     block = sample_block(n_batch)
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _forward_samples(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
-                         is_lstm, lo, min(n_batch, lo + block))
+        _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh,
+                         h0, c0, reverse, is_lstm, lo, min(n_batch, lo + block))
+
+
+@cpu_kernel
+def _no_projection(like):
+    # (w_hr, mids, m_step) of a layer without projection: empty arrays of the right rank and dtype.
+    return np.empty((0, 0), like.dtype), np.empty((0, 0, 0), like.dtype), np.empty((0, 0), like.dtype)
 
 
 @runs_numba_threads
 @cpu_kernel
 def lstm_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
-    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
-                             True)
+    w_hr, mids, m_step = _no_projection(x)
+    _recurrent_forward_steps(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                             b_hh, h0, c0, reverse, True)
+
+
+@runs_numba_threads
+@cpu_kernel
+def lstm_projected_forward_cpu(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                               b_hh, h0, c0, reverse):
+    # out (N, T, P), h_prev (N, P); mids (N, T, H) and m_step (N, H): see the module notes.
+    _recurrent_forward_steps(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                             b_hh, h0, c0, reverse, True)
 
 
 @runs_numba_threads
 @cpu_kernel
 def gru_forward_cpu(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
-    _recurrent_forward_steps(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse,
-                             False)
+    w_hr, mids, m_step = _no_projection(x)
+    _recurrent_forward_steps(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                             b_hh, h0, c0, reverse, False)
 
 
 @cpu_kernel
-def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                      gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi):
+def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dh_all,
+                      dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0, reverse, is_lstm,
+                      lo, hi):
     # Samples lo..hi-1, last step to first: their rows of the scratch buffers and of dx, and the
     # weight and bias gradients of their rows alone, overwritten into dw_ih ... db_hh (the caller
     # adds the blocks up).
-    n_batch, steps, hidden = out.shape
+    n_batch, steps, hidden = cells.shape
+    projected = w_hr.shape[0] > 0
     # The LSTM's input- and hidden-side gate gradients are equal: dproj[1] serves for both below.
     input_side = 1 if is_lstm else 0
     # Rows of valid steps are written in full below; only the padding past each length is zeroed.
@@ -265,6 +308,8 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
         for t in range(lengths[n], steps):
             dproj[0, n * steps + t] = 0
             dproj[1, n * steps + t] = 0
+            if projected:
+                dh_all[n * steps + t] = 0
     dh_next[lo:hi] = 0
     dc_next[lo:hi] = 0
     first_row, end_row = lo * steps, hi * steps
@@ -272,6 +317,16 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
     has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
     for step in range(steps - 1, -1, -1):
         dstep[lo:hi] = 0
+        # dh_next becomes this step's full dh: the later step's W_hh^T part plus the output's gradient
+        # (a finished sample's row is zero: its dstep was).
+        for n in range(lo, hi):
+            t = step_position(step, lengths[n], reverse)
+            if t >= 0:
+                dh_next[n] += dout[n, t]
+                if projected:
+                    dh_all[n * steps + t] = dh_next[n]
+        if projected:  # the gradient of m_t = o * tanh(c_t), for the whole block: W_hr^T dh
+            np.dot(dh_next[lo:hi], w_hr, dm_step[lo:hi])
         for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
@@ -291,11 +346,11 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
                 else:
                     c_prev_row = cells[n, t]  # any row: selected away
                 _lstm_cells_backward(dproj[1, row], dc_next[n], gates[n, t], cells[n, t], c_prev_row,
-                                     not first or has_c0, dout[n, t], dh_next[n])
+                                     not first or has_c0, dm_step[n] if projected else dh_next[n])
             else:
                 for j in range(hidden):
-                    dh = dout[n, t, j] + dh_next[n, j]
-                    dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_step[row, j], n, t, j, hidden)
+                    dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh_next[n, j], h_step[row, j], n, t,
+                                                      j, hidden)
             dstep[n] = dproj[1, row]
         if step == 0:
             # the initial state's gradients, when asked for: what the first step passes back
@@ -313,6 +368,9 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
     # dW_hh in one product over every (sample, step) row of the block, not one small product per step.
     hidden_side, input_rows = dproj[1, first_row:end_row], dproj[input_side, first_row:end_row]
     np.dot(hidden_side.T, h_step[first_row:end_row], dw_hh)
+    if projected:
+        mid_rows = mids.reshape(n_batch * steps, hidden)[first_row:end_row]
+        np.dot(dh_all[first_row:end_row].T, mid_rows, dw_hr)
     x_rows = x.reshape(n_batch * steps, x.shape[2])[first_row:end_row]
     np.dot(input_rows.T, x_rows, dw_ih)
     for k in range(db_ih.size):
@@ -334,8 +392,9 @@ def _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
 
 
 @cpu_parallel_kernel
-def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
-                              dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm):
+def _recurrent_backward_steps(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0,
+                              reverse, is_lstm):
     # One block of samples per thread, as forward. The first block writes the weight and bias
     # gradients in place, the others into partial sums (a few small arrays a call) added after.
     n_batch = out.shape[0]
@@ -344,20 +403,24 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, d
     others = max(parts - 1, 0)
     partial_ih = np.empty((others,) + dw_ih.shape, dw_ih.dtype)
     partial_hh = np.empty((others,) + dw_hh.shape, dw_hh.dtype)
+    partial_hr = np.empty((others,) + dw_hr.shape, dw_hr.dtype)
     partial_bias = np.empty((others, 2, db_ih.size), db_ih.dtype)
     for part in prange(parts):
         lo = part * block
         hi = min(n_batch, lo + block)
         if part == 0:
-            _backward_samples(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
-                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi)
+            _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0,
+                              reverse, is_lstm, lo, hi)
         else:
-            _backward_samples(dx, partial_ih[part - 1], partial_hh[part - 1], partial_bias[part - 1, 0],
-                              partial_bias[part - 1, 1], dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
-                              gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, lo, hi)
+            _backward_samples(dx, partial_ih[part - 1], partial_hh[part - 1], partial_hr[part - 1],
+                              partial_bias[part - 1, 0], partial_bias[part - 1, 1], dh0, dc0, dproj, dstep, h_step,
+                              dh_next, dc_next, dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh,
+                              w_hr, h0, c0, reverse, is_lstm, lo, hi)
     for other in range(others):
         dw_ih += partial_ih[other]
         dw_hh += partial_hh[other]
+        dw_hr += partial_hr[other]
         db_ih += partial_bias[other, 0]
         db_hh += partial_bias[other, 1]
 
@@ -367,16 +430,31 @@ def _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, d
 def lstm_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
                       gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
     # Overwrites dx, dh0, dc0 (each skipped when empty), dw_ih, dw_hh, db_ih, db_hh.
-    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
-                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, True)
+    w_hr, mids, dm_step = _no_projection(x)
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, w_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dm_step, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0,
+                              reverse, True)
+
+
+@runs_numba_threads
+@cpu_kernel
+def lstm_projected_backward_cpu(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next,
+                                dc_next, dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr,
+                                h0, c0, reverse):
+    # As lstm_backward_cpu, plus dw_hr; h_step (N T, P), dh_next (N, P), dh_all (N T, P), dm_step (N, H).
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0,
+                              reverse, True)
 
 
 @runs_numba_threads
 @cpu_kernel
 def gru_backward_cpu(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout, out,
                      gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse):
-    _recurrent_backward_steps(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next, dout,
-                              out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse, False)
+    w_hr, mids, dm_step = _no_projection(x)
+    _recurrent_backward_steps(dx, dw_ih, dw_hh, w_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next, dc_next,
+                              dm_step, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr, h0, c0,
+                              reverse, False)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -501,18 +579,31 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, 
                     dh += dc_next[n, j]  # the direct z path from the later step
                     dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh, h_prev, n, t, j, hidden)
         cuda.syncthreads()
-    # The initial state's gradients: W_hh^T of the first step's hidden-side gradients (plus the GRU's
-    # direct z path, left in dc_next), and the LSTM's dc, left in dc_next.
+    _states_and_weights_backward(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, out, x, lengths, w_ih, w_hh,
+                                 h0, reverse, is_lstm, n)
+
+
+@_device
+def _states_and_weights_backward(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, out, x, lengths, w_ih, w_hh,
+                                 h0, reverse, is_lstm, n):
+    # After the steps of one sample: the initial state's gradients, W_hh^T of the first step's
+    # hidden-side gradients (plus the GRU's direct z path, left in dc_next), and the LSTM's dc, left
+    # in dc_next; the weight and bias gradients of this sample, summed over its steps, then one
+    # atomic add each; its dx. The state has w_hh.shape[1] features (P when projected), the cells H.
+    steps, state = out.shape[1], w_hh.shape[1]
+    rows = w_hh.shape[0]
+    length = lengths[n]
+    zero = same_type(out[0, 0, 0], 0.0)
     first_row = n * steps + step_position(0, length, reverse)
-    for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+    for j in range(cuda.threadIdx.x, state, cuda.blockDim.x):
         if dh0.shape[0] > 0:
             acc = dc_next[n, j] if not is_lstm else zero
             for m in range(rows):
                 acc += dproj[1, first_row, m] * w_hh[m, j]
             dh0[n, j] = acc
+    for j in range(cuda.threadIdx.x, dc_next.shape[1], cuda.blockDim.x):
         if dc0.shape[0] > 0:
             dc0[n, j] = dc_next[n, j]
-    # Weight and bias gradients of this sample, summed over its steps, then one atomic add each.
     for m in range(cuda.threadIdx.x, rows, cuda.blockDim.x):
         acc_ih = zero
         acc_hh = zero
@@ -526,7 +617,7 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, 
             for t in range(length):
                 acc += dproj[0, n * steps + t, m] * x[n, t, k]
             cuda.atomic.add(dw_ih, (m, k), acc)
-        for k in range(hidden):
+        for k in range(state):
             acc = zero
             for t in range(length):
                 first = t == (length - 1 if reverse else 0)
@@ -561,3 +652,76 @@ def gru_backward_cuda(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dstep, h_
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
         _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, dout, out, gates, cells,
                                    x, lengths, w_ih, w_hh, h0, c0, reverse, False, n)
+
+
+@cuda_kernel
+def lstm_projected_forward_cuda(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengths, w_ih, w_hh, w_hr, b_ih,
+                                b_hh, h0, c0, reverse):
+    # Per step: the cell update over H units (m_t into mids), then h_t = W_hr m_t over P outputs.
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        steps, hidden, size = cells.shape[1], cells.shape[2], out.shape[2]
+        _zero_sample_outputs(out, n)
+        _zero_sample_outputs(mids, n)
+        for step in range(steps):
+            t = step_position(step, lengths[n], reverse)
+            if t >= 0:  # the same for every thread of the block: the syncthreads below are uniform
+                prev = previous_position(t, reverse)
+                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                    pre_i = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, j)
+                    pre_f = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, hidden + j)
+                    pre_g = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 2 * hidden + j)
+                    pre_o = _gate_preactivation(x, out, h0, w_ih, w_hh, b_ih, b_hh, n, t, prev, step, 3 * hidden + j)
+                    c_prev = cells[n, prev, j] if step > 0 else (c0[n, j] if c0.shape[0] > 0 else same_type(pre_i, 0.0))
+                    lstm_cell(gates, cells, mids, pre_i, pre_f, pre_g, pre_o, c_prev, n, t, j, hidden)
+                cuda.syncthreads()
+                for p in range(cuda.threadIdx.x, size, cuda.blockDim.x):
+                    acc = same_type(out[0, 0, 0], 0.0)
+                    for j in range(hidden):
+                        acc += w_hr[p, j] * mids[n, t, j]
+                    out[n, t, p] = acc
+            cuda.syncthreads()
+
+
+@cuda_kernel
+def lstm_projected_backward_cuda(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, dstep, h_step, dh_next,
+                                 dc_next, dh_all, dm_step, dout, out, gates, cells, mids, x, lengths, w_ih, w_hh, w_hr,
+                                 h0, c0, reverse):
+    # Accumulates into dw_ih, dw_hh, dw_hr, db_ih, db_hh: the launcher zeroes them first. Per step:
+    # the full dh over P (into dh_all), then dm = W_hr^T dh and the cell backward over H units.
+    for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        steps, hidden, size = cells.shape[1], cells.shape[2], out.shape[2]
+        rows = w_hh.shape[0]
+        length = lengths[n]
+        zero = same_type(out[0, 0, 0], 0.0)
+        for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+            dc_next[n, j] = zero
+        cuda.syncthreads()
+        for step in range(steps - 1, -1, -1):
+            t = step_position(step, length, reverse)
+            if t >= 0:
+                prev = previous_position(t, reverse)
+                later = step_position(step + 1, length, reverse)
+                row = n * steps + t
+                for p in range(cuda.threadIdx.x, size, cuda.blockDim.x):
+                    dh = dout[n, t, p]
+                    if later >= 0:
+                        for m in range(rows):
+                            dh += dproj[1, n * steps + later, m] * w_hh[m, p]
+                    dh_all[row, p] = dh
+                cuda.syncthreads()
+                for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+                    dm = zero
+                    for p in range(size):
+                        dm += dh_all[row, p] * w_hr[p, j]
+                    c_prev = cells[n, prev, j] if step > 0 else (c0[n, j] if c0.shape[0] > 0 else zero)
+                    dc_next[n, j] = lstm_cell_backward(dproj, row, gates, cells, dm, dc_next[n, j], c_prev, n, t, j,
+                                                       hidden)
+            cuda.syncthreads()
+        for p in range(cuda.threadIdx.x, size, cuda.blockDim.x):
+            for j in range(hidden):
+                acc = zero
+                for t in range(length):
+                    acc += dh_all[n * steps + t, p] * mids[n, t, j]
+                cuda.atomic.add(dw_hr, (p, j), acc)
+        _states_and_weights_backward(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, out, x, lengths, w_ih,
+                                     w_hh, h0, reverse, True, n)

@@ -52,6 +52,17 @@ class _Recurrent(SequenceLayer):
         self.initial_state = bool(initial_state)
         self.many_inputs = self.initial_state
         self._states = None
+        self.proj_size = 0  # the LSTM's projection (PyTorch's proj_size); 0: none
+
+    @property
+    def state_size(self):
+        """Features of the hidden state h (and of each direction's output): proj_size when the LSTM
+        projects, else hidden_size. The LSTM's cell state keeps hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _state_sizes(self):
+        """Feature counts of the carried states: (h,) for the GRU, (h, c) for the LSTM."""
+        return (self.state_size, self.hidden_size)[:self.state_count]
 
     def hyperparameters(self):
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "bidirectional": self.bidirectional,
@@ -67,17 +78,19 @@ class _Recurrent(SequenceLayer):
         if not self.initial_state:
             return super().build(input_shape, ops, dtype, rng)
         shapes = [tuple(int(d) for d in shape) for shape in input_shape]
-        expected = (self.num_layers * self.directions, self.hidden_size)
-        if len(shapes) != 1 + self.state_count or any(shape != expected for shape in shapes[1:]):
+        expected = [(self.num_layers * self.directions, size) for size in self._state_sizes()]
+        if len(shapes) != 1 + self.state_count or shapes[1:] != expected:
             names = "x, h0, c0" if self.kind == "lstm" else "x, h0"
-            raise ShapeError(f"layer '{self.name}' with initial_state takes [{names}], the states of shape (batch, "
-                             f"{expected[0]}, {expected[1]}); got shapes {shapes}")
+            wanted = " and ".join(f"(batch, {a}, {b})" for a, b in expected)
+            raise ShapeError(f"layer '{self.name}' with initial_state takes [{names}], the states of shape "
+                             f"{wanted}; got shapes {shapes}")
         self.input_shapes = shapes
         return super().build(shapes[0], ops, dtype, rng)
 
     def final_states(self):
-        """The last forward's final states as host arrays (batch, num_layers * directions, hidden):
-        (h_n,) for the GRU, (h_n, c_n) for the LSTM, PyTorch's (batch first; a padded sample's at its
+        """The last forward's final states as host arrays (batch, num_layers * directions, features):
+        (h_n,) for the GRU, (h_n, c_n) for the LSTM (h_n has proj_size features when the LSTM
+        projects), PyTorch's (batch first; a padded sample's at its
         last valid step, the reverse direction's at step 0). Read-only: no gradient flows back
         through them."""
         if self._states is None:
@@ -86,10 +99,9 @@ class _Recurrent(SequenceLayer):
         host_lengths = self.ops.to_numpy(lengths)
         n = len(host_lengths)
         rows = np.arange(n)
-        finals = [np.empty((n, self.num_layers * self.directions, self.hidden_size), self.dtype)
-                  for _ in range(self.state_count)]
+        finals = [np.empty((n, self.num_layers * self.directions, size), self.dtype) for size in self._state_sizes()]
         for layer, saved in enumerate(saved_by_layer):
-            for direction, (view, _, cells) in enumerate(saved):
+            for direction, (view, _, cells, _) in enumerate(saved):
                 step = np.zeros(n, np.int64) if direction == 1 else host_lengths - 1
                 index = layer * self.directions + direction
                 finals[0][:, index] = self.ops.to_numpy(view)[rows, step]
@@ -113,18 +125,20 @@ class _Recurrent(SequenceLayer):
                              f"(batch, {', '.join(map(str, input_shape))})")
         from numdl.layers.shape import Dropout
 
-        h, g = self.hidden_size, self.gates
+        h, g, size = self.hidden_size, self.gates, self.state_size
         bound = 1.0 / math.sqrt(h)  # PyTorch's default: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
         features = input_shape[1]
         for layer in range(self.num_layers):
             for direction in range(self.directions):
                 s = self._suffix(layer, direction)
                 self.add_param(f"weight_ih{s}", rng.uniform(-bound, bound, (g * h, features)))
-                self.add_param(f"weight_hh{s}", rng.uniform(-bound, bound, (g * h, h)))
+                self.add_param(f"weight_hh{s}", rng.uniform(-bound, bound, (g * h, size)))
                 if self.bias:
                     self.add_param(f"bias_ih{s}", rng.uniform(-bound, bound, g * h))
                     self.add_param(f"bias_hh{s}", rng.uniform(-bound, bound, g * h))
-            features = h * self.directions
+                if self.proj_size:  # PyTorch's order: the projection after the biases
+                    self.add_param(f"weight_hr{s}", rng.uniform(-bound, bound, (size, h)))
+            features = size * self.directions
         if not self.bias:
             from numdl.layers.base import Parameter
 
@@ -139,11 +153,10 @@ class _Recurrent(SequenceLayer):
         return (steps, features) if self.return_sequences else (features,)
 
     def _state_slices(self, states, n):
-        """Each (layer, direction)'s (batch, hidden) initial states from the (batch, L D, hidden) inputs,
-        copied out contiguous (concat_backward: the slice at that offset of the flattened rows)."""
+        """Each (layer, direction)'s (batch, features) initial states from the (batch, L D, features)
+        inputs, copied out contiguous (concat_backward: the slice at that offset of the flattened rows)."""
         slices = []
-        h = self.hidden_size
-        for kind, full in enumerate(states):
+        for kind, (full, h) in enumerate(zip(states, self._state_sizes())):
             flat = full.reshape(n, full.shape[1] * h)
             pieces = []
             for index in range(self.num_layers * self.directions):
@@ -164,7 +177,7 @@ class _Recurrent(SequenceLayer):
             states = [self.contiguous(a, f"state{i}_copy") for i, a in enumerate(states)]
         x = self.contiguous(x, "x_copy")
         n, steps = x.shape[0], x.shape[1]
-        h, g, d = self.hidden_size, self.gates, self.directions
+        h, g, d, size = self.hidden_size, self.gates, self.directions, self.state_size
         lengths = self._lengths(n, steps)
         self._saved = []
         self._initial = None if states is None else self._state_slices(states, n)
@@ -172,28 +185,32 @@ class _Recurrent(SequenceLayer):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 inputs = self._dropouts[layer - 1].forward(inputs, training)
-            out = self.buffer(f"out{layer}", (n, steps, d * h))
+            out = self.buffer(f"out{layer}", (n, steps, d * size))
             saved = []
             for direction in range(d):
                 s = self._suffix(layer, direction)
                 gates = self.buffer(f"gates{s}", (n, steps, g * h))
                 cells = self.buffer(f"cells{s}", (n, steps, h))
-                view = out[:, :, direction * h:(direction + 1) * h] if d > 1 else out
+                view = out[:, :, direction * size:(direction + 1) * size] if d > 1 else out
                 h0, c0 = self._initial_of(layer * d + direction)
+                projection = mids = None
+                if self.proj_size:
+                    mids = self.buffer(f"mids{s}", (n, steps, h))
+                    projection = (self.params[f"weight_hr{s}"].value, mids, self.buffer("m_step", (n, h)))
                 self.ops.recurrent_forward(self.kind, view, gates, cells, self.buffer("proj", (n * steps, g * h)),
-                                           self.buffer("hh", (n, g * h)), self.buffer("h_prev", (n, h)), inputs,
+                                           self.buffer("hh", (n, g * h)), self.buffer("h_prev", (n, size)), inputs,
                                            lengths, self.params[f"weight_ih{s}"].value,
                                            self.params[f"weight_hh{s}"].value, self._biases(s)[0].value,
-                                           self._biases(s)[1].value, direction == 1, h0, c0)
-                saved.append((view, gates, cells))
+                                           self._biases(s)[1].value, direction == 1, h0, c0, projection)
+                saved.append((view, gates, cells, mids))
             self._saved.append((inputs, saved))
             inputs = out
         self._lengths_used = lengths
         self._states = (lengths, [saved for _, saved in self._saved])  # final_states() reads them back
         if self.return_sequences:
             return inputs
-        last = self.buffer("last", (n, d * h))
-        self.ops.last_step_forward(last, inputs, lengths, h)  # the reverse half takes step 0, as h_n
+        last = self.buffer("last", (n, d * size))
+        self.ops.last_step_forward(last, inputs, lengths, size)  # the reverse half takes step 0, as h_n
         return last
 
     def _initial_of(self, index):
@@ -207,25 +224,25 @@ class _Recurrent(SequenceLayer):
         n = dout.shape[0]
         state_grads = None
         if self._initial is not None:
-            state_grads = [self.buffer(f"dstate{kind}", (n, self.num_layers * self.directions * self.hidden_size))
-                           for kind in range(self.state_count)]
-        h, g, d = self.hidden_size, self.gates, self.directions
+            state_grads = [self.buffer(f"dstate{kind}", (n, self.num_layers * self.directions * features))
+                           for kind, features in enumerate(self._state_sizes())]
+        h, g, d, size = self.hidden_size, self.gates, self.directions, self.state_size
         lengths = self._lengths_used
         steps = self._saved[0][0].shape[1]
         if not self.return_sequences:
-            full = self.buffer("dlast", (n, steps, d * h))
-            self.ops.last_step_backward(full, dout, lengths, h)
+            full = self.buffer("dlast", (n, steps, d * size))
+            self.ops.last_step_backward(full, dout, lengths, size)
             dout = full
         scratch = (self.buffer("dproj", (2, n * steps, g * h)), self.buffer("dstep", (n, g * h)),
-                   self.buffer("h_step", (n * steps, h)), self.buffer("dh_next", (n, h)),
+                   self.buffer("h_step", (n * steps, size)), self.buffer("dh_next", (n, size)),
                    self.buffer("dc_next", (n, h)))
         for layer in range(self.num_layers - 1, -1, -1):
             inputs, saved = self._saved[layer]
             want_dx = layer > 0 or self.needs_input_grad
             dx_total = None
-            for direction, (view, gates, cells) in enumerate(saved):
+            for direction, (view, gates, cells, mids) in enumerate(saved):
                 s = self._suffix(layer, direction)
-                dview = dout[:, :, direction * h:(direction + 1) * h] if d > 1 else dout
+                dview = dout[:, :, direction * size:(direction + 1) * size] if d > 1 else dout
                 dx = self.buffer(f"dx{layer}_{direction}", inputs.shape) if want_dx else None
                 p = {k: self.params[f"{k}{s}"] for k in ("weight_ih", "weight_hh")}
                 p["bias_ih"], p["bias_hh"] = self._biases(s)
@@ -233,15 +250,20 @@ class _Recurrent(SequenceLayer):
                 h0, c0 = self._initial_of(index)
                 dh0 = dc0 = None
                 if state_grads is not None:
-                    dh0 = self.buffer("dh0_piece", (n, h))
+                    dh0 = self.buffer("dh0_piece", (n, size))
                     dc0 = self.buffer("dc0_piece", (n, h)) if self.state_count == 2 else None
+                projection = None
+                if self.proj_size:
+                    w_hr = self.params[f"weight_hr{s}"]
+                    projection = (w_hr.grad, self.buffer("dh_all", (n * steps, size)), self.buffer("dm_step", (n, h)),
+                                  mids, w_hr.value)
                 self.ops.recurrent_backward(self.kind, dx, p["weight_ih"].grad, p["weight_hh"].grad,
                                             p["bias_ih"].grad, p["bias_hh"].grad, scratch, dview, view, gates, cells,
                                             inputs, lengths, p["weight_ih"].value, p["weight_hh"].value,
-                                            direction == 1, dh0, dc0, h0, c0)
-                if state_grads is not None:  # into the (batch, L D, hidden) gradients, at this index
-                    for grad, piece in zip(state_grads, (dh0, dc0)):
-                        self.ops.concat_forward(grad, piece, index * h)
+                                            direction == 1, dh0, dc0, h0, c0, projection)
+                if state_grads is not None:  # into the (batch, L D, features) gradients, at this index
+                    for grad, piece, features in zip(state_grads, (dh0, dc0), self._state_sizes()):
+                        self.ops.concat_forward(grad, piece, index * features)
                 if dx is not None:
                     if dx_total is None:
                         dx_total = dx
@@ -254,8 +276,8 @@ class _Recurrent(SequenceLayer):
             dout = dx_total
         if state_grads is None:
             return dout
-        shape = (n, self.num_layers * self.directions, self.hidden_size)
-        return [dout] + [grad.reshape(shape) for grad in state_grads]
+        return [dout] + [grad.reshape(n, self.num_layers * self.directions, features)
+                         for grad, features in zip(state_grads, self._state_sizes())]
 
     def get_rng_state(self):
         return {str(i): drop.get_rng_state() for i, drop in enumerate(self._dropouts)}
@@ -269,11 +291,26 @@ class _Recurrent(SequenceLayer):
 class LSTM(_Recurrent):
     """Long short-term memory (PyTorch's ``nn.LSTM`` equations, gate order i, f, g, o, its parameter
     names ``weight_ih_l0`` ... and its initialisation). Returns the final hidden state (batch,
-    directions * hidden) or, with ``return_sequences``, every step (batch, time, directions * hidden)."""
+    directions * hidden) or, with ``return_sequences``, every step (batch, time, directions * hidden).
+
+    ``proj_size`` > 0 (PyTorch's LSTM with projections): the hidden state is h_t = W_hr (o_t *
+    tanh(c_t)) with ``weight_hr_l{k}`` (proj_size, hidden); outputs, h0 and h_n then have proj_size
+    features per direction, the cell state keeps hidden_size."""
 
     name = "lstm"
     kind = "lstm"
     gates = 4
+
+    def __init__(self, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 return_sequences: bool = False, dropout: float = 0.0, bias: bool = True, initial_state: bool = False,
+                 proj_size: int = 0):
+        super().__init__(hidden_size, num_layers, bidirectional, return_sequences, dropout, bias, initial_state)
+        if not 0 <= proj_size < hidden_size:
+            raise ConfigError(f"{self.name}: proj_size must be in [0, hidden_size = {hidden_size}), got {proj_size}")
+        self.proj_size = int(proj_size)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "proj_size": self.proj_size}
 
 
 class GRU(_Recurrent):

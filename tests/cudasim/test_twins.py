@@ -90,6 +90,7 @@ def _sequence_model(device):
     layers = [numdl.Embedding(5, 4), numdl.LSTM(4, bidirectional=True, return_sequences=True),
               numdl.PositionalEncoding("learned"),
               numdl.TransformerEncoderLayer(2, dim_feedforward=6, dropout=0.0, norm_first=True),
+              numdl.LSTM(3, num_layers=2, bidirectional=True, return_sequences=True, proj_size=2),
               numdl.GRU(3, return_sequences=True), numdl.SequencePool("mean"), numdl.Linear(2)]
     model = numdl.Sequential(layers, input_shape=(4,), dtype="float64", device=device, seed=0)
     return model.compile(numdl.CrossEntropy(), numdl.RMSprop(lr=0.01, momentum=0.5))
