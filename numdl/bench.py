@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "kernels", "startup", "ceiling")
+SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "kernels", "startup", "ceiling", "contention")
 DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "startup", "ceiling")
 INPUT_SHAPES = {"tabular": (25,), "unet": (1, 64, 64)}  # the image models take (28, 28)
 CLASSES = {"tabular": 2, "unet": 11}
@@ -739,6 +739,121 @@ def cases(suites, quick):
     return [case for suite in suites for case in plan.get(suite, [])]
 
 
+# ------------------------------------------------------------------------------ contention
+#: Each busy process spins at most this long (the suite stops them sooner; a killed suite's end here).
+BUSY_SECONDS_LIMIT = 900
+_BUSY = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+class BusyProcesses:
+    """``count`` processes that keep one core each busy while the block runs (bounded by
+    BUSY_SECONDS_LIMIT, stopped on leaving it): another user's job on a shared machine."""
+
+    def __init__(self, count):
+        self.count, self.processes = count, []
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        code = _BUSY.format(limit=BUSY_SECONDS_LIMIT)
+        self.processes = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.count)]
+        time.sleep(0.5)  # running before the first timed step
+        return self
+
+    def __exit__(self, *exc):
+        for process in self.processes:
+            process.kill()
+            process.wait()
+
+
+CONTENTION_SAMPLES = {False: 30000, True: 6000}  # samples per epoch: full run, --quick
+
+
+def contention_cases(repeats, threads, quick, busy_counts=(1, 2)):
+    """Training with one and with two busy processes on the machine: numdl's default (``--threads
+    auto``; its repetitions are the epochs of one run, the choice carried from one to the next)
+    against ``--threads 1`` under the same load, and against PyTorch and JAX at every core under the
+    same load."""
+    from numdl import bench_jax
+    from numdl.backend import get_ops
+    from numdl.backend.cpu import limit_threads
+
+    samples = CONTENTION_SAMPLES[bool(quick)]
+    results = []
+    try:
+        for busy in busy_counts:
+            with BusyProcesses(busy):
+                for batch_size in (64,):
+                    x, y = _data(samples, (28, 28))
+                    ours = _numdl_model("mlp")
+                    ours.warmup(batch_size)
+                    batches = [(x[b:b + batch_size], y[b:b + batch_size]) for b in range(0, samples, batch_size)]
+
+                    chooser = []  # the auto run's ThreadChooser, once made
+
+                    def epoch(setting):
+                        def run():
+                            if setting == "auto" and chooser:
+                                get_ops("cpu").resume_thread_chooser(chooser[0])
+                            else:
+                                limit_threads(setting)
+                                if setting == "auto":
+                                    chooser.append(get_ops("cpu").thread_chooser)
+                            for xb, yb in batches:
+                                ours.train_step(xb, yb)
+                        return run
+
+                    run_theirs = _torch_run(_torch(threads), "mlp", "train", batches, ours)
+                    run_jax = bench_jax.epoch("mlp", "train", batches, ours, threads)
+                    auto, one, theirs, jax = _alternate(epoch("auto"), epoch(1), repeats, run_theirs, run_jax)
+                    result = _result(f"mlp train b{batch_size}, {busy} busy", samples, auto, theirs)
+                    for peer, seconds in (("threads_1", one), ("jax", jax)):
+                        if seconds:
+                            result[peer] = samples / seconds
+                            result[f"ratio_{peer}"] = result["numdl"] / result[peer]
+                    results.append(result)
+    finally:
+        limit_threads(threads)  # the other suites' fixed count
+    return results
+
+
+# OpenBLAS core types without AVX-512 kernels (OPENBLAS_CORETYPE names, lower case).
+PRE_AVX512_CORES = {"haswell", "zen", "sandybridge", "nehalem", "core2", "penryn", "dunnington", "prescott", "atom",
+                    "barcelona", "bobcat", "bulldozer", "piledriver", "steamroller", "excavator", "opteron"}
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def blas_report():
+    """(the BLAS numdl's products run in, as threadpoolctl names it, or None; a warning when the
+    environment forces OpenBLAS onto older kernels or cache sizes than this CPU has, or None)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's products call, loaded)
+    from threadpoolctl import ThreadpoolController
+
+    infos = [c.info() for c in ThreadpoolController().select(user_api="blas").lib_controllers]
+    info = next((i for i in infos if "scipy" in i.get("filepath", "")), infos[0] if infos else None)
+    kernel = None if info is None else " ".join(
+        str(info.get(key)) for key in ("internal_api", "version", "architecture") if info.get(key))
+    forced = [f"{name}={os.environ[name]}" for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]
+    older = os.environ.get("OPENBLAS_CORETYPE", "").lower() in PRE_AVX512_CORES and "avx512f" in _cpu_flags()
+    warning = None
+    if forced:
+        what = "older kernels than this AVX-512 CPU runs" if older else "its kernel or cache choice"
+        warning = (f"{' '.join(forced)} overrides OpenBLAS's {what}: figures differ from a user's; run "
+                   f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE numdl bench ...`")
+    return kernel, warning
+
+
 def peak_memory_mib():
     import resource
 
@@ -761,8 +876,11 @@ def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
         results += ceiling_cases(repeats, threads, quick)
     if "tabular" in suites:
         results += table_read_cases(quick)
+    if "contention" in suites:
+        results += contention_cases(repeats, threads, quick)
+    kernel, warning = blas_report()
     return {"threads": threads, "repeats": repeats, "results": results, "peak_rss_mib": peak_memory_mib(),
-            "torch": torch_found}
+            "torch": torch_found, "blas": kernel, "blas_warning": warning}
 
 
 def compare(report, baseline, tolerance):
@@ -774,7 +892,8 @@ def compare(report, baseline, tolerance):
             and r["numdl"] < (1 - tolerance) * before[r["case"]]]
 
 
-PEERS = (("jax", "jax", "vs jax"), ("onnxruntime", "onnxrt", "vs ort"))  # extra columns, when measured
+# extra columns, when measured: (key, title, ratio title)
+PEERS = (("jax", "jax", "vs jax"), ("onnxruntime", "onnxrt", "vs ort"), ("threads_1", "threads 1", "vs t1"))
 
 
 def format_table(report):
@@ -793,6 +912,10 @@ def format_table(report):
                      f" {compiled}{columns}")
     lines.append(f"threads {report['threads']}, median of {report['repeats']} alternating repetitions, "
                  f"peak RSS of this process {report['peak_rss_mib']:.0f} MiB")
+    if report.get("blas"):
+        lines.append(f"BLAS: {report['blas']}")
+    if report.get("blas_warning"):
+        lines.append(f"warning: {report['blas_warning']}")
     if not report.get("torch", True):
         lines.append("PyTorch is not installed, so the torch and ratio columns are empty: "
                      "pip install 'numdl[bench]' for the comparison")

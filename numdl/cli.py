@@ -38,10 +38,25 @@ def _exit(line, code):
     sys.exit(code)
 
 
+class ThreadCount(click.ParamType):
+    """``--threads``: a count >= 1, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        if str(value).isdigit() and int(value) >= 1:
+            return int(value)
+        self.fail(f"expected a thread count >= 1 or 'auto', got {value!r}", param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(numdl.__version__, prog_name="numdl")
-@click.option("--threads", type=click.IntRange(min=1), envvar="NUMDL_THREADS",
-              help="CPU threads for numdl's kernels and BLAS (default: every core). One pool runs at a time.")
+@click.option("--threads", type=ThreadCount(), envvar="NUMDL_THREADS",
+              help="CPU threads for numdl's kernels and BLAS: a count, or auto (the default): every core, or "
+                   "one thread while training runs faster so, as when other processes load the cores (chosen "
+                   "by timing as it runs). One pool runs at a time.")
 def cli(threads):
     """numdl: deep learning whose every hot path is a Numba kernel (CPU @njit, CUDA twins).
 
@@ -53,10 +68,9 @@ def cli(threads):
 
     if not threads and launched_size() > 1:  # ranks on one host split its cores: no oversubscription
         threads = max(1, (os.cpu_count() or 1) // local_size())
-    if threads:
-        from numdl.backend.cpu import limit_threads
+    from numdl.backend.cpu import limit_threads
 
-        limit_threads(threads)
+    limit_threads(threads or "auto")
 
 
 @cli.command()
@@ -224,8 +238,10 @@ def warmup(config, overrides):
 @cli.command()
 @click.option("--suite", "suites", multiple=True,
               type=click.Choice(bench_suites.SUITES),
-              help="Benchmark suite to run (repeatable; default: all but kernels). kernels: every kernel family "
-                   "at two sizes; startup: time to the first step and peak memory of numdl train.")
+              help="Benchmark suite to run (repeatable; default: all but kernels and contention). kernels: every "
+                   "kernel family at two sizes; startup: time to the first step and peak memory of numdl train; "
+                   "contention: MLP training with one and two busy processes on the machine, numdl's default "
+                   "threads against --threads 1, PyTorch and JAX under the same load.")
 @click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for both numdl and PyTorch (default: every core).")
@@ -243,10 +259,13 @@ def bench(group_options, suites, quick, threads, json_path, baseline, tolerance)
     from numdl import bench as bench_module
 
     threads = threads or (group_options or {}).get("threads")
-    if threads:
-        from numdl.backend.cpu import limit_threads
+    if threads == "auto":
+        threads = None
+    from numdl.backend.cpu import limit_threads
 
-        limit_threads(threads)
+    # A fixed count (every core by default), the same for numdl and its peers; the contention suite
+    # runs numdl's --threads auto itself.
+    limit_threads(threads or os.cpu_count() or 1)
     report = bench_module.run(suites or bench_module.DEFAULT_SUITES, quick=quick, threads=threads)
     click.echo(bench_module.format_table(report))
     if json_path:

@@ -163,6 +163,7 @@ class Sequential:
 
     def train_step(self, x, y, lengths=None):
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
+        started = time.perf_counter()
         logits = self.forward(x, training=True, lengths=lengths)
         loss = self._with_added_losses(self.loss.forward(logits, y))
         if self.reduce_gradients is None:
@@ -179,7 +180,9 @@ class Sequential:
         if self.clip_grad_norm > 0:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
-        return loss, _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
+        correct = _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
+        self.ops.step_finished(_count(x), time.perf_counter() - started)  # --threads auto times the steps
+        return loss, correct
 
     def _loss_adders(self):
         """The layers (as run) that add a term of their own to the loss: a VAE's GaussianSample."""

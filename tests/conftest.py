@@ -6,6 +6,10 @@ import pytest
 # imported); tests/test_cuda_simulator.py starts it. Collect them here only inside that process.
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cudasim"]
 
+# `numdl` commands run in-process here: a fixed thread count (every core, as before --threads auto
+# became the default) keeps their numbers independent of timing. Tests of auto pass it explicitly.
+os.environ.setdefault("NUMDL_THREADS", str(os.cpu_count() or 1))
+
 
 @pytest.fixture
 def rng():

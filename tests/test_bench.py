@@ -188,3 +188,41 @@ def test_the_jax_twins_compute_numdls_models(kind):
     np.testing.assert_allclose(logits, model.predict(x), rtol=1e-4, atol=1e-5)
     run = bench_jax.epoch(kind, "train", [(x, y)], model)
     run()  # compiles and steps without error
+
+
+def test_the_contention_suite_races_auto_against_one_thread_under_load_and_stops_its_load(monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(bench, "CONTENTION_SAMPLES", {False: 256, True: 256})
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    (result,) = bench.contention_cases(repeats=1, threads=2, quick=True, busy_counts=(1,))
+    assert result["case"] == "mlp train b64, 1 busy"
+    assert result["numdl"] > 0 and result["threads_1"] > 0
+    assert result["ratio_threads_1"] == pytest.approx(result["numdl"] / result["threads_1"])
+    busy = [p for p in started if "-c" in p.args]  # (other libraries start helpers too: ldconfig)
+    assert len(busy) == 1 and busy[0].poll() is not None  # the busy process was stopped
+    assert "threads 1" in bench.format_table({"threads": 2, "repeats": 1, "results": [result], "peak_rss_mib": 1})
+    from numdl.backend import get_ops
+
+    assert get_ops("cpu").thread_chooser is None  # the other suites' fixed count is back
+
+
+def test_the_blas_kernel_is_reported_and_an_override_warned_about(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    kernel, warning = bench.blas_report()
+    assert kernel and "openblas" in kernel.lower() and warning is None
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setattr(bench, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    _, warning = bench.blas_report()
+    assert "OPENBLAS_CORETYPE=Haswell overrides OpenBLAS's older kernels than this AVX-512 CPU runs" in warning
+    table = bench.format_table({"threads": 2, "repeats": 1, "results": [], "peak_rss_mib": 1, "blas": kernel,
+                                "blas_warning": warning})
+    assert f"BLAS: {kernel}" in table and "warning: OPENBLAS_CORETYPE=Haswell" in table

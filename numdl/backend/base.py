@@ -84,6 +84,9 @@ class Ops:
         """Set every element of ``array`` to zero, in place."""
         raise NotImplementedError
 
+    def step_finished(self, samples, seconds):
+        """A training step of ``samples`` took ``seconds`` (the CPU backend's --threads auto times them)."""
+
     # ------------------------------------------------------------------------------- linear
     def linear_forward(self, out, x, weight, bias, relu=False):
         """relu: apply a fused ReLU to the output."""

@@ -13,8 +13,14 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 def limit_threads(count):
     """Use at most ``count`` CPU threads: the BLAS's, OpenMP's and numba's (which the recurrent and
     attention kernels use). Pools not started yet read the environment this sets (``import numdl`` starts
-    none); started ones are limited through threadpoolctl and numba."""
-    if count < 1:
+    none); started ones are limited through threadpoolctl and numba. ``"auto"``: every core, or one
+    thread when training runs faster so (chosen by timing while it runs: numdl.backend.threads)."""
+    from numdl.backend import get_ops
+
+    if count == "auto":
+        get_ops("cpu").choose_threads_by_timing()
+        return
+    if not isinstance(count, int) or count < 1:
         from numdl.errors import ConfigError
 
         raise ConfigError(f"threads must be >= 1, got {count}")
@@ -72,6 +78,8 @@ class CPUOps(Ops):
         #: that runs numba threads (the recurrent and attention ones) has been called.
         self.thread_pool = None
         self._thread_limit = None  # numdl --threads / limit_threads; None: every core
+        self._active_threads = None  # the count a ThreadChooser applied (--threads auto), or None
+        self._chooser = None
         self._blas_libraries = None
 
     def use_threads(self):
@@ -82,21 +90,58 @@ class CPUOps(Ops):
 
     def set_thread_limit(self, count):
         self._thread_limit = count
+        self._chooser = self._active_threads = None  # a fixed count ends --threads auto
         if self.thread_pool is not None:
             self._use_thread_pool(self.thread_pool)
+
+    def choose_threads_by_timing(self):
+        """``--threads auto``: from now on training steps (``step_finished``) time every core against
+        one thread and keep the faster (numdl.backend.threads). A no-op on one core."""
+        import numba
+
+        from numdl.backend.threads import ThreadChooser
+
+        self._thread_limit = None
+        cores = numba.config.NUMBA_NUM_THREADS
+        self._chooser = ThreadChooser((cores, 1), self._set_active_threads) if cores > 1 else None
+
+    def resume_thread_chooser(self, chooser):
+        """Go back to ``--threads auto`` with an earlier ThreadChooser and what it learned (the bench
+        interleaves one run's epochs with fixed-count ones)."""
+        self._thread_limit = None
+        self._chooser = chooser
+        self._set_active_threads(chooser.count)
+
+    def _set_active_threads(self, count):
+        self._active_threads = count
+        if self.thread_pool is not None:
+            self._use_thread_pool(self.thread_pool)
+
+    @property
+    def thread_chooser(self):
+        """The ThreadChooser of --threads auto, or None."""
+        return self._chooser
+
+    def step_finished(self, samples, seconds):
+        if self._chooser is not None:
+            self._chooser.record(samples, seconds)
 
     def _use_thread_pool(self, pool):
         import numba
         from numba.np.ufunc.parallel import _launch_threads
 
         _launch_threads()  # numba's pool, before a cached parallel kernel links against it
-        limit = min(self._thread_limit or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+        wanted = self._active_threads or self._thread_limit or numba.config.NUMBA_NUM_THREADS
+        limit = min(wanted, numba.config.NUMBA_NUM_THREADS)
         if pool == "numba":
             for library in self._blas():
                 library.set_num_threads(1)
             numba.set_num_threads(limit)
         else:
             numba.set_num_threads(1)
+            if self._active_threads is not None:  # --threads auto's count (a fixed one was set by limit_threads)
+                for library in self._blas():
+                    library.set_num_threads(limit)
         self.thread_pool = pool
 
     def _blas(self):
