@@ -7,6 +7,8 @@ import time as _time
 
 #: When numdl was imported (a start-up clock where /proc is not available).
 IMPORTED_AT = _time.time()
+#: When the ``numdl`` command last started (set by its group callback), or None.
+COMMAND_STARTED_AT = None
 
 __version__ = "0.1.0"
 

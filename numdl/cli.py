@@ -3,6 +3,7 @@ line on stderr and a non-zero exit (2 for config errors), never a traceback."""
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -63,6 +64,7 @@ def cli(threads):
     Run `numdl train` to train the embedded default (an MLP on Fashion-MNIST), or
     `numdl COMMAND --help` for any command.
     """
+    numdl.COMMAND_STARTED_AT = time.time()  # start-up figures of an in-process command count from here
     click.get_current_context().obj = {"threads": threads}
     from numdl.distributed import launched_size, local_size
 

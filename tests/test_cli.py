@@ -91,3 +91,22 @@ def test_warmup_then_threads_option_runs_single_threaded(tmp_path):
     assert result.stdout.split("\n")[-2] == "1 1 {1}"
     bad = CliRunner().invoke(cli, ["--threads", "0", "plugins"])
     assert bad.exit_code == 2 and "0" in bad.output
+
+
+def test_start_up_counts_from_the_command_when_numdl_was_imported_long_before(monkeypatch):
+    """A fresh `numdl` process counts start-up from numdl's import (imports included); a command run
+    in a process that imported numdl long before (this test session: CI measured 607 s) from its start."""
+    import time
+
+    import numdl
+    from numdl.train import seconds_since_start
+
+    now = time.time()
+    monkeypatch.setattr(numdl, "IMPORTED_AT", now - 2.0)
+    monkeypatch.setattr(numdl, "COMMAND_STARTED_AT", now - 1.5)
+    assert 1.9 < seconds_since_start() < 60  # fresh: from the import
+    monkeypatch.setattr(numdl, "IMPORTED_AT", now - 1000.0)
+    monkeypatch.setattr(numdl, "COMMAND_STARTED_AT", now - 1.0)
+    assert 0.9 < seconds_since_start() < 60  # long-lived: from the command
+    monkeypatch.setattr(numdl, "COMMAND_STARTED_AT", None)
+    assert seconds_since_start() > 999  # no command (a library call): from the import
