@@ -17,7 +17,7 @@ from numdl.errors import (CheckpointError, ConfigError, DataError, DeviceError, 
 from numdl.hookspecs import hookimpl
 from numdl.graph import Input, Model
 from numdl.layers import (GELU, GRU, LSTM, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv1d, Conv2d,
-                          ConvTranspose2d, Crop2d, CrossAttention, Dropout, Embedding, GaussianSample, Flatten, GlobalAvgPool2d, GroupNorm, Layer, LayerNorm,
+                          ConvTranspose2d, Crop2d, CrossAttention, Dropout, Embedding, FinalState, GaussianSample, Flatten, GlobalAvgPool2d, GroupNorm, Layer, LayerNorm,
                           LeakyReLU, Linear, LogSoftmax, MaxPool2d, MultiHeadAttention, Multiply, Pad2d, Parameter,
                           PositionalEncoding, ReLU, Reshape, Residual, SequencePool, Sigmoid, Softmax, SwapAxes, Tanh,
                           TransformerDecoderLayer, TransformerEncoderLayer, Upsample)
@@ -53,7 +53,7 @@ __all__ = [
     "__version__", "load_model", "from_torch_state_dict", "hookimpl", "Sequential", "Model", "Input",
     "Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "Dropout", "Flatten",
     "Reshape", "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
-    "LayerNorm", "GroupNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "MultiHeadAttention",
+    "LayerNorm", "GroupNorm", "Residual", "LSTM", "GRU", "Embedding", "SequencePool", "FinalState", "MultiHeadAttention",
     "CrossAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "PositionalEncoding", "SwapAxes", "ConvTranspose2d", "Upsample", "Pad2d", "Concat",
     "Add", "Multiply", "Crop2d", "GaussianSample", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "Loss", "CrossEntropy", "NLLLoss", "MSE", "MAE", "Huber", "BCEWithLogits", "KLDiv", "PixelCrossEntropy",

@@ -140,6 +140,12 @@ class Model(Sequential):
             shapes_in = [self.node_shapes[id(i)] for i in node.inputs]
             arg = shapes_in if getattr(node.layer, "many_inputs", False) else shapes_in[0]
             first = built.get(id(node.layer))
+            if hasattr(node.layer, "producer"):  # final_state reads the layer whose output it is called on
+                source = node.inputs[0].layer
+                if source is not None and sum(n.layer is source for n in self.order) > 1:
+                    raise ConfigError(f"node '{node.name}': final_state of layer {source.name!r}, which several "
+                                      f"nodes use: its states would be those of whichever ran last")
+                node.layer.producer = source
             if first is None:
                 banks = {id(p.bank) for p in node.layer.parameters() if p.bank is not None}
                 if banks - {id(self._bank)}:  # its parameters live in another model's flat buffers

@@ -69,6 +69,8 @@ class Sequential:
         shape = tuple(int(d) for d in input_shape)
         self.input_shape = shape
         for index, layer in enumerate(self.layers):
+            if hasattr(layer, "producer") and index > 0:  # final_state reads the layer before it
+                layer.producer = self.layers[index - 1]
             try:
                 shape = layer.build(shape, self.ops, self.dtype, rng)
             except ShapeError as error:

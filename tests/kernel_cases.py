@@ -802,14 +802,17 @@ def _sig(v):
     return 1 / (1 + np.exp(-v))
 
 
-def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None, w_hr=None):
+def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=None, c0=None, w_hr=None,
+                        final_cells=False):
     """PyTorch's LSTM / GRU equations in float64, per sample, honouring lengths and direction, from
     the initial states h0 (N, P), c0 (N, H) (zeros when None); ``w_hr`` (P, H): the LSTM's
-    projection h = W_hr (o * tanh(c)) (proj_size; P = H without)."""
+    projection h = W_hr (o * tanh(c)) (proj_size; P = H without). ``final_cells``: also return each
+    sample's last cell state c_n (N, H)."""
     n_batch, steps, _ = x.shape
     size = w_hh.shape[1]
     hidden = w_hh.shape[0] // (4 if kind == "lstm" else 3)
     out = np.zeros((n_batch, steps, size))
+    finals = np.zeros((n_batch, hidden))
     for n in range(n_batch):
         h = np.zeros(size) if h0 is None else h0[n].copy()
         c = np.zeros(hidden) if c0 is None else c0[n].copy()
@@ -828,7 +831,8 @@ def recurrent_reference(kind, x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, h0=No
                 cand = np.tanh(gx[2 * hidden:] + r * gh[2 * hidden:])
                 h = (1 - z) * cand + z * h
             out[n, t] = h
-    return out
+        finals[n] = c
+    return (out, finals) if final_cells else out
 
 
 RNN = dict(n=3, t=4, i=3, h=3)
@@ -883,22 +887,25 @@ def _numeric(f, array, eps=1e-6):
     return numeric_gradient(f, array, eps)
 
 
-def _recurrent_backward(kind, reverse, initial=False):
+def _recurrent_backward(kind, reverse, initial=False, final_cell=False):
     """Every gradient against central differences; with ``initial``, from given initial states and
-    with their gradients (dh0, and dc0 for the LSTM)."""
+    with their gradients (dh0, and dc0 for the LSTM); with ``final_cell`` (LSTM), a gradient of the
+    final cell state c_n too (in dc_next on entry)."""
     def make(dtype, rng):
         x, lengths, w_ih, w_hh, b_ih, b_hh, g = _recurrent_inputs(kind, dtype, rng)
         p = RNN
         n, t, h = p["n"], p["t"], p["h"]
         h0, c0 = _initial_states(kind, dtype, rng, initial)
         dout = rng.standard_normal((n, t, h)).astype(dtype)
+        dcn = rng.standard_normal((n, h)).astype(dtype) if final_cell else np.zeros((n, h), dtype)
         inputs = [f64(a) for a in (x, w_ih, w_hh, b_ih, b_hh)]
         states = [f64(a) for a in (h0, c0)]
 
         def objective():
-            out = recurrent_reference(kind, inputs[0], lengths, *inputs[1:], reverse,
-                                      states[0] if h0.size else None, states[1] if c0.size else None)
-            return float((out * f64(dout)).sum())
+            out, cells = recurrent_reference(kind, inputs[0], lengths, *inputs[1:], reverse,
+                                             states[0] if h0.size else None, states[1] if c0.size else None,
+                                             final_cells=True)
+            return float((out * f64(dout)).sum() + (cells * f64(dcn)).sum())
 
         grads = [_numeric(objective, a) for a in inputs]
         forward = _recurrent_buffers(dtype, g)
@@ -906,7 +913,7 @@ def _recurrent_backward(kind, reverse, initial=False):
         getattr(module, f"{kind}_forward_cpu")(*forward, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
         out, gates, cells = forward[:3]
         scratch = [np.zeros((2, n * t, g * h), dtype), np.zeros((n, g * h), dtype), np.zeros((n * t, h), dtype),
-                   np.zeros((n, h), dtype), np.zeros((n, h), dtype)]
+                   np.zeros((n, h), dtype), dcn.copy()]  # dc_next: dc_n on entry
         dh0, dc0 = np.zeros_like(h0), np.zeros_like(c0)
         args = [np.zeros_like(x), np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih), np.zeros_like(b_hh),
                 dh0, dc0, *scratch, dout, out, gates, cells, x, lengths, w_ih, w_hh, h0, c0, reverse]
@@ -944,10 +951,10 @@ def _projected_forward_buffers(dtype):
             np.zeros((n, size), dtype), np.zeros((n, h), dtype)]
 
 
-def _projected_reference(x, lengths, weights, reverse, states):
+def _projected_reference(x, lengths, weights, reverse, states, final_cells=False):
     w_ih, w_hh, w_hr, b_ih, b_hh = weights
     return recurrent_reference("lstm", x, lengths, w_ih, w_hh, b_ih, b_hh, reverse, states[0] if states[0].size else None,
-                               states[1] if states[1].size else None, w_hr)
+                               states[1] if states[1].size else None, w_hr, final_cells)
 
 
 def _projected_forward(reverse, initial=False):
@@ -960,9 +967,10 @@ def _projected_forward(reverse, initial=False):
     return make
 
 
-def _projected_backward(reverse, initial=False):
+def _projected_backward(reverse, initial=False, final_cell=False):
     """Every gradient of the projected LSTM (dx, dW_ih, dW_hh, dW_hr, the biases, and with
-    ``initial`` dh0 and dc0) against central differences of the float64 reference."""
+    ``initial`` dh0 and dc0) against central differences of the float64 reference; ``final_cell``:
+    with a gradient of c_n in dc_next on entry."""
     def make(dtype, rng):
         from numdl.kernels.recurrent import lstm_projected_forward_cpu
 
@@ -970,20 +978,20 @@ def _projected_backward(reverse, initial=False):
         q = PROJECTED
         n, t, h, size = q["n"], q["t"], q["h"], q["p"]
         dout = rng.standard_normal((n, t, size)).astype(dtype)
+        dcn = rng.standard_normal((n, h)).astype(dtype) if final_cell else np.zeros((n, h), dtype)
         inputs = [f64(x)] + [f64(w) for w in weights]
         states64 = [f64(s) for s in states]
 
         def objective():
-            out = _projected_reference(inputs[0], lengths, inputs[1:], reverse, states64)
-            return float((out * f64(dout)).sum())
+            out, cells = _projected_reference(inputs[0], lengths, inputs[1:], reverse, states64, True)
+            return float((out * f64(dout)).sum() + (cells * f64(dcn)).sum())
 
         forward = _projected_forward_buffers(dtype)
         w_ih, w_hh, w_hr, b_ih, b_hh = weights
         lstm_projected_forward_cpu(*forward, x, lengths, w_ih, w_hh, w_hr, b_ih, b_hh, *states, reverse)
         out, gates, cells, mids = forward[:4]
         scratch = [np.zeros((2, n * t, 4 * h), dtype), np.zeros((n, 4 * h), dtype), np.zeros((n * t, size), dtype),
-                   np.zeros((n, size), dtype), np.zeros((n, h), dtype), np.zeros((n * t, size), dtype),
-                   np.zeros((n, h), dtype)]
+                   np.zeros((n, size), dtype), dcn.copy(), np.zeros((n * t, size), dtype), np.zeros((n, h), dtype)]
         grads = [np.zeros_like(a) for a in (x, w_ih, w_hh, w_hr, b_ih, b_hh)]
         args = [*grads, np.zeros_like(states[0]), np.zeros_like(states[1]), *scratch, dout, out, gates, cells, mids,
                 x, lengths, w_ih, w_hh, w_hr, *states, reverse]
@@ -1663,7 +1671,11 @@ VARIANTS = {
     "lstm_projected_backward_initial_state": (("recurrent", "lstm_projected_backward"), _projected_backward(False, True)),
     "lstm_projected_backward_reverse_initial_state": (("recurrent", "lstm_projected_backward"),
                                                       _projected_backward(True, True)),
+    "lstm_projected_backward_final_cell": (("recurrent", "lstm_projected_backward"),
+                                           _projected_backward(False, False, True)),
     "lstm_backward_reverse": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True)),
+    "lstm_backward_final_cell": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", False, True, True)),
+    "lstm_backward_reverse_final_cell": (("recurrent", "lstm_backward"), _recurrent_backward("lstm", True, False, True)),
     "gru_forward_reverse": (("recurrent", "gru_forward"), _recurrent_forward("gru", True)),
     "gru_backward_reverse": (("recurrent", "gru_backward"), _recurrent_backward("gru", True)),
     "attention_forward_causal": (("attention", "attention_forward"), _attention_forward(True)),
@@ -1699,6 +1711,8 @@ NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", 
                            "gru_backward_initial_state", "gru_backward_reverse_initial_state",
                            "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal",
                            "attention_backward_cross", "recurrent.lstm_projected_backward",
+                           "lstm_backward_final_cell", "lstm_backward_reverse_final_cell",
+                           "lstm_projected_backward_final_cell",
                            "lstm_projected_backward_initial_state", "lstm_projected_backward_reverse_initial_state"}
 
 

@@ -785,3 +785,88 @@ def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
     np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
     for name, p in ours.params.items():
         np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, extra", [(numdl.LSTM, torch.nn.LSTM, {}),
+                                                         (numdl.LSTM, torch.nn.LSTM, {"proj_size": 2}),
+                                                         (numdl.GRU, torch.nn.GRU, {})],
+                         ids=["lstm", "lstm-proj", "gru"])
+def test_gradients_through_final_states_match_torch(ours_cls, torch_cls, extra):
+    """PyTorch's out, (h_n, c_n) = rnn(packed x) with a loss on all three: numdl's
+    add_final_state_grad (what FinalState does in a graph) carries h_n's and c_n's gradients back,
+    two stacked bidirectional layers, padded samples (their h_n at the last valid step)."""
+    from numdl.backend import get_ops
+
+    lstm = ours_cls is numdl.LSTM
+    ours = ours_cls(3, num_layers=2, bidirectional=True, return_sequences=True, **extra)
+    ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
+    rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, batch_first=True, **extra).double()
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+    rng = np.random.default_rng(19)
+    x, lengths = rng.standard_normal((3, 5, 4)), np.array([5, 2, 4])
+    ours.lengths = lengths
+    out = ours.forward(x, training=True).copy()
+    finals = ours.final_states()
+    valid = np.arange(5)[None, :, None] < lengths[:, None, None]
+    dout = rng.standard_normal(out.shape) * valid
+    state_grads = [rng.standard_normal(f.shape) for f in finals]
+    for which, grad in zip("hc", state_grads):
+        ours.add_final_state_grad(which, grad)
+    dx = ours.backward(dout)
+    t_x = torch.tensor(x, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(t_x, torch.tensor(lengths), batch_first=True,
+                                                     enforce_sorted=False)
+    t_packed, t_final = rnn(packed)
+    t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(t_packed, batch_first=True, total_length=5)
+    t_final = t_final if lstm else (t_final,)
+    loss = (t_out * torch.tensor(dout)).sum()
+    for theirs, grad in zip(t_final, state_grads):
+        loss = loss + (theirs.transpose(0, 1) * torch.tensor(grad)).sum()
+    loss.backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours_state, theirs in zip(finals, t_final):
+        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    assert not ours._final_grads  # used once: the next backward carries none
+
+
+def test_an_encoder_decoder_graph_passes_final_states_with_gradients_like_torch():
+    """numdl.FinalState in a graph: an encoder LSTM's (h_n, c_n) start a decoder LSTM
+    (initial_state), as seq2seq models in PyTorch do; outputs and every gradient against PyTorch."""
+    nn = torch.nn
+    source, target = numdl.Input((6, 4)), numdl.Input((5, 2))
+    encoder = numdl.LSTM(3, num_layers=2, return_sequences=True)
+    memory = encoder(source)
+    decoder = numdl.LSTM(3, num_layers=2, return_sequences=True, initial_state=True)
+    decoded = decoder([target, numdl.FinalState("h")(memory), numdl.FinalState("c")(memory)])
+    model = numdl.Model([source, target], numdl.Linear(2)(decoded), dtype="float64", seed=0, input_grad=True)
+    t_encoder, t_decoder = nn.LSTM(4, 3, num_layers=2, batch_first=True).double(), nn.LSTM(
+        2, 3, num_layers=2, batch_first=True).double()
+    t_head = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        for module, layer in ((t_encoder, encoder), (t_decoder, decoder)):
+            for name, p in layer.params.items():
+                getattr(module, name).copy_(torch.tensor(p.value))
+        head = model.layers[-1]
+        t_head.weight.copy_(torch.tensor(head.params["weight"].value))
+        t_head.bias.copy_(torch.tensor(head.params["bias"].value))
+    rng = np.random.default_rng(20)
+    xs = [rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 5, 2))]
+    out = model.forward(xs, training=True).copy()
+    dout = rng.standard_normal(out.shape)
+    dxs = model.backward(dout)
+    t_xs = [torch.tensor(a, requires_grad=True) for a in xs]
+    _, states = t_encoder(t_xs[0])
+    t_out = t_head(t_decoder(t_xs[1], states)[0])
+    (t_out * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for grad, t_x in zip(dxs, t_xs):
+        np.testing.assert_allclose(grad, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for module, layer in ((t_encoder, encoder), (t_decoder, decoder)):
+        for name, p in layer.params.items():
+            np.testing.assert_allclose(p.grad, getattr(module, name).grad.numpy(), rtol=1e-9, atol=1e-12,
+                                       err_msg=name)

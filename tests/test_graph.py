@@ -201,3 +201,48 @@ def test_a_sequence_graph_takes_token_ids_and_lengths():
     for row, length in zip(repadded, lengths):
         row[length:] = 9  # other padding values
     np.testing.assert_allclose(model.predict(repadded, lengths=lengths), model.predict(x, lengths=lengths))
+
+
+def test_a_config_graph_classifies_from_an_lstms_final_states(tmp_path):
+    """final_state nodes in a TOML graph: the LSTM's h_n and c_n of both layers, concatenated, into
+    the classifier; trains, checkpoints and loads back to the same predictions."""
+    data = write_fashion_like(tmp_path / "data", n_train=300, n_test=60)
+    nodes = ("[{name='rnn', type='lstm', hidden_size=8, num_layers=2, return_sequences=true, inputs=['input']}, "
+             "{name='h', type='final_state', which='h', inputs=['rnn']}, "
+             "{name='c', type='final_state', which='c', inputs=['rnn']}, "
+             "{name='both', type='concat', axis=-1, inputs=['h', 'c']}, {name='flat', type='flatten'}, "
+             "{name='out', type='linear', out_features=10}]")
+    run = tmp_path / "run"
+    result = invoke_cli("train", "--quiet", "--set", f"data.path='{data}'", "--set", "train.epochs=2",
+                        "--set", f"model.nodes={nodes}", "--set", "model.outputs=['out']", "--out", run)
+    assert result.exit_code == 0, result.output
+    model = numdl.load_model(run / "checkpoints" / "latest.safetensors")
+    x = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
+    again = numdl.load_model(run / "checkpoints" / "latest.safetensors")
+    np.testing.assert_array_equal(model.predict(x), again.predict(x))
+    assert model.node_shapes[id(next(n for n in model.order if n.name == "both"))] == (2, 16)
+    bad = nodes.replace("inputs=['rnn']}, {name='c'", "inputs=['input']}, {name='c'")
+    result = invoke_cli("train", "--quiet", "--set", f"data.path='{data}'", "--set", f"model.nodes={bad}",
+                        "--set", "model.outputs=['out']", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "final_state reads an lstm / gru layer" in result.output
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: numdl.Sequential([numdl.Linear(3), numdl.FinalState()], input_shape=(4,)),
+     "final_state reads an lstm / gru layer"),
+    (lambda: numdl.FinalState("x"), "which must be 'h' or 'c'"),
+    (lambda: numdl.Sequential([numdl.GRU(3, return_sequences=True), numdl.FinalState("c")], input_shape=(5, 4)),
+     "which = 'c' needs an lstm"),
+])
+def test_final_state_misuse_is_named(make, message):
+    with pytest.raises(numdl.NumdlError, match=message):
+        make()
+
+
+def test_final_state_of_a_shared_recurrent_layer_is_refused():
+    x = numdl.Input((5, 4))
+    shared = numdl.LSTM(4, return_sequences=True)
+    twice = shared(shared(x))
+    with pytest.raises(numdl.ConfigError, match="which several nodes use"):
+        numdl.Model(x, numdl.FinalState()(twice))

@@ -434,9 +434,17 @@ class Ops:
                   w_ih, w_hh, b_ih, b_hh, h0, c0, bool(reverse), per_sample=True)
 
     def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
-                           w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None, projection=None):
+                           w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None, projection=None, dcn=None):
         """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx, dh0, dc0 None: not computed.
-        ``projection``: (dw_hr, dh_all, dm_step, mids, w_hr) of an LSTM with proj_size, or None."""
+        ``projection``: (dw_hr, dh_all, dm_step, mids, w_hr) of an LSTM with proj_size, or None.
+        ``dcn``: the LSTM's final cell state's gradient (N, H), or None (the gradient of h_n is the
+        caller's to add to ``dout`` at the last valid steps)."""
+        if kind == "lstm":  # the kernel reads dc_next on entry as dc_n
+            dc_next = scratch[4]
+            if dcn is None:
+                self.zero_(dc_next)
+            else:
+                self.concat_forward(dc_next, dcn, 0)
         dx = self.nothing(x.dtype, ndim=3) if dx is None else dx
         dh0, dc0, h0, c0 = (self.nothing(x.dtype, 2) if a is None else a for a in (dh0, dc0, h0, c0))
         grads = (dw_ih, dw_hh, db_ih, db_hh) + ((projection[0],) if projection is not None else ())

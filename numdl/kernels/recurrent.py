@@ -24,6 +24,11 @@ and w_hr (P, H), so out, h0 and w_hh's columns have P features while the cells k
 (N, T, H) saves m_t for backward; ``m_step`` (N, H) gathers one step's m rows for the W_hr product.
 In backward ``dh_all`` (N T, P) keeps each step's full dh (for dW_hr) and ``dm_step`` (N, H) one
 step's W_hr^T dh. The plain kernels run the same code with an empty w_hr.
+
+The LSTM backward kernels read ``dc_next`` (N, H) on entry as the gradient of the final cell state
+c_n (zeros: none; PyTorch's (h_n, c_n) output), which enters at each sample's last valid step (the
+reverse direction's step 0). The gradient of h_n needs nothing here: h_n is the output at that step,
+so the caller adds it to ``dout`` there.
 """
 
 
@@ -311,7 +316,8 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
             if projected:
                 dh_all[n * steps + t] = 0
     dh_next[lo:hi] = 0
-    dc_next[lo:hi] = 0
+    if not is_lstm:
+        dc_next[lo:hi] = 0  # the LSTM's holds the final cell state's gradient on entry (module notes)
     first_row, end_row = lo * steps, hi * steps
     h_step[first_row:end_row] = 0
     has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
@@ -556,8 +562,9 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, 
     rows = w_hh.shape[0]
     length = lengths[n]
     zero = same_type(out[0, 0, 0], 0.0)
-    for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-        dc_next[n, j] = zero
+    if not is_lstm:  # the LSTM's dc_next holds the final cell state's gradient on entry
+        for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
+            dc_next[n, j] = zero
     cuda.syncthreads()
     for step in range(steps - 1, -1, -1):
         t = step_position(step, length, reverse)
@@ -693,9 +700,7 @@ def lstm_projected_backward_cuda(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0
         rows = w_hh.shape[0]
         length = lengths[n]
         zero = same_type(out[0, 0, 0], 0.0)
-        for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-            dc_next[n, j] = zero
-        cuda.syncthreads()
+        cuda.syncthreads()  # dc_next holds the final cell state's gradient on entry
         for step in range(steps - 1, -1, -1):
             t = step_position(step, length, reverse)
             if t >= 0:

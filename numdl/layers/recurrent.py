@@ -52,6 +52,7 @@ class _Recurrent(SequenceLayer):
         self.initial_state = bool(initial_state)
         self.many_inputs = self.initial_state
         self._states = None
+        self._final_grads = {}  # "h" / "c" -> gradient of final_states() for the next backward
         self.proj_size = 0  # the LSTM's projection (PyTorch's proj_size); 0: none
 
     @property
@@ -108,6 +109,25 @@ class _Recurrent(SequenceLayer):
                 if self.state_count == 2:
                     finals[1][:, index] = self.ops.to_numpy(cells)[rows, step]
         return tuple(finals)
+
+    def add_final_state_grad(self, which, grad):
+        """Add the gradient of final state ``which`` ("h" or "c", as final_states() gives them: (batch,
+        L D, features)) for the next backward, which then also carries it back (PyTorch's gradient
+        through h_n and c_n). numdl.FinalState hands it over in a graph."""
+        grad = np.asarray(self.ops.to_numpy(grad), np.float64)
+        held = self._final_grads.get(which)
+        self._final_grads[which] = grad if held is None else held + grad
+
+    def _fold_final_h(self, dout, dh_n, layer, lengths):
+        """dout plus h_n's gradient at each direction's final step of ``layer`` (h_n is the output
+        there: the last valid step, the reverse direction's step 0). A copy; host-side (not hot)."""
+        host = np.array(self.ops.to_numpy(dout))
+        steps = self.ops.to_numpy(lengths) - 1
+        rows, size = np.arange(host.shape[0]), self.state_size
+        for direction in range(self.directions):
+            at = np.zeros_like(steps) if direction == 1 else steps
+            host[rows, at, direction * size:(direction + 1) * size] += dh_n[:, layer * self.directions + direction]
+        return self.ops.asarray(host.astype(self.dtype))
 
     def _biases(self, suffix):
         """(b_ih, b_hh) Parameters, or with bias = false zeros whose gradients go to scratch (the
@@ -236,8 +256,11 @@ class _Recurrent(SequenceLayer):
         scratch = (self.buffer("dproj", (2, n * steps, g * h)), self.buffer("dstep", (n, g * h)),
                    self.buffer("h_step", (n * steps, size)), self.buffer("dh_next", (n, size)),
                    self.buffer("dc_next", (n, h)))
+        final_grads, self._final_grads = self._final_grads, {}
         for layer in range(self.num_layers - 1, -1, -1):
             inputs, saved = self._saved[layer]
+            if "h" in final_grads:
+                dout = self._fold_final_h(dout, final_grads["h"], layer, lengths)
             want_dx = layer > 0 or self.needs_input_grad
             dx_total = None
             for direction, (view, gates, cells, mids) in enumerate(saved):
@@ -257,10 +280,13 @@ class _Recurrent(SequenceLayer):
                     w_hr = self.params[f"weight_hr{s}"]
                     projection = (w_hr.grad, self.buffer("dh_all", (n * steps, size)), self.buffer("dm_step", (n, h)),
                                   mids, w_hr.value)
+                dcn = None
+                if "c" in final_grads:
+                    dcn = self.ops.asarray(np.ascontiguousarray(final_grads["c"][:, index], self.dtype))
                 self.ops.recurrent_backward(self.kind, dx, p["weight_ih"].grad, p["weight_hh"].grad,
                                             p["bias_ih"].grad, p["bias_hh"].grad, scratch, dview, view, gates, cells,
                                             inputs, lengths, p["weight_ih"].value, p["weight_hh"].value,
-                                            direction == 1, dh0, dc0, h0, c0, projection)
+                                            direction == 1, dh0, dc0, h0, c0, projection, dcn)
                 if state_grads is not None:  # into the (batch, L D, features) gradients, at this index
                     for grad, piece, features in zip(state_grads, (dh0, dc0), self._state_sizes()):
                         self.ops.concat_forward(grad, piece, index * features)
@@ -319,6 +345,48 @@ class GRU(_Recurrent):
     name = "gru"
     kind = "gru"
     gates = 3
+
+
+class FinalState(Layer):
+    """A recurrent layer's final state as a tensor of a graph, with gradient: PyTorch's h_n or c_n of
+    ``out, (h_n, c_n) = lstm(x)``. Call it on the lstm / gru layer's output; it gives (batch,
+    num_layers * directions, features), the layout ``initial_state`` takes, so an encoder's states can
+    start a decoder: ``numdl.LSTM(..., initial_state=True)([y, FinalState("h")(seq), FinalState("c")(seq)])``.
+    ``which``: "h" (proj_size features when the LSTM projects), or "c" (the LSTM's cell state). In a
+    sequential model it reads the layer right before it."""
+
+    name = "final_state"
+
+    def __init__(self, which: str = "h"):
+        super().__init__()
+        if which not in ("h", "c"):
+            raise ConfigError(f"final_state: which must be 'h' or 'c', got {which!r}")
+        self.which = which
+        self.producer = None  # the recurrent layer whose output this is called on (set by the graph)
+
+    def hyperparameters(self):
+        return {"which": self.which}
+
+    def setup(self, input_shape, rng):
+        producer = self.producer
+        if not isinstance(producer, _Recurrent):
+            raise ConfigError("final_state reads an lstm / gru layer: call it on such a layer's output in a graph, "
+                              "or put it right after one in a sequential model")
+        if self.which == "c" and producer.state_count != 2:
+            raise ConfigError(f"final_state: which = 'c' needs an lstm; '{producer.name}' has no cell state")
+        sizes = dict(zip("hc", producer._state_sizes()))
+        return (producer.num_layers * producer.directions, sizes[self.which])
+
+    def forward(self, x, training=False):
+        finals = self.producer.final_states()
+        return self.ops.asarray(np.ascontiguousarray(finals["hc".index(self.which)], self.dtype))
+
+    def backward(self, dout):
+        self.producer.add_final_state_grad(self.which, dout)
+        # The sequence itself gets no gradient from here (zeros, so that the producer's backward runs).
+        dx = self.buffer("dx", (dout.shape[0],) + tuple(self.input_shape))
+        self.ops.zero_(dx)
+        return dx
 
 
 class SequencePool(SequenceLayer):

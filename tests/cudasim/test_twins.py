@@ -163,3 +163,26 @@ def test_vae_training_steps_on_cuda_match_cpu(monkeypatch):
     _assert_steps_match(cpu, gpu, x, x, rtol=1e-9)
     assert cpu.last_loss_terms.keys() == gpu.last_loss_terms.keys() == {"mse", "kl"}
     assert gpu.last_loss_terms["kl"] == pytest.approx(cpu.last_loss_terms["kl"], rel=1e-10)
+
+
+def _final_states_model(device):
+    """A projected bidirectional LSTM whose final states (h_n, c_n, with their gradients) are what
+    the classifier reads (numdl.FinalState)."""
+    import numdl
+
+    x = numdl.Input((4, 3))
+    steps = numdl.LSTM(4, num_layers=2, bidirectional=True, return_sequences=True, proj_size=2)(x)
+    both = numdl.Concat(axis=-1)([numdl.FinalState("h")(steps), numdl.FinalState("c")(steps)])
+    model = numdl.Model(x, numdl.Linear(3)(numdl.Flatten()(both)), dtype="float64", device=device, seed=0)
+    return model.compile(numdl.CrossEntropy(), numdl.Adam(lr=0.01))
+
+
+def test_final_state_training_steps_on_cuda_match_cpu(monkeypatch):
+    from numdl.kernels import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(tuning, "CUDA_MAX_BLOCKS", 2)
+    monkeypatch.setattr(tuning, "CUDA_RECURRENT_THREADS", 4)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((3, 4, 3)), rng.integers(0, 3, 3)
+    _assert_steps_match(_final_states_model("cpu"), _final_states_model("cuda"), x, y, rtol=1e-9)
