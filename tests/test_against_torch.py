@@ -558,11 +558,11 @@ def _assert_attention_matches_torch(ours, theirs, inputs, t_kwargs, rng, average
     grads = ours.backward(upstream)
     grads = grads if isinstance(grads, list) else [grads]
     for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
-        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
     own = {name: p.grad for name, p in ours.named_parameters().items()}
     for ours_name, torch_name in ours.torch_names().items():
         t_param = dict(theirs.named_parameters())[torch_name]
-        np.testing.assert_allclose(own[ours_name], t_param.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=ours_name)
+        np.testing.assert_allclose(own[ours_name], t_param.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=ours_name)
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
@@ -640,11 +640,11 @@ def test_transformer_decoder_layer_matches_torch(norm_first):
     (t_out * torch.tensor(upstream)).sum().backward()
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-9, atol=1e-11)
     d_target, d_memory = ours.backward(upstream)
-    np.testing.assert_allclose(d_target, t_target.grad.numpy(), rtol=1e-8, atol=1e-11)
-    np.testing.assert_allclose(d_memory, t_memory.grad.numpy(), rtol=1e-8, atol=1e-11)
+    np.testing.assert_allclose(d_target, t_target.grad.numpy(), rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(d_memory, t_memory.grad.numpy(), rtol=1e-10, atol=1e-11)
     t_params = dict(theirs.named_parameters())
     for ours_name, torch_name in ours.torch_names().items():
-        np.testing.assert_allclose(own[ours_name].grad, t_params[torch_name].grad.numpy(), rtol=1e-8, atol=1e-11,
+        np.testing.assert_allclose(own[ours_name].grad, t_params[torch_name].grad.numpy(), rtol=1e-10, atol=1e-11,
                                    err_msg=ours_name)
 
 
@@ -716,9 +716,9 @@ def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, ret
     for ours_state, theirs in zip(ours.final_states(), t_final):
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
     for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
-        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
     for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])
@@ -753,9 +753,9 @@ def test_lstm_proj_size_matches_torch(return_sequences):
     for ours_state, theirs in zip(ours.final_states(), t_final):
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
     for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
-        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"input {index}")
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
     for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
@@ -782,9 +782,9 @@ def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
     t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=6)
     t_out.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize("ours_cls, torch_cls, extra", [(numdl.LSTM, torch.nn.LSTM, {}),
@@ -828,9 +828,9 @@ def test_gradients_through_final_states_match_torch(ours_cls, torch_cls, extra):
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
     for ours_state, theirs in zip(finals, t_final):
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
     assert not ours._final_grads  # used once: the next backward carries none
 
 
@@ -865,8 +865,8 @@ def test_an_encoder_decoder_graph_passes_final_states_with_gradients_like_torch(
     (t_out * torch.tensor(dout)).sum().backward()
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
     for grad, t_x in zip(dxs, t_xs):
-        np.testing.assert_allclose(grad, t_x.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grad, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
     for module, layer in ((t_encoder, encoder), (t_decoder, decoder)):
         for name, p in layer.params.items():
-            np.testing.assert_allclose(p.grad, getattr(module, name).grad.numpy(), rtol=1e-9, atol=1e-12,
+            np.testing.assert_allclose(p.grad, getattr(module, name).grad.numpy(), rtol=1e-10, atol=1e-12,
                                        err_msg=name)
