@@ -648,6 +648,18 @@ def test_transformer_decoder_layer_matches_torch(norm_first):
                                    err_msg=ours_name)
 
 
+def _copy_rnn_weights(ours, rnn):
+    """numdl's LSTM/GRU weights into nn.LSTM/nn.GRU (the same names and layouts)."""
+    with torch.no_grad():
+        for name, p in ours.params.items():
+            getattr(rnn, name).copy_(torch.tensor(p.value))
+
+
+def _assert_rnn_gradients_match(ours, rnn):
+    for name, p in ours.params.items():
+        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 class _Sequences(torch.nn.Module):
     """nn.LSTM / nn.GRU returning the whole output sequence (numdl's return_sequences = true)."""
 
@@ -667,9 +679,7 @@ def test_recurrent_without_bias_matches_torch(ours_cls, torch_cls):
     ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
     assert not any("bias" in name for name in ours.params)
     rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, bias=False, batch_first=True).double()
-    with torch.no_grad():
-        for name, p in ours.params.items():
-            getattr(rnn, name).copy_(torch.tensor(p.value))
+    _copy_rnn_weights(ours, rnn)
     rng = np.random.default_rng(15)
     x = rng.standard_normal((2, 5, 4))
     out = ours.forward(x, training=True).copy()
@@ -680,8 +690,7 @@ def test_recurrent_without_bias_matches_torch(ours_cls, torch_cls):
     t_out.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
-    for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_rnn_gradients_match(ours, rnn)
 
 
 @pytest.mark.parametrize("ours_cls, torch_cls", [(numdl.LSTM, torch.nn.LSTM), (numdl.GRU, torch.nn.GRU)])
@@ -697,9 +706,7 @@ def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, ret
     shapes = [(5, 4)] + [(4, 3)] * (2 if lstm else 1)
     ours.build(shapes, get_ops("cpu"), np.float64, np.random.default_rng(0))
     rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, batch_first=True).double()
-    with torch.no_grad():
-        for name, p in ours.params.items():
-            getattr(rnn, name).copy_(torch.tensor(p.value))
+    _copy_rnn_weights(ours, rnn)
     rng = np.random.default_rng(16)
     inputs = [rng.standard_normal((2,) + shape) for shape in shapes]
     out = ours.forward(inputs, training=True).copy()
@@ -717,8 +724,7 @@ def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, ret
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
     for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
         np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
-    for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_rnn_gradients_match(ours, rnn)
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])
@@ -736,9 +742,7 @@ def test_lstm_proj_size_matches_torch(return_sequences):
     assert {name: p.value.shape for name, p in ours.params.items()} == {
         name: tuple(p.shape) for name, p in rnn.named_parameters()}
     assert list(ours.params) == [name for name, _ in rnn.named_parameters()]  # the same order
-    with torch.no_grad():
-        for name, p in ours.params.items():
-            getattr(rnn, name).copy_(torch.tensor(p.value))
+    _copy_rnn_weights(ours, rnn)
     rng = np.random.default_rng(17)
     inputs = [rng.standard_normal((2,) + shape) for shape in shapes]
     out = ours.forward(inputs, training=True).copy()
@@ -754,8 +758,7 @@ def test_lstm_proj_size_matches_torch(return_sequences):
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
     for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
         np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
-    for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_rnn_gradients_match(ours, rnn)
 
 
 def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
@@ -766,9 +769,7 @@ def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
     ours = numdl.LSTM(5, bidirectional=True, return_sequences=True, proj_size=3)
     ours.build((6, 2), get_ops("cpu"), np.float64, np.random.default_rng(1))
     rnn = torch.nn.LSTM(2, 5, bidirectional=True, batch_first=True, proj_size=3).double()
-    with torch.no_grad():
-        for name, p in ours.params.items():
-            getattr(rnn, name).copy_(torch.tensor(p.value))
+    _copy_rnn_weights(ours, rnn)
     rng = np.random.default_rng(18)
     x, lengths = rng.standard_normal((3, 6, 2)), np.array([6, 2, 4])
     ours.lengths = lengths
@@ -783,8 +784,7 @@ def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
     t_out.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
-    for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_rnn_gradients_match(ours, rnn)
 
 
 @pytest.mark.parametrize("ours_cls, torch_cls, extra", [(numdl.LSTM, torch.nn.LSTM, {}),
@@ -801,9 +801,7 @@ def test_gradients_through_final_states_match_torch(ours_cls, torch_cls, extra):
     ours = ours_cls(3, num_layers=2, bidirectional=True, return_sequences=True, **extra)
     ours.build((5, 4), get_ops("cpu"), np.float64, np.random.default_rng(0))
     rnn = torch_cls(4, 3, num_layers=2, bidirectional=True, batch_first=True, **extra).double()
-    with torch.no_grad():
-        for name, p in ours.params.items():
-            getattr(rnn, name).copy_(torch.tensor(p.value))
+    _copy_rnn_weights(ours, rnn)
     rng = np.random.default_rng(19)
     x, lengths = rng.standard_normal((3, 5, 4)), np.array([5, 2, 4])
     ours.lengths = lengths
@@ -829,8 +827,7 @@ def test_gradients_through_final_states_match_torch(ours_cls, torch_cls, extra):
     for ours_state, theirs in zip(finals, t_final):
         np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dx, t_x.grad.numpy(), rtol=1e-10, atol=1e-12)
-    for name, p in ours.params.items():
-        np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_rnn_gradients_match(ours, rnn)
     assert not ours._final_grads  # used once: the next backward carries none
 
 

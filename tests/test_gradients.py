@@ -158,8 +158,14 @@ LOSS_SAMPLES = {
 }
 
 
+# Layers that read another layer (final_state reads the recurrent layer before it): checked in a
+# model by the test named here, not alone.
+CHECKED_IN_A_MODEL = {"final_state": "test_final_state_gradients_reach_the_recurrent_layer"}
+
+
 def test_every_registered_layer_and_loss_has_a_gradient_sample():
-    assert set(registry().names("layer")) <= {name for name, _, _ in LAYER_SAMPLES.values()} | _plugin_names("layer")
+    assert set(registry().names("layer")) <= {name for name, _, _ in LAYER_SAMPLES.values()} | _plugin_names(
+        "layer") | set(CHECKED_IN_A_MODEL)
     assert set(registry().names("loss")) <= set(LOSS_SAMPLES) | set(SHAPED_LOSS_SAMPLES) | _plugin_names("loss")
 
 
@@ -252,3 +258,31 @@ def test_gradient_check_names_the_wrong_parameter():
 
     with pytest.raises(AssertionError, match="parameter 'bias'"):
         check_layer_gradients(WrongBias(3), (4,))
+
+
+@pytest.mark.parametrize("which", ["h", "c"])
+def test_final_state_gradients_reach_the_recurrent_layer(which):
+    """sum(FinalState(which)(lstm(x)) * g) against central differences for x and every LSTM weight:
+    two stacked bidirectional projected layers, padded samples."""
+    import numdl
+    from numdl.testing import numeric_gradient
+
+    x_in = numdl.Input((4, 3))
+    lstm = numdl.LSTM(3, num_layers=2, bidirectional=True, return_sequences=True, proj_size=2)
+    model = numdl.Model(x_in, numdl.FinalState(which)(lstm(x_in)), dtype="float64", seed=2, input_grad=True)
+    rng = np.random.default_rng(3)
+    x, lengths = rng.standard_normal((3, 4, 3)), np.array([4, 2, 3])
+    g = rng.standard_normal((3,) + model.output_shape)
+
+    def objective():
+        return float((model.forward(x, training=True, lengths=lengths) * g).sum())
+
+    objective()
+    dx = model.backward(g).copy()
+    np.testing.assert_allclose(dx, numeric_gradient(objective, x), rtol=1e-5, atol=1e-7)
+    for name, p in lstm.params.items():
+        objective()
+        model.backward(g)
+        analytic = p.grad.copy()
+        np.testing.assert_allclose(analytic, numeric_gradient(objective, p.value), rtol=1e-5, atol=1e-7,
+                                   err_msg=name)

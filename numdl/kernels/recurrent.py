@@ -555,11 +555,21 @@ def gru_forward_cuda(out, gates, cells, proj, hh, h_prev, x, lengths, w_ih, w_hh
         _recurrent_forward_sample(out, gates, cells, x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, False, n)
 
 
+@scalar_math
+def _output_gradient(dout, dproj, w_hh, n, t, later, steps, j):
+    # The full gradient of hidden feature j at (n, t): the output's, plus what the later step passes
+    # back through W_hh (none at a sample's last step, later < 0).
+    dh = dout[n, t, j]
+    if later >= 0:
+        for m in range(w_hh.shape[0]):
+            dh += dproj[1, n * steps + later, m] * w_hh[m, j]
+    return dh
+
+
 @_device
 def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, dc_next, dout, out, gates, cells, x,
                                lengths, w_ih, w_hh, h0, c0, reverse, is_lstm, n):
     steps, hidden = out.shape[1], out.shape[2]
-    rows = w_hh.shape[0]
     length = lengths[n]
     zero = same_type(out[0, 0, 0], 0.0)
     if not is_lstm:  # the LSTM's dc_next holds the final cell state's gradient on entry
@@ -573,10 +583,7 @@ def _recurrent_backward_sample(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dproj, 
             later = step_position(step + 1, length, reverse)
             row = n * steps + t
             for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
-                dh = dout[n, t, j]
-                if later >= 0:
-                    for m in range(rows):
-                        dh += dproj[1, n * steps + later, m] * w_hh[m, j]
+                dh = _output_gradient(dout, dproj, w_hh, n, t, later, steps, j)
                 h_prev = out[n, prev, j] if step > 0 else (h0[n, j] if h0.shape[0] > 0 else zero)
                 if is_lstm:
                     c_prev = cells[n, prev, j] if step > 0 else (c0[n, j] if c0.shape[0] > 0 else zero)
@@ -697,7 +704,6 @@ def lstm_projected_backward_cuda(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0
     # the full dh over P (into dh_all), then dm = W_hr^T dh and the cell backward over H units.
     for n in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
         steps, hidden, size = cells.shape[1], cells.shape[2], out.shape[2]
-        rows = w_hh.shape[0]
         length = lengths[n]
         zero = same_type(out[0, 0, 0], 0.0)
         cuda.syncthreads()  # dc_next holds the final cell state's gradient on entry
@@ -708,11 +714,7 @@ def lstm_projected_backward_cuda(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0
                 later = step_position(step + 1, length, reverse)
                 row = n * steps + t
                 for p in range(cuda.threadIdx.x, size, cuda.blockDim.x):
-                    dh = dout[n, t, p]
-                    if later >= 0:
-                        for m in range(rows):
-                            dh += dproj[1, n * steps + later, m] * w_hh[m, p]
-                    dh_all[row, p] = dh
+                    dh_all[row, p] = _output_gradient(dout, dproj, w_hh, n, t, later, steps, p)
                 cuda.syncthreads()
                 for j in range(cuda.threadIdx.x, hidden, cuda.blockDim.x):
                     dm = zero
