@@ -202,7 +202,11 @@ def test_the_contention_suite_races_auto_against_one_thread_under_load_and_stops
         return started[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    (result,) = bench.contention_cases(repeats=1, threads=2, quick=True, busy_counts=(1,))
+    import numba
+
+    # threads: every core, which the suite restores at its end (fewer would stay set for later tests)
+    (result,) = bench.contention_cases(repeats=1, threads=numba.config.NUMBA_NUM_THREADS, quick=True,
+                                       busy_counts=(1,))
     assert result["case"] == "mlp train b64, 1 busy"
     assert result["numdl"] > 0 and result["threads_1"] > 0
     assert result["ratio_threads_1"] == pytest.approx(result["numdl"] / result["threads_1"])
