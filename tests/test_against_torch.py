@@ -660,6 +660,19 @@ def _assert_rnn_gradients_match(ours, rnn):
         np.testing.assert_allclose(p.grad, getattr(rnn, name).grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+def _assert_rnn_matches_torch(ours, rnn, out, dout, grads, t_out, t_final, t_inputs):
+    """Back-propagates ``dout`` through PyTorch's ``t_out``, then compares the outputs, the final states
+    (PyTorch's (layers * directions, batch, features) against numdl's batch-first ones), the inputs'
+    gradients and every parameter's."""
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours_state, theirs in zip(ours.final_states(), t_final):
+        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
+    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
+        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
+    _assert_rnn_gradients_match(ours, rnn)
+
+
 class _Sequences(torch.nn.Module):
     """nn.LSTM / nn.GRU returning the whole output sequence (numdl's return_sequences = true)."""
 
@@ -718,13 +731,7 @@ def test_recurrent_initial_and_final_states_match_torch(ours_cls, torch_cls, ret
     t_final = t_final if lstm else (t_final,)
     if not return_sequences:  # numdl's last output: the forward direction's last step, the reverse's first
         t_out = torch.cat([t_out[:, -1, :3], t_out[:, 0, 3:]], dim=1)
-    t_out.backward(torch.tensor(dout))
-    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    for ours_state, theirs in zip(ours.final_states(), t_final):
-        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
-    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
-        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
-    _assert_rnn_gradients_match(ours, rnn)
+    _assert_rnn_matches_torch(ours, rnn, out, dout, grads, t_out, t_final, t_inputs)
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])
@@ -752,13 +759,7 @@ def test_lstm_proj_size_matches_torch(return_sequences):
     t_out, t_final = rnn(t_inputs[0], tuple(s.transpose(0, 1) for s in t_inputs[1:]))
     if not return_sequences:
         t_out = torch.cat([t_out[:, -1, :2], t_out[:, 0, 2:]], dim=1)
-    t_out.backward(torch.tensor(dout))
-    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    for ours_state, theirs in zip(ours.final_states(), t_final):
-        np.testing.assert_allclose(ours_state, theirs.transpose(0, 1).detach().numpy(), rtol=1e-10, atol=1e-12)
-    for index, (grad, t_input) in enumerate(zip(grads, t_inputs)):
-        np.testing.assert_allclose(grad, t_input.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {index}")
-    _assert_rnn_gradients_match(ours, rnn)
+    _assert_rnn_matches_torch(ours, rnn, out, dout, grads, t_out, t_final, t_inputs)
 
 
 def test_lstm_proj_size_with_padded_lengths_matches_torch_packed():
