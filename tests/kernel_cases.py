@@ -451,9 +451,18 @@ CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=2, groups=2, k=(5, 5), stride=(1
 # three backward (tuning.CONV_GEMM_*_MIN_COLUMNS), seven samples two blocks of four and three.
 CONV_GEMM = dict(n=7, c_in=1, h=21, w=21, c_out=33, groups=1, k=(3, 3), stride=(1, 1), pad=(0, 0), dil=(1, 1))
 # 3x3, stride 1: the CPU's direct path (kernels.conv.direct_conv); 14 output channels are a block of
-# eight, one of four and two single ones (9 input channels: eight and one for dx's convolution),
+# eight, one of four and two single ones of the loops (7 input channels: below
+# tuning.SHIFTED_GEMM_MIN_IN_CHANNELS; dx's convolution, from 14 channels, takes the shifted products),
 # three samples split unevenly over two threads.
-CONV_DIRECT = dict(n=3, c_in=9, h=6, w=5, c_out=14, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+CONV_DIRECT = dict(n=3, c_in=7, h=6, w=5, c_out=14, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1))
+# The direct path's shifted products everywhere: forward and dx (64 and 32 input channels) and dweight
+# (64 x 32 channel pairs, tuning.SHIFTED_GEMM_DWEIGHT_MIN_PAIRS); two 22x22 samples' planes (1,152
+# positions) are two chunks of tuning.SHIFTED_GEMM_CHUNK_PIXELS.
+CONV_DIRECT_GEMM = dict(n=2, c_in=64, h=22, w=22, c_out=32, groups=1, k=(3, 3), stride=(1, 1), pad=(1, 1),
+                        dil=(1, 1))
+# ... and as a 1x1 kernel (one product per chunk; dweight by the loops: 8 x 6 pairs).
+CONV_DIRECT_1X1_GEMM = dict(n=2, c_in=8, h=5, w=6, c_out=6, groups=1, k=(1, 1), stride=(1, 1), pad=(0, 0),
+                            dil=(1, 1))
 # The direct path's 1x1 kernels (a block of four and two single channels again).
 CONV_DIRECT_1X1 = dict(n=3, c_in=3, h=5, w=4, c_out=6, groups=1, k=(1, 1), stride=(1, 1), pad=(0, 0), dil=(1, 1))
 # Uneven padding (2 rows, no columns) and output planes past one DIRECT_CONV_CHUNK_PIXELS chunk.
@@ -519,11 +528,31 @@ def _numeric_conv_grads(x, w, b, dout, relu, p=CONV):
     return dx, dw, g.sum(axis=(0, 2, 3)), out
 
 
-def _conv_backward(relu, p=CONV):
+def _adjoint_conv_grads(x, w, b, dout, relu, p):
+    """_numeric_conv_grads by the adjoint sums instead (stride 1, no dilation, one group): each tap's
+    weight gradient is the output gradient against the shifted padded input, and the input gradient
+    scatters every tap back; for cases too large for one convolution per weight and input element."""
+    assert p["stride"] == (1, 1) and p["dil"] == (1, 1) and p["groups"] == 1
+    out = conv2d_reference(x, w, b, p["stride"], p["pad"], p["dil"], p["groups"])
+    g = dout * (out > 0) if relu else dout
+    (top, left), (h, wid) = p["pad"], x.shape[2:]
+    padded = np.zeros((x.shape[0], x.shape[1], h + 2 * top, wid + 2 * left))
+    padded[:, :, top:top + h, left:left + wid] = x
+    dpadded = np.zeros_like(padded)
+    dw = np.zeros_like(w)
+    h_out, w_out = g.shape[2:]
+    for i in range(w.shape[2]):
+        for j in range(w.shape[3]):
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", g, padded[:, :, i:i + h_out, j:j + w_out])
+            dpadded[:, :, i:i + h_out, j:j + w_out] += np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
+    return dpadded[:, :, top:top + h, left:left + wid], dw, g.sum(axis=(0, 2, 3)), out
+
+
+def _conv_backward(relu, p=CONV, grads=_numeric_conv_grads):
     def make(dtype, rng):
         x, w, b, shape = _conv_inputs(dtype, rng, p)
         dout = rng.standard_normal(shape).astype(dtype)
-        dx, dw, db, out = _numeric_conv_grads(f64(x), f64(w), f64(b), f64(dout), relu, p)
+        dx, dw, db, out = grads(f64(x), f64(w), f64(b), f64(dout), relu, p)
         out = np.maximum(out, 0) if relu else out
         args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), dout, out.astype(dtype), x, w,
                 *_conv_scalars(p), relu]
@@ -1700,6 +1729,11 @@ VARIANTS = {
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
     "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
+    "conv2d_forward_direct_gemm": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT_GEMM)),
+    "conv2d_backward_direct_gemm": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_GEMM,
+                                                                                    grads=_adjoint_conv_grads)),
+    "conv2d_forward_direct_1x1_gemm": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_1X1_GEMM)),
+    "conv2d_backward_direct_1x1_gemm": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_1X1_GEMM)),
 }
 
 DTYPES = (np.float32, np.float64)
@@ -1719,6 +1753,11 @@ NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", 
 def tolerance(case_id, dtype):
     table = NUMERIC_REFERENCE_TOLERANCE if case_id in NUMERIC_REFERENCE_CASES else TOLERANCE
     return table[dtype]
+
+
+# Cases that exist to reach a CPU path and are too large for the simulator's Python threads (about a
+# minute each); the CUDA twin has one path, which the other conv2d cases check.
+CPU_PATH_ONLY = {"conv2d_forward_direct_gemm", "conv2d_backward_direct_gemm"}
 
 
 def all_cases():

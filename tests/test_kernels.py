@@ -200,9 +200,10 @@ def test_nan_propagates_through_relu_and_max_pooling_as_in_pytorch():
 
 def test_conv_cases_cover_both_cpu_paths():
     # The direct cases must take the direct paths and the others im2col, or a path goes untested.
-    from kernel_cases import CONV, CONV_DIRECT, CONV_DIRECT_1X1, CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference
+    from kernel_cases import (CONV, CONV_DIRECT, CONV_DIRECT_1X1, CONV_DIRECT_1X1_GEMM, CONV_DIRECT_GEMM,
+                              CONV_DIRECT_WIDE, CONV_SAME, conv2d_reference)
 
-    from numdl.kernels.conv import direct_conv
+    from numdl.kernels.conv import direct_conv, shifted_gemm_conv, shifted_gemm_dweight
 
     def direct(p):
         x = np.zeros((1, p["c_in"], p["h"], p["w"]))
@@ -213,6 +214,16 @@ def test_conv_cases_cover_both_cpu_paths():
 
     assert direct(CONV_DIRECT) and direct(CONV_DIRECT_WIDE) and direct(CONV_DIRECT_1X1)
     assert not direct(CONV) and not direct(CONV_SAME)
+    # ... and within the direct path, the loops and the shifted products (forward, dx's, dweight)
+    assert direct(CONV_DIRECT_GEMM) and direct(CONV_DIRECT_1X1_GEMM)
+    loops = (CONV_DIRECT, CONV_DIRECT_WIDE, CONV_DIRECT_1X1)
+    assert not any(shifted_gemm_conv(p["c_in"], p["c_out"]) for p in loops)
+    assert not shifted_gemm_conv(CONV_DIRECT_WIDE["c_out"], CONV_DIRECT_WIDE["c_in"])  # its dx by the loops
+    assert shifted_gemm_conv(CONV_DIRECT["c_out"], CONV_DIRECT["c_in"])  # dx's by products
+    assert shifted_gemm_conv(CONV_DIRECT_GEMM["c_in"], 0) and shifted_gemm_conv(CONV_DIRECT_GEMM["c_out"], 0)
+    assert shifted_gemm_conv(CONV_DIRECT_1X1_GEMM["c_in"], 0)
+    assert shifted_gemm_dweight(CONV_DIRECT_GEMM["c_in"], CONV_DIRECT_GEMM["c_out"])
+    assert not any(shifted_gemm_dweight(p["c_in"], p["c_out"]) for p in loops + (CONV_DIRECT_1X1_GEMM,))
 
     from kernel_cases import CONV_T, CONV_T_TILED
 
@@ -330,3 +341,16 @@ def test_passes_split_over_threads_match_one_thread(case):
             np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
         else:
             np.testing.assert_array_equal(two, one)
+
+
+def test_adjoint_conv_reference_equals_the_basis_one():
+    # The large direct-path case's reference (adjoint sums) against the one built from basis vectors.
+    from kernel_cases import CONV_DIRECT, _adjoint_conv_grads, _conv_inputs, _numeric_conv_grads
+
+    rng = np.random.default_rng(3)
+    x, w, b, shape = _conv_inputs(np.float64, rng, CONV_DIRECT)
+    dout = rng.standard_normal(shape)
+    for relu in (False, True):
+        for ours, basis in zip(_adjoint_conv_grads(x, w, b, dout, relu, CONV_DIRECT),
+                               _numeric_conv_grads(x, w, b, dout, relu, CONV_DIRECT)):
+            np.testing.assert_allclose(ours, basis, rtol=1e-12, atol=1e-12)

@@ -77,6 +77,22 @@ def direct_conv(c_in, c_out, h_out, w_out, kh, kw, stride_h, stride_w, dil_h, di
     return c_out <= tuning.DIRECT_CONV_MAX_OUT_CHANNELS
 
 
+@scalar_math
+def shifted_gemm_conv(c_in, c_out):
+    # Whether the planes path convolves by one BLAS product per kernel tap (outp += W_tap @ the planes
+    # shifted by the tap) rather than by the hand-written loops: from tuning.SHIFTED_GEMM_MIN_IN_CHANNELS
+    # input channels (the products' inner dimension). c_out: for future rules.
+    return c_in >= tuning.SHIFTED_GEMM_MIN_IN_CHANNELS
+
+
+@scalar_math
+def shifted_gemm_dweight(c_in, c_out):
+    # Whether the planes path's weight gradient is one BLAS product per tap (g @ shifted planes^T) rather
+    # than the loops' shifted dot products (tuning.SHIFTED_GEMM_DWEIGHT_MIN_OUT_CHANNELS and _MIN_PAIRS).
+    return (c_out >= tuning.SHIFTED_GEMM_DWEIGHT_MIN_OUT_CHANNELS
+            or c_in * c_out >= tuning.SHIFTED_GEMM_DWEIGHT_MIN_PAIRS)
+
+
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
@@ -648,16 +664,65 @@ def _planes_dweight1x1(dweight, g, src, length):
 
 
 @cpu_kernel
-def _planes_conv(outp, src, weight, width, length):
-    # The direct convolution of flat padded planes by a 3x3 or 1x1 kernel.
-    if weight.shape[2] == 1:
+def _tap_matrices(weight, wanted):
+    # (k k, C_out, C_in): weight's taps as contiguous matrices, the shifted products' operands; an
+    # empty array when not ``wanted`` (the loops read weight itself).
+    c_out, c_in, kh, kw = weight.shape
+    if not wanted:
+        return np.empty((0, 0, 0), weight.dtype)
+    taps = np.empty((kh * kw, c_out, c_in), weight.dtype)
+    for co in range(c_out):
+        for ci in range(c_in):
+            for i in range(kh):
+                for j in range(kw):
+                    taps[i * kw + j, co, ci] = weight[co, ci, i, j]
+    return taps
+
+
+@cpu_kernel
+def _planes_conv_gemm(outp, src, taps, k, width, length):
+    # outp[:, :length] = sum over taps (i, j) of taps[i k + j] @ src[:, p + i width + j]: the shifted
+    # planes are views with the planes' row stride, so no im2col columns are written (OpenBLAS ran
+    # these products at 73-120 GF/s a thread where the loops ran at 37-54, 2026-11-30). A chunk of
+    # positions at a time, so that its outputs stay in the L2 cache over the taps.
+    chunk = tuning.SHIFTED_GEMM_CHUNK_PIXELS
+    for p0 in range(0, length, chunk):
+        m = min(chunk, length - p0)
+        for i in range(k):
+            for j in range(k):
+                at = p0 + i * width + j
+                gemm(outp[:, p0:p0 + m], taps[i * k + j], src[:, at:at + m], False, False, 1.0,
+                     0.0 if i + j == 0 else 1.0)
+
+
+@cpu_kernel
+def _planes_dweight_gemm(dtaps, g, src, k, width, length):
+    # dtaps[i k + j] (C_out, C_in) += g[:, :length] @ src[:, p + i width + j]^T: _planes_dweight as one
+    # product per tap (the shifted planes as views, transposed by the BLAS), a chunk of positions at a
+    # time (its g and planes stay in the L2 cache over the taps).
+    chunk = tuning.SHIFTED_GEMM_CHUNK_PIXELS
+    for p0 in range(0, length, chunk):
+        m = min(chunk, length - p0)
+        for i in range(k):
+            for j in range(k):
+                at = p0 + i * width + j
+                gemm(dtaps[i * k + j], g[:, p0:p0 + m], src[:, at:at + m], False, True, 1.0, 1.0)
+
+
+@cpu_kernel
+def _planes_conv(outp, src, weight, taps, width, length):
+    # The direct convolution of flat padded planes by a 3x3 or 1x1 kernel: by shifted products when
+    # taps (from _tap_matrices) is not empty, else by the loops.
+    if taps.shape[0] > 0:
+        _planes_conv_gemm(outp, src, taps, weight.shape[2], width, length)
+    elif weight.shape[2] == 1:
         _planes_conv1x1(outp, src, weight, length)
     else:
         _planes_conv3x3(outp, src, weight, width, length)
 
 
 @cpu_kernel
-def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
+def _direct_forward_samples(out, x, weight, taps, bias, pad_h, pad_w, relu, lo, hi):
     # Overwrites out[lo:hi] (see conv2d_forward_cpu), with bias and ReLU on the way out; a stack of
     # samples at a time (the positions between their planes are computed and dropped).
     c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
@@ -672,7 +737,7 @@ def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
     for first in range(lo, hi, stack):
         count = min(stack, hi - first)
         _stack_planes(planes, x, first, count, pad_h, pad_w, rows, width)
-        _planes_conv(outp, planes, weight, width, count * plane)
+        _planes_conv(outp, planes, weight, taps, width, count * plane)
         for s in range(count):
             for c in range(c_out):
                 b = bias[c] if bias.size > 0 else zero
@@ -690,13 +755,15 @@ def _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, hi):
 def _direct_forward_blocks(out, x, weight, bias, pad_h, pad_w, relu):
     n_batch = x.shape[0]
     block = _direct_block(n_batch)
+    taps = _tap_matrices(weight, shifted_gemm_conv(weight.shape[1], weight.shape[0]))
     for part in prange((n_batch + block - 1) // block):
         lo = part * block
-        _direct_forward_samples(out, x, weight, bias, pad_h, pad_w, relu, lo, min(n_batch, lo + block))
+        _direct_forward_samples(out, x, weight, taps, bias, pad_h, pad_w, relu, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel
-def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, pad_w, relu, lo, hi):
+def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, flipped_taps, pad_h, pad_w, relu,
+                             lo, hi):
     # Samples lo..hi-1: overwrites their dx (skipped when empty); accumulates into this block's own
     # dweight (C_out, C_in, k, k) and dbias (C_out,). flipped (C_in, C_out, k, k): the weight with
     # its taps reversed and channel axes swapped, which convolves dout (padded by k - 1 - pad) into dx.
@@ -716,6 +783,8 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
     g = np.zeros((c_out, stack * plane), x.dtype)
     dplanes = np.zeros((c_out, stack * dplane + 2 * dwidth + 2 if want_dx else 1), x.dtype)
     dxp = np.empty((c_in, stack * dplane if want_dx else 1), x.dtype)
+    by_products = shifted_gemm_dweight(c_in, c_out)
+    dtaps = np.zeros((k * k if by_products else 0, c_out, c_in), x.dtype)
     zero = same_type(dout[0, 0, 0, 0], 0.0)
     # flat views and unsigned indices for the short rows of these copies (as in _im2col_channels:
     # with a slice per row, the copies cost as much as the dx convolution on 14x14 images)
@@ -743,12 +812,14 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
                         total += v
             if dbias.size > 0:
                 dbias[c] += total
-        if k == 1:
+        if by_products:
+            _planes_dweight_gemm(dtaps, g, planes, k, width, count * plane)
+        elif k == 1:
             _planes_dweight1x1(dweight, g, planes, count * plane)
         else:
             _planes_dweight(dweight, g, planes, width, count * plane)
         if want_dx:
-            _planes_conv(dxp, dplanes, flipped, dwidth, count * dplane)
+            _planes_conv(dxp, dplanes, flipped, flipped_taps, dwidth, count * dplane)
             for s in range(count):
                 for c in range(c_in):
                     d_row, target = dxp[c], ((first + s) * c_in + c) * h * w
@@ -756,15 +827,22 @@ def _direct_backward_samples(dx, dweight, dbias, dout, out, x, flipped, pad_h, p
                         at, to = s * dplane + y * dwidth, target + y * w
                         for i in range(w):
                             dx_flat[np.uint64(to + i)] = d_row[np.uint64(at + i)]
+    if by_products:
+        for co in range(c_out):
+            for ci in range(c_in):
+                for i in range(k):
+                    for j in range(k):
+                        dweight[co, ci, i, j] += dtaps[i * k + j, co, ci]
 
 
 @cpu_parallel_kernel
 def _direct_backward_blocks(dx, dweight_parts, dbias_parts, dout, out, x, flipped, pad_h, pad_w, relu, block):
     n_batch = x.shape[0]
+    flipped_taps = _tap_matrices(flipped, dx.size > 0 and shifted_gemm_conv(flipped.shape[1], flipped.shape[0]))
     for part in prange(dweight_parts.shape[0]):
         lo = part * block
-        _direct_backward_samples(dx, dweight_parts[part], dbias_parts[part], dout, out, x, flipped, pad_h, pad_w,
-                                 relu, lo, min(n_batch, lo + block))
+        _direct_backward_samples(dx, dweight_parts[part], dbias_parts[part], dout, out, x, flipped, flipped_taps,
+                                 pad_h, pad_w, relu, lo, min(n_batch, lo + block))
 
 
 @cpu_kernel

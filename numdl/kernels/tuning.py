@@ -69,6 +69,19 @@ DIRECT_CONV_STACK_PIXELS = 4096
 # The direct loops go over a padded-width plane this many pixels at a time (for every input channel
 # and eight output channels), so that those output pixels stay in the L1 cache.
 DIRECT_CONV_CHUNK_PIXELS = 512
+# ... and on those planes, one BLAS product per kernel tap instead of the loops (kernels/conv.py,
+# shifted_gemm_conv): for a convolution (forward, or dx's) from this many input channels. One thread, 16 samples, GF/s products /
+# loops: 8->16 at 64x64 66/48, 16->8 at 64x64 77/39, 48->16 at 32x32 53/37, 32->64 at 14x14 105/39,
+# 96->32 at 16x16 73/42, 128->128 at 8x8 112/44; but 1->8 at 64x64 19/49 and 1->32 at 28x28 15/40.
+SHIFTED_GEMM_MIN_IN_CHANNELS = 8
+# For dweight (products C_out x C_in with the planes' positions as the inner dimension), from this many
+# output channels or channel pairs: 16->48 at 32x32 66/46, 96->32 at 16x16 60/48, 64->32 at 14x14
+# 64/47, 128->128 at 8x8 98/53; but 48->16 at 32x32 35/47, 32->32 at 14x14 43/53, 8->32 at 32x32 26/49.
+SHIFTED_GEMM_DWEIGHT_MIN_OUT_CHANNELS = 48
+SHIFTED_GEMM_DWEIGHT_MIN_PAIRS = 2048
+# The shifted products run over this many positions at a time (all nine taps per chunk): 48->16 at
+# 32x32 over 18,496 positions in one product per tap ran at 30 GF/s, in chunks of 1024 at 116.
+SHIFTED_GEMM_CHUNK_PIXELS = 1024
 
 # Passes over memory (ReLU, batch norm, pooling, concatenation) split over numba's threads from this
 # many elements, once numba has the cores (common.worth_splitting); below, a thread start costs more

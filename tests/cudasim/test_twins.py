@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from kernel_cases import DTYPES, TOLERANCE, all_cases
+from kernel_cases import CPU_PATH_ONLY, DTYPES, TOLERANCE, all_cases
 from numdl.testing import check_kernel_twin
 
 pytestmark = [
@@ -21,7 +21,10 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("case_id, family, op, make", all_cases(), ids=[c[0] for c in all_cases()])
+TWIN_CASES = [case for case in all_cases() if case[0] not in CPU_PATH_ONLY]
+
+
+@pytest.mark.parametrize("case_id, family, op, make", TWIN_CASES, ids=[c[0] for c in TWIN_CASES])
 def test_cuda_twin_matches_cpu_kernel(case_id, family, op, make, dtype, monkeypatch):
     from numdl.kernels import tuning
 
