@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from numdl import dense_chain
 from numdl.backend import get_ops
 from numdl.data import ondisk
 from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
@@ -88,6 +89,7 @@ class Sequential:
         params = self.parameters()
         # One flat buffer for all values and one for all gradients (see ParameterBank).
         self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
+        self._chain = False  # predict's dense-chain plan: made again on first use
         # Backward stops at the first layer with parameters: nothing before it has a gradient to
         # receive, so e.g. a Linear after a Flatten skips its whole dx GEMM.
         trainable = [i for i, layer in enumerate(self.layers) if layer.parameters()]
@@ -489,6 +491,12 @@ class Sequential:
         """Model outputs for every sample of x, as a NumPy array."""
         if not self.built:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
+        if (lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim > 1
+                and 0 < x.shape[0] <= dense_chain.MAX_BATCH and x.shape[1:] == self.input_shape
+                and x.flags.c_contiguous):
+            chain = self._dense_chain()
+            if chain is not None:  # a few samples of a dense model: one kernel call (numdl.dense_chain)
+                return chain.predict(self, x)
         x = self.prepare(x, None, "input data")[0]
         lengths = None if lengths is None else np.asarray(lengths)
         n = _count(x)
@@ -503,6 +511,13 @@ class Sequential:
             for result, part in zip(results, out if several else [out]):
                 result[b:b + batch_size] = self.ops.to_numpy(part)
         return results if several else results[0]
+
+    def _dense_chain(self):
+        """predict's one-call plan for a few samples (numdl.dense_chain), or None; made once per build."""
+        chain = self.__dict__.get("_chain", False)
+        if chain is False or (chain is not None and not chain.current(self)):
+            chain = self._chain = dense_chain.plan(self)
+        return chain
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, path, meta=None):

@@ -441,6 +441,54 @@ def _gaussian_sample_backward(dtype, rng):
     return [np.zeros_like(x), dout, x, noise, dtype(weight)], n * latent, {0: dx}
 
 
+# ---------------------------------------------------------------------------------- dense chain
+def _dense_chain_reference(x, layers):
+    """float64 forward of Linear layers (weight, bias or None, activation name) over rows of x."""
+    import math
+
+    functions = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+                 "gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / np.sqrt(2))),
+                 "gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))),
+                 None: lambda v: v}
+    h = x
+    for weight, bias, activation in layers:
+        h = h @ weight.T + (0 if bias is None else bias)
+        h = functions[activation](h)
+    return h
+
+
+def _dense_chain_forward(widths, activations, biases, n=3, bad_inputs=False):
+    """``n`` samples (one: the CPU's dot products, eight rows and then one at a time; several: its BLAS
+    products) through Linear layers of ``widths`` (input first), each with its activation and with or
+    without a bias, packed into one flat parameter buffer as a ParameterBank holds them. ``bad_inputs``:
+    the first feature is NaN and the last inf (both counted in ``bad``)."""
+    from numdl.kernels.dense_chain import ACTIVATION_CODES
+
+    def make(dtype, rng):
+        x = rng.standard_normal((n, widths[0])).astype(dtype)
+        params, table, layers = [rng.standard_normal(5)], [], []  # parameters need not start at 0
+        at = 5
+        for in_f, out_f, activation, has_bias in zip(widths, widths[1:], activations, biases):
+            weight = rng.standard_normal((out_f, in_f)) / np.sqrt(in_f)
+            bias = rng.standard_normal(out_f) if has_bias else None
+            table.append([in_f, out_f, at, at + weight.size if has_bias else -1, ACTIVATION_CODES.get(activation, 0)])
+            params += [weight.ravel()] + ([bias] if has_bias else [])
+            at += weight.size + (out_f if has_bias else 0)
+            layers.append((weight, bias, activation))
+        flat = np.concatenate(params).astype(dtype)
+        layers = [(f64(flat[t[2]:t[2] + t[0] * t[1]].reshape(t[1], t[0])), None if t[3] < 0 else
+                   f64(flat[t[3]:t[3] + t[1]]), activation) for t, (_, _, activation) in zip(table, layers)]
+        expected = _dense_chain_reference(f64(x), layers)
+        scratch = np.zeros((2, n * max(widths[1:-1] or [1])), dtype)
+        x = x.ravel()
+        args = [np.zeros(n * widths[-1], dtype), np.zeros(1, dtype), x, flat, np.array(table, np.int64), scratch]
+        if bad_inputs:  # counted; the outputs are then whatever inf makes of them, and not compared
+            x[-1], x[0] = np.inf, np.nan
+            return args, n, {1: np.array([2])}
+        return args, n, {0: expected.ravel(), 1: np.array([0])}
+    return make
+
+
 # ----------------------------------------------------------------------------------- convolution
 # The acceptance case of the CNN issue: stride 2, padding 1, dilation 2, groups 2, odd-sized input.
 CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), pad=(1, 1), dil=(2, 2))
@@ -1593,6 +1641,8 @@ CASES = {
     ("norm", "groupnorm_backward"): _gn_backward,
     ("elementwise", "add_forward"): _add_forward,
     ("recurrent", "lstm_forward"): _recurrent_forward("lstm", False),
+    ("dense_chain", "dense_chain_forward"): _dense_chain_forward((7, 5, 6, 4, 3), ("relu", "tanh", "gelu", "sigmoid"),
+                                                                 (True, False, True, True)),
     ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
     ("recurrent", "gru_forward"): _recurrent_forward("gru", False),
     ("recurrent", "lstm_projected_forward"): _projected_forward(False),
@@ -1729,6 +1779,15 @@ VARIANTS = {
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
     "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
+    "dense_chain_forward_gelu_tanh": (("dense_chain", "dense_chain_forward"),
+                                      _dense_chain_forward((4, 6, 2), ("gelu_tanh", None), (False, True))),
+    "dense_chain_forward_one_sample": (("dense_chain", "dense_chain_forward"),
+                                       _dense_chain_forward((19, 11, 9, 3), ("relu", "sigmoid", None), (True, True, False),
+                                                            n=1)),
+    "dense_chain_forward_non_finite": (("dense_chain", "dense_chain_forward"),
+                                       _dense_chain_forward((6, 4, 2), ("tanh", None), (True, True), bad_inputs=True)),
+    "dense_chain_forward_one_layer": (("dense_chain", "dense_chain_forward"),
+                                      _dense_chain_forward((5, 3), (None,), (True,), n=2)),
     "conv2d_forward_direct_gemm": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT_GEMM)),
     "conv2d_backward_direct_gemm": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_GEMM,
                                                                                     grads=_adjoint_conv_grads)),

@@ -27,7 +27,7 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
 # keep work buffers between steps: layers hand them buffers from np.empty, so whatever those hold
 # (here: NaN) must never reach a result.
 OUTPUT_ARGUMENTS = {
-    ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4,
+    ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4, ("dense_chain", "dense_chain_forward"): 2,
     ("conv", "conv2d_forward"): 1, ("conv", "conv2d_backward"): 3,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,

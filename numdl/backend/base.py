@@ -104,6 +104,23 @@ class Ops:
         work = dweight.size + dbias.size + dx.size
         self._run("linear", "linear_backward", work, dx, dweight, dbias, dmasked, dout, out, x, weight, relu)
 
+    def dense_chain_forward(self, out, bad, x, params, table, scratch):
+        """Inference through a chain of Linear layers and their activations in one kernel call
+        (kernels/dense_chain: x and out (n, features), params a flat parameter buffer, table the
+        layers' rows, scratch (2, >= n * widest hidden layer)); overwrites out, and bad (1,) of x's
+        dtype with the number of non-finite values in x."""
+        if self.name != "cpu":
+            self.zero_(bad)  # the CPU kernel overwrites it; the CUDA twin adds to it
+        self._run("dense_chain", "dense_chain_forward", x.shape[0], self.flat(out), bad, self.flat(x), params, table,
+                  scratch, per_sample=True)
+
+    @staticmethod
+    def dense_chain_activation_codes():
+        """{activation kernel name: code} for dense_chain_forward's table (0: no activation)."""
+        from numdl.kernels.dense_chain import ACTIVATION_CODES
+
+        return ACTIVATION_CODES
+
     # --------------------------------------------------------------------------- activation
     def activation_forward(self, kind, out, x, slope=None):
         """Element-wise activation ``kind`` (one of ELEMENTWISE_ACTIVATIONS); overwrites out."""

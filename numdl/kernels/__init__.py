@@ -7,4 +7,4 @@ CUDA kernels are launched by ``numdl.kernels.common.launch`` (grid-stride, so on
 
 KERNEL_MODULES = ("linear", "activation", "loss", "optim", "dropout", "conv", "pool", "norm", "elementwise",
                   "recurrent", "sequence", "attention", "check", "conv_transpose", "upsample", "layout",
-                  "segmentation", "detection", "gaussian")
+                  "segmentation", "detection", "gaussian", "dense_chain")

@@ -20,10 +20,10 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 TWIN_CASES = [case for case in all_cases() if case[0] not in CPU_PATH_ONLY]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case_id, family, op, make", TWIN_CASES, ids=[c[0] for c in TWIN_CASES])
 def test_cuda_twin_matches_cpu_kernel(case_id, family, op, make, dtype, monkeypatch):
     from numdl.kernels import tuning
