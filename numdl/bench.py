@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "kernels", "startup", "ceiling", "contention")
-DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "startup", "ceiling")
+SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "latency", "kernels", "startup", "ceiling",
+          "contention")
+DEFAULT_SUITES = ("mlp", "cnn", "lstm", "transformer", "tabular", "unet", "latency", "startup", "ceiling")
 INPUT_SHAPES = {"tabular": (25,), "unet": (1, 64, 64)}  # the image models take (28, 28)
 CLASSES = {"tabular": 2, "unet": 11}
 LABEL_SHAPES = {"unet": (64, 64)}  # per-pixel labels; the others one per sample
@@ -313,6 +314,59 @@ def _torch_run(torch, kind, mode, batches, ours=None):
                     net(xb)
 
     return run_theirs
+
+
+# ------------------------------------------------------------------------------ latency
+#: Batch sizes of the latency suite: one sample (a serving call) and a few.
+LATENCY_BATCHES = (1, 8)
+
+
+def latency_cases(repeats, threads, quick):
+    """model.predict's time per call on one and on eight samples of the reference MLP (batches of
+    calls, their median over alternating repetitions), against PyTorch eager (a no-grad forward of
+    the same weights) and JAX (the jitted forward, to the result). Unit us; ratio and vs jax are the
+    peer's time over numdl's (above 1: numdl is faster)."""
+    from numdl import bench_jax
+
+    torch = _torch(threads)
+    model = _numdl_model("mlp")
+    calls = 300 if quick else 3000
+    results = []
+    for batch in LATENCY_BATCHES:
+        x = _data(batch, INPUT_SHAPES.get("mlp", (28, 28)))[0]
+
+        def ours():
+            for _ in range(calls):
+                model.predict(x)
+
+        theirs = jax_run = None
+        if torch is not None:
+            net = _torch_model(torch, "mlp")
+            _copy_weights_to_torch(torch, model, [m for m in net.modules() if not list(m.children())])
+            torch_x = torch.from_numpy(x)
+
+            def theirs():
+                with torch.no_grad():
+                    for _ in range(calls):
+                        net(torch_x)
+        loaded = bench_jax.load(threads)
+        if loaded is not None:
+            jax, jnp, _ = loaded
+            forward = jax.jit(bench_jax._forward(jax, jnp, "mlp"))
+            params = [jnp.asarray(np.array(p.value)) for p in model.parameters()]
+            jax_x = jnp.asarray(x)
+
+            def jax_run():
+                for _ in range(calls):
+                    forward(params, jax_x).block_until_ready()
+        mine, others, jax_seconds = _alternate(ours, theirs, repeats, jax_run)
+        result = {"case": f"mlp predict latency b{batch}", "unit": "us", "numdl": mine / calls * 1e6}
+        if others:
+            result["torch"], result["ratio"] = others / calls * 1e6, others / mine
+        if jax_seconds:
+            result["jax"], result["ratio_jax"] = jax_seconds / calls * 1e6, jax_seconds / mine
+        results.append(result)
+    return results
 
 
 # ------------------------------------------------------------------------------ GEMM ceilings
@@ -868,6 +922,8 @@ def run(suites=DEFAULT_SUITES, quick=False, repeats=None, threads=None):
     # started by numdl's recurrent kernels before the import), PyTorch's MLP step ran 4x slower.
     torch_found = _torch(threads) is not None
     results = [model_case(*case, repeats=repeats, threads=threads) for case in cases(suites, quick)]
+    if "latency" in suites:
+        results += latency_cases(repeats, threads, quick)
     if "kernels" in suites:
         results += kernel_cases(repeats, threads, quick)
     if "startup" in suites:
@@ -902,7 +958,8 @@ def format_table(report):
     extra = "".join(f" {title:>12} {versus:>7}" for _, title, versus in peers)
     lines = [f"{'case':<{width}} {'unit':>9} {'numdl':>12} {'torch':>12} {'ratio':>7} {'compile s':>10}{extra}"]
     for r in report["results"]:
-        number = (lambda v: f"{v:>12,.2f}") if r.get("unit") in ("s",) else (lambda v: f"{v:>12,.0f}")
+        number = {"s": lambda v: f"{v:>12,.2f}", "us": lambda v: f"{v:>12,.1f}"}.get(r.get("unit"),
+                                                                                     lambda v: f"{v:>12,.0f}")
         theirs = number(r["torch"]) if "torch" in r else f"{'-':>12}"
         ratio = f"{r['ratio']:>6.2f}x" if "ratio" in r else f"{'-':>7}"
         compiled = f"{r['compile_seconds']:>10.2f}" if "compile_seconds" in r else f"{'':>10}"

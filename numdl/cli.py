@@ -241,7 +241,9 @@ def warmup(config, overrides):
 @click.option("--suite", "suites", multiple=True,
               type=click.Choice(bench_suites.SUITES),
               help="Benchmark suite to run (repeatable; default: all but kernels and contention). kernels: every "
-                   "kernel family at two sizes; startup: time to the first step and peak memory of numdl train; "
+                   "kernel family at two sizes; latency: model.predict on one and eight samples of the MLP, in us "
+                   "per call (ratio: the peer's time over numdl's); startup: time to the first step and peak "
+                   "memory of numdl train; "
                    "contention: MLP training with one and two busy processes on the machine, numdl's default "
                    "threads against --threads 1, PyTorch and JAX under the same load.")
 @click.option("--quick", is_flag=True, help="Fewer samples and repetitions (a smoke run, noisy figures).")

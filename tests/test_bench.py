@@ -230,3 +230,15 @@ def test_the_blas_kernel_is_reported_and_an_override_warned_about(monkeypatch):
     table = bench.format_table({"threads": 2, "repeats": 1, "results": [], "peak_rss_mib": 1, "blas": kernel,
                                 "blas_warning": warning})
     assert f"BLAS: {kernel}" in table and "warning: OPENBLAS_CORETYPE=Haswell" in table
+
+
+def test_the_latency_suite_times_one_predict_call_against_the_peers():
+    results = bench.latency_cases(repeats=1, threads=1, quick=True)
+    assert [r["case"] for r in results] == ["mlp predict latency b1", "mlp predict latency b8"]
+    for r in results:
+        assert r["unit"] == "us" and r["numdl"] > 0
+        if "torch" in r:  # time per call: the ratio is theirs over ours
+            assert r["ratio"] == pytest.approx(r["torch"] / r["numdl"])
+        if "jax" in r:
+            assert r["ratio_jax"] == pytest.approx(r["jax"] / r["numdl"])
+    assert "latency b1" in bench.format_table({"threads": 1, "repeats": 1, "results": results, "peak_rss_mib": 1})
