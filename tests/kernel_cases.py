@@ -1384,9 +1384,14 @@ def _upsample_backward(kind):
 
 CONV_T = dict(n=2, c_in=4, h=3, w=4, c_out=6, groups=2, k=(3, 2), stride=(2, 1), pad=(1, 0), dil=(1, 2), out_pad=(1, 0))
 # Windows that tile the output (kernel = stride, no padding, one group): the CPU's direct path, three
-# samples over two threads, 6 x 2 x 3 = 36 columns and 5 input channels (blocks of four and one).
-CONV_T_TILED = dict(n=3, c_in=5, h=3, w=4, c_out=6, groups=1, k=(2, 3), stride=(2, 3), pad=(0, 0), dil=(1, 1),
+# samples over two threads, 1 x 2 x 3 = 6 column rows and 5 input channels (the 1x1 loops' blocks of
+# four and single rows, in all three products: below the rules for BLAS products).
+CONV_T_TILED = dict(n=3, c_in=5, h=3, w=4, c_out=1, groups=1, k=(2, 3), stride=(2, 3), pad=(0, 0), dil=(1, 1),
                     out_pad=(0, 0))
+# ... with the products instead of the 1x1 loops: 16 input channels (forward), 64 = 16 x 2 x 2 column
+# rows (dx's product and dweight's, kernels.conv.shifted_gemm_*).
+CONV_T_TILED_GEMM = dict(n=2, c_in=16, h=3, w=2, c_out=16, groups=1, k=(2, 2), stride=(2, 2), pad=(0, 0),
+                         dil=(1, 1), out_pad=(0, 0))
 
 
 def conv_transpose2d_reference(x, w, b, stride, pad, dil, groups, out_hw):
@@ -1775,6 +1780,10 @@ VARIANTS = {
                                        lambda d, r: _conv_transpose_forward(d, r, CONV_T_TILED)),
     "conv_transpose2d_backward_tiled": (("conv_transpose", "conv_transpose2d_backward"),
                                         lambda d, r: _conv_transpose_backward(d, r, CONV_T_TILED)),
+    "conv_transpose2d_forward_tiled_gemm": (("conv_transpose", "conv_transpose2d_forward"),
+                                            lambda d, r: _conv_transpose_forward(d, r, CONV_T_TILED_GEMM)),
+    "conv_transpose2d_backward_tiled_gemm": (("conv_transpose", "conv_transpose2d_backward"),
+                                             lambda d, r: _conv_transpose_backward(d, r, CONV_T_TILED_GEMM)),
     "conv2d_forward_direct_1x1": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT_1X1)),
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),

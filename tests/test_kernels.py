@@ -225,7 +225,7 @@ def test_conv_cases_cover_both_cpu_paths():
     assert shifted_gemm_dweight(CONV_DIRECT_GEMM["c_in"], CONV_DIRECT_GEMM["c_out"])
     assert not any(shifted_gemm_dweight(p["c_in"], p["c_out"]) for p in loops + (CONV_DIRECT_1X1_GEMM,))
 
-    from kernel_cases import CONV_T, CONV_T_TILED
+    from kernel_cases import CONV_T, CONV_T_TILED, CONV_T_TILED_GEMM
 
     from numdl.kernels.conv_transpose import _tiles_output
 
@@ -234,7 +234,13 @@ def test_conv_cases_cover_both_cpu_paths():
                zip((p["h"], p["w"]), p["stride"], p["pad"], p["dil"], p["k"], p["out_pad"])]
         return _tiles_output(p["h"], p["w"], *out, *p["k"], *p["stride"], *p["pad"], *p["dil"], p["groups"])
 
-    assert tiled(CONV_T_TILED) and not tiled(CONV_T)
+    assert tiled(CONV_T_TILED) and tiled(CONV_T_TILED_GEMM) and not tiled(CONV_T)
+    # the tiled path's loops (5 input channels, 1 x 2 x 3 column rows) and its products
+    assert not shifted_gemm_conv(CONV_T_TILED["c_in"], 0) and not shifted_gemm_conv(6, 0)
+    assert not shifted_gemm_dweight(CONV_T_TILED["c_in"], 6)
+    rows = CONV_T_TILED_GEMM["c_out"] * 4
+    assert shifted_gemm_conv(CONV_T_TILED_GEMM["c_in"], 0) and shifted_gemm_conv(rows, 0)
+    assert shifted_gemm_dweight(CONV_T_TILED_GEMM["c_in"], rows)
 
 
 @pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",

@@ -12,8 +12,8 @@ lays x out channel-major in ``xt`` (C_in, N H W), one GEMM per group gives the c
 dweight and dx are one GEMM each per group. Kernels as large as their stride with no padding, no
 dilation and one group (the 2x2, stride-2 upsampling of U-Nets) have windows that do not overlap:
 each sample is then a 1x1 convolution of x into (C_out kH kW, H W) columns, scattered onto the
-output (kernels.conv's direct 1x1 loops; samples over numba's threads), and backward the gather and
-two 1x1 products. The CUDA twins are direct: one thread per output element, and one per weight /
+output (one BLAS product, or kernels.conv's 1x1 loops for few channels, by the rules of its direct
+path; samples over numba's threads), and backward the gather and two 1x1 products. The CUDA twins are direct: one thread per output element, and one per weight /
 bias / input element in backward (no atomics).
 """
 
@@ -36,8 +36,10 @@ from numdl.kernels.conv import (
     _planes_dweight1x1,
     _sum_parts,
     conv_output_index,
+    shifted_gemm_conv,
+    shifted_gemm_dweight,
 )
-from numdl.kernels.matmul import matmul
+from numdl.kernels.matmul import gemm, matmul
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
@@ -82,8 +84,12 @@ def _tiled_forward_samples(out, x, taps, bias, lo, hi):
     kh, kw = h_out // h, w_out // w
     columns = np.empty((taps.shape[0], h * w), x.dtype)
     zero = same_type(out[0, 0, 0, 0], 0.0)
+    by_product = shifted_gemm_conv(c_in, taps.shape[0])
     for n in range(lo, hi):
-        _planes_conv1x1(columns, x[n].reshape(c_in, h * w), taps, h * w)
+        if by_product:
+            gemm(columns, taps.reshape(taps.shape[0], c_in), x[n].reshape(c_in, h * w), False, False, 1.0, 0.0)
+        else:
+            _planes_conv1x1(columns, x[n].reshape(c_in, h * w), taps, h * w)
         for co in range(c_out):
             b = bias[co] if bias.size > 0 else zero
             for i in range(kh):
@@ -111,7 +117,9 @@ def _tiled_backward_samples(dx, dtaps, dbias, dout, x, taps_t, lo, hi):
     c_out, h_out, w_out = dout.shape[1], dout.shape[2], dout.shape[3]
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = h_out // h, w_out // w
-    columns = np.empty((c_out * kh * kw, h * w), x.dtype)
+    rows = c_out * kh * kw
+    columns = np.empty((rows, h * w), x.dtype)
+    dweight_by_product, dx_by_product = shifted_gemm_dweight(c_in, rows), shifted_gemm_conv(rows, c_in)
     zero = same_type(dout[0, 0, 0, 0], 0.0)
     for n in range(lo, hi):
         for co in range(c_out):
@@ -128,8 +136,13 @@ def _tiled_backward_samples(dx, dtaps, dbias, dout, x, taps_t, lo, hi):
             if dbias.size > 0:
                 dbias[co] += total
         image = x[n].reshape(c_in, h * w)
-        _planes_dweight1x1(dtaps, columns, image, h * w)
-        if dx.size > 0:
+        if dweight_by_product:
+            gemm(dtaps.reshape(rows, c_in), columns, image, False, True, 1.0, 1.0)
+        else:
+            _planes_dweight1x1(dtaps, columns, image, h * w)
+        if dx.size > 0 and dx_by_product:
+            gemm(dx[n].reshape(c_in, h * w), taps_t.reshape(c_in, rows), columns, False, False, 1.0, 0.0)
+        elif dx.size > 0:
             _planes_conv1x1(dx[n].reshape(c_in, h * w), columns, taps_t, h * w)
 
 
