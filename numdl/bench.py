@@ -895,7 +895,9 @@ def blas_report():
     from threadpoolctl import ThreadpoolController
 
     infos = [c.info() for c in ThreadpoolController().select(user_api="blas").lib_controllers]
-    info = next((i for i in infos if "scipy" in i.get("filepath", "")), infos[0] if infos else None)
+    # SciPy's own copy (a folder named scipy*), not NumPy's libscipy_openblas64_, which is another build
+    scipys = [i for i in infos if any(part.startswith("scipy") for part in Path(i.get("filepath", "")).parent.parts)]
+    info = (scipys or infos or [None])[0]
     kernel = None if info is None else " ".join(
         str(info.get(key)) for key in ("internal_api", "version", "architecture") if info.get(key))
     forced = [f"{name}={os.environ[name]}" for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]

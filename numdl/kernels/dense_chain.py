@@ -17,8 +17,8 @@ so a chain computes what the layers do; the products sum in another order than t
 bits of float32 outputs can differ from a batch predicted layer by layer).
 
 CPU: one sample by contiguous dot products, eight weight rows at a time; several by one BLAS product
-per layer; then the bias and activation. On the calling thread (and the BLAS's). CUDA: one block per sample, its threads over a layer's
-output units, synchronised between layers.
+per layer; then the bias and activation. On the calling thread (and the BLAS's). CUDA: one block per
+sample, its threads over a layer's output units, synchronised between layers.
 """
 
 import math
@@ -117,7 +117,8 @@ def dense_chain_forward_cpu(out, bad, x, params, table, scratch):
     layers = table.shape[0]
     n = x.size // table[0, 0]
     for layer in range(layers):
-        in_f, out_f, w_at, b_at, code = table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3], table[layer, 4]
+        in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
         src = x if layer == 0 else scratch[(layer - 1) % 2]
         dst = out if layer == layers - 1 else scratch[layer % 2]
         _dense_layer(dst, src, params, n, in_f, out_f, w_at, b_at, code)
@@ -138,7 +139,8 @@ def dense_chain_forward_cuda(out, bad, x, params, table, scratch):
             if not math.isfinite(x[s * table[0, 0] + k]):
                 cuda.atomic.add(bad, 0, same_type(bad[0], 1.0))
         for layer in range(layers):
-            in_f, out_f, w_at, b_at, code = table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3], table[layer, 4]
+            in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
             for j in range(cuda.threadIdx.x, out_f, cuda.blockDim.x):
                 acc = zero
                 for k in range(in_f):
