@@ -360,19 +360,29 @@ def _radam_step(rectified):
     return make
 
 
-def _rmsprop_step(dtype, rng):
-    param, grad_avg, buf, grad = _optimizer_state(dtype, rng, 4)
-    grad_avg *= 0.1
-    square_avg = (np.abs(rng.standard_normal(19)) + 0.5).astype(dtype)
-    lr, alpha, eps, wd, momentum = 0.01, 0.9, 1e-8, 0.01, 0.5
-    g = f64(grad) + wd * f64(param)
-    sq = alpha * f64(square_avg) + (1 - alpha) * g * g
-    ga = alpha * f64(grad_avg) + (1 - alpha) * g
-    avg = np.sqrt(sq - ga * ga) + eps
-    new_buf = momentum * f64(buf) + g / avg
-    args = [param, square_avg, grad_avg, buf, grad, dtype(lr), dtype(alpha), dtype(eps), dtype(wd),
-            dtype(momentum), True]
-    return args, param.size, {0: f64(param) - lr * new_buf, 1: sq, 2: ga, 3: new_buf}
+def _rmsprop_step(centered_with_momentum):
+    # Centered with momentum reads and writes all four buffers; plain RMSprop gets empty grad_avg and
+    # momentum buffers, as the optimizer passes them.
+    def make(dtype, rng):
+        param, grad_avg, buf, grad = _optimizer_state(dtype, rng, 4)
+        grad_avg *= 0.1
+        square_avg = (np.abs(rng.standard_normal(19)) + 0.5).astype(dtype)
+        lr, alpha, eps, wd = 0.01, 0.9, 1e-8, 0.01
+        momentum = 0.5 if centered_with_momentum else 0.0
+        g = f64(grad) + wd * f64(param)
+        sq = alpha * f64(square_avg) + (1 - alpha) * g * g
+        if not centered_with_momentum:
+            empty = np.zeros(0, dtype)
+            args = [param, square_avg, empty, empty.copy(), grad, dtype(lr), dtype(alpha), dtype(eps), dtype(wd),
+                    dtype(momentum), False]
+            return args, param.size, {0: f64(param) - lr * g / (np.sqrt(sq) + eps), 1: sq}
+        ga = alpha * f64(grad_avg) + (1 - alpha) * g
+        avg = np.sqrt(sq - ga * ga) + eps
+        new_buf = momentum * f64(buf) + g / avg
+        args = [param, square_avg, grad_avg, buf, grad, dtype(lr), dtype(alpha), dtype(eps), dtype(wd),
+                dtype(momentum), True]
+        return args, param.size, {0: f64(param) - lr * new_buf, 1: sq, 2: ga, 3: new_buf}
+    return make
 
 
 MASK64 = (1 << 64) - 1
@@ -1621,7 +1631,7 @@ CASES = {
     ("optim", "adamax_step"): _adamax_step,
     ("optim", "nadam_step"): _nadam_step,
     ("optim", "radam_step"): _radam_step(True),
-    ("optim", "rmsprop_step"): _rmsprop_step,
+    ("optim", "rmsprop_step"): _rmsprop_step(True),
     ("dropout", "dropout_forward"): _dropout_forward,
     ("dropout", "dropout_backward"): _dropout_backward,
     ("gaussian", "gaussian_sample_forward"): _gaussian_sample_forward(True),
@@ -1734,6 +1744,7 @@ VARIANTS = {
     "avgpool2d_backward_exclude_pad_ceil": (("pool", "avgpool2d_backward"), _avgpool_exclude_pad("backward")),
     "adam_step_amsgrad_maximize": (("optim", "adam_step"), _adam_step(True, maximize=True)),
     "radam_step_unrectified": (("optim", "radam_step"), _radam_step(False)),
+    "rmsprop_step_plain": (("optim", "rmsprop_step"), _rmsprop_step(False)),
     "pad2d_mode_forward_replicate": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(2)),
     "pad2d_mode_backward_replicate": (("layout", "pad2d_mode_backward"), _pad2d_mode_backward(2)),
     "pad2d_mode_forward_circular": (("layout", "pad2d_mode_forward"), _pad2d_mode_forward(3)),

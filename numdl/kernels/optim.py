@@ -129,23 +129,41 @@ def radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight
 
 
 @scalar_math
-def rmsprop_update(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
-                   momentum, centered, i):
-    g = grad[i] + weight_decay * param[i]
-    sq = alpha * square_avg[i] + (same_type(alpha, 1.0) - alpha) * g * g
-    square_avg[i] = sq
+def rmsprop_element(p, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, centered):
+    # One element's RMSprop step on scalars: returns (param, square_avg, grad_avg, momentum_buf);
+    # grad_avg and momentum_buf come back unchanged when not centered / without momentum. Scalars in
+    # and out, as adam_element: the array-taking helper stayed an out-of-line call, 100x slower.
+    g = g + weight_decay * p
+    sq = alpha * sq + (same_type(alpha, 1.0) - alpha) * g * g
     if centered:
-        ga = alpha * grad_avg[i] + (same_type(alpha, 1.0) - alpha) * g
-        grad_avg[i] = ga
+        ga = alpha * ga + (same_type(alpha, 1.0) - alpha) * g
         avg = math.sqrt(sq - ga * ga) + eps
     else:
         avg = math.sqrt(sq) + eps
     if momentum > same_type(momentum, 0.0):
-        buf = momentum * momentum_buf[i] + g / avg
-        momentum_buf[i] = buf
-        param[i] -= lr * buf
+        buf = momentum * buf + g / avg
+        p = p - lr * buf
     else:
-        param[i] -= lr * g / avg
+        p = p - lr * g / avg
+    return p, sq, ga, buf
+
+
+@scalar_math
+def rmsprop_update(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
+                   momentum, centered, i):
+    # rmsprop_element on element i of the arrays (grad_avg only when centered, momentum_buf only with momentum).
+    zero = same_type(lr, 0.0)
+    has_momentum = momentum > zero
+    ga = grad_avg[i] if centered else zero
+    buf = momentum_buf[i] if has_momentum else zero
+    p, sq, ga, buf = rmsprop_element(param[i], grad[i], square_avg[i], ga, buf, lr, alpha, eps, weight_decay,
+                                     momentum, centered)
+    param[i] = p
+    square_avg[i] = sq
+    if centered:
+        grad_avg[i] = ga
+    if has_momentum:
+        momentum_buf[i] = buf
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -205,9 +223,19 @@ def radam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weig
 @cpu_kernel
 def rmsprop_step_cpu(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
                      momentum, centered):
-    for i in range(param.size):
-        rmsprop_update(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
-                       momentum, centered, i)
+    zero = same_type(lr, 0.0)
+    has_momentum = momentum > zero
+    for i in range(param.size):  # loads and stores here, the math inlined (as adam_step_cpu)
+        ga = grad_avg[i] if centered else zero
+        buf = momentum_buf[i] if has_momentum else zero
+        p, sq, ga, buf = rmsprop_element(param[i], grad[i], square_avg[i], ga, buf, lr, alpha, eps, weight_decay,
+                                         momentum, centered)
+        param[i] = p
+        square_avg[i] = sq
+        if centered:
+            grad_avg[i] = ga
+        if has_momentum:
+            momentum_buf[i] = buf
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
