@@ -234,8 +234,8 @@ class Model(Sequential):
                     and consumers.get(id(before)) == 1 and before not in self.output_nodes):
                 before.layer.fused_relu = node.layer.absorbed = True
 
-    def _dense_chain(self):
-        return None  # a graph predicts node by node
+    def _dense_chain(self, training=False):
+        return None  # a graph predicts and trains node by node
 
     def _running_layers(self):
         return list(self.runner.values())  # every use of a layer, shared copies included

@@ -53,6 +53,9 @@ class Sequential:
         self.fit_position = None
         self.last_loss_terms = None  # {term: value} of the last loss, when layers add terms to it
         self.clip_grad_norm = 0.0  # > 0: gradients are scaled so their global L2 norm is at most this
+        # train_step on a chain of dense layers with cross-entropy runs forward, loss and backward in
+        # one kernel call (numdl.dense_chain); False: layer by layer (same results, for comparison)
+        self.fused_training = True
         # > 0: a training step whose loss exceeds this many times the run's first loss stops training
         # (a finite but diverged run: Adam at lr 1e6 kept a loss of 5e5 and 0.10 accuracy for ever).
         self.divergence_factor = 0.0
@@ -89,7 +92,7 @@ class Sequential:
         params = self.parameters()
         # One flat buffer for all values and one for all gradients (see ParameterBank).
         self._bank = ParameterBank(self.ops, params, self.dtype) if params else None
-        self._chain = False  # predict's dense-chain plan: made again on first use
+        self._chains = {}  # predict's and train_step's dense-chain plans: made again on first use
         # Backward stops at the first layer with parameters: nothing before it has a gradient to
         # receive, so e.g. a Linear after a Flatten skips its whole dx GEMM.
         trainable = [i for i, layer in enumerate(self.layers) if layer.parameters()]
@@ -168,6 +171,10 @@ class Sequential:
     def train_step(self, x, y, lengths=None):
         """One optimizer step on a batch; returns (loss, number of correct predictions or None)."""
         started = time.perf_counter()
+        if lengths is None and self.reduce_gradients is None and self.fused_training:
+            chain = self._dense_chain(training=True)
+            if chain is not None and chain.trains(self, x, y):
+                return self._chain_train_step(chain, x, y, started)
         logits = self.forward(x, training=True, lengths=lengths)
         loss = self._with_added_losses(self.loss.forward(logits, y))
         if self.reduce_gradients is None:
@@ -178,15 +185,33 @@ class Sequential:
             loss = self.reduce_gradients(self._bank.grads, loss)
             self._check_loss(loss, x, lengths, "averaged over the ranks")
         if self.device == "cpu" and not self._gradients_finite():  # on a GPU: a copy per step
-            for name, p in self.named_parameters().items():
-                if not np.isfinite(p.grad).all():
-                    raise TrainingDiverged(f"the gradient of {name} is not finite")
+            self._raise_non_finite_gradient()
+        correct = _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
+        return loss, self._optimizer_step(x, started, correct)
+
+    def _optimizer_step(self, x, started, correct):
+        """train_step's end: clipping, the optimizer's step, the thread chooser's timing; returns correct."""
         if self.clip_grad_norm > 0:
             self.clip_gradients(self.clip_grad_norm)
         self.optimizer.step(self._bank.params if self._bank is not None else self.parameters())
-        correct = _count_correct(self.ops, logits, y, _class_axis(self.loss), self.loss)
         self.ops.step_finished(_count(x), time.perf_counter() - started)  # --threads auto times the steps
-        return loss, correct
+        return correct
+
+    def _raise_non_finite_gradient(self):
+        for name, p in self.named_parameters().items():
+            if not np.isfinite(self.ops.to_numpy(p.grad)).all():
+                raise TrainingDiverged(f"the gradient of {name} is not finite")
+
+    def _chain_train_step(self, chain, x, y, started):
+        """train_step of a dense chain through one kernel call (numdl.dense_chain): the same checks,
+        errors and results as the layer path."""
+        self.loss.ops = self.ops
+        loss, correct, non_finite = chain.train_step(self, x, y)
+        self.last_loss_terms = None
+        self._check_loss(loss, x, None)
+        if non_finite:
+            self._raise_non_finite_gradient()
+        return loss, self._optimizer_step(x, started, correct)
 
     def _loss_adders(self):
         """The layers (as run) that add a term of their own to the loss: a VAE's GaussianSample."""
@@ -512,11 +537,13 @@ class Sequential:
                 result[b:b + batch_size] = self.ops.to_numpy(part)
         return results if several else results[0]
 
-    def _dense_chain(self):
-        """predict's one-call plan for a few samples (numdl.dense_chain), or None; made once per build."""
-        chain = self.__dict__.get("_chain", False)
+    def _dense_chain(self, training=False):
+        """predict's one-call plan for a few samples, or train_step's for a batch (numdl.dense_chain),
+        or None; made once per build (and again when a parameter's array was replaced)."""
+        chains = self.__dict__.setdefault("_chains", {})
+        chain = chains.get(training, False)
         if chain is False or (chain is not None and not chain.current(self)):
-            chain = self._chain = dense_chain.plan(self)
+            chain = chains[training] = dense_chain.plan(self, training)
         return chain
 
     # ------------------------------------------------------------------------------ persistence

@@ -452,18 +452,22 @@ def _gaussian_sample_backward(dtype, rng):
 
 
 # ---------------------------------------------------------------------------------- dense chain
-def _dense_chain_reference(x, layers):
-    """float64 forward of Linear layers (weight, bias or None, activation name) over rows of x."""
+def _activation_reference(name, v):
+    """float64 activation ``name`` (ACTIVATION_CODES's names, None: the identity) of v."""
     import math
 
     functions = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
                  "gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / np.sqrt(2))),
                  "gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))),
                  None: lambda v: v}
+    return functions[name](v)
+
+
+def _dense_chain_reference(x, layers):
+    """float64 forward of Linear layers (weight, bias or None, activation name) over rows of x."""
     h = x
     for weight, bias, activation in layers:
-        h = h @ weight.T + (0 if bias is None else bias)
-        h = functions[activation](h)
+        h = _activation_reference(activation, h @ weight.T + (0 if bias is None else bias))
     return h
 
 
@@ -496,6 +500,75 @@ def _dense_chain_forward(widths, activations, biases, n=3, bad_inputs=False):
             x[-1], x[0] = np.inf, np.nan
             return args, n, {1: np.array([2])}
         return args, n, {0: expected.ravel(), 1: np.array([0])}
+    return make
+
+
+def _dense_chain_train(widths, activations, biases, labels, class_weights=None, smoothing=0.0, mean=True,
+                       infinite_input=False):
+    """A training step's forward, cross-entropy and backward through Linear layers of ``widths`` (input
+    first), each with its activation (none, ReLU, Tanh, Sigmoid) and with or without a bias, over the
+    samples of ``labels`` (-100: ignored); the parameters fill the flat buffer from 0 as a model's bank
+    (the kernel counts non-finite gradients over all of it). Reference: float64 back-propagation by hand.
+    ``infinite_input``: the first sample's first feature is inf, which makes every gradient NaN (counted)."""
+    from numdl.kernels.dense_chain import ACTIVATION_CODES
+
+    # the gradient through each activation, from its output (ReLU selects: a NaN gradient stays out where h <= 0)
+    through = {"relu": lambda g, h: np.where(h <= 0, 0, g), "tanh": lambda g, h: g * (1 - h * h),
+               "sigmoid": lambda g, h: g * h * (1 - h), None: lambda g, h: g}
+
+    def make(dtype, rng):
+        n, classes = len(labels), widths[-1]
+        x = rng.standard_normal((n, widths[0])).astype(dtype)
+        if infinite_input:
+            x[0, 0] = np.inf
+        params, table, at = [], [], 0
+        for in_f, out_f, activation, has_bias in zip(widths, widths[1:], activations, biases):
+            params.append(rng.standard_normal(out_f * in_f) / np.sqrt(in_f))
+            if has_bias:
+                params.append(rng.standard_normal(out_f))
+            table.append([in_f, out_f, at, at + out_f * in_f if has_bias else -1, ACTIVATION_CODES.get(activation, 0)])
+            at += out_f * in_f + (out_f if has_bias else 0)
+        flat = np.concatenate(params).astype(dtype)
+        weights = np.ones(classes) if class_weights is None else np.asarray(class_weights, float)
+        y = np.asarray(labels, np.int64)
+        with np.errstate(invalid="ignore"):  # the infinite-input case makes NaN on purpose
+            # forward
+            outputs, h = [f64(x)], f64(x)
+            for (in_f, out_f, w_at, b_at, _), activation in zip(table, activations):
+                weight = f64(flat[w_at:w_at + out_f * in_f]).reshape(out_f, in_f)
+                h = h @ weight.T + (f64(flat[b_at:b_at + out_f]) if b_at >= 0 else 0)
+                h = _activation_reference(activation, h)
+                outputs.append(h)
+            logits = outputs[-1]
+            lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+            probs = np.exp(logits - lse[:, None])
+            counted = y != -100
+            yc = np.where(counted, y, 0)
+            terms = (1 - smoothing) * weights[yc] * (lse - logits[np.arange(n), yc]) + smoothing / classes * (
+                weights[None, :] * (lse[:, None] - logits)).sum(1)
+            weight_sum = weights[yc][counted].sum()
+            scale = (1 / weight_sum if weight_sum > 0 else 0) if mean else 1
+            correct = (logits.argmax(1) == y)[counted].sum()
+            one_hot = np.eye(classes)[yc]
+            g = scale * ((1 - smoothing) * weights[yc][:, None] * (probs - one_hot)
+                         + smoothing / classes * (weights.sum() * probs - weights[None, :]))
+            g[~counted] = 0
+            # backward
+            grads = np.zeros(flat.size)
+            for index in range(len(table) - 1, -1, -1):
+                in_f, out_f, w_at, b_at, _ = table[index]
+                g = through[activations[index]](g, outputs[index + 1])
+                grads[w_at:w_at + out_f * in_f] = (g.T @ outputs[index]).ravel()
+                if b_at >= 0:
+                    grads[b_at:b_at + out_f] = g.sum(0)
+                g = g @ f64(flat[w_at:w_at + out_f * in_f]).reshape(out_f, in_f)
+            loss = (terms[counted]).sum() * scale
+        hidden = widths[1:-1]
+        args = [np.zeros(flat.size, dtype), np.zeros(3, dtype), np.zeros(n * sum(hidden), dtype),
+                np.zeros((2, n * max(hidden or (1,))), dtype), np.zeros((n, classes, 1), dtype),
+                np.zeros((n, classes, 1), dtype), x.ravel(), y, flat, np.array(table, np.int64),
+                weights.astype(dtype), dtype(smoothing), -100, mean]
+        return args, 1, {0: grads, 1: np.array([loss, correct, np.count_nonzero(~np.isfinite(grads))])}
     return make
 
 
@@ -1656,6 +1729,9 @@ CASES = {
     ("norm", "groupnorm_backward"): _gn_backward,
     ("elementwise", "add_forward"): _add_forward,
     ("recurrent", "lstm_forward"): _recurrent_forward("lstm", False),
+    ("dense_chain", "dense_chain_train"): _dense_chain_train((7, 5, 6, 4), ("relu", "tanh", None), (True, False, True),
+                                                              [3, 0, -100, 1, 3], class_weights=(0.5, 2.0, 1.0, 1.5),
+                                                              smoothing=0.1),
     ("dense_chain", "dense_chain_forward"): _dense_chain_forward((7, 5, 6, 4, 3), ("relu", "tanh", "gelu", "sigmoid"),
                                                                  (True, False, True, True)),
     ("recurrent", "lstm_backward"): _recurrent_backward("lstm", False),
@@ -1799,6 +1875,13 @@ VARIANTS = {
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
     "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
+    "dense_chain_train_sum": (("dense_chain", "dense_chain_train"),
+                              _dense_chain_train((6, 5, 3), ("sigmoid", None), (True, False), [2, 0, 1], mean=False)),
+    "dense_chain_train_non_finite": (("dense_chain", "dense_chain_train"),
+                                     _dense_chain_train((3, 4, 2), ("relu", None), (True, True), [0, 1],
+                                                        infinite_input=True)),
+    "dense_chain_train_one_sample": (("dense_chain", "dense_chain_train"),
+                                     _dense_chain_train((4, 3), (None,), (True,), [1])),
     "dense_chain_forward_gelu_tanh": (("dense_chain", "dense_chain_forward"),
                                       _dense_chain_forward((4, 6, 2), ("gelu_tanh", None), (False, True))),
     "dense_chain_forward_one_sample": (("dense_chain", "dense_chain_forward"),

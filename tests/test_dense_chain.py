@@ -93,3 +93,129 @@ def test_a_graph_model_keeps_the_layer_path():
     x = numdl.Input((6,))
     model = numdl.Model(x, numdl.Linear(3)(numdl.ReLU()(numdl.Linear(4)(x))), dtype="float64")
     assert model._dense_chain() is None
+
+
+# ------------------------------------------------------------------------------ train_step in one call
+def _trainable_chain(dtype, loss=None, optimizer=None, fused=True):
+    layers = [numdl.Flatten(), numdl.Linear(12), numdl.ReLU(), numdl.Linear(9, bias=False), numdl.Tanh(),
+              numdl.Linear(7), numdl.Sigmoid(), numdl.Linear(5)]
+    model = numdl.Sequential(layers, input_shape=(3, 4), dtype=dtype, seed=3)
+    model.compile(loss or numdl.CrossEntropy(), optimizer or numdl.Adam(lr=0.05))
+    model.fused_training = fused
+    return model
+
+
+def _batch(dtype, samples=10, seed=6):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((samples, 3, 4)).astype(dtype), rng.integers(0, 5, samples)
+
+
+def _count_chain_calls(model, monkeypatch):
+    calls = []
+    original = model.ops.dense_chain_train
+    monkeypatch.setattr(model.ops, "dense_chain_train", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("loss", [
+    lambda: numdl.CrossEntropy(),
+    lambda: numdl.CrossEntropy(reduction="sum", label_smoothing=0.2),
+    lambda: numdl.CrossEntropy(weight=[1.0, 2.0, 0.5, 1.0, 3.0], ignore_index=2),
+], ids=["mean", "sum_smoothing", "weights_ignore_index"])
+def test_a_training_step_in_one_call_equals_the_layer_path(dtype, rtol, loss, monkeypatch):
+    fused, layered = _trainable_chain(dtype, loss()), _trainable_chain(dtype, loss(), fused=False)
+    calls = _count_chain_calls(fused, monkeypatch)
+    for step in range(4):
+        x, y = _batch(dtype, samples=10 if step < 3 else 3, seed=step)  # a short last batch too
+        (loss_a, correct_a), (loss_b, correct_b) = fused.train_step(x, y), layered.train_step(x, y)
+        assert loss_a == pytest.approx(loss_b, rel=rtol) and correct_a == correct_b
+    assert len(calls) == 4
+    for (name, a), b in zip(fused.named_parameters().items(), layered.parameters()):
+        # the same products in the same order; the inlined scalar math may round its last bit apart
+        np.testing.assert_allclose(a.value, b.value, rtol=rtol, atol=rtol, err_msg=name)
+        np.testing.assert_allclose(a.grad, b.grad, rtol=rtol, atol=rtol, err_msg=name)
+
+
+def test_fit_in_one_call_gives_the_layer_paths_history_and_weights():
+    x, y = _batch("float64", samples=70)
+    runs = []
+    for fused in (True, False):
+        model = _trainable_chain("float64", fused=fused)
+        history = model.fit(x, y, epochs=2, batch_size=16, validation_data=(x[:20], y[:20]))
+        runs.append((history, [p.value.copy() for p in model.parameters()]))
+    (first, weights_a), (second, weights_b) = runs
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert len(first) == len(second) == 2
+    for epoch_a, epoch_b in zip(first, second):
+        assert epoch_a.keys() == epoch_b.keys()
+        for key in epoch_a:
+            if "loss" in key or "accuracy" in key:
+                assert epoch_a[key] == pytest.approx(epoch_b[key], rel=1e-10), key
+
+
+def test_labels_out_of_range_are_the_losss_error():
+    model = _trainable_chain("float32")
+    x, y = _batch("float32")
+    y[4] = 5
+    with pytest.raises(DataError, match=r"label 5 is outside \[0, 5\) for a model with 5 outputs"):
+        model.train_step(x, y)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_input_and_gradients_are_the_layer_paths_errors(fused):
+    from numdl.errors import TrainingDiverged
+
+    model = _trainable_chain("float64", fused=fused)
+    x, y = _batch("float64")
+    before = [p.value.copy() for p in model.parameters()]
+    bad = x.copy()
+    bad[3, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"loss is nan: the output of model.layers.0 \(flatten\) is the first"):
+        model.train_step(bad, y)
+    for a, b in zip(before, model.parameters()):
+        np.testing.assert_array_equal(a, b.value)
+
+
+def test_a_non_finite_gradient_names_the_parameter_and_takes_no_step(monkeypatch):
+    from numdl.errors import TrainingDiverged
+
+    model = _trainable_chain("float32")
+    x, y = _batch("float32")
+    before = [p.value.copy() for p in model.parameters()]
+    original = model.ops.dense_chain_train
+
+    def poisoned(grads, stats, *rest):  # as if the kernel found an overflow in the third layer's weight
+        original(grads, stats, *rest)
+        model.layers[5].params["weight"].grad[2, 3] = np.inf
+        stats[2] = 1
+
+    monkeypatch.setattr(model.ops, "dense_chain_train", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"^the gradient of 5\.linear\.weight is not finite$"):
+        model.train_step(x, y)
+    for a, b in zip(before, model.parameters()):
+        np.testing.assert_array_equal(a, b.value)
+
+
+def test_probability_targets_and_other_losses_keep_the_layer_path(monkeypatch):
+    model = _trainable_chain("float64")
+    calls = _count_chain_calls(model, monkeypatch)
+    x, y = _batch("float64")
+    soft = np.eye(5)[y] * 0.9 + 0.02
+    model.train_step(x, soft)
+    mse = _trainable_chain("float64", loss=numdl.MSE())
+    mse.train_step(x, np.eye(5)[y])
+    assert calls == [] and mse._dense_chain(training=True) is not None  # the model fits; the loss does not
+
+
+@pytest.mark.parametrize("layers", [
+    [numdl.Linear(4), numdl.Dropout(0.2), numdl.Linear(2)],  # not the identity in training
+    [numdl.Linear(4), numdl.GELU(), numdl.Linear(2)],  # its slope needs the input, which is not kept
+], ids=["dropout", "gelu"])
+def test_chains_the_kernel_cannot_train_keep_the_layer_path(layers):
+    model = numdl.Sequential(layers, input_shape=(6,), dtype="float64")
+    assert model._dense_chain() is not None and model._dense_chain(training=True) is None
+    model.compile(numdl.CrossEntropy(), numdl.SGD(lr=0.1))
+    loss, _ = model.train_step(np.ones((3, 6)), np.array([0, 1, 1]))
+    assert np.isfinite(loss)

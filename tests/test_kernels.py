@@ -28,6 +28,7 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
 # (here: NaN) must never reach a result.
 OUTPUT_ARGUMENTS = {
     ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4, ("dense_chain", "dense_chain_forward"): 2,
+    ("dense_chain", "dense_chain_train"): 6,
     ("conv", "conv2d_forward"): 1, ("conv", "conv2d_backward"): 3,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,

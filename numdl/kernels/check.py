@@ -10,21 +10,24 @@ from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type
 
 
 @cpu_kernel
-def count_non_finite_forward_cpu(count, values):
-    # count (1,) of values' dtype, overwritten: the elements of values (1-D) that are inf or NaN
-    # (exact to 2**24 in float32; callers only ask whether it is zero). |x| < inf is false for inf
-    # and NaN, and stays a comparison under numdl's fastmath flags (x - x == 0 would be folded to
-    # true). Counting in the values' dtype, without a branch, keeps the loop in wide vector lanes.
-    if values.size == 0:
-        count[0] = 0
-        return
+def non_finite_count(values):
+    # The elements of values (1-D, not empty) that are inf or NaN, in values' dtype (exact to 2**24 in
+    # float32; callers only ask whether it is zero). |x| < inf is false for inf and NaN, and stays a
+    # comparison under numdl's fastmath flags (x - x == 0 would be folded to true). Counting in the
+    # values' dtype, without a branch, keeps the loop in wide vector lanes.
     zero = same_type(values[0], 0.0)
     one = same_type(values[0], 1.0)
     infinity = same_type(values[0], math.inf)
     total = zero
     for i in range(values.size):
         total += zero if abs(values[i]) < infinity else one
-    count[0] = total
+    return total
+
+
+@cpu_kernel
+def count_non_finite_forward_cpu(count, values):
+    # count (1,) of values' dtype, overwritten: non_finite_count of values (1-D).
+    count[0] = non_finite_count(values) if values.size > 0 else same_type(count[0], 0.0)
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

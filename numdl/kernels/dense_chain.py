@@ -1,31 +1,43 @@
-"""A chain of dense layers in one call, for inference on a few samples: Linear layers, each followed
-by an optional element-wise activation (what a Sequential MLP in evaluation is: Flatten, Linear,
-ReLU, Dropout, Linear, ...).
+"""A chain of dense layers in one call: Linear layers, each followed by an optional element-wise
+activation (what a Sequential MLP is: Flatten, Linear, ReLU, Dropout, Linear, ...), for inference on
+a few samples and for a training step.
 
 Why: ``model.predict`` on one sample went through one kernel call per layer plus the Python around
-each (24.6 us for a 784-128-64-10 MLP, of which the products were a few); one compiled call runs the
-whole chain. Not for training (nothing is kept for backward) nor for large batches, where the
-layer-by-layer BLAS products win (the model decides, tuning.DENSE_CHAIN_MAX_BATCH).
+each (24.6 us for a 784-128-64-10 MLP, of which the products were a few), and a training step at
+batch 64 through ten calls and ~60 us of Python; one compiled call runs the whole chain.
 
-Shapes: x (n * in_0,) the samples' features flat; out (n * out_last,); bad (1,) of x's dtype, the number of
-non-finite values in x (the CPU overwrites it, the CUDA twin adds to it: zero it first); params the model's flat
-parameter buffer (ParameterBank.values); table (layers, 5) int64 rows (in_features, out_features,
-weight offset, bias offset or -1, activation code), each weight (out, in) row-major at its offset
-(PyTorch's layout); scratch (2, >= n * widest hidden layer), the activations between layers.
+Shapes: x (n * in_0,) the samples' features flat; params the model's flat parameter buffer
+(ParameterBank.values); table (layers, 5) int64 rows (in_features, out_features, weight offset, bias
+offset or -1, activation code), each weight (out, in) row-major at its offset (PyTorch's layout).
 Activation codes: ACTIVATION_CODES. The scalar activations are the layers' own (kernels/activation),
-so a chain computes what the layers do; the products sum in another order than the BLAS's (the last
-bits of float32 outputs can differ from a batch predicted layer by layer).
+so a chain computes what the layers do.
 
-CPU: one sample by contiguous dot products, eight weight rows at a time; several by one BLAS product
-per layer; then the bias and activation. On the calling thread (and the BLAS's). CUDA: one block per
-sample, its threads over a layer's output units, synchronised between layers.
+Inference (``dense_chain_forward``): out (n * out_last,); bad (1,) of x's dtype, the number of
+non-finite values in x (the CPU overwrites it, the CUDA twin adds to it: zero it first); scratch (2,
+>= n * widest hidden layer), the activations between layers. The products sum in another order than
+the layers' BLAS products (the last bits of float32 outputs can differ from a batch predicted layer by
+layer). CPU: one sample by contiguous dot products, eight weight rows at a time; several by one BLAS
+product per layer; then the bias and activation. CUDA: one block per sample, its threads over a
+layer's output units, synchronised between layers.
+
+Training (``dense_chain_train``): forward, softmax cross-entropy on integer labels (the loss kernels'
+per-sample math: class weights, label smoothing, ignore_index; a mean over the targets' weights or a
+sum) and backward, into grads, the flat gradient buffer (ParameterBank.grads, every entry written:
+the chain holds all of the model's parameters). Activations: none, ReLU, Tanh, Sigmoid (their slopes
+come from their outputs; nothing else is kept). Buffers, all overwritten: acts (n * sum of the hidden
+widths,) the hidden layers' outputs; deltas (2, n * widest hidden layer) their gradients, alternating;
+logits and probs (n, classes, 1), probs ending as the logits' gradient; stats (3,) of the parameters'
+dtype: (loss, correct predictions, non-finite gradient entries). CPU: the Linear kernels' BLAS
+products in their order, so the gradients are the layer path's. CUDA: one block for the whole batch,
+its threads over each phase's outputs, synchronised between phases.
 """
-
 import math
 
 from numdl.kernels.activation import gelu, gelu_tanh, relu, sigmoid, tanh
+from numdl.kernels.check import non_finite_count
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
-from numdl.kernels.matmul import gemm
+from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
+from numdl.kernels.matmul import gemm, matmul
 
 #: The activation after each Linear of a chain, by the layers' kernel names (0: none).
 ACTIVATION_CODES = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "gelu_tanh": 5}
@@ -48,6 +60,21 @@ def activate(v, code):
     if code == 5:
         return gelu_tanh(v)
     return v
+
+
+@scalar_math
+def through_activation(d, out, code):
+    # The gradient d of an activation's output passed back to its input, from the output (training
+    # chains take the activations whose output gives their slope: none, ReLU, Tanh, Sigmoid), as the
+    # layers' backward: ReLU lets d through where out > 0 (and where it is NaN), else zero.
+    one = same_type(out, 1.0)
+    if code == 1:
+        return same_type(out, 0.0) if out <= same_type(out, 0.0) else d
+    if code == 2:
+        return d * (one - out * out)
+    if code == 3:
+        return d * (out * (one - out))
+    return d
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -124,6 +151,124 @@ def dense_chain_forward_cpu(out, bad, x, params, table, scratch):
         _dense_layer(dst, src, params, n, in_f, out_f, w_at, b_at, code)
 
 
+@scalar_math
+def _first_largest(logits, o):
+    # The class of sample o's largest logit, the first of equals (as argmax).
+    best = 0
+    for c in range(1, logits.shape[1]):
+        if logits[o, c, 0] > logits[o, best, 0]:
+            best = c
+    return best
+
+
+@cpu_kernel
+def _add_bias_activate(dst, params, b_at, code):
+    # dst (n, out) = activate(dst + bias, code), the bias at params[b_at:] (none when b_at < 0). One loop
+    # per code, so that each is a plain loop LLVM vectorises (a switch per element ran 2x slower).
+    for s in range(dst.shape[0]):
+        row = dst[s]
+        if b_at >= 0:
+            bias = params[b_at:b_at + row.size]
+            for j in range(row.size):
+                row[j] += bias[j]
+        if code == 1:
+            for j in range(row.size):
+                row[j] = relu(row[j])
+        elif code == 2:
+            for j in range(row.size):
+                row[j] = tanh(row[j])
+        elif code == 3:
+            for j in range(row.size):
+                row[j] = sigmoid(row[j])
+        elif code != 0:
+            for j in range(row.size):
+                row[j] = activate(row[j], code)
+
+
+@cpu_kernel
+def _through_activation_rows(g, out, code):
+    # g (n, out) = through_activation(g, out, code), one plain loop per code (vectorised; see above).
+    for s in range(g.shape[0]):
+        row, y = g[s], out[s]
+        if code == 1:
+            for j in range(row.size):
+                row[j] = through_activation(row[j], y[j], 1)
+        elif code == 2:
+            for j in range(row.size):
+                row[j] = through_activation(row[j], y[j], 2)
+        elif code == 3:
+            for j in range(row.size):
+                row[j] = through_activation(row[j], y[j], 3)
+
+
+@cpu_kernel
+def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, class_weights,
+                          smoothing, ignore_index, mean):
+    # Overwrites every array before x (see "Training" in the module docstring). The same products,
+    # sums and scalar math as the Linear layers and the cross-entropy kernels, in their order: the
+    # gradients equal the layer path's.
+    layers = table.shape[0]
+    n, classes = logits.shape[0], logits.shape[1]
+    at = 0
+    for layer in range(layers):  # forward: the hidden layers' outputs kept in acts
+        in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
+        src = x[:n * in_f] if layer == 0 else acts[at - n * in_f:at]
+        dst = logits.reshape((n, classes)) if layer == layers - 1 else acts[at:at + n * out_f].reshape((n, out_f))
+        matmul(dst, src.reshape((n, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True, 0.0)
+        _add_bias_activate(dst, params, b_at, code)
+        if layer < layers - 1:
+            at += n * out_f
+    total = 0.0  # float64 sums, as the loss class reduces
+    weight = 0.0
+    correct = 0
+    for o in range(n):
+        y = labels[o]
+        if y == ignore_index:
+            continue
+        total += cross_entropy_at(probs, logits, class_weights, smoothing, y, o, 0)
+        weight += class_weights[y]
+        correct += 1 if _first_largest(logits, o) == y else 0
+    scale = (1.0 / weight if weight > 0 else 0.0) if mean else 1.0
+    stats[0] = total * scale
+    stats[1] = correct
+    # backward: the logits' gradient replaces probs (each entry is read just before it is written);
+    # the hidden layers' gradients alternate between deltas' two rows
+    upstream = same_type(params[0], scale)
+    weight_total = class_weight_total(class_weights)
+    for o in range(n):
+        y = labels[o]
+        if y == ignore_index:
+            zero_classes_at(probs, o, 0)
+        else:
+            cross_entropy_backward_at(probs, probs, class_weights, weight_total, smoothing, y, upstream, o, 0)
+    row = 0
+    for layer in range(layers - 1, -1, -1):
+        in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
+        last = layer == layers - 1
+        g = probs.reshape((n, classes)) if last else deltas[row, :n * out_f].reshape((n, out_f))
+        if code != 0:
+            out = logits.reshape((n, classes)) if last else acts[at:at + n * out_f].reshape((n, out_f))
+            _through_activation_rows(g, out, code)
+        if layer > 0:
+            at -= n * in_f
+        src = (x[:n * in_f] if layer == 0 else acts[at:at + n * in_f]).reshape((n, in_f))
+        matmul(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False, 0.0)
+        if b_at >= 0:
+            dbias = grads[b_at:b_at + out_f]
+            for j in range(out_f):
+                dbias[j] = 0
+            for s in range(n):
+                for j in range(out_f):
+                    dbias[j] += g[s, j]
+        if layer > 0:
+            row = 0 if last else 1 - row
+            weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
+            matmul(deltas[row, :n * in_f].reshape((n, in_f)), g, weight_rows, False, False, 0.0)
+    stats[2] = non_finite_count(grads)  # the chain holds every parameter of the model: all of grads
+
+
 # --------------------------------------------------------------------------------------- CUDA kernels
 # One block per sample (launched per sample); every thread of a block runs the same layers, so the
 # syncthreads calls are uniform.
@@ -157,3 +302,106 @@ def dense_chain_forward_cuda(out, bad, x, params, table, scratch):
                 else:
                     scratch[layer % 2, s * out_f + j] = acc
             cuda.syncthreads()
+
+
+@cuda_kernel
+def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels, params, table, class_weights,
+                           smoothing, ignore_index, mean):
+    # One block (launched with one: the phases synchronise all of its threads), its threads over a
+    # phase's independent items: outputs, samples, gradient entries. No reshape (numba-cuda's checks
+    # sizes in float64): logits and probs come 3-D, acts and deltas are indexed flat.
+    if cuda.blockIdx.x != 0:
+        return
+    tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+    layers = table.shape[0]
+    n, classes = logits.shape[0], logits.shape[1]
+    zero = same_type(params[0], 0.0)
+    if tid == 0:
+        stats[0] = zero
+        stats[1] = zero
+        stats[2] = zero  # the targets' summed weights until the end, then the non-finite count
+    at = 0
+    for layer in range(layers):
+        in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
+        for item in range(tid, n * out_f, threads):
+            s, j = item // out_f, item % out_f
+            acc = zero
+            for k in range(in_f):
+                v = x[s * in_f + k] if layer == 0 else acts[at - n * in_f + s * in_f + k]
+                acc += v * params[w_at + j * in_f + k]
+            v = activate(acc + (params[b_at + j] if b_at >= 0 else zero), code)
+            if layer == layers - 1:
+                logits[s, j, 0] = v
+            else:
+                acts[at + item] = v
+        if layer < layers - 1:
+            at += n * out_f
+        cuda.syncthreads()
+    for o in range(tid, n, threads):
+        y = labels[o]
+        if y != ignore_index:
+            term = cross_entropy_at(probs, logits, class_weights, smoothing, y, o, 0)
+            cuda.atomic.add(stats, 0, same_type(stats[0], term))
+            cuda.atomic.add(stats, 2, same_type(stats[2], class_weights[y]))
+            if _first_largest(logits, o) == y:
+                cuda.atomic.add(stats, 1, same_type(stats[1], 1.0))
+    cuda.syncthreads()
+    weight = stats[2]
+    one = same_type(params[0], 1.0)  # the scale in the parameters' dtype (no float64 in float32 kernels)
+    upstream = (one / weight if weight > zero else zero) if mean else one
+    weight_total = class_weight_total(class_weights)
+    for o in range(tid, n, threads):
+        y = labels[o]
+        if y == ignore_index:
+            zero_classes_at(probs, o, 0)
+        else:
+            cross_entropy_backward_at(probs, probs, class_weights, weight_total, smoothing, y, upstream, o, 0)
+    cuda.syncthreads()
+    if tid == 0:
+        stats[0] *= upstream
+        stats[2] = zero
+    row = 0
+    for layer in range(layers - 1, -1, -1):
+        in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
+                                         table[layer, 4])
+        last = layer == layers - 1
+        for item in range(tid, n * out_f, threads):
+            s, j = item // out_f, item % out_f
+            if last:
+                probs[s, j, 0] = through_activation(probs[s, j, 0], logits[s, j, 0], code)
+            else:
+                deltas[row, item] = through_activation(deltas[row, item], acts[at + item], code)
+        if layer > 0:
+            at -= n * in_f
+        cuda.syncthreads()
+        for item in range(tid, out_f * in_f, threads):
+            j, k = item // in_f, item % in_f
+            acc = zero
+            for s in range(n):
+                g = probs[s, j, 0] if last else deltas[row, s * out_f + j]
+                acc += g * (x[s * in_f + k] if layer == 0 else acts[at + s * in_f + k])
+            grads[w_at + item] = acc
+        if b_at >= 0:
+            for j in range(tid, out_f, threads):
+                acc = zero
+                for s in range(n):
+                    acc += probs[s, j, 0] if last else deltas[row, s * out_f + j]
+                grads[b_at + j] = acc
+        if layer > 0:
+            into = 0 if last else 1 - row
+            for item in range(tid, n * in_f, threads):
+                s, k = item // in_f, item % in_f
+                acc = zero
+                for j in range(out_f):
+                    g = probs[s, j, 0] if last else deltas[row, s * out_f + j]
+                    acc += g * params[w_at + j * in_f + k]
+                deltas[into, item] = acc
+            row = into
+        cuda.syncthreads()
+    found = same_type(stats[2], 0.0)
+    for i in range(tid, grads.size, threads):
+        if not abs(grads[i]) < same_type(grads[i], math.inf):
+            found += same_type(found, 1.0)
+    if found > same_type(found, 0.0):
+        cuda.atomic.add(stats, 2, found)

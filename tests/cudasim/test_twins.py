@@ -17,6 +17,8 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="needs the CUDA simulator"),
     # The simulator runs the dropout hash on NumPy uint64 scalars, which warn on the intended wrap-around.
     pytest.mark.filterwarnings("ignore:overflow encountered in scalar multiply:RuntimeWarning"),
+    # ... and meets the NaN that the non-finite cases make on purpose (inf - inf) in NumPy scalars too.
+    pytest.mark.filterwarnings("ignore:invalid value encountered in scalar:RuntimeWarning"),
 ]
 
 
