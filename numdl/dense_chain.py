@@ -9,12 +9,15 @@ Larger batches keep the layer path: there the BLAS products dominate and are the
 Outputs equal the layer path's to rounding (the products may sum in another order); the input
 check is the same (NaN or Inf is a DataError naming the first bad sample).
 
-Training: a chain without Dropout or GELU, compiled with hard-label CrossEntropy (mean or sum,
-class-last), runs forward, loss and backward of each ``train_step`` in one call (any batch size; on
-the CPU). The optimizer, clipping and the loss and gradient checks stay as they are; the gradients are
-the layer path's (the same products in the same order), the errors the same lines.
+Training: a chain (any Dropout right after a hidden layer's activation), compiled with
+hard-label CrossEntropy (mean or sum, class-last), runs forward, loss and backward of each
+``train_step`` in one call (any batch size; on the CPU; the dropout masks are the Dropout layers' own
+streams, so the same as layer by layer). The optimizer, clipping and the loss and gradient checks
+stay as they are; the gradients are the layer path's (the same products in the same order), the
+errors the same lines.
 ``model.fused_training = False`` keeps the layer path.
 """
+
 import numpy as np
 
 from numdl.errors import DataError
@@ -36,18 +39,35 @@ class DenseChain:
     """One model's chain: the kernel's layer table, its scratch, and the parameters it reads (to
     notice a value replaced by a new array after the plan was made)."""
 
-    def __init__(self, model, rows, params, width):
+    def __init__(self, model, rows, params, width, dropouts, codes):
         self.bank = model._bank
         self.values = [(p, p.value) for p in params]
-        self.table = model.ops.asarray(np.array(rows, np.int64))
         self.width = width
         self.scratch = model.ops.zeros((2, MAX_BATCH * width), model.dtype)
         self.bad = model.ops.zeros((1,), model.dtype)
         self.output_shape = tuple(model.output_shape)
-        # training: the hidden layers' outputs (acts) and two rows of their gradients (deltas), the
-        # logits and their probabilities (then gradient), and (loss, correct, non-finite gradients)
+        # training: the hidden layers' outputs, each after its GELU's input where it has one and followed
+        # by its dropped-out copy where a Dropout follows it (acts; where each starts, per sample, goes in
+        # the table), two rows of their
+        # gradients (deltas), the logits and their probabilities (then gradient), and (loss, correct,
+        # non-finite gradients)
+        self.dropouts = dropouts
+        # (p, 1 / (1 - p)) of each hidden layer's Dropout (0, 1: none), the scale as the Dropout layer rounds it
+        self.rates = np.array([[0.0, 1.0] if d is None else [d.p, 1.0 / (1.0 - d.p)] for d in dropouts]
+                              + [[0.0, 1.0]], model.dtype)
+        position, source = 0, -1
+        for index, row in enumerate(rows):
+            gelu = row[4] in (codes["gelu"], codes["gelu_tanh"])
+            row[9] = position if gelu else -1  # GELU's input, kept for its slope
+            position += row[1] if gelu else 0
+            row[7:9] = [position if index < len(rows) - 1 else -1, source]
+            if index < len(rows) - 1:
+                dropout = dropouts[index]
+                source = position + (row[1] if dropout is not None else 0)  # the next layer reads the dropped copy
+                position += row[1] * (2 if dropout is not None else 1)
+        self.table = model.ops.asarray(np.array(rows, np.int64))
         self.classes = rows[-1][1]
-        self.hidden = sum(row[1] for row in rows[:-1])
+        self.hidden = position
         self.train_buffers = {}
         self.stats = np.zeros(3, model.dtype)
 
@@ -89,42 +109,52 @@ class DenseChain:
             buffers = self.train_buffers[n] = (
                 np.zeros(n * self.hidden, model.dtype), np.zeros((2, n * self.width), model.dtype),
                 np.zeros((n, self.classes, 1), model.dtype), np.zeros((n, self.classes, 1), model.dtype))
+        for index, dropout in enumerate(self.dropouts):
+            if dropout is not None:  # the mask's stream: the layer's own (seed, offset), advanced as its forward does
+                self.table[index, 5:7] = [np.uint64(dropout.seed).view(np.int64), dropout.offset]
+                dropout.offset += n * self.table[index, 1]
         model.ops.dense_chain_train(self.bank.grads, self.stats, *buffers, x, labels, self.bank.values, self.table,
-                                    weights, loss.label_smoothing, loss.ignore_index, loss.reduction == "mean")
+                                    self.rates, weights, loss.label_smoothing, loss.ignore_index,
+                                    loss.reduction == "mean")
         return float(self.stats[0]), int(self.stats[1]), int(self.stats[2])
 
 
 def plan(model, training=False):
     """A DenseChain for ``model`` (a built Sequential on the CPU), or None when a layer is not one
     the kernel runs (anything but the dense chain above, a plugin's layer, a subclass). ``training``:
-    a chain for train_step, which also refuses Dropout (it is not the identity there) and GELU (its
-    slope needs the input, which the kernel does not keep)."""
+    a chain for train_step, which takes Dropout only right after a hidden layer's activation (or its
+    Linear)."""
     if model.ops.name != "cpu" or model._bank is None:
         return None
     codes = model.ops.dense_chain_activation_codes()
-    trainable_codes = {0, codes["relu"], codes["tanh"], codes["sigmoid"]}
     offsets = {id(p): begin for p, begin in zip(model._bank.params, model._bank.offsets)}
-    rows, params, shape = [], [], tuple(model.input_shape)
+    # rows: (in, out, weight offset, bias offset, activation, dropout seed, dropout offset, output
+    # position, input position, GELU input position); DenseChain fills the last five
+    rows, params, dropouts, shape = [], [], [], tuple(model.input_shape)
     for layer in model.layers:
         kind = type(layer)
         if kind in (Flatten, Reshape):
             shape = tuple(layer.output_shape)
-        elif kind is Dropout and not training:
-            continue
+        elif kind is Dropout and (not training or layer.p == 0.0):
+            continue  # the identity
+        elif kind is Dropout and rows and dropouts[-1] is None and len(shape) == 1:
+            dropouts[-1] = layer
         elif kind is Linear and len(shape) == 1:
             weight, bias = layer.params["weight"], layer.params.get("bias")
             rows.append([shape[0], layer.out_features, offsets[id(weight)], offsets[id(bias)] if bias else -1,
-                         codes["relu"] if layer.fused_relu else 0])
+                         codes["relu"] if layer.fused_relu else 0, 0, 0, 0, 0, 0])
             params += [weight] + ([bias] if bias else [])
+            dropouts.append(None)
             shape = (layer.out_features,)
         elif kind in _ACTIVATIONS and getattr(layer, "absorbed", False):
             continue  # a ReLU its Linear applies (fused_relu)
-        elif kind in _ACTIVATIONS and rows and rows[-1][4] == 0 and layer.kernel in codes and len(shape) == 1:
+        elif (kind in _ACTIVATIONS and rows and rows[-1][4] == 0 and dropouts[-1] is None and layer.kernel in codes
+              and len(shape) == 1):
             rows[-1][4] = codes[layer.kernel]
         else:
             return None
-    if not rows or len(shape) != 1 or (training and any(row[4] not in trainable_codes for row in rows)):
-        return None
+    if not rows or len(shape) != 1 or dropouts[-1] is not None:
+        return None  # (a Dropout on the logits: not a chain the kernel trains)
     base, item = model._bank.values.ctypes.data, model._bank.values.itemsize
     for p in params:  # an array put in a parameter's place is not in the flat buffer the kernel reads
         if not (isinstance(p.value, np.ndarray) and p.value.flags.c_contiguous
@@ -133,4 +163,4 @@ def plan(model, training=False):
     if training and len(params) != len(model._bank.params):
         return None  # every gradient of the bank must be written (it always is: a chain holds them all)
     width = max([row[1] for row in rows[:-1]] or [1])
-    return DenseChain(model, rows, params, width)
+    return DenseChain(model, rows, params, width, dropouts[:-1], codes)

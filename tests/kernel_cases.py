@@ -504,41 +504,63 @@ def _dense_chain_forward(widths, activations, biases, n=3, bad_inputs=False):
 
 
 def _dense_chain_train(widths, activations, biases, labels, class_weights=None, smoothing=0.0, mean=True,
-                       infinite_input=False):
+                       infinite_input=False, rates=()):
     """A training step's forward, cross-entropy and backward through Linear layers of ``widths`` (input
     first), each with its activation (none, ReLU, Tanh, Sigmoid) and with or without a bias, over the
     samples of ``labels`` (-100: ignored); the parameters fill the flat buffer from 0 as a model's bank
     (the kernel counts non-finite gradients over all of it). Reference: float64 back-propagation by hand.
-    ``infinite_input``: the first sample's first feature is inf, which makes every gradient NaN (counted)."""
+    ``infinite_input``: the first sample's first feature is inf, which makes every gradient NaN (counted).
+    ``rates``: a Dropout rate after each hidden layer (0: none), each with a stream (seed, offset) of its own.
+    GELU layers (both forms, the last one included) keep their input in acts, before their output."""
     from numdl.kernels.dense_chain import ACTIVATION_CODES
 
     # the gradient through each activation, from its output (ReLU selects: a NaN gradient stays out where h <= 0)
     through = {"relu": lambda g, h: np.where(h <= 0, 0, g), "tanh": lambda g, h: g * (1 - h * h),
                "sigmoid": lambda g, h: g * h * (1 - h), None: lambda g, h: g}
+    # GELU's slope, from its input
+    slopes = {"gelu": lambda v: 0.5 * (1 + np.vectorize(__import__("math").erf)(v / np.sqrt(2)))
+              + v * np.exp(-v * v / 2) / np.sqrt(2 * np.pi),
+              "gelu_tanh": lambda v: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+              + 0.5 * v * (1 - np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)) ** 2)
+              * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v * v)}
+    layers = len(widths) - 1
+    drop = list(rates) + [0.0] * (layers - len(rates))
 
     def make(dtype, rng):
         n, classes = len(labels), widths[-1]
         x = rng.standard_normal((n, widths[0])).astype(dtype)
         if infinite_input:
             x[0, 0] = np.inf
-        params, table, at = [], [], 0
-        for in_f, out_f, activation, has_bias in zip(widths, widths[1:], activations, biases):
+        params, table, at, position, source = [], [], 0, 0, -1
+        for index, (in_f, out_f, activation, has_bias) in enumerate(zip(widths, widths[1:], activations, biases)):
             params.append(rng.standard_normal(out_f * in_f) / np.sqrt(in_f))
             if has_bias:
                 params.append(rng.standard_normal(out_f))
-            table.append([in_f, out_f, at, at + out_f * in_f if has_bias else -1, ACTIVATION_CODES.get(activation, 0)])
+            last = index == layers - 1
+            kept = position if activation in slopes else -1  # GELU's input, before its output
+            position += out_f if activation in slopes else 0
+            table.append([in_f, out_f, at, at + out_f * in_f if has_bias else -1, ACTIVATION_CODES.get(activation, 0),
+                          1000 + 7 * index, 31 * index + 5, -1 if last else position, source, kept])
+            if not last:  # the next layer reads this one's dropped-out copy, which follows it
+                source = position + (out_f if drop[index] > 0 else 0)
+                position += out_f * (2 if drop[index] > 0 else 1)
             at += out_f * in_f + (out_f if has_bias else 0)
         flat = np.concatenate(params).astype(dtype)
         weights = np.ones(classes) if class_weights is None else np.asarray(class_weights, float)
         y = np.asarray(labels, np.int64)
         with np.errstate(invalid="ignore"):  # the infinite-input case makes NaN on purpose
-            # forward
-            outputs, h = [f64(x)], f64(x)
-            for (in_f, out_f, w_at, b_at, _), activation in zip(table, activations):
+            inputs, pres, outputs, masks, h = [], [], [], [], f64(x)
+            for index, row in enumerate(table):
+                in_f, out_f, w_at, b_at, _, seed, offset = row[:7]
                 weight = f64(flat[w_at:w_at + out_f * in_f]).reshape(out_f, in_f)
-                h = h @ weight.T + (f64(flat[b_at:b_at + out_f]) if b_at >= 0 else 0)
-                h = _activation_reference(activation, h)
+                inputs.append(h)
+                pres.append(h @ weight.T + (f64(flat[b_at:b_at + out_f]) if b_at >= 0 else 0))
+                h = _activation_reference(activations[index], pres[-1])
                 outputs.append(h)
+                keep = np.array([reference_uniform(seed, offset + i) >= np.float32(drop[index])
+                                 for i in range(n * out_f)]).reshape(n, out_f)
+                masks.append(keep / (1 - drop[index]) if drop[index] > 0 else np.ones((n, out_f)))
+                h = h * masks[-1]
             logits = outputs[-1]
             lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
             probs = np.exp(logits - lse[:, None])
@@ -553,21 +575,23 @@ def _dense_chain_train(widths, activations, biases, labels, class_weights=None, 
             g = scale * ((1 - smoothing) * weights[yc][:, None] * (probs - one_hot)
                          + smoothing / classes * (weights.sum() * probs - weights[None, :]))
             g[~counted] = 0
-            # backward
             grads = np.zeros(flat.size)
-            for index in range(len(table) - 1, -1, -1):
-                in_f, out_f, w_at, b_at, _ = table[index]
-                g = through[activations[index]](g, outputs[index + 1])
-                grads[w_at:w_at + out_f * in_f] = (g.T @ outputs[index]).ravel()
+            for index in range(layers - 1, -1, -1):
+                in_f, out_f, w_at, b_at = table[index][:4]
+                if activations[index] in slopes:
+                    g = g * masks[index] * slopes[activations[index]](pres[index])
+                else:
+                    g = through[activations[index]](g * masks[index], outputs[index])
+                grads[w_at:w_at + out_f * in_f] = (g.T @ inputs[index]).ravel()
                 if b_at >= 0:
                     grads[b_at:b_at + out_f] = g.sum(0)
                 g = g @ f64(flat[w_at:w_at + out_f * in_f]).reshape(out_f, in_f)
             loss = (terms[counted]).sum() * scale
         hidden = widths[1:-1]
-        args = [np.zeros(flat.size, dtype), np.zeros(3, dtype), np.zeros(n * sum(hidden), dtype),
+        args = [np.zeros(flat.size, dtype), np.zeros(3, dtype), np.zeros(n * max(position, 1), dtype),
                 np.zeros((2, n * max(hidden or (1,))), dtype), np.zeros((n, classes, 1), dtype),
                 np.zeros((n, classes, 1), dtype), x.ravel(), y, flat, np.array(table, np.int64),
-                weights.astype(dtype), dtype(smoothing), -100, mean]
+                np.array([[p, 1 / (1 - p)] for p in drop], dtype), weights.astype(dtype), dtype(smoothing), -100, mean]
         return args, 1, {0: grads, 1: np.array([loss, correct, np.count_nonzero(~np.isfinite(grads))])}
     return make
 
@@ -1875,6 +1899,12 @@ VARIANTS = {
     "conv2d_backward_direct_1x1": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT_1X1)),
     "conv2d_forward_direct_wide": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_DIRECT_WIDE)),
     "conv2d_backward_direct_wide": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_DIRECT_WIDE)),
+    "dense_chain_train_dropout": (("dense_chain", "dense_chain_train"),
+                                  _dense_chain_train((6, 9, 5, 3), ("relu", "tanh", None), (True, True, False),
+                                                     [2, 0, 1, 1], rates=(0.5, 0.25))),
+    "dense_chain_train_gelu": (("dense_chain", "dense_chain_train"),
+                               _dense_chain_train((5, 7, 6, 4), ("gelu", "gelu_tanh", "gelu"), (True, True, True),
+                                                  [3, 1, 0], rates=(0.3, 0.0))),
     "dense_chain_train_sum": (("dense_chain", "dense_chain_train"),
                               _dense_chain_train((6, 5, 3), ("sigmoid", None), (True, False), [2, 0, 1], mean=False)),
     "dense_chain_train_non_finite": (("dense_chain", "dense_chain_train"),

@@ -209,13 +209,49 @@ def test_probability_targets_and_other_losses_keep_the_layer_path(monkeypatch):
     assert calls == [] and mse._dense_chain(training=True) is not None  # the model fits; the loss does not
 
 
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_dropout_and_gelu_in_one_call_as_the_layers(dtype, rtol, monkeypatch):
+    def model(fused):
+        layers = [numdl.Flatten(), numdl.Linear(16), numdl.GELU(), numdl.Dropout(0.5), numdl.Linear(8),
+                  numdl.Tanh(), numdl.Dropout(0.2, seed=99), numdl.Linear(6), numdl.GELU("tanh"), numdl.Dropout(0.0),
+                  numdl.Linear(5)]
+        net = numdl.Sequential(layers, input_shape=(3, 4), dtype=dtype, seed=4)
+        net.compile(numdl.CrossEntropy(), numdl.SGD(lr=0.1, momentum=0.9))
+        net.fused_training = fused
+        return net
+
+    fused, layered = model(True), model(False)
+    calls = _count_chain_calls(fused, monkeypatch)
+    for step in range(3):
+        x, y = _batch(dtype, samples=9, seed=10 + step)
+        (loss_a, correct_a), (loss_b, correct_b) = fused.train_step(x, y), layered.train_step(x, y)
+        assert loss_a == pytest.approx(loss_b, rel=rtol) and correct_a == correct_b
+    assert len(calls) == 3
+    for a, b in zip(fused.layers, layered.layers):  # each stream advanced as far
+        assert a.get_rng_state() == b.get_rng_state()
+    for (name, a), b in zip(fused.named_parameters().items(), layered.parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=rtol, atol=rtol, err_msg=name)
+    np.testing.assert_allclose(fused.predict(x), layered.predict(x), rtol=rtol, atol=rtol)
+
+
+def test_the_dropout_example_trains_in_one_call():
+    from pathlib import Path
+
+    from numdl import config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mlp_dropout_adamw.toml"
+    model = config.build_model(config.resolve(str(example), []), (28, 28))
+    assert model._dense_chain(training=True) is not None
+
+
 @pytest.mark.parametrize("layers", [
-    [numdl.Linear(4), numdl.Dropout(0.2), numdl.Linear(2)],  # not the identity in training
-    [numdl.Linear(4), numdl.GELU(), numdl.Linear(2)],  # its slope needs the input, which is not kept
-], ids=["dropout", "gelu"])
+    [numdl.Linear(4), numdl.Dropout(0.2), numdl.Tanh(), numdl.Linear(2)],  # a Dropout before the activation
+    [numdl.Dropout(0.2), numdl.Linear(4), numdl.Linear(2)],  # on the input
+    [numdl.Linear(4), numdl.Linear(2), numdl.Dropout(0.2)],  # on the logits
+], ids=["dropout_before_activation", "dropout_first", "dropout_last"])
 def test_chains_the_kernel_cannot_train_keep_the_layer_path(layers):
     model = numdl.Sequential(layers, input_shape=(6,), dtype="float64")
-    assert model._dense_chain() is not None and model._dense_chain(training=True) is None
+    assert model._dense_chain(training=True) is None
     model.compile(numdl.CrossEntropy(), numdl.SGD(lr=0.1))
     loss, _ = model.train_step(np.ones((3, 6)), np.array([0, 1, 1]))
     assert np.isfinite(loss)

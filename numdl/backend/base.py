@@ -114,16 +114,16 @@ class Ops:
         self._run("dense_chain", "dense_chain_forward", x.shape[0], self.flat(out), bad, self.flat(x), params, table,
                   scratch, per_sample=True)
 
-    def dense_chain_train(self, grads, stats, acts, deltas, logits, probs, x, labels, params, table, class_weights,
-                          smoothing, ignore_index, mean):
+    def dense_chain_train(self, grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates,
+                          class_weights, smoothing, ignore_index, mean):
         """One training step's forward, hard-label cross-entropy and backward through a chain of Linear
         layers in one kernel call (kernels/dense_chain, "Training"): writes the chain's gradients into
         the flat gradient buffer ``grads`` and (loss, correct, non-finite gradients) into ``stats``."""
         dtype = params.dtype
         # one work item: the CUDA twin runs in one block (its phases synchronise all of its threads)
         self._run("dense_chain", "dense_chain_train", 1, grads, stats, acts, deltas, logits, probs, self.flat(x),
-                  labels, params, table, class_weights, self.scalar(smoothing, dtype), int(ignore_index), bool(mean),
-                  per_sample=True)
+                  labels, params, table, rates, class_weights, self.scalar(smoothing, dtype), int(ignore_index),
+                  bool(mean), per_sample=True)
 
     @staticmethod
     def dense_chain_activation_codes():

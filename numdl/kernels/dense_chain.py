@@ -24,18 +24,29 @@ Training (``dense_chain_train``): forward, softmax cross-entropy on integer labe
 per-sample math: class weights, label smoothing, ignore_index; a mean over the targets' weights or a
 sum) and backward, into grads, the flat gradient buffer (ParameterBank.grads, every entry written:
 the chain holds all of the model's parameters). Activations: none, ReLU, Tanh, Sigmoid (their slopes
-come from their outputs; nothing else is kept). Buffers, all overwritten: acts (n * sum of the hidden
-widths,) the hidden layers' outputs; deltas (2, n * widest hidden layer) their gradients, alternating;
-logits and probs (n, classes, 1), probs ending as the logits' gradient; stats (3,) of the parameters'
-dtype: (loss, correct predictions, non-finite gradient entries). CPU: the Linear kernels' BLAS
-products in their order, so the gradients are the layer path's. CUDA: one block for the whole batch,
-its threads over each phase's outputs, synchronised between phases.
+come from their outputs) and GELU (both forms: table column 9 says where its input is kept in acts,
+per sample; -1 for the others). A hidden layer may be followed by a Dropout: rates (layers, 2) of the
+parameters' dtype holds its (p, 1 / (1 - p)) (p = 0: none), its stream's
+(seed, offset) in table columns 5 and 6 (int64 holding the uint64 bits), the mask drawn as the Dropout
+kernels draw it and drawn again in backward (nothing stored). Table columns 7 and 8: where the layer's
+output (-1: the logits) and its input (-1: x) start in acts, per sample (times n). Buffers, all
+overwritten: acts the hidden layers' outputs, each after its GELU input when it has one and followed by
+its dropped-out copy when it has a Dropout; deltas (2, n * widest hidden layer) their gradients, alternating; logits and probs (n,
+classes, 1), probs ending as the logits' gradient; stats (3,) of the parameters' dtype: (loss,
+correct predictions, non-finite gradient entries). CPU: the Linear kernels' BLAS products in their
+order, so the gradients are the layer path's. CUDA: one block for the whole batch, its threads over
+each phase's outputs, synchronised between phases.
 """
+
+
 import math
 
-from numdl.kernels.activation import gelu, gelu_tanh, relu, sigmoid, tanh
+from numba import float32, uint64
+
+from numdl.kernels.activation import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, sigmoid, tanh
 from numdl.kernels.check import non_finite_count
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.dropout import uniform_from_counter
 from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
 from numdl.kernels.matmul import gemm, matmul
 
@@ -75,6 +86,14 @@ def through_activation(d, out, code):
     if code == 3:
         return d * (out * (one - out))
     return d
+
+
+@scalar_math
+def dropout_factor(rate, scale, seed, offset, i):
+    # Element i's factor of a Dropout layer's mask for a call whose stream starts at (seed, offset): 0
+    # or scale = 1 / (1 - rate); the Dropout kernels' draw (kernels/dropout), so the same mask.
+    keep = uniform_from_counter(seed, offset + uint64(i)) >= float32(rate)
+    return scale if keep else scale - scale
 
 
 # ---------------------------------------------------------------------------------------- CPU kernels
@@ -186,6 +205,19 @@ def _add_bias_activate(dst, params, b_at, code):
 
 
 @cpu_kernel
+def _times_gelu_slope(g, pre, code):
+    # g (n, out) *= GELU's slope at its input pre (code 4: exact, 5: tanh form), as the GELU layer's backward.
+    for s in range(g.shape[0]):
+        row, h = g[s], pre[s]
+        if code == 4:
+            for j in range(row.size):
+                row[j] = row[j] * gelu_grad(h[j])
+        else:
+            for j in range(row.size):
+                row[j] = row[j] * gelu_tanh_grad(h[j])
+
+
+@cpu_kernel
 def _through_activation_rows(g, out, code):
     # g (n, out) = through_activation(g, out, code), one plain loop per code (vectorised; see above).
     for s in range(g.shape[0]):
@@ -202,23 +234,38 @@ def _through_activation_rows(g, out, code):
 
 
 @cpu_kernel
-def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, class_weights,
+def _dropout_rows(dst, src, rate, scale, seed, offset):
+    # dst = src * the Dropout layer's mask for this call (dropout_factor): its forward, or with dst and
+    # src the gradient, its backward.
+    for i in range(dst.size):
+        dst[i] = src[i] * dropout_factor(rate, scale, seed, offset, i)
+
+
+@cpu_kernel
+def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
                           smoothing, ignore_index, mean):
     # Overwrites every array before x (see "Training" in the module docstring). The same products,
-    # sums and scalar math as the Linear layers and the cross-entropy kernels, in their order: the
+    # sums and scalar math as the Linear, Dropout and cross-entropy kernels, in their order: the
     # gradients equal the layer path's.
     layers = table.shape[0]
     n, classes = logits.shape[0], logits.shape[1]
-    at = 0
-    for layer in range(layers):  # forward: the hidden layers' outputs kept in acts
+    for layer in range(layers):  # forward: the hidden layers' outputs (and dropped-out copies) kept in acts
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
-        src = x[:n * in_f] if layer == 0 else acts[at - n * in_f:at]
+        at, source = n * table[layer, 7], n * table[layer, 8]
+        src = x[:n * in_f] if source < 0 else acts[source:source + n * in_f]
         dst = logits.reshape((n, classes)) if layer == layers - 1 else acts[at:at + n * out_f].reshape((n, out_f))
         matmul(dst, src.reshape((n, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True, 0.0)
-        _add_bias_activate(dst, params, b_at, code)
-        if layer < layers - 1:
-            at += n * out_f
+        if table[layer, 9] >= 0:  # GELU: its input kept for backward
+            _add_bias_activate(dst, params, b_at, 0)
+            kept = n * table[layer, 9]
+            acts[kept:kept + n * out_f] = dst.reshape(-1)
+            _add_bias_activate(dst, params, -1, code)
+        else:
+            _add_bias_activate(dst, params, b_at, code)
+        if layer < layers - 1 and rates[layer, 0] > 0:
+            _dropout_rows(acts[at + n * out_f:at + 2 * n * out_f], acts[at:at + n * out_f], rates[layer, 0],
+                          rates[layer, 1], uint64(table[layer, 5]), uint64(table[layer, 6]))
     total = 0.0  # float64 sums, as the loss class reduces
     weight = 0.0
     correct = 0
@@ -246,14 +293,20 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
     for layer in range(layers - 1, -1, -1):
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
+        at, source = n * table[layer, 7], n * table[layer, 8]
         last = layer == layers - 1
         g = probs.reshape((n, classes)) if last else deltas[row, :n * out_f].reshape((n, out_f))
-        if code != 0:
+        if not last and rates[layer, 0] > 0:  # the gradient of the dropped-out copy, back through its mask
+            flat = deltas[row, :n * out_f]
+            _dropout_rows(flat, flat, rates[layer, 0], rates[layer, 1], uint64(table[layer, 5]),
+                          uint64(table[layer, 6]))
+        if table[layer, 9] >= 0:
+            kept = n * table[layer, 9]
+            _times_gelu_slope(g, acts[kept:kept + n * out_f].reshape((n, out_f)), code)
+        elif code != 0:
             out = logits.reshape((n, classes)) if last else acts[at:at + n * out_f].reshape((n, out_f))
             _through_activation_rows(g, out, code)
-        if layer > 0:
-            at -= n * in_f
-        src = (x[:n * in_f] if layer == 0 else acts[at:at + n * in_f]).reshape((n, in_f))
+        src = (x[:n * in_f] if source < 0 else acts[source:source + n * in_f]).reshape((n, in_f))
         matmul(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False, 0.0)
         if b_at >= 0:
             dbias = grads[b_at:b_at + out_f]
@@ -305,7 +358,7 @@ def dense_chain_forward_cuda(out, bad, x, params, table, scratch):
 
 
 @cuda_kernel
-def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels, params, table, class_weights,
+def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
                            smoothing, ignore_index, mean):
     # One block (launched with one: the phases synchronise all of its threads), its threads over a
     # phase's independent items: outputs, samples, gradient entries. No reshape (numba-cuda's checks
@@ -314,29 +367,34 @@ def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels,
         return
     tid, threads = cuda.threadIdx.x, cuda.blockDim.x
     layers = table.shape[0]
-    n, classes = logits.shape[0], logits.shape[1]
+    n = logits.shape[0]
     zero = same_type(params[0], 0.0)
     if tid == 0:
         stats[0] = zero
         stats[1] = zero
         stats[2] = zero  # the targets' summed weights until the end, then the non-finite count
-    at = 0
     for layer in range(layers):
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
+        at, source = n * table[layer, 7], n * table[layer, 8]
         for item in range(tid, n * out_f, threads):
             s, j = item // out_f, item % out_f
             acc = zero
             for k in range(in_f):
-                v = x[s * in_f + k] if layer == 0 else acts[at - n * in_f + s * in_f + k]
+                v = x[s * in_f + k] if source < 0 else acts[source + s * in_f + k]
                 acc += v * params[w_at + j * in_f + k]
-            v = activate(acc + (params[b_at + j] if b_at >= 0 else zero), code)
+            acc += params[b_at + j] if b_at >= 0 else zero
+            if table[layer, 9] >= 0:  # GELU: its input kept for backward
+                acts[n * table[layer, 9] + item] = acc
+            v = activate(acc, code)
             if layer == layers - 1:
                 logits[s, j, 0] = v
             else:
                 acts[at + item] = v
-        if layer < layers - 1:
-            at += n * out_f
+                if rates[layer, 0] > zero:
+                    acts[at + n * out_f + item] = v * dropout_factor(rates[layer, 0], rates[layer, 1],
+                                                                     uint64(table[layer, 5]), uint64(table[layer, 6]),
+                                                                     item)
         cuda.syncthreads()
     for o in range(tid, n, threads):
         y = labels[o]
@@ -365,22 +423,30 @@ def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels,
     for layer in range(layers - 1, -1, -1):
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
+        at, source = n * table[layer, 7], n * table[layer, 8]
         last = layer == layers - 1
         for item in range(tid, n * out_f, threads):
             s, j = item // out_f, item % out_f
-            if last:
-                probs[s, j, 0] = through_activation(probs[s, j, 0], logits[s, j, 0], code)
+            d = probs[s, j, 0] if last else deltas[row, item]
+            if not last and rates[layer, 0] > zero:
+                d *= dropout_factor(rates[layer, 0], rates[layer, 1], uint64(table[layer, 5]), uint64(table[layer, 6]),
+                                    item)
+            if table[layer, 9] >= 0:
+                h = acts[n * table[layer, 9] + item]
+                d = d * (gelu_grad(h) if code == 4 else gelu_tanh_grad(h))
             else:
-                deltas[row, item] = through_activation(deltas[row, item], acts[at + item], code)
-        if layer > 0:
-            at -= n * in_f
+                d = through_activation(d, logits[s, j, 0] if last else acts[at + item], code)
+            if last:
+                probs[s, j, 0] = d
+            else:
+                deltas[row, item] = d
         cuda.syncthreads()
         for item in range(tid, out_f * in_f, threads):
             j, k = item // in_f, item % in_f
             acc = zero
             for s in range(n):
                 g = probs[s, j, 0] if last else deltas[row, s * out_f + j]
-                acc += g * (x[s * in_f + k] if layer == 0 else acts[at + s * in_f + k])
+                acc += g * (x[s * in_f + k] if source < 0 else acts[source + s * in_f + k])
             grads[w_at + item] = acc
         if b_at >= 0:
             for j in range(tid, out_f, threads):
