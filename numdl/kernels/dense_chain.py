@@ -199,9 +199,12 @@ def _add_bias_activate(dst, params, b_at, code):
         elif code == 3:
             for j in range(row.size):
                 row[j] = sigmoid(row[j])
-        elif code != 0:
+        elif code == 4:
             for j in range(row.size):
-                row[j] = activate(row[j], code)
+                row[j] = gelu(row[j])
+        elif code == 5:
+            for j in range(row.size):
+                row[j] = gelu_tanh(row[j])
 
 
 @cpu_kernel
