@@ -112,7 +112,7 @@ class DenseChain:
         for index, dropout in enumerate(self.dropouts):
             if dropout is not None:  # the mask's stream: the layer's own (seed, offset), advanced as its forward does
                 self.table[index, 5:7] = [np.uint64(dropout.seed).view(np.int64), dropout.offset]
-                dropout.offset += n * self.table[index, 1]
+                dropout.offset += n * int(self.table[index, 1])  # a Python int: the offset goes into checkpoints' JSON
         model.ops.dense_chain_train(self.bank.grads, self.stats, *buffers, x, labels, self.bank.values, self.table,
                                     self.rates, weights, loss.label_smoothing, loss.ignore_index,
                                     loss.reduction == "mean")
