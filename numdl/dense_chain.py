@@ -52,6 +52,7 @@ class DenseChain:
         # gradients (deltas), the logits and their probabilities (then gradient), and (loss, correct,
         # non-finite gradients)
         self.dropouts = dropouts
+        self.dropout_rates = [(layer, layer.p) for layer in model.layers if type(layer) is Dropout]
         # (p, 1 / (1 - p)) of each hidden layer's Dropout (0, 1: none), the scale as the Dropout layer rounds it
         self.rates = np.array([[0.0, 1.0] if d is None else [d.p, 1.0 / (1.0 - d.p)] for d in dropouts]
                               + [[0.0, 1.0]], model.dtype)
@@ -72,8 +73,10 @@ class DenseChain:
         self.stats = np.zeros(3, model.dtype)
 
     def current(self, model):
-        """Whether the plan still reads the model's parameters."""
-        return self.bank is model._bank and all(p.value is value for p, value in self.values)
+        """Whether the plan still reads the model's parameters (and, for training, still has its
+        Dropout layers' rates: a rate set to or from 0 after the plan changes which layers it runs)."""
+        return (self.bank is model._bank and all(p.value is value for p, value in self.values)
+                and all(layer.p == p for layer, p in self.dropout_rates))
 
     def predict(self, model, x):
         """Outputs for x, a C-contiguous host array of the model's dtype and input shape (a few samples)."""

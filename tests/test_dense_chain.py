@@ -234,6 +234,23 @@ def test_dropout_and_gelu_in_one_call_as_the_layers(dtype, rtol, monkeypatch):
     np.testing.assert_allclose(fused.predict(x), layered.predict(x), rtol=rtol, atol=rtol)
 
 
+def test_a_dropout_rate_changed_after_the_plan_is_the_one_used():
+    x, y = _batch("float64", samples=8)
+    models = []
+    for fused in (True, False):
+        layers = [numdl.Flatten(), numdl.Linear(10), numdl.ReLU(), numdl.Dropout(0.0), numdl.Linear(5)]
+        model = numdl.Sequential(layers, input_shape=(3, 4), dtype="float64", seed=2)
+        model.compile(numdl.CrossEntropy(), numdl.SGD(lr=0.1))
+        model.fused_training = fused
+        model.train_step(x, y)
+        model.layers[3].p = 0.5  # a rate schedule, say: from the next step on
+        model.train_step(x, y)
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-12)
+    assert models[0].layers[3].get_rng_state() == models[1].layers[3].get_rng_state()
+
+
 def test_the_dropout_example_trains_in_one_call():
     from pathlib import Path
 
