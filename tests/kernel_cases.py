@@ -385,6 +385,50 @@ def _rmsprop_step(centered_with_momentum):
     return make
 
 
+def subnormal_step_cases(dtype, eps):
+    """Optimizer steps whose decaying state is a subnormal number (2**-130) and whose gradient is 0:
+    {op: (args, positions of the state that must end exactly 0 when eps > 0)}. With eps = 0 the same
+    state must stay subnormal (nothing flushed where no eps guards a division); SGD has no eps and
+    always flushes."""
+    tiny, n = 2.0 ** -130, 5
+
+    def arrays(count):
+        return [np.ones(n, dtype)] + [np.full(n, tiny, dtype) for _ in range(count)] + [np.zeros(n, dtype)]
+
+    d, empty = dtype, np.zeros(0, dtype)
+    param, m, v, grad = arrays(2)
+    adam = [param, m, v, empty, grad, d(0.01), d(0.9), d(0.999), d(eps), d(0.0), False, d(0.1), d(0.001), False,
+            False]
+    param, buf, grad = arrays(1)
+    sgd = [param, buf, grad, d(0.1), d(0.9), d(0.0), d(0.0), False, False]
+    param, total, grad = arrays(1)
+    adagrad = [param, total, grad, d(0.01), d(eps), d(0.0), False]
+    param, m, u, grad = arrays(2)
+    adamax = [param, m, u, grad, d(0.01), d(0.9), d(0.999), d(eps), d(0.0), False]
+    param, m, v, grad = arrays(2)
+    nadam = [param, m, v, grad, d(0.01), d(0.9), d(0.999), d(eps), d(0.0), False, d(0.001), d(0.01), d(0.01), False]
+    param, m, v, grad = arrays(2)
+    radam = [param, m, v, grad, d(0.01), d(0.9), d(0.999), d(eps), d(0.0), False, d(0.1), d(0.001), d(0.5), True,
+             False]
+    param, sq, ga, buf, grad = arrays(3)
+    rmsprop = [param, sq, ga, buf, grad, d(0.01), d(0.9), d(eps), d(0.0), d(0.5), True]
+    return {"sgd_step": (sgd, (1,)), "adam_step": (adam, (1, 2)), "adagrad_step": (adagrad, (1,)),
+            "adamax_step": (adamax, (1,)), "nadam_step": (nadam, (1, 2)), "radam_step": (radam, (1, 2)),
+            "rmsprop_step": (rmsprop, (1, 2, 3))}
+
+
+def check_subnormal_step(op, args, flushed, eps):
+    """After a subnormal_step_cases step (args now hold the results): the decaying state is exactly 0
+    when eps > 0 (always for SGD), still subnormal and nonzero when eps = 0; the parameter finite."""
+    assert np.isfinite(args[0]).all(), op
+    for position in flushed:
+        state = args[position]
+        if eps > 0 or op == "sgd_step":
+            assert (state == 0).all(), f"{op}: argument {position} kept {state}"
+        else:
+            assert ((state != 0) & (np.abs(state) < 2.0 ** -126)).all(), f"{op}: argument {position} is {state}"
+
+
 MASK64 = (1 << 64) - 1
 
 

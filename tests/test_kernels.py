@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
-from kernel_cases import CASES, DTYPES, all_cases, tolerance
+from kernel_cases import CASES, DTYPES, all_cases, check_subnormal_step, subnormal_step_cases, tolerance
 from numdl.kernels import KERNEL_MODULES
 
 
@@ -22,6 +22,18 @@ def test_cpu_kernel_matches_numpy_reference(case_id, family, op, make, dtype):
         np.testing.assert_allclose(args[index], reference, **tolerance(case_id, dtype),
                                    err_msg=f"{case_id}: argument {index}")
 
+
+
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_optimizer_steps_store_decayed_subnormal_state_as_zero(dtype, eps):
+    # A first moment that decays while its gradient is 0 would otherwise stick at the smallest
+    # subnormal number, and every later step would pay x86's ~100-cycle subnormal penalty on it.
+    from numdl.kernels import optim
+
+    for op, (args, flushed) in subnormal_step_cases(dtype, eps).items():
+        getattr(optim, f"{op}_cpu")(*args)
+        check_subnormal_step(op, args, flushed, eps)
 
 # Leading output and scratch arguments (outputs come first by the Ops contract) of the kernels that
 # keep work buffers between steps: layers hand them buffers from np.empty, so whatever those hold

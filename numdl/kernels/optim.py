@@ -12,38 +12,64 @@ import math
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
 
 # --------------------------------------------------------------------------- scalar math (both targets)
+# Each *_element helper is one element's step on scalars, returning the new parameter and state:
+# scalars in and out, so LLVM inlines it and the CPU loops vectorise (helpers that took the arrays
+# stayed out-of-line calls, 5-100x slower). The kernels do the loads and stores.
+#
+# Subnormal numbers: a state buffer that decays geometrically while its gradient is zero (a dead
+# ReLU unit, a pixel that is almost always 0) reaches the subnormal range and stays there (0.9 times
+# the smallest subnormal rounds back to it). On x86 every operation on a subnormal costs ~100
+# cycles: on Fashion-MNIST a third of Adam's first moments were subnormal after two epochs and
+# its step took 600-900 us instead of 95. So decaying state below float32's smallest normal number
+# is stored as zero. That changes no result that matters: such a value moves a parameter by less
+# than lr * 1.2e-38 / eps. Where a division has no eps to guard it (eps = 0), nothing is flushed
+# (a zeroed second moment could then divide by zero), and the arithmetic is PyTorch's exactly.
+
+#: float32's smallest normal number (2**-126), the flushing threshold of both dtypes.
+SMALLEST_NORMAL = 2.0 ** -126
 
 
 @scalar_math
-def sgd_update(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, i):
-    g = grad[i] + weight_decay * param[i]
+def flush_floor(eps):
+    # The threshold below which a state value is stored as zero: none (0) when eps is 0.
+    return same_type(eps, SMALLEST_NORMAL) if eps > same_type(eps, 0.0) else same_type(eps, 0.0)
+
+
+@scalar_math
+def flushed(x, floor):
+    # x, or zero when |x| < floor (NaN stays NaN: the comparison is false).
+    return same_type(x, 0.0) if abs(x) < floor else x
+
+
+@scalar_math
+def sgd_element(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, floor):
+    # Returns (param, momentum_buf); momentum_buf comes back unchanged without momentum.
+    g = g + weight_decay * p
     if momentum != same_type(momentum, 0.0):
         if first_step:
             buf = g  # PyTorch starts the buffer at the first gradient, undamped
         else:
-            buf = momentum * momentum_buf[i] + (same_type(momentum, 1.0) - dampening) * g
-        momentum_buf[i] = buf
+            buf = flushed(momentum * buf + (same_type(momentum, 1.0) - dampening) * g, floor)
         if nesterov:
             g = g + momentum * buf
         else:
             g = buf
-    param[i] -= lr * g
+    return p - lr * g, buf
 
 
 @scalar_math
 def adam_element(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, root_correction2,
-                 amsgrad, maximize):
-    # One element's Adam/AdamW step on scalars: returns (param, exp_avg, exp_avg_sq, max_exp_avg_sq).
+                 amsgrad, maximize, floor):
+    # One element's Adam/AdamW step: returns (param, exp_avg, exp_avg_sq, max_exp_avg_sq).
     # step_size = lr / bias_correction1 and root_correction2 = sqrt(bias_correction2) come computed once
-    # per call (adam_constants). Scalars in and out, no arrays: with five arrays' worth of arguments the
-    # helper was not inlined into the CPU loop, which then ran unvectorised, 5x slower.
+    # per call (adam_constants).
     g = -g if maximize else g
     if decoupled:
         p = p * (same_type(lr, 1.0) - lr * weight_decay)  # AdamW
     else:
         g = g + weight_decay * p  # Adam's L2 penalty
-    m = beta1 * m + (same_type(beta1, 1.0) - beta1) * g
-    v = beta2 * v + (same_type(beta2, 1.0) - beta2) * g * g
+    m = flushed(beta1 * m + (same_type(beta1, 1.0) - beta1) * g, floor)
+    v = flushed(beta2 * v + (same_type(beta2, 1.0) - beta2) * g * g, floor)
     second = v
     if amsgrad:  # the largest second moment so far (Reddi et al.), as PyTorch keeps it
         v_max = max(v_max, v)
@@ -59,132 +85,108 @@ def adam_constants(lr, bias_correction1, bias_correction2):
 
 
 @scalar_math
-def adam_update(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                step_size, root_correction2, amsgrad, maximize, i):
-    # adam_element on element i of the arrays (max_exp_avg_sq read and written only with amsgrad).
-    v_max = max_exp_avg_sq[i] if amsgrad else same_type(lr, 0.0)
-    p, m, v, v_max = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], v_max, lr, beta1, beta2, eps,
-                                  weight_decay, decoupled, step_size, root_correction2, amsgrad, maximize)
-    param[i] = p
-    exp_avg[i] = m
-    exp_avg_sq[i] = v
-    if amsgrad:
-        max_exp_avg_sq[i] = v_max
+def adagrad_element(p, g, total, clr, eps, weight_decay, maximize, floor):
+    # Returns (param, state_sum). The sum only grows, but from tiny gradients it can start subnormal.
+    g = -g if maximize else g
+    g = g + weight_decay * p
+    total = flushed(total + g * g, floor)
+    return p - clr * g / (math.sqrt(total) + eps), total
 
 
 @scalar_math
-def adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i):
-    g = -grad[i] if maximize else grad[i]
-    g = g + weight_decay * param[i]
-    total = state_sum[i] + g * g
-    state_sum[i] = total
-    param[i] -= clr * g / (math.sqrt(total) + eps)
+def adamax_element(p, g, m, u, clr, beta1, beta2, eps, weight_decay, maximize, floor):
+    # Returns (param, exp_avg, exp_inf). exp_inf >= eps: only the first moment can decay to subnormal.
+    g = -g if maximize else g
+    g = g + weight_decay * p
+    m = flushed(beta1 * m + (same_type(beta1, 1.0) - beta1) * g, floor)
+    u = max(beta2 * u, abs(g) + eps)  # PyTorch: the max of the decayed norm and |g| + eps
+    return p - clr * m / u, m, u
 
 
 @scalar_math
-def adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i):
-    g = -grad[i] if maximize else grad[i]
-    g = g + weight_decay * param[i]
-    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
-    u = max(beta2 * exp_inf[i], abs(g) + eps)  # PyTorch: the max of the decayed norm and |g| + eps
-    exp_avg[i] = m
-    exp_inf[i] = u
-    param[i] -= clr * m / u
-
-
-@scalar_math
-def nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                 bias_correction2, grad_coefficient, momentum_coefficient, maximize, i):
-    # grad_coefficient = lr (1 - mu_t) / (1 - prod mu), momentum_coefficient = lr mu_{t+1} / (1 - prod mu mu_{t+1})
-    g = -grad[i] if maximize else grad[i]
+def nadam_element(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction2, grad_coefficient,
+                  momentum_coefficient, maximize, floor):
+    # Returns (param, exp_avg, exp_avg_sq). grad_coefficient = lr (1 - mu_t) / (1 - prod mu),
+    # momentum_coefficient = lr mu_{t+1} / (1 - prod mu mu_{t+1})
+    g = -g if maximize else g
     if decoupled:
-        param[i] *= same_type(lr, 1.0) - lr * weight_decay
+        p = p * (same_type(lr, 1.0) - lr * weight_decay)
     else:
-        g = g + weight_decay * param[i]
-    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
-    v = beta2 * exp_avg_sq[i] + (same_type(beta2, 1.0) - beta2) * g * g
-    exp_avg[i] = m
-    exp_avg_sq[i] = v
+        g = g + weight_decay * p
+    m = flushed(beta1 * m + (same_type(beta1, 1.0) - beta1) * g, floor)
+    v = flushed(beta2 * v + (same_type(beta2, 1.0) - beta2) * g * g, floor)
     denom = math.sqrt(v / bias_correction2) + eps
-    param[i] -= grad_coefficient * g / denom + momentum_coefficient * m / denom
+    return p - (grad_coefficient * g / denom + momentum_coefficient * m / denom), m, v
 
 
 @scalar_math
-def radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                 bias_correction1, bias_correction2, rect, rectified, maximize, i):
-    g = -grad[i] if maximize else grad[i]
+def radam_element(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2,
+                  rect, rectified, maximize, floor):
+    # Returns (param, exp_avg, exp_avg_sq).
+    g = -g if maximize else g
     if decoupled:
-        param[i] *= same_type(lr, 1.0) - lr * weight_decay
+        p = p * (same_type(lr, 1.0) - lr * weight_decay)
     else:
-        g = g + weight_decay * param[i]
-    m = beta1 * exp_avg[i] + (same_type(beta1, 1.0) - beta1) * g
-    v = beta2 * exp_avg_sq[i] + (same_type(beta2, 1.0) - beta2) * g * g
-    exp_avg[i] = m
-    exp_avg_sq[i] = v
+        g = g + weight_decay * p
+    m = flushed(beta1 * m + (same_type(beta1, 1.0) - beta1) * g, floor)
+    v = flushed(beta2 * v + (same_type(beta2, 1.0) - beta2) * g * g, floor)
     corrected = m / bias_correction1
     if rectified:  # the variance is tractable: Adam's step, scaled by the rectification term
-        param[i] -= corrected * lr * (math.sqrt(bias_correction2) / (math.sqrt(v) + eps)) * rect
-    else:  # the first steps: momentum SGD
-        param[i] -= corrected * lr
+        return p - corrected * lr * (math.sqrt(bias_correction2) / (math.sqrt(v) + eps)) * rect, m, v
+    return p - corrected * lr, m, v  # the first steps: momentum SGD
 
 
 @scalar_math
-def rmsprop_element(p, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, centered):
-    # One element's RMSprop step on scalars: returns (param, square_avg, grad_avg, momentum_buf);
-    # grad_avg and momentum_buf come back unchanged when not centered / without momentum. Scalars in
-    # and out, as adam_element: the array-taking helper stayed an out-of-line call, 100x slower.
+def rmsprop_element(p, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, floor):
+    # Returns (param, square_avg, grad_avg, momentum_buf); grad_avg and momentum_buf come back
+    # unchanged when not centered / without momentum.
     g = g + weight_decay * p
-    sq = alpha * sq + (same_type(alpha, 1.0) - alpha) * g * g
+    sq = flushed(alpha * sq + (same_type(alpha, 1.0) - alpha) * g * g, floor)
     if centered:
-        ga = alpha * ga + (same_type(alpha, 1.0) - alpha) * g
+        ga = flushed(alpha * ga + (same_type(alpha, 1.0) - alpha) * g, floor)
         avg = math.sqrt(sq - ga * ga) + eps
     else:
         avg = math.sqrt(sq) + eps
     if momentum > same_type(momentum, 0.0):
-        buf = momentum * buf + g / avg
+        buf = flushed(momentum * buf + g / avg, floor)
         p = p - lr * buf
     else:
         p = p - lr * g / avg
     return p, sq, ga, buf
 
 
-@scalar_math
-def rmsprop_update(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
-                   momentum, centered, i):
-    # rmsprop_element on element i of the arrays (grad_avg only when centered, momentum_buf only with momentum).
-    zero = same_type(lr, 0.0)
-    has_momentum = momentum > zero
-    ga = grad_avg[i] if centered else zero
-    buf = momentum_buf[i] if has_momentum else zero
-    p, sq, ga, buf = rmsprop_element(param[i], grad[i], square_avg[i], ga, buf, lr, alpha, eps, weight_decay,
-                                     momentum, centered)
-    param[i] = p
-    square_avg[i] = sq
-    if centered:
-        grad_avg[i] = ga
-    if has_momentum:
-        momentum_buf[i] = buf
-
-
 # ---------------------------------------------------------------------------------------- CPU kernels
-# param and the state buffers are updated in place; unused state buffers may be empty.
+# param and the state buffers are updated in place; unused state buffers may be empty. Each loop does
+# one element's loads and stores with the math inlined, so it vectorises; a flag that decides which
+# buffers exist is read outside the loop's arithmetic.
 
 
 @cpu_kernel
 def sgd_step_cpu(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
+    floor = same_type(lr, SMALLEST_NORMAL)  # no division: flushing is always safe
+    zero = same_type(lr, 0.0)
+    if momentum == zero:  # no buffer (it may be empty): a loop of its own, which stores none
+        for i in range(param.size):
+            param[i], _ = sgd_element(param[i], grad[i], zero, lr, momentum, dampening, weight_decay, nesterov,
+                                      first_step, floor)
+        return
     for i in range(param.size):
-        sgd_update(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, i)
+        p, buf = sgd_element(param[i], grad[i], momentum_buf[i], lr, momentum, dampening, weight_decay, nesterov,
+                             first_step, floor)
+        param[i] = p
+        momentum_buf[i] = buf
 
 
 @cpu_kernel
 def adam_step_cpu(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                   bias_correction1, bias_correction2, amsgrad, maximize):
     step_size, root_correction2 = adam_constants(lr, bias_correction1, bias_correction2)
+    floor = flush_floor(eps)
     zero = same_type(lr, 0.0)
-    for i in range(param.size):  # the element's loads and stores here, the math inlined: the loop vectorises
+    for i in range(param.size):
         v_max = max_exp_avg_sq[i] if amsgrad else zero
         p, m, v, v_max = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], v_max, lr, beta1, beta2, eps,
-                                      weight_decay, decoupled, step_size, root_correction2, amsgrad, maximize)
+                                      weight_decay, decoupled, step_size, root_correction2, amsgrad, maximize, floor)
         param[i] = p
         exp_avg[i] = m
         exp_avg_sq[i] = v
@@ -194,30 +196,38 @@ def adam_step_cpu(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, b
 
 @cpu_kernel
 def adagrad_step_cpu(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    floor = flush_floor(eps)
     for i in range(param.size):
-        adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i)
+        param[i], state_sum[i] = adagrad_element(param[i], grad[i], state_sum[i], clr, eps, weight_decay, maximize,
+                                                 floor)
 
 
 @cpu_kernel
 def adamax_step_cpu(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    floor = flush_floor(eps)
     for i in range(param.size):
-        adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i)
+        param[i], exp_avg[i], exp_inf[i] = adamax_element(param[i], grad[i], exp_avg[i], exp_inf[i], clr, beta1,
+                                                          beta2, eps, weight_decay, maximize, floor)
 
 
 @cpu_kernel
 def nadam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                    bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+    floor = flush_floor(eps)
     for i in range(param.size):
-        nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                     bias_correction2, grad_coefficient, momentum_coefficient, maximize, i)
+        param[i], exp_avg[i], exp_avg_sq[i] = nadam_element(
+            param[i], grad[i], exp_avg[i], exp_avg_sq[i], lr, beta1, beta2, eps, weight_decay, decoupled,
+            bias_correction2, grad_coefficient, momentum_coefficient, maximize, floor)
 
 
 @cpu_kernel
 def radam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                    bias_correction1, bias_correction2, rect, rectified, maximize):
+    floor = flush_floor(eps)
     for i in range(param.size):
-        radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                     bias_correction1, bias_correction2, rect, rectified, maximize, i)
+        param[i], exp_avg[i], exp_avg_sq[i] = radam_element(
+            param[i], grad[i], exp_avg[i], exp_avg_sq[i], lr, beta1, beta2, eps, weight_decay, decoupled,
+            bias_correction1, bias_correction2, rect, rectified, maximize, floor)
 
 
 @cpu_kernel
@@ -225,11 +235,12 @@ def rmsprop_step_cpu(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha,
                      momentum, centered):
     zero = same_type(lr, 0.0)
     has_momentum = momentum > zero
-    for i in range(param.size):  # loads and stores here, the math inlined (as adam_step_cpu)
+    floor = flush_floor(eps)
+    for i in range(param.size):
         ga = grad_avg[i] if centered else zero
         buf = momentum_buf[i] if has_momentum else zero
         p, sq, ga, buf = rmsprop_element(param[i], grad[i], square_avg[i], ga, buf, lr, alpha, eps, weight_decay,
-                                         momentum, centered)
+                                         momentum, centered, floor)
         param[i] = p
         square_avg[i] = sq
         if centered:
@@ -239,54 +250,97 @@ def rmsprop_step_cpu(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha,
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
+# The same element steps over a grid-stride loop.
 
 
 @cuda_kernel
 def sgd_step_cuda(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
+    floor = same_type(lr, SMALLEST_NORMAL)
+    has_momentum = momentum != same_type(momentum, 0.0)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        sgd_update(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, i)
+        buf = momentum_buf[i] if has_momentum else same_type(lr, 0.0)
+        p, buf = sgd_element(param[i], grad[i], buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                             floor)
+        param[i] = p
+        if has_momentum:
+            momentum_buf[i] = buf
 
 
 @cuda_kernel
 def adam_step_cuda(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                    bias_correction1, bias_correction2, amsgrad, maximize):
     step_size, root_correction2 = adam_constants(lr, bias_correction1, bias_correction2)
+    floor = flush_floor(eps)
+    zero = same_type(lr, 0.0)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        adam_update(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                    step_size, root_correction2, amsgrad, maximize, i)
+        v_max = max_exp_avg_sq[i] if amsgrad else zero
+        p, m, v, v_max = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], v_max, lr, beta1, beta2, eps,
+                                      weight_decay, decoupled, step_size, root_correction2, amsgrad, maximize, floor)
+        param[i] = p
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        if amsgrad:
+            max_exp_avg_sq[i] = v_max
 
 
 @cuda_kernel
 def adagrad_step_cuda(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    floor = flush_floor(eps)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        adagrad_update(param, state_sum, grad, clr, eps, weight_decay, maximize, i)
+        p, total = adagrad_element(param[i], grad[i], state_sum[i], clr, eps, weight_decay, maximize, floor)
+        param[i] = p
+        state_sum[i] = total
 
 
 @cuda_kernel
 def adamax_step_cuda(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    floor = flush_floor(eps)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        adamax_update(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize, i)
+        p, m, u = adamax_element(param[i], grad[i], exp_avg[i], exp_inf[i], clr, beta1, beta2, eps, weight_decay,
+                                 maximize, floor)
+        param[i] = p
+        exp_avg[i] = m
+        exp_inf[i] = u
 
 
 @cuda_kernel
 def nadam_step_cuda(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                     bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+    floor = flush_floor(eps)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        nadam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                     bias_correction2, grad_coefficient, momentum_coefficient, maximize, i)
+        p, m, v = nadam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], lr, beta1, beta2, eps, weight_decay,
+                                decoupled, bias_correction2, grad_coefficient, momentum_coefficient, maximize, floor)
+        param[i] = p
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
 
 
 @cuda_kernel
 def radam_step_cuda(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                     bias_correction1, bias_correction2, rect, rectified, maximize):
+    floor = flush_floor(eps)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        radam_update(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
-                     bias_correction1, bias_correction2, rect, rectified, maximize, i)
+        p, m, v = radam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], lr, beta1, beta2, eps, weight_decay,
+                                decoupled, bias_correction1, bias_correction2, rect, rectified, maximize, floor)
+        param[i] = p
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
 
 
 @cuda_kernel
 def rmsprop_step_cuda(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
                       momentum, centered):
+    zero = same_type(lr, 0.0)
+    has_momentum = momentum > zero
+    floor = flush_floor(eps)
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        rmsprop_update(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
-                       momentum, centered, i)
+        ga = grad_avg[i] if centered else zero
+        buf = momentum_buf[i] if has_momentum else zero
+        p, sq, ga, buf = rmsprop_element(param[i], grad[i], square_avg[i], ga, buf, lr, alpha, eps, weight_decay,
+                                         momentum, centered, floor)
+        param[i] = p
+        square_avg[i] = sq
+        if centered:
+            grad_avg[i] = ga
+        if has_momentum:
+            momentum_buf[i] = buf

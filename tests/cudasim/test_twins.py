@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from kernel_cases import CPU_PATH_ONLY, DTYPES, TOLERANCE, all_cases
+from kernel_cases import CPU_PATH_ONLY, DTYPES, TOLERANCE, all_cases, check_subnormal_step, subnormal_step_cases
 from numdl.testing import check_kernel_twin
 
 pytestmark = [
@@ -191,3 +191,17 @@ def test_final_state_training_steps_on_cuda_match_cpu(monkeypatch):
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((3, 4, 3)), rng.integers(0, 3, 3)
     _assert_steps_match(_final_states_model("cpu"), _final_states_model("cuda"), x, y, rtol=1e-9)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_cuda_optimizer_steps_flush_subnormal_state_as_the_cpu_does(eps):
+    from numba import cuda
+
+    from numdl.kernels import optim
+    from numdl.kernels.common import launch
+
+    for op, (args, flushed) in subnormal_step_cases(np.float32, eps).items():
+        device = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
+        launch(getattr(optim, f"{op}_cuda"), args[0].size, *device)
+        results = [d.copy_to_host() if isinstance(a, np.ndarray) else a for a, d in zip(args, device)]
+        check_subnormal_step(op, results, flushed, eps)
