@@ -121,6 +121,18 @@ def test_maxpool_2x2_fast_path_matches_numpy_with_ties_and_odd_sizes(dtype):
     np.testing.assert_array_equal(out, windows.max(-1))
     np.testing.assert_array_equal(argmax, rows * 7 + cols)
 
+    # backward's tiled path: every element written once (NaN-filled dx), the gradient on the first
+    # maximum of its window, 0 on the window's other elements and on the odd row and column left out
+    from numdl.kernels.pool import maxpool2d_backward_cpu
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    maxpool2d_backward_cpu(dx, dout, argmax, 2, 2, 2, 2, 0, 0, 1, 1)
+    expected = np.zeros(x.shape, dtype)
+    n, c, oh, ow = np.indices(out.shape)
+    expected[n, c, rows[None, None] + 0 * n, cols[None, None] + 0 * n] = dout
+    np.testing.assert_array_equal(dx, expected)
+
 
 def test_float32_rational_tanh_sigmoid_erf_are_accurate_and_keep_nan():
     """The float32 versions that compiled kernels use (float64 stays exact): absolute error against

@@ -228,23 +228,56 @@ def _maxpool2x2_forward(out, argmax, x):
 
 @cpu_kernel
 def maxpool2d_backward_cpu(dx, dout, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    h_out, w_out = dout.shape[2], dout.shape[3]
+    tiled = (kh == 2 and kw == 2 and stride_h == 2 and stride_w == 2 and pad_h == 0 and pad_w == 0
+             and dil_h == 1 and dil_w == 1 and 2 * h_out <= dx.shape[2] and 2 * w_out <= dx.shape[3])
     if worth_splitting(dx.size):
-        _maxpool2d_backward_split(dx, dout, argmax)
+        _maxpool2d_backward_split(dx, dout, argmax, tiled)
     else:
-        _maxpool2d_backward_samples(dx, dout, argmax)
+        _maxpool2d_backward_samples(dx, dout, argmax, tiled)
 
 
 @cpu_parallel_kernel
-def _maxpool2d_backward_split(dx, dout, argmax):
+def _maxpool2d_backward_split(dx, dout, argmax, tiled):
     parts = numba_threads()
     for part in prange(parts):
         lo, hi = thread_share(dx.shape[0], part, parts)
-        _maxpool2d_backward_samples(dx[lo:hi], dout[lo:hi], argmax[lo:hi])
+        _maxpool2d_backward_samples(dx[lo:hi], dout[lo:hi], argmax[lo:hi], tiled)
 
 
 @cpu_kernel
-def _maxpool2d_backward_samples(dx, dout, argmax):
+def _maxpool2x2_backward(dx, dout, argmax):
+    # 2x2 windows at stride 2 tile the image: each input element belongs to one window, so each is
+    # written once, with its window's gradient where it is the maximum and 0 elsewhere. No zeroing
+    # pass and no division of the flat index (the general scatter below took ~2x as long).
+    n_batch, channels, h_out, w_out = dout.shape
+    h, w = dx.shape[2], dx.shape[3]
+    for n in range(n_batch):
+        for c in range(channels):
+            plane, grads, where = dx[n, c], dout[n, c], argmax[n, c]
+            zero = same_type(grads[0, 0], 0.0)
+            for oh in range(h_out):
+                top, bottom = plane[2 * oh], plane[2 * oh + 1]
+                for ow in range(w_out):
+                    g, at = grads[oh, ow], where[oh, ow] - (2 * oh * w + 2 * ow)  # 0, 1, w or w + 1
+                    top[2 * ow] = g if at == 0 else zero
+                    top[2 * ow + 1] = g if at == 1 else zero
+                    bottom[2 * ow] = g if at == w else zero
+                    bottom[2 * ow + 1] = g if at == w + 1 else zero
+            # an odd last row or column is in no window
+            for i in range(2 * h_out, h):
+                plane[i, :] = 0
+            for i in range(2 * h_out):
+                for j in range(2 * w_out, w):
+                    plane[i, j] = 0
+
+
+@cpu_kernel
+def _maxpool2d_backward_samples(dx, dout, argmax, tiled):
     # Overwrites dx: each output's gradient onto its window's maximum (argmax: index in the plane).
+    if tiled:
+        _maxpool2x2_backward(dx, dout, argmax)
+        return
     n_batch, channels, h_out, w_out = dout.shape
     w = dx.shape[3]
     dx[:] = 0
