@@ -7,13 +7,14 @@ one thread kept most of it). Which holds can change at any moment, so ``ThreadCh
 it runs a few training steps at each candidate count in turn (alternating, so that a change of
 load during a probe hits both), keeps the count with the higher throughput for a while, and probes
 again. Holds lengthen while the same count keeps winning, so that an unchanging machine spends
-little time probing.
+little time probing. Time here is training time, the sum of the recorded steps' seconds: an
+evaluation, a checkpoint or another program's turn between steps does not end a hold (the bench's
+contention suite interleaves auto epochs with PyTorch's and JAX's; on the wall clock every auto
+epoch began with a probe, whose every-core steps under load cost ~20 ordinary ones each).
 
 A switch changes how some products split their sums, so a run under ``auto`` can differ from the
 same run again in the last bits of its weights; ``--threads N`` keeps a run bit for bit repeatable.
 """
-
-import time
 
 #: Each probe slot lasts at least this long and MIN_PROBE_STEPS steps, after one discarded step
 #: (the first step after a switch wakes or parks threads).
@@ -31,17 +32,25 @@ PROBE_ORDER = (1, 0, 1, 0)
 #: once: on a loaded machine the spinning count runs a step several times slower, and each of its
 #: probe steps costs that.
 CLEARLY_SLOWER = 0.5
+#: Every core is chosen only when its probe rate beats one thread's by this factor. The costs are
+#: lopsided: one thread where every core would be faster loses what the second core adds (the dense
+#: MLP's one-call step: nothing, 1.00x idle), every core on a loaded machine loses up to 3x (its
+#: steps swing between fine and 20x slow, so a probe that caught fine ones kept every core for a
+#: hold; a contention run before this margin measured auto at 0.65x of `--threads 1`).
+EVERY_CORE_MARGIN = 1.1
 
 
 class ThreadChooser:
-    """Picks one of ``counts`` (e.g. (cores, 1)) by measured throughput; ``apply(count)`` sets a
-    count. Call ``record(samples, seconds)`` after every training step."""
+    """Picks one of ``counts`` = (every core, one thread) by measured throughput (every core only
+    when EVERY_CORE_MARGIN faster); ``apply(count)`` sets a count. Call ``record(samples, seconds)``
+    after every training step."""
 
-    def __init__(self, counts, apply, clock=time.perf_counter):
-        self.counts, self.apply, self.clock = tuple(counts), apply, clock
+    def __init__(self, counts, apply):
+        self.counts, self.apply = tuple(counts), apply
+        self.trained = 0.0  # seconds of training steps recorded: the chooser's clock
         self.chosen = 0  # index into counts
         self.hold = HOLD_SECONDS
-        self.history = []  # (time, the chosen count) after each probe: what tests and reports read
+        self.history = []  # (training time, the chosen count) after each probe: what tests and reports read
         self._start_probe()
 
     @property
@@ -52,7 +61,7 @@ class ThreadChooser:
     def _start_probe(self):
         self._slot = 0
         self._rates = [[0.0, 0.0] for _ in self.counts]  # samples and seconds per candidate
-        self._probe_started = self.clock()
+        self._probe_started = self.trained
         self._enter_slot()
 
     def _enter_slot(self):
@@ -61,8 +70,9 @@ class ThreadChooser:
         self.apply(self.counts[self._current])
 
     def record(self, samples, seconds):
+        self.trained += seconds
         if self._slot is None:  # holding
-            if self.clock() >= self._hold_until:
+            if self.trained >= self._hold_until:
                 self._start_probe()
             return
         if self._skip:  # not counted, but a step this slow (even waking threads) decides at once
@@ -85,8 +95,8 @@ class ThreadChooser:
         if self._slot < len(PROBE_ORDER):
             self._enter_slot()
             return
-        rates = [samples / seconds if seconds > 0 else 0.0 for samples, seconds in self._rates]
-        self._finish_probe(max(range(len(self.counts)), key=lambda i: rates[i]))
+        every_core, one = (samples / seconds if seconds > 0 else 0.0 for samples, seconds in self._rates)
+        self._finish_probe(0 if every_core > EVERY_CORE_MARGIN * one else 1)
 
     def _clearly_slower(self, samples, seconds):
         """Whether ``samples`` in ``seconds`` at the current count fall far below the other
@@ -96,7 +106,7 @@ class ThreadChooser:
 
     def _finish_probe(self, best):
         self.hold = min(self.hold * 2, MAX_HOLD_SECONDS) if best == self.chosen else HOLD_SECONDS
-        now = self.clock()
+        now = self.trained
         self.hold = max(self.hold, HOLD_PER_PROBE * (now - self._probe_started))
         self.chosen = best
         self._slot = None
