@@ -32,18 +32,11 @@ PROBE_ORDER = (1, 0, 1, 0)
 #: once: on a loaded machine the spinning count runs a step several times slower, and each of its
 #: probe steps costs that.
 CLEARLY_SLOWER = 0.5
-#: Every core is chosen only when its probe rate beats one thread's by this factor. The costs are
-#: lopsided: one thread where every core would be faster loses what the second core adds (the dense
-#: MLP's one-call step: nothing, 1.00x idle), every core on a loaded machine loses up to 3x (its
-#: steps swing between fine and 20x slow, so a probe that caught fine ones kept every core for a
-#: hold; a contention run before this margin measured auto at 0.65x of `--threads 1`).
-EVERY_CORE_MARGIN = 1.1
 
 
 class ThreadChooser:
-    """Picks one of ``counts`` = (every core, one thread) by measured throughput (every core only
-    when EVERY_CORE_MARGIN faster); ``apply(count)`` sets a count. Call ``record(samples, seconds)``
-    after every training step."""
+    """Picks one of ``counts`` (e.g. (cores, 1)) by measured throughput; ``apply(count)`` sets a
+    count. Call ``record(samples, seconds)`` after every training step."""
 
     def __init__(self, counts, apply):
         self.counts, self.apply = tuple(counts), apply
@@ -95,8 +88,8 @@ class ThreadChooser:
         if self._slot < len(PROBE_ORDER):
             self._enter_slot()
             return
-        every_core, one = (samples / seconds if seconds > 0 else 0.0 for samples, seconds in self._rates)
-        self._finish_probe(0 if every_core > EVERY_CORE_MARGIN * one else 1)
+        rates = [samples / seconds if seconds > 0 else 0.0 for samples, seconds in self._rates]
+        self._finish_probe(max(range(len(self.counts)), key=lambda i: rates[i]))
 
     def _clearly_slower(self, samples, seconds):
         """Whether ``samples`` in ``seconds`` at the current count fall far below the other
