@@ -28,6 +28,7 @@ import numpy as np
 from numdl.errors import ConfigError, DataError, ShapeError
 from numdl.layers.activation import ReLU
 from numdl.layers.base import Parameter, ParameterBank
+from numdl.layers.pool import MaxPool2d
 from numdl.model import Sequential
 
 
@@ -217,7 +218,8 @@ class Model(Sequential):
 
     def _fuse_relus(self):
         """A ReLU node whose single input is a Linear/Conv2d node used by nothing else is applied by that
-        layer (as Sequential does for adjacent layers)."""
+        layer, and a 2x2 max pooling after a Conv2d by the convolution (as Sequential does for adjacent
+        layers)."""
         consumers = {}
         for node in self.order:
             for i in node.inputs:
@@ -233,6 +235,21 @@ class Model(Sequential):
             if (before.layer is not None and before.layer.can_fuse_relu and uses[id(before.layer)] == 1
                     and consumers.get(id(before)) == 1 and before not in self.output_nodes):
                 before.layer.fused_relu = node.layer.absorbed = True
+        # then a MaxPool2d node fed only by a Conv2d node (through the ReLU it applies) is applied by
+        # the convolution too (Conv2d.can_fuse_pool): nothing else may read the full-size output
+        for node in self.order:
+            if not isinstance(node.layer, MaxPool2d) or uses[id(node.layer)] != 1:
+                continue
+            before = node.inputs[0]
+            if isinstance(before.layer, ReLU) and before.layer.absorbed:
+                if consumers.get(id(before)) != 1 or before in self.output_nodes:
+                    continue
+                before = before.inputs[0]
+            if (before.layer is not None and hasattr(before.layer, "can_fuse_pool") and uses[id(before.layer)] == 1
+                    and consumers.get(id(before)) == 1 and before not in self.output_nodes
+                    and before.layer.can_fuse_pool(node.layer)):
+                before.layer.fused_pool = node.layer
+                node.layer.absorbed = True
 
     def _dense_chain(self, training=False):
         return None  # a graph predicts and trains node by node

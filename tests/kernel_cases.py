@@ -759,6 +759,42 @@ def _conv_backward(relu, p=CONV, grads=_numeric_conv_grads):
     return make
 
 
+def pool2x2_reference(y):
+    """2x2 max pooling at stride 2 (floor mode) of y: the maxima and where each is in its window (0, 1
+    top row, 2, 3 bottom row; the first maximum in reading order, as np.argmax)."""
+    ph, pw = y.shape[2] // 2, y.shape[3] // 2
+    windows = np.stack([y[:, :, i:2 * ph:2, j:2 * pw:2] for i in (0, 1) for j in (0, 1)], axis=-1)
+    at = windows.argmax(axis=-1)
+    return np.take_along_axis(windows, at[..., None], axis=-1)[..., 0], at
+
+
+def _conv_pool_forward(relu, p=CONV):
+    def make(dtype, rng):
+        x, w, b, _ = _conv_inputs(dtype, rng, p)
+        full = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
+        pooled, at = pool2x2_reference(full)
+        args = [np.zeros(pooled.shape, dtype), np.zeros(pooled.shape, np.int8), x, w, b, *_conv_scalars(p), relu]
+        return args, pooled.size, {0: pooled}  # pool_at: tests/test_kernels.py checks it
+    return make
+
+
+def _conv_pool_backward(relu, p=CONV):
+    def make(dtype, rng):
+        x, w, b, _ = _conv_inputs(dtype, rng, p)
+        full = conv2d_reference(f64(x), f64(w), f64(b), p["stride"], p["pad"], p["dil"], p["groups"], relu)
+        pooled, at = pool2x2_reference(full)
+        dout = rng.standard_normal(pooled.shape).astype(dtype)
+        # the convolution's output gradient: each window's at its maximum (through the ReLU's mask)
+        g = np.zeros(full.shape)
+        n, c, py, px = np.indices(pooled.shape)
+        g[n, c, 2 * py + at // 2, 2 * px + at % 2] = f64(dout) * (pooled > 0 if relu else 1)
+        dx, dw, db, _ = _numeric_conv_grads(f64(x), f64(w), f64(b), g, False, p)
+        args = [np.zeros_like(x), np.zeros_like(w), np.zeros_like(b), dout, pooled.astype(dtype), at.astype(np.int8),
+                x, w, *_conv_scalars(p), relu]
+        return args, dx.size + dw.size + db.size, {0: dx, 1: dw, 2: db}
+    return make
+
+
 # --------------------------------------------------------------------------------------- pooling
 POOL = dict(k=(3, 2), stride=(2, 2), pad=(1, 1))
 
@@ -1780,6 +1816,8 @@ CASES = {
     ("gaussian", "gaussian_sample_backward"): _gaussian_sample_backward,
     ("conv", "conv2d_forward"): _conv_forward(False),
     ("conv", "conv2d_backward"): _conv_backward(False),
+    ("conv", "conv2d_pool_forward"): _conv_pool_forward(True),  # odd 3x3 outputs: one window, a row and column left
+    ("conv", "conv2d_pool_backward"): _conv_pool_backward(True),
     ("pool", "maxpool2d_forward"): _maxpool_forward,
     ("pool", "maxpool2d_backward"): _maxpool_backward,
     ("pool", "avgpool2d_forward"): _avgpool_forward,
@@ -1929,6 +1967,12 @@ VARIANTS = {
     "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_SAME)),
     "conv2d_forward_gemm_chunks": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_GEMM)),
     "conv2d_backward_gemm_chunks": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_GEMM)),
+    # the pooled convolution on the CPU's other paths: direct (6x5 outputs) and GEMM chunks (19x19), the
+    # latter without a ReLU
+    "conv2d_pool_forward_direct": (("conv", "conv2d_pool_forward"), _conv_pool_forward(True, p=CONV_DIRECT)),
+    "conv2d_pool_backward_direct": (("conv", "conv2d_pool_backward"), _conv_pool_backward(True, p=CONV_DIRECT)),
+    "conv2d_pool_forward_gemm_chunks": (("conv", "conv2d_pool_forward"), _conv_pool_forward(False, p=CONV_GEMM)),
+    "conv2d_pool_backward_gemm_chunks": (("conv", "conv2d_pool_backward"), _conv_pool_backward(False, p=CONV_GEMM)),
     "conv2d_forward_direct": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_DIRECT)),
     "conv2d_backward_direct": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_DIRECT)),
     "conv_transpose2d_forward_tiled": (("conv_transpose", "conv_transpose2d_forward"),

@@ -42,6 +42,7 @@ OUTPUT_ARGUMENTS = {
     ("linear", "linear_forward"): 1, ("linear", "linear_backward"): 4, ("dense_chain", "dense_chain_forward"): 2,
     ("dense_chain", "dense_chain_train"): 6,
     ("conv", "conv2d_forward"): 1, ("conv", "conv2d_backward"): 3,
+    ("conv", "conv2d_pool_forward"): 2, ("conv", "conv2d_pool_backward"): 3,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,
     ("recurrent", "lstm_backward"): 10, ("recurrent", "gru_backward"): 10,
@@ -132,6 +133,30 @@ def test_maxpool_2x2_fast_path_matches_numpy_with_ties_and_odd_sizes(dtype):
     n, c, oh, ow = np.indices(out.shape)
     expected[n, c, rows[None, None] + 0 * n, cols[None, None] + 0 * n] = dout
     np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("params", ["CONV", "CONV_DIRECT", "CONV_GEMM"])
+def test_pooled_convolution_records_the_first_maximum_of_each_window(params, relu):
+    """conv2d_pool_forward_cpu's pool_at on the GEMM, direct and chunked paths: the first maximum in
+    reading order, also among the ties a ReLU makes (a window of negative values pools to 0 at
+    position 0), as maxpool2d_forward_cpu does after an unfused convolution."""
+    import kernel_cases
+    from kernel_cases import _conv_scalars, conv2d_reference, pool2x2_reference
+    from numdl.kernels.conv import conv2d_pool_forward_cpu
+
+    p = getattr(kernel_cases, params)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, (p["n"], p["c_in"], p["h"], p["w"])).astype(np.float64)  # small integers: ties
+    w = rng.integers(-1, 2, (p["c_out"], p["c_in"] // p["groups"]) + p["k"]).astype(np.float64)
+    b = np.zeros(p["c_out"])
+    full = conv2d_reference(x, w, b, p["stride"], p["pad"], p["dil"], p["groups"], relu)
+    pooled, at = pool2x2_reference(full)
+    out, pool_at = np.full(pooled.shape, np.nan), np.full(pooled.shape, -1, np.int8)
+    conv2d_pool_forward_cpu(out, pool_at, x, w, b, *_conv_scalars(p), relu)
+    np.testing.assert_array_equal(out, pooled)
+    np.testing.assert_array_equal(pool_at, at)
+    assert (full == np.roll(full, 1, axis=3)).any()  # the case has ties to break
 
 
 def test_float32_rational_tanh_sigmoid_erf_are_accurate_and_keep_nan():

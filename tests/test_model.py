@@ -153,6 +153,62 @@ def test_fused_relu_gives_the_unfused_numbers(kind):
     np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["relu", "no_relu", "odd_strided", "graph"])
+def test_fused_max_pooling_gives_the_unfused_numbers(kind):
+    """A Conv2d (with the ReLU it applies, or none) followed by a 2x2 max pooling at stride 2 applies
+    the pooling in its own pass (the pooling layer passes through); training and evaluation outputs,
+    every gradient and the input gradient equal the unfused model's, in a Sequential and in a graph."""
+    def make(fuse):
+        if kind == "graph":
+            image = numdl.Input((2, 9, 9))
+            h = numdl.MaxPool2d(2)(numdl.ReLU()(numdl.Conv2d(4, 3, padding=1)(image)))
+            h = numdl.MaxPool2d(2)(numdl.Conv2d(6, 3, padding=1, bias=False)(h))
+            return numdl.Model(image, numdl.Linear(3)(numdl.Flatten()(h)), dtype="float64", seed=2, input_grad=True,
+                               fuse=fuse)
+        conv = {"relu": numdl.Conv2d(4, 3, padding=1), "no_relu": numdl.Conv2d(4, 3, padding=1, bias=False),
+                "odd_strided": numdl.Conv2d(4, 3, stride=2, dilation=2, padding=2, groups=2)}[kind]
+        layers = [conv] + ([] if kind == "no_relu" else [numdl.ReLU()]) + [
+            numdl.MaxPool2d(2), numdl.Conv2d(6, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
+            numdl.Linear(3)]
+        return numdl.Sequential(layers, input_shape=(2, 9, 9), dtype="float64", seed=2, input_grad=True, fuse=fuse)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 9, 9))
+    dout = rng.standard_normal((5, 3))
+    fused, plain = make(True), make(False)
+    layers = [node.layer for node in fused.order if node.layer is not None] if kind == "graph" else fused.layers
+    pools = [layer for layer in layers if isinstance(layer, numdl.MaxPool2d)]
+    assert [layer.fused_pool for layer in layers if isinstance(layer, numdl.Conv2d)] == pools
+    assert all(pool.absorbed for pool in pools)
+    np.testing.assert_allclose(fused.forward(x, training=True), plain.forward(x, training=True), rtol=1e-12)
+    np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
+    for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
+
+
+def test_max_pooling_is_fused_only_where_the_numbers_stay_the_same():
+    """Not fused: a pooling with another window or stride, or ceil_mode, or after a layer between it
+    and the convolution; in a graph, a convolution whose output (or ReLU) another node reads too."""
+    def fused_pools(*layers):
+        model = numdl.Sequential(list(layers), input_shape=(1, 8, 8))
+        model.build((1, 8, 8))
+        return [layer.fused_pool is not None for layer in model.layers if isinstance(layer, numdl.Conv2d)]
+
+    assert fused_pools(numdl.Conv2d(2, 3, padding=1), numdl.MaxPool2d(2, stride=1)) == [False]
+    assert fused_pools(numdl.Conv2d(2, 3, padding=1), numdl.MaxPool2d(3)) == [False]
+    assert fused_pools(numdl.Conv2d(2, 3), numdl.MaxPool2d(2, ceil_mode=True)) == [False]
+    assert fused_pools(numdl.Conv2d(2, 3), numdl.BatchNorm2d(), numdl.MaxPool2d(2)) == [False]
+    assert fused_pools(numdl.Conv2d(2, 3), numdl.AvgPool2d(2)) == [False]
+    assert fused_pools(numdl.Conv2d(2, 3), numdl.ReLU(), numdl.MaxPool2d(2)) == [True]
+
+    image = numdl.Input((1, 8, 8))
+    features = numdl.ReLU()(numdl.Conv2d(2, 3, padding=1)(image))
+    pooled = numdl.MaxPool2d(2)(features)
+    model = numdl.Model(image, [numdl.Flatten()(pooled), numdl.Flatten()(features)])  # built: shapes known
+    assert not any(node.layer.fused_pool for node in model.order if isinstance(node.layer, numdl.Conv2d))
+
+
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_a_non_finite_gradient_stops_the_step_before_any_weight_changes(bad):
     """The NaN guard's gradient check (one counting kernel over the flat gradient buffer) names the

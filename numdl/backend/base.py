@@ -331,6 +331,22 @@ class Ops:
         self._run("conv", "conv2d_backward", work, dx, dweight, dbias, dout, out, x, weight, *stride, *padding,
                   *dilation, int(groups), bool(relu))
 
+    def conv2d_pool_forward(self, out, pool_at, x, weight, bias, stride, padding, dilation, groups, relu):
+        """conv2d_forward, its ReLU and a 2x2 max pooling at stride 2 in one pass: out is pooled and
+        pool_at (int8, out's shape) records where each window's maximum is."""
+        bias = self.nothing(x.dtype) if bias is None else bias
+        self._run("conv", "conv2d_pool_forward", out.size, out, pool_at, x, weight, bias, *stride, *padding,
+                  *dilation, int(groups), bool(relu))
+
+    def conv2d_pool_backward(self, dx, dweight, dbias, dout, out, pool_at, x, weight, stride, padding, dilation, groups,
+                             relu):
+        """conv2d_backward of conv2d_pool_forward: dout and out (the pooled output) and pool_at pooled."""
+        dx = self.nothing(x.dtype, ndim=4) if dx is None else dx
+        dbias = self.nothing(x.dtype) if dbias is None else dbias
+        work = dweight.size + dbias.size + dx.size
+        self._run("conv", "conv2d_pool_backward", work, dx, dweight, dbias, dout, out, pool_at, x, weight, *stride,
+                  *padding, *dilation, int(groups), bool(relu))
+
     def conv_transpose2d_forward(self, out, xt, cols, x, weight, bias, stride, padding, dilation, groups):
         """xt (C_in, N H W) is kept for backward; cols is CPU scratch (both may be empty on CUDA)."""
         bias = self.nothing(x.dtype) if bias is None else bias

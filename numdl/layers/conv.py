@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from numdl.errors import ConfigError, ShapeError
 from numdl.init import get_initializer
 from numdl.layers.base import Layer
@@ -121,9 +123,25 @@ class Conv2d(Layer):
     def _relu(self):
         return self.activation == "relu" or self.fused_relu
 
+    fused_pool = None  # the MaxPool2d layer this convolution applies (set by the model; see can_fuse_pool)
+
     @property
     def can_fuse_relu(self):
         return self.activation == "none"
+
+    def can_fuse_pool(self, pool):
+        """Whether this convolution can apply ``pool`` (the next layer, after any ReLU it applies) in
+        the pass that writes its output: a 2x2 max pooling at stride 2, unpadded, floor mode, on a 2-D
+        output of at least 2x2."""
+        return (getattr(pool, "name", None) == "maxpool2d" and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
+                and pool.padding == (0, 0) and pool.dilation == (1, 1) and not pool.ceil_mode
+                and len(self.output_shape) == 3 and min(self._image_out[1:]) >= 2)
+
+    def _pool_buffer(self, shape):
+        array = self._buffers.get("pool_at")
+        if array is None or tuple(array.shape) != tuple(shape):
+            array = self._buffers["pool_at"] = self.ops.empty(tuple(shape), np.int8)
+        return array
 
     def _weight4(self, array):
         return array.reshape(self.weight_shape(self._image_in[0]))
@@ -140,10 +158,18 @@ class Conv2d(Layer):
             else:
                 self.ops.pad2d_mode_forward(padded, x4, top, left, self.padding_mode)
             x4 = padded
-        out = self.buffer("out", (n,) + self._image_out)
         bias = self.params["bias"].value if self.use_bias else None
-        self.ops.conv2d_forward(out, x4, self._weight4(self.params["weight"].value), bias, self.stride, self.padding,
-                                self.dilation, self.groups, self._relu)
+        weight = self._weight4(self.params["weight"].value)
+        if self.fused_pool is not None:  # the max pooling after it too: only the pooled output is stored
+            out = self.buffer("out", (n,) + self.fused_pool.output_shape)
+            self._pool_at = self._pool_buffer(out.shape)
+            self.ops.conv2d_pool_forward(out, self._pool_at, x4, weight, bias, self.stride, self.padding,
+                                         self.dilation, self.groups, self._relu)
+            self._x, self._out = x4, out
+            return out
+        out = self.buffer("out", (n,) + self._image_out)
+        self.ops.conv2d_forward(out, x4, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                                self._relu)
         self._x, self._out = x4, out
         return out.reshape((n,) + self.output_shape)
 
@@ -154,9 +180,14 @@ class Conv2d(Layer):
             if self.needs_input_grad else None
         weight = self.params["weight"]
         dbias = self.params["bias"].grad if self.use_bias else None
-        self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dout.reshape((n,) + self._image_out), self._out,
-                                 self._x, self._weight4(weight.value), self.stride, self.padding, self.dilation,
-                                 self.groups, self._relu)
+        if self.fused_pool is not None:  # dout is the pooling's output gradient
+            self.ops.conv2d_pool_backward(dx, self._weight4(weight.grad), dbias, dout, self._out, self._pool_at,
+                                          self._x, self._weight4(weight.value), self.stride, self.padding,
+                                          self.dilation, self.groups, self._relu)
+        else:
+            self.ops.conv2d_backward(dx, self._weight4(weight.grad), dbias, dout.reshape((n,) + self._image_out),
+                                     self._out, self._x, self._weight4(weight.value), self.stride, self.padding,
+                                     self.dilation, self.groups, self._relu)
         if dx is None:
             return None
         if self.pads_first:  # the padded image's gradient back onto the input's pixels

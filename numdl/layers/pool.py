@@ -66,6 +66,7 @@ class MaxPool2d(_Pool2d):
     def __init__(self, kernel_size: int | list[int], stride: int | list[int] | None = None,
                  padding: int | list[int] = 0, ceil_mode: bool = False, dilation: int | list[int] = 1):
         super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.absorbed = False  # set by the model when the convolution before it applies this pooling
         self.dilation = pair(dilation, "dilation")
         if min(self.dilation) < 1:
             raise ConfigError(f"{self.name}: dilation must be >= 1, got {dilation!r}")
@@ -74,6 +75,8 @@ class MaxPool2d(_Pool2d):
         return {**super().hyperparameters(), "dilation": list(self.dilation)}
 
     def forward(self, x, training=False):
+        if self.absorbed:  # the convolution before it pooled already (Conv2d.fused_pool)
+            return x
         out = self.buffer("out", (x.shape[0],) + self.output_shape)
         self._argmax = self._index_buffer(out.shape)
         self.ops.maxpool2d_forward(out, self._argmax, x, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -83,6 +86,8 @@ class MaxPool2d(_Pool2d):
         return argmax_buffer(self, shape)
 
     def backward(self, dout):
+        if self.absorbed:
+            return dout
         dx = self.buffer("dx", (dout.shape[0],) + self.input_shape)
         self.ops.maxpool2d_backward(dx, dout, self._argmax, self.kernel_size, self.stride, self.padding,
                                     self.dilation)
