@@ -479,6 +479,11 @@ def _kernel_cases(torch):
          lambda: nn.Conv2d(1, 32, 3, padding=1)),
         ("conv2d", "128x32x14x14 3x3->64", [numdl.Conv2d(64, 3, padding=1)], (32, 14, 14), 128,
          lambda: nn.Conv2d(32, 64, 3, padding=1)),
+        # Conv2d -> ReLU -> MaxPool2d(2) as the CNN runs them: one fused pass in numdl (kernels.conv's
+        # conv2d_pool_*), three modules in PyTorch
+        ("conv2d_relu_maxpool", "128x1x28x28 3x3->32", [numdl.Conv2d(32, 3, padding=1), numdl.ReLU(),
+                                                         numdl.MaxPool2d(2)], (1, 28, 28), 128,
+         lambda: nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))),
         ("conv_transpose2d", "8x32x14x14 2x2/2->16", [numdl.ConvTranspose2d(16, 2, stride=2)], (32, 14, 14), 8,
          lambda: nn.ConvTranspose2d(32, 16, 2, stride=2)),
         ("conv_transpose2d", "32x32x32x32 2x2/2->16", [numdl.ConvTranspose2d(16, 2, stride=2)], (32, 32, 32), 32,

@@ -77,8 +77,8 @@ def test_kernel_suite_runs_every_family_against_torch(monkeypatch):
     monkeypatch.setattr(bench, "_kernel_cases", small_size_of_each_family)
     results = bench.kernel_cases(repeats=1, threads=1, quick=True)
     families = {r["case"].split()[0] for r in results}
-    assert {"linear", "relu", "tanh", "conv2d", "maxpool2d", "batchnorm2d", "layernorm", "lstm", "attention", "adam",
-            "softmax+cross-entropy"} <= families
+    assert {"linear", "relu", "tanh", "conv2d", "conv2d_relu_maxpool", "maxpool2d", "batchnorm2d", "layernorm", "lstm",
+            "attention", "adam", "softmax+cross-entropy"} <= families
     assert all(r["numdl"] > 0 and r["torch"] > 0 and r["ratio"] > 0 for r in results)
 
 

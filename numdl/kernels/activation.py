@@ -155,6 +155,13 @@ def _erf_float32(x):
     return numerator / denominator
 
 
+@scalar_math_float32(_exp_nonpositive_float32)
+def exp_nonpositive(x):
+    # exp(x) for x <= 0 (a score minus its row's maximum, in a softmax); float32 kernels get the
+    # vectorising version (math.exp stays a scalar call per element: numba's wheels have no SVML).
+    return math.exp(x)
+
+
 @scalar_math_float32(_tanh_float32)
 def tanh(x):
     return math.tanh(x)

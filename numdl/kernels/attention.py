@@ -22,6 +22,7 @@ import math
 import numpy as np
 from numba import prange
 
+from numdl.kernels.activation import exp_nonpositive
 from numdl.kernels.common import (
     cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, sample_block, scalar_math,
 )
@@ -49,7 +50,7 @@ def attention_row(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, c
         peak = max(peak, acc)
     total = same_type(scale, 0.0)
     for s in range(limit):
-        e = math.exp(probs[n, h, t, s] - peak)
+        e = exp_nonpositive(probs[n, h, t, s] - peak)
         probs[n, h, t, s] = e
         total += e
     for s in range(limit, keys):
@@ -187,11 +188,11 @@ def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, keep, leng
                         acc += mask[t, s]
                     probs_flat[row + np.uint64(s)] = acc
                     peak = max(peak, acc)
+                for s in range(limit):  # apart from the sum below, so that it vectorises
+                    probs_flat[row + np.uint64(s)] = exp_nonpositive(probs_flat[row + np.uint64(s)] - peak)
                 total = zero
                 for s in range(limit):
-                    e = math.exp(probs_flat[row + np.uint64(s)] - peak)
-                    probs_flat[row + np.uint64(s)] = e
-                    total += e
+                    total += probs_flat[row + np.uint64(s)]
                 for s in range(limit, keys):
                     probs_flat[row + np.uint64(s)] = zero  # masked keys
                 inv = same_type(scale, 1.0) / total

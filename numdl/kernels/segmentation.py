@@ -16,7 +16,7 @@ strided class axis took 14 ms a step for the U-Net example's (32, 11, 64 x 64) l
 
 import math
 
-from numdl.kernels.activation import _exp_nonpositive_float32
+from numdl.kernels.activation import exp_nonpositive
 from numba import prange
 
 from numdl.kernels.common import (
@@ -27,18 +27,11 @@ from numdl.kernels.common import (
     numba_threads,
     same_type,
     scalar_math,
-    scalar_math_float32,
     thread_share,
     worth_splitting,
 )
 
 # --------------------------------------------------------------------------- scalar math (both targets)
-
-
-@scalar_math_float32(_exp_nonpositive_float32)
-def exp_nonpositive(x):
-    # exp(x) for x <= 0 (a logit minus its maximum); float32 kernels get the vectorising version.
-    return math.exp(x)
 
 
 @scalar_math
