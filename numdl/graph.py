@@ -218,8 +218,8 @@ class Model(Sequential):
 
     def _fuse_relus(self):
         """A ReLU node whose single input is a Linear/Conv2d node used by nothing else is applied by that
-        layer, and a 2x2 max pooling after a Conv2d by the convolution (as Sequential does for adjacent
-        layers)."""
+        layer, and a 2x2 max pooling after a Conv2d or BatchNorm2d by that layer (as Sequential does for
+        adjacent layers)."""
         consumers = {}
         for node in self.order:
             for i in node.inputs:
@@ -235,8 +235,8 @@ class Model(Sequential):
             if (before.layer is not None and before.layer.can_fuse_relu and uses[id(before.layer)] == 1
                     and consumers.get(id(before)) == 1 and before not in self.output_nodes):
                 before.layer.fused_relu = node.layer.absorbed = True
-        # then a MaxPool2d node fed only by a Conv2d node (through the ReLU it applies) is applied by
-        # the convolution too (Conv2d.can_fuse_pool): nothing else may read the full-size output
+        # then a MaxPool2d node fed only by a Conv2d or BatchNorm2d node (through the ReLU it applies) is
+        # applied by that layer too (can_fuse_pool): nothing else may read the full-size output
         for node in self.order:
             if not isinstance(node.layer, MaxPool2d) or uses[id(node.layer)] != 1:
                 continue

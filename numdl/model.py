@@ -29,9 +29,9 @@ class Sequential:
                  fuse=True):
         """``input_grad=True`` makes ``backward`` return the gradient of the input too (a GAN's
         discriminator passes it on to the generator); otherwise the first layer skips that work.
-        ``fuse``: a Linear or Conv2d followed by a ReLU applies the ReLU itself, and a Conv2d (and its
-        ReLU) followed by a 2x2 max pooling at stride 2 applies the pooling too (same numbers, fewer
-        passes over memory each way)."""
+        ``fuse``: a Linear, Conv2d or batch norm followed by a ReLU applies the ReLU itself, and a Conv2d
+        or BatchNorm2d (and its ReLU) followed by a 2x2 max pooling at stride 2 applies the pooling too
+        (same numbers, fewer passes over memory each way)."""
         if str(np.dtype(dtype)) not in DTYPES:
             raise ConfigError(f"model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.layers = list(layers)
@@ -89,8 +89,8 @@ class Sequential:
                 if isinstance(after, ReLU) and before.can_fuse_relu:
                     before.fused_relu = after.absorbed = True
             for index, layer in enumerate(self.layers):
-                # a Conv2d (with the ReLU it applies) then a 2x2 max pooling: one pass, and the
-                # convolution's full-size output is never stored (Conv2d.can_fuse_pool)
+                # a Conv2d or BatchNorm2d (with the ReLU it applies) then a 2x2 max pooling: one pass,
+                # and the full-size output is never stored (can_fuse_pool)
                 after = index + 2 if getattr(layer, "fused_relu", False) else index + 1
                 if after < len(self.layers) and hasattr(layer, "can_fuse_pool") and \
                         layer.can_fuse_pool(self.layers[after]):

@@ -979,6 +979,78 @@ def _bn_backward(relu):
     return make
 
 
+# BatchNorm2d with the 2x2 max pooling after it: 5x6 images (S = 30, width 6), pooled 2x3 (the odd
+# last row in no window); one channel's scale negative, so that the pooling picks what the affine
+# maps highest, not the highest input
+BN_POOL_SHAPE, BN_POOL_WIDTH = (2, 3, 5, 6), 6
+
+
+def _bn_pool_inputs(dtype, rng):
+    x = (rng.standard_normal(BN_POOL_SHAPE) * 2 + 1).astype(dtype)
+    gamma = (rng.uniform(0.5, 1.5, 3) * np.array([1, -1, 1])).astype(dtype)
+    return x, gamma, rng.standard_normal(3).astype(dtype)
+
+
+def _bn_pool_statistics(x):
+    xd = f64(x)
+    mean, var = xd.mean(axis=(0, 2, 3)), xd.var(axis=(0, 2, 3))
+    invstd = 1 / np.sqrt(var + 1e-5)
+    return mean, var, (xd - mean[None, :, None, None]) * invstd[None, :, None, None], invstd
+
+
+def _affine_relu(xhat, gamma, beta, relu):
+    v = f64(gamma)[None, :, None, None] * xhat + f64(beta)[None, :, None, None]
+    return np.maximum(v, 0) if relu else v
+
+
+def _bn_pool_train_forward(relu):
+    def make(dtype, rng):
+        x, gamma, beta = _bn_pool_inputs(dtype, rng)
+        mean, var, xhat, invstd = _bn_pool_statistics(x)
+        pooled, _ = pool2x2_reference(_affine_relu(xhat, gamma, beta, relu))
+        running_mean, running_var = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+        m, n, c = 0.1, x.shape[0], x.shape[1]
+        expected = {0: pooled, 2: xhat.reshape(n, c, -1), 3: mean, 4: invstd, 5: (1 - m) * f64(running_mean) + m * mean,
+                    6: (1 - m) * f64(running_var) + m * f64(x).var(axis=(0, 2, 3), ddof=1)}
+        args = [np.zeros(pooled.shape, dtype), np.zeros(pooled.shape, np.int8), np.zeros((n, c, x[0, 0].size), dtype),
+                np.zeros(3, dtype), np.zeros(3, dtype), running_mean, running_var, x.reshape(n, c, -1), gamma, beta,
+                dtype(m), dtype(1e-5), BN_POOL_WIDTH, relu]
+        return args, 3, expected
+    return make
+
+
+def _bn_pool_eval_forward(relu):
+    def make(dtype, rng):
+        x, gamma, beta = _bn_pool_inputs(dtype, rng)
+        rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+        xhat = (f64(x) - f64(rm)[None, :, None, None]) / np.sqrt(f64(rv)[None, :, None, None] + 1e-5)
+        pooled, _ = pool2x2_reference(_affine_relu(xhat, gamma, beta, relu))
+        args = [np.zeros(pooled.shape, dtype), np.zeros(pooled.shape, np.int8), x.reshape(x.shape[0], 3, -1), rm, rv,
+                gamma, beta, dtype(1e-5), BN_POOL_WIDTH, relu]
+        return args, 3, {0: pooled}
+    return make
+
+
+def _bn_pool_backward(relu):
+    def make(dtype, rng):
+        x, gamma, beta = _bn_pool_inputs(dtype, rng)
+        _, _, xhat, invstd = _bn_pool_statistics(x)
+        pooled, at = pool2x2_reference(_affine_relu(xhat, gamma, beta, relu))
+        dout = rng.standard_normal(pooled.shape).astype(dtype)
+        g = np.zeros(x.shape)  # the batch norm's output gradient: each window's at its maximum, through the ReLU
+        n, c, py, px = np.indices(pooled.shape)
+        g[n, c, 2 * py + at // 2, 2 * px + at % 2] = f64(dout) * (pooled > 0 if relu else 1)
+        m = x.shape[0] * x[0, 0].size
+        k = f64(gamma)[None, :, None, None] * invstd[None, :, None, None] / m
+        dx = k * (m * g - g.sum(axis=(0, 2, 3), keepdims=True) - xhat * (g * xhat).sum(axis=(0, 2, 3), keepdims=True))
+        flat = (x.shape[0], 3, -1)
+        args = [np.zeros(flat[:2] + (m // x.shape[0],), dtype), np.zeros(3, dtype), np.zeros(3, dtype), dout,
+                pooled.astype(dtype), at.astype(np.int8), xhat.reshape(flat).astype(dtype), invstd.astype(dtype), gamma,
+                BN_POOL_WIDTH, relu]
+        return args, 3, {0: dx.reshape(flat), 1: (g * xhat).sum(axis=(0, 2, 3)), 2: g.sum(axis=(0, 2, 3))}
+    return make
+
+
 def _ln_inputs(dtype, rng):
     x = (rng.standard_normal((5, 6)) * 2 + 1).astype(dtype)
     return x, rng.uniform(0.5, 1.5, 6).astype(dtype), rng.standard_normal(6).astype(dtype)
@@ -1829,6 +1901,9 @@ CASES = {
     ("norm", "batchnorm_train_forward"): _bn_train_forward(False),
     ("norm", "batchnorm_eval_forward"): _bn_eval_forward(False),
     ("norm", "batchnorm_backward"): _bn_backward(False),
+    ("norm", "batchnorm_pool_train_forward"): _bn_pool_train_forward(True),
+    ("norm", "batchnorm_pool_eval_forward"): _bn_pool_eval_forward(True),
+    ("norm", "batchnorm_pool_backward"): _bn_pool_backward(True),
     ("norm", "layernorm_forward"): _ln_forward,
     ("norm", "layernorm_backward"): _ln_backward,
     ("norm", "groupnorm_forward"): _gn_forward,
@@ -1934,6 +2009,9 @@ VARIANTS = {
     "batchnorm_train_forward_fused_relu": (("norm", "batchnorm_train_forward"), _bn_train_forward(True)),
     "batchnorm_eval_forward_fused_relu": (("norm", "batchnorm_eval_forward"), _bn_eval_forward(True)),
     "batchnorm_backward_fused_relu": (("norm", "batchnorm_backward"), _bn_backward(True)),
+    "batchnorm_pool_train_forward_no_relu": (("norm", "batchnorm_pool_train_forward"), _bn_pool_train_forward(False)),
+    "batchnorm_pool_eval_forward_no_relu": (("norm", "batchnorm_pool_eval_forward"), _bn_pool_eval_forward(False)),
+    "batchnorm_pool_backward_no_relu": (("norm", "batchnorm_pool_backward"), _bn_pool_backward(False)),
     "conv2d_forward_fused_relu": (("conv", "conv2d_forward"), _conv_forward(True)),
     "conv2d_backward_fused_relu": (("conv", "conv2d_backward"), _conv_backward(True)),
     "lstm_forward_initial_state": (("recurrent", "lstm_forward"), _recurrent_forward("lstm", False, True)),

@@ -43,6 +43,8 @@ OUTPUT_ARGUMENTS = {
     ("dense_chain", "dense_chain_train"): 6,
     ("conv", "conv2d_forward"): 1, ("conv", "conv2d_backward"): 3,
     ("conv", "conv2d_pool_forward"): 2, ("conv", "conv2d_pool_backward"): 3,
+    ("norm", "batchnorm_pool_train_forward"): 5, ("norm", "batchnorm_pool_eval_forward"): 2,
+    ("norm", "batchnorm_pool_backward"): 3,
     ("pool", "maxpool2d_forward"): 1, ("pool", "maxpool2d_backward"): 1,
     ("recurrent", "lstm_forward"): 6, ("recurrent", "gru_forward"): 6,
     ("recurrent", "lstm_backward"): 10, ("recurrent", "gru_backward"): 10,

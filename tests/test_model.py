@@ -153,11 +153,12 @@ def test_fused_relu_gives_the_unfused_numbers(kind):
     np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["relu", "no_relu", "odd_strided", "graph"])
+@pytest.mark.parametrize("kind", ["relu", "no_relu", "odd_strided", "graph", "batchnorm", "batchnorm_plain"])
 def test_fused_max_pooling_gives_the_unfused_numbers(kind):
-    """A Conv2d (with the ReLU it applies, or none) followed by a 2x2 max pooling at stride 2 applies
-    the pooling in its own pass (the pooling layer passes through); training and evaluation outputs,
-    every gradient and the input gradient equal the unfused model's, in a Sequential and in a graph."""
+    """A Conv2d or BatchNorm2d (with the ReLU it applies, or none) followed by a 2x2 max pooling at
+    stride 2 applies the pooling in its own pass (the pooling layer passes through); training and
+    evaluation outputs, every gradient, the input gradient and the running statistics equal the
+    unfused model's, in a Sequential and in a graph."""
     def make(fuse):
         if kind == "graph":
             image = numdl.Input((2, 9, 9))
@@ -165,9 +166,15 @@ def test_fused_max_pooling_gives_the_unfused_numbers(kind):
             h = numdl.MaxPool2d(2)(numdl.Conv2d(6, 3, padding=1, bias=False)(h))
             return numdl.Model(image, numdl.Linear(3)(numdl.Flatten()(h)), dtype="float64", seed=2, input_grad=True,
                                fuse=fuse)
-        conv = {"relu": numdl.Conv2d(4, 3, padding=1), "no_relu": numdl.Conv2d(4, 3, padding=1, bias=False),
-                "odd_strided": numdl.Conv2d(4, 3, stride=2, dilation=2, padding=2, groups=2)}[kind]
-        layers = [conv] + ([] if kind == "no_relu" else [numdl.ReLU()]) + [
+        if kind == "batchnorm":  # the examples' conv -> batch norm -> ReLU -> pooling, odd 9x9 images
+            first = [numdl.Conv2d(4, 3, padding=1, bias=False), numdl.BatchNorm2d(), numdl.ReLU()]
+        elif kind == "batchnorm_plain":  # no ReLU, no affine, batch statistics in evaluation too
+            first = [numdl.Conv2d(4, 3, padding=1), numdl.BatchNorm2d(affine=False, track_running_stats=False)]
+        else:
+            first = [{"relu": numdl.Conv2d(4, 3, padding=1), "no_relu": numdl.Conv2d(4, 3, padding=1, bias=False),
+                      "odd_strided": numdl.Conv2d(4, 3, stride=2, dilation=2, padding=2, groups=2)}[kind]]
+            first += [] if kind == "no_relu" else [numdl.ReLU()]
+        layers = first + [
             numdl.MaxPool2d(2), numdl.Conv2d(6, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
             numdl.Linear(3)]
         return numdl.Sequential(layers, input_shape=(2, 9, 9), dtype="float64", seed=2, input_grad=True, fuse=fuse)
@@ -178,13 +185,15 @@ def test_fused_max_pooling_gives_the_unfused_numbers(kind):
     fused, plain = make(True), make(False)
     layers = [node.layer for node in fused.order if node.layer is not None] if kind == "graph" else fused.layers
     pools = [layer for layer in layers if isinstance(layer, numdl.MaxPool2d)]
-    assert [layer.fused_pool for layer in layers if isinstance(layer, numdl.Conv2d)] == pools
+    assert [layer.fused_pool for layer in layers if getattr(layer, "fused_pool", None) is not None] == pools
     assert all(pool.absorbed for pool in pools)
     np.testing.assert_allclose(fused.forward(x, training=True), plain.forward(x, training=True), rtol=1e-12)
     np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
     for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):
         np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14, err_msg=name)
     np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
+    for (name, a), b in zip(fused.named_state().items(), plain.named_state().values()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=name)
 
 
 def test_max_pooling_is_fused_only_where_the_numbers_stay_the_same():
@@ -198,7 +207,6 @@ def test_max_pooling_is_fused_only_where_the_numbers_stay_the_same():
     assert fused_pools(numdl.Conv2d(2, 3, padding=1), numdl.MaxPool2d(2, stride=1)) == [False]
     assert fused_pools(numdl.Conv2d(2, 3, padding=1), numdl.MaxPool2d(3)) == [False]
     assert fused_pools(numdl.Conv2d(2, 3), numdl.MaxPool2d(2, ceil_mode=True)) == [False]
-    assert fused_pools(numdl.Conv2d(2, 3), numdl.BatchNorm2d(), numdl.MaxPool2d(2)) == [False]
     assert fused_pools(numdl.Conv2d(2, 3), numdl.AvgPool2d(2)) == [False]
     assert fused_pools(numdl.Conv2d(2, 3), numdl.ReLU(), numdl.MaxPool2d(2)) == [True]
 

@@ -441,6 +441,25 @@ class Ops:
         self._run("norm", "batchnorm_backward", dout.shape[1], dx, dgamma, dbeta, dout, xhat, invstd, gamma, out,
                   relu)
 
+    def batchnorm_pool_train_forward(self, out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma,
+                                     beta, momentum, eps, width, relu=False):
+        """batchnorm_train_forward with a 2x2 max pooling at stride 2 after it (and its ReLU): x, xhat
+        (N, C, S) views of (N, C, H, W) with W = width; out and pool_at (int8) (N, C, H // 2, W // 2)."""
+        d = x.dtype
+        self._run("norm", "batchnorm_pool_train_forward", x.shape[1], out, pool_at, xhat, mean, invstd, running_mean,
+                  running_var, x, gamma, beta, self.scalar(momentum, d), self.scalar(eps, d), int(width), bool(relu))
+
+    def batchnorm_pool_eval_forward(self, out, pool_at, x, running_mean, running_var, gamma, beta, eps, width,
+                                    relu=False):
+        self._run("norm", "batchnorm_pool_eval_forward", x.shape[1], out, pool_at, x, running_mean, running_var, gamma,
+                  beta, self.scalar(eps, x.dtype), int(width), bool(relu))
+
+    def batchnorm_pool_backward(self, dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu=False):
+        """dout, out (the pooled output) and pool_at pooled; dx (None: not wanted) and xhat (N, C, S)."""
+        dx = self.nothing(dout.dtype, ndim=3) if dx is None else dx
+        self._run("norm", "batchnorm_pool_backward", xhat.shape[1], dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd,
+                  gamma, int(width), bool(relu))
+
     def layernorm_forward(self, out, xhat, invstd, x, gamma, beta, eps):
         """x, out, xhat: (R, D) views."""
         self._run("norm", "layernorm_forward", x.shape[0], out, xhat, invstd, x, gamma, beta,

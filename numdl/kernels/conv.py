@@ -313,10 +313,11 @@ def _sum_parts(total, parts):
 
 
 @cpu_kernel
-def _store_pooled(out_flat, at_flat, target, row, start, stride, h_out, w_out, b, relu):
-    # The pooled output of one (sample, channel) plane, from its convolution in ``row`` (pixel (y, x) at
-    # start + y stride + x, before bias and ReLU): out_flat[target + py (w_out // 2) + px] gets the
-    # maximum of window (py, px) after bias and ReLU, at_flat its place in the window (pool_select).
+def store_pooled(out_flat, at_flat, target, row, start, stride, h_out, w_out, scale, shift, relu):
+    # The pooled output of one (sample, channel) plane of h_out x w_out pixels in ``row`` (pixel (y, x)
+    # at start + y stride + x): out_flat[target + py (w_out // 2) + px] gets the maximum of window
+    # (py, px) of scale v + shift (ReLU'd), at_flat its place in the window (pool_select). (A
+    # convolution passes scale 1 and its bias: v * 1 is exact.)
     zero = same_type(row[0], 0.0)
     pw = w_out // 2
     for py in range(h_out // 2):
@@ -325,8 +326,8 @@ def _store_pooled(out_flat, at_flat, target, row, start, stride, h_out, w_out, b
         to = np.uint64(target + py * pw)
         for px in range(pw):
             j = np.uint64(2 * px)
-            a, b1 = row[top + j] + b, row[top + j + np.uint64(1)] + b
-            c, d = row[bottom + j] + b, row[bottom + j + np.uint64(1)] + b
+            a, b1 = row[top + j] * scale + shift, row[top + j + np.uint64(1)] * scale + shift
+            c, d = row[bottom + j] * scale + shift, row[bottom + j + np.uint64(1)] * scale + shift
             if relu:  # not max(): a NaN must reach the NaN guard
                 a, b1 = zero if a < zero else a, zero if b1 < zero else b1
                 c, d = zero if c < zero else c, zero if d < zero else d
@@ -388,7 +389,7 @@ def _gemm_forward_samples(out, pool_at, x, weight, bias, stride_h, stride_w, pad
     cols = np.empty((c_in * kh * kw, chunk * hw), x.dtype)
     result = np.empty((c_out, chunk * hw), x.dtype)
     out_flat = out.reshape(-1)
-    zero = same_type(out[0, 0, 0, 0], 0.0)
+    zero, one = same_type(out[0, 0, 0, 0], 0.0), same_type(out[0, 0, 0, 0], 1.0)
     for first in range(lo, hi, chunk):
         count = min(chunk, hi - first)
         width = count * hw
@@ -401,8 +402,8 @@ def _gemm_forward_samples(out, pool_at, x, weight, bias, stride_h, stride_w, pad
             for c in range(c_out):
                 b = bias[c] if bias.size > 0 else zero
                 if pooled:
-                    _store_pooled(out_flat, at_flat, ((first + s) * c_out + c) * pooled_hw, result[c], s * hw, w_out,
-                                  h_out, w_out, b, relu)
+                    store_pooled(out_flat, at_flat, ((first + s) * c_out + c) * pooled_hw, result[c], s * hw, w_out,
+                                 h_out, w_out, one, b, relu)
                     continue
                 row, target = result[c], ((first + s) * c_out + c) * hw
                 for p in range(hw):
@@ -877,7 +878,7 @@ def _direct_forward_samples(out, pool_at, x, weight, taps, bias, pad_h, pad_w, r
     stack = _stack_size(rows, width, hi - lo)
     planes = np.zeros((c_in, stack * plane + 2 * width + 2), x.dtype)
     outp = np.empty((c_out, stack * plane), x.dtype)
-    zero = same_type(out[0, 0, 0, 0], 0.0)
+    zero, one = same_type(out[0, 0, 0, 0], 0.0), same_type(out[0, 0, 0, 0], 1.0)
     out_flat = out.reshape(-1)  # flat, unsigned indices: see _direct_backward_samples
     for first in range(lo, hi, stack):
         count = min(stack, hi - first)
@@ -887,8 +888,8 @@ def _direct_forward_samples(out, pool_at, x, weight, taps, bias, pad_h, pad_w, r
             for c in range(c_out):
                 b = bias[c] if bias.size > 0 else zero
                 if pooled:
-                    _store_pooled(out_flat, at_flat, ((first + s) * c_out + c) * pooled_hw, outp[c], s * plane, width,
-                                  h_out, w_out, b, relu)
+                    store_pooled(out_flat, at_flat, ((first + s) * c_out + c) * pooled_hw, outp[c], s * plane, width,
+                                 h_out, w_out, one, b, relu)
                     continue
                 row, target = outp[c], ((first + s) * c_out + c) * h_out * w_out
                 for y in range(h_out):

@@ -8,19 +8,29 @@ gradient). LayerNorm works on x viewed as (R, D), statistics per row. GroupNorm 
 (N, G, M), statistics per sample and group over its M = (C / G) S values, the affine per channel
 (element m of group g belongs to channel g C/G + m // S). ``xhat`` and ``invstd`` are saved for
 backward.
+
+batchnorm_pool_*: BatchNorm2d with a 2x2 max pooling at stride 2 after it (and after its ReLU), as
+models run BatchNorm2d -> ReLU -> MaxPool2d(2): out is pooled, (N, C, H // 2, W // 2), with pool_at
+(int8, where each window's maximum is: 0 / 1 top row, 2 / 3 bottom row, as kernels.conv's pooled
+convolution) and ``width`` = W; x, xhat and dx keep the (N, C, S) view. The full-size output is never
+stored, and backward reads the pooled gradient instead of a full-size one and its ReLU mask.
 """
 
 import math
 
+import numpy as np
 from numba import prange
 
 from numdl.kernels.common import cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, same_type, scalar_math, worth_splitting
+from numdl.kernels.conv import pool_select, store_pooled
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
 
 @scalar_math
-def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c):
+def batchnorm_statistics(mean, invstd, running_mean, running_var, x, momentum, eps, c):
+    # Channel c's batch mean and 1 / std (stored in mean, invstd and returned), and its running
+    # statistics updated.
     n_batch, s = x.shape[0], x.shape[2]
     count = n_batch * s
     total = same_type(eps, 0.0)
@@ -40,13 +50,95 @@ def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, 
     unbiased = squares / same_type(eps, max(count - 1, 1))
     running_mean[c] = (same_type(eps, 1.0) - momentum) * running_mean[c] + momentum * mu
     running_var[c] = (same_type(eps, 1.0) - momentum) * running_var[c] + momentum * unbiased
+    return mu, inv
+
+
+@scalar_math
+def batchnorm_train_channel(out, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, relu, c):
+    mu, inv = batchnorm_statistics(mean, invstd, running_mean, running_var, x, momentum, eps, c)
     zero = same_type(eps, 0.0)
-    for n in range(n_batch):
-        for i in range(s):
+    for n in range(x.shape[0]):
+        for i in range(x.shape[2]):
             h = (x[n, c, i] - mu) * inv
             xhat[n, c, i] = h
             v = gamma[c] * h + beta[c]
             out[n, c, i] = zero if relu and v < zero else v  # not max(): a NaN must reach the NaN guard
+
+
+@scalar_math
+def _relu_of(v, relu):
+    return same_type(v, 0.0) if relu and v < 0 else v  # a NaN stays
+
+
+@scalar_math
+def batchnorm_pool_window(out, pool_at, values, scale, shift, width, relu, n, c, py, px):
+    # Pooled element (py, px) of channel c: the maximum of the window's four scale v + shift (ReLU'd)
+    # of ``values`` (N, C, S).
+    top = 2 * py * width + 2 * px
+    a = _relu_of(values[n, c, top] * scale + shift, relu)
+    b = _relu_of(values[n, c, top + 1] * scale + shift, relu)
+    d0 = _relu_of(values[n, c, top + width] * scale + shift, relu)
+    d1 = _relu_of(values[n, c, top + width + 1] * scale + shift, relu)
+    best, at = pool_select(a, b, d0, d1)
+    out[n, c, py, px] = best
+    pool_at[n, c, py, px] = at
+
+
+@scalar_math
+def batchnorm_pool_train_channel(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum,
+                                 eps, width, relu, c):
+    mu, inv = batchnorm_statistics(mean, invstd, running_mean, running_var, x, momentum, eps, c)
+    for n in range(x.shape[0]):
+        for i in range(x.shape[2]):
+            xhat[n, c, i] = (x[n, c, i] - mu) * inv
+    for n in range(out.shape[0]):
+        for py in range(out.shape[2]):
+            for px in range(out.shape[3]):
+                batchnorm_pool_window(out, pool_at, xhat, gamma[c], beta[c], width, relu, n, c, py, px)
+
+
+@scalar_math
+def batchnorm_pool_eval_channel(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu, c):
+    inv = same_type(eps, 1.0) / math.sqrt(running_var[c] + eps)
+    scale = gamma[c] * inv
+    shift = beta[c] - running_mean[c] * scale
+    for n in range(out.shape[0]):
+        for py in range(out.shape[2]):
+            for px in range(out.shape[3]):
+                batchnorm_pool_window(out, pool_at, x, scale, shift, width, relu, n, c, py, px)
+
+
+@scalar_math
+def batchnorm_pool_backward_channel(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu, c):
+    # batchnorm_backward_channel where dy is each window's gradient (through the ReLU's mask) at its
+    # maximum and zero elsewhere: the sums over the windows, then dx for dy = 0 everywhere and again
+    # at each maximum.
+    n_batch, s = xhat.shape[0], xhat.shape[2]
+    zero = same_type(invstd[0], 0.0)
+    count = same_type(invstd[0], n_batch * s)
+    sum_dy = zero
+    sum_dy_xhat = zero
+    for n in range(n_batch):
+        for py in range(dout.shape[2]):
+            for px in range(dout.shape[3]):
+                dy = zero if relu and out[n, c, py, px] <= zero else dout[n, c, py, px]
+                at = pool_at[n, c, py, px]
+                sum_dy += dy
+                sum_dy_xhat += dy * xhat[n, c, (2 * py + at // 2) * width + 2 * px + at % 2]
+    dgamma[c] = sum_dy_xhat
+    dbeta[c] = sum_dy
+    if dx.size > 0:
+        k = gamma[c] * invstd[c] / count
+        for n in range(n_batch):
+            for i in range(s):
+                dx[n, c, i] = k * (zero - sum_dy - xhat[n, c, i] * sum_dy_xhat)
+        for n in range(n_batch):
+            for py in range(dout.shape[2]):
+                for px in range(dout.shape[3]):
+                    dy = zero if relu and out[n, c, py, px] <= zero else dout[n, c, py, px]
+                    at = pool_at[n, c, py, px]
+                    i = (2 * py + at // 2) * width + 2 * px + at % 2
+                    dx[n, c, i] = k * (count * dy - sum_dy - xhat[n, c, i] * sum_dy_xhat)
 
 
 @scalar_math
@@ -247,6 +339,129 @@ def _batchnorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out,
 
 
 @cpu_kernel
+def _pooled_planes(out, pool_at, values, scale, shift, width, relu, c):
+    # Channel c's pooled output from ``values`` (N, C, S): batchnorm_pool_window's arithmetic over flat
+    # views and unsigned indices (conv.store_pooled), ~3x faster than the windows one by one.
+    n_batch, channels, s = values.shape
+    pooled = out.shape[2] * out.shape[3]
+    values_flat, out_flat, at_flat = values.reshape(-1), out.reshape(-1), pool_at.reshape(-1)
+    for n in range(n_batch):
+        store_pooled(out_flat, at_flat, (n * channels + c) * pooled, values_flat, (n * channels + c) * s, width,
+                     s // width, width, scale, shift, relu)
+
+
+@cpu_kernel
+def _batchnorm_pool_train_channel(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta, momentum,
+                                  eps, width, relu, c):
+    # batchnorm_pool_train_channel (the CUDA twin's) with the pooling by _pooled_planes
+    mu, inv = batchnorm_statistics(mean, invstd, running_mean, running_var, x, momentum, eps, c)
+    for n in range(x.shape[0]):
+        x_row, xhat_row = x[n, c], xhat[n, c]
+        for i in range(x.shape[2]):
+            xhat_row[i] = (x_row[i] - mu) * inv
+    _pooled_planes(out, pool_at, xhat, gamma[c], beta[c], width, relu, c)
+
+
+@cpu_kernel
+def _batchnorm_pool_eval_channel(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu, c):
+    inv = same_type(eps, 1.0) / math.sqrt(running_var[c] + eps)
+    scale = gamma[c] * inv
+    _pooled_planes(out, pool_at, x, scale, beta[c] - running_mean[c] * scale, width, relu, c)
+
+
+@cpu_kernel
+def batchnorm_pool_train_forward_cpu(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                     momentum, eps, width, relu):
+    if worth_splitting(x.size):
+        _batchnorm_pool_train_forward_split(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma,
+                                            beta, momentum, eps, width, relu)
+        return
+    for c in range(x.shape[1]):
+        _batchnorm_pool_train_channel(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                      momentum, eps, width, relu, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_pool_train_forward_split(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                        momentum, eps, width, relu):
+    for c in prange(x.shape[1]):
+        _batchnorm_pool_train_channel(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                      momentum, eps, width, relu, c)
+
+
+@cpu_kernel
+def batchnorm_pool_eval_forward_cpu(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu):
+    if worth_splitting(x.size):
+        _batchnorm_pool_eval_forward_split(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu)
+        return
+    for c in range(x.shape[1]):
+        _batchnorm_pool_eval_channel(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_pool_eval_forward_split(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu):
+    for c in prange(x.shape[1]):
+        _batchnorm_pool_eval_channel(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu, c)
+
+
+@cpu_kernel
+def _batchnorm_pool_backward_channel(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu, c):
+    # batchnorm_pool_backward_channel (the CUDA twin's), its arithmetic in its order, over flat views
+    # and unsigned indices (numba's negative-index fix-up on each computed 3-D index cost ~2x)
+    n_batch, channels, s = xhat.shape
+    ph, pw = dout.shape[2], dout.shape[3]
+    xhat_flat, dout_flat, out_flat, at_flat = xhat.reshape(-1), dout.reshape(-1), out.reshape(-1), pool_at.reshape(-1)
+    zero = same_type(invstd[0], 0.0)
+    count = same_type(invstd[0], n_batch * s)
+    sum_dy = zero
+    sum_dy_xhat = zero
+    for n in range(n_batch):
+        base, pooled = (n * channels + c) * s, (n * channels + c) * ph * pw
+        for py in range(ph):
+            for px in range(pw):
+                k = np.uint64(pooled + py * pw + px)
+                dy = zero if relu and out_flat[k] <= zero else dout_flat[k]
+                at = np.int64(at_flat[k])
+                sum_dy += dy
+                sum_dy_xhat += dy * xhat_flat[np.uint64(base + (2 * py + (at >> 1)) * width + 2 * px + (at & 1))]
+    dgamma[c] = sum_dy_xhat
+    dbeta[c] = sum_dy
+    if dx.size == 0:
+        return
+    dx_flat = dx.reshape(-1)
+    scale = gamma[c] * invstd[c] / count
+    for n in range(n_batch):
+        base = np.uint64((n * channels + c) * s)
+        for i in range(s):
+            dx_flat[base + np.uint64(i)] = scale * (zero - sum_dy - xhat_flat[base + np.uint64(i)] * sum_dy_xhat)
+    for n in range(n_batch):
+        base, pooled = (n * channels + c) * s, (n * channels + c) * ph * pw
+        for py in range(ph):
+            for px in range(pw):
+                k = np.uint64(pooled + py * pw + px)
+                dy = zero if relu and out_flat[k] <= zero else dout_flat[k]
+                at = np.int64(at_flat[k])
+                i = np.uint64(base + (2 * py + (at >> 1)) * width + 2 * px + (at & 1))
+                dx_flat[i] = scale * (count * dy - sum_dy - xhat_flat[i] * sum_dy_xhat)
+
+
+@cpu_kernel
+def batchnorm_pool_backward_cpu(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu):
+    # Overwrites dx (skipped when empty), dgamma, dbeta.
+    if worth_splitting(xhat.size):
+        _batchnorm_pool_backward_split(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu)
+        return
+    for c in range(xhat.shape[1]):
+        _batchnorm_pool_backward_channel(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu, c)
+
+
+@cpu_parallel_kernel
+def _batchnorm_pool_backward_split(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu):
+    for c in prange(xhat.shape[1]):
+        _batchnorm_pool_backward_channel(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu, c)
+
+
+@cpu_kernel
 def layernorm_forward_cpu(out, xhat, invstd, x, gamma, beta, eps):
     # out, xhat, x (R, D); invstd (R,); gamma, beta (D,).
     for r in range(x.shape[0]):
@@ -309,6 +524,26 @@ def batchnorm_eval_forward_cuda(out, x, running_mean, running_var, gamma, beta, 
 def batchnorm_backward_cuda(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu):
     for c in range(cuda.grid(1), dout.shape[1], cuda.gridsize(1)):
         batchnorm_backward_channel(dx, dgamma, dbeta, dout, xhat, invstd, gamma, out, relu, c)
+
+
+@cuda_kernel
+def batchnorm_pool_train_forward_cuda(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                      momentum, eps, width, relu):
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        batchnorm_pool_train_channel(out, pool_at, xhat, mean, invstd, running_mean, running_var, x, gamma, beta,
+                                     momentum, eps, width, relu, c)
+
+
+@cuda_kernel
+def batchnorm_pool_eval_forward_cuda(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu):
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        batchnorm_pool_eval_channel(out, pool_at, x, running_mean, running_var, gamma, beta, eps, width, relu, c)
+
+
+@cuda_kernel
+def batchnorm_pool_backward_cuda(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu):
+    for c in range(cuda.grid(1), xhat.shape[1], cuda.gridsize(1)):
+        batchnorm_pool_backward_channel(dx, dgamma, dbeta, dout, out, pool_at, xhat, invstd, gamma, width, relu, c)
 
 
 @cuda_kernel

@@ -124,11 +124,12 @@ class Layer:
         """[(name prefix, layer)] of the layers that hold arrays themselves (composites: their children)."""
         return [(prefix, self)]
 
-    def buffer(self, key, shape):
-        """A work array reused across steps while its shape stays (no allocation per step)."""
+    def buffer(self, key, shape, dtype=None):
+        """A work array reused across steps while its shape stays (no allocation per step); of the
+        layer's dtype unless ``dtype`` is given."""
         array = self._buffers.get(key)
         if array is None or tuple(array.shape) != tuple(shape):
-            array = self._buffers[key] = self.ops.empty(tuple(shape), self.dtype)
+            array = self._buffers[key] = self.ops.empty(tuple(shape), self.dtype if dtype is None else dtype)
         return array
 
     def contiguous(self, array, key):

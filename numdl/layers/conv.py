@@ -133,15 +133,9 @@ class Conv2d(Layer):
         """Whether this convolution can apply ``pool`` (the next layer, after any ReLU it applies) in
         the pass that writes its output: a 2x2 max pooling at stride 2, unpadded, floor mode, on a 2-D
         output of at least 2x2."""
-        return (getattr(pool, "name", None) == "maxpool2d" and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
-                and pool.padding == (0, 0) and pool.dilation == (1, 1) and not pool.ceil_mode
-                and len(self.output_shape) == 3 and min(self._image_out[1:]) >= 2)
+        from numdl.layers.pool import fusible_max_pool
 
-    def _pool_buffer(self, shape):
-        array = self._buffers.get("pool_at")
-        if array is None or tuple(array.shape) != tuple(shape):
-            array = self._buffers["pool_at"] = self.ops.empty(tuple(shape), np.int8)
-        return array
+        return fusible_max_pool(pool) and len(self.output_shape) == 3 and min(self._image_out[1:]) >= 2
 
     def _weight4(self, array):
         return array.reshape(self.weight_shape(self._image_in[0]))
@@ -162,7 +156,7 @@ class Conv2d(Layer):
         weight = self._weight4(self.params["weight"].value)
         if self.fused_pool is not None:  # the max pooling after it too: only the pooled output is stored
             out = self.buffer("out", (n,) + self.fused_pool.output_shape)
-            self._pool_at = self._pool_buffer(out.shape)
+            self._pool_at = self.buffer("pool_at", out.shape, np.int8)  # where each window's maximum is
             self.ops.conv2d_pool_forward(out, self._pool_at, x4, weight, bias, self.stride, self.padding,
                                          self.dilation, self.groups, self._relu)
             self._x, self._out = x4, out

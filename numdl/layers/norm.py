@@ -77,19 +77,16 @@ class _BatchNorm(Layer):
         self.state["num_batches_tracked"] = self.ops.asarray(np.array([tracked]), dtype=self.dtype)
         return 1.0 / tracked
 
+    fused_pool = None  # the MaxPool2d layer this batch norm applies (BatchNorm2d; set by the model)
+
     def forward(self, x, training=False):
+        if self.fused_pool is not None:
+            return self._pooled_forward(x, training)
         n = x.shape[0]
         out = self.buffer("out", (n, self.input_shape[0], self._spatial))
         gamma, beta = self._affine()
         if training or not self.track_running_stats:  # batch statistics
-            if n * self._spatial < 2:
-                raise ShapeError(f"layer '{self.name}' needs more than one value per channel to take batch statistics "
-                                 f"(got a batch of {n})")
-            self._xhat = self.buffer("xhat", out.shape)
-            self._mean = self.buffer("mean", (self.input_shape[0],))
-            self._invstd = self.buffer("invstd", (self.input_shape[0],))
-            running = ((self.state["running_mean"], self.state["running_var"]) if self.track_running_stats
-                       else self._untracked)
+            running = self._batch_statistics(n, out.shape)
             self.ops.batchnorm_train_forward(out, self._xhat, self._mean, self._invstd, *running, self._view(x), gamma,
                                              beta, self._batch_momentum(training), self.eps, self.fused_relu)
         else:
@@ -99,12 +96,48 @@ class _BatchNorm(Layer):
         self._out = out
         return out.reshape(x.shape)
 
+    def _batch_statistics(self, n, shape):
+        """The buffers and running statistics a training-mode forward (batch statistics) writes."""
+        if n * self._spatial < 2:
+            raise ShapeError(f"layer '{self.name}' needs more than one value per channel to take batch statistics "
+                             f"(got a batch of {n})")
+        self._xhat = self.buffer("xhat", shape)
+        self._mean = self.buffer("mean", (self.input_shape[0],))
+        self._invstd = self.buffer("invstd", (self.input_shape[0],))
+        return ((self.state["running_mean"], self.state["running_var"]) if self.track_running_stats
+                else self._untracked)
+
+    def _pooled_forward(self, x, training):
+        # with the 2x2 max pooling after it: only the pooled output (and each window's argmax) stored
+        x = self.contiguous(x, "x_copy")  # (the CPU kernel reads flat views)
+        n, width = x.shape[0], self.input_shape[2]
+        out = self.buffer("out", (n,) + self.fused_pool.output_shape)
+        self._pool_at = self.buffer("pool_at", out.shape, np.int8)
+        gamma, beta = self._affine()
+        if training or not self.track_running_stats:
+            running = self._batch_statistics(n, (n, self.input_shape[0], self._spatial))
+            self.ops.batchnorm_pool_train_forward(out, self._pool_at, self._xhat, self._mean, self._invstd, *running,
+                                                  self._view(x), gamma, beta, self._batch_momentum(training), self.eps,
+                                                  width, self.fused_relu)
+        else:
+            self._xhat = None
+            self.ops.batchnorm_pool_eval_forward(out, self._pool_at, self._view(x), self.state["running_mean"],
+                                                 self.state["running_var"], gamma, beta, self.eps, width,
+                                                 self.fused_relu)
+        self._out = out
+        return out
+
     def backward(self, dout):
         if self._xhat is None:
             raise RuntimeError(f"{self.name}: backward after an evaluation-mode forward")
         dx = self.buffer("dx", self._xhat.shape) if self.needs_input_grad else None
         grads = ((self.params["weight"].grad, self.params["bias"].grad) if self.affine
                  else (self._scratch_grads["weight"], self._scratch_grads["bias"]))
+        if self.fused_pool is not None:  # dout is the pooling's output gradient
+            dout = self.contiguous(dout, "dout_copy")
+            self.ops.batchnorm_pool_backward(dx, *grads, dout, self._out, self._pool_at, self._xhat, self._invstd,
+                                             self._affine()[0], self.input_shape[2], self.fused_relu)
+            return None if dx is None else dx.reshape((dout.shape[0],) + self.input_shape)
         self.ops.batchnorm_backward(dx, *grads, self._view(dout), self._xhat, self._invstd, self._affine()[0],
                                     self._out if self.fused_relu else None)
         return None if dx is None else dx.reshape(dout.shape)
@@ -122,6 +155,14 @@ class BatchNorm2d(_BatchNorm):
 
     name = "batchnorm2d"
     ranks = (3,)
+
+    def can_fuse_pool(self, pool):
+        """Whether this batch norm can apply ``pool`` (the next layer, after any ReLU it applies) in the
+        pass that writes its output: a 2x2 max pooling at stride 2 (layers.pool.fusible_max_pool) on
+        images of at least 2x2."""
+        from numdl.layers.pool import fusible_max_pool
+
+        return fusible_max_pool(pool) and min(self.input_shape[1:]) >= 2
 
 
 class LayerNorm(Layer):

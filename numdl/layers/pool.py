@@ -16,6 +16,13 @@ def argmax_buffer(layer, shape):
     return array
 
 
+def fusible_max_pool(layer):
+    """Whether ``layer`` is a max pooling that the layer before it can apply in its own output pass
+    (Conv2d and BatchNorm2d ``can_fuse_pool``): 2x2 windows at stride 2, unpadded, floor mode."""
+    return (isinstance(layer, MaxPool2d) and layer.kernel_size == (2, 2) and layer.stride == (2, 2)
+            and layer.padding == (0, 0) and layer.dilation == (1, 1) and not layer.ceil_mode)
+
+
 def pooled_size(size, kernel, stride, padding, ceil_mode, dilation=1):
     """PyTorch's pooling output size: floor, or with ceil_mode one more window when the last one
     still starts inside the (left-padded) input."""
