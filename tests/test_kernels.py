@@ -296,7 +296,7 @@ def test_conv_cases_cover_both_cpu_paths():
 
 
 @pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",
-                                  "conv_transpose", "pixel_loss"])
+                                  "conv_transpose", "pixel_loss", "dropout", "add", "layernorm", "linear"])
 def test_passes_split_over_threads_match_one_thread(case):
     # Passes that split over numba's threads once numba has the cores (common.worth_splitting) must
     # compute what one thread does: the same arithmetic per element, only the work divided.
@@ -347,6 +347,43 @@ def test_passes_split_over_threads_match_one_thread(case):
             back = np.empty_like(rows)
             layout.concat_backward_cpu(back, out, 5)
             return out, back
+        if case == "dropout":  # each thread draws its share of the counter stream
+            from numdl.kernels import dropout
+
+            out, mask, dx = (np.empty(x.size, np.float32) for _ in range(3))
+            dropout.dropout_forward_cpu(out, mask, x.reshape(-1), np.float32(0.3), np.float32(1 / 0.7), np.uint64(7),
+                                        np.uint64(12345))
+            dropout.dropout_backward_cpu(dx, dout.reshape(-1), mask)
+            assert 0.25 < float((mask == 0).mean()) < 0.35
+            return out, mask, dx
+        if case == "add":
+            from numdl.kernels import elementwise
+
+            out = np.empty(x.size, np.float32)
+            elementwise.add_forward_cpu(out, x.reshape(-1), dout.reshape(-1))
+            swapped = np.empty((32, 34, 36), np.float32)
+            elementwise.swap_last_axes_forward_cpu(swapped, x.reshape(32, 36, 34))
+            return out, swapped
+        if case == "linear":  # bias and ReLU by rows; each thread sums its rows' bias gradient apart
+            from numdl.kernels import linear
+
+            rows, w = x.reshape(-1, 34)[:, :17], rng.standard_normal((40, 17)).astype(np.float32)
+            b = rng.standard_normal(40).astype(np.float32)
+            out = np.empty((rows.shape[0], 40), np.float32)
+            linear.linear_forward_cpu(out, rows, w, b, True)
+            g = rng.standard_normal(out.shape).astype(np.float32)
+            dx, dw, db, masked = np.empty_like(rows), np.empty_like(w), np.empty_like(b), np.empty_like(out)
+            linear.linear_backward_cpu(dx, dw, db, masked, g, out, rows, w, True)
+            return out, dx, dw, db, masked
+        if case == "layernorm":  # rows split; each thread sums its rows' parameter gradients apart
+            rows, d_rows = x.reshape(-1, 34), dout.reshape(-1, 34)
+            gamma, beta = rng.standard_normal(34).astype(np.float32), rng.standard_normal(34).astype(np.float32)
+            out, xhat, dx = np.empty_like(rows), np.empty_like(rows), np.empty_like(rows)
+            invstd = np.empty(rows.shape[0], np.float32)
+            norm.layernorm_forward_cpu(out, xhat, invstd, rows, gamma, beta, np.float32(1e-5))
+            dgamma, dbeta = np.empty(34, np.float32), np.empty(34, np.float32)
+            norm.layernorm_backward_cpu(dx, dgamma, dbeta, d_rows, xhat, invstd, gamma)
+            return out, xhat, invstd, dx, dgamma, dbeta
         if case == "pixel_loss":
             from numdl.kernels import segmentation
 
@@ -395,7 +432,8 @@ def test_passes_split_over_threads_match_one_thread(case):
     finally:
         numba.set_num_threads(before)
     for one, two in zip(serial, split):
-        if case.startswith("conv"):  # sums split by thread (direct path) or by BLAS block, in another order
+        if case.startswith("conv") or case in ("layernorm", "linear"):
+            # sums split by thread (direct path, LayerNorm's parameter gradients) or by BLAS block: another order
             np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)
         else:
             np.testing.assert_array_equal(two, one)

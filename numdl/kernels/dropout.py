@@ -3,9 +3,11 @@ hash of (seed, offset + i). CPU and CUDA draw the very same mask, and the stream
 integers (easy to checkpoint and resume exactly).
 """
 
-from numba import float32, uint64
+from numba import float32, prange, uint64
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, scalar_math
+from numdl.kernels.common import (
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, scalar_math, thread_share, worth_splitting,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -33,15 +35,49 @@ def dropout_element(out, mask, x, p, scale, seed, offset, i):
 
 @cpu_kernel
 def dropout_forward_cpu(out, mask, x, p, scale, seed, offset):
-    # out, mask, x: (size,); mask gets 0 or 1/(1-p); seed, offset: uint64; overwrites.
+    # out, mask, x: (size,); mask gets 0 or 1/(1-p); seed, offset: uint64; overwrites. Split over
+    # numba's threads when they have the cores: element i's draw depends on offset + i alone, so
+    # every split draws the same mask.
+    if worth_splitting(x.size):
+        _dropout_forward_split(out, mask, x, p, scale, seed, offset)
+    else:
+        _dropout_forward_range(out, mask, x, p, scale, seed, offset)
+
+
+@cpu_kernel
+def _dropout_forward_range(out, mask, x, p, scale, seed, offset):
     for i in range(x.size):
         dropout_element(out, mask, x, p, scale, seed, offset, i)
 
 
+@cpu_parallel_kernel
+def _dropout_forward_split(out, mask, x, p, scale, seed, offset):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.size, part, parts)
+        _dropout_forward_range(out[lo:hi], mask[lo:hi], x[lo:hi], p, scale, seed, offset + uint64(lo))
+
+
 @cpu_kernel
 def dropout_backward_cpu(dx, dout, mask):
+    if worth_splitting(dout.size):
+        _dropout_backward_split(dx, dout, mask)
+    else:
+        _dropout_backward_range(dx, dout, mask)
+
+
+@cpu_kernel
+def _dropout_backward_range(dx, dout, mask):
     for i in range(dout.size):
         dx[i] = dout[i] * mask[i]
+
+
+@cpu_parallel_kernel
+def _dropout_backward_split(dx, dout, mask):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(dout.size, part, parts)
+        _dropout_backward_range(dx[lo:hi], dout[lo:hi], mask[lo:hi])
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels

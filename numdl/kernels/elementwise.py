@@ -1,15 +1,36 @@
 """Element-wise arithmetic between arrays (residual sums). Flat 1-D views; overwrites ``out``."""
 
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel
+from numba import prange
+
+from numdl.kernels.common import (
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, thread_share, worth_splitting,
+)
 
 # ---------------------------------------------------------------------------------------- CPU kernels
 
 
 @cpu_kernel
 def add_forward_cpu(out, a, b):
+    # Split over numba's threads when they have the cores (a Transformer's residual sums).
+    if worth_splitting(out.size):
+        _add_forward_split(out, a, b)
+    else:
+        _add_forward_range(out, a, b)
+
+
+@cpu_kernel
+def _add_forward_range(out, a, b):
     for i in range(out.size):
         out[i] = a[i] + b[i]
+
+
+@cpu_parallel_kernel
+def _add_forward_split(out, a, b):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(out.size, part, parts)
+        _add_forward_range(out[lo:hi], a[lo:hi], b[lo:hi])
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -45,10 +66,27 @@ def broadcast_add_backward_cpu(dtable, dout):
 
 @cpu_kernel
 def swap_last_axes_forward_cpu(out, x):
-    for n in range(x.shape[0]):
+    # Samples split over numba's threads when they have the cores.
+    if worth_splitting(x.size):
+        _swap_last_axes_split(out, x)
+    else:
+        _swap_last_axes_samples(out, x, 0, x.shape[0])
+
+
+@cpu_kernel
+def _swap_last_axes_samples(out, x, lo, hi):
+    for n in range(lo, hi):
         for a in range(x.shape[1]):
             for b in range(x.shape[2]):
                 out[n, b, a] = x[n, a, b]
+
+
+@cpu_parallel_kernel
+def _swap_last_axes_split(out, x):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.shape[0], part, parts)
+        _swap_last_axes_samples(out, x, lo, hi)
 
 
 @cuda_kernel

@@ -21,7 +21,10 @@ import math
 import numpy as np
 from numba import prange
 
-from numdl.kernels.common import cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, same_type, scalar_math, worth_splitting
+from numdl.kernels.common import (
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, same_type, scalar_math, thread_share,
+    worth_splitting,
+)
 from numdl.kernels.conv import pool_select, store_pooled
 
 # --------------------------------------------------------------------------- scalar math (both targets)
@@ -463,25 +466,67 @@ def _batchnorm_pool_backward_split(dx, dgamma, dbeta, dout, out, pool_at, xhat, 
 
 @cpu_kernel
 def layernorm_forward_cpu(out, xhat, invstd, x, gamma, beta, eps):
-    # out, xhat, x (R, D); invstd (R,); gamma, beta (D,).
-    for r in range(x.shape[0]):
+    # out, xhat, x (R, D); invstd (R,); gamma, beta (D,). Rows split over numba's threads when they
+    # have the cores.
+    if worth_splitting(x.size):
+        _layernorm_forward_split(out, xhat, invstd, x, gamma, beta, eps)
+    else:
+        _layernorm_forward_rows(out, xhat, invstd, x, gamma, beta, eps, 0, x.shape[0])
+
+
+@cpu_kernel
+def _layernorm_forward_rows(out, xhat, invstd, x, gamma, beta, eps, lo, hi):
+    for r in range(lo, hi):
         layernorm_row(out, xhat, invstd, x, gamma, beta, eps, r)
+
+
+@cpu_parallel_kernel
+def _layernorm_forward_split(out, xhat, invstd, x, gamma, beta, eps):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(x.shape[0], part, parts)
+        _layernorm_forward_rows(out, xhat, invstd, x, gamma, beta, eps, lo, hi)
 
 
 @cpu_kernel
 def layernorm_backward_cpu(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
-    for r in range(dout.shape[0]):
-        if dx.size > 0:
+    # dx (R, D) (empty: not wanted); dgamma, dbeta (D,); overwrites. Rows split over numba's threads
+    # when they have the cores, each thread summing its rows' parameter gradients apart.
+    if worth_splitting(dout.size):
+        _layernorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma)
+    else:
+        _layernorm_backward_rows(dx, dgamma, dbeta, dout, xhat, invstd, gamma, 0, dout.shape[0])
+
+
+@cpu_kernel
+def _layernorm_backward_rows(dx, dgamma, dbeta, dout, xhat, invstd, gamma, lo, hi):
+    # dx's rows lo..hi-1, and those rows' sums of the parameter gradients into dgamma and dbeta.
+    if dx.size > 0:
+        for r in range(lo, hi):
             layernorm_backward_row(dx, dout, xhat, invstd, gamma, r)
     # dgamma, dbeta: the sums layernorm_param_grads takes column by column (the CUDA twin's thread
     # per column), here row by row: the same additions in the same order, reading memory in order.
     dgamma[:] = 0
     dbeta[:] = 0
-    for r in range(dout.shape[0]):
+    for r in range(lo, hi):
         dout_row, xhat_row = dout[r], xhat[r]
         for j in range(dout.shape[1]):
             dgamma[j] += dout_row[j] * xhat_row[j]
             dbeta[j] += dout_row[j]
+
+
+@cpu_parallel_kernel
+def _layernorm_backward_split(dx, dgamma, dbeta, dout, xhat, invstd, gamma):
+    parts = numba_threads()
+    sums = np.empty((parts, 2, dout.shape[1]), dgamma.dtype)  # each thread's (dgamma, dbeta)
+    for part in prange(parts):
+        lo, hi = thread_share(dout.shape[0], part, parts)
+        _layernorm_backward_rows(dx, sums[part, 0], sums[part, 1], dout, xhat, invstd, gamma, lo, hi)
+    dgamma[:] = sums[0, 0]
+    dbeta[:] = sums[0, 1]
+    for part in range(1, parts):
+        dgamma += sums[part, 0]
+        dbeta += sums[part, 1]
 
 
 @cpu_kernel
