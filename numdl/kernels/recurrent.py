@@ -208,11 +208,15 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
     else:
         h_prev[lo:hi] = 0
     bias = b_ih + b_hh  # one small array per call, not per step
+    # W_hh^T stored contiguous once per call: OpenBLAS multiplies by it faster than by the transposed
+    # view of W_hh (64 x 128 x 512 products, 28 steps, one thread: 3.2-3.6 -> 2.6-2.8 ms alone; the
+    # bench LSTM's forward 5.5-5.8 -> 5.3-5.6 ms).
+    w_hh_t = np.ascontiguousarray(w_hh.T)
     for step in range(steps):
         if step == 0 and not has_h0:
             hh[lo:hi] = 0  # a zero initial state: no product needed
         else:
-            np.dot(h_prev[lo:hi], w_hh.T, hh[lo:hi])
+            np.dot(h_prev[lo:hi], w_hh_t, hh[lo:hi])
         for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
