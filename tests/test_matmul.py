@@ -81,3 +81,44 @@ print(ops.thread_pool, numba.get_num_threads(), blas(), bool(np.allclose(before,
     first, second = result.stdout.splitlines()[-2:]
     assert first.split()[:2] == ["blas", "1"]
     assert second == "numba 2 [1] True"
+
+
+# One product per way matmul splits over two threads: by rows, by columns (many more columns than
+# rows), and by the inner dimension (much longer than the output: a weight gradient over many rows).
+SPLIT_SHAPES = [(300, 40, 100), (20, 900, 60), (24, 16, 3000), (40, 70, 600)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", SPLIT_SHAPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_split_over_threads_matches_numpy(dtype, m, n, k, trans_a, trans_b):
+    import numba
+
+    from numdl.kernels import tuning
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one CPU thread: nothing to split")
+    assert m * n * k >= tuning.MATMUL_MIN_SPLIT_WORK
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    before = rng.standard_normal((m, n)).astype(dtype)
+    product = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    tolerance = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        for beta in (0.0, 1.0):
+            c = before.copy()
+            matmul(c, a, b, trans_a, trans_b, beta)
+            np.testing.assert_allclose(c, product + beta * before, **tolerance)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_long_inner_products_split_by_the_inner_dimension():
+    from numdl.kernels import tuning
+
+    assert 3000 >= tuning.MATMUL_SPLIT_INNER_RATIO * 24 and 600 >= tuning.MATMUL_SPLIT_INNER_RATIO * 70
+    assert 100 < tuning.MATMUL_SPLIT_INNER_RATIO * 300 and 60 < tuning.MATMUL_SPLIT_INNER_RATIO * 900

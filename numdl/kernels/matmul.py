@@ -20,7 +20,7 @@ from numba.np.linalg import ensure_blas
 from numba.np.numpy_support import as_dtype
 
 from numdl.kernels import tuning
-from numdl.kernels.common import numba_threads
+from numdl.kernels.common import numba_threads, thread_share
 
 
 def gemm(c, a, b, trans_a, trans_b, alpha, beta):
@@ -95,6 +95,9 @@ def matmul(c, a, b, trans_a, trans_b, beta):
     if parts < 2 or m * n * k < tuning.MATMUL_MIN_SPLIT_WORK:
         gemm(c, a, b, trans_a, trans_b, 1.0, beta)
         return
+    if k >= tuning.MATMUL_SPLIT_INNER_RATIO * max(m, n):
+        _matmul_split_inner(c, a, b, trans_a, trans_b, beta, parts)
+        return
     split_rows = m >= n or (m >= tuning.MATMUL_MIN_ROWS_TO_SPLIT_ROWS and n < tuning.MATMUL_WIDE_COLUMNS * m)
     size = m if split_rows else n
     align = tuning.MATMUL_BLOCK_ALIGN
@@ -110,3 +113,23 @@ def matmul(c, a, b, trans_a, trans_b, beta):
             b_columns = b[lo:hi] if trans_b else b[:, lo:hi]
             gemm(c[:, lo:hi], a, b_columns, trans_a, trans_b, 1.0, beta)
 
+
+
+@njit(parallel=True, **tuning.CPU_JIT_OPTIONS)
+def _matmul_split_inner(c, a, b, trans_a, trans_b, beta, parts):
+    # matmul for a product whose inner dimension is long against its output (a weight gradient
+    # summed over thousands of rows): each thread multiplies one share of the inner dimension,
+    # the first into c (with beta), the others into partial products added after.
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    partial = np.empty((parts - 1, m, n), c.dtype)
+    for part in prange(parts):
+        lo, hi = thread_share(k, part, parts)
+        a_part = a[lo:hi] if trans_a else a[:, lo:hi]
+        b_part = b[:, lo:hi] if trans_b else b[lo:hi]
+        if part == 0:
+            gemm(c, a_part, b_part, trans_a, trans_b, 1.0, beta)
+        else:
+            gemm(partial[part - 1], a_part, b_part, trans_a, trans_b, 1.0, 0.0)
+    for other in range(parts - 1):
+        c += partial[other]
