@@ -28,6 +28,7 @@ import numpy as np
 from numdl.errors import ConfigError, DataError, ShapeError
 from numdl.layers.activation import ReLU
 from numdl.layers.base import Parameter, ParameterBank
+from numdl.layers.composite import fuse_inside
 from numdl.layers.pool import MaxPool2d
 from numdl.model import Sequential
 
@@ -184,6 +185,8 @@ class Model(Sequential):
         self._mark_gradients()
         if self.fuse:
             self._fuse_relus()
+            for runner in self._running_layers():  # inside composite layers (fuse_runs)
+                fuse_inside(runner)
         return self
 
     def _make_runners(self):

@@ -18,8 +18,8 @@ from numdl import dense_chain
 from numdl.backend import get_ops
 from numdl.data import ondisk
 from numdl.errors import ConfigError, DataError, ShapeError, TrainingDiverged
-from numdl.layers.activation import ReLU
 from numdl.layers.base import Parameter, ParameterBank
+from numdl.layers.composite import fuse_runs
 
 DTYPES = ("float32", "float64")
 
@@ -30,8 +30,9 @@ class Sequential:
         """``input_grad=True`` makes ``backward`` return the gradient of the input too (a GAN's
         discriminator passes it on to the generator); otherwise the first layer skips that work.
         ``fuse``: a Linear, Conv2d or batch norm followed by a ReLU applies the ReLU itself, and a Conv2d
-        or BatchNorm2d (and its ReLU) followed by a 2x2 max pooling at stride 2 applies the pooling too
-        (same numbers, fewer passes over memory each way)."""
+        or BatchNorm2d (and its ReLU) followed by a 2x2 max pooling at stride 2 applies the pooling too,
+        inside composite layers as well (a residual block, a Transformer's feed-forward): the same
+        numbers, fewer passes over memory each way."""
         if str(np.dtype(dtype)) not in DTYPES:
             raise ConfigError(f"model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.layers = list(layers)
@@ -84,18 +85,8 @@ class Sequential:
                 raise ConfigError(f"model.layers.{index} ({layer.name}): its parameters for input {shape} do not "
                                   f"fit in memory") from None
         self.output_shape = shape
-        if self.fuse:
-            for before, after in zip(self.layers, self.layers[1:]):
-                if isinstance(after, ReLU) and before.can_fuse_relu:
-                    before.fused_relu = after.absorbed = True
-            for index, layer in enumerate(self.layers):
-                # a Conv2d or BatchNorm2d (with the ReLU it applies) then a 2x2 max pooling: one pass,
-                # and the full-size output is never stored (can_fuse_pool)
-                after = index + 2 if getattr(layer, "fused_relu", False) else index + 1
-                if after < len(self.layers) and hasattr(layer, "can_fuse_pool") and \
-                        layer.can_fuse_pool(self.layers[after]):
-                    layer.fused_pool = self.layers[after]
-                    self.layers[after].absorbed = True
+        if self.fuse:  # ReLUs and 2x2 max poolings applied by the layer before them, nested ones too
+            fuse_runs(self.layers)
         for path, param in self.named_parameters().items():
             param.path = path
         params = self.parameters()

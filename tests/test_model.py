@@ -124,13 +124,25 @@ def test_warmup_changes_nothing():
     assert model.optimizer.state is None
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "batchnorm"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "batchnorm", "residual", "transformer", "graph"])
 def test_fused_relu_gives_the_unfused_numbers(kind):
     """A Linear, Conv2d or batch norm followed by a ReLU applies the ReLU itself (the ReLU layer
-    passes through); outputs (training and evaluation), parameter gradients and the input gradient
-    equal the unfused model's."""
+    passes through), inside composite layers too (a residual block, a Transformer's feed-forward,
+    a composite in a graph); outputs (training and evaluation), parameter gradients and the input
+    gradient equal the unfused model's."""
     def make(fuse):
-        if kind == "mlp":
+        if kind == "residual":  # a block Conv2d -> BatchNorm2d -> ReLU -> Conv2d
+            block = [numdl.Conv2d(1, 3, padding=1), numdl.BatchNorm2d(), numdl.ReLU(), numdl.Conv2d(1, 3, padding=1)]
+            layers = [numdl.Residual(block), numdl.ReLU(), numdl.Flatten(), numdl.Linear(3)]
+        elif kind == "transformer":  # the feed-forward's Linear -> ReLU, dropout off
+            layers = [numdl.Reshape([6, 6]), numdl.TransformerEncoderLayer(2, 8, dropout=0.0), numdl.Flatten(),
+                      numdl.Linear(3)]
+        elif kind == "graph":
+            image = numdl.Input((1, 6, 6))
+            h = numdl.Residual([numdl.Conv2d(1, 3, padding=1), numdl.ReLU(), numdl.Conv2d(1, 3, padding=1)])(image)
+            return numdl.Model(image, numdl.Linear(3)(numdl.Flatten()(h)), dtype="float64", seed=2, input_grad=True,
+                               fuse=fuse)
+        elif kind == "mlp":
             layers = [numdl.Flatten(), numdl.Linear(16), numdl.ReLU(), numdl.Linear(8), numdl.ReLU(), numdl.Linear(3)]
         elif kind == "cnn":
             layers = [numdl.Conv2d(4, 3, padding=1), numdl.ReLU(), numdl.MaxPool2d(2), numdl.Flatten(),
@@ -144,8 +156,15 @@ def test_fused_relu_gives_the_unfused_numbers(kind):
     x = rng.standard_normal((5, 1, 6, 6))
     dout = rng.standard_normal((5, 3))
     fused, plain = make(True), make(False)
-    assert [layer.absorbed for layer in fused.layers if isinstance(layer, numdl.ReLU)] == [True] * (2 if kind == "mlp" else 1)
-    assert not any(layer.absorbed for layer in plain.layers if isinstance(layer, numdl.ReLU))
+
+    def relus(model):  # every ReLU, nested ones included, in order
+        tops = [node.layer for node in model.order if node.layer is not None] if kind == "graph" else model.layers
+        return [leaf for top in tops for _, leaf in top.leaves() if isinstance(leaf, numdl.ReLU)]
+
+    # the ReLU after the Residual stays a layer of its own (a Residual applies no following ReLU)
+    expected = {"mlp": [True, True], "residual": [True, False]}.get(kind, [True])
+    assert [layer.absorbed for layer in relus(fused)] == expected
+    assert not any(layer.absorbed for layer in relus(plain))
     np.testing.assert_allclose(fused.forward(x, training=True), plain.forward(x, training=True), rtol=1e-12)
     np.testing.assert_allclose(fused.backward(dout.copy()), plain.backward(dout.copy()), rtol=1e-12, atol=1e-14)
     for (name, a), b in zip(fused.named_parameters().items(), plain.parameters()):

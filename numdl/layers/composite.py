@@ -46,6 +46,11 @@ class Composite(Layer):
             if prefix in state:
                 layer.set_rng_state(state[prefix])
 
+    def layer_runs(self):
+        """Lists of children that run one after the other, each feeding only the next (where a
+        model may let a layer apply the ReLU or pooling after it: fuse_runs)."""
+        return []
+
     def _build_children(self, layers, shape, rng, what):
         for index, layer in enumerate(layers):
             layer.needs_input_grad = True
@@ -66,6 +71,9 @@ class Chain(Composite):
 
     def _children(self):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def layer_runs(self):
+        return [self.layers]
 
     def setup(self, input_shape, rng):
         return self._build_children(self.layers, input_shape, rng, self.name)
@@ -183,3 +191,38 @@ class Residual(Composite):
     def _children(self):
         return [(f"block.{i}", layer) for i, layer in enumerate(self.block)] + \
                [(f"skip.{i}", layer) for i, layer in enumerate(self.skip)]
+
+    def layer_runs(self):
+        return [self.block, self.skip]
+
+
+def fuse_runs(layers):
+    """In ``layers``, run one after the other: a layer followed by a ReLU it can apply itself
+    (``can_fuse_relu``: Linear, Conv2d, batch norm) applies it, and a Conv2d or BatchNorm2d (with
+    that ReLU) followed by a 2x2 max pooling it can apply (``can_fuse_pool``) pools in the same
+    pass, its full-size output never stored; then the same inside every composite among them (a
+    Transformer's feed-forward Linear and ReLU, a residual block's convolution and ReLU)."""
+    from numdl.layers.activation import ReLU
+
+    for before, after in zip(layers, layers[1:]):
+        if isinstance(after, ReLU) and before.can_fuse_relu:
+            before.fused_relu = after.absorbed = True
+    for index, layer in enumerate(layers):
+        after = index + 2 if getattr(layer, "fused_relu", False) else index + 1
+        if after < len(layers) and hasattr(layer, "can_fuse_pool") and layer.can_fuse_pool(layers[after]):
+            layer.fused_pool = layers[after]
+            layers[after].absorbed = True
+    for layer in layers:
+        fuse_inside(layer)
+
+
+def fuse_inside(layer):
+    """fuse_runs on the runs of children of ``layer`` and of every composite within it."""
+    if not isinstance(layer, Composite):
+        return
+    for run in layer.layer_runs():
+        fuse_runs(run)
+    ran = {id(child) for run in layer.layer_runs() for child in run}
+    for _, child in layer._children():
+        if id(child) not in ran:
+            fuse_inside(child)
