@@ -20,6 +20,11 @@ SHAPES = [(7, 3, 5), (1, 9, 4), (300, 200, 100), (64, 128, 784), (128, 784, 64),
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_gemm_and_matmul_match_numpy(dtype, m, n, k, trans_a, trans_b):
+    _check_products(dtype, m, n, k, trans_a, trans_b, with_gemm=True)
+
+
+def _check_products(dtype, m, n, k, trans_a, trans_b, with_gemm):
+    """matmul (and gemm, with alpha 2) of random operands against NumPy in float64, beta 0 and 1."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
@@ -30,9 +35,10 @@ def test_gemm_and_matmul_match_numpy(dtype, m, n, k, trans_a, trans_b):
         c = before.copy()
         matmul(c, a, b, trans_a, trans_b, beta)
         np.testing.assert_allclose(c, product + beta * before, **tolerance)
-        c = before.copy()
-        _gemm(c, a, b, trans_a, trans_b, 2.0, beta)
-        np.testing.assert_allclose(c, 2 * product + beta * before, **tolerance)
+        if with_gemm:
+            c = before.copy()
+            _gemm(c, a, b, trans_a, trans_b, 2.0, beta)
+            np.testing.assert_allclose(c, 2 * product + beta * before, **tolerance)
 
 
 def test_gemm_reads_and_writes_blocks_of_larger_arrays():
@@ -100,24 +106,17 @@ def test_matmul_split_over_threads_matches_numpy(dtype, m, n, k, trans_a, trans_
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one CPU thread: nothing to split")
     assert m * n * k >= tuning.MATMUL_MIN_SPLIT_WORK
-    rng = np.random.default_rng(2)
-    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
-    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    before = rng.standard_normal((m, n)).astype(dtype)
-    product = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
-    tolerance = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(2)
-        for beta in (0.0, 1.0):
-            c = before.copy()
-            matmul(c, a, b, trans_a, trans_b, beta)
-            np.testing.assert_allclose(c, product + beta * before, **tolerance)
+        _check_products(dtype, m, n, k, trans_a, trans_b, with_gemm=False)
     finally:
         numba.set_num_threads(threads)
 
 
-def test_long_inner_products_split_by_the_inner_dimension():
+def test_split_shapes_reach_the_inner_split():
+    """SPLIT_SHAPES keep covering the split by the inner dimension (two shapes past the ratio) and the
+    splits by rows and columns (two short of it) whatever tuning's ratio becomes."""
     from numdl.kernels import tuning
 
     assert 3000 >= tuning.MATMUL_SPLIT_INNER_RATIO * 24 and 600 >= tuning.MATMUL_SPLIT_INNER_RATIO * 70
