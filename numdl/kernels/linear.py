@@ -72,8 +72,8 @@ def linear_backward_cpu(dx, dweight, dbias, dmasked, dout, out, x, weight, relu)
 def _mask_and_sum_rows(sums, dmasked, dout, out, relu, lo, hi):
     # Rows lo..hi-1: with relu, dmasked = dout where out > 0, else 0; sums (empty: none) = the
     # column sums of those rows of the gradient (dmasked with relu, else dout).
-    zero = same_type(dout[0, 0], 0.0)
     if relu:
+        zero = same_type(dout[0, 0], 0.0)
         for i in range(lo, hi):
             for j in range(dout.shape[1]):
                 dmasked[i, j] = zero if out[i, j] <= zero else dout[i, j]

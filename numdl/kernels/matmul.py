@@ -114,7 +114,6 @@ def matmul(c, a, b, trans_a, trans_b, beta):
             gemm(c[:, lo:hi], a, b_columns, trans_a, trans_b, 1.0, beta)
 
 
-
 @njit(parallel=True, **tuning.CPU_JIT_OPTIONS)
 def _matmul_split_inner(c, a, b, trans_a, trans_b, beta, parts):
     # matmul for a product whose inner dimension is long against its output (a weight gradient
