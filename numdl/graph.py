@@ -435,14 +435,15 @@ class Model(Sequential):
         if n == 0:
             raise DataError("empty batch")
 
-    def prepare(self, x, y, what, index=None):
+    def prepare(self, x, y, what, index=None, check_finite=True):
         """As Sequential.prepare, for each input (and each output's targets) of a graph."""
         if index is not None or (not self.multi_input and not self.multi_output):
-            return super().prepare(x, y, what, index=index)
+            return super().prepare(x, y, what, index=index, check_finite=check_finite)
         xs = self._inputs_list(x)
         if not self.built:
             self.build([np.shape(a)[1:] for a in xs])
-        prepared = [super(Model, self).prepare(a, None, f"{what} ({node.name})", index=i)[0]
+        prepared = [super(Model, self).prepare(a, None, f"{what} ({node.name})", index=i,
+                                               check_finite=check_finite)[0]
                     for i, (a, node) in enumerate(zip(xs, self.input_nodes))]
         n = prepared[0].shape[0]
         if any(a.shape[0] != n for a in prepared):

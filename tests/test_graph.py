@@ -9,7 +9,7 @@ import pytest
 from helpers import invoke_cli, write_fashion_like
 
 import numdl
-from numdl.errors import ConfigError, ShapeError
+from numdl.errors import ConfigError, DataError, ShapeError
 from numdl.testing import numeric_gradient
 
 
@@ -101,6 +101,10 @@ def test_two_inputs_two_outputs_fit_evaluate_predict_and_checkpoint(tmp_path):
         other.load_weights(tmp_path / "two.safetensors")
     with pytest.raises(ShapeError, match="2 inputs"):
         model.predict(xa)
+    xb[150, 1] = np.nan
+    with pytest.raises(DataError, match="input data \\(b\\) contains NaN or Inf \\(first at sample 150\\)"):
+        model.predict([xa, xb], batch_size=64)
+    xb[150, 1] = 0.0
     with pytest.raises(ShapeError, match="2 outputs but 1 targets"):
         model.fit([xa, xb], [labels], verbose=0)
 

@@ -284,3 +284,10 @@ def test_non_finite_input_is_refused_at_the_boundary_naming_the_sample(bad):
         model.predict(x)
     with pytest.raises(DataError, match="contains NaN or Inf \\(first at sample 37\\)"):
         model.fit(x, y, epochs=1, batch_size=16)
+    # predict looks batch by batch: a sample in a later batch is still named by its place in x
+    with pytest.raises(DataError, match="input data contains NaN or Inf \\(first at sample 37\\)"):
+        model.predict(x, batch_size=10)
+    x[37, 2, 3] = 0.0
+    x[63, 0, 0] = bad
+    with pytest.raises(DataError, match="input data contains NaN or Inf \\(first at sample 63\\)"):
+        model.predict(x, batch_size=16)
