@@ -1466,6 +1466,38 @@ def _attention_backward(causal):
     return make
 
 
+# Heads of 16 features over 18 steps: one whole 16-lane vector of keys and one of 2 lanes in the
+# float32 passes (numdl.kernels.simd), the second sample padded after 11 steps.
+WIDE_ATTENTION = dict(n=2, t=18, e=32, heads=2, lengths=np.array([18, 11], np.int64))
+
+
+def _wide_attention(backward, causal):
+    """Self-attention with dropout on the weights at WIDE_ATTENTION's shapes: the context and
+    weights, or the packed qkv's gradient (by central differences)."""
+    def make(dtype, rng):
+        a = WIDE_ATTENTION
+        qkv = rng.standard_normal((a["n"], a["t"], 3 * a["e"])).astype(dtype)
+        keep = np.where(rng.random((a["n"], a["heads"], a["t"], a["t"])) < 0.2, 0.0, 1 / 0.8).astype(dtype)
+        scale = dtype(1 / np.sqrt(a["e"] // a["heads"]))
+        q64, k64 = f64(qkv), f64(keep)
+
+        def reference(x):
+            return attention_reference(*_split_qkv(x, a["e"]), a["lengths"], a["heads"], causal, keep=k64)
+
+        ctx, probs = reference(q64)
+        if not backward:
+            args = [np.zeros(ctx.shape, dtype), np.zeros(probs.shape, dtype), qkv, qkv, qkv, np.empty((0, 0), dtype),
+                    keep, a["lengths"], a["heads"], causal, scale, 0, a["e"], 2 * a["e"]]
+            return args, a["n"] * a["heads"] * a["t"], {0: ctx, 1: probs}
+        dctx = rng.standard_normal(ctx.shape).astype(dtype)
+        grad = _numeric(lambda: float((reference(q64)[0] * f64(dctx)).sum()), q64)
+        dqkv = np.zeros_like(qkv)
+        args = [dqkv, dqkv, dqkv, dctx, probs.astype(dtype), keep, qkv, qkv, qkv, a["lengths"], a["heads"], causal,
+                scale, 0, a["e"], 2 * a["e"]]
+        return args, a["n"] * a["heads"] * a["t"], {0: grad}
+    return make
+
+
 def _cross_inputs(dtype, rng):
     c = CROSS
     q = rng.standard_normal((c["n"], c["tq"], c["e"])).astype(dtype)
@@ -2037,6 +2069,10 @@ VARIANTS = {
     "attention_forward_cross_masked": (("attention", "attention_forward"), _cross_attention_forward),
     "attention_backward_cross": (("attention", "attention_backward"), _cross_attention_backward),
     "attention_backward_causal": (("attention", "attention_backward"), _attention_backward(True)),
+    "attention_forward_wide": (("attention", "attention_forward"), _wide_attention(False, False)),
+    "attention_forward_wide_causal": (("attention", "attention_forward"), _wide_attention(False, True)),
+    "attention_backward_wide": (("attention", "attention_backward"), _wide_attention(True, False)),
+    "attention_backward_wide_causal": (("attention", "attention_backward"), _wide_attention(True, True)),
     "upsample_forward_nearest": (("upsample", "upsample_forward"), _upsample_forward("nearest")),
     "upsample_backward_nearest": (("upsample", "upsample_backward"), _upsample_backward("nearest")),
     "upsample_forward_align_corners": (("upsample", "upsample_forward"), _upsample_forward("bilinear_align_corners")),
@@ -2102,7 +2138,7 @@ NUMERIC_REFERENCE_CASES = {"recurrent.lstm_backward", "recurrent.gru_backward", 
                            "lstm_backward_initial_state", "lstm_backward_reverse_initial_state",
                            "gru_backward_initial_state", "gru_backward_reverse_initial_state",
                            "gru_backward_reverse", "attention.attention_backward", "attention_backward_causal",
-                           "attention_backward_cross", "recurrent.lstm_projected_backward",
+                           "attention_backward_cross", "attention_backward_wide", "attention_backward_wide_causal", "recurrent.lstm_projected_backward",
                            "lstm_backward_final_cell", "lstm_backward_reverse_final_cell",
                            "lstm_projected_backward_final_cell",
                            "lstm_projected_backward_initial_state", "lstm_projected_backward_reverse_initial_state"}

@@ -24,7 +24,12 @@ from numba import prange
 
 from numdl.kernels.activation import exp_nonpositive
 from numdl.kernels.common import (
-    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, sample_block, scalar_math,
+    cpu_float32_variant, cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, runs_numba_threads, same_type,
+    sample_block, scalar_math,
+)
+from numdl.kernels.simd import (
+    LANES, vadd, vexp_nonpositive, vfma, vkeep_first, vlargest, vload, vload_first, vmax, vmul, vsplat, vsplat_from,
+    vstore, vstore_first, vsub, vsum, vzero,
 )
 
 # --------------------------------------------------------------------------- scalar math (both targets)
@@ -157,7 +162,84 @@ def _attention_forward_blocks(ctx, probs, q_src, k_src, v_src, mask, keep, lengt
                                    k_off, v_off, lo, min(n_batch, lo + block))
 
 
+# The float32 CPU passes: 16 lanes at a time (numdl.kernels.simd). A head's rows are as short as its
+# 16 features or keys, under LLVM's 64-iteration vector loop, so the loops of the float64 passes
+# below ran scalar in float32 too. Per (sample, head) the keys (forward) or values (backward) are
+# laid out feature-major in a scratch, so that a row of scores is a sum of 16-lane vectors
+# (q_i times the keys' feature i) rather than one horizontal sum per key; the softmax, its exp
+# included, runs on those vectors; the gradient sums stay in registers (dQ row by row, dK and dV
+# key by key) instead of being added into memory. 1.7x (forward) and 1.4x (backward) the
+# float64-style loops on one thread at 128 samples x 16 steps x 4 heads of 16.
+
+
 @cpu_kernel
+def _head_feature_major(out, src, n, offset, dim, padded):
+    # out[i * padded + s] = src[n, s, offset + i] for every key s and feature i < dim (lanes past
+    # the keys, up to ``padded``, are left as they are: callers mask them).
+    keys, width = src.shape[1], src.shape[2]
+    flat = src.reshape(-1)
+    for s in range(keys):
+        base = np.uint64((n * keys + s) * width + offset)
+        for i in range(dim):
+            out[i * padded + s] = flat[base + np.uint64(i)]
+
+
+def _attention_forward_samples_float32(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale,
+                                       q_off, k_off, v_off, lo, hi):
+    queries, q_width = q_src.shape[1], q_src.shape[2]
+    keys, v_width = k_src.shape[1], v_src.shape[2]
+    embed = ctx.shape[2]
+    dim = embed // heads
+    padded = (keys + LANES - 1) // LANES * LANES
+    masked, dropping = mask.shape[0] > 0, keep.shape[0] > 0
+    q_flat, v_flat, mask_flat = q_src.reshape(-1), v_src.reshape(-1), mask.reshape(-1)
+    probs_flat, ctx_flat, keep_flat = probs.reshape(-1), ctx.reshape(-1), keep.reshape(-1)
+    keys_t = np.zeros(dim * padded, q_src.dtype)
+    zero, minus_inf = same_type(scale, 0.0), same_type(scale, -math.inf)
+    scales = vsplat(scale)
+    for n in range(lo, hi):
+        for h in range(heads):
+            _head_feature_major(keys_t, k_src, n, k_off + h * dim, dim, padded)
+            for t in range(queries):
+                limit = min(lengths[n], t + 1) if causal else lengths[n]
+                query = (n * queries + t) * q_width + q_off + h * dim
+                row = ((n * heads + h) * queries + t) * keys
+                peaks = vsplat(minus_inf)
+                for c in range(0, limit, LANES):  # scaled (and masked) scores, 16 keys at a time
+                    scores = vzero()
+                    for i in range(dim):
+                        scores = vfma(vsplat_from(q_flat, query + i), vload(keys_t, i * padded + c), scores)
+                    scores = vmul(scores, scales)
+                    if masked:
+                        scores = vadd(scores, vload_first(mask_flat, t * keys + c, keys - c))
+                    scores = vkeep_first(scores, limit - c, minus_inf)
+                    vstore_first(probs_flat, row + c, keys - c, scores)
+                    peaks = vmax(peaks, scores)
+                peak = vsplat(vlargest(peaks))
+                sums = vzero()
+                for c in range(0, keys, LANES):  # exp, and 0 for the keys past limit
+                    e = vexp_nonpositive(vsub(vload_first(probs_flat, row + c, limit - c), peak))
+                    e = vkeep_first(e, limit - c, zero)
+                    vstore_first(probs_flat, row + c, keys - c, e)
+                    sums = vadd(sums, e)
+                inverse = vsplat(same_type(scale, 1.0) / vsum(sums))
+                for c in range(0, limit, LANES):
+                    weights = vload_first(probs_flat, row + c, limit - c)
+                    vstore_first(probs_flat, row + c, limit - c, vmul(weights, inverse))
+                out = (n * queries + t) * embed + h * dim
+                for c in range(0, dim, LANES):  # ctx row = sum over keys of weight * value row
+                    lanes = dim - c
+                    value = n * keys * v_width + v_off + h * dim + c
+                    acc = vzero()
+                    for s in range(limit):
+                        p = vsplat_from(probs_flat, row + s)
+                        if dropping:
+                            p = vmul(p, vsplat_from(keep_flat, row + s))
+                        acc = vfma(p, vload_first(v_flat, value + s * v_width, lanes), acc)
+                    vstore_first(ctx_flat, out + c, lanes, acc)
+
+
+@cpu_float32_variant(_attention_forward_samples_float32)
 def _attention_forward_samples(ctx, probs, q_src, k_src, v_src, mask, keep, lengths, heads, causal, scale, q_off,
                                k_off, v_off, lo, hi):
     # Samples lo..hi-1: attention_row's arithmetic, in its order, over flat views with unsigned
@@ -234,7 +316,78 @@ def _attention_backward_blocks(dq_src, dk_src, dv_src, dctx, probs, keep, q_src,
                                     causal, scale, q_off, k_off, v_off, lo, min(n_batch, lo + block))
 
 
-@cpu_kernel
+def _attention_backward_samples_float32(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths,
+                                        heads, causal, scale, q_off, k_off, v_off, lo, hi):
+    queries, q_width = q_src.shape[1], q_src.shape[2]
+    keys, k_width, v_width = k_src.shape[1], k_src.shape[2], v_src.shape[2]
+    embed = dctx.shape[2]
+    dim = embed // heads
+    padded = (keys + LANES - 1) // LANES * LANES
+    values_t = np.zeros(dim * padded, q_src.dtype)
+    dscores = np.zeros(queries * padded, q_src.dtype)  # one head's dS, rows padded to whole vectors
+    q_flat, k_flat = q_src.reshape(-1), k_src.reshape(-1)
+    dctx_flat, probs_flat, keep_flat = dctx.reshape(-1), probs.reshape(-1), keep.reshape(-1)
+    dq_flat, dk_flat, dv_flat = dq_src.reshape(-1), dk_src.reshape(-1), dv_src.reshape(-1)
+    dropping = keep.shape[0] > 0
+    zero = same_type(scale, 0.0)
+    scales = vsplat(scale)
+    dq_src[lo:hi] = 0  # columns outside the heads' stay 0
+    dk_src[lo:hi] = 0
+    dv_src[lo:hi] = 0
+    for n in range(lo, hi):
+        for h in range(heads):
+            _head_feature_major(values_t, v_src, n, v_off + h * dim, dim, padded)
+            for t in range(queries):  # dS = P (dP - rowsum(dP P)) scale, dP = dctx V^T (times keep)
+                limit = min(lengths[n], t + 1) if causal else lengths[n]
+                grad = (n * queries + t) * embed + h * dim
+                row = ((n * heads + h) * queries + t) * keys
+                dots = vzero()
+                for c in range(0, limit, LANES):
+                    dp = vzero()
+                    for i in range(dim):
+                        dp = vfma(vsplat_from(dctx_flat, grad + i), vload(values_t, i * padded + c), dp)
+                    if dropping:
+                        dp = vmul(dp, vload_first(keep_flat, row + c, limit - c))
+                    dp = vkeep_first(dp, limit - c, zero)
+                    vstore(dscores, t * padded + c, dp)
+                    dots = vfma(dp, vload_first(probs_flat, row + c, limit - c), dots)
+                dot = vsplat(vsum(dots))
+                for c in range(0, limit, LANES):
+                    weights = vload_first(probs_flat, row + c, limit - c)
+                    centred = vsub(vload(dscores, t * padded + c), dot)
+                    vstore(dscores, t * padded + c, vmul(vmul(weights, centred), scales))
+                for c in range((limit + LANES - 1) // LANES * LANES, padded, LANES):
+                    vstore(dscores, t * padded + c, vzero())  # keys past limit
+            for t in range(queries):  # dQ = dS K, a row at a time
+                query = (n * queries + t) * q_width + q_off + h * dim
+                for c in range(0, dim, LANES):
+                    lanes = dim - c
+                    key = n * keys * k_width + k_off + h * dim + c
+                    acc = vzero()
+                    for s in range(keys):
+                        acc = vfma(vsplat_from(dscores, t * padded + s), vload_first(k_flat, key + s * k_width, lanes),
+                                   acc)
+                    vstore_first(dq_flat, query + c, lanes, acc)
+            for s in range(keys):  # dK = dS^T Q and dV = (P keep)^T dctx, a key at a time
+                column = (n * heads + h) * queries * keys + s
+                for c in range(0, dim, LANES):
+                    lanes = dim - c
+                    query = n * queries * q_width + q_off + h * dim + c
+                    grad = n * queries * embed + h * dim + c
+                    dk_acc = vzero()
+                    dv_acc = vzero()
+                    for t in range(queries):
+                        weight = vsplat_from(probs_flat, column + t * keys)
+                        if dropping:
+                            weight = vmul(weight, vsplat_from(keep_flat, column + t * keys))
+                        d = vsplat_from(dscores, t * padded + s)
+                        dk_acc = vfma(d, vload_first(q_flat, query + t * q_width, lanes), dk_acc)
+                        dv_acc = vfma(weight, vload_first(dctx_flat, grad + t * embed, lanes), dv_acc)
+                    vstore_first(dk_flat, (n * keys + s) * k_width + k_off + h * dim + c, lanes, dk_acc)
+                    vstore_first(dv_flat, (n * keys + s) * v_width + v_off + h * dim + c, lanes, dv_acc)
+
+
+@cpu_float32_variant(_attention_backward_samples_float32)
 def _attention_backward_samples(dq_src, dk_src, dv_src, dctx, probs, keep, q_src, k_src, v_src, lengths, heads,
                                 causal, scale, q_off, k_off, v_off, lo, hi):
     # Samples lo..hi-1; flat views and unsigned indices, as in the forward.

@@ -111,6 +111,23 @@ def scalar_math_float32(float32_version):
     return register
 
 
+def cpu_float32_variant(float32_version):
+    """Make ``func`` (a plain Python function) a CPU helper whose compiled callers get
+    ``float32_version`` (same parameters) when the first argument is a float32 array, and ``func``
+    itself otherwise: a float32 kernel written with numdl.kernels.simd's 16-lane vectors beside the
+    loops that serve float64. Both compile with the kernels' fastmath flags."""
+
+    def register(func):
+        def typer(first, *rest):
+            return float32_version if getattr(first, "dtype", None) == types.float32 else func
+
+        typer.__signature__ = inspect.signature(func)
+        overload(func, jit_options=SCALAR_JIT_OPTIONS)(typer)
+        return func
+
+    return register
+
+
 class _LazyCudaModule:
     """Stands for ``numba.cuda`` in the kernel modules until a CUDA kernel is first used.
 

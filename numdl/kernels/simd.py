@@ -1,0 +1,317 @@
+"""Sixteen float32 lanes at a time, for CPU kernels whose inner loops are too short for LLVM's
+vectoriser: a numba type for an LLVM ``<16 x float>`` value and the few operations on it that
+those kernels need (loads and stores of the first ``count`` lanes, fused multiply-add, lane sums,
+a lane-wise exp).
+
+Why: LLVM vectorises a loop 16 lanes wide and 4 iterations deep, so a loop of 16 (an attention
+head of 16 features, a row of 16 keys) never reaches the vector body and runs scalar. With these,
+a kernel says what a vector is. On the AVX-512 cores of the benchmark machines each operation is
+one instruction; elsewhere LLVM splits it into what the CPU has (two AVX2 halves, four SSE
+quarters), still correct.
+
+Loads and stores are masked by lane (``count``: lanes 0..count-1, the rest read as 0 and left
+alone), so a row of any length is handled in 16-lane steps without touching memory past it. The
+offset is an index into a 1-D C-contiguous float32 array, not checked: callers stay in range.
+CPU kernels only (the CUDA twins have their own loops); float64 kernels keep their loops.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from numdl.kernels import activation
+
+LANES = 16
+_FLOAT, _INT32, _INT64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+_VECTOR = ir.VectorType(_FLOAT, LANES)
+_INT_VECTOR = ir.VectorType(_INT32, LANES)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
+
+
+class Float32x16(types.Type):
+    """Sixteen float32 lanes held in one vector register (numba type)."""
+
+    def __init__(self):
+        super().__init__(name="Float32x16")
+
+
+float32x16 = Float32x16()
+
+
+@register_model(Float32x16)
+class _Float32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _is_float32_array(array):
+    return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1 and array.layout == "C"
+
+
+def _address(context, builder, array_type, array, offset, offset_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    index = context.cast(builder, offset, offset_type, types.int64)
+    return builder.bitcast(builder.gep(data, [index]), _VECTOR.as_pointer())
+
+
+def _splat(builder, value, vector_type):
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_INT32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), ir.Constant(_INT_VECTOR, [0] * LANES))
+
+
+def _first_lanes(context, builder, count, count_type):
+    # <16 x i1>: lane i is set when i < count (none for count <= 0)
+    count = context.cast(builder, count, count_type, types.int64)
+    lanes = ir.Constant(ir.VectorType(_INT64, LANES), list(range(LANES)))
+    return builder.icmp_signed("<", lanes, _splat(builder, count, ir.VectorType(_INT64, LANES)))
+
+
+def _intrinsic_call(builder, name, return_type, arguments):
+    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, [a.type for a in arguments]),
+                                              name)
+    return builder.call(function, arguments)
+
+
+def _all_lanes(context, builder, count, count_type):
+    return builder.icmp_signed(">=", context.cast(builder, count, count_type, types.int64), ir.Constant(_INT64, LANES))
+
+
+@intrinsic
+def vload(typingctx, array, offset):
+    """array[offset:offset + 16]."""
+    if not (_is_float32_array(array) and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_address(context, builder, signature.args[0], args[0], args[1], signature.args[1]), align=4)
+
+    return float32x16(array, offset), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, offset, value):
+    """array[offset:offset + 16] = value."""
+    if not (_is_float32_array(array) and isinstance(offset, types.Integer) and value == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _address(context, builder, signature.args[0], args[0], args[1], signature.args[1]),
+                      align=4)
+        return context.get_dummy_value()
+
+    return types.none(array, offset, value), codegen
+
+
+@intrinsic
+def vload_first(typingctx, array, offset, count):
+    """Lanes 0..count-1 from array[offset:], the rest 0 (memory past them is not read). A plain
+    load when count >= 16: a masked load cannot take its value from a store still in flight (a
+    row stored and read back soon after would wait for the store to reach the cache)."""
+    if not (_is_float32_array(array) and isinstance(offset, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        address = _address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        with builder.if_else(_all_lanes(context, builder, args[2], signature.args[2])) as (whole, part):
+            with whole:
+                whole_block, loaded = builder.block, builder.load(address, align=4)
+            with part:
+                mask = _first_lanes(context, builder, args[2], signature.args[2])
+                masked = _intrinsic_call(builder, "llvm.masked.load.v16f32.p0", _VECTOR,
+                                         [address, ir.Constant(_INT32, 4), mask, ir.Constant(_VECTOR, [0.0] * LANES)])
+                part_block = builder.block
+        value = builder.phi(_VECTOR)
+        value.add_incoming(loaded, whole_block)
+        value.add_incoming(masked, part_block)
+        return value
+
+    return float32x16(array, offset, count), codegen
+
+
+@intrinsic
+def vstore_first(typingctx, array, offset, count, value):
+    """array[offset + i] = value[i] for lanes i < count; the rest of the array is left alone (a
+    plain store when count >= 16, as vload_first)."""
+    if not (_is_float32_array(array) and isinstance(offset, types.Integer) and isinstance(count, types.Integer)
+            and value == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        address = _address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        with builder.if_else(_all_lanes(context, builder, args[2], signature.args[2])) as (whole, part):
+            with whole:
+                builder.store(args[3], address, align=4)
+            with part:
+                mask = _first_lanes(context, builder, args[2], signature.args[2])
+                _intrinsic_call(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                [args[3], address, ir.Constant(_INT32, 4), mask])
+        return context.get_dummy_value()
+
+    return types.none(array, offset, count, value), codegen
+
+
+@intrinsic
+def vsplat(typingctx, scalar):
+    """The float32 ``scalar`` in every lane."""
+    if scalar != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0], _VECTOR)
+
+    return float32x16(scalar), codegen
+
+
+@intrinsic
+def vsplat_from(typingctx, array, offset):
+    """array[offset] in every lane (one broadcast load; the offset is not checked or wrapped)."""
+    if not (_is_float32_array(array) and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        address = builder.bitcast(_address(context, builder, signature.args[0], args[0], args[1], signature.args[1]),
+                                  _FLOAT.as_pointer())
+        return _splat(builder, builder.load(address, align=4), _VECTOR)
+
+    return float32x16(array, offset), codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    """Every lane 0."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_VECTOR, [0.0] * LANES)
+
+    return float32x16(), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c lane by lane, rounded once."""
+    if not (a == b == c == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _intrinsic_call(builder, "llvm.fma.v16f32", _VECTOR, list(args))
+
+    return float32x16(a, b, c), codegen
+
+
+def _binary(operation):
+    @intrinsic
+    def vector_operation(typingctx, a, b):
+        if not (a == b == float32x16):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, operation)(*args)
+
+        return float32x16(a, b), codegen
+
+    return vector_operation
+
+
+vadd = _binary("fadd")
+vsub = _binary("fsub")
+vmul = _binary("fmul")
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """The sum of the 16 lanes (halves added pairwise: 8 + 8, 4 + 4, 2 + 2, 1 + 1)."""
+    if a != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, width = args[0], LANES
+        while width > 1:
+            width //= 2
+            rotate = ir.Constant(_INT_VECTOR, [(i + width) % LANES for i in range(LANES)])
+            value = builder.fadd(value, builder.shuffle_vector(value, ir.Constant(_VECTOR, ir.Undefined), rotate))
+        return builder.extract_element(value, ir.Constant(_INT32, 0))
+
+    return types.float32(a), codegen
+
+
+@intrinsic
+def vexp_nonpositive(typingctx, x):
+    """exp of each lane, for lanes <= 0: activation._exp_nonpositive_float32's steps (Cephes' expf)
+    on all lanes at once, so the two agree to an ulp or two (a NaN lane stays NaN)."""
+    if x != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        def constant(value):
+            return ir.Constant(_VECTOR, [float(np.float32(value))] * LANES)
+
+        def integer(value):
+            return ir.Constant(_INT_VECTOR, [int(value)] * LANES)
+
+        def madd(a, b, c):
+            return builder.fadd(builder.fmul(a, b), c)
+
+        x = args[0]
+        # compares, not min/max: a NaN lane passes both
+        low = constant(activation._EXP_LOW)
+        x = builder.select(builder.fcmp_ordered("<", x, low), low, x)
+        x = builder.select(builder.fcmp_ordered(">", x, constant(0.0)), constant(0.0), x)
+        k = builder.fptosi(builder.fsub(constant(0.5), builder.fmul(x, constant(activation._LOG2E))), _INT_VECTOR)
+        kf = builder.sitofp(k, _VECTOR)
+        r = builder.fadd(builder.fadd(x, builder.fmul(kf, constant(activation._LN2_HIGH))),
+                         builder.fmul(kf, constant(activation._LN2_LOW)))
+        p = constant(activation._E0)
+        for coefficient in (activation._E1, activation._E2, activation._E3, activation._E4, activation._E5):
+            p = madd(p, r, constant(coefficient))
+        y = builder.fadd(madd(builder.fmul(p, r), r, r), constant(1.0))
+        k1 = builder.ashr(builder.add(k, integer(1)), integer(1))
+        bias, mantissa = integer(activation._EXPONENT_BIAS), integer(activation._MANTISSA_SCALE)
+        scale1 = builder.bitcast(builder.mul(builder.sub(bias, k1), mantissa), _VECTOR)
+        scale2 = builder.bitcast(builder.mul(builder.sub(bias, builder.sub(k, k1)), mantissa), _VECTOR)
+        return builder.fmul(builder.fmul(y, scale1), scale2)
+
+    return float32x16(x), codegen
+
+
+@intrinsic
+def vkeep_first(typingctx, a, count, fill):
+    """a's lanes 0..count-1, the others the float32 ``fill``."""
+    if not (a == float32x16 and isinstance(count, types.Integer) and fill == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        mask = _first_lanes(context, builder, args[1], signature.args[1])
+        return builder.select(mask, args[0], _splat(builder, args[2], _VECTOR))
+
+    return float32x16(a, count, fill), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """The larger of a and b lane by lane (b where either is NaN)."""
+    if not (a == b == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+
+    return float32x16(a, b), codegen
+
+
+@intrinsic
+def vlargest(typingctx, a):
+    """The largest of the 16 lanes."""
+    if a != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, width = args[0], LANES
+        while width > 1:
+            width //= 2
+            rotate = ir.Constant(_INT_VECTOR, [(i + width) % LANES for i in range(LANES)])
+            other = builder.shuffle_vector(value, ir.Constant(_VECTOR, ir.Undefined), rotate)
+            value = builder.select(builder.fcmp_ordered(">", value, other), value, other)
+        return builder.extract_element(value, ir.Constant(_INT32, 0))
+
+    return types.float32(a), codegen
