@@ -62,10 +62,14 @@ def _splat(builder, value, vector_type):
 
 
 def _first_lanes(context, builder, count, count_type):
-    # <16 x i1>: lane i is set when i < count (none for count <= 0)
+    # <16 x i1>: lane i is set when i < count (none for count <= 0). The count is clamped to
+    # [0, 16] first, so that one 32-bit lane compare does (not two 64-bit ones).
     count = context.cast(builder, count, count_type, types.int64)
-    lanes = ir.Constant(ir.VectorType(_INT64, LANES), list(range(LANES)))
-    return builder.icmp_signed("<", lanes, _splat(builder, count, ir.VectorType(_INT64, LANES)))
+    none, every = ir.Constant(_INT64, 0), ir.Constant(_INT64, LANES)
+    count = builder.select(builder.icmp_signed("<", count, none), none, count)
+    count = builder.select(builder.icmp_signed(">", count, every), every, count)
+    lanes = ir.Constant(_INT_VECTOR, list(range(LANES)))
+    return builder.icmp_signed("<", lanes, _splat(builder, builder.trunc(count, _INT32), _INT_VECTOR))
 
 
 def _intrinsic_call(builder, name, return_type, arguments):
