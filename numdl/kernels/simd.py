@@ -13,6 +13,9 @@ Loads and stores are masked by lane (``count``: lanes 0..count-1, the rest read 
 alone), so a row of any length is handled in 16-lane steps without touching memory past it. The
 offset is an index into a 1-D C-contiguous float32 array, not checked: callers stay in range.
 CPU kernels only (the CUDA twins have their own loops); float64 kernels keep their loops.
+
+Numba's on-disk cache keys a kernel on its own source file, not on this one: after editing this
+module in a checkout, delete numdl/kernels/__pycache__ (an installed upgrade replaces every file).
 """
 
 import numpy as np
