@@ -225,19 +225,28 @@ vsub = _binary("fsub")
 vmul = _binary("fmul")
 
 
+def _reduce_lanes(builder, value, combine):
+    # lane 0 of a tree of combine() over the 16 lanes: halves combined pairwise (8 + 8, 4 + 4, 2 + 2, 1 + 1)
+    width = LANES
+    while width > 1:
+        width //= 2
+        rotate = ir.Constant(_INT_VECTOR, [(i + width) % LANES for i in range(LANES)])
+        value = combine(value, builder.shuffle_vector(value, ir.Constant(_VECTOR, ir.Undefined), rotate))
+    return builder.extract_element(value, ir.Constant(_INT32, 0))
+
+
+def _larger(builder, a, b):
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
 @intrinsic
 def vsum(typingctx, a):
-    """The sum of the 16 lanes (halves added pairwise: 8 + 8, 4 + 4, 2 + 2, 1 + 1)."""
+    """The sum of the 16 lanes (added pairwise)."""
     if a != float32x16:
         return None
 
     def codegen(context, builder, signature, args):
-        value, width = args[0], LANES
-        while width > 1:
-            width //= 2
-            rotate = ir.Constant(_INT_VECTOR, [(i + width) % LANES for i in range(LANES)])
-            value = builder.fadd(value, builder.shuffle_vector(value, ir.Constant(_VECTOR, ir.Undefined), rotate))
-        return builder.extract_element(value, ir.Constant(_INT32, 0))
+        return _reduce_lanes(builder, args[0], builder.fadd)
 
     return types.float32(a), codegen
 
@@ -301,7 +310,7 @@ def vmax(typingctx, a, b):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+        return _larger(builder, *args)
 
     return float32x16(a, b), codegen
 
@@ -313,12 +322,6 @@ def vlargest(typingctx, a):
         return None
 
     def codegen(context, builder, signature, args):
-        value, width = args[0], LANES
-        while width > 1:
-            width //= 2
-            rotate = ir.Constant(_INT_VECTOR, [(i + width) % LANES for i in range(LANES)])
-            other = builder.shuffle_vector(value, ir.Constant(_VECTOR, ir.Undefined), rotate)
-            value = builder.select(builder.fcmp_ordered(">", value, other), value, other)
-        return builder.extract_element(value, ir.Constant(_INT32, 0))
+        return _reduce_lanes(builder, args[0], lambda x, y: _larger(builder, x, y))
 
     return types.float32(a), codegen
