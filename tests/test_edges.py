@@ -157,6 +157,9 @@ def test_predict_refuses_input_outside_the_training_range_unless_stated(finished
     assert stated.exit_code == 0 and classes[0] == classes[1]
     assert "0-255" in _cli("predict", "--help").stdout
     _one_line(_cli("predict", checkpoint, scaled, "--input-range", "1"), 1, "expected LOW,HIGH")
+    broken = tmp_path / "nan.npy"  # predict looks for NaN batch by batch: the sample is still named
+    np.save(broken, np.where(np.arange(images.size).reshape(images.shape) == 15 * images[0].size + 7, np.nan, images))
+    _one_line(_cli("predict", checkpoint, broken), 1, "input data contains NaN or Inf (first at sample 15)")
 
 
 # ---------------------------------------------------------------- 6. a finite but diverged loss stops
