@@ -740,7 +740,6 @@ def _count_correct(ops, logits, y, axis=-1, loss=None):
     return int(right.sum())
 
 
-# Batches of one input are arrays; of a graph model with several inputs (or outputs), lists of them.
 def _refuse_non_finite(x, what, first_sample=0):
     """DataError naming the first sample of float array ``x`` (numbered from ``first_sample``) that
     holds NaN or inf; one pass without a boolean copy when there is none."""
@@ -749,6 +748,7 @@ def _refuse_non_finite(x, what, first_sample=0):
         raise DataError(f"{what} contains NaN or Inf (first at sample {first_sample + bad[0]})")
 
 
+# Batches of one input are arrays; of a graph model with several inputs (or outputs), lists of them.
 def _parts(data):
     return data if isinstance(data, list) else [data]
 

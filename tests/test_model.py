@@ -291,3 +291,15 @@ def test_non_finite_input_is_refused_at_the_boundary_naming_the_sample(bad):
     x[63, 0, 0] = bad
     with pytest.raises(DataError, match="input data contains NaN or Inf \\(first at sample 63\\)"):
         model.predict(x, batch_size=16)
+
+
+def test_predict_reads_a_memory_mapped_input_batch_by_batch_and_names_a_bad_sample(tmp_path):
+    x, _ = _data(64)
+    model = _mlp(input_shape=x.shape[1:], seed=0)
+    np.save(tmp_path / "x.npy", x)
+    on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(model.predict(on_disk, batch_size=16), model.predict(x, batch_size=16))
+    x[50, 1, 1] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    with pytest.raises(DataError, match="input data contains NaN or Inf \\(first at sample 50\\)"):
+        model.predict(np.load(tmp_path / "bad.npy", mmap_mode="r"), batch_size=16)
