@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numdl.kernels.matmul import gemm, matmul
+from numdl.kernels.matmul import gemm, matmul, product
 
 
 @njit(cache=True)
@@ -121,3 +121,27 @@ def test_split_shapes_reach_the_inner_split():
 
     assert 3000 >= tuning.MATMUL_SPLIT_INNER_RATIO * 24 and 600 >= tuning.MATMUL_SPLIT_INNER_RATIO * 70
     assert 100 < tuning.MATMUL_SPLIT_INNER_RATIO * 300 and 60 < tuning.MATMUL_SPLIT_INNER_RATIO * 900
+
+
+@njit(cache=True)
+def _product_rows(c, a, b, lo, hi):
+    product(c[lo:hi], a[lo:hi], b)  # row blocks of larger arrays, as the recurrent kernels pass them
+
+
+# (m, k, n): whole 4 x 64 blocks; leftover rows and columns; fewer than 4 rows or 64 columns (the
+# BLAS alone); b past tuning.SIMD_PRODUCT_MAX_B (the BLAS alone)
+PRODUCT_SHAPES = [(64, 128, 512), (7, 33, 70), (3, 5, 64), (8, 16, 40), (12, 600, 512), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", PRODUCT_SHAPES)
+def test_product_in_register_blocks_matches_numpy(dtype, m, k, n):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((m + 5, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = np.full((m + 5, n), np.nan, dtype)  # every entry of the rows it covers is written
+    _product_rows(c, a, b, 2, 2 + m)
+    reference = a[2:2 + m].astype(np.float64) @ b.astype(np.float64)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(c[2:2 + m], reference, **tolerance)
+    assert np.isnan(c[:2]).all() and np.isnan(c[2 + m:]).all()

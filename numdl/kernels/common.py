@@ -113,13 +113,16 @@ def scalar_math_float32(float32_version):
 
 def cpu_float32_variant(float32_version):
     """Make ``func`` (a plain Python function) a CPU helper whose compiled callers get
-    ``float32_version`` (same parameters) when the first argument is a float32 array, and ``func``
-    itself otherwise: a float32 kernel written with numdl.kernels.simd's 16-lane vectors beside the
-    loops that serve float64. Both compile with the kernels' fastmath flags."""
+    ``float32_version`` (same parameters) when the first argument is a float32 array and every array
+    argument is C-contiguous (numdl.kernels.simd reads flat views), and ``func`` itself otherwise: a
+    float32 kernel written with 16-lane vectors beside the one that serves float64 and strided
+    views. Both compile with the kernels' fastmath flags."""
 
     def register(func):
         def typer(first, *rest):
-            return float32_version if getattr(first, "dtype", None) == types.float32 else func
+            arrays = [arg for arg in (first,) + rest if isinstance(arg, types.Array)]
+            vector = getattr(first, "dtype", None) == types.float32 and all(a.layout == "C" for a in arrays)
+            return float32_version if vector else func
 
         typer.__signature__ = inspect.signature(func)
         overload(func, jit_options=SCALAR_JIT_OPTIONS)(typer)

@@ -47,6 +47,7 @@ from numdl.kernels.common import (
     sample_block,
     scalar_math,
 )
+from numdl.kernels.matmul import product
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -216,7 +217,7 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
         if step == 0 and not has_h0:
             hh[lo:hi] = 0  # a zero initial state: no product needed
         else:
-            np.dot(h_prev[lo:hi], w_hh_t, hh[lo:hi])
+            product(hh[lo:hi], h_prev[lo:hi], w_hh_t)  # float32: register blocks (kernels/matmul.py)
         for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
             if t < 0:
@@ -371,7 +372,7 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
             if dc0.shape[0] > 0:
                 dc0[lo:hi] = dc_next[lo:hi]
             break
-        np.dot(dstep[lo:hi], w_hh, dh_next[lo:hi])
+        product(dh_next[lo:hi], dstep[lo:hi], w_hh)
         if not is_lstm:
             dh_next[lo:hi] += dc_next[lo:hi]  # the GRU's direct z path; dc_next carries it
             dc_next[lo:hi] = 0

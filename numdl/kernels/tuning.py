@@ -49,6 +49,12 @@ MATMUL_SPLIT_INNER_RATIO = 8
 MATMUL_MIN_ROWS_TO_SPLIT_ROWS = 128
 MATMUL_WIDE_COLUMNS = 8
 MATMUL_BLOCK_ALIGN = 16
+# ``product`` (kernels/matmul.py), float32: a block of 4 rows x 64 columns of c summed in registers
+# (16-lane vectors, numdl.kernels.simd) when b, streamed once per 4 rows of a, fits in this many
+# elements (cache-resident: 1 MiB); else, and for the rows and columns past whole blocks, the BLAS.
+# One thread: 64x128x512 73 us against OpenBLAS's 99, 64x512x128 74 / 100, 64x784x128 111 / 152,
+# 128x128x512 146 / 179 (115 against 84-94 GFLOP/s; no packing of b, which the BLAS does every call).
+SIMD_PRODUCT_MAX_B = 1 << 18
 
 # Convolutions on the GEMM path (kernels/conv.py) run one BLAS product per sample, or per this many
 # output pixels' worth of samples when images are smaller (a call per tiny image costs more than its
