@@ -1,5 +1,6 @@
-"""Matrix products for the CPU kernels: the BLAS ``gemm`` called directly, and ``matmul``, which
-splits a product over numba's threads.
+"""Matrix products for the CPU kernels: the BLAS ``gemm`` called directly, ``matmul``, which
+splits a product over numba's threads, and ``product``, a small float32 a @ b on the calling thread
+in register blocks (see its section below).
 
 One thread pool at a time (design.md): a process starts with the BLAS's threads (numba's pool set
 to one thread, so ``matmul`` is one BLAS call, as ``np.dot``); the first kernel that runs numba
@@ -10,7 +11,7 @@ pools at once (a model with an LSTM and a large Linear layer) ran 2x slower than
 ``gemm`` takes any block of a row-major array whose last axis is contiguous (a row range, a column
 range, a transposed view passed as a flag) and can accumulate (``beta``), which ``np.dot`` cannot.
 Shapes: c (m, n) = alpha * op(a) @ op(b) + beta * c, op(a) (m, k), op(b) (k, n), where op(a) is
-``a.T`` when ``trans_a``. Both helpers are for CPU kernels only; GPU twins have their own loops.
+``a.T`` when ``trans_a``. All three are for CPU kernels only; GPU twins have their own loops.
 """
 
 import numpy as np
@@ -21,7 +22,7 @@ from numba.np.numpy_support import as_dtype
 
 from numdl.kernels import tuning
 from numdl.kernels.common import cpu_float32_variant, numba_threads, thread_share
-from numdl.kernels.simd import vfma, vload, vsplat_from, vstore, vzero
+from numdl.kernels.simd import LANES, vfma, vload, vsplat_from, vstore, vzero
 
 
 def gemm(c, a, b, trans_a, trans_b, alpha, beta):
@@ -140,22 +141,22 @@ def _matmul_split_inner(c, a, b, trans_a, trans_b, beta, parts):
 # these sizes the BLAS packs b on every call, and 4 x 64 blocks of c summed in registers ran
 # 1.2-1.35x its speed on one thread (tuning.SIMD_PRODUCT_MAX_B).
 
-BLOCK_ROWS, BLOCK_COLUMNS = 4, 64
+BLOCK_ROWS, BLOCK_COLUMNS = 4, 4 * LANES
 
 
 @register_jitable
 def _store_four(flat, at, v0, v1, v2, v3):
     # 64 consecutive elements from four vectors
     vstore(flat, at, v0)
-    vstore(flat, at + 16, v1)
-    vstore(flat, at + 32, v2)
-    vstore(flat, at + 48, v3)
+    vstore(flat, at + LANES, v1)
+    vstore(flat, at + 2 * LANES, v2)
+    vstore(flat, at + 3 * LANES, v3)
 
 
 @njit(**tuning.CPU_JIT_OPTIONS)
 def _product_blocks(c, a, b, rows, columns):
-    # c[:rows, :columns] = a[:rows] @ b[:, :columns], rows and columns whole blocks; every row of
-    # a, b and c contiguous (its own stride apart: a row block of a larger array is fine).
+    # c[:rows, :columns] = a[:rows] @ b[:, :columns], rows and columns whole blocks; a, b and c
+    # C-contiguous (a row block of a larger array is).
     k = a.shape[1]
     a_flat, b_flat, c_flat = a.reshape(-1), b.reshape(-1), c.reshape(-1)
     a_row, b_row, c_row = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
@@ -167,8 +168,8 @@ def _product_blocks(c, a, b, rows, columns):
             c30, c31, c32, c33 = vzero(), vzero(), vzero(), vzero()
             for p in range(k):
                 at = p * b_row + j
-                b0, b1 = vload(b_flat, at), vload(b_flat, at + 16)
-                b2, b3 = vload(b_flat, at + 32), vload(b_flat, at + 48)
+                b0, b1 = vload(b_flat, at), vload(b_flat, at + LANES)
+                b2, b3 = vload(b_flat, at + 2 * LANES), vload(b_flat, at + 3 * LANES)
                 a0 = vsplat_from(a_flat, i * a_row + p)
                 c00, c01, c02, c03 = vfma(a0, b0, c00), vfma(a0, b1, c01), vfma(a0, b2, c02), vfma(a0, b3, c03)
                 a1 = vsplat_from(a_flat, (i + 1) * a_row + p)
