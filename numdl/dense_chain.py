@@ -13,8 +13,8 @@ Training: a chain (any Dropout right after a hidden layer's activation), compile
 hard-label CrossEntropy (mean or sum, class-last), runs forward, loss and backward of each
 ``train_step`` in one call (any batch size; on the CPU; the dropout masks are the Dropout layers' own
 streams, so the same as layer by layer). The optimizer, clipping and the loss and gradient checks
-stay as they are; the gradients are the layer path's (the same products in the same order), the
-errors the same lines.
+stay as they are; the gradients are the layer path's (the same products in the same order; float32
+products by register blocks over numba's threads, so to rounding), the errors the same lines.
 ``model.fused_training = False`` keeps the layer path.
 """
 

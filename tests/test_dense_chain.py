@@ -132,7 +132,8 @@ def test_a_training_step_in_one_call_equals_the_layer_path(dtype, rtol, loss, mo
         assert loss_a == pytest.approx(loss_b, rel=rtol) and correct_a == correct_b
     assert len(calls) == 4
     for (name, a), b in zip(fused.named_parameters().items(), layered.parameters()):
-        # the same products in the same order; the inlined scalar math may round its last bit apart
+        # the same products in the same order (float32: in register blocks, rounded apart); the inlined
+        # scalar math may round its last bit apart
         np.testing.assert_allclose(a.value, b.value, rtol=rtol, atol=rtol, err_msg=name)
         np.testing.assert_allclose(a.grad, b.grad, rtol=rtol, atol=rtol, err_msg=name)
 

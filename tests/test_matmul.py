@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numdl.kernels.matmul import gemm, matmul, product
+from numdl.kernels.matmul import gemm, matmul, product, split_product
 
 
 @njit(cache=True)
@@ -145,3 +145,55 @@ def test_product_in_register_blocks_matches_numpy(dtype, m, k, n):
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(c[2:2 + m], reference, **tolerance)
     assert np.isnan(c[:2]).all() and np.isnan(c[2 + m:]).all()
+
+
+@njit(cache=True)
+def _split_product(c, a, b, trans_a, trans_b):
+    split_product(c, a, b, trans_a, trans_b)
+
+
+# (m, k, n): a dense layer's three products at batch 64 (whole blocks, 784 = 12 blocks of 64 + 16
+# left over); odd sizes (leftover rows and columns, a dot product's short last vector); fewer than
+# 4 rows (the BLAS alone); below tuning.SPLIT_PRODUCT_MIN_WORK (the BLAS alone); an operand past
+# tuning.SIMD_PRODUCT_MAX_B (matmul's BLAS blocks)
+SPLIT_PRODUCT_SHAPES = [(64, 784, 128), (128, 64, 784), (66, 130, 70), (37, 21, 133), (3, 400, 200), (8, 8, 8),
+                        (16, 600, 512)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", SPLIT_PRODUCT_SHAPES)
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_split_product_matches_numpy(dtype, m, k, n, trans_a, trans_b, threads):
+    import numba
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("one CPU thread")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = np.full((m, n), np.nan, dtype)  # every entry is written
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        _split_product(c, a, b, trans_a, trans_b)
+    finally:
+        numba.set_num_threads(before)
+    reference = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(c, reference, **tolerance)
+
+
+@njit(cache=True)
+def _split_product_rows(c, a, b, lo, hi):
+    split_product(c[lo:hi], a[lo:hi], b, False, True)  # row blocks of larger arrays: strides not the shapes'
+
+
+def test_split_product_writes_only_its_block_of_a_larger_array():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((80, 300)).astype(np.float32)
+    b = rng.standard_normal((68, 300)).astype(np.float32)
+    c = np.full((80, 68), np.nan, np.float32)
+    _split_product_rows(c, a, b, 8, 72)
+    np.testing.assert_allclose(c[8:72], a[8:72].astype(np.float64) @ b.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    assert np.isnan(c[:8]).all() and np.isnan(c[72:]).all()

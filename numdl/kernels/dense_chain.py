@@ -31,11 +31,14 @@ parameters' dtype holds its (p, 1 / (1 - p)) (p = 0: none), its stream's
 kernels draw it and drawn again in backward (nothing stored). Table columns 7 and 8: where the layer's
 output (-1: the logits) and its input (-1: x) start in acts, per sample (times n). Buffers, all
 overwritten: acts the hidden layers' outputs, each after its GELU input when it has one and followed by
-its dropped-out copy when it has a Dropout; deltas (2, n * widest hidden layer) their gradients, alternating; logits and probs (n,
-classes, 1), probs ending as the logits' gradient; stats (3,) of the parameters' dtype: (loss,
-correct predictions, non-finite gradient entries). CPU: the Linear kernels' BLAS products in their
-order, so the gradients are the layer path's. CUDA: one block for the whole batch, its threads over
-each phase's outputs, synchronised between phases.
+its dropped-out copy when it has a Dropout; deltas (2, n * widest hidden layer) their gradients,
+alternating; logits and probs (n, classes, 1), probs ending as the logits' gradient; stats (3,) of the
+parameters' dtype: (loss, correct predictions, non-finite gradient entries). CPU: the Linear kernels'
+products in their order, shared between numba's threads (the kernel takes the cores:
+runs_numba_threads): float32 by register blocks (matmul.split_product: faster than OpenBLAS at these
+sizes, see its docstring), so float32 gradients equal the layer path's to rounding and float64 ones
+exactly. CUDA: one block for the whole batch, its threads over each phase's outputs, synchronised
+between phases.
 """
 
 
@@ -45,10 +48,10 @@ from numba import float32, uint64
 
 from numdl.kernels.activation import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, sigmoid, tanh
 from numdl.kernels.check import non_finite_count
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, scalar_math
 from numdl.kernels.dropout import uniform_from_counter
 from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
-from numdl.kernels.matmul import gemm, matmul
+from numdl.kernels.matmul import gemm, split_product
 
 #: The activation after each Linear of a chain, by the layers' kernel names (0: none).
 ACTIVATION_CODES = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "gelu_tanh": 5}
@@ -244,12 +247,13 @@ def _dropout_rows(dst, src, rate, scale, seed, offset):
         dst[i] = src[i] * dropout_factor(rate, scale, seed, offset, i)
 
 
+@runs_numba_threads
 @cpu_kernel
 def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
                           smoothing, ignore_index, mean):
     # Overwrites every array before x (see "Training" in the module docstring). The same products,
     # sums and scalar math as the Linear, Dropout and cross-entropy kernels, in their order: the
-    # gradients equal the layer path's.
+    # gradients equal the layer path's (float32: to the products' rounding).
     layers = table.shape[0]
     n, classes = logits.shape[0], logits.shape[1]
     for layer in range(layers):  # forward: the hidden layers' outputs (and dropped-out copies) kept in acts
@@ -258,7 +262,8 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
         at, source = n * table[layer, 7], n * table[layer, 8]
         src = x[:n * in_f] if source < 0 else acts[source:source + n * in_f]
         dst = logits.reshape((n, classes)) if layer == layers - 1 else acts[at:at + n * out_f].reshape((n, out_f))
-        matmul(dst, src.reshape((n, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True, 0.0)
+        split_product(dst, src.reshape((n, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False,
+                      True)
         if table[layer, 9] >= 0:  # GELU: its input kept for backward
             _add_bias_activate(dst, params, b_at, 0)
             kept = n * table[layer, 9]
@@ -310,7 +315,7 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
             out = logits.reshape((n, classes)) if last else acts[at:at + n * out_f].reshape((n, out_f))
             _through_activation_rows(g, out, code)
         src = (x[:n * in_f] if source < 0 else acts[source:source + n * in_f]).reshape((n, in_f))
-        matmul(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False, 0.0)
+        split_product(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False)
         if b_at >= 0:
             dbias = grads[b_at:b_at + out_f]
             for j in range(out_f):
@@ -321,7 +326,7 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
         if layer > 0:
             row = 0 if last else 1 - row
             weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
-            matmul(deltas[row, :n * in_f].reshape((n, in_f)), g, weight_rows, False, False, 0.0)
+            split_product(deltas[row, :n * in_f].reshape((n, in_f)), g, weight_rows, False, False)
     stats[2] = non_finite_count(grads)  # the chain holds every parameter of the model: all of grads
 
 

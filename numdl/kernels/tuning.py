@@ -55,6 +55,9 @@ MATMUL_BLOCK_ALIGN = 16
 # One thread: 64x128x512 73 us against OpenBLAS's 99, 64x512x128 74 / 100, 64x784x128 111 / 152,
 # 128x128x512 146 / 179 (115 against 84-94 GFLOP/s; no packing of b, which the BLAS does every call).
 SIMD_PRODUCT_MAX_B = 1 << 18
+# ``split_product``: below this many multiply-adds the BLAS alone (the leftover rows and columns of a
+# register-blocked product cost a BLAS call of their own: 64x64x10 3.0 us against the BLAS's 2.2).
+SPLIT_PRODUCT_MIN_WORK = 1 << 16
 
 # Convolutions on the GEMM path (kernels/conv.py) run one BLAS product per sample, or per this many
 # output pixels' worth of samples when images are smaller (a call per tiny image costs more than its
