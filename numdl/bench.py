@@ -376,37 +376,41 @@ def latency_cases(repeats, threads, quick):
 
 
 def _step_products(kind, mode, batch):
-    """(rows, inner, columns, count) of every product in a step of the reference model ``kind``, from
-    its weights' shapes."""
+    """(rows, inner, columns, count, trans_a, trans_b) of every product in a step of the reference
+    model ``kind``, from its weights' shapes: out (rows, columns) = op(a) @ op(b) over ``inner``, op
+    a transpose where the flag says, as the kernels pass them."""
     model = _numdl_model(kind)
     weights = [p.value.shape for name, p in model.named_parameters().items() if "weight" in name]
     if kind == "mlp":  # Linear weights (out, in)
-        products = [(batch, n_in, n_out, 1) for n_out, n_in in weights]  # x @ W.T
+        products = [(batch, n_in, n_out, 1, False, True) for n_out, n_in in weights]  # x @ W.T
         if mode == "train":
-            products += [(n_out, batch, n_in, 1) for n_out, n_in in weights]  # dW = g.T @ x
-            products += [(batch, n_out, n_in, 1) for n_out, n_in in weights[1:]]  # dx = g @ W
+            products += [(n_out, batch, n_in, 1, True, False) for n_out, n_in in weights]  # dW = g.T @ x
+            products += [(batch, n_out, n_in, 1, False, False) for n_out, n_in in weights[1:]]  # dx = g @ W
         return products
     if kind == "lstm":  # weight_ih (G, I), weight_hh (G, H), the head's weight (C, H)
         (gates, inputs), (_, hidden), (classes, _) = weights
         steps = model.input_shape[0]
-        return [(batch * steps, inputs, gates, 1), (batch, hidden, gates, steps), (batch, hidden, classes, 1),
-                (classes, batch, hidden, 1), (batch, classes, hidden, 1),  # the head's dW and dx
-                (batch, gates, hidden, steps),  # dh_prev = dgates @ W_hh, per step
-                (gates, batch * steps, hidden, 1), (gates, batch * steps, inputs, 1)]  # dW_hh, dW_ih
+        return [(batch * steps, inputs, gates, 1, False, True), (batch, hidden, gates, steps, False, False),
+                (batch, hidden, classes, 1, False, True),
+                (classes, batch, hidden, 1, True, False), (batch, classes, hidden, 1, False, False),  # head dW, dx
+                (batch, gates, hidden, steps, False, False),  # dh_prev = dgates @ W_hh, per step
+                (gates, batch * steps, hidden, 1, True, False),  # dW_hh, dW_ih
+                (gates, batch * steps, inputs, 1, True, False)]
     raise ValueError(f"no product list for {kind}")
 
 
 def _gemm_seconds(products, repeats, multiply):
     """Median seconds of one pass over ``products``, each computed ``count`` times by ``multiply``
-    (out, a, b) on preallocated float32 arrays."""
+    (out, a, b, trans_a, trans_b) on preallocated float32 arrays."""
     rng = np.random.default_rng(0)
-    operands = [(np.empty((m, n), np.float32), rng.standard_normal((m, k), dtype=np.float32),
-                 rng.standard_normal((k, n), dtype=np.float32), count) for m, k, n, count in products]
+    operands = [(np.empty((m, n), np.float32), rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32),
+                 rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32), count, trans_a, trans_b)
+                for m, k, n, count, trans_a, trans_b in products]
 
     def one_pass():
-        for out, a, b, count in operands:
+        for out, a, b, count, trans_a, trans_b in operands:
             for _ in range(count):
-                multiply(out, a, b)
+                multiply(out, a, b, trans_a, trans_b)
 
     start = time.perf_counter()
     for _ in range(3):  # warm-up: compile, fault in the pages
@@ -420,6 +424,19 @@ def _gemm_seconds(products, repeats, multiply):
     return statistics.median(times)
 
 
+def _split_product_caller():
+    """numdl.kernels.matmul.split_product, callable from Python (it is for compiled callers)."""
+    from numba import njit
+
+    from numdl.kernels.matmul import split_product
+
+    @njit
+    def multiply(out, a, b, trans_a, trans_b):
+        split_product(out, a, b, trans_a, trans_b)
+
+    return multiply
+
+
 # (model, mode, batch size, samples of PyTorch's timed epoch)
 CEILING_CASES = (("mlp", "train", 64, 6400), ("mlp", "train", 256, 12800), ("mlp", "predict", 1000, 10000),
                  ("lstm", "train", 128, 1280))
@@ -427,16 +444,14 @@ CEILING_CASES = (("mlp", "train", 64, 6400), ("mlp", "train", 256, 12800), ("mlp
 
 def ceiling_cases(repeats, threads, quick):
     """For the MLP and LSTM cases: the samples/s numdl would reach if a step were its matrix products
-    and nothing else (through numdl's own matmul, on whichever thread pool the process uses), PyTorch's
-    measured full step, and their ratio: the most numdl can reach against this PyTorch on this
-    machine. PyTorch's own products-only bound (MKL) is in the report as ``torch_gemm_bound``."""
+    and nothing else (through numdl's own products, split_product, on numba's threads, where the
+    training kernels of both models run them), PyTorch's measured full step, and their ratio: the
+    most numdl can reach against this PyTorch on this machine. PyTorch's own products-only bound
+    (MKL) is in the report as ``torch_gemm_bound``."""
     from numdl.backend import get_ops
-    from numdl.kernels.matmul import matmul
 
-    get_ops("cpu").use_threads()  # the pool the kernels would run on (the BLAS's, in a fresh process)
-
-    def numba_product(out, a, b):
-        matmul(out, a, b, False, False, 0.0)
+    get_ops("cpu").use_threads("numba")
+    numba_product = _split_product_caller()
 
     torch = _torch(threads)
     results = []
@@ -446,8 +461,9 @@ def ceiling_cases(repeats, threads, quick):
         ours = _gemm_seconds(products, repeats, numba_product) * samples / batch
         extra, theirs = {}, None
         if torch is not None:
-            def torch_product(out, a, b):
-                torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+            def torch_product(out, a, b, trans_a, trans_b):
+                a, b = torch.from_numpy(a), torch.from_numpy(b)
+                torch.mm(a.T if trans_a else a, b.T if trans_b else b, out=torch.from_numpy(out))
 
             extra["torch_gemm_bound"] = batch / _gemm_seconds(products, repeats, torch_product)
             x, y = _data(samples, (28, 28))

@@ -92,7 +92,7 @@ def test_ceiling_products_are_the_models_multiply_adds():
     input_grads = sum(batch * n_in * n_out for n_out, n_in in shapes[1:])
 
     def macs(products):
-        return sum(m * k * n * count for m, k, n, count in products)
+        return sum(m * k * n * count for m, k, n, count, _, _ in products)
 
     assert macs(bench._step_products("mlp", "predict", batch)) == forward
     assert macs(bench._step_products("mlp", "train", batch)) == 2 * forward + input_grads

@@ -82,10 +82,13 @@ class CPUOps(Ops):
         self._chooser = None
         self._blas_libraries = None
 
-    def use_threads(self):
+    def use_threads(self, pool="blas"):
         """Set up the thread pools as the first kernel call would (for code that calls kernels or
-        numdl.kernels.matmul directly)."""
-        if self.thread_pool is None:
+        numdl.kernels.matmul directly): ``pool`` "numba" as a kernel marked runs_numba_threads would
+        (for good, as that kernel's call), "blas" only where no kernel has run yet."""
+        if pool == "numba" and self.thread_pool != "numba":
+            self._use_thread_pool("numba")
+        elif self.thread_pool is None:
             self._use_thread_pool("blas")
 
     def set_thread_limit(self, count):
