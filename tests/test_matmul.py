@@ -153,11 +153,12 @@ def _split_product(c, a, b, trans_a, trans_b):
 
 
 # (m, k, n): a dense layer's three products at batch 64 (whole blocks, 784 = 12 blocks of 64 + 16
-# left over); odd sizes (leftover rows and columns, a dot product's short last vector); fewer than
-# 4 rows (the BLAS alone); below tuning.SPLIT_PRODUCT_MIN_WORK (the BLAS alone); an operand past
-# tuning.SIMD_PRODUCT_MAX_B (matmul's BLAS blocks)
-SPLIT_PRODUCT_SHAPES = [(64, 784, 128), (128, 64, 784), (66, 130, 70), (37, 21, 133), (3, 400, 200), (8, 8, 8),
-                        (16, 600, 512)]
+# left over); odd sizes (leftover rows and columns, a dot product's short last vector); a @ b^T by b
+# transposed (a short inner dimension; more rows than tuning.DOT_PRODUCT_MAX_ROWS_PER_INNER allows);
+# fewer than 4 rows (the BLAS alone); below tuning.SPLIT_PRODUCT_MIN_WORK (the BLAS alone); an operand
+# past tuning.SIMD_PRODUCT_MAX_B (matmul's BLAS blocks)
+SPLIT_PRODUCT_SHAPES = [(64, 784, 128), (128, 64, 784), (66, 130, 70), (37, 21, 133), (300, 130, 70), (3, 400, 200),
+                        (8, 8, 8), (16, 600, 512)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -197,3 +198,12 @@ def test_split_product_writes_only_its_block_of_a_larger_array():
     _split_product_rows(c, a, b, 8, 72)
     np.testing.assert_allclose(c[8:72], a[8:72].astype(np.float64) @ b.T.astype(np.float64), rtol=1e-4, atol=1e-4)
     assert np.isnan(c[:8]).all() and np.isnan(c[72:]).all()
+
+
+def test_split_product_shapes_reach_both_ways_of_a_transposed_b():
+    """SPLIT_PRODUCT_SHAPES keep covering a @ b^T by dot products (66 x 130) and by b transposed
+    (an inner dimension of 21; 300 rows over 130) whatever tuning's bounds become."""
+    from numdl.kernels import tuning
+
+    assert 130 >= tuning.DOT_PRODUCT_MIN_INNER and 66 <= tuning.DOT_PRODUCT_MAX_ROWS_PER_INNER * 130
+    assert 21 < tuning.DOT_PRODUCT_MIN_INNER and 300 > tuning.DOT_PRODUCT_MAX_ROWS_PER_INNER * 130

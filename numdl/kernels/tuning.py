@@ -58,6 +58,14 @@ SIMD_PRODUCT_MAX_B = 1 << 18
 # ``split_product``: below this many multiply-adds the BLAS alone (the leftover rows and columns of a
 # register-blocked product cost a BLAS call of their own: 64x64x10 3.0 us against the BLAS's 2.2).
 SPLIT_PRODUCT_MIN_WORK = 1 << 16
+# a @ b^T (x @ W^T) by 4 x 4 blocks of dot products (16 lane sums a block) from an inner dimension of
+# this many, and up to this many rows per inner element; otherwise b transposed once and the a @ b
+# blocks. Two threads, dot products / OpenBLAS: 64x128 @ (128x128)^T 17.4 / 20.5 us, 64x784 @ (128x784)^T
+# 65 / 84, 256x784 @ (128x784)^T 261 / 291, 256x128 @ (128x128)^T 56 / 51, 2048x128 @ (256x128)^T 880 /
+# 704, 2048x512 @ (512x32)^T 1070 / 463 (a @ b on two threads beat OpenBLAS at every size tried:
+# 2048x192 @ 192x64 238 / 279, 256x128 @ 128x784 255 / 290).
+DOT_PRODUCT_MIN_INNER = 128
+DOT_PRODUCT_MAX_ROWS_PER_INNER = 2
 
 # Convolutions on the GEMM path (kernels/conv.py) run one BLAS product per sample, or per this many
 # output pixels' worth of samples when images are smaller (a call per tiny image costs more than its
