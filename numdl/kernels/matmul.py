@@ -281,12 +281,8 @@ def _leftover_products(c, a, b, trans_a, trans_b, rows, columns):
 
 
 def _product_float32(c, a, b):
-    rows, columns = _whole_blocks(c, a, b, False, False)
-    if rows == 0 or columns == 0:
+    if not _register_blocks_on_threads(c, a, b, False, False, 1):  # one part: the calling thread
         gemm(c, a, b, False, False, 1.0, 0.0)
-        return
-    _product_blocks(c, a, b, False, 0, rows, 0, columns)
-    _leftover_products(c, a, b, False, False, rows, columns)
 
 
 @cpu_float32_variant(_product_float32)
@@ -314,7 +310,7 @@ def _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, par
 def _register_blocks_on_threads_float32(c, a, b, trans_a, trans_b, parts):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    if (trans_b and not trans_a and n >= BLOCK_COLUMNS and b.size <= tuning.SIMD_PRODUCT_MAX_B
+    if (trans_b and not trans_a and m >= BLOCK_ROWS and n >= BLOCK_COLUMNS and b.size <= tuning.SIMD_PRODUCT_MAX_B
             and (k < tuning.DOT_PRODUCT_MIN_INNER or m > tuning.DOT_PRODUCT_MAX_ROWS_PER_INNER * k)):
         # a @ b^T where the dot products' lane sums cost more than they save (a short inner
         # dimension, or enough rows that the BLAS's packing pays): b (a layer's weight) transposed
