@@ -296,7 +296,8 @@ def test_conv_cases_cover_both_cpu_paths():
 
 
 @pytest.mark.parametrize("case", ["relu", "batchnorm", "maxpool2x2", "maxpool3x3", "concat", "conv3x3", "conv_im2col",
-                                  "conv_transpose", "pixel_loss", "dropout", "add", "layernorm", "linear"])
+                                  "conv_transpose", "pixel_loss", "dropout", "add", "layernorm", "linear",
+                                  "optimizers"])
 def test_passes_split_over_threads_match_one_thread(case):
     # Passes that split over numba's threads once numba has the cores (common.worth_splitting) must
     # compute what one thread does: the same arithmetic per element, only the work divided.
@@ -384,6 +385,42 @@ def test_passes_split_over_threads_match_one_thread(case):
             dgamma, dbeta = np.empty(34, np.float32), np.empty(34, np.float32)
             norm.layernorm_backward_cpu(dx, dgamma, dbeta, d_rows, xhat, invstd, gamma)
             return out, xhat, invstd, dx, dgamma, dbeta
+        if case == "optimizers":  # every step, each flag that changes which state buffers it keeps
+            from numdl.kernels import optim
+
+            f, flat = np.float32, x.reshape(-1)
+            grad, empty = dout.reshape(-1), np.empty(0, np.float32)
+            results = []
+
+            def state(n):
+                buffers = [flat.copy()] + [np.abs(rng.standard_normal(flat.size)).astype(np.float32) for _ in range(n)]
+                results.extend(buffers)
+                return buffers
+
+            for momentum, nesterov in ((0.0, False), (0.9, True)):
+                p, buf = state(1)
+                optim.sgd_step_cpu(p, buf if momentum else empty, grad, f(0.1), f(momentum), f(0.1), f(0.01),
+                                   nesterov, False)
+            for amsgrad, decoupled in ((False, False), (True, True)):
+                p, m, v, v_max = state(3)
+                optim.adam_step_cpu(p, m, v, v_max if amsgrad else empty, grad, f(1e-3), f(0.9), f(0.999), f(1e-8),
+                                    f(0.01), decoupled, f(0.5), f(0.25), amsgrad, False)
+            p, total = state(1)
+            optim.adagrad_step_cpu(p, total, grad, f(0.01), f(1e-10), f(0.0), True)
+            p, m, u = state(2)
+            optim.adamax_step_cpu(p, m, u, grad, f(2e-3), f(0.9), f(0.999), f(1e-8), f(0.0), False)
+            p, m, v = state(2)
+            optim.nadam_step_cpu(p, m, v, grad, f(2e-3), f(0.9), f(0.999), f(1e-8), f(0.0), False, f(0.5), f(0.1),
+                                 f(0.2), False)
+            for rectified in (False, True):
+                p, m, v = state(2)
+                optim.radam_step_cpu(p, m, v, grad, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.0), False, f(0.5),
+                                     f(0.25), f(0.8), rectified, False)
+            for centered, momentum in ((False, 0.0), (True, 0.9)):
+                p, square, average, buf = state(3)
+                optim.rmsprop_step_cpu(p, square, average if centered else empty, buf if momentum else empty, grad,
+                                       f(0.01), f(0.99), f(1e-8), f(0.0), f(momentum), centered)
+            return results
         if case == "pixel_loss":
             from numdl.kernels import segmentation
 

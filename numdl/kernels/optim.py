@@ -8,8 +8,12 @@ the host per step.
 
 import math
 
+from numba import prange
 
-from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, same_type, scalar_math
+from numdl.kernels.common import (
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, same_type, scalar_math, thread_share,
+    worth_splitting,
+)
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 # Each *_element helper is one element's step on scalars, returning the new parameter and state:
@@ -158,11 +162,31 @@ def rmsprop_element(p, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, c
 # ---------------------------------------------------------------------------------------- CPU kernels
 # param and the state buffers are updated in place; unused state buffers may be empty. Each loop does
 # one element's loads and stores with the math inlined, so it vectorises; a flag that decides which
-# buffers exist is read outside the loop's arithmetic.
+# buffers exist is read outside the loop's arithmetic. Each step is split over numba's threads once
+# they have the cores (common.worth_splitting): measured on the reference MLP (109k parameters, after
+# its threaded forward and backward pass), Adam took 29-38 us on two threads against 92-161 us on
+# one, as each core updates what sits in its own cache; elsewhere one thread runs the whole range.
 
 
 @cpu_kernel
 def sgd_step_cpu(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
+    if worth_splitting(param.size):
+        _sgd_split(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step)
+    else:
+        _sgd_range(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step)
+
+
+@cpu_parallel_kernel
+def _sgd_split(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _sgd_range(param[lo:hi], momentum_buf[lo:hi], grad[lo:hi], lr, momentum, dampening, weight_decay, nesterov,
+                   first_step)
+
+
+@cpu_kernel
+def _sgd_range(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
     floor = same_type(lr, SMALLEST_NORMAL)  # no division: flushing is always safe
     zero = same_type(lr, 0.0)
     if momentum == zero:  # no buffer (it may be empty): a loop of its own, which stores none
@@ -180,22 +204,66 @@ def sgd_step_cpu(param, momentum_buf, grad, lr, momentum, dampening, weight_deca
 @cpu_kernel
 def adam_step_cpu(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                   bias_correction1, bias_correction2, amsgrad, maximize):
+    if worth_splitting(param.size):
+        _adam_split(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay,
+                    decoupled, bias_correction1, bias_correction2, amsgrad, maximize)
+    else:
+        _adam_range(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay,
+                    decoupled, bias_correction1, bias_correction2, amsgrad, maximize)
+
+
+@cpu_parallel_kernel
+def _adam_split(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                bias_correction1, bias_correction2, amsgrad, maximize):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _adam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], max_exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1,
+                    beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, amsgrad, maximize)
+
+
+@cpu_kernel
+def _adam_range(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                bias_correction1, bias_correction2, amsgrad, maximize):
     step_size, root_correction2 = adam_constants(lr, bias_correction1, bias_correction2)
     floor = flush_floor(eps)
+    if amsgrad:  # a loop of its own: a load and store under a flag kept the loop from vectorising
+        for i in range(param.size):
+            p, m, v, v_max = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], lr, beta1,
+                                          beta2, eps, weight_decay, decoupled, step_size, root_correction2, True,
+                                          maximize, floor)
+            param[i] = p
+            exp_avg[i] = m
+            exp_avg_sq[i] = v
+            max_exp_avg_sq[i] = v_max
+        return
     zero = same_type(lr, 0.0)
     for i in range(param.size):
-        v_max = max_exp_avg_sq[i] if amsgrad else zero
-        p, m, v, v_max = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], v_max, lr, beta1, beta2, eps,
-                                      weight_decay, decoupled, step_size, root_correction2, amsgrad, maximize, floor)
+        p, m, v, _ = adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], zero, lr, beta1, beta2, eps,
+                                  weight_decay, decoupled, step_size, root_correction2, False, maximize, floor)
         param[i] = p
         exp_avg[i] = m
         exp_avg_sq[i] = v
-        if amsgrad:
-            max_exp_avg_sq[i] = v_max
 
 
 @cpu_kernel
 def adagrad_step_cpu(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    if worth_splitting(param.size):
+        _adagrad_split(param, state_sum, grad, clr, eps, weight_decay, maximize)
+    else:
+        _adagrad_range(param, state_sum, grad, clr, eps, weight_decay, maximize)
+
+
+@cpu_parallel_kernel
+def _adagrad_split(param, state_sum, grad, clr, eps, weight_decay, maximize):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _adagrad_range(param[lo:hi], state_sum[lo:hi], grad[lo:hi], clr, eps, weight_decay, maximize)
+
+
+@cpu_kernel
+def _adagrad_range(param, state_sum, grad, clr, eps, weight_decay, maximize):
     floor = flush_floor(eps)
     for i in range(param.size):
         param[i], state_sum[i] = adagrad_element(param[i], grad[i], state_sum[i], clr, eps, weight_decay, maximize,
@@ -204,6 +272,23 @@ def adagrad_step_cpu(param, state_sum, grad, clr, eps, weight_decay, maximize):
 
 @cpu_kernel
 def adamax_step_cpu(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    if worth_splitting(param.size):
+        _adamax_split(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize)
+    else:
+        _adamax_range(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize)
+
+
+@cpu_parallel_kernel
+def _adamax_split(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _adamax_range(param[lo:hi], exp_avg[lo:hi], exp_inf[lo:hi], grad[lo:hi], clr, beta1, beta2, eps,
+                      weight_decay, maximize)
+
+
+@cpu_kernel
+def _adamax_range(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
     floor = flush_floor(eps)
     for i in range(param.size):
         param[i], exp_avg[i], exp_inf[i] = adamax_element(param[i], grad[i], exp_avg[i], exp_inf[i], clr, beta1,
@@ -213,6 +298,27 @@ def adamax_step_cpu(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weigh
 @cpu_kernel
 def nadam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                    bias_correction2, grad_coefficient, momentum_coefficient, maximize):
+    if worth_splitting(param.size):
+        _nadam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction2, grad_coefficient, momentum_coefficient, maximize)
+    else:
+        _nadam_range(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction2, grad_coefficient, momentum_coefficient, maximize)
+
+
+@cpu_parallel_kernel
+def _nadam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction2,
+                 grad_coefficient, momentum_coefficient, maximize):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _nadam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
+                     weight_decay, decoupled, bias_correction2, grad_coefficient, momentum_coefficient, maximize)
+
+
+@cpu_kernel
+def _nadam_range(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction2,
+                 grad_coefficient, momentum_coefficient, maximize):
     floor = flush_floor(eps)
     for i in range(param.size):
         param[i], exp_avg[i], exp_avg_sq[i] = nadam_element(
@@ -223,6 +329,27 @@ def nadam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weig
 @cpu_kernel
 def radam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
                    bias_correction1, bias_correction2, rect, rectified, maximize):
+    if worth_splitting(param.size):
+        _radam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction1, bias_correction2, rect, rectified, maximize)
+    else:
+        _radam_range(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     bias_correction1, bias_correction2, rect, rectified, maximize)
+
+
+@cpu_parallel_kernel
+def _radam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
+                 bias_correction2, rect, rectified, maximize):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _radam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
+                     weight_decay, decoupled, bias_correction1, bias_correction2, rect, rectified, maximize)
+
+
+@cpu_kernel
+def _radam_range(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
+                 bias_correction2, rect, rectified, maximize):
     floor = flush_floor(eps)
     for i in range(param.size):
         param[i], exp_avg[i], exp_avg_sq[i] = radam_element(
@@ -231,11 +358,37 @@ def radam_step_cpu(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weig
 
 
 @cpu_kernel
-def rmsprop_step_cpu(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay,
-                     momentum, centered):
+def rmsprop_step_cpu(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay, momentum,
+                     centered):
+    if worth_splitting(param.size):
+        _rmsprop_split(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay, momentum,
+                       centered)
+    else:
+        _rmsprop_range(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay, momentum,
+                       centered)
+
+
+@cpu_parallel_kernel
+def _rmsprop_split(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay, momentum,
+                   centered):
+    parts = numba_threads()
+    for part in prange(parts):
+        lo, hi = thread_share(param.size, part, parts)
+        _rmsprop_range(param[lo:hi], square_avg[lo:hi], grad_avg[lo:hi], momentum_buf[lo:hi], grad[lo:hi], lr,
+                       alpha, eps, weight_decay, momentum, centered)
+
+
+@cpu_kernel
+def _rmsprop_range(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, eps, weight_decay, momentum,
+                   centered):
     zero = same_type(lr, 0.0)
     has_momentum = momentum > zero
     floor = flush_floor(eps)
+    if not centered and not has_momentum:  # plain RMSprop's loop, with no load or store under a flag (as Adam's)
+        for i in range(param.size):
+            param[i], square_avg[i], _, _ = rmsprop_element(param[i], grad[i], square_avg[i], zero, zero, lr, alpha,
+                                                            eps, weight_decay, momentum, False, floor)
+        return
     for i in range(param.size):
         ga = grad_avg[i] if centered else zero
         buf = momentum_buf[i] if has_momentum else zero
