@@ -16,8 +16,9 @@ Inference (``dense_chain_forward``): out (n * out_last,); bad (1,) of x's dtype,
 non-finite values in x (the CPU overwrites it, the CUDA twin adds to it: zero it first); scratch (2,
 >= n * widest hidden layer), the activations between layers. The products sum in another order than
 the layers' BLAS products (the last bits of float32 outputs can differ from a batch predicted layer by
-layer). CPU: one sample by contiguous dot products, eight weight rows at a time; several by one BLAS
-product per layer; then the bias and activation. CUDA: one block per sample, its threads over a
+layer). CPU: one sample by contiguous dot products, eight weight rows at a time; several by
+matmul.split_product per layer, shared between numba's threads (the kernel takes the cores:
+runs_numba_threads); then the bias and activation. CUDA: one block per sample, its threads over a
 layer's output units, synchronised between layers.
 
 Training (``dense_chain_train``): forward, softmax cross-entropy on integer labels (the loss kernels'
@@ -51,7 +52,7 @@ from numdl.kernels.check import non_finite_count
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, scalar_math
 from numdl.kernels.dropout import uniform_from_counter
 from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
-from numdl.kernels.matmul import gemm, split_product
+from numdl.kernels.matmul import split_product
 
 #: The activation after each Linear of a chain, by the layers' kernel names (0: none).
 ACTIVATION_CODES = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "gelu_tanh": 5}
@@ -141,19 +142,19 @@ def _dense_rows(dst, src, params, in_f, out_f, w_at):
 @cpu_kernel
 def _dense_layer(dst, src, params, n, in_f, out_f, w_at, b_at, code):
     # dst[s out_f + j] = activate(W[j] . src[s in_f:(s + 1) in_f] + b[j]) for every sample s: one sample
-    # by _dense_rows, several by one BLAS product (from two samples it was as fast or faster), then
-    # the bias and activation in place.
+    # by _dense_rows, several by split_product (a batch of 1000 through the reference MLP's widest layer
+    # by one BLAS call on one thread, numba's pool holding the cores after training, reached 70% of
+    # the register blocks' bound), then the bias and activation in place.
+    rows = dst[:n * out_f].reshape((n, out_f))
     if n == 1:
         _dense_rows(dst, src, params, in_f, out_f, w_at)
     else:
-        gemm(dst[:n * out_f].reshape((n, out_f)), src[:n * in_f].reshape((n, in_f)),
-             params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True, 1.0, 0.0)
-    zero = same_type(params[0], 0.0)
-    for s in range(n):
-        for j in range(out_f):
-            dst[s * out_f + j] = activate(dst[s * out_f + j] + (params[b_at + j] if b_at >= 0 else zero), code)
+        split_product(rows, src[:n * in_f].reshape((n, in_f)),
+                      params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True)
+    _add_bias_activate(rows, params, b_at, code)
 
 
+@runs_numba_threads
 @cpu_kernel
 def dense_chain_forward_cpu(out, bad, x, params, table, scratch):
     # Overwrites out and bad (see the module docstring); the hidden layers alternate between scratch's
