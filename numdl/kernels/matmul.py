@@ -280,17 +280,17 @@ def _leftover_products(c, a, b, trans_a, trans_b, rows, columns):
         gemm(c[rows:], a[:, rows:] if trans_a else a[rows:], b, trans_a, trans_b, 1.0, 0.0)
 
 
-def _product_float32(c, a, b):
-    if not _register_blocks_on_threads(c, a, b, False, False, 1):  # one part: the calling thread
-        gemm(c, a, b, False, False, 1.0, 0.0)
+def _product_float32(c, a, b, trans_a, trans_b):
+    if not _register_blocks_on_threads(c, a, b, trans_a, trans_b, 1):  # one part: the calling thread
+        gemm(c, a, b, trans_a, trans_b, 1.0, 0.0)
 
 
 @cpu_float32_variant(_product_float32)
-def product(c, a, b):
-    """c = a @ b on the calling thread (compiled callers only): float32 by 4 x 64 register blocks
-    where they fit, otherwise (and float64) one BLAS call. a (m, k), b (k, n), c (m, n), each with
-    contiguous rows; c is overwritten."""
-    gemm(c, a, b, False, False, 1.0, 0.0)
+def product(c, a, b, trans_a, trans_b):
+    """c = op(a) @ op(b) on the calling thread (compiled callers only): float32 by register blocks
+    where they fit (as split_product, one part), otherwise (and float64) one BLAS call. Operands
+    with contiguous rows; c is overwritten."""
+    gemm(c, a, b, trans_a, trans_b, 1.0, 0.0)
 
 
 @njit(parallel=True, **tuning.CPU_JIT_OPTIONS)
