@@ -125,7 +125,8 @@ def test_split_shapes_reach_the_inner_split():
 
 @njit(cache=True)
 def _product_rows(c, a, b, lo, hi):
-    product(c[lo:hi], a[lo:hi], b, False, False)  # row blocks of larger arrays, as the recurrent kernels pass them
+    # row blocks of larger arrays, as the recurrent kernels pass them
+    product(c[lo:hi], a[lo:hi], b, False, False, False)
 
 
 # (m, k, n): whole 4 x 64 blocks; leftover rows and columns; fewer than 4 rows or 64 columns (the
@@ -148,26 +149,32 @@ def test_product_in_register_blocks_matches_numpy(dtype, m, k, n):
 
 
 @njit(cache=True)
-def _product(c, a, b, trans_a, trans_b):
-    product(c, a, b, trans_a, trans_b)
+def _product(c, a, b, trans_a, trans_b, accumulate):
+    product(c, a, b, trans_a, trans_b, accumulate)
 
 
-# (m, k, n, trans_a, trans_b): the recurrent kernels' input-side products (x @ W_ih^T over a short
-# inner dimension: W_ih transposed once, then 4 x 64 blocks; dW_ih^T = x^T @ dgates by a^T @ b
-# blocks), with leftover rows and columns, and both transposed (the BLAS alone)
-TRANSPOSED_PRODUCT_SHAPES = [(200, 28, 512, False, True), (28, 200, 512, True, False), (30, 33, 70, True, False),
-                             (9, 20, 130, False, True), (12, 40, 70, True, True)]
+# (m, k, n, trans_a, trans_b): the recurrent kernels' products with a transposed operand (x @ W_ih^T
+# over a short inner dimension: W_ih transposed once, then 4 x 64 blocks; dW_ih^T = x^T @ dgates and
+# dW_hh = dgates^T @ h by a^T @ b blocks; a @ b^T by 4 x 4 dot products), with leftover rows and
+# columns, and both transposed (the BLAS alone)
+TRANSPOSED_PRODUCT_SHAPES = [(200, 28, 512, False, True), (28, 200, 512, True, False), (136, 64, 130, True, False),
+                             (30, 33, 70, True, False), (9, 20, 130, False, True), (10, 160, 10, False, True),
+                             (12, 40, 70, True, True)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, k, n, trans_a, trans_b", TRANSPOSED_PRODUCT_SHAPES)
-def test_product_with_a_transposed_operand_matches_numpy(dtype, m, k, n, trans_a, trans_b):
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_product_with_a_transposed_operand_matches_numpy(dtype, m, k, n, trans_a, trans_b, accumulate):
     rng = np.random.default_rng(5)
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    c = np.full((m, n), np.nan, dtype)  # every entry is written
-    _product(c, a, b, trans_a, trans_b)
+    # overwritten, every entry (NaN would stay NaN), or added to
+    c = rng.standard_normal((m, n)).astype(dtype) if accumulate else np.full((m, n), np.nan, dtype)
     reference = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    if accumulate:
+        reference += c
+    _product(c, a, b, trans_a, trans_b, accumulate)
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(c, reference, **tolerance)
 

@@ -103,7 +103,7 @@ def matmul(c, a, b, trans_a, trans_b, beta):
     if k >= tuning.MATMUL_SPLIT_INNER_RATIO * max(m, n):
         _matmul_split_inner(c, a, b, trans_a, trans_b, beta, parts)
         return
-    if beta == 0 and _register_blocks_on_threads(c, a, b, trans_a, trans_b, parts):
+    if beta == 0 and _register_blocks_on_threads(c, a, b, trans_a, trans_b, parts, False):
         return
     split_rows = m >= n or (m >= tuning.MATMUL_MIN_ROWS_TO_SPLIT_ROWS and n < tuning.MATMUL_WIDE_COLUMNS * m)
     size = m if split_rows else n
@@ -162,13 +162,26 @@ def _store_four(flat, at, v0, v1, v2, v3):
 
 
 @register_jitable
-def _row_step(a_flat, b_flat, c_flat, i, j, k, a_at, a_step, b_row, c_row):
-    # c[i:i+4, j:j+64] = sum over p < k of a(i + r, p) * b[p, j:j+64], where a(i + r, p) is
-    # a_flat[a_at(i + r) + p * a_step]: a's rows (a @ b) or its columns (a^T @ b).
-    c00, c01, c02, c03 = vzero(), vzero(), vzero(), vzero()
-    c10, c11, c12, c13 = vzero(), vzero(), vzero(), vzero()
-    c20, c21, c22, c23 = vzero(), vzero(), vzero(), vzero()
-    c30, c31, c32, c33 = vzero(), vzero(), vzero(), vzero()
+def _load_four(flat, at):
+    return vload(flat, at), vload(flat, at + LANES), vload(flat, at + 2 * LANES), vload(flat, at + 3 * LANES)
+
+
+@register_jitable
+def _row_step(a_flat, b_flat, c_flat, i, j, k, a_at, a_step, b_row, c_row, accumulate):
+    # c[i:i+4, j:j+64] = sum over p < k of a(i + r, p) * b[p, j:j+64] (added to c's values when
+    # accumulate), where a(i + r, p) is a_flat[a_at(i + r) + p * a_step]: a's rows (a @ b) or its
+    # columns (a^T @ b).
+    if accumulate:
+        at = i * c_row + j
+        c00, c01, c02, c03 = _load_four(c_flat, at)
+        c10, c11, c12, c13 = _load_four(c_flat, at + c_row)
+        c20, c21, c22, c23 = _load_four(c_flat, at + 2 * c_row)
+        c30, c31, c32, c33 = _load_four(c_flat, at + 3 * c_row)
+    else:
+        c00, c01, c02, c03 = vzero(), vzero(), vzero(), vzero()
+        c10, c11, c12, c13 = vzero(), vzero(), vzero(), vzero()
+        c20, c21, c22, c23 = vzero(), vzero(), vzero(), vzero()
+        c30, c31, c32, c33 = vzero(), vzero(), vzero(), vzero()
     for p in range(k):
         at = p * b_row + j
         b0, b1 = vload(b_flat, at), vload(b_flat, at + LANES)
@@ -189,8 +202,8 @@ def _row_step(a_flat, b_flat, c_flat, i, j, k, a_at, a_step, b_row, c_row):
 
 
 @njit(**tuning.CPU_JIT_OPTIONS)
-def _product_blocks(c, a, b, trans_a, rows_from, rows_to, columns_from, columns_to):
-    # c[rows_from:rows_to, columns_from:columns_to] = op(a) @ b in 4 x 64 blocks (whole blocks);
+def _product_blocks(c, a, b, trans_a, rows_from, rows_to, columns_from, columns_to, accumulate):
+    # c[rows_from:rows_to, columns_from:columns_to] = op(a) @ b (+= when accumulate) in 4 x 64 blocks (whole blocks);
     # a, b and c C-contiguous (a row block of a larger array is). op(a) = a^T when trans_a: the
     # blocks then go column by column, so that b's 64 columns stay in the L1 cache while the
     # scalars come from all of a, a (k, m) that is small (a layer's output gradient).
@@ -201,17 +214,18 @@ def _product_blocks(c, a, b, trans_a, rows_from, rows_to, columns_from, columns_
     if trans_a:
         for j in range(columns_from, columns_to, BLOCK_COLUMNS):
             for i in range(rows_from, rows_to, BLOCK_ROWS):
-                _row_step(a_flat, b_flat, c_flat, i, j, k, (i, i + 1, i + 2, i + 3), a_step, b_row, c_row)
+                _row_step(a_flat, b_flat, c_flat, i, j, k, (i, i + 1, i + 2, i + 3), a_step, b_row, c_row,
+                          accumulate)
     else:
         for i in range(rows_from, rows_to, BLOCK_ROWS):
             a_at = (i * a_row, (i + 1) * a_row, (i + 2) * a_row, (i + 3) * a_row)
             for j in range(columns_from, columns_to, BLOCK_COLUMNS):
-                _row_step(a_flat, b_flat, c_flat, i, j, k, a_at, a_step, b_row, c_row)
+                _row_step(a_flat, b_flat, c_flat, i, j, k, a_at, a_step, b_row, c_row, accumulate)
 
 
 @njit(**tuning.CPU_JIT_OPTIONS)
-def _dot_product_blocks(c, a, b, rows_from, rows_to, columns_from, columns_to):
-    # c[i, j] = a[i] . b[j] (c = a @ b^T) in 4 x 4 blocks (whole blocks), any length of the rows:
+def _dot_product_blocks(c, a, b, rows_from, rows_to, columns_from, columns_to, accumulate):
+    # c[i, j] = a[i] . b[j] (c = a @ b^T; += when accumulate) in 4 x 4 blocks (whole blocks), any length of the rows:
     # 16 vectors of partial sums along them (the last, short vector read masked), each added up at
     # the end. a's four rows stay in the L1 cache while b's rows stream past.
     k = a.shape[1]
@@ -238,21 +252,28 @@ def _dot_product_blocks(c, a, b, rows_from, rows_to, columns_from, columns_to):
                 a3 = vload_first(a_flat, (i + 3) * a_row + p, count)
                 s30, s31, s32, s33 = vfma(a3, b0, s30), vfma(a3, b1, s31), vfma(a3, b2, s32), vfma(a3, b3, s33)
             at = i * c_row + j
-            c_flat[at], c_flat[at + 1], c_flat[at + 2], c_flat[at + 3] = vsum(s00), vsum(s01), vsum(s02), vsum(s03)
-            at += c_row
-            c_flat[at], c_flat[at + 1], c_flat[at + 2], c_flat[at + 3] = vsum(s10), vsum(s11), vsum(s12), vsum(s13)
-            at += c_row
-            c_flat[at], c_flat[at + 1], c_flat[at + 2], c_flat[at + 3] = vsum(s20), vsum(s21), vsum(s22), vsum(s23)
-            at += c_row
-            c_flat[at], c_flat[at + 1], c_flat[at + 2], c_flat[at + 3] = vsum(s30), vsum(s31), vsum(s32), vsum(s33)
+            _put_sums(c_flat, at, s00, s01, s02, s03, accumulate)
+            _put_sums(c_flat, at + c_row, s10, s11, s12, s13, accumulate)
+            _put_sums(c_flat, at + 2 * c_row, s20, s21, s22, s23, accumulate)
+            _put_sums(c_flat, at + 3 * c_row, s30, s31, s32, s33, accumulate)
 
 
 @register_jitable
-def _blocks(c, a, b, trans_a, trans_b, rows_from, rows_to, columns_from, columns_to):
-    if trans_b:
-        _dot_product_blocks(c, a, b, rows_from, rows_to, columns_from, columns_to)
+def _put_sums(flat, at, s0, s1, s2, s3, accumulate):
+    # flat[at:at+4] = (or +=) the lane sums of four vectors
+    if accumulate:
+        flat[at], flat[at + 1], flat[at + 2], flat[at + 3] = (flat[at] + vsum(s0), flat[at + 1] + vsum(s1),
+                                                              flat[at + 2] + vsum(s2), flat[at + 3] + vsum(s3))
     else:
-        _product_blocks(c, a, b, trans_a, rows_from, rows_to, columns_from, columns_to)
+        flat[at], flat[at + 1], flat[at + 2], flat[at + 3] = vsum(s0), vsum(s1), vsum(s2), vsum(s3)
+
+
+@register_jitable
+def _blocks(c, a, b, trans_a, trans_b, rows_from, rows_to, columns_from, columns_to, accumulate):
+    if trans_b:
+        _dot_product_blocks(c, a, b, rows_from, rows_to, columns_from, columns_to, accumulate)
+    else:
+        _product_blocks(c, a, b, trans_a, rows_from, rows_to, columns_from, columns_to, accumulate)
 
 
 @register_jitable
@@ -269,32 +290,33 @@ def _whole_blocks(c, a, b, trans_a, trans_b):
 
 
 @register_jitable
-def _leftover_products(c, a, b, trans_a, trans_b, rows, columns):
+def _leftover_products(c, a, b, trans_a, trans_b, rows, columns, accumulate):
     # The rows and columns of c past whole blocks, by the BLAS on the calling thread.
     m, n = c.shape
+    beta = 1.0 if accumulate else 0.0
     if columns < n and rows > 0:
         a_part = a[:, :rows] if trans_a else a[:rows]
         b_part = b[columns:] if trans_b else b[:, columns:]
-        gemm(c[:rows, columns:], a_part, b_part, trans_a, trans_b, 1.0, 0.0)
+        gemm(c[:rows, columns:], a_part, b_part, trans_a, trans_b, 1.0, beta)
     if rows < m:
-        gemm(c[rows:], a[:, rows:] if trans_a else a[rows:], b, trans_a, trans_b, 1.0, 0.0)
+        gemm(c[rows:], a[:, rows:] if trans_a else a[rows:], b, trans_a, trans_b, 1.0, beta)
 
 
-def _product_float32(c, a, b, trans_a, trans_b):
-    if not _register_blocks_on_threads(c, a, b, trans_a, trans_b, 1):  # one part: the calling thread
-        gemm(c, a, b, trans_a, trans_b, 1.0, 0.0)
+def _product_float32(c, a, b, trans_a, trans_b, accumulate):
+    if not _register_blocks_on_threads(c, a, b, trans_a, trans_b, 1, accumulate):  # one part: this thread
+        gemm(c, a, b, trans_a, trans_b, 1.0, 1.0 if accumulate else 0.0)
 
 
 @cpu_float32_variant(_product_float32)
-def product(c, a, b, trans_a, trans_b):
-    """c = op(a) @ op(b) on the calling thread (compiled callers only): float32 by register blocks
-    where they fit (as split_product, one part), otherwise (and float64) one BLAS call. Operands
-    with contiguous rows; c is overwritten."""
-    gemm(c, a, b, trans_a, trans_b, 1.0, 0.0)
+def product(c, a, b, trans_a, trans_b, accumulate):
+    """c = op(a) @ op(b), or c += op(a) @ op(b) when accumulate, on the calling thread (compiled
+    callers only): float32 by register blocks where they fit (as split_product, one part),
+    otherwise (and float64) one BLAS call. Operands with contiguous rows."""
+    gemm(c, a, b, trans_a, trans_b, 1.0, 1.0 if accumulate else 0.0)
 
 
 @njit(parallel=True, **tuning.CPU_JIT_OPTIONS)
-def _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, parts):
+def _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, parts, accumulate):
     # The whole blocks of c[:rows, :columns], one near-equal share of block columns (or rows) per
     # part, each part on a numba thread.
     block = (DOT_BLOCK_COLUMNS if trans_b else BLOCK_COLUMNS) if by_columns else BLOCK_ROWS
@@ -302,12 +324,12 @@ def _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, par
     for part in prange(parts):
         lo, hi = thread_share(size // block, part, parts)
         if by_columns:
-            _blocks(c, a, b, trans_a, trans_b, 0, rows, lo * block, hi * block)
+            _blocks(c, a, b, trans_a, trans_b, 0, rows, lo * block, hi * block, accumulate)
         else:
-            _blocks(c, a, b, trans_a, trans_b, lo * block, hi * block, 0, columns)
+            _blocks(c, a, b, trans_a, trans_b, lo * block, hi * block, 0, columns, accumulate)
 
 
-def _register_blocks_on_threads_float32(c, a, b, trans_a, trans_b, parts):
+def _register_blocks_on_threads_float32(c, a, b, trans_a, trans_b, parts, accumulate):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if (trans_b and not trans_a and m >= BLOCK_ROWS and n >= BLOCK_COLUMNS and b.size <= tuning.SIMD_PRODUCT_MAX_B
@@ -324,18 +346,18 @@ def _register_blocks_on_threads_float32(c, a, b, trans_a, trans_b, parts):
     column_blocks = columns // (DOT_BLOCK_COLUMNS if trans_b else BLOCK_COLUMNS)
     by_columns = column_blocks >= parts and (b.size >= a.size or rows // BLOCK_ROWS < parts)
     if parts > 1 and (by_columns or rows // BLOCK_ROWS >= parts):
-        _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, parts)
+        _blocks_on_threads(c, a, b, trans_a, trans_b, rows, columns, by_columns, parts, accumulate)
     else:
-        _blocks(c, a, b, trans_a, trans_b, 0, rows, 0, columns)
-    _leftover_products(c, a, b, trans_a, trans_b, rows, columns)
+        _blocks(c, a, b, trans_a, trans_b, 0, rows, 0, columns, accumulate)
+    _leftover_products(c, a, b, trans_a, trans_b, rows, columns, accumulate)
     return True
 
 
 @cpu_float32_variant(_register_blocks_on_threads_float32)
-def _register_blocks_on_threads(c, a, b, trans_a, trans_b, parts):
-    # c = op(a) @ op(b) by float32 register blocks shared between ``parts`` numba threads (the rest
-    # of c by the BLAS); False (nothing done) where they do not apply: float64, strided views, both
-    # transposed, an operand past the cache.
+def _register_blocks_on_threads(c, a, b, trans_a, trans_b, parts, accumulate):
+    # c = op(a) @ op(b) (c += when accumulate) by float32 register blocks shared between ``parts``
+    # numba threads (the rest of c by the BLAS); False (nothing done) where they do not apply:
+    # float64, strided views, both transposed, an operand past the cache.
     return False
 
 
@@ -343,7 +365,7 @@ def _split_product_float32(c, a, b, trans_a, trans_b):
     k = a.shape[0] if trans_a else a.shape[1]
     parts = numba_threads() if c.size * k >= tuning.MATMUL_MIN_SPLIT_WORK else 1
     if c.size * k < tuning.SPLIT_PRODUCT_MIN_WORK or not _register_blocks_on_threads(c, a, b, trans_a, trans_b,
-                                                                                    parts):
+                                                                                    parts, False):
         matmul(c, a, b, trans_a, trans_b, 0.0)
 
 
