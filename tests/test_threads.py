@@ -169,3 +169,31 @@ def test_auto_is_accepted_on_the_command_line_and_in_the_environment():
 
         limit_threads(numba.config.NUMBA_NUM_THREADS)
     assert get_ops("cpu").thread_chooser is None
+
+
+def test_one_thread_and_every_core_train_to_the_same_bits():
+    # --threads auto moves between one thread and every core mid-run, so a step must compute the same
+    # bits on either: the embedded default's MLP (its step in one kernel call, Adam split over the
+    # threads in whole vector chunks) after 50 steps. Shares that ignored the vector chunks moved a
+    # bias's last bit at step 30 of this run.
+    import numba
+
+    from numdl import config
+    from numdl.backend.cpu import limit_threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: nothing to compare")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64 * 50, 28, 28), dtype=np.float32), rng.integers(0, 10, 64 * 50)
+    trained = []
+    try:
+        for count in (1, numba.config.NUMBA_NUM_THREADS):
+            limit_threads(count)
+            model = config.build_model(config.resolve(None, []), (28, 28))
+            for step in range(50):
+                model.train_step(x[step * 64:(step + 1) * 64], y[step * 64:(step + 1) * 64])
+            trained.append(np.concatenate([p.value.reshape(-1) for p in model.parameters()]))
+    finally:
+        limit_threads(numba.config.NUMBA_NUM_THREADS)
+    assert trained[0].size == 109_386  # odd: a half share is not a whole number of vectors
+    np.testing.assert_array_equal(trained[0], trained[1])

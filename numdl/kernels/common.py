@@ -67,6 +67,16 @@ def thread_share(total, part, parts):
     return min(part * step, total), min((part + 1) * step, total)
 
 
+@register_jitable
+def vector_share(total, part, parts):
+    # thread_share in whole chunks of tuning.SPLIT_ALIGN_ELEMENTS: every part but the last is a whole
+    # number of vector iterations, and the last ends where one loop over range(total) would, so each
+    # element meets the same code (vector body or remainder) as with one thread.
+    align = tuning.SPLIT_ALIGN_ELEMENTS
+    lo, hi = thread_share((total + align - 1) // align, part, parts)
+    return min(lo * align, total), min(hi * align, total)
+
+
 # Scalar helpers compile with the kernels' fastmath flags and numpy's error model: with Python's,
 # a division raises on zero, and the helper is then kept as an out-of-line call that blocks
 # vectorisation of the loop that calls it (the float32 tanh ran 100x slower).

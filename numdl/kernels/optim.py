@@ -11,7 +11,7 @@ import math
 from numba import prange
 
 from numdl.kernels.common import (
-    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, same_type, scalar_math, thread_share,
+    cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, same_type, scalar_math, vector_share,
     worth_splitting,
 )
 
@@ -163,9 +163,10 @@ def rmsprop_element(p, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, c
 # param and the state buffers are updated in place; unused state buffers may be empty. Each loop does
 # one element's loads and stores with the math inlined, so it vectorises; a flag that decides which
 # buffers exist is read outside the loop's arithmetic. Each step is split over numba's threads once
-# they have the cores (common.worth_splitting): measured on the reference MLP (109k parameters, after
-# its threaded forward and backward pass), Adam took 29-38 us on two threads against 92-161 us on
-# one, as each core updates what sits in its own cache; elsewhere one thread runs the whole range.
+# they have the cores (common.worth_splitting), in shares of whole vector chunks (common.vector_share:
+# the same bits as one thread, so --threads auto's switching changes no result). On the reference MLP
+# (109k parameters, after its threaded forward and backward pass) Adam took 20-38 us on two threads
+# against 92-161 us on one, as each core updates what sits in its own cache.
 
 
 @cpu_kernel
@@ -180,7 +181,7 @@ def sgd_step_cpu(param, momentum_buf, grad, lr, momentum, dampening, weight_deca
 def _sgd_split(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _sgd_range(param[lo:hi], momentum_buf[lo:hi], grad[lo:hi], lr, momentum, dampening, weight_decay, nesterov,
                    first_step)
 
@@ -217,7 +218,7 @@ def _adam_split(param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad, lr, beta1, bet
                 bias_correction1, bias_correction2, amsgrad, maximize):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _adam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], max_exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1,
                     beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, amsgrad, maximize)
 
@@ -258,7 +259,7 @@ def adagrad_step_cpu(param, state_sum, grad, clr, eps, weight_decay, maximize):
 def _adagrad_split(param, state_sum, grad, clr, eps, weight_decay, maximize):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _adagrad_range(param[lo:hi], state_sum[lo:hi], grad[lo:hi], clr, eps, weight_decay, maximize)
 
 
@@ -282,7 +283,7 @@ def adamax_step_cpu(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weigh
 def _adamax_split(param, exp_avg, exp_inf, grad, clr, beta1, beta2, eps, weight_decay, maximize):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _adamax_range(param[lo:hi], exp_avg[lo:hi], exp_inf[lo:hi], grad[lo:hi], clr, beta1, beta2, eps,
                       weight_decay, maximize)
 
@@ -311,7 +312,7 @@ def _nadam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight
                  grad_coefficient, momentum_coefficient, maximize):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _nadam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
                      weight_decay, decoupled, bias_correction2, grad_coefficient, momentum_coefficient, maximize)
 
@@ -342,7 +343,7 @@ def _radam_split(param, exp_avg, exp_avg_sq, grad, lr, beta1, beta2, eps, weight
                  bias_correction2, rect, rectified, maximize):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _radam_range(param[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
                      weight_decay, decoupled, bias_correction1, bias_correction2, rect, rectified, maximize)
 
@@ -373,7 +374,7 @@ def _rmsprop_split(param, square_avg, grad_avg, momentum_buf, grad, lr, alpha, e
                    centered):
     parts = numba_threads()
     for part in prange(parts):
-        lo, hi = thread_share(param.size, part, parts)
+        lo, hi = vector_share(param.size, part, parts)
         _rmsprop_range(param[lo:hi], square_avg[lo:hi], grad_avg[lo:hi], momentum_buf[lo:hi], grad[lo:hi], lr,
                        alpha, eps, weight_decay, momentum, centered)
 

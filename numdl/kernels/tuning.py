@@ -110,3 +110,9 @@ SHIFTED_GEMM_CHUNK_PIXELS = 1024
 # many elements, once numba has the cores (common.worth_splitting); below, a thread start costs more
 # than half the pass saves.
 SPLIT_MIN_ELEMENTS = 1 << 15
+
+# Element-wise passes whose arithmetic can round differently in a vectorised loop's body and in its
+# remainder (the optimizer steps: contracted multiply-adds) split in whole chunks of this many
+# elements (common.vector_share), so that one thread and several give the same bits: numdl train's
+# 109,386 Adam parameters split at 54,693 moved one parameter's last bit at step 30.
+SPLIT_ALIGN_ELEMENTS = 1 << 10
