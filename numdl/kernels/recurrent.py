@@ -319,14 +319,28 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
     # adds the blocks up).
     n_batch, steps, hidden = cells.shape
     projected = w_hr.shape[0] > 0
-    # The LSTM's input- and hidden-side gate gradients are equal: dproj[1] serves for both below.
-    input_side = 1 if is_lstm else 0
-    # Rows of valid steps are written in full below; only the padding past each length is zeroed.
-    for n in range(lo, hi):
-        for t in range(lengths[n], steps):
-            dproj[0, n * steps + t] = 0
-            dproj[1, n * steps + t] = 0
-            if projected:
+    inputs = x.shape[2]
+    # The LSTM's input- and hidden-side gate gradients are equal: its cells write them straight into
+    # dstep, and dW_ih, the biases and dx are summed step by step from there, while dstep is in the
+    # cache (through dproj's rows and one product at the end: 7 MB more written and read again a
+    # thread at batch 128, and a row copy per sample and step). The GRU's two sides differ: dproj.
+    if is_lstm:
+        x_step = np.zeros((hi - lo, inputs), x.dtype)  # this step's inputs, one row per sample
+        dx_step = np.empty((hi - lo, inputs if dx.size > 0 else 0), x.dtype)
+        dw_ih_t = np.zeros((inputs, dw_ih.shape[0]), dw_ih.dtype)  # dW_ih^T: x^T dgates has the long rows
+        db_hh[:] = 0
+        if dx.size > 0:
+            for n in range(lo, hi):
+                dx[n, lengths[n]:] = 0  # padding: no step visits it
+    else:
+        # Rows of valid steps are written in full below; only the padding past each length is zeroed.
+        for n in range(lo, hi):
+            for t in range(lengths[n], steps):
+                dproj[0, n * steps + t] = 0
+                dproj[1, n * steps + t] = 0
+    if projected:
+        for n in range(lo, hi):
+            for t in range(lengths[n], steps):
                 dh_all[n * steps + t] = 0
     dh_next[lo:hi] = 0
     if not is_lstm:
@@ -337,9 +351,8 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
     h_block = h_step[lo:hi]  # this step's previous hidden states; zero for a finished sample
     dw_hh[:] = 0
     has_h0, has_c0 = h0.shape[0] > 0, c0.shape[0] > 0
+    zero = same_type(dw_hh[0, 0], 0.0)
     for step in range(steps - 1, -1, -1):
-        dstep[lo:hi] = 0
-        h_block[:] = 0
         # dh_next becomes this step's full dh: the later step's W_hh^T part plus the output's gradient
         # (a finished sample's row is zero: its dstep was).
         for n in range(lo, hi):
@@ -352,11 +365,16 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
             np.dot(dh_next[lo:hi], w_hr, dm_step[lo:hi])
         for n in range(lo, hi):
             t = step_position(step, lengths[n], reverse)
-            if t < 0:
+            first = step == 0
+            if t < 0 or (first and not has_h0):
+                h_block[n - lo] = zero
+            if t < 0:  # a finished sample: a zero row in this step's products
+                dstep[n] = zero
+                if is_lstm:
+                    x_step[n - lo] = zero
                 continue
             prev = previous_position(t, reverse)
             row = n * steps + t
-            first = step == 0
             if not first:
                 h_block[n - lo] = out[n, prev]
             elif has_h0:
@@ -368,13 +386,26 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
                     c_prev_row = c0[n]
                 else:
                     c_prev_row = cells[n, t]  # any row: selected away
-                _lstm_cells_backward(dproj[1, row], dc_next[n], gates[n, t], cells[n, t], c_prev_row,
+                _lstm_cells_backward(dstep[n], dc_next[n], gates[n, t], cells[n, t], c_prev_row,
                                      not first or has_c0, dm_step[n] if projected else dh_next[n])
+                x_step[n - lo] = x[n, t]
             else:
                 for j in range(hidden):
                     dc_next[n, j] = gru_cell_backward(dproj, row, gates, cells, dh_next[n, j], h_block[n - lo, j], n, t,
                                                       j, hidden)
-            dstep[n] = dproj[1, row]
+                dstep[n] = dproj[1, row]
+        if is_lstm:  # dW_ih^T += x_t^T dgates_t, db += the rows' sum, dx_t = dgates_t W_ih
+            product(dw_ih_t, x_step, dstep[lo:hi], True, False, True)
+            for n in range(lo, hi):
+                gate_row = dstep[n]  # a 1-D row: the sum vectorises
+                for k in range(db_hh.size):
+                    db_hh[k] += gate_row[k]
+            if dx.size > 0:
+                product(dx_step, dstep[lo:hi], w_ih, False, False, False)
+                for n in range(lo, hi):
+                    t = step_position(step, lengths[n], reverse)
+                    if t >= 0:
+                        dx[n, t] = dx_step[n - lo]
         if step > 0 or has_h0:  # dW_hh += dgates^T h_prev (a zero initial state adds nothing)
             product(dw_hh, dstep[lo:hi], h_block, True, False, True)
         if step == 0:
@@ -390,32 +421,30 @@ def _backward_samples(dx, dw_ih, dw_hh, dw_hr, db_ih, db_hh, dh0, dc0, dproj, ds
         if not is_lstm:
             dh_next[lo:hi] += dc_next[lo:hi]  # the GRU's direct z path; dc_next carries it
             dc_next[lo:hi] = 0
-    hidden_side, input_rows = dproj[1, first_row:end_row], dproj[input_side, first_row:end_row]
     if projected:
         mid_rows = mids.reshape(n_batch * steps, hidden)[first_row:end_row]
         np.dot(dh_all[first_row:end_row].T, mid_rows, dw_hr)
-    x_rows = x.reshape(n_batch * steps, x.shape[2])[first_row:end_row]
+    if is_lstm:
+        dw_ih[:] = dw_ih_t.T
+        db_ih[:] = db_hh
+        return
+    input_rows, hidden_rows = dproj[0, first_row:end_row], dproj[1, first_row:end_row]
+    x_rows = x.reshape(n_batch * steps, inputs)[first_row:end_row]
     # dW_ih^T = x^T dgates by a^T @ b register blocks, then transposed: dW_ih = dgates^T x itself has
     # 28 columns, too few for a block (the BLAS: 0.96 ms a thread at batch 128, this way 0.58)
-    dw_ih_t = np.empty((dw_ih.shape[1], dw_ih.shape[0]), dw_ih.dtype)
+    dw_ih_t = np.empty((inputs, dw_ih.shape[0]), dw_ih.dtype)
     product(dw_ih_t, x_rows, input_rows, True, False, False)
     dw_ih[:] = dw_ih_t.T
     for k in range(db_ih.size):
         db_ih[k] = 0
         db_hh[k] = 0
     for r in range(end_row - first_row):
-        input_row, hidden_row = input_rows[r], hidden_side[r]  # 1-D rows: the sums vectorise
-        if is_lstm:  # both sides are dproj[1]: one sum, copied below
-            for k in range(db_hh.size):
-                db_hh[k] += hidden_row[k]
-        else:
-            for k in range(db_ih.size):
-                db_ih[k] += input_row[k]
-                db_hh[k] += hidden_row[k]
-    if is_lstm:
-        db_ih[:] = db_hh
+        input_row, hidden_row = input_rows[r], hidden_rows[r]  # 1-D rows: the sums vectorise
+        for k in range(db_ih.size):
+            db_ih[k] += input_row[k]
+            db_hh[k] += hidden_row[k]
     if dx.size > 0:
-        np.dot(input_rows, w_ih, dx.reshape(n_batch * steps, x.shape[2])[first_row:end_row])
+        np.dot(input_rows, w_ih, dx.reshape(n_batch * steps, inputs)[first_row:end_row])
 
 
 @cpu_parallel_kernel
