@@ -45,9 +45,10 @@ between phases.
 
 import math
 
+import numpy as np
 from numba import float32, uint64
 
-from numdl.kernels.activation import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, sigmoid, tanh
+from numdl.kernels.activation import exp_nonpositive, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, sigmoid, tanh
 from numdl.kernels.check import non_finite_count
 from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, runs_numba_threads, same_type, scalar_math
 from numdl.kernels.dropout import uniform_from_counter
@@ -247,6 +248,67 @@ def _dropout_rows(dst, src, rate, scale, seed, offset):
         dst[i] = src[i] * dropout_factor(rate, scale, seed, offset, i)
 
 
+@cpu_kernel
+def _cross_entropy_forward(probs, logits, labels, class_weights, smoothing, ignore_index):
+    # The loss's forward for the whole batch: cross_entropy_at's math (probs (n, classes) the softmax)
+    # with the samples in the inner loops, over transposed copies, so that each pass vectorises (one
+    # sample at a time, ten classes a loop, took 5 us at batch 64 and 20 at 256: exp's and log's
+    # latency). Returns (summed terms (float64), summed target weights, correct predictions); samples
+    # whose label is ignore_index are skipped, as the loss skips them.
+    n, classes = logits.shape
+    columns = np.empty((classes, n), logits.dtype)  # the logits, one class a row
+    shifted = np.empty((classes, n), logits.dtype)  # logit - the sample's largest, then exp of it
+    peak = np.empty(n, logits.dtype)
+    total = np.zeros(n, logits.dtype)
+    for o in range(n):
+        for c in range(classes):
+            columns[c, o] = logits[o, c]
+    peak[:] = columns[0]
+    for c in range(1, classes):
+        row = columns[c]
+        for o in range(n):
+            peak[o] = max(peak[o], row[o])
+    for c in range(classes):
+        row, out = columns[c], shifted[c]
+        for o in range(n):
+            out[o] = row[o] - peak[o]
+    log_total = np.empty(n, logits.dtype)
+    smooth_sum = np.zeros(n, logits.dtype)
+    exps = np.empty((classes, n), logits.dtype)
+    for c in range(classes):
+        out, e = shifted[c], exps[c]
+        for o in range(n):
+            e[o] = exp_nonpositive(out[o])
+            total[o] += e[o]
+    for o in range(n):
+        log_total[o] = math.log(total[o])
+    for c in range(classes):
+        out, weight_c = shifted[c], class_weights[c]
+        for o in range(n):
+            smooth_sum[o] += weight_c * (log_total[o] - out[o])
+    one = same_type(peak[0], 1.0)
+    for o in range(n):
+        inverse = one / total[o]
+        for c in range(classes):
+            probs[o, c] = exps[c, o] * inverse
+    terms = 0.0  # float64 sums, as the loss class reduces
+    weights = 0.0
+    correct = 0
+    keep, spread = one - smoothing, smoothing / same_type(smoothing, classes)
+    for o in range(n):
+        y = labels[o]
+        if y == ignore_index:
+            continue
+        terms += keep * class_weights[y] * (log_total[o] - shifted[y, o]) + spread * smooth_sum[o]
+        weights += class_weights[y]
+        best = 0  # the first largest logit, as argmax
+        for c in range(1, classes):
+            if columns[c, o] > columns[best, o]:
+                best = c
+        correct += 1 if best == y else 0
+    return terms, weights, correct
+
+
 @runs_numba_threads
 @cpu_kernel
 def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
@@ -274,16 +336,8 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
         if layer < layers - 1 and rates[layer, 0] > 0:
             _dropout_rows(acts[at + n * out_f:at + 2 * n * out_f], acts[at:at + n * out_f], rates[layer, 0],
                           rates[layer, 1], uint64(table[layer, 5]), uint64(table[layer, 6]))
-    total = 0.0  # float64 sums, as the loss class reduces
-    weight = 0.0
-    correct = 0
-    for o in range(n):
-        y = labels[o]
-        if y == ignore_index:
-            continue
-        total += cross_entropy_at(probs, logits, class_weights, smoothing, y, o, 0)
-        weight += class_weights[y]
-        correct += 1 if _first_largest(logits, o) == y else 0
+    total, weight, correct = _cross_entropy_forward(probs.reshape((n, classes)), logits.reshape((n, classes)), labels,
+                                                    class_weights, smoothing, ignore_index)
     scale = (1.0 / weight if weight > 0 else 0.0) if mean else 1.0
     stats[0] = total * scale
     stats[1] = correct
