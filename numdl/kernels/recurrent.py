@@ -11,13 +11,16 @@ hidden projection W_hn h + b_hn.
 
 CPU: samples are independent, so each numba thread takes a block of them and runs it from the first
 step to the last with no barrier (these kernels move the process to numba's pool, the BLAS on one
-thread: see numdl.kernels.matmul). Per block: the input projections of all steps are one GEMM into
-``proj``; each step adds h W_hh^T with one more GEMM and runs the point-wise update; backward mirrors
-it and ends with GEMMs for the block's share of dW_ih and dW_hh (summed over blocks after) and its
-rows of dx. CUDA: one block per sample, one thread per hidden unit, stepping through time with
-``syncthreads``; weight gradients accumulate with atomics into arrays the launcher zeroed.
-Backward: ``dproj`` (2, N T, G H) holds the pre-activation gradients of the input projections [0]
-and of the hidden projections [1] (equal for the LSTM; they differ in the GRU's n gate).
+thread: see numdl.kernels.matmul). Per block: the input projections are one GEMM per chunk of steps
+into the block's first rows of ``proj`` (tuning.RECURRENT_PROJECTION_ROWS); each step adds h W_hh^T
+with one more GEMM and runs the point-wise update; backward mirrors it, summing the block's share of
+dW_hh (and for the LSTM dW_ih, the biases and its rows of dx) step by step while the step's gate
+gradients are in the cache; the blocks' shares are added up after. CUDA: one block per sample, one
+thread per hidden unit, stepping through time with ``syncthreads``; weight gradients accumulate with
+atomics into arrays the launcher zeroed. Backward: ``dproj`` (2, N T, G H) holds the pre-activation
+gradients of the input projections [0] and of the hidden projections [1] (equal for the LSTM, whose
+CPU kernel does not use it; they differ in the GRU's n gate, whose CPU kernel ends with GEMMs over
+them for dW_ih and dx).
 
 Projected LSTM (PyTorch's ``proj_size`` P): the hidden state is h_t = W_hr m_t with m_t = o * tanh(c_t)
 and w_hr (P, H), so out, h0 and w_hh's columns have P features while the cells keep H. ``mids``
@@ -35,6 +38,7 @@ so the caller adds it to ``dout`` there.
 import numpy as np
 from numba import prange
 
+from numdl.kernels import tuning
 from numdl.kernels.activation import sigmoid, tanh
 from numdl.kernels.common import (
     cpu_kernel,
@@ -203,10 +207,21 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
                      c0, reverse, is_lstm, lo, hi):
     # Samples lo..hi-1 from first step to last. Only their rows of every buffer are touched, so
     # blocks of samples run on different threads at once (each product on one BLAS thread).
-    n_batch, steps, hidden = cells.shape
+    steps, hidden = cells.shape[1], cells.shape[2]
     projected = w_hr.shape[0] > 0
-    rows = x.reshape(n_batch * steps, x.shape[2])
-    np.dot(rows[lo * steps:hi * steps], w_ih.T, proj[lo * steps:hi * steps])
+    block = hi - lo
+    # The input projections W_ih x_t by chunks of steps into a buffer that stays in the cache: the
+    # block's inputs step-major first (the rows a step needs, contiguous), then one product a chunk
+    # (all steps at once into proj, 3.7 MB a thread at batch 128, wrote and read back from memory:
+    # the bench LSTM's forward took 3.6-3.9 ms that way, ~0.5 ms more).
+    inputs_by_step = np.zeros((steps, block, x.shape[2]), x.dtype)
+    for n in range(lo, hi):
+        for step in range(steps):
+            t = step_position(step, lengths[n], reverse)
+            if t >= 0:
+                inputs_by_step[step, n - lo] = x[n, t]
+    chunk = min(steps, max(1, tuning.RECURRENT_PROJECTION_ROWS // block))  # steps a product
+    projections = proj[lo * steps:lo * steps + chunk * block]  # this block's rows of the scratch
     out[lo:hi] = 0
     if projected:
         mids[lo:hi] = 0  # padding rows stay zero: dW_hr reads every row
@@ -221,6 +236,10 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
     # bench LSTM's forward 5.5-5.8 -> 5.3-5.6 ms).
     w_hh_t = np.ascontiguousarray(w_hh.T)
     for step in range(steps):
+        if step % chunk == 0:
+            taken = min(chunk, steps - step)
+            np.dot(inputs_by_step[step:step + taken].reshape(taken * block, x.shape[2]), w_ih.T,
+                   projections[:taken * block])
         if step == 0 and not has_h0:
             hh[lo:hi] = 0  # a zero initial state: no product needed
         else:
@@ -233,7 +252,7 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
                     m_step[n] = 0  # a finished sample: its row of the product below is ignored
                 continue
             prev = previous_position(t, reverse)
-            row = n * steps + t
+            projection = projections[(step % chunk) * block + n - lo]
             if is_lstm:
                 if step > 0:
                     c_prev_row = cells[n, prev]
@@ -242,16 +261,16 @@ def _forward_samples(out, gates, cells, mids, proj, hh, h_prev, m_step, x, lengt
                 else:
                     c_prev_row = cells[n, t]  # any row: selected away (see _lstm_cells_forward)
                 if projected:  # m_t into mids and m_step; h_t = W_hr m_t follows for the whole block
-                    _lstm_cells_forward(gates[n, t], cells[n, t], mids[n, t], m_step[n], hh[n], proj[row], bias,
+                    _lstm_cells_forward(gates[n, t], cells[n, t], mids[n, t], m_step[n], hh[n], projection, bias,
                                         c_prev_row, step > 0 or has_c0)
                 else:
-                    _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], proj[row], bias,
+                    _lstm_cells_forward(gates[n, t], cells[n, t], out[n, t], h_prev[n], hh[n], projection, bias,
                                         c_prev_row, step > 0 or has_c0)
                 continue
             for j in range(hidden):  # the GRU, unit by unit
-                pre_r = proj[row, j] + b_ih[j] + hh[n, j] + b_hh[j]
-                pre_z = proj[row, hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
-                x_n = proj[row, 2 * hidden + j] + b_ih[2 * hidden + j]
+                pre_r = projection[j] + b_ih[j] + hh[n, j] + b_hh[j]
+                pre_z = projection[hidden + j] + b_ih[hidden + j] + hh[n, hidden + j] + b_hh[hidden + j]
+                x_n = projection[2 * hidden + j] + b_ih[2 * hidden + j]
                 h_n = hh[n, 2 * hidden + j] + b_hh[2 * hidden + j]
                 gru_cell(gates, cells, out, pre_r, pre_z, x_n, h_n, h_prev[n, j], n, t, j, hidden)
             for j in range(hidden):

@@ -29,6 +29,11 @@ PTX_CHECK_COMPUTE_CAPABILITY = (9, 0)
 # least this many samples. Compiled into the cached kernels: clear numba's cache after a change.
 MIN_SAMPLES_PER_THREAD = 16
 
+# The recurrent CPU forward projects its inputs (W_ih x_t) a chunk of steps at a time, about this many
+# rows (samples x steps) a product: few enough that the chunk stays in the cache, enough that the
+# BLAS runs near its speed on the whole batch.
+RECURRENT_PROJECTION_ROWS = 256
+
 # matmul (kernels/matmul.py), once numba owns the threads: a product is split over them from this
 # many multiply-adds (below, a thread start costs more than it saves), by rows of the output when it
 # has at least this many rows (or more rows than columns), else by columns, in blocks of a multiple
