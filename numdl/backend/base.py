@@ -49,7 +49,10 @@ class Ops:
 
     @staticmethod
     def scalar(value, dtype):
-        return dtype.type(value) if isinstance(dtype, np.dtype) else np.dtype(dtype).type(value)
+        try:  # an np.dtype (what kernels' callers pass): no isinstance test on this per-step path
+            return dtype.type(value)
+        except AttributeError:  # a scalar type such as np.float32
+            return np.dtype(dtype).type(value)
 
     @staticmethod
     def flat(array):
