@@ -499,6 +499,11 @@ class Ops:
         self._run("recurrent", f"{kind}_forward", x.shape[0], out, gates, cells, proj, hh, h_prev, x, lengths,
                   w_ih, w_hh, b_ih, b_hh, h0, c0, bool(reverse), per_sample=True)
 
+    def recurrent_gate_gradient_rows(self, kind, batch, steps):
+        """Rows of recurrent_backward's ``dproj`` scratch (2, rows, G H) a layer of ``kind`` needs: one
+        per sample and step (the CPU's LSTM kernel keeps its gate gradients per step and needs none)."""
+        return batch * steps
+
     def recurrent_backward(self, kind, dx, dw_ih, dw_hh, db_ih, db_hh, scratch, dout, out, gates, cells, x, lengths,
                            w_ih, w_hh, reverse, dh0=None, dc0=None, h0=None, c0=None, projection=None, dcn=None):
         """``scratch``: (dproj, dstep, h_step, dh_next, dc_next). dx, dh0, dc0 None: not computed.

@@ -177,6 +177,10 @@ class CPUOps(Ops):
     def zero_(self, array):
         array[...] = 0
 
+    def recurrent_gate_gradient_rows(self, kind, batch, steps):
+        # the LSTM kernel sums its gate gradients step by step (kernels/recurrent.py): no dproj rows
+        return 0 if kind == "lstm" else batch * steps
+
 
 def load_kernel_runtime():
     """Import numba and set up its CPU target by running one small cached kernel: what the first

@@ -253,7 +253,8 @@ class _Recurrent(SequenceLayer):
             full = self.buffer("dlast", (n, steps, d * size))
             self.ops.last_step_backward(full, dout, lengths, size)
             dout = full
-        scratch = (self.buffer("dproj", (2, n * steps, g * h)), self.buffer("dstep", (n, g * h)),
+        dproj_rows = self.ops.recurrent_gate_gradient_rows(self.kind, n, steps)
+        scratch = (self.buffer("dproj", (2, dproj_rows, g * h)), self.buffer("dstep", (n, g * h)),
                    self.buffer("h_step", (n * steps, size)), self.buffer("dh_next", (n, size)),
                    self.buffer("dc_next", (n, h)))
         final_grads, self._final_grads = self._final_grads, {}
