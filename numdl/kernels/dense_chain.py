@@ -252,12 +252,14 @@ def _dropout_rows(dst, src, rate, scale, seed, offset):
 def _cross_entropy_forward(probs, logits, labels, class_weights, smoothing, ignore_index):
     # The loss's forward for the whole batch: cross_entropy_at's math (probs (n, classes) the softmax)
     # with the samples in the inner loops, over transposed copies, so that each pass vectorises (one
-    # sample at a time, ten classes a loop, took 5 us at batch 64 and 20 at 256: exp's and log's
-    # latency). Returns (summed terms (float64), summed target weights, correct predictions); samples
-    # whose label is ignore_index are skipped, as the loss skips them.
+    # sample at a time by cross_entropy_at, ten classes a loop, took 4.4 us at batch 64 and 16.5 at
+    # 256, this way 2.2 and 6.2: exp's and log's latency). A second copy of that math, kept beside
+    # the chain: the loss kernels' layouts (outer, C, inner) take it one position at a time. Returns
+    # (summed terms (float64), summed target weights, correct predictions); samples whose label is
+    # ignore_index are skipped, as the loss skips them.
     n, classes = logits.shape
     columns = np.empty((classes, n), logits.dtype)  # the logits, one class a row
-    shifted = np.empty((classes, n), logits.dtype)  # logit - the sample's largest, then exp of it
+    shifted = np.empty((classes, n), logits.dtype)  # logit - the sample's largest
     peak = np.empty(n, logits.dtype)
     total = np.zeros(n, logits.dtype)
     for o in range(n):
