@@ -12,8 +12,10 @@ check is the same (NaN or Inf is a DataError naming the first bad sample).
 Training: a chain (any Dropout right after a hidden layer's activation), compiled with
 hard-label CrossEntropy (mean or sum, class-last), runs forward, loss and backward of each
 ``train_step`` in one call (any batch size; on the CPU; the dropout masks are the Dropout layers' own
-streams, so the same as layer by layer). The optimizer, clipping and the loss and gradient checks
-stay as they are; the gradients are the layer path's (the same products in the same order; float32
+streams, so the same as layer by layer). A plain Adam or AdamW over the model's flat buffers (no
+clipping) steps inside the same call, after the kernel's own loss and gradient checks (the same as the
+model's, which then raise with nothing changed); other optimizers, clipping and the checks stay as
+they are. The gradients are the layer path's (the same products in the same order; float32
 products by register blocks over numba's threads, so to rounding), the errors the same lines.
 ``model.fused_training = False`` keeps the layer path.
 """
@@ -70,7 +72,7 @@ class DenseChain:
         self.classes = rows[-1][1]
         self.hidden = position
         self.train_buffers = {}
-        self.stats = np.zeros(3, model.dtype)
+        self.stats = np.zeros(5, model.dtype)
 
     def current(self, model):
         """Whether the plan still reads the model's parameters (and, for training, still has its
@@ -100,26 +102,37 @@ class DenseChain:
                 and x.shape[1:] == model.input_shape and 0 < x.shape[0]
                 and np.asarray(y).dtype.kind in "iu")
 
-    def train_step(self, model, x, y):
+    def train_step(self, model, x, y, adam=None, loss_ceiling=np.inf):
         """Forward, cross-entropy and backward of one batch in one kernel call: fills the model's
-        gradients and returns (loss, correct predictions, non-finite gradient count)."""
+        gradients and returns (loss, correct predictions, non-finite gradient count, whether the
+        optimizer stepped). ``adam``: the optimizer's ``kernel_step``, which the kernel then takes
+        unless a gradient or the loss is not finite or the loss is above ``loss_ceiling``."""
         n = x.shape[0]
         loss = model.loss
-        labels = loss._labels_of(y, (n,), self.classes)  # the loss's own checks and errors
+        if type(y) is np.ndarray and y.dtype == np.int64 and y.shape == (n,) and y.flags.c_contiguous:
+            labels = y  # the kernel checks the range (a DataError below when one is out of it)
+        else:
+            labels = loss._labels_of(y, (n,), self.classes)  # the loss's own checks and errors
         weights = loss._weights_on_device(self.classes, model.dtype)
         buffers = self.train_buffers.get(n)
         if buffers is None:  # one set per batch size (an epoch has two: the batch and the last one)
             buffers = self.train_buffers[n] = (
                 np.zeros(n * self.hidden, model.dtype), np.zeros((2, n * self.width), model.dtype),
                 np.zeros((n, self.classes, 1), model.dtype), np.zeros((n, self.classes, 1), model.dtype))
+        offsets = [(dropout, dropout.offset) for dropout in self.dropouts if dropout is not None]
         for index, dropout in enumerate(self.dropouts):
             if dropout is not None:  # the mask's stream: the layer's own (seed, offset), advanced as its forward does
                 self.table[index, 5:7] = [np.uint64(dropout.seed).view(np.int64), dropout.offset]
                 dropout.offset += n * int(self.table[index, 1])  # a Python int: the offset goes into checkpoints' JSON
         model.ops.dense_chain_train(self.bank.grads, self.stats, *buffers, x, labels, self.bank.values, self.table,
                                     self.rates, weights, loss.label_smoothing, loss.ignore_index,
-                                    loss.reduction == "mean")
-        return float(self.stats[0]), int(self.stats[1]), int(self.stats[2])
+                                    loss.reduction == "mean", adam, loss_ceiling)
+        if self.stats[3]:  # a label out of range: nothing was computed; the loss's own error
+            for dropout, offset in offsets:
+                dropout.offset = offset
+            loss._labels_of(y, (n,), self.classes)
+            raise AssertionError("the chain kernel found a label out of range that the loss's check accepts")
+        return float(self.stats[0]), int(self.stats[1]), int(self.stats[2]), bool(self.stats[4])
 
 
 def plan(model, training=False):

@@ -206,12 +206,22 @@ class Sequential:
         """train_step of a dense chain through one kernel call (numdl.dense_chain): the same checks,
         errors and results as the layer path."""
         self.loss.ops = self.ops
-        loss, correct, non_finite = chain.train_step(self, x, y)
+        optimizer = self.optimizer
+        adam, ceiling = None, np.inf
+        if self.clip_grad_norm <= 0 and hasattr(optimizer, "kernel_step"):  # Adam's step inside the call
+            adam = optimizer.kernel_step(self._bank.params, self._bank.values)
+            ceiling = (self.divergence_factor * self.reference_loss if self.divergence_factor > 0
+                       and self.reference_loss is not None and self.reference_loss > 0 else np.inf)
+        loss, correct, non_finite, stepped = chain.train_step(self, x, y, adam, ceiling)
         self.last_loss_terms = None
         self._check_loss(loss, x, None)
         if non_finite:
             self._raise_non_finite_gradient()
-        return loss, self._optimizer_step(x, started, correct)
+        if not stepped:
+            return loss, self._optimizer_step(x, started, correct)
+        optimizer.steps += 1
+        self.ops.step_finished(_count(x), time.perf_counter() - started)
+        return loss, correct
 
     def _loss_adders(self):
         """The layers (as run) that add a term of their own to the loss: a VAE's GaussianSample."""

@@ -548,14 +548,17 @@ def _dense_chain_forward(widths, activations, biases, n=3, bad_inputs=False):
 
 
 def _dense_chain_train(widths, activations, biases, labels, class_weights=None, smoothing=0.0, mean=True,
-                       infinite_input=False, rates=()):
+                       infinite_input=False, rates=(), adam=None):
     """A training step's forward, cross-entropy and backward through Linear layers of ``widths`` (input
     first), each with its activation (none, ReLU, Tanh, Sigmoid) and with or without a bias, over the
     samples of ``labels`` (-100: ignored); the parameters fill the flat buffer from 0 as a model's bank
     (the kernel counts non-finite gradients over all of it). Reference: float64 back-propagation by hand.
     ``infinite_input``: the first sample's first feature is inf, which makes every gradient NaN (counted).
     ``rates``: a Dropout rate after each hidden layer (0: none), each with a stream (seed, offset) of its own.
-    GELU layers (both forms, the last one included) keep their input in acts, before their output."""
+    GELU layers (both forms, the last one included) keep their input in acts, before their output.
+    ``adam``: (decoupled, maximize, loss_ceiling): the kernel then takes an Adam step over the whole
+    buffer from random state (step 3), unless a gradient or the loss is not finite or the loss is above
+    loss_ceiling. A label neither a class nor -100: nothing is computed but the count of such labels."""
     from numdl.kernels.dense_chain import ACTIVATION_CODES
 
     # the gradient through each activation, from its output (ReLU selects: a NaN gradient stays out where h <= 0)
@@ -609,7 +612,7 @@ def _dense_chain_train(widths, activations, biases, labels, class_weights=None, 
             lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
             probs = np.exp(logits - lse[:, None])
             counted = y != -100
-            yc = np.where(counted, y, 0)
+            yc = np.where(counted & (y >= 0) & (y < classes), y, 0)  # (labels out of range: no reference needed)
             terms = (1 - smoothing) * weights[yc] * (lse - logits[np.arange(n), yc]) + smoothing / classes * (
                 weights[None, :] * (lse[:, None] - logits)).sum(1)
             weight_sum = weights[yc][counted].sum()
@@ -632,11 +635,39 @@ def _dense_chain_train(widths, activations, biases, labels, class_weights=None, 
                 g = g @ f64(flat[w_at:w_at + out_f * in_f]).reshape(out_f, in_f)
             loss = (terms[counted]).sum() * scale
         hidden = widths[1:-1]
-        args = [np.zeros(flat.size, dtype), np.zeros(3, dtype), np.zeros(n * max(position, 1), dtype),
+        non_finite = np.count_nonzero(~np.isfinite(grads))
+        outside = np.count_nonzero((y != -100) & ((y < 0) | (y >= classes)))
+        none = np.empty(0, dtype)
+        optimizer = [none, none, none, False, False, dtype(np.inf)]
+        expected = {0: grads, 1: np.array([loss, correct, non_finite, 0, 0])}
+        if outside:  # nothing but the count (the gradients are not written)
+            expected = {1: np.array([0, 0, 0, outside, 0])}
+        if adam is not None:
+            decoupled, maximize, ceiling = adam
+            m = rng.standard_normal(flat.size).astype(dtype)
+            v = np.abs(rng.standard_normal(flat.size)).astype(dtype)
+            lr, b1, b2, eps, wd, step = 0.01, 0.9, 0.999, 1e-8, 0.05, 3
+            constants = np.array([lr, b1, b2, eps, wd, 1 - b1 ** step, 1 - b2 ** step], dtype)
+            optimizer = [m, v, constants, decoupled, maximize, dtype(ceiling)]
+            with np.errstate(invalid="ignore"):
+                g = -grads if maximize else grads
+                p = f64(flat) * (1 - lr * wd) if decoupled else f64(flat)
+                g = g if decoupled else g + wd * f64(flat)
+                new_m = b1 * f64(m) + (1 - b1) * g
+                new_v = b2 * f64(v) + (1 - b2) * g * g
+                stepped = not outside and non_finite == 0 and np.isfinite(loss) and loss <= ceiling
+                expected[1][4] = 1 if stepped else 0
+                if stepped:
+                    new_p = p - lr / (1 - b1 ** step) * new_m / (np.sqrt(new_v) / math.sqrt(1 - b2 ** step) + eps)
+                    expected.update({8: new_p, 15: new_m, 16: new_v})
+                else:  # the state as it was
+                    expected.update({8: f64(flat), 15: f64(m), 16: f64(v)})
+        args = [np.zeros(flat.size, dtype), np.zeros(5, dtype), np.zeros(n * max(position, 1), dtype),
                 np.zeros((2, n * max(hidden or (1,))), dtype), np.zeros((n, classes, 1), dtype),
                 np.zeros((n, classes, 1), dtype), x.ravel(), y, flat, np.array(table, np.int64),
-                np.array([[p, 1 / (1 - p)] for p in drop], dtype), weights.astype(dtype), dtype(smoothing), -100, mean]
-        return args, 1, {0: grads, 1: np.array([loss, correct, np.count_nonzero(~np.isfinite(grads))])}
+                np.array([[p, 1 / (1 - p)] for p in drop], dtype), weights.astype(dtype), dtype(smoothing), -100, mean,
+                *optimizer]
+        return args, 1, expected
     return make
 
 
@@ -2114,6 +2145,23 @@ VARIANTS = {
                                                         infinite_input=True)),
     "dense_chain_train_one_sample": (("dense_chain", "dense_chain_train"),
                                      _dense_chain_train((4, 3), (None,), (True,), [1])),
+    # the optimizer's step inside the call: Adam; AdamW climbing; none after a NaN gradient or a loss
+    # above the ceiling; and labels out of range, which stop the kernel before anything is computed
+    "dense_chain_train_adam": (("dense_chain", "dense_chain_train"),
+                               _dense_chain_train((7, 5, 6, 4), ("relu", "tanh", None), (True, False, True),
+                                                  [3, 0, -100, 1, 3], smoothing=0.1, adam=(False, False, math.inf))),
+    "dense_chain_train_adamw_maximize": (("dense_chain", "dense_chain_train"),
+                                         _dense_chain_train((5, 6, 3), ("sigmoid", None), (True, True), [2, 0, 1, 1],
+                                                            adam=(True, True, 50.0))),
+    "dense_chain_train_adam_non_finite": (("dense_chain", "dense_chain_train"),
+                                          _dense_chain_train((3, 4, 2), ("relu", None), (True, True), [0, 1],
+                                                             infinite_input=True, adam=(False, False, math.inf))),
+    "dense_chain_train_adam_above_ceiling": (("dense_chain", "dense_chain_train"),
+                                             _dense_chain_train((4, 5, 3), ("tanh", None), (True, True), [0, 2, 1],
+                                                                adam=(False, False, 0.25))),
+    "dense_chain_train_labels_outside": (("dense_chain", "dense_chain_train"),
+                                         _dense_chain_train((4, 5, 3), ("tanh", None), (True, True), [0, 3, -100, -2],
+                                                            adam=(False, False, math.inf))),
     "dense_chain_forward_gelu_tanh": (("dense_chain", "dense_chain_forward"),
                                       _dense_chain_forward((4, 6, 2), ("gelu_tanh", None), (False, True))),
     "dense_chain_forward_one_sample": (("dense_chain", "dense_chain_forward"),

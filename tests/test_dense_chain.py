@@ -159,9 +159,90 @@ def test_fit_in_one_call_gives_the_layer_paths_history_and_weights():
 def test_labels_out_of_range_are_the_losss_error():
     model = _trainable_chain("float32")
     x, y = _batch("float32")
+    model.train_step(x, y)
+    before, steps = model._bank.values.copy(), model.optimizer.steps
+    moments = [state["exp_avg"].copy() for state in model.optimizer.state]
     y[4] = 5
     with pytest.raises(DataError, match=r"label 5 is outside \[0, 5\) for a model with 5 outputs"):
         model.train_step(x, y)
+    # the kernel found it (int64 labels go in unchecked) before touching anything
+    np.testing.assert_array_equal(model._bank.values, before)
+    assert model.optimizer.steps == steps
+    for moment, state in zip(moments, model.optimizer.state):
+        np.testing.assert_array_equal(moment, state["exp_avg"])
+
+
+def _fusion_switched_off(model):
+    """The same model taking the optimizer's own step after the chain's kernel (as before the kernel took it)."""
+    model.optimizer.kernel_step = lambda params, values: None
+    return model
+
+
+def _count_updates(model, monkeypatch):
+    calls = []
+    original = model.optimizer.update
+    monkeypatch.setattr(model.optimizer, "update", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", [
+    lambda: numdl.Adam(lr=0.05, weight_decay=0.01),
+    lambda: numdl.AdamW(lr=0.02, betas=(0.8, 0.99), maximize=True),
+], ids=["adam_l2", "adamw_maximize"])
+def test_adam_steps_inside_the_call_exactly_as_the_optimizer(dtype, optimizer, monkeypatch):
+    inside = _trainable_chain(dtype, optimizer=optimizer())
+    outside = _fusion_switched_off(_trainable_chain(dtype, optimizer=optimizer()))
+    updates = _count_updates(inside, monkeypatch), _count_updates(outside, monkeypatch)
+    for step in range(5):
+        x, y = _batch(dtype, samples=10 if step < 4 else 3, seed=step)
+        assert inside.train_step(x, y) == outside.train_step(x, y)
+    assert updates == ([], [1] * 5)  # the kernel took every step of the first
+    assert inside.optimizer.steps == outside.optimizer.steps == 5
+    np.testing.assert_array_equal(inside._bank.values, outside._bank.values)  # bit for bit
+    for a, b in zip(inside.optimizer.state, outside.optimizer.state):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("setting", ["amsgrad", "sgd", "clip", "param_groups"])
+def test_other_optimizers_and_clipping_step_after_the_call(setting, monkeypatch):
+    optimizer = {"amsgrad": lambda: numdl.Adam(lr=0.05, amsgrad=True), "sgd": lambda: numdl.SGD(lr=0.1, momentum=0.9),
+                 "clip": lambda: numdl.Adam(lr=0.05),
+                 "param_groups": lambda: numdl.Adam(lr=0.05, param_groups=[{"params": ["*bias"], "lr_scale": 0.5}])}
+    fused, layered = (_trainable_chain("float64", optimizer=optimizer[setting](), fused=f) for f in (True, False))
+    if setting == "clip":
+        fused.clip_grad_norm = layered.clip_grad_norm = 0.5
+    calls, updates = _count_chain_calls(fused, monkeypatch), _count_updates(fused, monkeypatch)
+    for step in range(3):
+        x, y = _batch("float64", seed=step)
+        fused.train_step(x, y)
+        layered.train_step(x, y)
+    assert len(calls) == 3 and len(updates) >= 3
+    for a, b in zip(fused.parameters(), layered.parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-12)
+
+
+def test_a_loss_above_the_divergence_limit_takes_no_step():
+    from numdl.errors import TrainingDiverged
+
+    model = _trainable_chain("float32")
+    model.divergence_factor = 2.0
+    x, y = _batch("float32")
+    first, _ = model.train_step(x, y)
+    assert model.reference_loss == first
+    model.reference_loss = first / 4  # as if the run had started four times lower: this batch is above 2x
+    before, steps = model._bank.values.copy(), model.optimizer.steps
+    moments = [state["exp_avg_sq"].copy() for state in model.optimizer.state]
+    with pytest.raises(TrainingDiverged, match=r"times the run's first loss .* no step was taken with it"):
+        model.train_step(x, y)
+    np.testing.assert_array_equal(model._bank.values, before)
+    assert model.optimizer.steps == steps
+    for moment, state in zip(moments, model.optimizer.state):
+        np.testing.assert_array_equal(moment, state["exp_avg_sq"])
+    model.reference_loss = first  # within the limit again: the step is taken
+    model.train_step(x, y)
+    assert model.optimizer.steps == steps + 1 and not np.array_equal(model._bank.values, before)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -188,7 +269,7 @@ def test_a_non_finite_gradient_names_the_parameter_and_takes_no_step(monkeypatch
     original = model.ops.dense_chain_train
 
     def poisoned(grads, stats, *rest):  # as if the kernel found an overflow in the third layer's weight
-        original(grads, stats, *rest)
+        original(grads, stats, *rest[:-2], None, rest[-1])  # (so the kernel takes no optimizer step)
         model.layers[5].params["weight"].grad[2, 3] = np.inf
         stats[2] = 1
 

@@ -7,6 +7,7 @@ backend only implements memory (``empty``, ``asarray``, ``to_numpy``) and ``_cal
 """
 
 import importlib
+import math
 
 import numpy as np
 
@@ -118,15 +119,26 @@ class Ops:
                   scratch, per_sample=True)
 
     def dense_chain_train(self, grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates,
-                          class_weights, smoothing, ignore_index, mean):
+                          class_weights, smoothing, ignore_index, mean, adam=None, loss_ceiling=math.inf):
         """One training step's forward, hard-label cross-entropy and backward through a chain of Linear
         layers in one kernel call (kernels/dense_chain, "Training"): writes the chain's gradients into
-        the flat gradient buffer ``grads`` and (loss, correct, non-finite gradients) into ``stats``."""
+        the flat gradient buffer ``grads`` and (loss, correct, non-finite gradients, labels out of range,
+        stepped) into ``stats`` (5,). ``adam``: None, or (exp_avg, exp_avg_sq, constants, decoupled,
+        maximize) of an Adam step over all of ``params`` that the kernel then takes unless a gradient
+        or the loss is not finite or the loss is above ``loss_ceiling``."""
         dtype = params.dtype
+        if adam is None:
+            none = self.nothing(dtype)
+            adam = (none, none, none, False, False)
+        exp_avg, exp_avg_sq, constants, decoupled, maximize = adam
+        ceiling = dtype.type(loss_ceiling)
+        if ceiling > loss_ceiling:  # rounded down: loss <= ceiling in the kernel iff loss <= loss_ceiling
+            ceiling = np.nextafter(ceiling, dtype.type(-np.inf))
         # one work item: the CUDA twin runs in one block (its phases synchronise all of its threads)
         self._run("dense_chain", "dense_chain_train", 1, grads, stats, acts, deltas, logits, probs, self.flat(x),
                   labels, params, table, rates, class_weights, self.scalar(smoothing, dtype), int(ignore_index),
-                  bool(mean), per_sample=True)
+                  bool(mean), exp_avg, exp_avg_sq, constants, bool(decoupled), bool(maximize), ceiling,
+                  per_sample=True)
 
     @staticmethod
     def dense_chain_activation_codes():

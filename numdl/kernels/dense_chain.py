@@ -33,8 +33,15 @@ kernels draw it and drawn again in backward (nothing stored). Table columns 7 an
 output (-1: the logits) and its input (-1: x) start in acts, per sample (times n). Buffers, all
 overwritten: acts the hidden layers' outputs, each after its GELU input when it has one and followed by
 its dropped-out copy when it has a Dropout; deltas (2, n * widest hidden layer) their gradients,
-alternating; logits and probs (n, classes, 1), probs ending as the logits' gradient; stats (3,) of the
-parameters' dtype: (loss, correct predictions, non-finite gradient entries). CPU: the Linear kernels'
+alternating; logits and probs (n, classes, 1), probs ending as the logits' gradient; stats (5,) of the
+parameters' dtype: (loss, correct predictions, non-finite gradient entries, labels neither a class nor
+ignore_index (when any: nothing else is computed), 1 when the optimizer stepped else 0).
+The optimizer step: with exp_avg and exp_avg_sq not empty (Adam's state over the whole flat buffer),
+the kernel then runs Adam's (or AdamW's) step on params, adam_step's math, with adam (7,) = (lr,
+beta1, beta2, eps, weight_decay, bias corrections 1 and 2 of this step) and the flags decoupled and
+maximize, unless a gradient is not finite or the loss is not finite or above loss_ceiling (of the
+parameters' dtype; inf: no limit): the checks after the step then raise with the parameters as they were. Why: at batch
+64 the separate optimizer call cost ~10 us of Python and dispatch around its ~25 us of work. CPU: the Linear kernels'
 products in their order, shared between numba's threads (the kernel takes the cores:
 runs_numba_threads): float32 by register blocks (matmul.split_product: faster than OpenBLAS at these
 sizes, see its docstring), so float32 gradients equal the layer path's to rounding and float64 ones
@@ -54,6 +61,7 @@ from numdl.kernels.common import cpu_kernel, cuda, cuda_kernel, runs_numba_threa
 from numdl.kernels.dropout import uniform_from_counter
 from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
 from numdl.kernels.matmul import split_product
+from numdl.kernels.optim import adam_constants, adam_element, adam_step_cpu, flush_floor
 
 #: The activation after each Linear of a chain, by the layers' kernel names (0: none).
 ACTIVATION_CODES = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "gelu_tanh": 5}
@@ -311,15 +319,45 @@ def _cross_entropy_forward(probs, logits, labels, class_weights, smoothing, igno
     return terms, weights, correct
 
 
+@scalar_math
+def _labels_outside(labels, n, classes, ignore_index):
+    # How many of the n labels are neither a class nor ignore_index, in the stats' dtype (float32 is
+    # exact to 2**24 labels; callers only ask whether it is zero).
+    bad = 0
+    for o in range(n):
+        y = labels[o]
+        bad += 1 if y != ignore_index and (y < 0 or y >= classes) else 0
+    return bad
+
+
+@scalar_math
+def _step_allowed(stats, loss_ceiling):
+    # Whether the optimizer may step after this batch: the gradients finite and the loss finite and at
+    # most loss_ceiling (train.divergence_factor times the run's first loss, inf when off; in the
+    # stats' dtype, rounded down, so the comparison is the model's in float64): the
+    # conditions under which model._check_loss and the gradient check raise, negated, so that a batch
+    # they reject leaves the parameters and the optimizer's state as they were.
+    loss = stats[0]
+    return stats[2] == 0 and abs(loss) < same_type(loss, math.inf) and loss <= loss_ceiling
+
+
 @runs_numba_threads
 @cpu_kernel
 def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
-                          smoothing, ignore_index, mean):
+                          smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling):
     # Overwrites every array before x (see "Training" in the module docstring). The same products,
     # sums and scalar math as the Linear, Dropout and cross-entropy kernels, in their order: the
-    # gradients equal the layer path's (float32: to the products' rounding).
+    # gradients equal the layer path's (float32: to the products' rounding); the Adam step is
+    # adam_step's.
     layers = table.shape[0]
     n, classes = logits.shape[0], logits.shape[1]
+    stats[3] = _labels_outside(labels, n, classes, ignore_index)
+    stats[4] = 0
+    if stats[3] > 0:  # nothing else computed: a label would index past the logits
+        stats[0] = 0
+        stats[1] = 0
+        stats[2] = 0
+        return
     for layer in range(layers):  # forward: the hidden layers' outputs (and dropped-out copies) kept in acts
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
@@ -384,6 +422,11 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
             weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
             split_product(deltas[row, :n * in_f].reshape((n, in_f)), g, weight_rows, False, False)
     stats[2] = non_finite_count(grads)  # the chain holds every parameter of the model: all of grads
+    if exp_avg.size > 0 and _step_allowed(stats, loss_ceiling):
+        amsgrad = exp_avg.size < 0  # False, typed as adam_step_cpu's own calls type it (not a literal)
+        adam_step_cpu(params, exp_avg, exp_avg_sq, exp_avg_sq, grads, adam[0], adam[1], adam[2], adam[3], adam[4],
+                      decoupled, adam[5], adam[6], amsgrad, maximize)
+        stats[4] = 1
 
 
 # --------------------------------------------------------------------------------------- CUDA kernels
@@ -423,7 +466,7 @@ def dense_chain_forward_cuda(out, bad, x, params, table, scratch):
 
 @cuda_kernel
 def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
-                           smoothing, ignore_index, mean):
+                           smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling):
     # One block (launched with one: the phases synchronise all of its threads), its threads over a
     # phase's independent items: outputs, samples, gradient entries. No reshape (numba-cuda's checks
     # sizes in float64): logits and probs come 3-D, acts and deltas are indexed flat.
@@ -437,6 +480,19 @@ def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels,
         stats[0] = zero
         stats[1] = zero
         stats[2] = zero  # the targets' summed weights until the end, then the non-finite count
+        stats[3] = zero
+        stats[4] = zero
+    cuda.syncthreads()
+    bad = zero
+    for o in range(tid, n, threads):
+        y = labels[o]
+        if y != ignore_index and (y < 0 or y >= logits.shape[1]):
+            bad += same_type(zero, 1.0)
+    if bad > zero:
+        cuda.atomic.add(stats, 3, bad)
+    cuda.syncthreads()
+    if stats[3] > zero:  # nothing computed: a label would index past the logits (every thread returns)
+        return
     for layer in range(layers):
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
@@ -535,3 +591,15 @@ def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels,
             found += same_type(found, 1.0)
     if found > same_type(found, 0.0):
         cuda.atomic.add(stats, 2, found)
+    cuda.syncthreads()
+    if exp_avg.size > 0 and _step_allowed(stats, loss_ceiling):  # adam_step_cuda's loop, over the block
+        step_size, root_correction2 = adam_constants(adam[0], adam[5], adam[6])
+        floor = flush_floor(adam[3])
+        for i in range(tid, params.size, threads):
+            p, m, v, _ = adam_element(params[i], grads[i], exp_avg[i], exp_avg_sq[i], zero, adam[0], adam[1], adam[2],
+                                      adam[3], adam[4], decoupled, step_size, root_correction2, False, maximize, floor)
+            params[i] = p
+            exp_avg[i] = m
+            exp_avg_sq[i] = v
+        if tid == 0:
+            stats[4] = same_type(zero, 1.0)

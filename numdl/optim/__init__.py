@@ -190,6 +190,25 @@ class Adam(Optimizer):
                                  1.0 - beta1 ** self.steps, 1.0 - beta2 ** self.steps,
                                  state.get("max_exp_avg_sq"), self.maximize)
 
+    def kernel_step(self, params, values):
+        """What a kernel needs to take this optimizer's next step itself over ``values``, the flat
+        buffer of ``params`` (a dense chain's train_step does, kernels/dense_chain): (exp_avg, exp_avg_sq,
+        constants, decoupled, maximize), constants (lr, beta1, beta2, eps, weight_decay and the next
+        step's two bias corrections) in the parameters' dtype; None when the step is not a plain one
+        over flat buffers (amsgrad, parameter groups, unpacked parameters, a subclass's own update).
+        The caller adds one to ``steps`` when the kernel took the step."""
+        if self.amsgrad or self.grouped or type(self).update is not Adam.update:
+            return None
+        self.ensure_state(params)
+        if self._flat is None or self._flat[0].value is not values:
+            return None
+        flat, state = self._flat
+        beta1, beta2 = self.betas
+        step = self.steps + 1
+        constants = np.array([self.lr, beta1, beta2, self.eps, self.weight_decay, 1.0 - beta1 ** step,
+                              1.0 - beta2 ** step], flat.value.dtype)
+        return state["exp_avg"], state["exp_avg_sq"], constants, self.decoupled, self.maximize
+
     def hyperparameters(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
                 "amsgrad": self.amsgrad, "maximize": self.maximize, **self.group_hyperparameters()}
