@@ -205,11 +205,17 @@ def test_adam_steps_inside_the_call_exactly_as_the_optimizer(dtype, optimizer, m
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-@pytest.mark.parametrize("setting", ["amsgrad", "sgd", "clip", "param_groups"])
+class _OwnUpdateAdam(numdl.Adam):  # a plugin's Adam with an update of its own (here: Adam's)
+    def update(self, param, state):
+        super().update(param, state)
+
+
+@pytest.mark.parametrize("setting", ["amsgrad", "sgd", "clip", "param_groups", "own_update"])
 def test_other_optimizers_and_clipping_step_after_the_call(setting, monkeypatch):
     optimizer = {"amsgrad": lambda: numdl.Adam(lr=0.05, amsgrad=True), "sgd": lambda: numdl.SGD(lr=0.1, momentum=0.9),
                  "clip": lambda: numdl.Adam(lr=0.05),
-                 "param_groups": lambda: numdl.Adam(lr=0.05, param_groups=[{"params": ["*bias"], "lr_scale": 0.5}])}
+                 "param_groups": lambda: numdl.Adam(lr=0.05, param_groups=[{"params": ["*bias"], "lr_scale": 0.5}]),
+                 "own_update": lambda: _OwnUpdateAdam(lr=0.05)}
     fused, layered = (_trainable_chain("float64", optimizer=optimizer[setting](), fused=f) for f in (True, False))
     if setting == "clip":
         fused.clip_grad_norm = layered.clip_grad_norm = 0.5
