@@ -39,6 +39,28 @@ def test_bench_runs_saves_and_flags_regressions(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "regression: mlp train b32" in result.output
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+def test_each_side_follows_every_other_equally_often(count):
+    rounds = bench._orders(count, 2 * count)
+    assert all(sorted(order) == list(range(count)) for order in rounds)
+    follows = {}
+    for order in rounds:
+        for before, after in zip(order, order[1:]):
+            follows[before, after] = follows.get((before, after), 0) + 1
+    assert len(follows) == count * (count - 1) and len(set(follows.values())) <= 1
+
+
+def test_alternate_runs_every_side_in_the_rounds_order(monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    calls = []
+    runs = [lambda name=name: calls.append(name) for name in "abcd"]
+    medians = bench._alternate(runs[0], runs[1], 4, None, runs[2], runs[3])
+    assert medians[2] is None and all(m is not None for m in medians[:2] + medians[3:])
+    timed = calls[4:]  # after one warm-up call each
+    assert sorted(timed) == sorted("abcd" * 4)
+    assert {timed[i - 1] for i in range(1, len(timed)) if timed[i] == "a" and i % 4} == {"b", "c", "d"}
+
+
 def test_compare_tolerates_small_noise():
     now = {"results": [{"case": "a", "numdl": 95.0}]}
     assert bench.compare(now, {"results": [{"case": "a", "numdl": 100.0}]}, 0.2) == []
