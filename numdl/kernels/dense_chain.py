@@ -40,13 +40,13 @@ The optimizer step: with exp_avg and exp_avg_sq not empty (Adam's state over the
 the kernel then runs Adam's (or AdamW's) step on params, adam_step's math, with adam (7,) = (lr,
 beta1, beta2, eps, weight_decay, bias corrections 1 and 2 of this step) and the flags decoupled and
 maximize, unless a gradient is not finite or the loss is not finite or above loss_ceiling (of the
-parameters' dtype; inf: no limit): the checks after the step then raise with the parameters as they were. Why: at batch
-64 the separate optimizer call cost ~10 us of Python and dispatch around its ~25 us of work. CPU: the Linear kernels'
-products in their order, shared between numba's threads (the kernel takes the cores:
-runs_numba_threads): float32 by register blocks (matmul.split_product: faster than OpenBLAS at these
-sizes, see its docstring), so float32 gradients equal the layer path's to rounding and float64 ones
-exactly. CUDA: one block for the whole batch, its threads over each phase's outputs, synchronised
-between phases.
+parameters' dtype; inf: no limit): the checks after the call then raise with the parameters as they
+were. Why: the separate optimizer call's Python, dispatch and thread start (2.5-3% of a step at batch
+64, in-process A/B). CPU: the Linear kernels' products in their order, shared between numba's
+threads (the kernel takes the cores: runs_numba_threads): float32 by register blocks
+(matmul.split_product: faster than OpenBLAS at these sizes, see its docstring), so float32 gradients
+equal the layer path's to rounding and float64 ones exactly. CUDA: one block for the whole batch, its
+threads over each phase's outputs, synchronised between phases.
 """
 
 
@@ -320,14 +320,9 @@ def _cross_entropy_forward(probs, logits, labels, class_weights, smoothing, igno
 
 
 @scalar_math
-def _labels_outside(labels, n, classes, ignore_index):
-    # How many of the n labels are neither a class nor ignore_index, in the stats' dtype (float32 is
-    # exact to 2**24 labels; callers only ask whether it is zero).
-    bad = 0
-    for o in range(n):
-        y = labels[o]
-        bad += 1 if y != ignore_index and (y < 0 or y >= classes) else 0
-    return bad
+def _label_outside(y, classes, ignore_index):
+    # Whether label y is neither a class nor ignore_index (it would index past the logits).
+    return y != ignore_index and (y < 0 or y >= classes)
 
 
 @scalar_math
@@ -351,7 +346,10 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
     # adam_step's.
     layers = table.shape[0]
     n, classes = logits.shape[0], logits.shape[1]
-    stats[3] = _labels_outside(labels, n, classes, ignore_index)
+    outside = 0
+    for o in range(n):
+        outside += 1 if _label_outside(labels[o], classes, ignore_index) else 0
+    stats[3] = outside
     stats[4] = 0
     if stats[3] > 0:  # nothing else computed: a label would index past the logits
         stats[0] = 0
@@ -485,8 +483,7 @@ def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels,
     cuda.syncthreads()
     bad = zero
     for o in range(tid, n, threads):
-        y = labels[o]
-        if y != ignore_index and (y < 0 or y >= logits.shape[1]):
+        if _label_outside(labels[o], logits.shape[1], ignore_index):
             bad += same_type(zero, 1.0)
     if bad > zero:
         cuda.atomic.add(stats, 3, bad)
