@@ -194,29 +194,39 @@ def _first_largest(logits, o):
 
 @cpu_kernel
 def _add_bias_activate(dst, params, b_at, code):
-    # dst (n, out) = activate(dst + bias, code), the bias at params[b_at:] (none when b_at < 0). One loop
-    # per code, so that each is a plain loop LLVM vectorises (a switch per element ran 2x slower).
-    for s in range(dst.shape[0]):
-        row = dst[s]
-        if b_at >= 0:
-            bias = params[b_at:b_at + row.size]
-            for j in range(row.size):
-                row[j] += bias[j]
+    # dst (n, out), C-contiguous, = activate(dst + bias, code), the bias at params[b_at:] (none when
+    # b_at < 0). One flat loop per code, so that each is a plain loop LLVM vectorises (a switch per
+    # element ran 2x slower; a row's slice per sample cost more than its 128 additions at batch 256:
+    # 5.7 us against 2.3 for bias and ReLU in one pass); ReLU takes the bias in the same pass.
+    n, width = dst.shape
+    flat = dst.reshape(-1)
+    if b_at >= 0:
+        bias = params[b_at:b_at + width]
         if code == 1:
-            for j in range(row.size):
-                row[j] = relu(row[j])
-        elif code == 2:
-            for j in range(row.size):
-                row[j] = tanh(row[j])
-        elif code == 3:
-            for j in range(row.size):
-                row[j] = sigmoid(row[j])
-        elif code == 4:
-            for j in range(row.size):
-                row[j] = gelu(row[j])
-        elif code == 5:
-            for j in range(row.size):
-                row[j] = gelu_tanh(row[j])
+            for s in range(n):
+                at = s * width
+                for j in range(width):
+                    flat[at + j] = relu(flat[at + j] + bias[j])
+            return
+        for s in range(n):
+            at = s * width
+            for j in range(width):
+                flat[at + j] += bias[j]
+    if code == 1:
+        for i in range(flat.size):
+            flat[i] = relu(flat[i])
+    elif code == 2:
+        for i in range(flat.size):
+            flat[i] = tanh(flat[i])
+    elif code == 3:
+        for i in range(flat.size):
+            flat[i] = sigmoid(flat[i])
+    elif code == 4:
+        for i in range(flat.size):
+            flat[i] = gelu(flat[i])
+    elif code == 5:
+        for i in range(flat.size):
+            flat[i] = gelu_tanh(flat[i])
 
 
 @cpu_kernel
@@ -234,18 +244,18 @@ def _times_gelu_slope(g, pre, code):
 
 @cpu_kernel
 def _through_activation_rows(g, out, code):
-    # g (n, out) = through_activation(g, out, code), one plain loop per code (vectorised; see above).
-    for s in range(g.shape[0]):
-        row, y = g[s], out[s]
-        if code == 1:
-            for j in range(row.size):
-                row[j] = through_activation(row[j], y[j], 1)
-        elif code == 2:
-            for j in range(row.size):
-                row[j] = through_activation(row[j], y[j], 2)
-        elif code == 3:
-            for j in range(row.size):
-                row[j] = through_activation(row[j], y[j], 3)
+    # g (n, out) = through_activation(g, out, code), both C-contiguous, one flat loop per code
+    # (vectorised; see above).
+    flat, y = g.reshape(-1), out.reshape(-1)
+    if code == 1:
+        for i in range(flat.size):
+            flat[i] = through_activation(flat[i], y[i], 1)
+    elif code == 2:
+        for i in range(flat.size):
+            flat[i] = through_activation(flat[i], y[i], 2)
+    elif code == 3:
+        for i in range(flat.size):
+            flat[i] = through_activation(flat[i], y[i], 3)
 
 
 @cpu_kernel
@@ -408,13 +418,14 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
             _through_activation_rows(g, out, code)
         src = (x[:n * in_f] if source < 0 else acts[source:source + n * in_f]).reshape((n, in_f))
         split_product(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False)
-        if b_at >= 0:
-            dbias = grads[b_at:b_at + out_f]
+        if b_at >= 0:  # the column sums of g, sample by sample (the layer path's order), over flat rows
+            dbias, g_flat = grads[b_at:b_at + out_f], g.reshape(-1)
             for j in range(out_f):
                 dbias[j] = 0
             for s in range(n):
+                at = s * out_f
                 for j in range(out_f):
-                    dbias[j] += g[s, j]
+                    dbias[j] += g_flat[at + j]
         if layer > 0:
             row = 0 if last else 1 - row
             weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
