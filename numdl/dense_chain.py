@@ -1,13 +1,13 @@
-"""Dense models in one kernel call: ``Sequential.predict`` on a few samples, and ``train_step``.
+"""Dense models in one kernel call: ``Sequential.predict`` and ``train_step``.
 
 A model that is a chain of dense layers (Flatten / Reshape, Linear, ReLU, Tanh, Sigmoid, GELU,
-Dropout, which is the identity in evaluation) predicts a batch of at most ``MAX_BATCH`` samples
+Dropout, which is the identity in evaluation) predicts each batch (``predict``'s ``batch_size``)
 through kernels/dense_chain: one compiled call reads every layer's weights from the model's flat
 parameter buffer, where the layer-by-layer path made a kernel call per layer and ran Python between
-them (24.6 us for one sample of a 784-128-64-10 MLP, most of it around products of a few us).
-Larger batches keep the layer path: there the BLAS products dominate and are the same either way.
-Outputs equal the layer path's to rounding (the products may sum in another order); the input
-check is the same (NaN or Inf is a DataError naming the first bad sample).
+them (24.6 us for one sample of a 784-128-64-10 MLP, most of it around products of a few us; at
+batches of 16 to 1000, after training, 24% to 3% of the time per sample). Outputs equal the layer
+path's to rounding (the products may sum in another order); the input check is the same (NaN or
+Inf is a DataError naming the first bad sample).
 
 Training: a chain (any Dropout right after a hidden layer's activation), compiled with
 hard-label CrossEntropy (mean or sum, class-last), runs forward, loss and backward of each
@@ -28,11 +28,9 @@ from numdl.layers.activation import GELU, ReLU, Sigmoid, Tanh
 from numdl.layers.linear import Linear
 from numdl.layers.shape import Dropout, Flatten, Reshape
 
-#: Batches of at most this many samples take the one-call path (one sample: the kernel's own dot
-#: products; more: a BLAS product per layer inside the call). model.predict on the MLP 784-128-64-10,
-#: one call / layer by layer (us): 1 sample 9.6 / 25.5, 2: 15.4 / 28.7, 4: 18.7 / 30.7, 8: 35.6 / 56.8;
-#: level at 12-16 (78 / 78-83), and the layer path ahead from 32 (113 / 103).
-MAX_BATCH = 8
+#: Whether ``Sequential.predict`` takes the one-call path where the plan allows (False: layer by
+#: layer, for comparison; the outputs are the same to rounding).
+ONE_CALL_PREDICT = True
 
 _ACTIVATIONS = (ReLU, Tanh, Sigmoid, GELU)
 
@@ -45,7 +43,7 @@ class DenseChain:
         self.bank = model._bank
         self.values = [(p, p.value) for p in params]
         self.width = width
-        self.scratch = model.ops.zeros((2, MAX_BATCH * width), model.dtype)
+        self.scratch = model.ops.zeros((2, width), model.dtype)  # grown to predict's batch
         self.bad = model.ops.zeros((1,), model.dtype)
         self.output_shape = tuple(model.output_shape)
         # training: the hidden layers' outputs, each after its GELU's input where it has one and followed
@@ -80,15 +78,21 @@ class DenseChain:
         return (self.bank is model._bank and all(p.value is value for p, value in self.values)
                 and all(layer.p == p for layer, p in self.dropout_rates))
 
-    def predict(self, model, x):
-        """Outputs for x, a C-contiguous host array of the model's dtype and input shape (a few samples)."""
-        out = np.empty((x.shape[0],) + self.output_shape, model.dtype)
-        if x.shape[0] * self.width > self.scratch.shape[1]:  # the kernel does not check its scratch's size
-            self.scratch = model.ops.zeros((2, x.shape[0] * self.width), model.dtype)
-        model.ops.dense_chain_forward(out, self.bad, x, self.bank.values, self.table, self.scratch)
-        if self.bad[0]:
-            row = int(np.argwhere(~np.isfinite(x))[0][0])
-            raise DataError(f"input data contains NaN or Inf (first at sample {row})")
+    def predict(self, model, x, batch_size=1000):
+        """Outputs for x, a C-contiguous host array of the model's dtype and input shape: one kernel
+        call per ``batch_size`` samples; NaN or Inf in a batch is a DataError before its outputs."""
+        n = x.shape[0]
+        out = np.empty((n,) + self.output_shape, model.dtype)
+        batch_size = max(1, min(int(batch_size), n))
+        if batch_size * self.width > self.scratch.shape[1]:  # the kernel does not check its scratch's size
+            self.scratch = model.ops.zeros((2, batch_size * self.width), model.dtype)
+        for begin in range(0, n, batch_size):
+            batch = x[begin:begin + batch_size]
+            model.ops.dense_chain_forward(out[begin:begin + batch_size], self.bad, batch, self.bank.values,
+                                          self.table, self.scratch)
+            if self.bad[0]:
+                row = begin + int(np.argwhere(~np.isfinite(batch))[0][0])
+                raise DataError(f"input data contains NaN or Inf (first at sample {row})")
         return out
 
     # ------------------------------------------------------------------------------ training

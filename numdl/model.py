@@ -527,11 +527,11 @@ class Sequential:
         if not self.built:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
         if (lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim > 1
-                and 0 < x.shape[0] <= dense_chain.MAX_BATCH and x.shape[1:] == self.input_shape
-                and x.flags.c_contiguous):
+                and 0 < x.shape[0] and x.shape[1:] == self.input_shape and x.flags.c_contiguous
+                and dense_chain.ONE_CALL_PREDICT):
             chain = self._dense_chain()
-            if chain is not None:  # a few samples of a dense model: one kernel call (numdl.dense_chain)
-                return chain.predict(self, x)
+            if chain is not None:  # a dense model: one kernel call per batch (numdl.dense_chain)
+                return chain.predict(self, x, batch_size)
         # NaN/inf are looked for batch by batch, just before each batch's forward: that read brings
         # the batch into the cache for the first product (one pass over the whole input first cost
         # ~7% of an MLP's predict at batch 1000).
@@ -556,7 +556,7 @@ class Sequential:
         return results if several else results[0]
 
     def _dense_chain(self, training=False):
-        """predict's one-call plan for a few samples, or train_step's for a batch (numdl.dense_chain),
+        """predict's one-call plan, or train_step's for a batch (numdl.dense_chain),
         or None; made once per build (and again when a parameter's array was replaced)."""
         chains = self.__dict__.setdefault("_chains", {})
         chain = chains.get(training, False)

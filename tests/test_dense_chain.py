@@ -1,5 +1,5 @@
-"""model.predict's one-call path for a few samples of a dense model (numdl.dense_chain): the same
-outputs and input checks as the layer-by-layer path, and only where the kernel runs every layer."""
+"""model.predict's one-call path of a dense model (numdl.dense_chain): the same outputs and input
+checks as the layer-by-layer path, and only where the kernel runs every layer."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from numdl.errors import DataError
 
 def _layer_by_layer(model, x, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(dense_chain, "MAX_BATCH", 0)
+        patch.setattr(dense_chain, "ONE_CALL_PREDICT", False)
         return model.predict(x)
 
 
@@ -23,7 +23,7 @@ def _dense_model(dtype):
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
-@pytest.mark.parametrize("samples", [1, 3, dense_chain.MAX_BATCH])
+@pytest.mark.parametrize("samples", [1, 3, 8, 64])
 def test_one_call_equals_the_layer_path(dtype, rtol, samples, monkeypatch):
     model = _dense_model(dtype)
     x = np.random.default_rng(0).standard_normal((samples, 3, 7)).astype(dtype)
@@ -69,10 +69,47 @@ def test_non_finite_input_is_the_same_error(bad, monkeypatch):
 
 def test_more_samples_than_the_scratch_was_made_for(monkeypatch):
     model = _dense_model("float64")
-    x = np.random.default_rng(4).standard_normal((3 * dense_chain.MAX_BATCH, 3, 7))
     chain = model._dense_chain()
+    chain.predict(model, np.zeros((2, 3, 7)))
+    x = np.random.default_rng(4).standard_normal((24, 3, 7))
     expected = _layer_by_layer(model, x, monkeypatch)
     np.testing.assert_allclose(chain.predict(model, x), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_predict_goes_batch_by_batch_as_the_layer_path(batch_size, monkeypatch):
+    model = _dense_model("float64")
+    x = np.random.default_rng(6).standard_normal((30, 3, 7))
+    np.testing.assert_allclose(model.predict(x, batch_size=batch_size), _layer_by_layer(model, x, monkeypatch),
+                               rtol=1e-12)
+    x[23, 2, 2] = np.nan  # in the fourth batch of 7: the error names it by its place in all of x
+    with pytest.raises(DataError, match=r"^input data contains NaN or Inf \(first at sample 23\)$"):
+        model.predict(x, batch_size=batch_size)
+
+
+def test_a_large_batch_split_between_threads_is_the_one_thread_result():
+    # 2000 samples of 21 features pass tuning.SPLIT_MIN_ELEMENTS: the non-finite count and the bias and
+    # activation passes go by sample halves, one per thread
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread")
+    model = _dense_model("float32")
+    x = np.random.default_rng(7).standard_normal((2000, 3, 7)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = model.predict(x, batch_size=2000)
+        numba.set_num_threads(2)
+        two = model.predict(x, batch_size=2000)
+        for row in (3, 1500):  # in the first thread's half and in the second's
+            bad = x.copy()
+            bad[row, 1, 1] = np.inf
+            with pytest.raises(DataError, match=rf"\(first at sample {row}\)$"):
+                model.predict(bad, batch_size=2000)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("layers", [
