@@ -75,25 +75,36 @@ class DenseChain:
     def current(self, model):
         """Whether the plan still reads the model's parameters (and, for training, still has its
         Dropout layers' rates: a rate set to or from 0 after the plan changes which layers it runs)."""
-        return (self.bank is model._bank and all(p.value is value for p, value in self.values)
-                and all(layer.p == p for layer, p in self.dropout_rates))
+        if self.bank is not model._bank:
+            return False
+        for p, value in self.values:  # plain loops: this runs on every predict call (a serving call's ~10 us)
+            if p.value is not value:
+                return False
+        for layer, p in self.dropout_rates:
+            if layer.p != p:
+                return False
+        return True
 
     def predict(self, model, x, batch_size=1000):
         """Outputs for x, a C-contiguous host array of the model's dtype and input shape: one kernel
         call per ``batch_size`` samples; NaN or Inf in a batch is a DataError before its outputs."""
         n = x.shape[0]
         out = np.empty((n,) + self.output_shape, model.dtype)
-        batch_size = max(1, min(int(batch_size), n))
-        if batch_size * self.width > self.scratch.shape[1]:  # the kernel does not check its scratch's size
-            self.scratch = model.ops.zeros((2, batch_size * self.width), model.dtype)
-        for begin in range(0, n, batch_size):
-            batch = x[begin:begin + batch_size]
-            model.ops.dense_chain_forward(out[begin:begin + batch_size], self.bad, batch, self.bank.values,
-                                          self.table, self.scratch)
-            if self.bad[0]:
-                row = begin + int(np.argwhere(~np.isfinite(batch))[0][0])
-                raise DataError(f"input data contains NaN or Inf (first at sample {row})")
+        if n <= batch_size:  # one call, without slicing (a serving call's few samples)
+            self._forward(model, out, x, 0)
+            return out
+        step = max(1, int(batch_size))
+        for begin in range(0, n, step):
+            self._forward(model, out[begin:begin + step], x[begin:begin + step], begin)
         return out
+
+    def _forward(self, model, out, x, first):
+        if x.shape[0] * self.width > self.scratch.shape[1]:  # the kernel does not check its scratch's size
+            self.scratch = model.ops.zeros((2, x.shape[0] * self.width), model.dtype)
+        model.ops.dense_chain_forward(out, self.bad, x, self.bank.values, self.table, self.scratch)
+        if self.bad[0]:
+            row = first + int(np.argwhere(~np.isfinite(x))[0][0])
+            raise DataError(f"input data contains NaN or Inf (first at sample {row})")
 
     # ------------------------------------------------------------------------------ training
     def trains(self, model, x, y):
