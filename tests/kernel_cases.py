@@ -548,7 +548,7 @@ def _dense_chain_forward(widths, activations, biases, n=3, bad_inputs=False):
 
 
 def _dense_chain_train(widths, activations, biases, labels, class_weights=None, smoothing=0.0, mean=True,
-                       infinite_input=False, rates=(), adam=None):
+                       infinite_input=False, rates=(), adam=None, split=False):
     """A training step's forward, cross-entropy and backward through Linear layers of ``widths`` (input
     first), each with its activation (none, ReLU, Tanh, Sigmoid) and with or without a bias, over the
     samples of ``labels`` (-100: ignored); the parameters fill the flat buffer from 0 as a model's bank
@@ -558,7 +558,9 @@ def _dense_chain_train(widths, activations, biases, labels, class_weights=None, 
     GELU layers (both forms, the last one included) keep their input in acts, before their output.
     ``adam``: (decoupled, maximize, loss_ceiling): the kernel then takes an Adam step over the whole
     buffer from random state (step 3), unless a gradient or the loss is not finite or the loss is above
-    loss_ceiling. A label neither a class nor -100: nothing is computed but the count of such labels."""
+    loss_ceiling. A label neither a class nor -100: nothing is computed but the count of such labels.
+    ``split``: a buffer for a second thread's gradient sums (NaN: every entry must be written first),
+    with which the CPU kernel splits the samples between two threads when numba has two."""
     from numdl.kernels.dense_chain import ACTIVATION_CODES
 
     # the gradient through each activation, from its output (ReLU selects: a NaN gradient stays out where h <= 0)
@@ -666,7 +668,7 @@ def _dense_chain_train(widths, activations, biases, labels, class_weights=None, 
                 np.zeros((2, n * max(hidden or (1,))), dtype), np.zeros((n, classes, 1), dtype),
                 np.zeros((n, classes, 1), dtype), x.ravel(), y, flat, np.array(table, np.int64),
                 np.array([[p, 1 / (1 - p)] for p in drop], dtype), weights.astype(dtype), dtype(smoothing), -100, mean,
-                *optimizer]
+                *optimizer, np.full((1, flat.size), np.nan, dtype) if split else np.empty((0, 0), dtype)]
         return args, 1, expected
     return make
 
@@ -2162,6 +2164,12 @@ VARIANTS = {
     "dense_chain_train_labels_outside": (("dense_chain", "dense_chain_train"),
                                          _dense_chain_train((4, 5, 3), ("tanh", None), (True, True), [0, 3, -100, -2],
                                                             adam=(False, False, math.inf))),
+    # with a second thread's gradient buffer: ten samples as a part of eight and one of two (each
+    # part's Dropout masks by its samples' places in the batch), AdamW's step after the parts' sums
+    "dense_chain_train_split": (("dense_chain", "dense_chain_train"),
+                                _dense_chain_train((6, 9, 7, 4), ("relu", "gelu", None), (True, False, True),
+                                                   [3, 0, -100, 1, 2, 2, 0, 3, 1, 0], rates=(0.5, 0.25),
+                                                   adam=(True, False, math.inf), split=True)),
     "dense_chain_forward_gelu_tanh": (("dense_chain", "dense_chain_forward"),
                                       _dense_chain_forward((4, 6, 2), ("gelu_tanh", None), (False, True))),
     "dense_chain_forward_one_sample": (("dense_chain", "dense_chain_forward"),

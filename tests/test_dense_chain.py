@@ -304,6 +304,40 @@ def test_non_finite_input_and_gradients_are_the_layer_paths_errors(fused):
         np.testing.assert_array_equal(a, b.value)
 
 
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_a_large_batch_split_between_threads_trains_as_the_layer_path(dtype, rtol):
+    # tuning.CHAIN_SPLIT_MIN_SAMPLES samples and more: each thread runs every layer on its share of
+    # the batch (with numba at two threads); the loss, gradients and Adam's step are the layer path's
+    import numba
+
+    from numdl.kernels import tuning
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread")
+    x, y = _batch(dtype, samples=tuning.CHAIN_SPLIT_MIN_SAMPLES + 5, seed=9)
+    y[:7] = [0, 1, 2, 3, 4, 0, 1]
+    results = {}
+    _trainable_chain(dtype).ops.use_threads("numba")  # (for good, at every core: then one thread, then two)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            fused, layered = _trainable_chain(dtype), _trainable_chain(dtype, fused=False)
+            assert (fused.ops.dense_chain_partials(fused._bank.grads, x.shape[0]).shape[0] == 1) == (threads == 2)
+            loss_a, correct_a = fused.train_step(x, y)
+            loss_b, correct_b = layered.train_step(x, y)
+            assert loss_a == pytest.approx(loss_b, rel=rtol) and correct_a == correct_b
+            # (values: Adam's first step turns a float32 rounding of a gradient near 0 into up to ~1e-6)
+            for a, b in zip(fused.parameters(), layered.parameters()):
+                np.testing.assert_allclose(a.grad, b.grad, rtol=rtol, atol=rtol)
+                np.testing.assert_allclose(a.value, b.value, rtol=rtol, atol=10 * rtol)
+            results[threads] = [p.grad.copy() for p in fused.parameters()]
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(results[1], results[2]):
+        np.testing.assert_allclose(two, one, rtol=rtol, atol=rtol)
+
+
 def test_a_non_finite_gradient_names_the_parameter_and_takes_no_step(monkeypatch):
     from numdl.errors import TrainingDiverged
 

@@ -69,7 +69,8 @@ def test_the_first_threaded_kernel_hands_the_cores_to_numba_for_good():
 import numpy as np, numba
 from threadpoolctl import threadpool_info
 import numdl
-model = numdl.Sequential([numdl.Linear(8)], input_shape=(300,), dtype="float64", seed=0)
+# (LeakyReLU: not a dense chain, whose predict kernel would take the cores itself)
+model = numdl.Sequential([numdl.Linear(8), numdl.LeakyReLU(0.1)], input_shape=(300,), dtype="float64", seed=0)
 x = np.random.default_rng(0).standard_normal((256, 300))
 before = model.predict(x)
 ops = model.ops

@@ -138,7 +138,12 @@ class Ops:
         self._run("dense_chain", "dense_chain_train", 1, grads, stats, acts, deltas, logits, probs, self.flat(x),
                   labels, params, table, rates, class_weights, self.scalar(smoothing, dtype), int(ignore_index),
                   bool(mean), exp_avg, exp_avg_sq, constants, bool(decoupled), bool(maximize), ceiling,
-                  per_sample=True)
+                  self.dense_chain_partials(grads, x.shape[0]), per_sample=True)
+
+    def dense_chain_partials(self, grads, samples):
+        """dense_chain_train's per-thread weight-gradient sums for a batch of ``samples``: (threads - 1,
+        grads.size), or empty (the kernel then shares each product between the threads). None here."""
+        return self.nothing(grads.dtype, 2)
 
     @staticmethod
     def dense_chain_activation_codes():

@@ -42,6 +42,7 @@ def limit_threads(count):
 
 
 from numdl.backend.base import Ops
+from numdl.kernels import tuning
 
 # glibc's malloc hands large blocks back to the system when they are freed (mmap'd blocks, and the
 # top of the heap past its trim threshold), so a kernel that allocates tens of megabytes of scratch
@@ -81,6 +82,7 @@ class CPUOps(Ops):
         self._active_threads = None  # the count a ThreadChooser applied (--threads auto), or None
         self._chooser = None
         self._blas_libraries = None
+        self._chain_partials = None  # (key, array) of dense_chain_partials
 
     def use_threads(self, pool="blas"):
         """Set up the thread pools as the first kernel call would (for code that calls kernels or
@@ -128,6 +130,19 @@ class CPUOps(Ops):
     def step_finished(self, samples, seconds):
         if self._chooser is not None:
             self._chooser.record(samples, seconds)
+
+    def dense_chain_partials(self, grads, samples):
+        if samples < tuning.CHAIN_SPLIT_MIN_SAMPLES or self.thread_pool != "numba":
+            return self.nothing(grads.dtype, 2)
+        import numba
+
+        others = numba.get_num_threads() - 1
+        key = (others, grads.size, grads.dtype)
+        if self._chain_partials is None or self._chain_partials[0] != key:
+            fits = 0 < others and others * grads.nbytes <= tuning.CHAIN_PARTIALS_MAX_BYTES
+            self._chain_partials = key, (np.empty((others, grads.size), grads.dtype) if fits
+                                         else self.nothing(grads.dtype, 2))
+        return self._chain_partials[1]
 
     def _use_thread_pool(self, pool):
         import numba

@@ -48,8 +48,16 @@ were. Why: the separate optimizer call's Python, dispatch and thread start (2.5-
 64, in-process A/B). CPU: the Linear kernels' products in their order, shared between numba's
 threads (the kernel takes the cores: runs_numba_threads): float32 by register blocks
 (matmul.split_product: faster than OpenBLAS at these sizes, see its docstring), so float32 gradients
-equal the layer path's to rounding and float64 ones exactly. CUDA: one block for the whole batch, its
-threads over each phase's outputs, synchronised between phases.
+equal the layer path's to rounding and float64 ones exactly. With partials (threads - 1, grads.size)
+not empty (the backend passes one from tuning.CHAIN_SPLIT_MIN_SAMPLES samples) and numba at as many
+threads, each thread instead runs every layer on its own block of samples (whole register blocks of
+rows), its weight and bias gradients into grads (the first) or its row of partials (overwritten),
+which are then added into grads, in the shares Adam's step takes next. Why: shared products hand each
+buffer between the cores' caches several times a step (one product splits it by rows, the next by
+columns); split by samples only the gradients meet, once. The reference MLP's step at batch 256:
+0.94-0.98 of the time, at 512: 0.89-0.96 (in-process A/B). The gradients are then sums of the blocks'
+sums: equal to the layer path's to rounding (float64 too). CUDA: one block for the whole batch, its
+threads over each phase's outputs, synchronised between phases (partials is not used).
 """
 
 
@@ -61,10 +69,10 @@ from numba import float32, prange, uint64
 from numdl.kernels.activation import exp_nonpositive, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, sigmoid, tanh
 from numdl.kernels.check import non_finite_count
 from numdl.kernels.common import (cpu_kernel, cpu_parallel_kernel, cuda, cuda_kernel, numba_threads, runs_numba_threads,
-                                  same_type, scalar_math, thread_share, worth_splitting)
+                                  same_type, scalar_math, thread_share, vector_share, worth_splitting)
 from numdl.kernels.dropout import uniform_from_counter
 from numdl.kernels.loss import class_weight_total, cross_entropy_at, cross_entropy_backward_at, zero_classes_at
-from numdl.kernels.matmul import split_product
+from numdl.kernels.matmul import product, split_product
 from numdl.kernels.optim import adam_constants, adam_element, adam_step_cpu, flush_floor
 
 #: The activation after each Linear of a chain, by the layers' kernel names (0: none).
@@ -378,54 +386,55 @@ def _step_allowed(stats, loss_ceiling):
     return stats[2] == 0 and abs(loss) < same_type(loss, math.inf) and loss <= loss_ceiling
 
 
-@runs_numba_threads
 @cpu_kernel
-def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
-                          smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling):
-    # Overwrites every array before x (see "Training" in the module docstring). The same products,
-    # sums and scalar math as the Linear, Dropout and cross-entropy kernels, in their order: the
-    # gradients equal the layer path's (float32: to the products' rounding); the Adam step is
-    # adam_step's.
+def _product(c, a, b, trans_a, trans_b, shared):
+    # c = op(a) @ op(b): over numba's threads (shared: the whole batch's product) or on this thread
+    # (one part's, inside the parts' own parallel loop)
+    if shared:
+        split_product(c, a, b, trans_a, trans_b)
+    else:
+        product(c, a, b, trans_a, trans_b, False)
+
+
+@cpu_kernel
+def _train_samples(grads, sums, part, lo, hi, acts, deltas, logits, probs, x, labels, params, table, rates,
+                   class_weights, smoothing, ignore_index, upstream, weight_total, shared):
+    # Forward, loss and backward of samples lo..hi-1: their rows of acts, deltas, logits and probs; the
+    # loss's summed terms and correct predictions into sums[part]; the weight and bias gradients of
+    # these samples into grads (every entry written). The same products, sums and scalar math as the
+    # Linear, Dropout and cross-entropy kernels, in their order (a Dropout's mask element by the
+    # element's place in the whole batch).
     layers = table.shape[0]
     n, classes = logits.shape[0], logits.shape[1]
-    outside = 0
-    for o in range(n):
-        outside += 1 if _label_outside(labels[o], classes, ignore_index) else 0
-    stats[3] = outside
-    stats[4] = 0
-    if stats[3] > 0:  # nothing else computed: a label would index past the logits
-        stats[0] = 0
-        stats[1] = 0
-        stats[2] = 0
-        return
+    rows = hi - lo
+    logit_rows = logits.reshape(-1)[lo * classes:hi * classes].reshape((rows, classes))
+    prob_rows = probs.reshape(-1)[lo * classes:hi * classes].reshape((rows, classes))
     for layer in range(layers):  # forward: the hidden layers' outputs (and dropped-out copies) kept in acts
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
         at, source = n * table[layer, 7], n * table[layer, 8]
-        src = x[:n * in_f] if source < 0 else acts[source:source + n * in_f]
-        dst = logits.reshape((n, classes)) if layer == layers - 1 else acts[at:at + n * out_f].reshape((n, out_f))
-        split_product(dst, src.reshape((n, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False,
-                      True)
+        src = x[lo * in_f:hi * in_f] if source < 0 else acts[source + lo * in_f:source + hi * in_f]
+        dst = logit_rows if layer == layers - 1 else acts[at + lo * out_f:at + hi * out_f].reshape((rows, out_f))
+        _product(dst, src.reshape((rows, in_f)), params[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), False, True,
+                 shared)
         if table[layer, 9] >= 0:  # GELU: its input kept for backward
             _add_bias_activate(dst, params, b_at, 0)
             kept = n * table[layer, 9]
-            acts[kept:kept + n * out_f] = dst.reshape(-1)
+            acts[kept + lo * out_f:kept + hi * out_f] = dst.reshape(-1)
             _add_bias_activate(dst, params, -1, code)
         else:
             _add_bias_activate(dst, params, b_at, code)
         if layer < layers - 1 and rates[layer, 0] > 0:
-            _dropout_rows(acts[at + n * out_f:at + 2 * n * out_f], acts[at:at + n * out_f], rates[layer, 0],
-                          rates[layer, 1], uint64(table[layer, 5]), uint64(table[layer, 6]))
-    total, weight, correct = _cross_entropy_forward(probs.reshape((n, classes)), logits.reshape((n, classes)), labels,
-                                                    class_weights, smoothing, ignore_index)
-    scale = (1.0 / weight if weight > 0 else 0.0) if mean else 1.0
-    stats[0] = total * scale
-    stats[1] = correct
+            _dropout_rows(acts[at + (n + lo) * out_f:at + (n + hi) * out_f], acts[at + lo * out_f:at + hi * out_f],
+                          rates[layer, 0], rates[layer, 1], uint64(table[layer, 5]),
+                          uint64(table[layer, 6]) + uint64(lo * out_f))
+    total, weight, correct = _cross_entropy_forward(prob_rows, logit_rows, labels[lo:hi], class_weights, smoothing,
+                                                    ignore_index)
+    sums[part, 0] = total
+    sums[part, 1] = correct
     # backward: the logits' gradient replaces probs (each entry is read just before it is written);
     # the hidden layers' gradients alternate between deltas' two rows
-    upstream = same_type(params[0], scale)
-    weight_total = class_weight_total(class_weights)
-    for o in range(n):
+    for o in range(lo, hi):
         y = labels[o]
         if y == ignore_index:
             zero_classes_at(probs, o, 0)
@@ -437,32 +446,108 @@ def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, 
                                          table[layer, 4])
         at, source = n * table[layer, 7], n * table[layer, 8]
         last = layer == layers - 1
-        g = probs.reshape((n, classes)) if last else deltas[row, :n * out_f].reshape((n, out_f))
+        g = prob_rows if last else deltas[row, lo * out_f:hi * out_f].reshape((rows, out_f))
         if not last and rates[layer, 0] > 0:  # the gradient of the dropped-out copy, back through its mask
-            flat = deltas[row, :n * out_f]
+            flat = deltas[row, lo * out_f:hi * out_f]
             _dropout_rows(flat, flat, rates[layer, 0], rates[layer, 1], uint64(table[layer, 5]),
-                          uint64(table[layer, 6]))
+                          uint64(table[layer, 6]) + uint64(lo * out_f))
         if table[layer, 9] >= 0:
             kept = n * table[layer, 9]
-            _times_gelu_slope(g, acts[kept:kept + n * out_f].reshape((n, out_f)), code)
+            _times_gelu_slope(g, acts[kept + lo * out_f:kept + hi * out_f].reshape((rows, out_f)), code)
         elif code != 0:
-            out = logits.reshape((n, classes)) if last else acts[at:at + n * out_f].reshape((n, out_f))
+            out = logit_rows if last else acts[at + lo * out_f:at + hi * out_f].reshape((rows, out_f))
             _through_activation_rows(g, out, code)
-        src = (x[:n * in_f] if source < 0 else acts[source:source + n * in_f]).reshape((n, in_f))
-        split_product(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src, True, False)
+        src = x[lo * in_f:hi * in_f] if source < 0 else acts[source + lo * in_f:source + hi * in_f]
+        _product(grads[w_at:w_at + out_f * in_f].reshape((out_f, in_f)), g, src.reshape((rows, in_f)), True, False,
+                 shared)
         if b_at >= 0:  # the column sums of g, sample by sample (the layer path's order), over flat rows
             dbias, g_flat = grads[b_at:b_at + out_f], g.reshape(-1)
             for j in range(out_f):
                 dbias[j] = 0
-            for s in range(n):
+            for s in range(rows):
                 at = s * out_f
                 for j in range(out_f):
                     dbias[j] += g_flat[at + j]
         if layer > 0:
             row = 0 if last else 1 - row
             weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
-            split_product(deltas[row, :n * in_f].reshape((n, in_f)), g, weight_rows, False, False)
-    stats[2] = non_finite_count(grads)  # the chain holds every parameter of the model: all of grads
+            _product(deltas[row, lo * in_f:hi * in_f].reshape((rows, in_f)), g, weight_rows, False, False, shared)
+
+
+@cpu_parallel_kernel
+def _train_parts(grads, partials, sums, block, acts, deltas, logits, probs, x, labels, params, table, rates,
+                 class_weights, smoothing, ignore_index, upstream, weight_total):
+    # _train_samples of each block of samples on a thread of its own, the first's gradients into
+    # grads, the others' into partials
+    n = logits.shape[0]
+    for part in prange(sums.shape[0]):
+        lo, hi = min(part * block, n), min((part + 1) * block, n)
+        _train_samples(grads if part == 0 else partials[part - 1], sums, part, lo, hi, acts, deltas, logits, probs, x,
+                       labels, params, table, rates, class_weights, smoothing, ignore_index, upstream, weight_total,
+                       False)
+
+
+@cpu_parallel_kernel
+def _add_partials(grads, partials, counts):
+    # grads += each row of partials, and counts[part] = the non-finite sums, in counts.size shares of
+    # grads (the shares Adam's split step takes next: each thread reads back what it wrote)
+    parts = counts.size
+    for part in prange(parts):
+        lo, hi = vector_share(grads.size, part, parts)
+        if hi > lo:
+            total = grads[lo:hi]
+            for other in range(partials.shape[0]):
+                share = partials[other, lo:hi]
+                for i in range(total.size):
+                    total[i] += share[i]
+            counts[part] = non_finite_count(total)
+
+
+@runs_numba_threads
+@cpu_kernel
+def dense_chain_train_cpu(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
+                          smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling,
+                          partials):
+    # Overwrites every array before x, and partials (see "Training" in the module docstring); the
+    # Adam step is adam_step's.
+    n, classes = logits.shape[0], logits.shape[1]
+    outside = 0
+    for o in range(n):
+        outside += 1 if _label_outside(labels[o], classes, ignore_index) else 0
+    stats[3] = outside
+    stats[4] = 0
+    if stats[3] > 0:  # nothing else computed: a label would index past the logits
+        stats[0] = 0
+        stats[1] = 0
+        stats[2] = 0
+        return
+    weight = 0.0  # the targets' summed weights (float64, in the samples' order, as the loss sums them)
+    for o in range(n):
+        if labels[o] != ignore_index:
+            weight += class_weights[labels[o]]
+    scale = (1.0 / weight if weight > 0 else 0.0) if mean else 1.0
+    upstream = same_type(params[0], scale)
+    weight_total = class_weight_total(class_weights)
+    threads = min(numba_threads(), partials.shape[0] + 1)
+    block = n if threads < 2 else ((n + threads - 1) // threads + 3) // 4 * 4  # whole register blocks of rows
+    parts = (n + block - 1) // block
+    sums = np.zeros((parts, 2))
+    if parts == 1:  # the batch at once, each product shared between the threads
+        _train_samples(grads, sums, 0, 0, n, acts, deltas, logits, probs, x, labels, params, table, rates,
+                       class_weights, smoothing, ignore_index, upstream, weight_total, True)
+        stats[2] = non_finite_count(grads)  # the chain holds every parameter of the model: all of grads
+    else:
+        _train_parts(grads, partials, sums, block, acts, deltas, logits, probs, x, labels, params, table, rates,
+                     class_weights, smoothing, ignore_index, upstream, weight_total)
+        counts = np.zeros(numba_threads(), grads.dtype)
+        _add_partials(grads, partials[:parts - 1], counts)
+        stats[2] = counts.sum()
+    total, correct = 0.0, 0.0
+    for part in range(parts):
+        total += sums[part, 0]
+        correct += sums[part, 1]
+    stats[0] = total * scale
+    stats[1] = correct
     if exp_avg.size > 0 and _step_allowed(stats, loss_ceiling):
         amsgrad = exp_avg.size < 0  # False, typed as adam_step_cpu's own calls type it (not a literal)
         adam_step_cpu(params, exp_avg, exp_avg_sq, exp_avg_sq, grads, adam[0], adam[1], adam[2], adam[3], adam[4],
@@ -507,9 +592,11 @@ def dense_chain_forward_cuda(out, bad, x, params, table, scratch):
 
 @cuda_kernel
 def dense_chain_train_cuda(grads, stats, acts, deltas, logits, probs, x, labels, params, table, rates, class_weights,
-                           smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling):
+                           smoothing, ignore_index, mean, exp_avg, exp_avg_sq, adam, decoupled, maximize, loss_ceiling,
+                           partials):
     # One block (launched with one: the phases synchronise all of its threads), its threads over a
-    # phase's independent items: outputs, samples, gradient entries. No reshape (numba-cuda's checks
+    # phase's independent items: outputs, samples, gradient entries (partials, the CPU's per-thread
+    # gradient sums, is not used). No reshape (numba-cuda's checks
     # sizes in float64): logits and probs come 3-D, acts and deltas are indexed flat.
     if cuda.blockIdx.x != 0:
         return

@@ -5,7 +5,7 @@ in register blocks, and ``split_product``, float32 register blocks shared betwee
 
 One thread pool at a time (design.md): a process starts with the BLAS's threads (numba's pool set
 to one thread, so ``matmul`` is one BLAS call, as ``np.dot``); the first kernel that runs numba
-threads (the recurrent, attention and dense-chain training ones) hands the cores to numba for the
+threads (the recurrent, attention and dense-chain ones) hands the cores to numba for the
 rest of the process: the BLAS goes to one thread and ``matmul`` gives each numba thread a block of
 rows or columns (float32: of register blocks). Both pools at once (a model with an LSTM and a large
 Linear layer) ran 2x slower than either alone.
