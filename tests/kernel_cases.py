@@ -679,6 +679,11 @@ CONV = dict(n=2, c_in=4, h=7, w=5, c_out=6, groups=2, k=(3, 2), stride=(2, 2), p
 # A "same" 5x5 convolution (stride 1, output as large as the input) in two groups on the CPU's GEMM
 # path, one sample a thread (CONV's 3x3 outputs take backward's whole-batch products instead).
 CONV_SAME = dict(n=2, c_in=2, h=16, w=16, c_out=2, groups=2, k=(5, 5), stride=(1, 1), pad=(2, 2), dil=(1, 1))
+# Stride 1 with outputs as wide as the input: im2col and col2im copy each tap's shifted plane as one
+# run (kernels.conv._im2col_plane); dilated columns, no row padding (7 of 9 rows), 40 output
+# channels (the GEMM path), three samples.
+CONV_SAME_WIDTH = dict(n=3, c_in=3, h=9, w=11, c_out=40, groups=1, k=(3, 3), stride=(1, 1), pad=(0, 2),
+                       dil=(1, 2))
 # The GEMM path in several products per thread: 19x19 outputs are one sample a product forward and
 # three backward (tuning.CONV_GEMM_*_MIN_COLUMNS), seven samples two blocks of four and three.
 CONV_GEMM = dict(n=7, c_in=1, h=21, w=21, c_out=33, groups=1, k=(3, 3), stride=(1, 1), pad=(0, 0), dil=(1, 1))
@@ -2112,6 +2117,8 @@ VARIANTS = {
     "upsample_backward_align_corners": (("upsample", "upsample_backward"), _upsample_backward("bilinear_align_corners")),
     "conv2d_forward_same": (("conv", "conv2d_forward"), _conv_forward(False, p=CONV_SAME)),
     "conv2d_backward_same": (("conv", "conv2d_backward"), _conv_backward(False, p=CONV_SAME)),
+    "conv2d_forward_same_width": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_SAME_WIDTH)),
+    "conv2d_backward_same_width": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_SAME_WIDTH)),
     "conv2d_forward_gemm_chunks": (("conv", "conv2d_forward"), _conv_forward(True, p=CONV_GEMM)),
     "conv2d_backward_gemm_chunks": (("conv", "conv2d_backward"), _conv_backward(True, p=CONV_GEMM)),
     # the pooled convolution on the CPU's other paths: direct (6x5 outputs) and GEMM chunks (19x19), the
