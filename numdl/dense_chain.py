@@ -93,7 +93,7 @@ class DenseChain:
         if n <= batch_size:  # one call, without slicing (a serving call's few samples)
             self._forward(model, out, x, 0)
             return out
-        step = max(1, int(batch_size))
+        step = int(batch_size)  # >= 1: model.predict checks it
         for begin in range(0, n, step):
             self._forward(model, out[begin:begin + step], x[begin:begin + step], begin)
         return out

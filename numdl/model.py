@@ -526,6 +526,8 @@ class Sequential:
         """Model outputs for every sample of x, as a NumPy array."""
         if not self.built:
             raise ConfigError("the model is not built: call build(input_shape) or fit first")
+        if not batch_size >= 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if (lengths is None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim > 1
                 and 0 < x.shape[0] and x.shape[1:] == self.input_shape and x.flags.c_contiguous
                 and dense_chain.ONE_CALL_PREDICT):

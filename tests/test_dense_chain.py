@@ -87,6 +87,16 @@ def test_predict_goes_batch_by_batch_as_the_layer_path(batch_size, monkeypatch):
         model.predict(x, batch_size=batch_size)
 
 
+@pytest.mark.parametrize("layers", [[numdl.Linear(3)], [numdl.Linear(3), numdl.LeakyReLU()]], ids=["chain", "layers"])
+def test_a_batch_size_below_one_is_one_clear_error_on_both_paths(layers):
+    from numdl.errors import ConfigError
+
+    model = numdl.Sequential(layers, input_shape=(4,), dtype="float32")
+    for size in (0, -2):
+        with pytest.raises(ConfigError, match=rf"^batch_size must be >= 1, got {size}$"):
+            model.predict(np.zeros((5, 4), np.float32), batch_size=size)
+
+
 def test_a_large_batch_split_between_threads_is_the_one_thread_result():
     # 2000 samples of 21 features pass tuning.SPLIT_MIN_ELEMENTS: the non-finite count and the bias and
     # activation passes go by sample halves, one per thread
