@@ -183,9 +183,17 @@ def _bias_activate_by_samples(rows, params, b_at, code, parts):
     # them (its rows halves at 1000 samples): each thread reads back what its own core wrote.
     n = rows.shape[0]
     for part in prange(parts):
-        lo, hi = thread_share(n // 4, part, parts)
-        lo, hi = 4 * lo, n if part == parts - 1 else 4 * hi
+        lo, hi = _product_rows_share(n, part, parts)
         _add_bias_activate(rows[lo:hi], params, b_at, code)
+
+
+@cpu_kernel
+def _product_rows_share(n, part, parts):
+    # [lo, hi): the rows of an n-row product that split_product gives thread ``part`` of ``parts`` when
+    # it splits by rows (whole register blocks of four; the last part here also takes the few rows
+    # past them, which split_product leaves to the BLAS on the calling thread)
+    lo, hi = thread_share(n // 4, part, parts)
+    return 4 * lo, n if part == parts - 1 else 4 * hi
 
 
 @cpu_parallel_kernel
@@ -196,8 +204,7 @@ def _non_finite_by_samples(counts, x, n, in_f):
     # 60 us hot, 120 from memory, ~7% of a predict call).
     parts = counts.size
     for part in prange(parts):
-        lo, hi = thread_share(n // 4, part, parts)
-        lo, hi = 4 * lo, n if part == parts - 1 else 4 * hi
+        lo, hi = _product_rows_share(n, part, parts)
         counts[part] = non_finite_count(x[lo * in_f:hi * in_f]) if hi > lo else 0
 
 
