@@ -82,7 +82,7 @@ class CPUOps(Ops):
         self._active_threads = None  # the count a ThreadChooser applied (--threads auto), or None
         self._chooser = None
         self._blas_libraries = None
-        self._chain_partials = None  # (key, array) of dense_chain_partials
+        self._chain_partials = {}  # dense_chain_partials' buffers by (threads - 1, size, dtype)
 
     def use_threads(self, pool="blas"):
         """Set up the thread pools as the first kernel call would (for code that calls kernels or
@@ -138,11 +138,14 @@ class CPUOps(Ops):
 
         others = numba.get_num_threads() - 1
         key = (others, grads.size, grads.dtype)
-        if self._chain_partials is None or self._chain_partials[0] != key:
+        buffer = self._chain_partials.get(key)
+        if buffer is None:  # one per thread count (--threads auto's probes switch back and forth), one model's
+            if any(other[1:] != key[1:] for other in self._chain_partials):
+                self._chain_partials.clear()  # another model's: not kept (a search trains many)
             fits = 0 < others and others * grads.nbytes <= tuning.CHAIN_PARTIALS_MAX_BYTES
-            self._chain_partials = key, (np.empty((others, grads.size), grads.dtype) if fits
-                                         else self.nothing(grads.dtype, 2))
-        return self._chain_partials[1]
+            buffer = self._chain_partials[key] = (np.empty((others, grads.size), grads.dtype) if fits
+                                                  else self.nothing(grads.dtype, 2))
+        return buffer
 
     def _use_thread_pool(self, pool):
         import numba
