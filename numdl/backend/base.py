@@ -24,6 +24,7 @@ class Ops:
         self._nothing = {}
         self._kernels = {}
         self._non_finite_counts = {}  # dtype -> the (1,) result buffer
+        self._chain_scalars = (None, None, None)  # dense_chain_train's last (key, ceiling, smoothing)
 
     # ------------------------------------------------------------------------------- memory
     def empty(self, shape, dtype):
@@ -131,12 +132,16 @@ class Ops:
             none = self.nothing(dtype)
             adam = (none, none, none, False, False)
         exp_avg, exp_avg_sq, constants, decoupled, maximize = adam
-        ceiling = dtype.type(loss_ceiling)
-        if ceiling > loss_ceiling:  # rounded down: loss <= ceiling in the kernel iff loss <= loss_ceiling
-            ceiling = np.nextafter(ceiling, dtype.type(-np.inf))
+        key = (loss_ceiling, smoothing, dtype)
+        if self._chain_scalars[0] != key:  # the same from step to step: converted once (~1 us a step)
+            ceiling = dtype.type(loss_ceiling)
+            if ceiling > loss_ceiling:  # rounded down: loss <= ceiling in the kernel iff loss <= loss_ceiling
+                ceiling = np.nextafter(ceiling, dtype.type(-np.inf))
+            self._chain_scalars = (key, ceiling, self.scalar(smoothing, dtype))
+        _, ceiling, smoothing = self._chain_scalars
         # one work item: the CUDA twin runs in one block (its phases synchronise all of its threads)
         self._run("dense_chain", "dense_chain_train", 1, grads, stats, acts, deltas, logits, probs, self.flat(x),
-                  labels, params, table, rates, class_weights, self.scalar(smoothing, dtype), int(ignore_index),
+                  labels, params, table, rates, class_weights, smoothing, int(ignore_index),
                   bool(mean), exp_avg, exp_avg_sq, constants, bool(decoupled), bool(maximize), ceiling,
                   self.dense_chain_partials(grads, x.shape[0]), per_sample=True)
 

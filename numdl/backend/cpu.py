@@ -83,6 +83,7 @@ class CPUOps(Ops):
         self._chooser = None
         self._blas_libraries = None
         self._chain_partials = {}  # dense_chain_partials' buffers by (threads - 1, size, dtype)
+        self._numba_thread_count = None  # the started pool's own getter (set with the pool)
 
     def use_threads(self, pool="blas"):
         """Set up the thread pools as the first kernel call would (for code that calls kernels or
@@ -134,9 +135,7 @@ class CPUOps(Ops):
     def dense_chain_partials(self, grads, samples):
         if samples < tuning.CHAIN_SPLIT_MIN_SAMPLES or self.thread_pool != "numba":
             return self.nothing(grads.dtype, 2)
-        import numba
-
-        others = numba.get_num_threads() - 1
+        others = self._numba_thread_count() - 1
         key = (others, grads.size, grads.dtype)
         buffer = self._chain_partials.get(key)
         if buffer is None:  # one per thread count (--threads auto's probes switch back and forth), one model's
@@ -149,9 +148,12 @@ class CPUOps(Ops):
 
     def _use_thread_pool(self, pool):
         import numba
-        from numba.np.ufunc.parallel import _launch_threads
+        from numba.np.ufunc import parallel
 
-        _launch_threads()  # numba's pool, before a cached parallel kernel links against it
+        parallel._launch_threads()  # numba's pool, before a cached parallel kernel links against it
+        # the started pool's count for this thread (numba.get_num_threads() checks the start again on
+        # every call: 0.9 us against 0.2, on a training step's path)
+        self._numba_thread_count = parallel._get_num_threads
         wanted = self._active_threads or self._thread_limit or numba.config.NUMBA_NUM_THREADS
         limit = min(wanted, numba.config.NUMBA_NUM_THREADS)
         if pool == "numba":
