@@ -185,6 +185,19 @@ def test_a_training_step_in_one_call_equals_the_layer_path(dtype, rtol, loss, mo
         np.testing.assert_allclose(a.grad, b.grad, rtol=rtol, atol=rtol, err_msg=name)
 
 
+def test_label_smoothing_changed_between_steps_applies_to_the_next_one_call_step():
+    # the backend converts the chain's scalars once and keeps them while they stay the same: a new
+    # value must reach the kernel at the next step (as the layer path reads it every step)
+    fused, layered = _trainable_chain("float64"), _trainable_chain("float64", fused=False)
+    for step, smoothing in enumerate((0.0, 0.3, 0.3, 0.0)):
+        fused.loss.label_smoothing = layered.loss.label_smoothing = smoothing
+        x, y = _batch("float64", seed=step)
+        (loss_a, _), (loss_b, _) = fused.train_step(x, y), layered.train_step(x, y)
+        assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    for a, b in zip(fused.parameters(), layered.parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-12)
+
+
 def test_fit_in_one_call_gives_the_layer_paths_history_and_weights():
     x, y = _batch("float64", samples=70)
     runs = []
