@@ -133,12 +133,13 @@ class Ops:
             adam = (none, none, none, False, False)
         exp_avg, exp_avg_sq, constants, decoupled, maximize = adam
         key = (loss_ceiling, smoothing, dtype)
-        if self._chain_scalars[0] != key:  # the same from step to step: converted once (~1 us a step)
+        scalars = self._chain_scalars  # (one read: another thread's step may replace it meanwhile)
+        if scalars[0] != key:  # the same from step to step: converted once (~1 us a step)
             ceiling = dtype.type(loss_ceiling)
             if ceiling > loss_ceiling:  # rounded down: loss <= ceiling in the kernel iff loss <= loss_ceiling
                 ceiling = np.nextafter(ceiling, dtype.type(-np.inf))
-            self._chain_scalars = (key, ceiling, self.scalar(smoothing, dtype))
-        _, ceiling, smoothing = self._chain_scalars
+            scalars = self._chain_scalars = (key, ceiling, self.scalar(smoothing, dtype))
+        _, ceiling, smoothing = scalars
         # one work item: the CUDA twin runs in one block (its phases synchronise all of its threads)
         self._run("dense_chain", "dense_chain_train", 1, grads, stats, acts, deltas, logits, probs, self.flat(x),
                   labels, params, table, rates, class_weights, smoothing, int(ignore_index),
