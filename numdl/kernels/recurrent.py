@@ -37,10 +37,12 @@ so the caller adds it to ``dout`` there.
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from numdl.kernels import tuning
 from numdl.kernels.activation import sigmoid, tanh
 from numdl.kernels.common import (
+    cpu_float32_variant,
     cpu_kernel,
     cpu_parallel_kernel,
     cuda,
@@ -52,6 +54,7 @@ from numdl.kernels.common import (
     scalar_math,
 )
 from numdl.kernels.matmul import product
+from numdl.kernels.simd import LANES, vadd, vfma, vload_first, vmul, vsigmoid, vsplat, vstore_first, vsub, vtanh, vzero
 
 # --------------------------------------------------------------------------- scalar math (both targets)
 
@@ -146,7 +149,40 @@ def gru_cell_backward(dproj, row, gates, hproj, dh, h_prev, n, t, j, hidden):
 # sample; dh_next, dc_next (N, H).
 
 
-@cpu_kernel
+@register_jitable
+def _gate_lanes(pre, proj_row, bias, offset, lanes):
+    # one gate's pre-activation for 16 units: W_hh h + W_ih x + (b_ih + b_hh)
+    return vadd(vadd(vload_first(pre, offset, lanes), vload_first(proj_row, offset, lanes)),
+                vload_first(bias, offset, lanes))
+
+
+def _lstm_cells_forward_float32(gate_row, cell_row, out_row, h_row, pre, proj_row, bias, c_prev_row, has_prev):
+    # _lstm_cells_forward on 16 units at a time (numdl.kernels.simd), every gate and state in one
+    # pass: the scalar version's loops each paid LLVM's alias checks and loop set-up, and its
+    # backward's one loop over eleven rows did not vectorise at all (the bench LSTM's cells, one
+    # thread, 64 samples, 28 steps: forward 0.69 -> 0.38 ms, backward 0.32 -> 0.13 ms). The same
+    # arithmetic as the scalar float32 helpers, so the two agree to an ulp; pre is left as it came.
+    hidden = cell_row.size
+    for j in range(0, hidden, LANES):
+        lanes = hidden - j
+        in_gate = vsigmoid(_gate_lanes(pre, proj_row, bias, j, lanes))
+        forget_gate = vsigmoid(_gate_lanes(pre, proj_row, bias, hidden + j, lanes))
+        cell_gate = vtanh(_gate_lanes(pre, proj_row, bias, 2 * hidden + j, lanes))
+        out_gate = vsigmoid(_gate_lanes(pre, proj_row, bias, 3 * hidden + j, lanes))
+        vstore_first(gate_row, j, lanes, in_gate)
+        vstore_first(gate_row, hidden + j, lanes, forget_gate)
+        vstore_first(gate_row, 2 * hidden + j, lanes, cell_gate)
+        vstore_first(gate_row, 3 * hidden + j, lanes, out_gate)
+        cell = vmul(in_gate, cell_gate)
+        if has_prev:  # else c_prev_row is any row, never read (it may hold NaN)
+            cell = vfma(forget_gate, vload_first(c_prev_row, j, lanes), cell)
+        vstore_first(cell_row, j, lanes, cell)
+        hidden_state = vmul(out_gate, vtanh(cell))
+        vstore_first(out_row, j, lanes, hidden_state)
+        vstore_first(h_row, j, lanes, hidden_state)
+
+
+@cpu_float32_variant(_lstm_cells_forward_float32)
 def _lstm_cells_forward(gate_row, cell_row, out_row, h_row, pre, proj_row, bias, c_prev_row, has_prev):
     # One sample's LSTM cell update at one step, over 1-D rows: pre (4H) holds W_hh h on entry;
     # each pass is a plain loop over contiguous memory, which LLVM vectorises (the per-unit scalar
@@ -179,7 +215,28 @@ def _lstm_cells_forward(gate_row, cell_row, out_row, h_row, pre, proj_row, bias,
         h_row[j] = out_row[j]
 
 
-@cpu_kernel
+def _lstm_cells_backward_float32(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_prev, dh_row):
+    # _lstm_cells_backward on 16 units at a time (see _lstm_cells_forward_float32), in its order
+    hidden = cell_row.size
+    one = vsplat(same_type(dpre_row[0], 1.0))
+    for j in range(0, hidden, LANES):
+        lanes = hidden - j
+        in_gate = vload_first(gate_row, j, lanes)
+        forget_gate = vload_first(gate_row, hidden + j, lanes)
+        cell_gate = vload_first(gate_row, 2 * hidden + j, lanes)
+        out_gate = vload_first(gate_row, 3 * hidden + j, lanes)
+        tanh_cell = vtanh(vload_first(cell_row, j, lanes))
+        dh = vload_first(dh_row, j, lanes)
+        dc = vadd(vload_first(dc_row, j, lanes), vmul(vmul(dh, out_gate), vsub(one, vmul(tanh_cell, tanh_cell))))
+        c_prev = vload_first(c_prev_row, j, lanes) if has_prev else vzero()
+        vstore_first(dpre_row, j, lanes, vmul(vmul(vmul(dc, cell_gate), in_gate), vsub(one, in_gate)))
+        vstore_first(dpre_row, hidden + j, lanes, vmul(vmul(vmul(dc, c_prev), forget_gate), vsub(one, forget_gate)))
+        vstore_first(dpre_row, 2 * hidden + j, lanes, vmul(vmul(dc, in_gate), vsub(one, vmul(cell_gate, cell_gate))))
+        vstore_first(dpre_row, 3 * hidden + j, lanes, vmul(vmul(vmul(dh, tanh_cell), out_gate), vsub(one, out_gate)))
+        vstore_first(dc_row, j, lanes, vmul(dc, forget_gate))
+
+
+@cpu_float32_variant(_lstm_cells_backward_float32)
 def _lstm_cells_backward(dpre_row, dc_row, gate_row, cell_row, c_prev_row, has_prev, dh_row):
     # The backward of _lstm_cells_forward for one sample and step, given the step's full dh (H) of
     # o * tanh(c): gate pre-activation gradients into dpre_row (4H); dc_row carries dc from the next

@@ -1,7 +1,7 @@
 """Sixteen float32 lanes at a time, for CPU kernels whose inner loops are too short for LLVM's
 vectoriser: a numba type for an LLVM ``<16 x float>`` value and the few operations on it that
 those kernels need (loads and stores of the first ``count`` lanes, fused multiply-add, lane sums,
-a lane-wise exp).
+lane-wise exp, sigmoid and tanh with the scalar float32 helpers' arithmetic).
 
 Why: LLVM vectorises a loop 16 lanes wide and 4 iterations deep, so a loop of 16 (an attention
 head of 16 features, a row of 16 keys) never reaches the vector body and runs scalar. With these,
@@ -223,6 +223,7 @@ def _binary(operation):
 vadd = _binary("fadd")
 vsub = _binary("fsub")
 vmul = _binary("fmul")
+vdiv = _binary("fdiv")
 
 
 def _reduce_lanes(builder, value, combine):
@@ -251,43 +252,98 @@ def vsum(typingctx, a):
     return types.float32(a), codegen
 
 
-@intrinsic
-def vexp_nonpositive(typingctx, x):
+def _constant(value):
+    return ir.Constant(_VECTOR, [float(np.float32(value))] * LANES)
+
+
+def _integer(value):
+    return ir.Constant(_INT_VECTOR, [int(value)] * LANES)
+
+
+def _below(builder, a, b):
+    return builder.fcmp_ordered("<", a, b)
+
+
+def _above(builder, a, b):
+    return builder.fcmp_ordered(">", a, b)
+
+
+def _exp_nonpositive_lanes(builder, x):
     """exp of each lane, for lanes <= 0: activation._exp_nonpositive_float32's steps (Cephes' expf)
     on all lanes at once, so the two agree to an ulp or two (a NaN lane stays NaN)."""
-    if x != float32x16:
-        return None
+    def madd(a, b, c):
+        return builder.fadd(builder.fmul(a, b), c)
 
-    def codegen(context, builder, signature, args):
-        def constant(value):
-            return ir.Constant(_VECTOR, [float(np.float32(value))] * LANES)
+    # compares, not min/max: a NaN lane passes both
+    low = _constant(activation._EXP_LOW)
+    x = builder.select(_below(builder, x, low), low, x)
+    x = builder.select(_above(builder, x, _constant(0.0)), _constant(0.0), x)
+    k = builder.fptosi(builder.fsub(_constant(0.5), builder.fmul(x, _constant(activation._LOG2E))), _INT_VECTOR)
+    kf = builder.sitofp(k, _VECTOR)
+    r = builder.fadd(builder.fadd(x, builder.fmul(kf, _constant(activation._LN2_HIGH))),
+                     builder.fmul(kf, _constant(activation._LN2_LOW)))
+    p = _constant(activation._E0)
+    for coefficient in (activation._E1, activation._E2, activation._E3, activation._E4, activation._E5):
+        p = madd(p, r, _constant(coefficient))
+    y = builder.fadd(madd(builder.fmul(p, r), r, r), _constant(1.0))
+    k1 = builder.ashr(builder.add(k, _integer(1)), _integer(1))
+    bias, mantissa = _integer(activation._EXPONENT_BIAS), _integer(activation._MANTISSA_SCALE)
+    scale1 = builder.bitcast(builder.mul(builder.sub(bias, k1), mantissa), _VECTOR)
+    scale2 = builder.bitcast(builder.mul(builder.sub(bias, builder.sub(k, k1)), mantissa), _VECTOR)
+    return builder.fmul(builder.fmul(y, scale1), scale2)
 
-        def integer(value):
-            return ir.Constant(_INT_VECTOR, [int(value)] * LANES)
 
-        def madd(a, b, c):
-            return builder.fadd(builder.fmul(a, b), c)
+def _lane_function(lanes):
+    # an intrinsic taking and giving one float32x16, built by lanes(builder, x); its doc is lanes'
+    @intrinsic
+    def lane_function(typingctx, x):
+        if x != float32x16:
+            return None
 
-        x = args[0]
-        # compares, not min/max: a NaN lane passes both
-        low = constant(activation._EXP_LOW)
-        x = builder.select(builder.fcmp_ordered("<", x, low), low, x)
-        x = builder.select(builder.fcmp_ordered(">", x, constant(0.0)), constant(0.0), x)
-        k = builder.fptosi(builder.fsub(constant(0.5), builder.fmul(x, constant(activation._LOG2E))), _INT_VECTOR)
-        kf = builder.sitofp(k, _VECTOR)
-        r = builder.fadd(builder.fadd(x, builder.fmul(kf, constant(activation._LN2_HIGH))),
-                         builder.fmul(kf, constant(activation._LN2_LOW)))
-        p = constant(activation._E0)
-        for coefficient in (activation._E1, activation._E2, activation._E3, activation._E4, activation._E5):
-            p = madd(p, r, constant(coefficient))
-        y = builder.fadd(madd(builder.fmul(p, r), r, r), constant(1.0))
-        k1 = builder.ashr(builder.add(k, integer(1)), integer(1))
-        bias, mantissa = integer(activation._EXPONENT_BIAS), integer(activation._MANTISSA_SCALE)
-        scale1 = builder.bitcast(builder.mul(builder.sub(bias, k1), mantissa), _VECTOR)
-        scale2 = builder.bitcast(builder.mul(builder.sub(bias, builder.sub(k, k1)), mantissa), _VECTOR)
-        return builder.fmul(builder.fmul(y, scale1), scale2)
+        def codegen(context, builder, signature, args):
+            return lanes(builder, args[0])
 
-    return float32x16(x), codegen
+        return float32x16(x), codegen
+
+    lane_function.__doc__ = lanes.__doc__
+    return lane_function
+
+
+def _sigmoid_lanes(builder, x):
+    """sigmoid of each lane: activation._sigmoid_float32's steps (exp of -|x|, no overflow), so the
+    two agree to an ulp or two; a NaN lane stays NaN."""
+    zero, one = _constant(0.0), _constant(1.0)
+    e = _exp_nonpositive_lanes(builder, builder.select(_above(builder, x, zero), builder.fneg(x), x))
+    inverse = builder.fdiv(one, builder.fadd(one, e))
+    return builder.select(_below(builder, x, zero), builder.fmul(e, inverse), inverse)
+
+
+def _tanh_lanes(builder, x):
+    """tanh of each lane: activation._tanh_float32's steps (a rational function, then float32's
+    rounded tail), so the two agree to an ulp or two; a NaN lane stays NaN."""
+    zero = _constant(0.0)
+    negative = _below(builder, x, zero)
+    magnitude = builder.select(negative, builder.fneg(x), x)
+    limit = _constant(activation._TANH_RATIONAL_LIMIT)
+    c = builder.select(_above(builder, magnitude, limit), limit, magnitude)
+    x2 = builder.fmul(c, c)
+    numerator = _constant(activation._A6)
+    for coefficient in (activation._A5, activation._A4, activation._A3, activation._A2, activation._A1):
+        numerator = builder.fadd(builder.fmul(numerator, x2), _constant(coefficient))
+    numerator = builder.fmul(c, builder.fadd(builder.fmul(numerator, x2), _constant(activation._A0)))
+    denominator = _constant(activation._B3)
+    for coefficient in (activation._B2, activation._B1, activation._B0):
+        denominator = builder.fadd(builder.fmul(denominator, x2), _constant(coefficient))
+    t = builder.fdiv(numerator, denominator)
+    for threshold, value in ((activation._S3, activation._V3), (activation._S2, activation._V2),
+                             (activation._S1, activation._V1), (activation._S0, activation._V0)):
+        t = builder.select(_above(builder, magnitude, _constant(threshold)), _constant(value), t)
+    return builder.select(negative, builder.fneg(t), t)
+
+
+vexp_nonpositive = _lane_function(_exp_nonpositive_lanes)
+vsigmoid = _lane_function(_sigmoid_lanes)
+vtanh = _lane_function(_tanh_lanes)
 
 
 @intrinsic
