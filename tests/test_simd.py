@@ -119,10 +119,10 @@ def test_vector_sigmoid_and_tanh_agree_with_the_scalar_float32_versions_and_keep
 
 
 @jit
-def _compiled_cells(gates, cells, out, h, pre, proj, bias, c_prev, has_prev, dpre, dc, dh):
+def _compiled_cells(gates, cells, out, h, pre, proj, bias, c_prev, has_prev, dpre, dc, dh, db):
     # float32 C-contiguous rows: the compiled callers get the 16-lane versions
     _lstm_cells_forward(gates, cells, out, h, pre, proj, bias, c_prev, has_prev)
-    _lstm_cells_backward(dpre, dc, gates, cells, c_prev, has_prev, dh)
+    _lstm_cells_backward(dpre, dc, gates, cells, c_prev, has_prev, dh, db)
 
 
 @pytest.mark.parametrize("hidden", [20, 128])
@@ -134,17 +134,19 @@ def test_lstm_cells_in_lanes_match_the_scalar_equations(hidden, has_prev):
     pre, proj, bias = (rng.standard_normal(4 * hidden).astype(np.float32) * 2 for _ in range(3))
     c_prev = rng.standard_normal(hidden).astype(np.float32) if has_prev else np.full(hidden, np.nan, np.float32)
     dc_in, dh = rng.standard_normal(hidden).astype(np.float32), rng.standard_normal(hidden).astype(np.float32)
+    db_in = rng.standard_normal(4 * hidden).astype(np.float32)  # the bias gradient summed so far
     compiled = [np.zeros(4 * hidden, np.float32), np.zeros(hidden, np.float32), np.zeros(hidden, np.float32),
-                np.zeros(hidden, np.float32), np.zeros(4 * hidden, np.float32), dc_in.copy()]
-    gates, cells, out, h, dpre, dc = compiled
-    _compiled_cells(gates, cells, out, h, pre.copy(), proj, bias, c_prev, has_prev, dpre, dc, dh)
+                np.zeros(hidden, np.float32), np.zeros(4 * hidden, np.float32), dc_in.copy(), db_in.copy()]
+    gates, cells, out, h, dpre, dc, db = compiled
+    _compiled_cells(gates, cells, out, h, pre.copy(), proj, bias, c_prev, has_prev, dpre, dc, dh, db)
     # the reference: the scalar helpers run as Python, on float64 copies
     wide = [np.zeros(4 * hidden), np.zeros(hidden), np.zeros(hidden), np.zeros(hidden), np.zeros(4 * hidden),
-            dc_in.astype(np.float64)]
+            dc_in.astype(np.float64), db_in.astype(np.float64)]
     _lstm_cells_forward(wide[0], wide[1], wide[2], wide[3], pre.astype(np.float64), proj.astype(np.float64),
                         bias.astype(np.float64), c_prev.astype(np.float64), has_prev)
     _lstm_cells_backward(wide[4], wide[5], wide[0], wide[1], c_prev.astype(np.float64), has_prev,
-                         dh.astype(np.float64))
+                         dh.astype(np.float64), wide[6])
+    np.testing.assert_allclose(wide[6], db_in + wide[4], rtol=1e-6)  # the reference adds its gradients
     for got, want in zip(compiled, wide):
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
