@@ -361,6 +361,37 @@ def test_a_large_batch_split_between_threads_trains_as_the_layer_path(dtype, rto
         np.testing.assert_allclose(two, one, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_training_gives_the_same_gradients_every_time(dtype):
+    # The threads' blocks of samples run their layers unsynchronised: one block's gradients must never
+    # land in the other's stretch of the shared scratch, whichever layer each has reached (the hidden
+    # widths 12, 9, 7 differ). A race there gave wrong gradients in ~1 step of 9 (float64) and 1 of 4
+    # (float32): 40 steps from fresh models, each against the first.
+    import numba
+
+    from numdl.kernels import tuning
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread")
+    x, y = _batch(dtype, samples=tuning.CHAIN_SPLIT_MIN_SAMPLES + 5, seed=9)
+    _trainable_chain(dtype).ops.use_threads("numba")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        first = None
+        for _ in range(40):
+            model = _trainable_chain(dtype)
+            assert model.ops.dense_chain_partials(model._bank.grads, x.shape[0]).shape[0] == 1  # split in two
+            model.train_step(x, y)
+            grads = [p.grad.copy() for p in model.parameters()]
+            if first is None:
+                first = grads
+            for got, want in zip(grads, first):
+                np.testing.assert_array_equal(got, want)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_a_non_finite_gradient_names_the_parameter_and_takes_no_step(monkeypatch):
     from numdl.errors import TrainingDiverged
 

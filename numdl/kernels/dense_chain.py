@@ -447,15 +447,19 @@ def _train_samples(grads, sums, part, lo, hi, acts, deltas, logits, probs, x, la
             zero_classes_at(probs, o, 0)
         else:
             cross_entropy_backward_at(probs, probs, class_weights, weight_total, smoothing, y, upstream, o, 0)
+    # These samples' stretch of each deltas row starts at lo times the widest layer, whatever the
+    # layer: with lo times its own width, a part one layer ahead of another wrote into the other's
+    # stretch (parts run unsynchronised, and the two rows serve layers of different widths).
     row = 0
+    base = lo * (deltas.shape[1] // n) if lo > 0 else 0
     for layer in range(layers - 1, -1, -1):
         in_f, out_f, w_at, b_at, code = (table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3],
                                          table[layer, 4])
         at, source = n * table[layer, 7], n * table[layer, 8]
         last = layer == layers - 1
-        g = prob_rows if last else deltas[row, lo * out_f:hi * out_f].reshape((rows, out_f))
+        g = prob_rows if last else deltas[row, base:base + rows * out_f].reshape((rows, out_f))
         if not last and rates[layer, 0] > 0:  # the gradient of the dropped-out copy, back through its mask
-            flat = deltas[row, lo * out_f:hi * out_f]
+            flat = deltas[row, base:base + rows * out_f]
             _dropout_rows(flat, flat, rates[layer, 0], rates[layer, 1], uint64(table[layer, 5]),
                           uint64(table[layer, 6]) + uint64(lo * out_f))
         if table[layer, 9] >= 0:
@@ -478,7 +482,7 @@ def _train_samples(grads, sums, part, lo, hi, acts, deltas, logits, probs, x, la
         if layer > 0:
             row = 0 if last else 1 - row
             weight_rows = params[w_at:w_at + out_f * in_f].reshape((out_f, in_f))
-            _product(deltas[row, lo * in_f:hi * in_f].reshape((rows, in_f)), g, weight_rows, False, False, shared)
+            _product(deltas[row, base:base + rows * in_f].reshape((rows, in_f)), g, weight_rows, False, False, shared)
 
 
 @cpu_parallel_kernel
